@@ -1,0 +1,278 @@
+# -*- test-case-name: tests.test_http -*-
+"""
+Header fields as they travel on the wire: ordered, repeatable, and looked up
+without regard to case (RFC 9110 section 5).
+
+Names and values are C{bytes} in ISO-8859-1, exactly as received; nothing in
+this module does I/O or imports Twisted.
+
+Usage::
+
+    h = Headers([(b"Host", b"example.com"), (b"Accept", b"*/*")])
+    h.get(b"host")                      # b"example.com"
+    h.add(b"Via", b"1.1 proxy")
+    h.getList(b"cache-control")         # split on commas, quotes respected
+"""
+
+from __future__ import annotations
+
+import calendar
+import email.utils
+import time
+from typing import Iterable, Iterator, List, Optional, Tuple
+
+__all__ = [
+    "Headers",
+    "HOP_BY_HOP",
+    "splitList",
+    "parseHTTPDate",
+    "formatHTTPDate",
+]
+
+#: Fields that describe one connection and never travel further
+#: (RFC 9110 section 7.6.1), plus the historic Proxy-Connection and
+#: Keep-Alive. Proxy-Authenticate and Proxy-Authorization are consumed by
+#: the proxy that asked for them.
+HOP_BY_HOP = frozenset(
+    [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    ]
+)
+
+
+class Headers:
+    """
+    An ordered multi-map of header fields.
+
+    @ivar _fields: C{[(lowercase name, name, value), ...]} in wire order.
+    """
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: Iterable[Tuple[bytes, bytes]] = ()) -> None:
+        self._fields: List[Tuple[bytes, bytes, bytes]] = [
+            (name.lower(), name, value) for name, value in fields
+        ]
+
+    def __repr__(self) -> str:
+        return f"Headers({[(n, v) for _, n, v in self._fields]!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Headers):
+            return NotImplemented
+        return list(self.items()) == list(other.items())
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __contains__(self, name: bytes) -> bool:
+        name = name.lower()
+        for lower, _, _ in self._fields:
+            if lower == name:
+                return True
+        return False
+
+    def __iter__(self) -> Iterator[Tuple[bytes, bytes]]:
+        return self.items()
+
+    def items(self) -> Iterator[Tuple[bytes, bytes]]:
+        """
+        @return: C{(name, value)} pairs in wire order, repeats included.
+        """
+        for _, name, value in self._fields:
+            yield name, value
+
+    def copy(self) -> "Headers":
+        new = Headers()
+        new._fields = list(self._fields)
+        return new
+
+    def add(self, name: bytes, value: bytes) -> None:
+        """
+        Append a field, keeping any existing field of the same name.
+        """
+        self._fields.append((name.lower(), name, value))
+
+    def set(self, name: bytes, value: bytes) -> None:
+        """
+        Replace every field called C{name} with one field, kept at the
+        position of the first one it replaces (or appended).
+        """
+        lower = name.lower()
+        out = []
+        placed = False
+        for field in self._fields:
+            if field[0] == lower:
+                if not placed:
+                    out.append((lower, name, value))
+                    placed = True
+            else:
+                out.append(field)
+        if not placed:
+            out.append((lower, name, value))
+        self._fields = out
+
+    def remove(self, name: bytes) -> bool:
+        """
+        Remove every field called C{name}.
+
+        @return: whether anything was removed.
+        """
+        lower = name.lower()
+        before = len(self._fields)
+        self._fields = [f for f in self._fields if f[0] != lower]
+        return len(self._fields) != before
+
+    def removeMany(self, names: "frozenset[bytes] | set[bytes]") -> None:
+        """
+        Remove every field whose lowercase name is in C{names}.
+        """
+        self._fields = [f for f in self._fields if f[0] not in names]
+
+    def get(self, name: bytes, default: Optional[bytes] = None) -> Optional[bytes]:
+        """
+        @return: the value of the first field called C{name}, or C{default}.
+        """
+        lower = name.lower()
+        for field in self._fields:
+            if field[0] == lower:
+                return field[2]
+        return default
+
+    def getAll(self, name: bytes) -> List[bytes]:
+        """
+        @return: the values of every field called C{name}, in order.
+        """
+        lower = name.lower()
+        return [f[2] for f in self._fields if f[0] == lower]
+
+    def getCombined(self, name: bytes) -> Optional[bytes]:
+        """
+        @return: every field called C{name} joined by C{b", "} as RFC 9110
+            section 5.3 allows for list-based fields, or C{None} if absent.
+        """
+        values = self.getAll(name)
+        if not values:
+            return None
+        return b", ".join(values)
+
+    def getList(self, name: bytes) -> List[bytes]:
+        """
+        @return: the members of a list-based field (RFC 9110 section 5.6.1)
+            across every field line called C{name}, empty members dropped.
+        """
+        out: List[bytes] = []
+        for value in self.getAll(name):
+            out.extend(splitList(value))
+        return out
+
+    def hasToken(self, name: bytes, token: bytes) -> bool:
+        """
+        @return: whether the list-based field C{name} contains C{token},
+            compared without regard to case.
+        """
+        token = token.lower()
+        return any(m.lower() == token for m in self.getList(name))
+
+    def toWire(self) -> bytes:
+        """
+        @return: the field lines, each ended by CRLF (no final blank line).
+        """
+        return b"".join(
+            [name + b": " + value + b"\r\n" for _, name, value in self._fields]
+        )
+
+
+def splitList(value: bytes) -> List[bytes]:
+    """
+    Split one list-based field value on commas that are outside quoted
+    strings (RFC 9110 section 5.6.1), trimming optional whitespace and
+    dropping empty members.
+    """
+    if b'"' not in value:
+        return [m for m in (p.strip(b" \t") for p in value.split(b",")) if m]
+    members: List[bytes] = []
+    current = bytearray()
+    quoted = False
+    escaped = False
+    for byte in value:
+        ch = bytes((byte,))
+        if quoted:
+            current += ch
+            if escaped:
+                escaped = False
+            elif ch == b"\\":
+                escaped = True
+            elif ch == b'"':
+                quoted = False
+        elif ch == b'"':
+            quoted = True
+            current += ch
+        elif ch == b",":
+            member = bytes(current).strip(b" \t")
+            if member:
+                members.append(member)
+            current = bytearray()
+        else:
+            current += ch
+    member = bytes(current).strip(b" \t")
+    if member:
+        members.append(member)
+    return members
+
+
+def parseHTTPDate(value: Optional[bytes]) -> Optional[float]:
+    """
+    Parse an HTTP-date (RFC 9110 section 5.6.7): IMF-fixdate, and the
+    obsolete RFC 850 and asctime forms a recipient must accept.
+
+    @return: seconds since the epoch, or C{None} if C{value} is absent or
+        not a valid date.
+    """
+    if not value:
+        return None
+    try:
+        text = value.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return None
+    try:
+        parsed = email.utils.parsedate_tz(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed is None:
+        return None
+    try:
+        return float(calendar.timegm(parsed[:9]) - (parsed[9] or 0))
+    except (OverflowError, ValueError):
+        return None
+
+
+_WEEKDAYS = [b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun"]
+_MONTHS = [
+    b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun",
+    b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
+]
+
+
+def formatHTTPDate(when: float) -> bytes:
+    """
+    @return: C{when} (seconds since the epoch) as an IMF-fixdate.
+    """
+    t = time.gmtime(when)
+    return b"%s, %02d %s %04d %02d:%02d:%02d GMT" % (
+        _WEEKDAYS[t.tm_wday],
+        t.tm_mday,
+        _MONTHS[t.tm_mon - 1],
+        t.tm_year,
+        t.tm_hour,
+        t.tm_min,
+        t.tm_sec,
+    )

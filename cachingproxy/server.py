@@ -1,0 +1,1182 @@
+# -*- test-case-name: tests.test_server -*-
+"""
+The client-facing side: L{ProxyProtocol}, one per client connection, and
+L{ProxyFactory}, which holds what the connections share.
+
+A connection is two small state machines, kept apart as h11 keeps its
+client and server roles apart:
+
+  - the I{reader} (L{ReaderState}) follows the bytes the client sends:
+    waiting for a request head, reading a head, reading a body, tunnelling,
+    closed. It is moved only by L{ProxyProtocol._moveReader}.
+  - each request is an L{Exchange} (L{ExchangeState}): queued behind
+    earlier pipelined requests, forwarding (waiting for upstream), responding
+    (streaming the response back), done. It is moved only by
+    L{Exchange._move}.
+
+Requests are answered strictly in order; requests pipelined behind the one
+being answered are parsed and held (their bodies buffered up to a bound,
+beyond which the connection stops reading until it catches up).
+
+Parsing is done by httptools (llhttp) with every leniency off.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Deque, FrozenSet, List, Optional, Tuple
+
+import httptools
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .errors import (
+    BadGateway,
+    BadRequest,
+    Forbidden,
+    GatewayTimeout,
+    HeaderFieldsTooLarge,
+    LoopDetected,
+    MethodNotAllowed,
+    NotImplementedScheme,
+    ProxyError,
+    RequestTimeout,
+    UpstreamClosed,
+    URITooLong,
+)
+from .http.headers import HOP_BY_HOP, Headers, formatHTTPDate
+from .http.message import REASONS, RequestHead, ResponseHead
+from .tunnel import TunnelPeer, joinTunnel
+from .upstream import Origin, UpstreamPool, UpstreamRequest, _QuietFactory, connectError
+
+__all__ = [
+    "ExchangeState",
+    "ProxyFactory",
+    "ProxyProtocol",
+    "ProxySettings",
+    "ReaderState",
+]
+
+#: Methods llhttp knows; any other token is forwarded as an extension
+#: method (see L{ProxyProtocol._substituteMethod}).
+_KNOWN_METHODS = frozenset(
+    b"DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE "
+    b"PROPFIND PROPPATCH SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT "
+    b"MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY SUBSCRIBE UNSUBSCRIBE PATCH "
+    b"PURGE MKCALENDAR LINK UNLINK SOURCE QUERY".split()
+)
+_TCHAR = frozenset(
+    b"!#$%&'*+-.^_`|~0123456789"
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+#: Longest method token accepted.
+_MAX_METHOD = 32
+#: Bytes of pipelined request bodies held per connection before it stops
+#: reading.
+_PIPELINE_BUFFER = 64 * 1024
+#: Requests held behind the one being answered before it stops reading.
+_PIPELINE_DEPTH = 16
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """
+    What every client connection of one listening port shares.
+
+    @ivar upstream: in reverse mode, the origin every request goes to;
+        C{None} in forward mode.
+    @ivar upstreamPath: in reverse mode, the path prefix of the upstream URL.
+    @ivar viaName: the received-by name this proxy puts in C{Via} and looks
+        for to detect loops.
+    @ivar connectPorts: ports CONNECT may reach.
+    @ivar idleTimeout: seconds a kept-alive client connection may wait for
+        its next request.
+    @ivar headerTimeout: seconds from the first byte of a request head to
+        its end.
+    @ivar maxRequestLine: longest request target accepted (414 beyond).
+    @ivar maxHeaderSize: largest header section accepted (431 beyond).
+    @ivar maxConnections: client connections served at once; beyond it the
+        proxy stops accepting until one closes.
+    @ivar xForwardedFor: add the client address to C{X-Forwarded-For}.
+    @ivar forwarded: add an RFC 7239 C{Forwarded} element.
+    """
+
+    upstream: Optional[Origin] = None
+    upstreamPath: bytes = b""
+    viaName: bytes = b"cachingproxy"
+    connectPorts: FrozenSet[int] = frozenset([443])
+    idleTimeout: float = 60.0
+    headerTimeout: float = 30.0
+    maxRequestLine: int = 8192
+    maxHeaderSize: int = 65536
+    maxConnections: int = 10000
+    xForwardedFor: bool = False
+    forwarded: bool = False
+
+
+class ReaderState(enum.Enum):
+    """
+    What the client connection is reading.
+
+    @cvar IDLE: between requests; the idle timeout runs.
+    @cvar HEAD: part of a request head has arrived; the header timeout
+        runs.
+    @cvar BODY: a head was parsed and its body is arriving.
+    @cvar TUNNEL: the bytes are no longer HTTP (after CONNECT).
+    @cvar CLOSED: nothing more is read (the connection is closing, or a
+        request asked for the connection to end).
+    """
+
+    IDLE = "IDLE"
+    HEAD = "HEAD"
+    BODY = "BODY"
+    TUNNEL = "TUNNEL"
+    CLOSED = "CLOSED"
+
+
+_READER_MOVES = {
+    ReaderState.IDLE: {ReaderState.HEAD, ReaderState.CLOSED},
+    ReaderState.HEAD: {ReaderState.BODY, ReaderState.CLOSED},
+    ReaderState.BODY: {ReaderState.IDLE, ReaderState.TUNNEL, ReaderState.CLOSED},
+    ReaderState.TUNNEL: {ReaderState.CLOSED},
+    ReaderState.CLOSED: set(),
+}
+
+
+class ExchangeState(enum.Enum):
+    """
+    Where one request stands.
+
+    @cvar QUEUED: parsed, waiting behind an earlier request.
+    @cvar FORWARDING: being forwarded; no response head sent to the client.
+    @cvar RESPONDING: the response head was sent; the body is streaming.
+    @cvar TUNNEL: CONNECT succeeded; the connection is a byte pipe.
+    @cvar DONE: the response is complete (or the exchange was abandoned).
+    """
+
+    QUEUED = "QUEUED"
+    FORWARDING = "FORWARDING"
+    RESPONDING = "RESPONDING"
+    TUNNEL = "TUNNEL"
+    DONE = "DONE"
+
+
+_EXCHANGE_MOVES = {
+    ExchangeState.QUEUED: {ExchangeState.FORWARDING, ExchangeState.DONE},
+    ExchangeState.FORWARDING: {
+        ExchangeState.RESPONDING,
+        ExchangeState.TUNNEL,
+        ExchangeState.DONE,
+    },
+    ExchangeState.RESPONDING: {ExchangeState.DONE},
+    ExchangeState.TUNNEL: {ExchangeState.DONE},
+    ExchangeState.DONE: set(),
+}
+
+
+@implementer(IPushProducer)
+class _ReadPauser:
+    """
+    Pauses the client connection's reading for one reason, so that several
+    reasons (a full upstream buffer, a deep pipeline) can overlap.
+    """
+
+    def __init__(self, protocol: "ProxyProtocol", reason: str) -> None:
+        self._protocol = protocol
+        self._reason = reason
+
+    def pauseProducing(self) -> None:
+        self._protocol._pauseReading(self._reason)
+
+    def resumeProducing(self) -> None:
+        self._protocol._resumeReading(self._reason)
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class Exchange:
+    """
+    One request and its response.
+
+    Provides L{cachingproxy.upstream.IResponseHandler} for the upstream
+    response it forwards.
+    """
+
+    _log = Logger()
+
+    def __init__(self, protocol: "ProxyProtocol", head: RequestHead, keepAlive: bool):
+        self.protocol = protocol
+        self.head = head
+        self.state = ExchangeState.QUEUED
+        self.keepAlive = keepAlive
+        self.started = protocol.factory.reactor.seconds()
+        self.wallStarted = time.time()
+        self.status = 0
+        self.bytesSent = 0
+        self.error: Optional[ProxyError] = None
+        self._bodyBuffer: List[bytes] = []
+        self._bodyBuffered = 0
+        self.bodyDone = False
+        self.bodyChunked = False
+        self.hasBody = False
+        self.expectContinue = False
+        self.upstream: Optional[UpstreamRequest] = None
+        self._upstreamDeferred: Optional[defer.Deferred] = None
+        self._chunked = False
+        self._closeAfter = not keepAlive
+        self._noBody = False
+        self._bodyUnwanted = False
+        self._registeredUpstreamProducer = False
+        self._registeredClientProducer = False
+        self.tunnelData: List[bytes] = []
+
+    def _move(self, new: ExchangeState) -> None:
+        if new not in _EXCHANGE_MOVES[self.state]:
+            raise RuntimeError(
+                f"exchange {self.head.method!r} {self.head.target!r} "
+                f"cannot move from {self.state.name} to {new.name}"
+            )
+        self.state = new
+
+    # -- request body ----------------------------------------------------
+
+    def requestBody(self, data: bytes) -> None:
+        if self._bodyUnwanted:
+            return
+        upstream = self.upstream
+        if upstream is not None:
+            if self.bodyChunked:
+                upstream.write(b"%x\r\n%s\r\n" % (len(data), data))
+            else:
+                upstream.write(data)
+            return
+        self._bodyBuffer.append(data)
+        self._bodyBuffered += len(data)
+        self.protocol._buffered(len(data))
+
+    def requestBodyEnd(self) -> None:
+        self.bodyDone = True
+        upstream = self.upstream
+        if upstream is None:
+            return
+        self._finishUpstreamBody(upstream)
+
+    def _finishUpstreamBody(self, upstream: UpstreamRequest) -> None:
+        if self._registeredUpstreamProducer:
+            self._registeredUpstreamProducer = False
+            transport = upstream.transport
+            if transport is not None:
+                transport.unregisterProducer()
+            self.protocol._resumeReading("upstream")
+        if self.bodyChunked and not self._bodyUnwanted:
+            upstream.write(b"0\r\n\r\n")
+        upstream.finish()
+
+    def requestBodyUnwanted(self) -> None:
+        """
+        The origin answered before the request body was complete: drop the
+        rest, and end the client connection after the response (what is
+        still to come of the body cannot be told from the next request).
+        """
+        self._bodyUnwanted = True
+        if not self.bodyDone:
+            self._closeAfter = True
+        if self._registeredUpstreamProducer:
+            self._registeredUpstreamProducer = False
+            self.protocol._resumeReading("upstream")
+
+    # -- forwarding ------------------------------------------------------
+
+    def start(self) -> None:
+        """
+        This exchange is now the one the connection answers.
+        """
+        self._move(ExchangeState.FORWARDING)
+        if self.error is not None:
+            self.respondError(self.error)
+            return
+        try:
+            origin, head = self.protocol.factory.route(self.head, self.protocol)
+        except ProxyError as e:
+            self.respondError(e)
+            return
+        if self.head.method == b"CONNECT":
+            self._connectTunnel(origin)
+            return
+        factory = self.protocol.factory
+        d = factory.pool.request(origin, head, self, self.hasBody)
+        self._upstreamDeferred = d
+        d.addCallbacks(self._upstreamReady, self._upstreamUnreachable)
+
+    def _upstreamReady(self, upstream: UpstreamRequest) -> None:
+        self._upstreamDeferred = None
+        if self.state is ExchangeState.DONE:
+            upstream.abort()
+            return
+        self.upstream = upstream
+        buffered, self._bodyBuffer = self._bodyBuffer, []
+        if buffered:
+            self.protocol._unbuffered(self._bodyBuffered)
+            self._bodyBuffered = 0
+            for data in buffered:
+                self.requestBody(data)
+        if self.bodyDone or not self.hasBody:
+            if not self._bodyUnwanted:
+                self._finishUpstreamBody(upstream)
+        elif not self._bodyUnwanted:
+            transport = upstream.transport
+            if transport is not None:
+                transport.registerProducer(
+                    _ReadPauser(self.protocol, "upstream"), True
+                )
+                self._registeredUpstreamProducer = True
+
+    def _upstreamUnreachable(self, reason: Failure) -> None:
+        self._upstreamDeferred = None
+        if self.state is ExchangeState.DONE:
+            return
+        if isinstance(reason.value, ProxyError):
+            self.respondError(reason.value)
+        else:
+            self._log.failure("forwarding failed", failure=reason)
+            self.respondError(BadGateway("cannot reach the origin"))
+
+    def _connectTunnel(self, origin: Origin) -> None:
+        factory = self.protocol.factory
+        endpoint = HostnameEndpoint(
+            factory.reactor,
+            origin.host,
+            origin.port,
+            timeout=factory.pool.settings.connectTimeout,
+        )
+        d = endpoint.connect(_QuietFactory(TunnelPeer))
+        self._upstreamDeferred = d
+
+        def connected(peer: TunnelPeer) -> None:
+            self._upstreamDeferred = None
+            if self.state is ExchangeState.DONE or self.protocol.transport is None:
+                peer.transport.loseConnection()
+                return
+            self.status = 200
+            self.protocol.transport.write(
+                b"HTTP/1.1 200 Connection Established\r\n\r\n"
+            )
+            self._move(ExchangeState.TUNNEL)
+            self.protocol._startTunnel(self, peer)
+
+        def failed(reason: Failure) -> None:
+            self._upstreamDeferred = None
+            if self.state is not ExchangeState.DONE:
+                self.respondError(connectError(reason, origin))
+
+        d.addCallbacks(connected, failed)
+
+    # -- IResponseHandler --------------------------------------------------
+
+    def responseInterim(self, head: ResponseHead) -> None:
+        if self.state is not ExchangeState.FORWARDING:
+            return
+        if head.status == 100:
+            if not self.expectContinue:
+                return
+            self.expectContinue = False
+            self.protocol.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return
+        if head.status == 101 or self.head.version < (1, 1):
+            return
+        headers = head.headers.copy()
+        _removeHopByHop(headers)
+        self.protocol.transport.write(
+            ResponseHead(head.status, head.reason, headers=headers).toWire()
+        )
+
+    def responseHead(self, head: ResponseHead) -> None:
+        if self.state is not ExchangeState.FORWARDING:
+            return
+        protocol = self.protocol
+        status = head.status
+        self.status = status
+        headers = head.headers
+        upstreamChunked = headers.hasToken(b"transfer-encoding", b"chunked")
+        upstreamLength = headers.get(b"content-length")
+        _removeHopByHop(headers)
+        headers.add(b"Via", b"1.1 " + protocol.factory.settings.viaName)
+        if self.head.method == b"HEAD" or status in (204, 304):
+            self._noBody = True
+            if upstreamLength is not None and status != 204:
+                headers.set(b"Content-Length", upstreamLength)
+        elif upstreamLength is not None and not upstreamChunked:
+            headers.set(b"Content-Length", upstreamLength)
+        elif self.head.version >= (1, 1):
+            headers.add(b"Transfer-Encoding", b"chunked")
+            self._chunked = True
+        else:
+            # An HTTP/1.0 client learns where the body ends from the
+            # connection closing.
+            self._closeAfter = True
+        if self._closeAfter or protocol.closing:
+            self._closeAfter = True
+            headers.add(b"Connection", b"close")
+        elif self.head.version < (1, 1):
+            headers.add(b"Connection", b"keep-alive")
+        self._move(ExchangeState.RESPONDING)
+        protocol.transport.write(
+            b"HTTP/1.1 %d %s\r\n%s\r\n"
+            % (status, head.reason or REASONS.get(status, b"Unknown"), headers.toWire())
+        )
+        if self.upstream is not None:
+            protocol.transport.registerProducer(self.upstream, True)
+            self._registeredClientProducer = True
+
+    def responseBody(self, data: bytes) -> None:
+        if self.state is not ExchangeState.RESPONDING or self._noBody:
+            return
+        self.bytesSent += len(data)
+        if self._chunked:
+            self.protocol.transport.writeSequence(
+                [b"%x\r\n" % len(data), data, b"\r\n"]
+            )
+        else:
+            self.protocol.transport.write(data)
+
+    def responseEnd(self) -> None:
+        if self.state is not ExchangeState.RESPONDING:
+            return
+        if self._chunked:
+            self.protocol.transport.write(b"0\r\n\r\n")
+        self._finish()
+
+    def responseFailed(self, reason: Failure, receivedAnything: bool) -> None:
+        if self.state is ExchangeState.DONE:
+            return
+        if self.state is ExchangeState.RESPONDING:
+            # Part of the response is out: the only honest thing left is to
+            # end the connection without a false end of message.
+            self._log.info(
+                "origin response for {target} broke off: {reason}",
+                target=self.head.target,
+                reason=reason.getErrorMessage(),
+            )
+            self.upstream = None
+            self._move(ExchangeState.DONE)
+            self.protocol._exchangeAborted(self)
+            return
+        value = reason.value
+        if isinstance(value, ProxyError):
+            self.respondError(value)
+        elif isinstance(value, UpstreamClosed):
+            self.respondError(BadGateway("the origin closed the connection"))
+        else:
+            self._log.failure("upstream failure", failure=reason)
+            self.respondError(BadGateway("the origin failed"))
+
+    # -- ending ------------------------------------------------------------
+
+    def respondError(self, error: ProxyError) -> None:
+        """
+        Answer with C{error}'s status and a short text body, unless the
+        response has already started, in which case the connection ends.
+        """
+        if self.state is ExchangeState.RESPONDING:
+            self.responseFailed(Failure(error), True)
+            return
+        if self.state is ExchangeState.QUEUED:
+            self._move(ExchangeState.FORWARDING)
+        self._abandonUpstream()
+        protocol = self.protocol
+        self.status = error.status
+        if error.closeConnection or not self.bodyDone or self.head.method == b"CONNECT":
+            # An unread request body cannot be told from the next request,
+            # nor can bytes sent after a refused CONNECT.
+            self._closeAfter = True
+        self._log.info(
+            "{status} for {client} {method} {target}: {message}",
+            status=error.status,
+            client=protocol.clientHost,
+            method=self.head.method,
+            target=self.head.target,
+            message=error.message,
+        )
+        body = (error.message + "\n").encode("utf-8", "replace")
+        headers = [
+            b"HTTP/1.1 %d %s\r\n" % (error.status, REASONS.get(error.status, b"Error")),
+            b"Date: %s\r\n" % formatHTTPDate(protocol.factory.reactor.seconds()),
+            b"Content-Type: text/plain; charset=utf-8\r\n",
+            b"Content-Length: %d\r\n" % len(body),
+            b"Via: 1.1 %s\r\n" % protocol.factory.settings.viaName,
+        ]
+        if self._closeAfter or protocol.closing:
+            self._closeAfter = True
+            headers.append(b"Connection: close\r\n")
+        elif self.head.version < (1, 1):
+            headers.append(b"Connection: keep-alive\r\n")
+        headers.append(b"\r\n")
+        self._move(ExchangeState.RESPONDING)
+        if self.head.method != b"HEAD":
+            headers.append(body)
+            self.bytesSent = len(body)
+        protocol.transport.writeSequence(headers)
+        self._finish()
+
+    def _abandonUpstream(self) -> None:
+        d, self._upstreamDeferred = self._upstreamDeferred, None
+        if d is not None:
+            d.cancel()
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.abort()
+
+    def _finish(self) -> None:
+        if self._registeredClientProducer:
+            self._registeredClientProducer = False
+            self.protocol.transport.unregisterProducer()
+        self._move(ExchangeState.DONE)
+        self.protocol._exchangeDone(self)
+
+    def clientGone(self) -> None:
+        """
+        The client connection is gone: release everything this exchange
+        holds upstream (a half-used upstream connection is closed, never
+        pooled).
+        """
+        if self.state is ExchangeState.DONE:
+            return
+        self.state = ExchangeState.DONE
+        if self._bodyBuffered:
+            self.protocol._unbuffered(self._bodyBuffered)
+            self._bodyBuffered = 0
+        self._bodyBuffer = []
+        self._abandonUpstream()
+
+
+def _removeHopByHop(headers: Headers) -> None:
+    """
+    Remove the fields that describe one connection (RFC 9110 section
+    7.6.1): the fixed set, and every field the Connection field nominates.
+    """
+    nominated = {t.lower() for t in headers.getList(b"connection")}
+    if nominated:
+        headers.removeMany(HOP_BY_HOP | nominated)
+    else:
+        headers.removeMany(HOP_BY_HOP)
+
+
+class ProxyProtocol(Protocol):
+    """
+    One client connection.
+
+    @ivar reader: the L{ReaderState}.
+    @ivar closing: the connection ends after the response being sent.
+    """
+
+    _log = Logger()
+
+    def __init__(self) -> None:
+        self.reader = ReaderState.IDLE
+        self.closing = False
+        self._queue: Deque[Exchange] = deque()
+        self._reading: Optional[Exchange] = None
+        self._pauses: set = set()
+        self._bufferedBytes = 0
+        self._timer = None
+        self._timerPurpose: Optional[ReaderState] = None
+        self._tunnelPeer: Optional[TunnelPeer] = None
+        self.clientHost = "-"
+
+    # -- connection --------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.clientHost = getattr(peer, "host", None) or "-"
+        setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if setNoDelay is not None:
+            try:
+                setNoDelay(True)
+            except Exception:
+                pass
+        self._parser = httptools.HttpRequestParser(self)
+        self._resetHead()
+        self.factory.connectionOpened(self)
+        self._armTimer(self.factory.settings.idleTimeout, ReaderState.IDLE)
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.reader = ReaderState.CLOSED
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        queue, self._queue = self._queue, deque()
+        if queue and queue[0].state is ExchangeState.TUNNEL:
+            self.factory.logAccess(queue[0], self)
+        for exchange in queue:
+            exchange.clientGone()
+        if self._reading is not None and self._reading not in queue:
+            self._reading.clientGone()
+        self._reading = None
+        peer, self._tunnelPeer = self._tunnelPeer, None
+        if peer is not None and peer.transport is not None:
+            peer.transport.loseConnection()
+        self.factory.connectionClosed(self)
+
+    def _moveReader(self, new: ReaderState) -> None:
+        if new not in _READER_MOVES[self.reader]:
+            raise RuntimeError(
+                f"client {self.clientHost} reader cannot move from "
+                f"{self.reader.name} to {new.name}"
+            )
+        self.reader = new
+
+    # -- timers ------------------------------------------------------------
+
+    def _armTimer(self, seconds: float, purpose: ReaderState) -> None:
+        self._timerPurpose = purpose
+        timer = self._timer
+        if timer is not None and timer.active():
+            timer.reset(seconds)
+        else:
+            self._timer = self.factory.reactor.callLater(seconds, self._timedOut)
+
+    def _timedOut(self) -> None:
+        self._timer = None
+        purpose = self._timerPurpose
+        if purpose is not self.reader:
+            return
+        if purpose is ReaderState.IDLE and not self._queue:
+            self._log.debug("closing idle connection from {client}", client=self.clientHost)
+            self.reader = ReaderState.CLOSED
+            self.transport.loseConnection()
+        elif purpose is ReaderState.HEAD:
+            self._protocolError(RequestTimeout("the request head did not arrive in time"))
+
+    # -- flow control ------------------------------------------------------
+
+    def _pauseReading(self, reason: str) -> None:
+        if not self._pauses and self.transport is not None:
+            self.transport.pauseProducing()
+        self._pauses.add(reason)
+
+    def _resumeReading(self, reason: str) -> None:
+        if reason not in self._pauses:
+            return
+        self._pauses.discard(reason)
+        if not self._pauses and self.transport is not None:
+            self.transport.resumeProducing()
+
+    def _buffered(self, n: int) -> None:
+        self._bufferedBytes += n
+        if self._bufferedBytes > _PIPELINE_BUFFER:
+            self._pauseReading("buffer")
+
+    def _unbuffered(self, n: int) -> None:
+        self._bufferedBytes -= n
+        if self._bufferedBytes <= _PIPELINE_BUFFER:
+            self._resumeReading("buffer")
+
+    # -- reading -----------------------------------------------------------
+
+    def _resetHead(self) -> None:
+        self._url = b""
+        self._fields: List[Tuple[bytes, bytes]] = []
+        self._headSize = 0
+        self._fieldBytes = 0
+        self._method: Optional[bytes] = None
+        self._methodPrefix = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        reader = self.reader
+        if reader is ReaderState.TUNNEL:
+            self._tunnelData(data)
+            return
+        if reader is ReaderState.CLOSED:
+            return
+        if reader is ReaderState.IDLE and self._method is None:
+            data = self._substituteMethod(data)
+            if data is None:
+                return
+        if reader is ReaderState.HEAD or reader is ReaderState.IDLE:
+            self._headSize += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self._upgraded(data[e.args[0]:])
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            if isinstance(cause, ProxyError):
+                self._protocolError(cause)
+            else:
+                self._log.failure(
+                    "request handling failed",
+                    failure=Failure(cause) if cause is not None else Failure(e),
+                )
+                self._protocolError(BadRequest("the request could not be handled"))
+        except httptools.HttpParserInvalidMethodError:
+            self._protocolError(BadRequest("invalid request method"))
+        except httptools.HttpParserError as e:
+            self._protocolError(BadRequest(f"malformed request: {e}"))
+        else:
+            if (
+                self.reader is ReaderState.HEAD
+                and self._headSize
+                > self.factory.settings.maxHeaderSize + self.factory.settings.maxRequestLine
+            ):
+                self._protocolError(
+                    HeaderFieldsTooLarge("the request header section is too large")
+                )
+
+    def _substituteMethod(self, data: bytes) -> Optional[bytes]:
+        """
+        llhttp knows a fixed list of methods, but HTTP allows any token
+        (RFC 9110 section 9.1). At the start of a request, an unknown but
+        valid method token is remembered and replaced by C{POST} for the
+        parser only: request framing does not depend on the method (RFC 9112
+        section 6.3), so the parse is the same.
+
+        @return: the bytes to feed the parser, or C{None} if more bytes are
+            needed to see the whole method.
+        """
+        pending = self._methodPrefix
+        if pending:
+            data = pending + data
+            self._methodPrefix = b""
+        space = data.find(b" ", 0, _MAX_METHOD + 1)
+        if space == -1:
+            if len(data) <= _MAX_METHOD and all(b in _TCHAR for b in data):
+                self._methodPrefix = data
+                return None
+            return data
+        method = data[:space]
+        if method in _KNOWN_METHODS or not method or not all(b in _TCHAR for b in method):
+            return data
+        self._method = method
+        return b"POST" + data[space:]
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._moveReader(ReaderState.HEAD)
+        self._armTimer(self.factory.settings.headerTimeout, ReaderState.HEAD)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.factory.settings.maxRequestLine:
+            raise URITooLong("the request target is too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.reader is not ReaderState.HEAD:
+            # Trailer fields of a chunked request body are not forwarded.
+            return
+        self._headSize = 0
+        self._fieldBytes += len(name) + len(value) + 4
+        if self._fieldBytes > self.factory.settings.maxHeaderSize:
+            raise HeaderFieldsTooLarge("the request header section is too large")
+        self._fields.append((name, value.strip(b" \t")))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        method = self._method or parser.get_method()
+        version = parser.get_http_version()
+        head = RequestHead(
+            method,
+            self._url,
+            (int(version[0]), int(version[2])),
+            Headers(self._fields),
+        )
+        keepAlive = parser.should_keep_alive() and not self.closing
+        self._resetHead()
+        self._moveReader(ReaderState.BODY)
+        exchange = Exchange(self, head, keepAlive)
+        headers = head.headers
+        if headers.hasToken(b"transfer-encoding", b"chunked"):
+            exchange.hasBody = True
+            exchange.bodyChunked = True
+        else:
+            length = headers.get(b"content-length")
+            exchange.hasBody = length is not None and length.strip() not in (b"0", b"")
+        if head.version >= (1, 1) and headers.hasToken(b"expect", b"100-continue"):
+            exchange.expectContinue = True
+        exchange.error = self.factory.checkRequest(head, self)
+        self._reading = exchange
+        self._queue.append(exchange)
+        if not keepAlive:
+            self.closing = True
+        if len(self._queue) == 1:
+            exchange.start()
+        elif len(self._queue) > _PIPELINE_DEPTH:
+            self._pauseReading("pipeline")
+
+    def on_body(self, data: bytes) -> None:
+        exchange = self._reading
+        if exchange is not None:
+            exchange.requestBody(data)
+
+    def on_message_complete(self) -> None:
+        exchange, self._reading = self._reading, None
+        if self.reader is ReaderState.CLOSED:
+            return
+        if exchange is not None and exchange.head.method == b"CONNECT":
+            # What follows is the tunnel, dealt with by _upgraded.
+            exchange.requestBodyEnd()
+            return
+        self._moveReader(ReaderState.IDLE)
+        if exchange is not None:
+            exchange.requestBodyEnd()
+        if self.closing:
+            # Connection: close: no further request is read (RFC 9112
+            # section 9.6).
+            self._moveReader(ReaderState.CLOSED)
+        elif not self._queue:
+            self._armTimer(self.factory.settings.idleTimeout, ReaderState.IDLE)
+
+    def _upgraded(self, rest: bytes) -> None:
+        """
+        llhttp stopped after a request that asks to leave HTTP: a CONNECT
+        (the rest is tunnel data) or a request carrying Upgrade (which this
+        proxy does not forward, so HTTP goes on with a fresh parser).
+        """
+        if self.reader is ReaderState.CLOSED:
+            return
+        queue = self._queue
+        last = queue[-1] if queue else None
+        if last is not None and last.head.method == b"CONNECT":
+            self._moveReader(ReaderState.TUNNEL)
+            if rest:
+                last.tunnelData.append(rest)
+            return
+        self._parser = httptools.HttpRequestParser(self)
+        if self.reader is ReaderState.BODY:
+            self._moveReader(ReaderState.IDLE)
+        if rest:
+            self.dataReceived(rest)
+
+    def _protocolError(self, error: ProxyError) -> None:
+        """
+        The client broke the protocol or a limit: answer (after the
+        requests before it) and close.
+        """
+        if self.reader is ReaderState.CLOSED:
+            return
+        self.reader = ReaderState.CLOSED
+        self.closing = True
+        reading, self._reading = self._reading, None
+        if reading is not None and reading.state is ExchangeState.QUEUED:
+            # A pipelined request whose body broke: answered in its turn.
+            reading.error = error
+            return
+        if reading is not None and reading.state is ExchangeState.FORWARDING:
+            # Its body broke while it was being forwarded.
+            reading.respondError(error)
+            return
+        if reading is not None and reading.state is not ExchangeState.DONE:
+            # Its response is already streaming: nothing honest can be
+            # said any more except closing.
+            self._log.info(
+                "{status} for {client} mid-exchange: {message}; closing",
+                status=error.status,
+                client=self.clientHost,
+                message=error.message,
+            )
+            self.transport.loseConnection()
+            return
+        head = RequestHead(self._method or b"-", self._url or b"-", (1, 1))
+        exchange = Exchange(self, head, keepAlive=False)
+        exchange.bodyDone = True
+        exchange.error = error
+        self._queue.append(exchange)
+        if len(self._queue) == 1:
+            exchange.start()
+
+    # -- the queue ---------------------------------------------------------
+
+    def _exchangeDone(self, exchange: Exchange) -> None:
+        self.factory.logAccess(exchange, self)
+        if self._queue and self._queue[0] is exchange:
+            self._queue.popleft()
+        if exchange._closeAfter:
+            self.closing = True
+            self.reader = ReaderState.CLOSED
+            for queued in self._queue:
+                queued.clientGone()
+            self._queue.clear()
+            self.transport.loseConnection()
+            return
+        self._resumeReading("pipeline")
+        if self._queue:
+            self._queue[0].start()
+        elif self.reader is ReaderState.IDLE:
+            self._armTimer(self.factory.settings.idleTimeout, ReaderState.IDLE)
+
+    def _exchangeAborted(self, exchange: Exchange) -> None:
+        """
+        A response broke off mid-body: log it and close the connection
+        without ending the message.
+        """
+        self.factory.logAccess(exchange, self)
+        self.reader = ReaderState.CLOSED
+        self.transport.loseConnection()
+
+    # -- tunnels -----------------------------------------------------------
+
+    def _startTunnel(self, exchange: Exchange, peer: TunnelPeer) -> None:
+        self._tunnelPeer = peer
+        self._pauses.clear()
+        self._bufferedBytes = 0
+        if self.reader is not ReaderState.TUNNEL:
+            self.reader = ReaderState.TUNNEL
+        self._timerPurpose = None
+        joinTunnel(self, peer)
+        pending, exchange.tunnelData = exchange.tunnelData, []
+        for data in pending:
+            peer.transport.write(data)
+        self.transport.resumeProducing()
+
+    def _tunnelData(self, data: bytes) -> None:
+        peer = self._tunnelPeer
+        if peer is not None and peer.transport is not None:
+            peer.transport.write(data)
+        elif self._queue:
+            self._queue[-1].tunnelData.append(data)
+            self._buffered(len(data))
+
+    def tunnelClosed(self) -> None:
+        """
+        The destination closed its side: close ours.
+        """
+        self._tunnelPeer = None
+        if self._queue:
+            exchange = self._queue[0]
+            exchange.state = ExchangeState.DONE
+            self.factory.logAccess(exchange, self)
+            self._queue.clear()
+        self.transport.loseConnection()
+
+
+class ProxyFactory(Factory):
+    """
+    What the client connections share: settings, the upstream pool, the
+    access log and the connection count.
+
+    @ivar pool: the L{UpstreamPool}.
+    @ivar accessLog: called with one formatted line per finished request,
+        or C{None}.
+    @ivar port: the listening port, once known; used to stop accepting at
+        the connection limit.
+    """
+
+    protocol = ProxyProtocol
+    noisy = False
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor,
+        settings: ProxySettings,
+        pool: UpstreamPool,
+        accessLog: Optional[Callable[[str], None]] = None,
+    ) -> None:
+        self.reactor = reactor
+        self.settings = settings
+        self.pool = pool
+        self.accessLog = accessLog
+        self.port = None
+        self.openConnections = 0
+        self._acceptingPaused = False
+        viaName = settings.viaName.lower()
+        self._viaName = viaName
+
+    def connectionOpened(self, protocol: ProxyProtocol) -> None:
+        self.openConnections += 1
+        if self.openConnections >= self.settings.maxConnections:
+            self._pauseAccepting()
+
+    def connectionClosed(self, protocol: ProxyProtocol) -> None:
+        self.openConnections -= 1
+        if self._acceptingPaused and self.openConnections < self.settings.maxConnections:
+            self._resumeAccepting()
+
+    def _pauseAccepting(self) -> None:
+        stop = getattr(self.port, "stopReading", None)
+        if stop is not None and not self._acceptingPaused:
+            self._acceptingPaused = True
+            self._log.warn(
+                "{n} client connections open (the limit): not accepting more for now",
+                n=self.openConnections,
+            )
+            stop()
+
+    def _resumeAccepting(self) -> None:
+        self._acceptingPaused = False
+        start = getattr(self.port, "startReading", None)
+        if start is not None:
+            start()
+
+    # -- decisions about a request ------------------------------------------
+
+    def checkRequest(self, head: RequestHead, protocol: ProxyProtocol) -> Optional[ProxyError]:
+        """
+        @return: the error a request gets before any forwarding, or C{None}.
+        """
+        headers = head.headers
+        hosts = headers.getAll(b"host")
+        if len(hosts) > 1:
+            return BadRequest("more than one Host field")
+        if head.version >= (1, 1) and not hosts:
+            # RFC 9112 section 3.2.
+            return BadRequest("no Host field")
+        for member in headers.getList(b"via"):
+            parts = member.split()
+            if len(parts) >= 2 and parts[1].lower() == self._viaName:
+                return LoopDetected("the request has already passed through this proxy")
+        return None
+
+    def route(self, head: RequestHead, protocol: ProxyProtocol) -> Tuple[Origin, RequestHead]:
+        """
+        Decide where C{head} goes and build the request to send there.
+
+        @raise ProxyError: when the request cannot be forwarded.
+        """
+        settings = self.settings
+        method = head.method
+        target = head.target
+        if method == b"CONNECT":
+            if settings.upstream is not None:
+                raise MethodNotAllowed("CONNECT is not served by a reverse proxy")
+            origin = _parseAuthority(b"https", target, requirePort=True)
+            if origin.port not in settings.connectPorts:
+                raise Forbidden(f"CONNECT to port {origin.port} is not allowed")
+            return origin, head
+        if target.startswith(b"/"):
+            if settings.upstream is None:
+                raise BadRequest("this is a proxy: the request target must be an absolute URI")
+            origin = settings.upstream
+            path = settings.upstreamPath + target if settings.upstreamPath else target
+        elif target == b"*":
+            if method != b"OPTIONS":
+                raise BadRequest("'*' is only a target for OPTIONS")
+            if settings.upstream is None:
+                raise BadRequest("this is a proxy: the request target must be an absolute URI")
+            origin = settings.upstream
+            path = b"*"
+        else:
+            scheme, sep, rest = target.partition(b"://")
+            if not sep:
+                raise BadRequest("invalid request target")
+            scheme = scheme.lower()
+            if scheme not in (b"http", b"https"):
+                raise NotImplementedScheme(
+                    f"the {scheme.decode('ascii', 'replace')!r} scheme is not supported"
+                )
+            slash = rest.find(b"/")
+            query = rest.find(b"?")
+            cut = min(i for i in (slash, query, len(rest)) if i != -1)
+            authority, path = rest[:cut], rest[cut:]
+            if path.startswith(b"?"):
+                path = b"/" + path
+            if settings.upstream is not None:
+                origin = settings.upstream
+                if settings.upstreamPath:
+                    path = settings.upstreamPath + (path or b"/")
+            else:
+                origin = _parseAuthority(scheme, authority, requirePort=False)
+            if not path:
+                # RFC 9112 section 3.2.4: the last proxy turns an empty path
+                # of an OPTIONS request into '*'.
+                path = b"*" if method == b"OPTIONS" else b"/"
+        headers = head.headers.copy()
+        _removeHopByHop(headers)
+        headers.set(b"Host", origin.authority())
+        if head.version < (1, 1):
+            headers.remove(b"expect")
+        if head.headers.hasToken(b"transfer-encoding", b"chunked"):
+            headers.add(b"Transfer-Encoding", b"chunked")
+        if settings.xForwardedFor:
+            _appendField(headers, b"X-Forwarded-For", protocol.clientHost.encode())
+        if settings.forwarded:
+            client = protocol.clientHost
+            node = f'"[{client}]"' if ":" in client else client
+            _appendField(headers, b"Forwarded", f"for={node}".encode())
+        headers.add(b"Via", b"%d.%d %s" % (head.version[0], head.version[1], settings.viaName))
+        return origin, RequestHead(method, path, (1, 1), headers)
+
+    # -- logging -----------------------------------------------------------
+
+    def logAccess(self, exchange: Exchange, protocol: ProxyProtocol) -> None:
+        """
+        Write one Combined Log Format line for a finished request, with the
+        duration in seconds appended.
+        """
+        if self.accessLog is None:
+            return
+        head = exchange.head
+        elapsed = self.reactor.seconds() - exchange.started
+        when = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(exchange.wallStarted))
+        referer = head.headers.get(b"referer", b"-")
+        agent = head.headers.get(b"user-agent", b"-")
+        line = '%s - - [%s] "%s %s HTTP/%d.%d" %d %d "%s" "%s" %.4f' % (
+            protocol.clientHost,
+            when,
+            _printable(head.method),
+            _printable(head.target),
+            head.version[0],
+            head.version[1],
+            exchange.status,
+            exchange.bytesSent,
+            _printable(referer),
+            _printable(agent),
+            elapsed,
+        )
+        self.accessLog(line)
+
+
+def _printable(value: bytes) -> str:
+    text = value.decode("latin-1")
+    return "".join(c if 32 <= ord(c) < 127 and c != '"' else "\\x%02x" % ord(c) for c in text)
+
+
+def _appendField(headers: Headers, name: bytes, value: bytes) -> None:
+    existing = headers.getCombined(name)
+    headers.set(name, existing + b", " + value if existing else value)
+
+
+def _parseAuthority(scheme: bytes, authority: bytes, requirePort: bool) -> Origin:
+    """
+    Parse C{host[:port]} (RFC 9110 section 4.2): IPv6 literals in brackets,
+    no user information.
+
+    @raise BadRequest: if C{authority} is not a valid authority.
+    """
+    if not authority or b"@" in authority:
+        raise BadRequest("invalid authority in the request target")
+    if authority.startswith(b"["):
+        end = authority.find(b"]")
+        if end == -1:
+            raise BadRequest("invalid IPv6 literal in the request target")
+        host = authority[1:end]
+        rest = authority[end + 1:]
+        if rest and not rest.startswith(b":"):
+            raise BadRequest("invalid authority in the request target")
+        portText = rest[1:] if rest else b""
+    else:
+        host, _, portText = authority.partition(b":")
+    if requirePort and not portText:
+        raise BadRequest("CONNECT needs host:port")
+    if portText:
+        if not portText.isdigit() or not 0 < int(portText) < 65536:
+            raise BadRequest("invalid port in the request target")
+        port = int(portText)
+    else:
+        port = 443 if scheme == b"https" else 80
+    try:
+        hostText = host.decode("ascii").lower()
+    except UnicodeDecodeError:
+        raise BadRequest("invalid host in the request target")
+    if not hostText or any(c in hostText for c in " \t/\\?#%"):
+        raise BadRequest("invalid host in the request target")
+    return Origin(scheme, hostText, port)

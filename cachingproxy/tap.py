@@ -1,0 +1,241 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The twistd plugin's options and service: C{twistd -n cachingproxy --help}.
+
+L{makeService} wires the rooms together: the upstream pool, the proxy
+factory and one listening service per C{--port}, in a L{MultiService}
+(the shape of Twisted's own C{twisted.web.tap}).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, Optional
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+
+from . import __version__
+from .config import SETTINGS, Config, fromOptions
+from .server import ProxyFactory, ProxySettings
+from .upstream import Origin, UpstreamPool, UpstreamSettings
+
+__all__ = ["Options", "makeService", "ProxyService", "buildFactory"]
+
+
+class Options(usage.Options):
+    """
+    The command line of C{twistd cachingproxy}. Every option can also be
+    given as an environment variable C{CACHINGPROXY_<NAME>}.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "A caching HTTP/1.1 proxy. Forward mode (the default) serves clients "
+        "configured to use a proxy, including CONNECT tunnels; --upstream "
+        "turns it into a reverse proxy in front of one origin. Each option "
+        "can also be set by the environment variable CACHINGPROXY_<NAME> "
+        "(e.g. CACHINGPROXY_UPSTREAM_TIMEOUT); LISTEN_PORT is an alias for "
+        "CACHINGPROXY_PORT. The command line wins over the environment."
+    )
+
+    optFlags = [
+        [s.name, None, s.help + f" [env {s.envName}]"]
+        for s in SETTINGS
+        if s.kind == "flag"
+    ]
+    optParameters = [
+        [
+            s.name,
+            None,
+            None,
+            s.help + f" [default: {s.default}] [env {s.envName}]",
+        ]
+        for s in SETTINGS
+        if s.kind not in ("flag", "list")
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["port"] = []
+
+    def opt_port(self, port: str) -> None:
+        """
+        Where to listen: a port number or a Twisted server endpoint string
+        (tcp:3128:interface=127.0.0.1, ssl:..., unix:..., systemd:...).
+        Repeatable. [default: tcp:3128] [env CACHINGPROXY_PORT, LISTEN_PORT]
+        """
+        self["port"].append(port)
+
+    def opt_version(self) -> None:
+        """
+        Print the version and exit.
+        """
+        print(f"cachingproxy {__version__}")
+        raise SystemExit(0)
+
+    def postOptions(self) -> None:
+        given = {}
+        for setting in SETTINGS:
+            value = self.get(setting.name)
+            if setting.kind == "flag":
+                if value:
+                    given[setting.name] = True
+            elif setting.kind == "list":
+                if value:
+                    given[setting.name] = tuple(value)
+            elif value is not None:
+                given[setting.name] = value
+        self.config = fromOptions(given, os.environ)
+
+
+def buildFactory(reactor, config: Config, accessLog=None) -> ProxyFactory:
+    """
+    @return: a L{ProxyFactory} for C{config}, with its own upstream pool.
+    """
+    trustRoot = None
+    if config.caFile:
+        from twisted.internet.ssl import Certificate, trustRootFromCertificates
+
+        with open(config.caFile, "rb") as f:
+            pem = f.read()
+        certificates = []
+        marker = b"-----END CERTIFICATE-----"
+        for block in pem.split(marker):
+            if b"-----BEGIN CERTIFICATE-----" in block:
+                certificates.append(Certificate.loadPEM(block + marker))
+        trustRoot = trustRootFromCertificates(certificates)
+    pool = UpstreamPool(
+        reactor,
+        UpstreamSettings(
+            connectTimeout=config.connectTimeout,
+            responseTimeout=config.upstreamTimeout,
+            maxIdlePerOrigin=config.upstreamMaxIdle,
+            idleTimeout=config.upstreamIdleTimeout,
+            trustRoot=trustRoot,
+        ),
+    )
+    upstream = None
+    if config.upstream:
+        upstream = Origin(config.upstreamScheme, config.upstreamHost, config.upstreamPort)
+    settings = ProxySettings(
+        upstream=upstream,
+        upstreamPath=config.upstreamPath,
+        viaName=config.viaName.encode("ascii", "replace"),
+        connectPorts=config.connectPorts,
+        idleTimeout=config.idleTimeout,
+        headerTimeout=config.headerTimeout,
+        maxRequestLine=config.maxRequestLine,
+        maxHeaderSize=config.maxHeaderSize,
+        maxConnections=config.maxConnections,
+        xForwardedFor=config.xForwardedFor,
+        forwarded=config.forwarded,
+    )
+    return ProxyFactory(reactor, settings, pool, accessLog)
+
+
+class AccessLogFile:
+    """
+    Writes access log lines to a file, or to the twistd log for C{-}.
+    """
+
+    _log = Logger(namespace="cachingproxy.access")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._file = None
+        if path != "-":
+            self._file = open(path, "a", buffering=1, encoding="utf-8")
+
+    def __call__(self, line: str) -> None:
+        if self._file is None:
+            self._log.info("{line}", line=line)
+        else:
+            self._file.write(line + "\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class ProxyService(service.Service):
+    """
+    Listens on one endpoint description with a L{ProxyFactory}; on stop,
+    stops listening and closes the upstream pool.
+
+    @ivar port: the listening port once started (tests read its address).
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor, description: str, factory: ProxyFactory) -> None:
+        self._reactor = reactor
+        self.description = description
+        self.factory = factory
+        self.port = None
+        self._listening: Optional[defer.Deferred] = None
+
+    def startService(self) -> None:
+        super().startService()
+        endpoint = serverFromString(self._reactor, self.description)
+        self._listening = endpoint.listen(self.factory)
+
+        def listening(port):
+            self.port = port
+            if self.factory.port is None:
+                self.factory.port = port
+            self._log.info(
+                "cachingproxy {version} listening on {address}",
+                version=__version__,
+                address=port.getHost(),
+            )
+            return port
+
+        def failed(reason):
+            self._log.failure("cannot listen on {description}", reason,
+                              description=self.description)
+            from twisted.internet import reactor
+
+            if reactor.running:
+                reactor.stop()
+            return reason
+
+        self._listening.addCallbacks(listening, failed)
+
+    def whenListening(self) -> defer.Deferred:
+        """
+        @return: a L{Deferred} firing with the listening port.
+        """
+        d = defer.Deferred()
+        self._listening.addBoth(lambda r: (d.callback(r), r)[1])
+        return d
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        waits: List[defer.Deferred] = []
+        if self.port is not None:
+            waits.append(defer.maybeDeferred(self.port.stopListening))
+            self.port = None
+        waits.append(self.factory.pool.closeCachedConnections())
+        return defer.gatherResults(waits, consumeErrors=True).addCallback(lambda _: None)
+
+
+def makeService(options: Options, reactor=None) -> service.MultiService:
+    """
+    Build the proxy service from parsed L{Options}.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as globalReactor
+
+        reactor = globalReactor
+    config: Config = options.config
+    accessLog = AccessLogFile(config.accessLog) if config.accessLog else None
+    factory = buildFactory(reactor, config, accessLog)
+    top = service.MultiService()
+    for description in config.port:
+        ProxyService(reactor, description, factory).setServiceParent(top)
+    return top

@@ -1,0 +1,782 @@
+# -*- test-case-name: tests.test_upstream -*-
+"""
+The upstream side: a pool of persistent HTTP/1.1 connections to origins and
+the client protocol that runs one request at a time on each of them.
+
+Usage::
+
+    pool = UpstreamPool(reactor, UpstreamSettings(connectTimeout=10))
+    d = pool.request(Origin(b"http", "example.com", 80), head, handler,
+                     hasBody=False)
+    d.addCallback(lambda upstreamRequest: upstreamRequest.finish())
+
+C{handler} provides the L{IResponseHandler} methods and is told about the
+response as it streams: interim heads, the final head, body chunks, the end,
+or a failure. The L{UpstreamRequest} the Deferred fires with is how the
+caller streams a request body (C{write}, C{finish}) and applies flow control
+to the response (C{pauseProducing}, C{resumeProducing}); C{abort} abandons
+the request and closes its connection.
+
+A request that fails on a reused connection before any byte of its response
+arrived is sent once more on a fresh connection, if its method is idempotent
+and it has no body (RFC 9110 section 9.2.2). The Deferred fails (it never
+raises) with L{BadGateway} or L{GatewayTimeout} when no connection can be
+made.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Protocol as TypingProtocol
+
+import httptools
+from twisted.internet import defer, error
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .errors import BadGateway, GatewayTimeout, UpstreamClosed
+from .http.headers import Headers
+from .http.message import RequestHead, ResponseHead
+
+__all__ = [
+    "IResponseHandler",
+    "Origin",
+    "UpstreamPool",
+    "UpstreamProtocol",
+    "UpstreamRequest",
+    "UpstreamSettings",
+]
+
+_IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"])
+
+
+@dataclass(frozen=True)
+class Origin:
+    """
+    Where a request goes: the pool keys connections by this.
+    """
+
+    scheme: bytes
+    host: str
+    port: int
+
+    def authority(self) -> bytes:
+        """
+        @return: the Host field value for this origin (the port only when it
+            is not the scheme's default).
+        """
+        host = self.host
+        if ":" in host:
+            host = f"[{host}]"
+        default = 443 if self.scheme == b"https" else 80
+        if self.port == default:
+            return host.encode("idna") if not host.isascii() else host.encode()
+        return f"{host}:{self.port}".encode("ascii", "replace")
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    """
+    @ivar connectTimeout: seconds to establish a connection.
+    @ivar responseTimeout: seconds of silence from the origin tolerated while
+        a response is awaited or is arriving.
+    @ivar maxIdlePerOrigin: idle persistent connections kept per origin.
+    @ivar idleTimeout: seconds an idle pooled connection is kept.
+    @ivar trustRoot: a L{twisted.internet.ssl.IOpenSSLTrustRoot} for https
+        origins, or C{None} for the platform's trust store.
+    """
+
+    connectTimeout: float = 10.0
+    responseTimeout: float = 10.0
+    maxIdlePerOrigin: int = 64
+    idleTimeout: float = 60.0
+    trustRoot: object = None
+
+
+class IResponseHandler(TypingProtocol):
+    """
+    What an upstream request reports to, in this order: any number of
+    C{responseInterim}, then C{responseHead}, any number of
+    C{responseBody}, then C{responseEnd}; or C{responseFailed} at any point
+    (after which nothing else is called).
+    """
+
+    def responseInterim(self, head: ResponseHead) -> None: ...
+
+    def responseHead(self, head: ResponseHead) -> None: ...
+
+    def responseBody(self, data: bytes) -> None: ...
+
+    def responseEnd(self) -> None: ...
+
+    def responseFailed(self, reason: Failure, receivedAnything: bool) -> None: ...
+
+    def requestBodyUnwanted(self) -> None: ...
+
+
+class _HeadDone(Exception):
+    """
+    Raised from the parser's headers-complete callback to end a response
+    to HEAD after its head: llhttp cannot be told that a response has no
+    body because of the request it answers.
+    """
+
+
+class UpstreamState(enum.Enum):
+    """
+    The states of an L{UpstreamProtocol}.
+
+    @cvar IDLE: connected, no request; waiting in the pool.
+    @cvar BUSY: a request was sent (its body may still be streaming) and its
+        response has not ended.
+    @cvar CLOSED: the connection is gone or going; it is never reused.
+    """
+
+    IDLE = "IDLE"
+    BUSY = "BUSY"
+    CLOSED = "CLOSED"
+
+
+class UpstreamProtocol(Protocol):
+    """
+    One connection to an origin, carrying one request at a time.
+
+    @ivar _requestDone: the request (head and body) has been sent in full.
+    @ivar _responseStarted: at least one byte of the response arrived.
+    @ivar _reusable: the connection may go back to the pool after this
+        exchange (both sides agree on keep-alive, framing was clean).
+    """
+
+    _log = Logger()
+
+    def __init__(self, pool: "UpstreamPool", origin: Origin) -> None:
+        self._pool = pool
+        self.origin = origin
+        self.state = UpstreamState.IDLE
+        self.reused = False
+        self._handler: Optional[IResponseHandler] = None
+        self._request: Optional[UpstreamRequest] = None
+        self._method = b""
+        self._parser = httptools.HttpResponseParser(self)
+        self._timer = None
+        self._lastActivity = 0.0
+        self.idleSince = 0.0
+        self._requestDone = True
+        self._responseStarted = False
+        self._responseComplete = False
+        self._finalHeadSeen = False
+        self._closeDelimited = False
+        self._responseHead: Optional[ResponseHead] = None
+        self._lostWaiters: List[defer.Deferred] = []
+
+    # -- wiring --------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.idleSince = self._pool.reactor.seconds()
+        # Upstream sockets should never wait on Nagle.
+        setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if setNoDelay is not None:
+            try:
+                setNoDelay(True)
+            except Exception:
+                pass
+
+    def sendRequest(
+        self, head: RequestHead, handler: IResponseHandler, request: "UpstreamRequest"
+    ) -> None:
+        """
+        Send C{head} and start awaiting its response.
+        """
+        assert self.state is UpstreamState.IDLE, self.state
+        self.state = UpstreamState.BUSY
+        self._handler = handler
+        self._request = request
+        self._method = head.method
+        self._requestDone = False
+        self._responseStarted = False
+        self._responseHead: Optional[ResponseHead] = None
+        self._finalHeadSeen = False
+        self._responseComplete = False
+        self._reusable = True
+        self._headerFields: List = []
+        self._reason = b""
+        request._protocol = self
+        self.transport.write(head.toWire())
+        self._armTimer()
+        if request._paused:
+            self.transport.pauseProducing()
+
+    def writeBody(self, data: bytes) -> None:
+        if self.state is UpstreamState.BUSY and not self._requestDone:
+            self.transport.write(data)
+            self._lastActivity = self._pool.reactor.seconds()
+
+    def finishBody(self) -> None:
+        if self.state is not UpstreamState.BUSY or self._requestDone:
+            return
+        self._requestDone = True
+        self._lastActivity = self._pool.reactor.seconds()
+
+    def abort(self) -> None:
+        """
+        Abandon the current request: the connection is closed, never pooled.
+        """
+        if self.state is UpstreamState.CLOSED:
+            return
+        self.state = UpstreamState.CLOSED
+        self._handler = None
+        self._cancelTimer()
+        self.transport.abortConnection()
+
+    # -- timers --------------------------------------------------------
+
+    def _armTimer(self) -> None:
+        self._lastActivity = self._pool.reactor.seconds()
+        if self._timer is None or not self._timer.active():
+            self._timer = self._pool.reactor.callLater(
+                self._pool.settings.responseTimeout, self._checkTimeout
+            )
+
+    def _cancelTimer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _checkTimeout(self) -> None:
+        self._timer = None
+        if self.state is not UpstreamState.BUSY:
+            return
+        timeout = self._pool.settings.responseTimeout
+        quiet = self._pool.reactor.seconds() - self._lastActivity
+        if quiet < timeout:
+            self._timer = self._pool.reactor.callLater(
+                timeout - quiet, self._checkTimeout
+            )
+            return
+        self._log.info(
+            "upstream {origin} silent for {timeout}s; abandoning request",
+            origin=self.origin,
+            timeout=timeout,
+        )
+        self._fail(
+            Failure(GatewayTimeout("the origin did not answer in time")),
+            closeTransport=True,
+        )
+
+    # -- receiving -----------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state is not UpstreamState.BUSY:
+            # Bytes nobody asked for: the connection cannot be trusted.
+            self.state = UpstreamState.CLOSED
+            self.transport.loseConnection()
+            return
+        self._lastActivity = self._pool.reactor.seconds()
+        self._responseStarted = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as e:
+            if isinstance(e.__context__, _HeadDone):
+                self._parser = httptools.HttpResponseParser(self)
+                self.on_message_complete()
+                return
+            self._log.failure(
+                "response handling failed for {origin}",
+                failure=Failure(e.__context__ or e),
+                origin=self.origin,
+            )
+            self._fail(Failure(BadGateway("invalid response")), closeTransport=True)
+        except httptools.HttpParserUpgrade:
+            # We never ask for an upgrade (Upgrade is removed going
+            # upstream), so a 101 or similar is a broken origin.
+            self._fail(
+                Failure(BadGateway("unexpected protocol switch")), closeTransport=True
+            )
+        except httptools.HttpParserError as e:
+            self._log.info(
+                "invalid response from {origin}: {error}", origin=self.origin, error=e
+            )
+            self._fail(
+                Failure(BadGateway("invalid response from the origin")),
+                closeTransport=True,
+            )
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._headerFields = []
+        self._reason = b""
+        self._responseComplete = False
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._finalHeadSeen:
+            # Trailer fields: dropped (nothing downstream asked for them).
+            return
+        self._headerFields.append((name, value.strip(b" \t")))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        version = parser.get_http_version()
+        head = ResponseHead(
+            status,
+            self._reason,
+            (int(version[0]), int(version[2])),
+            Headers(self._headerFields),
+        )
+        self._headerFields = []
+        if 100 <= status < 200:
+            if self._handler is not None:
+                self._handler.responseInterim(head)
+            return
+        self._finalHeadSeen = True
+        self._responseHead = head
+        # Decided now: the handler may change the head it is given.
+        self._closeDelimited = (
+            head.headers.get(b"content-length") is None
+            and not head.headers.hasToken(b"transfer-encoding", b"chunked")
+        )
+        if not parser.should_keep_alive():
+            self._reusable = False
+        if self._handler is not None:
+            self._handler.responseHead(head)
+        if self._method == b"HEAD" or status in (204, 304):
+            # RFC 9112 section 6.3: no body, whatever the framing fields say.
+            if self._method == b"HEAD":
+                raise _HeadDone()
+
+    def on_body(self, data: bytes) -> None:
+        if self._handler is not None:
+            self._handler.responseBody(data)
+
+    def on_message_complete(self) -> None:
+        if not self._finalHeadSeen:
+            # The end of an interim (1xx) response.
+            return
+        self._responseComplete = True
+        handler = self._handler
+        if not self._requestDone:
+            # The origin answered before the request body was sent in
+            # full: the rest of the body is not wanted, and the connection
+            # cannot be reused.
+            self._reusable = False
+        self._quiesce()
+        if handler is not None:
+            handler.responseEnd()
+
+    def _quiesce(self) -> None:
+        """
+        The exchange on this connection is over: pool or close it.
+        """
+        handler = self._handler
+        requestDone = self._requestDone
+        request = self._request
+        self._handler = None
+        self._request = None
+        self._cancelTimer()
+        if request is not None:
+            # The handle no longer steers this connection.
+            request._protocol = None
+            if request._paused:
+                # A slow client paused this connection's reading; a
+                # pooled connection must read again for its next request.
+                self.transport.resumeProducing()
+        if self._reusable and requestDone:
+            self.state = UpstreamState.IDLE
+            self.reused = True
+            self._finalHeadSeen = False
+            self._responseHead = None
+            self._pool._release(self)
+        else:
+            self.state = UpstreamState.CLOSED
+            self.transport.loseConnection()
+            if not requestDone and handler is not None:
+                handler.requestBodyUnwanted()
+
+    # -- failures ------------------------------------------------------
+
+    def _fail(self, reason: Failure, closeTransport: bool) -> None:
+        handler = self._handler
+        request = self._request
+        started = self._responseStarted if self.state is UpstreamState.BUSY else True
+        self._handler = None
+        self._request = None
+        self.state = UpstreamState.CLOSED
+        self._cancelTimer()
+        if closeTransport:
+            self.transport.abortConnection()
+        if handler is not None:
+            if request is not None:
+                request._failed = True
+            handler.responseFailed(reason, started)
+
+    def whenClosed(self) -> defer.Deferred:
+        """
+        @return: a L{Deferred} that fires when this connection is gone.
+        """
+        d = defer.Deferred()
+        self._lostWaiters.append(d)
+        return d
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        waiters, self._lostWaiters = self._lostWaiters, []
+        try:
+            self._connectionLost(reason)
+        finally:
+            for d in waiters:
+                d.callback(None)
+
+    def _connectionLost(self, reason: Failure) -> None:
+        self._cancelTimer()
+        state = self.state
+        self.state = UpstreamState.CLOSED
+        self._pool._forget(self)
+        if state is not UpstreamState.BUSY or self._handler is None:
+            return
+        if self._finalHeadSeen and self._responseHead is not None:
+            # A response framed by the end of the connection ends here
+            # normally; llhttp knows which kind this one is.
+            if self._closeDelimited:
+                self._reusable = False
+                self._responseComplete = True
+                handler = self._handler
+                self._handler = None
+                self._request = None
+                if handler is not None:
+                    handler.responseEnd()
+                return
+        request = self._request
+        if (
+            self.reused
+            and not self._responseStarted
+            and request is not None
+            and request._retryable()
+        ):
+            self._handler = None
+            self._request = None
+            self._pool._retry(request)
+            return
+        self._fail(
+            Failure(UpstreamClosed(self._responseStarted, reason)), closeTransport=False
+        )
+
+
+class UpstreamRequest:
+    """
+    The caller's handle on one request sent upstream.
+
+    It survives a transparent retry: the protocol underneath may change.
+    """
+
+    def __init__(
+        self,
+        pool: "UpstreamPool",
+        origin: Origin,
+        head: RequestHead,
+        handler: IResponseHandler,
+        hasBody: bool,
+    ) -> None:
+        self._pool = pool
+        self.origin = origin
+        self.head = head
+        self.handler = handler
+        self.hasBody = hasBody
+        self._protocol: Optional[UpstreamProtocol] = None
+        self._paused = False
+        self._finished = False
+        self._failed = False
+        self._retried = False
+        self._aborted = False
+
+    def _retryable(self) -> bool:
+        """
+        Whether a failure before any response byte may be retried: once,
+        for an idempotent method without a body, and not after an abort
+        (the shape of Twisted's C{_RetryingHTTP11ClientProtocol._shouldRetry}).
+        """
+        return (
+            not self._retried
+            and not self.hasBody
+            and not self._aborted
+            and self.head.method in _IDEMPOTENT
+        )
+
+    @property
+    def transport(self):
+        """
+        The transport of the connection currently carrying this request.
+        """
+        return self._protocol.transport if self._protocol is not None else None
+
+    def write(self, data: bytes) -> None:
+        """
+        Send some of the request body.
+        """
+        if self._protocol is not None:
+            self._protocol.writeBody(data)
+
+    def finish(self) -> None:
+        """
+        The request body (if any) is complete.
+        """
+        self._finished = True
+        if self._protocol is not None:
+            self._protocol.finishBody()
+
+    def abort(self) -> None:
+        """
+        Abandon this request; its connection is closed.
+        """
+        self._aborted = True
+        if self._protocol is not None:
+            self._protocol.abort()
+            self._protocol = None
+
+    # IPushProducer, for the response body
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.abort()
+
+
+class UpstreamPool:
+    """
+    Persistent connections to origins, keyed by L{Origin}.
+
+    @ivar reactor: the reactor everything runs on.
+    @ivar settings: L{UpstreamSettings}.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor, settings: UpstreamSettings = UpstreamSettings()) -> None:
+        self.reactor = reactor
+        self.settings = settings
+        self._idle: Dict[Origin, List[UpstreamProtocol]] = {}
+        self._all: set = set()
+        self._sweeper = None
+        self.connectionsMade = 0
+
+    def request(
+        self,
+        origin: Origin,
+        head: RequestHead,
+        handler: IResponseHandler,
+        hasBody: bool,
+    ) -> defer.Deferred:
+        """
+        Send C{head} to C{origin}.
+
+        @return: a L{Deferred} firing with an L{UpstreamRequest} once the
+            head is on its way, or failing with L{BadGateway} or
+            L{GatewayTimeout} when no connection could be made. Cancelling
+            it abandons the attempt.
+        """
+        request = UpstreamRequest(self, origin, head, handler, hasBody)
+        protocol = self._takeIdle(origin)
+        if protocol is not None:
+            protocol.sendRequest(head, handler, request)
+            return defer.succeed(request)
+        return self._sendOnNewConnection(request)
+
+    def _sendOnNewConnection(self, request: UpstreamRequest) -> defer.Deferred:
+        def connected(protocol: UpstreamProtocol) -> UpstreamRequest:
+            if request._aborted:
+                protocol.transport.loseConnection()
+                return request
+            protocol.sendRequest(request.head, request.handler, request)
+            return request
+
+        d = self._connect(request.origin)
+        d.addCallback(connected)
+        return d
+
+    def _retry(self, request: UpstreamRequest) -> None:
+        """
+        Send C{request} again on a fresh connection after its reused one
+        failed before answering.
+        """
+        request._retried = True
+        request._protocol = None
+        self._log.debug("retrying {method} on a fresh connection to {origin}",
+                        method=request.head.method, origin=request.origin)
+
+        def failed(reason: Failure) -> None:
+            if not request._aborted:
+                request.handler.responseFailed(reason, False)
+
+        self._sendOnNewConnection(request).addErrback(failed)
+
+    def _endpoint(self, origin: Origin):
+        reactor = self.reactor
+        timeout = self.settings.connectTimeout
+        host = origin.host
+        if isIPAddress(host):
+            endpoint = TCP4ClientEndpoint(reactor, host, origin.port, timeout=timeout)
+        elif isIPv6Address(host):
+            endpoint = TCP6ClientEndpoint(reactor, host, origin.port, timeout=timeout)
+        else:
+            endpoint = HostnameEndpoint(reactor, host, origin.port, timeout=timeout)
+        if origin.scheme == b"https":
+            from twisted.internet.ssl import optionsForClientTLS
+
+            options = optionsForClientTLS(
+                host, trustRoot=self.settings.trustRoot
+            )
+            endpoint = wrapClientTLS(options, endpoint)
+        return endpoint
+
+    def _connect(self, origin: Origin) -> defer.Deferred:
+        try:
+            endpoint = self._endpoint(origin)
+        except Exception:
+            return defer.fail(Failure(BadGateway(f"cannot connect to {origin.host}")))
+        d = endpoint.connect(_QuietFactory(lambda: UpstreamProtocol(self, origin)))
+
+        def made(protocol: UpstreamProtocol) -> UpstreamProtocol:
+            self.connectionsMade += 1
+            self._all.add(protocol)
+            return protocol
+
+        def failed(reason: Failure) -> Failure:
+            return Failure(connectError(reason, origin))
+
+        d.addCallbacks(made, failed)
+        return d
+
+    def _takeIdle(self, origin: Origin) -> Optional[UpstreamProtocol]:
+        idle = self._idle.get(origin)
+        if not idle:
+            return None
+        oldest = self.reactor.seconds() - self.settings.idleTimeout
+        while idle:
+            protocol = idle.pop()
+            if protocol.state is UpstreamState.IDLE and protocol.idleSince > oldest:
+                return protocol
+            protocol.state = UpstreamState.CLOSED
+            if protocol.transport is not None:
+                protocol.transport.loseConnection()
+        return None
+
+    def _release(self, protocol: UpstreamProtocol) -> None:
+        idle = self._idle.setdefault(protocol.origin, [])
+        if len(idle) >= self.settings.maxIdlePerOrigin:
+            protocol.state = UpstreamState.CLOSED
+            protocol.transport.loseConnection()
+            return
+        protocol.idleSince = self.reactor.seconds()
+        idle.append(protocol)
+        if self._sweeper is None:
+            self._sweeper = self.reactor.callLater(
+                self.settings.idleTimeout, self._sweep
+            )
+
+    def _sweep(self) -> None:
+        """
+        Close pooled connections idle for longer than the idle timeout.
+        """
+        self._sweeper = None
+        oldest = self.reactor.seconds() - self.settings.idleTimeout
+        remaining = 0
+        for origin, idle in list(self._idle.items()):
+            keep = []
+            for protocol in idle:
+                if protocol.state is UpstreamState.IDLE and protocol.idleSince > oldest:
+                    keep.append(protocol)
+                else:
+                    protocol.state = UpstreamState.CLOSED
+                    protocol.transport.loseConnection()
+            if keep:
+                self._idle[origin] = keep
+                remaining += len(keep)
+            else:
+                del self._idle[origin]
+        if remaining:
+            self._sweeper = self.reactor.callLater(
+                self.settings.idleTimeout / 2, self._sweep
+            )
+
+    def _forget(self, protocol: UpstreamProtocol) -> None:
+        self._all.discard(protocol)
+        idle = self._idle.get(protocol.origin)
+        if idle and protocol in idle:
+            idle.remove(protocol)
+
+    def idleCount(self, origin: Optional[Origin] = None) -> int:
+        """
+        @return: the number of idle pooled connections (to C{origin}, or to
+            every origin).
+        """
+        if origin is not None:
+            return len(self._idle.get(origin, ()))
+        return sum(len(v) for v in self._idle.values())
+
+    def closeCachedConnections(self) -> defer.Deferred:
+        """
+        Close every connection, idle or busy.
+
+        @return: a L{Deferred} that fires once they are all closed.
+        """
+        if self._sweeper is not None and self._sweeper.active():
+            self._sweeper.cancel()
+        self._sweeper = None
+        self._idle.clear()
+        waits = []
+        for protocol in list(self._all):
+            if protocol.transport is None:
+                continue
+            waits.append(protocol.whenClosed())
+            protocol.state = UpstreamState.CLOSED
+            protocol.transport.loseConnection()
+        return defer.gatherResults(waits).addCallback(lambda _: None)
+
+
+class _QuietFactory(Factory):
+    """
+    Builds one protocol per outgoing connection, without a log line each.
+    """
+
+    noisy = False
+
+    def __init__(self, build) -> None:
+        self._build = build
+
+    def buildProtocol(self, addr):
+        return self._build()
+
+
+def connectError(reason: Failure, origin: Origin) -> Exception:
+    """
+    Translate a failure to connect into the error the client is told.
+    """
+    where = f"{origin.host}:{origin.port}"
+    if reason.check(error.TimeoutError, defer.TimeoutError):
+        return GatewayTimeout(f"connecting to {where} timed out")
+    if reason.check(error.DNSLookupError):
+        return BadGateway(f"cannot resolve {origin.host}")
+    if reason.check(error.ConnectionRefusedError):
+        return BadGateway(f"connection to {where} refused")
+    if reason.check(defer.CancelledError):
+        return reason.value
+    return BadGateway(f"cannot connect to {where}: {reason.getErrorMessage()}")

@@ -1,0 +1,1 @@
+"""The cachingproxy test suite (trial TestCases; pytest collects them too)."""
