@@ -1,0 +1,253 @@
+"""
+The twistd plugin, its options and the environment, and the real
+C{twistd -n cachingproxy} process.
+"""
+
+import os
+import re
+import signal
+import sys
+
+from twisted.application.service import IServiceMaker
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import ProcessProtocol
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from cachingproxy import tap
+from cachingproxy.config import fromOptions
+
+from .helpers import exchange, listenOrigin, pattern
+
+#: Runs twistd as its console script does, so the plugin is found through
+#: PYTHONPATH from this checkout.
+TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class PluginTests(SynchronousTestCase):
+    """
+    twistd finds the plugin.
+    """
+
+    def test_discovered(self):
+        """
+        C{getPlugins(IServiceMaker)} yields a maker called cachingproxy that
+        points at L{cachingproxy.tap}.
+        """
+        makers = [p for p in getPlugins(IServiceMaker) if p.tapname == "cachingproxy"]
+        self.assertTrue(makers)
+        self.assertEqual(makers[0].module, "cachingproxy.tap")
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    Options, the environment, and the service they build.
+    """
+
+    def parse(self, argv, environ=None):
+        options = tap.Options()
+        original = os.environ.copy()
+        try:
+            os.environ.clear()
+            os.environ.update(environ or {})
+            options.parseOptions(argv)
+        finally:
+            os.environ.clear()
+            os.environ.update(original)
+        return options.config
+
+    def test_defaults(self):
+        """
+        With nothing given the proxy listens on tcp:3128 in forward mode,
+        with a 10 second upstream timeout.
+        """
+        config = self.parse([])
+        self.assertEqual(config.port, ("tcp:3128",))
+        self.assertIsNone(config.upstream)
+        self.assertEqual(config.upstreamTimeout, 10.0)
+        self.assertEqual(config.connectPorts, frozenset([443]))
+
+    def test_portNumberAndEndpoint(self):
+        """
+        A bare port number becomes a tcp: endpoint; endpoint strings pass
+        through; --port repeats.
+        """
+        config = self.parse(["--port", "20000", "--port", "unix:/tmp/p.sock"])
+        self.assertEqual(config.port, ("tcp:20000", "unix:/tmp/p.sock"))
+
+    def test_upstream(self):
+        """
+        --upstream sets the reverse mode origin and path prefix.
+        """
+        config = self.parse(["--upstream", "https://example.com:8443/base/"])
+        self.assertEqual(
+            (config.upstreamScheme, config.upstreamHost, config.upstreamPort, config.upstreamPath),
+            (b"https", "example.com", 8443, b"/base"),
+        )
+
+    def test_environment(self):
+        """
+        CACHINGPROXY_* variables and LISTEN_PORT are read; the command line
+        wins over them.
+        """
+        config = self.parse(
+            ["--connect-timeout", "3"],
+            {
+                "LISTEN_PORT": "3129",
+                "CACHINGPROXY_UPSTREAM_TIMEOUT": "7.5",
+                "CACHINGPROXY_CONNECT_TIMEOUT": "9",
+                "CACHINGPROXY_X_FORWARDED_FOR": "yes",
+            },
+        )
+        self.assertEqual(config.port, ("tcp:3129",))
+        self.assertEqual(config.upstreamTimeout, 7.5)
+        self.assertEqual(config.connectTimeout, 3.0)
+        self.assertTrue(config.xForwardedFor)
+
+    def test_badValues(self):
+        """
+        A bad value ends with a one-line error naming the option or the
+        variable it came from.
+        """
+        cases = [
+            (["--upstream-timeout", "soon"], {}, "--upstream-timeout"),
+            (["--max-connections", "-1"], {}, "--max-connections"),
+            (["--upstream", "ftp://x"], {}, "--upstream"),
+            (["--port", "notaport"], {}, "--port"),
+            (["--connect-ports", "443,http"], {}, "--connect-ports"),
+            ([], {"CACHINGPROXY_IDLE_TIMEOUT": "x"}, "CACHINGPROXY_IDLE_TIMEOUT"),
+            ([], {"CACHINGPROXY_FORWARDED": "maybe"}, "CACHINGPROXY_FORWARDED"),
+            (["--ca-file", "/nonexistent/ca.pem"], {}, "--ca-file"),
+        ]
+        for argv, environ, name in cases:
+            error = self.assertRaises(usage.UsageError, self.parse, argv, environ)
+            self.assertIn(name, str(error))
+            self.assertNotIn("\n", str(error))
+
+    def test_makeService(self):
+        """
+        makeService builds one listening service per --port, not started.
+        """
+        options = tap.Options()
+        options.parseOptions(["--port", "tcp:0", "--port", "tcp:0:interface=127.0.0.1",
+                              "--no-access-log"])
+        service = tap.makeService(options)
+        services = list(service)
+        self.assertEqual([s.description for s in services], ["tcp:0", "tcp:0:interface=127.0.0.1"])
+        self.assertIs(services[0].factory, services[1].factory)
+        self.assertIsNone(services[0].factory.accessLog)
+        self.assertFalse(service.running)
+
+    def test_fromOptionsDirect(self):
+        """
+        L{fromOptions} takes values already parsed (as the TOML file and
+        tests do) with the same validation.
+        """
+        config = fromOptions({"max-header-size": "1024"}, {})
+        self.assertEqual(config.maxHeaderSize, 1024)
+
+
+class _Twistd(ProcessProtocol):
+    """
+    Runs twistd and fires C{listening} with the port from its log.
+    """
+
+    def __init__(self):
+        self.output = b""
+        self.listening = defer.Deferred()
+        self.ended = defer.Deferred()
+
+    def outReceived(self, data):
+        self.output += data
+        match = re.search(rb"listening on IPv4Address\(type='TCP', host='127.0.0.1', port=(\d+)\)",
+                          self.output)
+        if match and not self.listening.called:
+            self.listening.callback(int(match.group(1)))
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        if not self.listening.called:
+            self.listening.errback(RuntimeError(self.output.decode(errors="replace")))
+        self.ended.callback(reason.value.exitCode if reason.value.signal is None else -reason.value.signal)
+
+
+class TwistdTests(TestCase):
+    """
+    C{twistd -n cachingproxy} as an operator runs it.
+    """
+
+    timeout = 60
+
+    async def runTwistd(self, *args):
+        process = _Twistd()
+        env = dict(os.environ, PYTHONPATH=REPO)
+        transport = reactor.spawnProcess(
+            process,
+            sys.executable,
+            [sys.executable, "-c", TWISTD, "-n", "--pidfile=",
+             "cachingproxy", "--port", "tcp:0:interface=127.0.0.1", *args],
+            env=env,
+            path=REPO,
+        )
+
+        def stop():
+            if not process.ended.called:
+                transport.signalProcess(signal.SIGTERM)
+            return process.ended
+
+        self.addCleanup(stop)
+        port = await process.listening
+        return process, transport, port
+
+    async def test_forwardAndReverse(self):
+        """
+        The twistd process forwards an absolute-form GET in forward mode,
+        and an origin-form GET with --upstream; it logs an access line and
+        shuts down cleanly on SIGTERM.
+        """
+        origin, originPort = listenOrigin(self)
+        process, transport, port = await self.runTwistd()
+        _, [response] = await exchange(
+            port, self, b"GET http://127.0.0.1:%d/size/100 HTTP/1.1\r\nHost: x\r\n\r\n" % originPort
+        )
+        self.assertEqual(response.body, pattern(100))
+
+        reverse, reverseTransport, reversePort = await self.runTwistd(
+            "--upstream", "http://127.0.0.1:%d" % originPort
+        )
+        _, [response] = await exchange(
+            reversePort, self, b"GET /size/200 HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        self.assertEqual(response.body, pattern(200))
+        self.assertIn(b'"GET /size/200 HTTP/1.1" 200 200', reverse.output)
+
+        transport.signalProcess(signal.SIGTERM)
+        code = await process.ended
+        # twistd shuts down cleanly, then ends by the signal that stopped
+        # it (so supervisors see why it ended).
+        self.assertEqual(code, -signal.SIGTERM, process.output.decode(errors="replace"))
+        self.assertIn(b"Server Shut Down.", process.output)
+
+    async def test_badOption(self):
+        """
+        A bad option value ends twistd with the option named, without a
+        traceback.
+        """
+        process = _Twistd()
+        reactor.spawnProcess(
+            process,
+            sys.executable,
+            [sys.executable, "-c", TWISTD, "-n", "--pidfile=",
+             "cachingproxy", "--upstream-timeout", "soon"],
+            env=dict(os.environ, PYTHONPATH=REPO),
+            path=REPO,
+        )
+        process.listening.addErrback(lambda _: None)
+        code = await process.ended
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"--upstream-timeout: expected a number", process.output)
+        self.assertNotIn(b"Traceback", process.output)
