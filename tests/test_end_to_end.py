@@ -329,6 +329,21 @@ class ForwardModeTests(_ModeMixin, TestCase):
         self.assertEqual(response.header(b"x-method"), b"BREW")
 
 
+    async def test_forwardedFields(self):
+        """
+        With the options on, the client address is appended to an existing
+        X-Forwarded-For and a Forwarded element is added.
+        """
+        self.setUpProxy(xForwardedFor=True, forwarded=True)
+        _, [response] = await exchange(
+            self.port, self,
+            self.request(b"GET", b"/headers", b"X-Forwarded-For: 192.0.2.7\r\n"),
+        )
+        received = dict((k.lower(), v) for k, v in json.loads(response.body))
+        self.assertEqual(received["x-forwarded-for"], "192.0.2.7, 127.0.0.1")
+        self.assertEqual(received["forwarded"], "for=127.0.0.1")
+
+
 class ReverseModeTests(_ModeMixin, TestCase):
     """
     The proxy as a reverse proxy in front of one origin.

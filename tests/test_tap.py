@@ -150,6 +150,26 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(config.maxHeaderSize, 1024)
 
 
+class AccessLogFileTests(SynchronousTestCase):
+    """
+    The access log file.
+    """
+
+    def test_appendsLines(self):
+        """
+        Each call appends one line, kept across reopening the file.
+        """
+        path = self.mktemp()
+        log = tap.AccessLogFile(path)
+        log("first")
+        log.close()
+        log = tap.AccessLogFile(path)
+        log("second")
+        log.close()
+        with open(path) as f:
+            self.assertEqual(f.read(), "first\nsecond\n")
+
+
 class _Twistd(ProcessProtocol):
     """
     Runs twistd and fires C{listening} with the port from its log.
