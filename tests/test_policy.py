@@ -1,0 +1,1805 @@
+"""
+Tests for L{cachingproxy.policy}: RFC 9111 for a shared cache, one
+TestCase per topic, one test per rule; each docstring names its section
+(RFC 9111 unless another document is named).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from cachingproxy import policy
+from cachingproxy.http.headers import Headers, formatHTTPDate
+from cachingproxy.http.message import RequestHead, ResponseHead
+from cachingproxy.policy import (
+    DEFAULT_OPTIONS,
+    UNSATISFIABLE,
+    CacheControl,
+    CacheOptions,
+    Forward,
+    Fresh,
+    Freshened,
+    Miss,
+    OnlyIfCachedMiss,
+    Pass,
+    Refetch,
+    Revalidate,
+    Stale,
+    StaleWhileRevalidate,
+    StoredEntry,
+)
+
+#: A whole second, as HTTP dates have no fractions.
+T0 = 1_700_000_000.0
+
+Field = Tuple[bytes, bytes]
+
+
+def headers(*fields: Field) -> Headers:
+    return Headers(list(fields))
+
+
+def date(when: float) -> bytes:
+    return formatHTTPDate(when)
+
+
+def request(*fields: Field, method: bytes = b"GET",
+            target: bytes = b"/") -> RequestHead:
+    return RequestHead(method, target, headers=headers(
+        (b"Host", b"example.com"), *fields))
+
+
+def response(*fields: Field, status: int = 200) -> ResponseHead:
+    return ResponseHead(status, headers=headers(*fields))
+
+
+def entry(*fields: Field, status: int = 200, requestFields: Tuple[Field, ...] = (),
+          requestTime: float = T0, responseTime: Optional[float] = None,
+          bodyLength: Optional[int] = None, withDate: bool = True,
+          method: bytes = b"GET") -> StoredEntry:
+    """
+    A stored response received at C{responseTime} (default C{requestTime}),
+    with a Date of that time unless C{withDate} is false or one is given.
+    """
+    if responseTime is None:
+        responseTime = requestTime
+    stored = headers(*fields)
+    if withDate and b"date" not in stored:
+        stored.add(b"Date", date(responseTime))
+    return StoredEntry(
+        key=b"http://example.com/", requestMethod=method,
+        requestHeaders=headers(*requestFields), status=status,
+        responseHeaders=stored, requestTime=requestTime,
+        responseTime=responseTime, bodyLength=bodyLength,
+    )
+
+
+def cc(value: bytes) -> CacheControl:
+    return policy.parseCacheControl(headers((b"Cache-Control", value)))
+
+
+class CacheControlParsingTests(SynchronousTestCase):
+    """
+    L{policy.parseCacheControl}: sections 5.2 and 4.2.1.
+    """
+
+    def test_absent(self) -> None:
+        """
+        Section 5.2: without the field there are no directives.
+        """
+        self.assertEqual(policy.parseCacheControl(Headers()), CacheControl())
+
+    def test_caseInsensitive(self) -> None:
+        """
+        Section 5.2: directive names are compared case-insensitively.
+        """
+        parsed = cc(b"MAX-AGE=10, No-Store, Public")
+        self.assertEqual(parsed.maxAge, 10)
+        self.assertTrue(parsed.noStore)
+        self.assertTrue(parsed.public)
+
+    def test_quotedArgument(self) -> None:
+        """
+        Section 5.2: recipients accept the quoted-string form of an
+        argument, C{max-age="10"}.
+        """
+        self.assertEqual(cc(b'max-age="10"').maxAge, 10)
+
+    def test_oddSpacing(self) -> None:
+        """
+        Section 5.2: whitespace around members, around C{=} and empty list
+        members are tolerated.
+        """
+        parsed = cc(b"  max-age = 10 ,, ,\tpublic  ")
+        self.assertEqual(parsed.maxAge, 10)
+        self.assertTrue(parsed.public)
+
+    def test_severalLines(self) -> None:
+        """
+        Section 5.2: several Cache-Control lines combine into one list.
+        """
+        parsed = policy.parseCacheControl(headers(
+            (b"Cache-Control", b"max-age=10"),
+            (b"cache-control", b"must-revalidate")))
+        self.assertEqual(parsed.maxAge, 10)
+        self.assertTrue(parsed.mustRevalidate)
+
+    def test_duplicateKeepsMostRestrictive(self) -> None:
+        """
+        Section 4.2.1: of repeated delta-seconds directives the most
+        restrictive is kept, the smallest.
+        """
+        self.assertEqual(cc(b"max-age=100, max-age=10").maxAge, 10)
+        self.assertEqual(cc(b"s-maxage=5, s-maxage=50").sMaxAge, 5)
+        self.assertEqual(cc(b"max-stale, max-stale=20").maxStale, 20)
+
+    def test_duplicateMinFreshKeepsLargest(self) -> None:
+        """
+        Section 4.2.1: for min-fresh the most restrictive is the largest.
+        """
+        self.assertEqual(cc(b"min-fresh=5, min-fresh=50").minFresh, 50)
+
+    def test_invalidArgumentIsZero(self) -> None:
+        """
+        Section 4.2.1: invalid freshness information makes the response
+        stale, so a non-integer, negative or missing max-age counts as 0.
+        """
+        for value in (b"max-age=abc", b"max-age=-1", b"max-age=1.5",
+                      b"max-age", b'max-age=""'):
+            self.assertEqual(cc(value).maxAge, 0, value)
+
+    def test_overflowIsCapped(self) -> None:
+        """
+        Section 1.2.2: a delta-seconds too large to represent is 2^31.
+        """
+        self.assertEqual(cc(b"max-age=99999999999999999999").maxAge, 2**31)
+        self.assertEqual(cc(b"max-age=2147483649").maxAge, 2**31)
+
+    def test_maxStale(self) -> None:
+        """
+        Section 5.2.1.2: max-stale without an argument accepts any
+        staleness; with one, that many seconds.
+        """
+        self.assertEqual(cc(b"max-stale").maxStale, math.inf)
+        self.assertEqual(cc(b"max-stale=30").maxStale, 30)
+
+    def test_noCacheUnqualified(self) -> None:
+        """
+        Section 5.2.2.4: no-cache without an argument.
+        """
+        parsed = cc(b"no-cache")
+        self.assertTrue(parsed.noCache)
+        self.assertEqual(parsed.noCacheFields, frozenset())
+
+    def test_noCacheFieldList(self) -> None:
+        """
+        Section 5.2.2.4: the qualified form lists field names, split on
+        commas inside the quoted string and compared in lower case.
+        """
+        parsed = cc(b'no-cache="Set-Cookie, X-Foo", max-age=5')
+        self.assertFalse(parsed.noCache)
+        self.assertEqual(parsed.noCacheFields,
+                         frozenset([b"set-cookie", b"x-foo"]))
+        self.assertEqual(parsed.maxAge, 5)
+
+    def test_noCacheBothForms(self) -> None:
+        """
+        Section 4.2.1: with both forms the unqualified one, more
+        restrictive, still applies.
+        """
+        parsed = cc(b'no-cache="a", no-cache')
+        self.assertTrue(parsed.noCache)
+        self.assertEqual(parsed.noCacheFields, frozenset([b"a"]))
+
+    def test_privateTokenArgument(self) -> None:
+        """
+        Section 5.2.2.7: C{private} accepts the token form too.
+        """
+        parsed = cc(b"private=X-Secret")
+        self.assertFalse(parsed.private)
+        self.assertEqual(parsed.privateFields, frozenset([b"x-secret"]))
+
+    def test_emptyFieldListIsUnqualified(self) -> None:
+        """
+        Section 5.2.2.7: an empty field list restricts nothing by name, so
+        it is read as the unqualified (more restrictive) directive.
+        """
+        self.assertTrue(cc(b'private=""').private)
+
+    def test_quotedEscapes(self) -> None:
+        """
+        RFC 9110 section 5.6.4: backslash escapes in a quoted argument.
+        """
+        self.assertEqual(cc(b'ext="a\\"b", max-age=1').get(b"ext"), b'a"b')
+
+    def test_extensions(self) -> None:
+        """
+        Section 5.2.3: unknown directives are kept for extensions.
+        """
+        parsed = cc(b"community=UCI, immutable")
+        self.assertIn(b"immutable", parsed)
+        self.assertEqual(parsed.get(b"COMMUNITY"), b"UCI")
+        self.assertIsNone(parsed.get(b"immutable"))
+        self.assertNotIn(b"other", parsed)
+
+    def test_otherFieldName(self) -> None:
+        """
+        The same syntax can be read from another field name.
+        """
+        parsed = policy.parseCacheControl(
+            headers((b"X-CC", b"max-age=3")), b"x-cc")
+        self.assertEqual(parsed.maxAge, 3)
+
+
+class RequestDirectiveTests(SynchronousTestCase):
+    """
+    L{policy.requestCacheControl}: sections 5.2.1 and 5.4.
+    """
+
+    def test_requestDirectives(self) -> None:
+        """
+        Section 5.2.1: max-age, max-stale, min-fresh, no-cache, no-store and
+        only-if-cached are read from a request.
+        """
+        parsed = policy.requestCacheControl(headers((
+            b"Cache-Control",
+            b"max-age=5, max-stale=6, min-fresh=7, no-cache, no-store, "
+            b"only-if-cached")))
+        self.assertEqual(
+            (parsed.maxAge, parsed.maxStale, parsed.minFresh),
+            (5, 6, 7))
+        self.assertTrue(parsed.noCache and parsed.noStore and parsed.onlyIfCached)
+
+    def test_pragmaNoCache(self) -> None:
+        """
+        Section 5.4: without Cache-Control, Pragma: no-cache means no-cache.
+        """
+        self.assertTrue(policy.requestCacheControl(
+            headers((b"Pragma", b"No-Cache"))).noCache)
+
+    def test_pragmaIgnoredWithCacheControl(self) -> None:
+        """
+        Section 5.4: when Cache-Control is present Pragma is ignored.
+        """
+        self.assertFalse(policy.requestCacheControl(headers(
+            (b"Pragma", b"no-cache"),
+            (b"Cache-Control", b"max-age=10"))).noCache)
+
+
+class TargetedCacheControlTests(SynchronousTestCase):
+    """
+    RFC 9213: targeted cache-control fields.
+    """
+
+    def test_replacesCacheControl(self) -> None:
+        """
+        RFC 9213 section 2.2: the first valid field on the target list
+        replaces Cache-Control.
+        """
+        fields = headers((b"Cache-Control", b"max-age=10"),
+                         (b"CDN-Cache-Control", b"max-age=600"))
+        parsed, name = policy.effectiveCacheControl(fields)
+        self.assertEqual((parsed.maxAge, name), (600, b"cdn-cache-control"))
+        self.assertEqual(policy.freshnessLifetime(
+            ResponseHead(200, headers=fields)), 600)
+
+    def test_priorityOrder(self) -> None:
+        """
+        RFC 9213 section 2.2: the target list is in priority order.
+        """
+        parsed, name = policy.effectiveCacheControl(headers(
+            (b"CDN-Cache-Control", b"max-age=600"),
+            (b"Cachingproxy-Cache-Control", b"max-age=60")))
+        self.assertEqual((parsed.maxAge, name),
+                         (60, b"cachingproxy-cache-control"))
+
+    def test_invalidFallsBack(self) -> None:
+        """
+        RFC 9213 section 2.1: a field that does not parse as a Structured
+        Fields Dictionary is ignored, falling back to Cache-Control.
+        """
+        for bad in (b"max-age=60,", b"Max-Age=60", b"max-age=60 public",
+                    b'no-cache="unterminated', b"max-age=1.2345"):
+            parsed, name = policy.effectiveCacheControl(headers(
+                (b"Cache-Control", b"max-age=10"),
+                (b"CDN-Cache-Control", bad)))
+            self.assertEqual((parsed.maxAge, name), (10, None), bad)
+
+    def test_emptyFallsBack(self) -> None:
+        """
+        RFC 9213 section 2.2: an empty targeted field is ignored.
+        """
+        parsed, name = policy.effectiveCacheControl(headers(
+            (b"Cache-Control", b"max-age=10"), (b"CDN-Cache-Control", b"")))
+        self.assertEqual((parsed.maxAge, name), (10, None))
+
+    def test_expiresIgnored(self) -> None:
+        """
+        RFC 9213 section 2.2: with a targeted field in use, Expires is
+        ignored too.
+        """
+        fields = headers((b"Date", date(T0)),
+                         (b"Expires", date(T0 + 3600)),
+                         (b"CDN-Cache-Control", b"must-revalidate"))
+        self.assertEqual(
+            policy.freshnessLifetime(ResponseHead(302, headers=fields)), 0)
+
+    def test_notOnTargetList(self) -> None:
+        """
+        RFC 9213 section 2.2: a targeted field not on this cache's list
+        does not change its behaviour.
+        """
+        options = CacheOptions(targetedFields=(b"cachingproxy-cache-control",))
+        parsed, name = policy.effectiveCacheControl(headers(
+            (b"Cache-Control", b"max-age=10"),
+            (b"CDN-Cache-Control", b"max-age=600")), options)
+        self.assertEqual((parsed.maxAge, name), (10, None))
+
+    def test_structuredValues(self) -> None:
+        """
+        RFC 9213 section 2.1: strings carry field lists, C{?0} leaves a
+        directive out, parameters are ignored.
+        """
+        parsed, _ = policy.effectiveCacheControl(headers((
+            b"CDN-Cache-Control",
+            b'no-cache="set-cookie", no-store=?0, max-age=60;foo=bar, '
+            b"public=?1")))
+        self.assertEqual(parsed.noCacheFields, frozenset([b"set-cookie"]))
+        self.assertFalse(parsed.noStore)
+        self.assertEqual(parsed.maxAge, 60)
+        self.assertTrue(parsed.public)
+
+    def test_noStoreInTargetedField(self) -> None:
+        """
+        RFC 9213 section 2.2: no-store in the targeted field forbids
+        storing although Cache-Control allows it.
+        """
+        allowed, _ = policy.mayStore(request(), response(
+            (b"Cache-Control", b"public, max-age=60"),
+            (b"CDN-Cache-Control", b"no-store")))
+        self.assertFalse(allowed)
+
+    def test_stripOnlyOwnField(self) -> None:
+        """
+        RFC 9213 sections 2.2 and 3: this cache's own field is consumed;
+        CDN-Cache-Control is passed on unless configured.
+        """
+        self.assertEqual(policy.targetedFieldsToStrip(),
+                         frozenset([b"cachingproxy-cache-control"]))
+        options = CacheOptions(consumedTargetedFields=frozenset(
+            [b"Cachingproxy-Cache-Control", b"CDN-Cache-Control"]))
+        self.assertIn(b"cdn-cache-control", policy.targetedFieldsToStrip(options))
+
+    def test_downstreamStripFields(self) -> None:
+        """
+        Section 5.2.2.4: fields named by a qualified no-cache are not sent
+        without revalidation; after it, they are.
+        """
+        fields = headers((b"Cache-Control", b'max-age=60, no-cache="Set-Cookie"'))
+        self.assertEqual(
+            policy.downstreamStripFields(fields),
+            frozenset([b"set-cookie", b"cachingproxy-cache-control"]))
+        self.assertEqual(policy.downstreamStripFields(fields, validated=True),
+                         frozenset([b"cachingproxy-cache-control"]))
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    L{CacheOptions}: only a shared cache, sane values.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        Section 4.2.2: the defaults are a 10% heuristic capped at a day, no
+        stale serving beyond what responses allow.
+        """
+        self.assertEqual(
+            (DEFAULT_OPTIONS.shared, DEFAULT_OPTIONS.heuristicFraction,
+             DEFAULT_OPTIONS.maxHeuristic,
+             DEFAULT_OPTIONS.defaultStaleWhileRevalidate,
+             DEFAULT_OPTIONS.defaultStaleIfError),
+            (True, 0.1, 86400.0, 0.0, 0.0))
+
+    def test_privateCacheRefused(self) -> None:
+        """
+        Section 1: only shared-cache rules are implemented.
+        """
+        self.assertRaises(ValueError, CacheOptions, shared=False)
+
+    def test_invalidValues(self) -> None:
+        """
+        Negative durations and HEAD as a storing method are refused
+        (section 4.3.5).
+        """
+        self.assertRaises(ValueError, CacheOptions, maxHeuristic=-1)
+        self.assertRaises(ValueError, CacheOptions, defaultStaleIfError=-1)
+        self.assertRaises(ValueError, CacheOptions,
+                          cacheableMethods=frozenset([b"GET", b"HEAD"]))
+
+
+class CacheKeyTests(SynchronousTestCase):
+    """
+    L{policy.primaryKey} and friends: section 2, RFC 9110 section 4.2.3.
+    """
+
+    def test_normalised(self) -> None:
+        """
+        RFC 9110 section 4.2.3: scheme and host are case-insensitive, the
+        default port can be left out, an empty path is C{/}.
+        """
+        self.assertEqual(policy.primaryKey(b"HTTP", b"Example.COM:80", b""),
+                         b"http://example.com/")
+        self.assertEqual(policy.primaryKey(b"https", b"example.com:443", b"/a?b"),
+                         b"https://example.com/a?b")
+        self.assertEqual(policy.primaryKey(b"http", b"example.com:8080", b"/"),
+                         b"http://example.com:8080/")
+        self.assertEqual(policy.primaryKey(b"https", b"example.com:80", b"/"),
+                         b"https://example.com:80/")
+
+    def test_percentEncoding(self) -> None:
+        """
+        RFC 3986 section 6.2.2: unreserved characters are decoded, other
+        percent-encodings upper-cased; the fragment is not part of the key.
+        """
+        self.assertEqual(policy.primaryKey(b"http", b"h", b"/%7euser/%2f#frag"),
+                         b"http://h/~user/%2F")
+
+    def test_ipv6(self) -> None:
+        """
+        RFC 9110 section 4.2.3: the port is removed from a bracketed IPv6
+        host too.
+        """
+        self.assertEqual(policy.primaryKey(b"http", b"[::1]:80", b"/"),
+                         b"http://[::1]/")
+
+    def test_methods(self) -> None:
+        """
+        Section 4: a stored GET answers HEAD, so both share a key; other
+        methods get their own.
+        """
+        self.assertEqual(policy.primaryKey(b"http", b"h", b"/", b"HEAD"),
+                         policy.primaryKey(b"http", b"h", b"/"))
+        self.assertEqual(policy.primaryKey(b"http", b"h", b"/", b"POST"),
+                         b"POST http://h/")
+
+    def test_effectiveRequestURI(self) -> None:
+        """
+        RFC 9110 section 7.1: the target URI from origin-form plus Host, or
+        from absolute-form.
+        """
+        self.assertEqual(policy.effectiveRequestURI(request(target=b"/x")),
+                         b"http://example.com/x")
+        self.assertEqual(
+            policy.effectiveRequestURI(request(target=b"http://Other:80/y")),
+            b"http://other/y")
+        self.assertIsNone(policy.effectiveRequestURI(
+            RequestHead(b"GET", b"/x")))
+        self.assertIsNone(policy.effectiveRequestURI(
+            request(method=b"CONNECT", target=b"example.com:443")))
+
+    def test_normalizeURI(self) -> None:
+        """
+        A relative reference has no key.
+        """
+        self.assertIsNone(policy.normalizeURI(b"/relative"))
+        self.assertEqual(policy.normalizeURI(b"HTTP://H:80"), b"http://h/")
+
+
+class VaryTests(SynchronousTestCase):
+    """
+    L{policy.varyMatches} and L{policy.secondaryKey}: section 4.1.
+    """
+
+    def match(self, vary: bytes, stored: Tuple[Field, ...],
+              new: Tuple[Field, ...]) -> bool:
+        return policy.varyMatches(headers(*stored), headers((b"Vary", vary)),
+                                  headers(*new))
+
+    def test_noVary(self) -> None:
+        """
+        Section 4.1: without Vary any request matches.
+        """
+        self.assertTrue(policy.varyMatches(
+            headers((b"Accept", b"a")), Headers(), headers((b"Accept", b"b"))))
+
+    def test_sameAndDifferent(self) -> None:
+        """
+        Section 4.1: the nominated fields must match.
+        """
+        self.assertTrue(self.match(b"Accept-Encoding",
+                                   ((b"Accept-Encoding", b"gzip"),),
+                                   ((b"accept-encoding", b"gzip"),)))
+        self.assertFalse(self.match(b"Accept-Encoding",
+                                    ((b"Accept-Encoding", b"gzip"),),
+                                    ((b"Accept-Encoding", b"br"),)))
+
+    def test_absentMatchesOnlyAbsent(self) -> None:
+        """
+        Section 4.1: a field absent from one request matches only if absent
+        from the other.
+        """
+        self.assertTrue(self.match(b"Accept-Language", (), ()))
+        self.assertFalse(self.match(b"Accept-Language", (),
+                                    ((b"Accept-Language", b"en"),)))
+        self.assertFalse(self.match(b"Accept-Language",
+                                    ((b"Accept-Language", b"en"),), ()))
+
+    def test_normalisation(self) -> None:
+        """
+        Section 4.1: whitespace may be added or removed and repeated lines
+        combined; Vary names are case-insensitive.
+        """
+        self.assertTrue(self.match(
+            b"ACCEPT-encoding, accept",
+            ((b"Accept-Encoding", b"gzip,br"), (b"Accept", b"text/html")),
+            ((b"Accept-Encoding", b" gzip ,  br "), (b"accept", b"text/html"))))
+        self.assertTrue(self.match(
+            b"Accept-Encoding",
+            ((b"Accept-Encoding", b"gzip"), (b"Accept-Encoding", b"br")),
+            ((b"Accept-Encoding", b"gzip, br"),)))
+        self.assertFalse(self.match(
+            b"Accept-Encoding",
+            ((b"Accept-Encoding", b"gzip, br"),),
+            ((b"Accept-Encoding", b"br, gzip"),)))
+
+    def test_severalVaryLines(self) -> None:
+        """
+        Section 4.1: every Vary line counts.
+        """
+        stored = headers((b"Vary", b"Accept"), (b"Vary", b"Cookie"))
+        self.assertFalse(policy.varyMatches(
+            headers((b"Accept", b"a"), (b"Cookie", b"1")), stored,
+            headers((b"Accept", b"a"), (b"Cookie", b"2"))))
+
+    def test_star(self) -> None:
+        """
+        Section 4.1: Vary: * always fails to match.
+        """
+        self.assertFalse(self.match(b"Accept, *", (), ()))
+        self.assertIsNone(policy.varyFieldNames(headers((b"Vary", b"*"))))
+
+    def test_secondaryKey(self) -> None:
+        """
+        Section 4.1: equal secondary keys exactly for matching requests.
+        """
+        vary = headers((b"Vary", b"Accept-Encoding, Accept-Language"))
+        key = policy.secondaryKey(vary, headers((b"Accept-Encoding", b"gzip,br")))
+        self.assertEqual(key, b"accept-encoding:gzip, br\naccept-language")
+        self.assertEqual(
+            key, policy.secondaryKey(vary, headers((b"accept-encoding", b"gzip , br"))))
+        self.assertNotEqual(
+            key, policy.secondaryKey(vary, headers((b"Accept-Encoding", b"gzip"))))
+        self.assertEqual(policy.secondaryKey(Headers(), Headers()), b"")
+        self.assertIsNone(policy.secondaryKey(headers((b"Vary", b"*")), Headers()))
+
+
+class StorageTests(SynchronousTestCase):
+    """
+    L{policy.mayStore}: section 3.
+    """
+
+    def assertStored(self, req: RequestHead, resp: ResponseHead) -> None:
+        allowed, reason = policy.mayStore(req, resp)
+        self.assertTrue(allowed, reason)
+
+    def assertNotStored(self, req: RequestHead, resp: ResponseHead,
+                        section: str) -> None:
+        allowed, reason = policy.mayStore(req, resp)
+        self.assertFalse(allowed)
+        self.assertIn(section, reason)
+
+    def test_get(self) -> None:
+        """
+        Section 3: a GET response with explicit freshness is stored.
+        """
+        self.assertStored(request(), response((b"Cache-Control", b"max-age=60")))
+
+    def test_head(self) -> None:
+        """
+        Section 4.3.5: a HEAD response never creates an entry.
+        """
+        self.assertNotStored(request(method=b"HEAD"),
+                             response((b"Cache-Control", b"max-age=60")), "4.3.5")
+
+    def test_post(self) -> None:
+        """
+        Section 3: the method must be understood as cacheable; POST is not.
+        """
+        self.assertNotStored(request(method=b"POST"),
+                             response((b"Cache-Control", b"max-age=60")), "(3)")
+
+    def test_requestNoStore(self) -> None:
+        """
+        Section 5.2.1.5: no-store in the request.
+        """
+        self.assertNotStored(request((b"Cache-Control", b"no-store")),
+                             response((b"Cache-Control", b"max-age=60")),
+                             "5.2.1.5")
+
+    def test_responseNoStore(self) -> None:
+        """
+        Section 5.2.2.5: no-store in the response.
+        """
+        self.assertNotStored(request(),
+                             response((b"Cache-Control", b"max-age=60, No-Store")),
+                             "5.2.2.5")
+
+    def test_mustUnderstand(self) -> None:
+        """
+        Section 5.2.2.3: with must-understand, no-store is ignored for an
+        understood status, and an unknown status is not stored.
+        """
+        self.assertStored(request(), response(
+            (b"Cache-Control", b"must-understand, no-store, max-age=60")))
+        self.assertNotStored(request(), response(
+            (b"Cache-Control", b"must-understand, no-store, max-age=60"),
+            status=299), "5.2.2.3")
+
+    def test_private(self) -> None:
+        """
+        Section 5.2.2.7: a shared cache does not store a private response.
+        """
+        self.assertNotStored(request(), response(
+            (b"Cache-Control", b"private, max-age=60")), "5.2.2.7")
+
+    def test_privateFields(self) -> None:
+        """
+        Section 5.2.2.7: with a field list, the response is stored without
+        those fields.
+        """
+        resp = response((b"Cache-Control", b'max-age=60, private="X-User"'),
+                        (b"X-User", b"alice"), (b"X-Other", b"1"))
+        self.assertStored(request(), resp)
+        stored = policy.storableHeaders(resp.headers)
+        self.assertNotIn(b"x-user", stored)
+        self.assertIn(b"x-other", stored)
+
+    def test_authorization(self) -> None:
+        """
+        Section 3.5: a response to a request with Authorization is stored
+        only with public, s-maxage or must-revalidate.
+        """
+        authorized = request((b"Authorization", b"Basic eA=="))
+        self.assertNotStored(authorized,
+                             response((b"Cache-Control", b"max-age=60")), "3.5")
+        for directives in (b"public", b"s-maxage=60", b"max-age=60, must-revalidate"):
+            self.assertStored(authorized, response((b"Cache-Control", directives)))
+
+    def test_varyStar(self) -> None:
+        """
+        Section 4.1: Vary: * never matches, so it is not stored.
+        """
+        self.assertNotStored(request(), response(
+            (b"Cache-Control", b"max-age=60"), (b"Vary", b"*")), "4.1")
+
+    def test_partialAndNotModified(self) -> None:
+        """
+        Sections 3.3, 3.4 and 4.3.4: 206 and 304 are not stored as
+        complete responses.
+        """
+        self.assertNotStored(request(), response(
+            (b"Cache-Control", b"max-age=60"), status=206), "3.3")
+        self.assertNotStored(request(), response(
+            (b"Cache-Control", b"max-age=60"), status=304), "4.3.4")
+
+    def test_nonFinal(self) -> None:
+        """
+        Section 3: only final responses are stored.
+        """
+        self.assertNotStored(request(), response(status=103), "(3)")
+
+    def test_heuristicallyCacheable(self) -> None:
+        """
+        Section 3 and RFC 9110 section 15.1: these statuses are stored
+        without explicit freshness.
+        """
+        for status in (200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501):
+            self.assertStored(request(), response(status=status))
+
+    def test_needsExplicitFreshness(self) -> None:
+        """
+        Section 3: other statuses need max-age, s-maxage, Expires or
+        public.
+        """
+        self.assertNotStored(request(), response(status=302), "(3)")
+        self.assertNotStored(request(), response(status=500), "(3)")
+        self.assertStored(request(), response(
+            (b"Cache-Control", b"max-age=5"), status=302))
+        self.assertStored(request(), response(
+            (b"Cache-Control", b"s-maxage=5"), status=302))
+        self.assertStored(request(), response(
+            (b"Expires", date(T0)), status=500))
+        self.assertStored(request(), response(
+            (b"Cache-Control", b"public"), status=201))
+
+    def test_storableHeaders(self) -> None:
+        """
+        Section 3.1: Connection, the fields it names, hop-by-hop and
+        proxy-specific fields are not stored; the input is left alone.
+        """
+        original = headers((b"Connection", b"X-Hop, close"), (b"X-Hop", b"1"),
+                           (b"Keep-Alive", b"timeout=5"),
+                           (b"Transfer-Encoding", b"chunked"),
+                           (b"Proxy-Authenticate", b"Basic"),
+                           (b"Proxy-Authentication-Info", b"x"),
+                           (b"Content-Type", b"text/plain"))
+        stored = policy.storableHeaders(original)
+        self.assertEqual(list(stored.items()), [(b"Content-Type", b"text/plain")])
+        self.assertEqual(len(original), 7)
+
+    def test_complete(self) -> None:
+        """
+        Section 3.3: only a complete response may be stored as complete.
+        """
+        fields = headers((b"Content-Length", b"10"))
+        self.assertTrue(policy.isCompleteResponse(fields, 10))
+        self.assertFalse(policy.isCompleteResponse(fields, 9))
+        self.assertFalse(policy.isCompleteResponse(Headers(), 9, False))
+        self.assertTrue(policy.isCompleteResponse(Headers(), 9))
+        self.assertFalse(policy.isCompleteResponse(
+            headers((b"Content-Length", b"9"), (b"Content-Length", b"10")), 9))
+
+    def test_fromExchange(self) -> None:
+        """
+        Section 4.1: an entry keeps the selecting request's Vary fields and
+        the storable response fields.
+        """
+        req = request((b"Accept", b"text/html"), (b"Cookie", b"c"))
+        resp = response((b"Vary", b"accept"), (b"Connection", b"close"),
+                        (b"Cache-Control", b"max-age=1"))
+        stored = StoredEntry.fromExchange(b"k", req, resp, T0, T0 + 1, 5)
+        self.assertEqual(list(stored.requestHeaders.items()),
+                         [(b"accept", b"text/html")])
+        self.assertNotIn(b"connection", stored.responseHeaders)
+        self.assertEqual((stored.requestTime, stored.responseTime,
+                          stored.bodyLength, stored.responseHead.status),
+                         (T0, T0 + 1, 5, 200))
+
+
+class FreshnessLifetimeTests(SynchronousTestCase):
+    """
+    L{policy.freshnessLifetime}: sections 4.2.1 and 4.2.2.
+    """
+
+    def lifetime(self, *fields: Field, status: int = 200,
+                 options: CacheOptions = DEFAULT_OPTIONS) -> float:
+        return policy.freshnessLifetime(response(*fields, status=status),
+                                        options, responseTime=T0)
+
+    def test_sMaxAgeFirst(self) -> None:
+        """
+        Section 4.2.1: a shared cache uses s-maxage before max-age.
+        """
+        self.assertEqual(self.lifetime(
+            (b"Cache-Control", b"max-age=10, s-maxage=20")), 20)
+
+    def test_maxAgeBeforeExpires(self) -> None:
+        """
+        Section 5.3: with max-age, Expires is ignored.
+        """
+        self.assertEqual(self.lifetime(
+            (b"Cache-Control", b"max-age=10"), (b"Date", date(T0)),
+            (b"Expires", date(T0 + 100))), 10)
+
+    def test_expiresMinusDate(self) -> None:
+        """
+        Section 4.2.1: Expires minus Date.
+        """
+        self.assertEqual(self.lifetime(
+            (b"Date", date(T0 - 50)), (b"Expires", date(T0 + 50))), 100)
+
+    def test_expiresWithoutDate(self) -> None:
+        """
+        Section 4.2.1: without Date, the time the response was received.
+        """
+        self.assertEqual(self.lifetime((b"Expires", date(T0 + 30))), 30)
+
+    def test_invalidExpires(self) -> None:
+        """
+        Section 5.3: an invalid Expires, like "0", is already expired, even
+        with a heuristic available.
+        """
+        self.assertEqual(self.lifetime(
+            (b"Expires", b"0"), (b"Date", date(T0)),
+            (b"Last-Modified", date(T0 - 1000))), 0)
+
+    def test_pastExpires(self) -> None:
+        """
+        Section 4.2.1: an Expires before Date gives 0, not less.
+        """
+        self.assertEqual(self.lifetime(
+            (b"Date", date(T0)), (b"Expires", date(T0 - 100))), 0)
+
+    def test_conflictingExpires(self) -> None:
+        """
+        Section 4.2.1: two different Expires values make the response stale.
+        """
+        self.assertEqual(self.lifetime(
+            (b"Date", date(T0)), (b"Expires", date(T0 + 10)),
+            (b"Expires", date(T0 + 20))), 0)
+
+    def test_heuristic(self) -> None:
+        """
+        Section 4.2.2: 10% of the time between Last-Modified and Date.
+        """
+        self.assertEqual(self.lifetime(
+            (b"Date", date(T0)), (b"Last-Modified", date(T0 - 1000))), 100)
+
+    def test_heuristicCapped(self) -> None:
+        """
+        Section 4.2.2: the heuristic is bounded by C{maxHeuristic} and
+        scaled by C{heuristicFraction}.
+        """
+        fields = ((b"Date", date(T0)), (b"Last-Modified", date(T0 - 10**8)))
+        self.assertEqual(self.lifetime(*fields), 86400)
+        self.assertEqual(self.lifetime(
+            (b"Date", date(T0)), (b"Last-Modified", date(T0 - 1000)),
+            options=CacheOptions(heuristicFraction=0.5)), 500)
+
+    def test_heuristicStatusOnly(self) -> None:
+        """
+        Section 4.2.2: no heuristic for a status that is not heuristically
+        cacheable unless the response is public.
+        """
+        fields = ((b"Date", date(T0)), (b"Last-Modified", date(T0 - 1000)))
+        self.assertEqual(self.lifetime(*fields, status=302), 0)
+        self.assertEqual(self.lifetime(
+            *fields, (b"Cache-Control", b"public"), status=302), 100)
+
+    def test_noHeuristicWithoutLastModified(self) -> None:
+        """
+        Section 4.2.2: the heuristic needs Last-Modified; one in the future
+        gives nothing.
+        """
+        self.assertEqual(self.lifetime((b"Date", date(T0))), 0)
+        self.assertEqual(self.lifetime(
+            (b"Date", date(T0)), (b"Last-Modified", date(T0 + 100))), 0)
+
+
+class CurrentAgeTests(SynchronousTestCase):
+    """
+    L{policy.currentAge}: section 4.2.3.
+    """
+
+    def test_residentTime(self) -> None:
+        """
+        Section 4.2.3: with no Age and no delay, the age is the time since
+        the response arrived.
+        """
+        self.assertEqual(policy.currentAge(
+            headers((b"Date", date(T0))), T0, T0, T0 + 7), 7)
+
+    def test_ageAndResponseDelay(self) -> None:
+        """
+        Section 4.2.3: corrected_age_value = age_value + response_delay.
+        """
+        self.assertEqual(policy.currentAge(
+            headers((b"Date", date(T0)), (b"Age", b"30")), T0, T0 + 2, T0 + 12),
+            30 + 2 + 10)
+
+    def test_apparentAge(self) -> None:
+        """
+        Section 4.2.3: corrected_initial_age is the larger of apparent_age
+        (response_time - Date) and corrected_age_value.
+        """
+        self.assertEqual(policy.currentAge(
+            headers((b"Date", date(T0 - 100)), (b"Age", b"10")), T0, T0, T0),
+            100)
+
+    def test_missingDate(self) -> None:
+        """
+        RFC 9110 section 6.6.1: a missing Date is the receipt time, so the
+        apparent age is 0.
+        """
+        self.assertEqual(policy.currentAge(Headers(), T0, T0 + 1, T0 + 5), 5)
+
+    def test_invalidAge(self) -> None:
+        """
+        Section 4.2.3: an unusable Age is taken as 0.
+        """
+        self.assertEqual(policy.currentAge(
+            headers((b"Date", date(T0)), (b"Age", b"abc")), T0, T0, T0 + 1), 1)
+
+    def test_neverNegative(self) -> None:
+        """
+        Section 4.2.3: clocks stepping backwards or a Date in the future
+        never make the age negative.
+        """
+        self.assertEqual(policy.currentAge(
+            headers((b"Date", date(T0 + 500))), T0 + 5, T0, T0 - 100), 0)
+
+
+class AgeHeaderTests(SynchronousTestCase):
+    """
+    L{policy.ageHeaderValue}: section 5.1.
+    """
+
+    def test_values(self) -> None:
+        """
+        Section 5.1: whole non-negative seconds, 2^31 on overflow.
+        """
+        self.assertEqual(policy.ageHeaderValue(12.9), b"12")
+        self.assertEqual(policy.ageHeaderValue(0), b"0")
+        self.assertEqual(policy.ageHeaderValue(-3), b"0")
+        self.assertEqual(policy.ageHeaderValue(1e20), b"2147483648")
+        self.assertEqual(policy.ageHeaderValue(math.inf), b"2147483648")
+
+
+class DecideTests(SynchronousTestCase):
+    """
+    L{policy.decide}: sections 4, 4.1, 4.2 and 5.2.1.
+    """
+
+    def test_unsafeMethodPasses(self) -> None:
+        """
+        Section 4: unsafe methods are written through, never served.
+        """
+        for method in (b"POST", b"PUT", b"DELETE", b"PURGE"):
+            decision = policy.decide(request(method=method),
+                                     [entry((b"Cache-Control", b"max-age=60"))], T0)
+            self.assertIsInstance(decision, Pass)
+            self.assertEqual(decision.fwd, "method")
+
+    def test_originPreconditionsPass(self) -> None:
+        """
+        Section 4.3.2: If-Match and If-Unmodified-Since are for the origin.
+        """
+        for field in (b"If-Match", b"If-Unmodified-Since"):
+            decision = policy.decide(request((field, b'"x"')),
+                                     [entry((b"Cache-Control", b"max-age=60"))], T0)
+            self.assertIsInstance(decision, Pass)
+
+    def test_uriMiss(self) -> None:
+        """
+        RFC 9211 section 2.2: nothing stored is a uri-miss.
+        """
+        self.assertEqual(policy.decide(request(), [], T0).fwd, "uri-miss")
+
+    def test_varyMiss(self) -> None:
+        """
+        Section 4.1: nothing matching Vary is a vary-miss.
+        """
+        stored = entry((b"Cache-Control", b"max-age=60"), (b"Vary", b"Accept"),
+                       requestFields=((b"Accept", b"a"),))
+        decision = policy.decide(request((b"Accept", b"b")), [stored], T0)
+        self.assertEqual((type(decision), decision.fwd), (Miss, "vary-miss"))
+
+    def test_fresh(self) -> None:
+        """
+        Sections 4 and 4.2: a fresh response is served, with its age and
+        the freshness left.
+        """
+        stored = entry((b"Cache-Control", b"max-age=60"))
+        self.assertEqual(policy.decide(request(), [stored], T0 + 10),
+                         Fresh(stored, 10, 50))
+
+    def test_headFromGet(self) -> None:
+        """
+        Section 4: a stored GET response answers a HEAD request.
+        """
+        stored = entry((b"Cache-Control", b"max-age=60"))
+        self.assertIsInstance(
+            policy.decide(request(method=b"HEAD"), [stored], T0), Fresh)
+
+    def test_storedMethodMustAllowUse(self) -> None:
+        """
+        Section 4: a response stored for another method is not used.
+        """
+        stored = entry((b"Cache-Control", b"max-age=60"), method=b"POST")
+        self.assertIsInstance(policy.decide(request(), [stored], T0), Miss)
+
+    def test_mostRecent(self) -> None:
+        """
+        Section 4.1: of several matching responses the most recent by Date
+        is used.
+        """
+        old = entry((b"Cache-Control", b"max-age=600"), (b"Date", date(T0 - 20)),
+                    (b"ETag", b'"old"'))
+        new = entry((b"Cache-Control", b"max-age=600"), (b"Date", date(T0 - 10)),
+                    (b"ETag", b'"new"'))
+        for entries in ([old, new], [new, old]):
+            self.assertIs(policy.decide(request(), entries, T0).entry, new)
+
+    def test_exactlyAtLifetimeIsStale(self) -> None:
+        """
+        Section 4.2: fresh only while the lifetime exceeds the age.
+        """
+        stored = entry((b"Cache-Control", b"max-age=60"), (b"ETag", b'"e"'))
+        self.assertIsInstance(policy.decide(request(), [stored], T0 + 60),
+                              Revalidate)
+
+    def test_staleRevalidates(self) -> None:
+        """
+        Section 4.3.1: a stale response with validators is revalidated with
+        If-None-Match and If-Modified-Since.
+        """
+        stored = entry((b"Cache-Control", b"max-age=60"), (b"ETag", b'"e"'),
+                       (b"Last-Modified", date(T0 - 100)))
+        decision = policy.decide(request(), [stored], T0 + 61)
+        self.assertIsInstance(decision, Revalidate)
+        self.assertEqual(decision.fwd, "stale")
+        self.assertEqual(list(decision.conditionalHeaders.items()), [
+            (b"If-None-Match", b'"e"'),
+            (b"If-Modified-Since", date(T0 - 100))])
+
+    def test_staleWithoutValidator(self) -> None:
+        """
+        Section 4.3.1: without a validator there is nothing to make
+        conditional; the request is a plain miss.
+        """
+        stored = entry((b"Cache-Control", b"max-age=60"))
+        decision = policy.decide(request(), [stored], T0 + 61)
+        self.assertEqual((type(decision), decision.fwd), (Miss, "stale"))
+
+    def test_responseNoCache(self) -> None:
+        """
+        Section 5.2.2.4: a no-cache response is always validated first.
+        """
+        stored = entry((b"Cache-Control", b"max-age=60, no-cache"),
+                       (b"ETag", b'"e"'))
+        self.assertIsInstance(policy.decide(request(), [stored], T0), Revalidate)
+
+    def test_requestNoCache(self) -> None:
+        """
+        Sections 5.2.1.4 and 5.4: a no-cache request (or Pragma: no-cache
+        without Cache-Control) makes the cache validate.
+        """
+        stored = entry((b"Cache-Control", b"max-age=60"), (b"ETag", b'"e"'))
+        for field in ((b"Cache-Control", b"no-cache"), (b"Pragma", b"no-cache")):
+            decision = policy.decide(request(field), [stored], T0)
+            self.assertEqual((type(decision), decision.fwd),
+                             (Revalidate, "request"))
+        self.assertIsInstance(policy.decide(request(
+            (b"Pragma", b"no-cache"), (b"Cache-Control", b"max-stale")),
+            [stored], T0), Fresh)
+
+    def test_requestNoStoreStillServes(self) -> None:
+        """
+        Section 5.2.1.5: no-store only forbids storing.
+        """
+        stored = entry((b"Cache-Control", b"max-age=60"))
+        self.assertIsInstance(policy.decide(
+            request((b"Cache-Control", b"no-store")), [stored], T0), Fresh)
+
+    def test_requestMaxAge(self) -> None:
+        """
+        Section 5.2.1.1: the client wants an age no greater than max-age.
+        """
+        stored = entry((b"Cache-Control", b"max-age=600"), (b"ETag", b'"e"'))
+        self.assertIsInstance(policy.decide(
+            request((b"Cache-Control", b"max-age=10")), [stored], T0 + 10), Fresh)
+        self.assertIsInstance(policy.decide(
+            request((b"Cache-Control", b"max-age=10")), [stored], T0 + 11),
+            Revalidate)
+
+    def test_requestMinFresh(self) -> None:
+        """
+        Section 5.2.1.3: the response must stay fresh for min-fresh more.
+        """
+        stored = entry((b"Cache-Control", b"max-age=60"), (b"ETag", b'"e"'))
+        self.assertIsInstance(policy.decide(
+            request((b"Cache-Control", b"min-fresh=30")), [stored], T0 + 29), Fresh)
+        self.assertIsInstance(policy.decide(
+            request((b"Cache-Control", b"min-fresh=30")), [stored], T0 + 30),
+            Revalidate)
+
+    def test_requestMaxStale(self) -> None:
+        """
+        Section 5.2.1.2: max-stale lets the client take a stale response,
+        by at most its value, or any without one.
+        """
+        stored = entry((b"Cache-Control", b"max-age=60"), (b"ETag", b'"e"'))
+        decision = policy.decide(
+            request((b"Cache-Control", b"max-stale=10")), [stored], T0 + 70)
+        self.assertEqual(decision, Stale(stored, 70, -10, decision.reason))
+        self.assertIsInstance(policy.decide(
+            request((b"Cache-Control", b"max-stale=10")), [stored], T0 + 71),
+            Revalidate)
+        self.assertIsInstance(policy.decide(
+            request((b"Cache-Control", b"max-stale")), [stored], T0 + 10**6),
+            Stale)
+
+    def test_staleForbidden(self) -> None:
+        """
+        Section 4.2.4: must-revalidate, proxy-revalidate and s-maxage
+        forbid stale responses whatever the client allows.
+        """
+        for directives in (b"max-age=60, must-revalidate",
+                           b"max-age=60, proxy-revalidate", b"s-maxage=60"):
+            stored = entry((b"Cache-Control", directives + b", stale-while-revalidate=99"),
+                           (b"ETag", b'"e"'))
+            self.assertIsInstance(policy.decide(
+                request((b"Cache-Control", b"max-stale")), [stored], T0 + 61),
+                Revalidate, directives)
+
+    def test_staleWhileRevalidate(self) -> None:
+        """
+        RFC 5861 section 3: within stale-while-revalidate the stale
+        response is served and revalidated in the background.
+        """
+        stored = entry((b"Cache-Control", b"max-age=60, stale-while-revalidate=30"),
+                       (b"ETag", b'"e"'))
+        decision = policy.decide(request(), [stored], T0 + 90)
+        self.assertIsInstance(decision, StaleWhileRevalidate)
+        self.assertEqual((decision.age, decision.ttl), (90, -30))
+        self.assertEqual(decision.conditionalHeaders.get(b"if-none-match"), b'"e"')
+        self.assertIsInstance(policy.decide(request(), [stored], T0 + 91),
+                              Revalidate)
+
+    def test_staleWhileRevalidateDefault(self) -> None:
+        """
+        Section 4.2.4: the operator's default window applies to responses
+        without the directive, and an explicit one wins.
+        """
+        options = CacheOptions(defaultStaleWhileRevalidate=100)
+        stored = entry((b"Cache-Control", b"max-age=60"), (b"ETag", b'"e"'))
+        self.assertIsInstance(policy.decide(request(), [stored], T0 + 150, options),
+                              StaleWhileRevalidate)
+        explicit = entry((b"Cache-Control", b"max-age=60, stale-while-revalidate=0"),
+                         (b"ETag", b'"e"'))
+        self.assertIsInstance(policy.decide(request(), [explicit], T0 + 61, options),
+                              Revalidate)
+
+    def test_staleWhileRevalidateNotPastRequestMaxAge(self) -> None:
+        """
+        Section 5.2.1.1: a request max-age the stale response exceeds is
+        not answered by stale-while-revalidate.
+        """
+        stored = entry((b"Cache-Control", b"max-age=60, stale-while-revalidate=30"),
+                       (b"ETag", b'"e"'))
+        self.assertIsInstance(policy.decide(
+            request((b"Cache-Control", b"max-age=61")), [stored], T0 + 70),
+            Revalidate)
+
+    def test_onlyIfCached(self) -> None:
+        """
+        Section 5.2.1.7: only-if-cached gets a stored response or a 504.
+        """
+        onlyIfCached = request((b"Cache-Control", b"only-if-cached"))
+        stored = entry((b"Cache-Control", b"max-age=60"), (b"ETag", b'"e"'))
+        self.assertIsInstance(policy.decide(onlyIfCached, [stored], T0), Fresh)
+        for entries, now in (([stored], T0 + 61), ([], T0)):
+            self.assertIsInstance(policy.decide(onlyIfCached, entries, now),
+                                  OnlyIfCachedMiss)
+        self.assertIsInstance(policy.decide(
+            request((b"Cache-Control", b"only-if-cached"), method=b"POST"),
+            [stored], T0), OnlyIfCachedMiss)
+
+    def test_authorization(self) -> None:
+        """
+        Section 3.5: a request with Authorization is only answered by an
+        explicitly shareable stored response.
+        """
+        authorized = request((b"Authorization", b"Bearer t"))
+        plain = entry((b"Cache-Control", b"max-age=60"))
+        decision = policy.decide(authorized, [plain], T0)
+        self.assertEqual((type(decision), decision.fwd), (Miss, "request"))
+        shared = entry((b"Cache-Control", b"max-age=60, public"))
+        self.assertIsInstance(policy.decide(authorized, [shared], T0), Fresh)
+
+    def test_heuristicFreshness(self) -> None:
+        """
+        Section 4.2.2: a heuristic lifetime makes a stored response fresh.
+        """
+        stored = entry((b"Last-Modified", date(T0 - 1000)))
+        self.assertIsInstance(policy.decide(request(), [stored], T0 + 99), Fresh)
+        self.assertIsInstance(policy.decide(request(), [stored], T0 + 100),
+                              Revalidate)
+
+
+class StaleIfErrorTests(SynchronousTestCase):
+    """
+    L{policy.afterRevalidation} on errors: section 4.2.4, RFC 5861 section 4.
+    """
+
+    def outcome(self, stored: StoredEntry, status: Optional[int], now: float,
+                req: Optional[RequestHead] = None,
+                options: CacheOptions = DEFAULT_OPTIONS) -> object:
+        upstream = None if status is None else response(status=status)
+        return policy.afterRevalidation(req or request(), stored, upstream,
+                                        now, now, now, options)
+
+    def test_withinWindow(self) -> None:
+        """
+        RFC 5861 section 4: on 500, 502, 503 or 504 the stale response may
+        be served within stale-if-error.
+        """
+        stored = entry((b"Cache-Control", b"max-age=60, stale-if-error=30"))
+        for status in (500, 502, 503, 504, None):
+            self.assertIsInstance(self.outcome(stored, status, T0 + 90), Stale)
+        self.assertIsInstance(self.outcome(stored, 503, T0 + 91), Forward)
+
+    def test_otherErrors(self) -> None:
+        """
+        RFC 5861 section 4: other statuses are not errors for it.
+        """
+        stored = entry((b"Cache-Control", b"max-age=60, stale-if-error=30"))
+        self.assertIsInstance(self.outcome(stored, 501, T0 + 61), Forward)
+        self.assertIsInstance(self.outcome(stored, 404, T0 + 61), Forward)
+
+    def test_defaultAndRequest(self) -> None:
+        """
+        Section 4.2.4 and RFC 5861 section 4: the operator default and the
+        request directive also allow it.
+        """
+        stored = entry((b"Cache-Control", b"max-age=60"))
+        self.assertIsInstance(self.outcome(stored, 503, T0 + 61), Forward)
+        self.assertIsInstance(self.outcome(
+            stored, 503, T0 + 61, options=CacheOptions(defaultStaleIfError=10)),
+            Stale)
+        self.assertIsInstance(self.outcome(
+            stored, 503, T0 + 61,
+            req=request((b"Cache-Control", b"stale-if-error=5"))), Stale)
+
+    def test_forbidden(self) -> None:
+        """
+        Section 4.2.4: must-revalidate, proxy-revalidate, s-maxage and
+        no-cache forbid it.
+        """
+        for directives in (b"must-revalidate", b"proxy-revalidate",
+                           b"s-maxage=60", b"no-cache"):
+            stored = entry((b"Cache-Control",
+                            b"max-age=60, stale-if-error=999, " + directives))
+            self.assertIsInstance(self.outcome(stored, 503, T0 + 61), Forward,
+                                  directives)
+
+    def test_disconnected(self) -> None:
+        """
+        Section 4.2.4: a disconnected cache may serve stale when configured.
+        """
+        stored = entry((b"Cache-Control", b"max-age=60"))
+        options = CacheOptions(staleOnDisconnect=True)
+        self.assertIsInstance(self.outcome(stored, None, T0 + 10**6,
+                                           options=options), Stale)
+        self.assertIsInstance(self.outcome(stored, 503, T0 + 61,
+                                           options=options), Forward)
+        self.assertIsInstance(self.outcome(stored, None, T0 + 61), Forward)
+
+    def test_fullResponse(self) -> None:
+        """
+        Section 4.3.3: a full response is used as it is.
+        """
+        stored = entry((b"Cache-Control", b"max-age=60, stale-if-error=30"))
+        self.assertIsInstance(self.outcome(stored, 200, T0 + 61), Forward)
+
+
+class ConditionalRequestTests(SynchronousTestCase):
+    """
+    L{policy.conditionalHeaders}: section 4.3.1.
+    """
+
+    def test_bothValidators(self) -> None:
+        """
+        Section 4.3.1: entity tag and Last-Modified are both sent.
+        """
+        stored = entry((b"ETag", b'W/"w"'), (b"Last-Modified", date(T0 - 5)))
+        self.assertEqual(list(policy.conditionalHeaders(stored).items()), [
+            (b"If-None-Match", b'W/"w"'), (b"If-Modified-Since", date(T0 - 5))])
+
+    def test_severalResponses(self) -> None:
+        """
+        Section 4.3.1: validating several responses sends all their tags and
+        no If-Modified-Since.
+        """
+        one = entry((b"ETag", b'"a"'), (b"Last-Modified", date(T0 - 5)))
+        two = entry((b"ETag", b'"b"'))
+        three = entry((b"ETag", b'"a"'))
+        self.assertEqual(list(policy.conditionalHeaders(one, [two, three]).items()),
+                         [(b"If-None-Match", b'"a", "b"')])
+
+    def test_noDateFallback(self) -> None:
+        """
+        RFC 9110 section 13.1.3: Date is not used for If-Modified-Since,
+        and an invalid Last-Modified is not sent.
+        """
+        self.assertEqual(len(policy.conditionalHeaders(entry())), 0)
+        self.assertEqual(len(policy.conditionalHeaders(
+            entry((b"Last-Modified", b"yesterday")))), 0)
+
+    def test_stripPreconditions(self) -> None:
+        """
+        Section 4.3.2: the client's own preconditions are not forwarded with
+        the cache's validation.
+        """
+        stripped = policy.stripPreconditions(headers(
+            (b"If-None-Match", b'"x"'), (b"If-Modified-Since", date(T0)),
+            (b"Range", b"bytes=0-1"), (b"If-Range", b'"x"'), (b"Accept", b"*/*")))
+        self.assertEqual(list(stripped.items()), [(b"Accept", b"*/*")])
+
+
+class FreshenWith304Tests(SynchronousTestCase):
+    """
+    Freshening with a 304: sections 4.3.3, 4.3.4 and 3.2.
+    """
+
+    def test_replacesFields(self) -> None:
+        """
+        Section 3.2: the 304's fields replace the stored ones of the same
+        name, in place; the rest are kept.
+        """
+        merged = policy.freshenWith304(
+            headers((b"Cache-Control", b"max-age=1"), (b"X-A", b"1"),
+                    (b"X-A", b"2"), (b"Content-Type", b"text/plain")),
+            headers((b"x-a", b"3"), (b"Cache-Control", b"max-age=60"),
+                    (b"X-New", b"n")))
+        self.assertEqual(list(merged.items()), [
+            (b"Cache-Control", b"max-age=60"), (b"x-a", b"3"),
+            (b"Content-Type", b"text/plain"), (b"X-New", b"n")])
+
+    def test_excludedFields(self) -> None:
+        """
+        Section 3.2: Content-Length and the fields never stored (section
+        3.1) are not taken from the 304.
+        """
+        merged = policy.freshenWith304(
+            headers((b"Content-Length", b"10")),
+            headers((b"Content-Length", b"0"), (b"Connection", b"X-Hop"),
+                    (b"X-Hop", b"1"), (b"Keep-Alive", b"timeout=1"),
+                    (b"Proxy-Authenticate", b"Basic")))
+        self.assertEqual(list(merged.items()), [(b"Content-Length", b"10")])
+
+    def test_selectStrong(self) -> None:
+        """
+        Section 4.3.4: a strong ETag selects every stored response with it,
+        and nothing if none has it.
+        """
+        a1 = entry((b"ETag", b'"a"'))
+        a2 = entry((b"ETag", b'"a"'), (b"Vary", b"Accept"))
+        b = entry((b"ETag", b'"b"'))
+        weak = entry((b"ETag", b'W/"a"'))
+        self.assertEqual(policy.selectForUpdate([a1, b, a2, weak],
+                                                headers((b"ETag", b'"a"'))),
+                         [a1, a2])
+        self.assertEqual(policy.selectForUpdate([b], headers((b"ETag", b'"a"'))), [])
+
+    def test_selectWeak(self) -> None:
+        """
+        Section 4.3.4: a weak validator selects the most recent match.
+        """
+        older = entry((b"ETag", b'"a"'), responseTime=T0 - 10)
+        newer = entry((b"ETag", b'W/"a"'))
+        other = entry((b"ETag", b'"b"'), responseTime=T0 + 10)
+        self.assertEqual(policy.selectForUpdate(
+            [newer, older, other], headers((b"ETag", b'W/"a"'))), [newer])
+
+    def test_selectLastModified(self) -> None:
+        """
+        Section 4.3.4: without an ETag, Last-Modified selects the most recent
+        response with the same one.
+        """
+        one = entry((b"Last-Modified", date(T0 - 100)))
+        two = entry((b"Last-Modified", date(T0 - 50)))
+        self.assertEqual(policy.selectForUpdate(
+            [one, two], headers((b"Last-Modified", date(T0 - 100)))), [one])
+
+    def test_selectWithoutValidators(self) -> None:
+        """
+        Section 4.3.4: with no validator, only a single stored response
+        without validators is selected.
+        """
+        bare = entry()
+        self.assertEqual(policy.selectForUpdate([bare], Headers()), [bare])
+        self.assertEqual(policy.selectForUpdate([bare, entry()], Headers()), [])
+        self.assertEqual(policy.selectForUpdate(
+            [entry((b"ETag", b'"a"'))], Headers()), [])
+
+    def test_freshened(self) -> None:
+        """
+        Sections 4.3.3 and 4.2.3: after a matching 304 the entry carries the
+        new fields and times, and is fresh again.
+        """
+        stored = entry((b"Cache-Control", b"max-age=60"), (b"ETag", b'"e"'))
+        notModified = response((b"ETag", b'"e"'), (b"Date", date(T0 + 100)),
+                               (b"Cache-Control", b"max-age=120"), status=304)
+        outcome = policy.afterRevalidation(request(), stored, notModified,
+                                           T0 + 100, T0 + 101, T0 + 102)
+        self.assertIsInstance(outcome, Freshened)
+        self.assertEqual(outcome.age, 2)
+        self.assertEqual(outcome.entry.responseHeaders.get(b"cache-control"),
+                         b"max-age=120")
+        self.assertEqual(outcome.updated, (outcome.entry,))
+        self.assertIsInstance(
+            policy.decide(request(), [outcome.entry], T0 + 102), Fresh)
+
+    def test_mismatchRefetches(self) -> None:
+        """
+        Section 4.3.4: a 304 for another representation updates nothing; the
+        request is sent again without preconditions.
+        """
+        stored = entry((b"ETag", b'"e"'))
+        outcome = policy.afterRevalidation(
+            request(), stored, response((b"ETag", b'"other"'), status=304),
+            T0, T0, T0)
+        self.assertIsInstance(outcome, Refetch)
+
+
+class FreshenWithHeadTests(SynchronousTestCase):
+    """
+    L{policy.freshenWithHead}: section 4.3.5.
+    """
+
+    def head(self, stored: StoredEntry, *fields: Field,
+             status: int = 200, requestFields: Tuple[Field, ...] = ()):
+        return policy.freshenWithHead([stored], headers(*requestFields),
+                                      response(*fields, status=status),
+                                      T0 + 50, T0 + 50)
+
+    def test_matchingUpdates(self) -> None:
+        """
+        Section 4.3.5: matching validators and Content-Length update the
+        stored response.
+        """
+        stored = entry((b"ETag", b'"e"'), (b"Content-Length", b"5"),
+                       (b"Cache-Control", b"max-age=1"))
+        result = self.head(stored, (b"ETag", b'"e"'), (b"Content-Length", b"5"),
+                           (b"Cache-Control", b"max-age=99"))
+        self.assertEqual(len(result.updated), 1)
+        self.assertEqual(result.updated[0].responseHeaders.get(b"cache-control"),
+                         b"max-age=99")
+        self.assertEqual(result.updated[0].responseTime, T0 + 50)
+        self.assertEqual(result.invalidated, ())
+
+    def test_mismatchInvalidates(self) -> None:
+        """
+        Section 4.3.5: a different validator or length makes it stale.
+        """
+        stored = entry((b"ETag", b'"e"'), (b"Last-Modified", date(T0)),
+                       bodyLength=5)
+        for fields in (((b"ETag", b'"f"'),),
+                       ((b"Last-Modified", date(T0 + 1)),),
+                       ((b"ETag", b'"e"'), (b"Content-Length", b"6")),
+                       ()):
+            result = self.head(stored, *fields)
+            self.assertEqual((result.updated, result.invalidated), ((), (stored,)),
+                             fields)
+        self.assertEqual(len(self.head(stored, (b"ETag", b'"e"'),
+                                       (b"Content-Length", b"5")).updated), 1)
+
+    def test_onlySelectable(self) -> None:
+        """
+        Section 4.3.5: only responses the HEAD request could select are
+        touched; and only a 200 counts.
+        """
+        stored = entry((b"ETag", b'"e"'), (b"Vary", b"Accept"),
+                       requestFields=((b"Accept", b"a"),))
+        result = self.head(stored, (b"ETag", b'"f"'),
+                           requestFields=((b"Accept", b"b"),))
+        self.assertEqual((result.updated, result.invalidated), ((), ()))
+        result = self.head(stored, (b"ETag", b'"f"'), status=404,
+                           requestFields=((b"Accept", b"a"),))
+        self.assertEqual((result.updated, result.invalidated), ((), ()))
+
+
+class PreconditionTests(SynchronousTestCase):
+    """
+    L{policy.evaluatePreconditions}: RFC 9110 sections 13.1 and 13.2.2,
+    RFC 9111 section 4.3.2.
+    """
+
+    stored = headers((b"ETag", b'"v1"'), (b"Last-Modified", date(T0 - 100)),
+                     (b"Date", date(T0)))
+
+    def evaluate(self, *fields: Field, method: bytes = b"GET",
+                 stored: Optional[Headers] = None, **kw) -> Optional[int]:
+        return policy.evaluatePreconditions(
+            headers(*fields), self.stored if stored is None else stored,
+            method, **kw)
+
+    def test_none(self) -> None:
+        """
+        RFC 9110 section 13.2.2: without preconditions, answer normally.
+        """
+        self.assertIsNone(self.evaluate())
+
+    def test_ifMatch(self) -> None:
+        """
+        RFC 9110 section 13.1.1: strong comparison; C{*} matches any
+        current representation; false gives 412.
+        """
+        self.assertIsNone(self.evaluate((b"If-Match", b'"x", "v1"')))
+        self.assertIsNone(self.evaluate((b"If-Match", b"*")))
+        self.assertEqual(self.evaluate((b"If-Match", b'"x"')), 412)
+        self.assertEqual(self.evaluate((b"If-Match", b'W/"v1"')), 412)
+
+    def test_ifUnmodifiedSince(self) -> None:
+        """
+        RFC 9110 section 13.1.4: modified since the date gives 412; an
+        invalid date is ignored, and so is the field under If-Match.
+        """
+        self.assertIsNone(self.evaluate((b"If-Unmodified-Since", date(T0 - 100))))
+        self.assertEqual(self.evaluate((b"If-Unmodified-Since", date(T0 - 101))), 412)
+        self.assertIsNone(self.evaluate((b"If-Unmodified-Since", b"garbage")))
+        self.assertIsNone(self.evaluate((b"If-Match", b'"v1"'),
+                                        (b"If-Unmodified-Since", date(T0 - 101))))
+
+    def test_ifNoneMatch(self) -> None:
+        """
+        RFC 9110 section 13.1.2: weak comparison; a match gives 304 for GET
+        and HEAD, 412 otherwise; C{*} always matches.
+        """
+        self.assertEqual(self.evaluate((b"If-None-Match", b'W/"v1"')), 304)
+        self.assertEqual(self.evaluate((b"If-None-Match", b'"a", "v1"'),
+                                       method=b"HEAD"), 304)
+        self.assertEqual(self.evaluate((b"If-None-Match", b"*")), 304)
+        self.assertEqual(self.evaluate((b"If-None-Match", b'"v1"'),
+                                       method=b"POST"), 412)
+        self.assertIsNone(self.evaluate((b"If-None-Match", b'"v2"')))
+
+    def test_ifModifiedSince(self) -> None:
+        """
+        RFC 9110 section 13.1.3: not modified since the date gives 304.
+        """
+        self.assertEqual(self.evaluate((b"If-Modified-Since", date(T0 - 100))), 304)
+        self.assertIsNone(self.evaluate((b"If-Modified-Since", date(T0 - 101))))
+
+    def test_ifModifiedSinceIgnored(self) -> None:
+        """
+        RFC 9110 section 13.1.3: ignored with If-None-Match, with an invalid
+        date or a list, and for methods other than GET and HEAD.
+        """
+        self.assertIsNone(self.evaluate((b"If-None-Match", b'"v2"'),
+                                        (b"If-Modified-Since", date(T0))))
+        self.assertIsNone(self.evaluate((b"If-Modified-Since", b"not a date")))
+        self.assertIsNone(self.evaluate(
+            (b"If-Modified-Since", date(T0) + b", " + date(T0))))
+        self.assertIsNone(self.evaluate((b"If-Modified-Since", date(T0)),
+                                        method=b"POST"))
+
+    def test_ifModifiedSinceFallbacks(self) -> None:
+        """
+        RFC 9111 section 4.3.2: without Last-Modified the stored Date is
+        used, and without it the time the response was received.
+        """
+        dated = headers((b"Date", date(T0)))
+        self.assertEqual(self.evaluate((b"If-Modified-Since", date(T0)),
+                                       stored=dated), 304)
+        self.assertIsNone(self.evaluate((b"If-Modified-Since", date(T0 - 1)),
+                                        stored=dated))
+        self.assertEqual(self.evaluate((b"If-Modified-Since", date(T0)),
+                                       stored=Headers(), responseTime=T0), 304)
+
+    def test_nonSuccessStored(self) -> None:
+        """
+        RFC 9110 section 13.2.1: preconditions are ignored when the answer
+        would not be 2xx.
+        """
+        self.assertIsNone(self.evaluate((b"If-None-Match", b"*"), storedStatus=404))
+
+    def test_notModifiedHeaders(self) -> None:
+        """
+        RFC 9110 section 15.4.5: a 304 carries the cache-related fields, and
+        Last-Modified only without an ETag.
+        """
+        fields = policy.notModifiedHeaders(headers(
+            (b"ETag", b'"a"'), (b"Content-Type", b"x"), (b"Vary", b"Accept"),
+            (b"Last-Modified", date(T0)), (b"Cache-Control", b"max-age=1")))
+        self.assertEqual([n for n, _ in fields.items()],
+                         [b"ETag", b"Vary", b"Cache-Control"])
+        fields = policy.notModifiedHeaders(headers((b"Last-Modified", date(T0))))
+        self.assertEqual(len(fields), 1)
+
+
+class IfRangeTests(SynchronousTestCase):
+    """
+    L{policy.ifRangeAllows}: RFC 9110 section 13.1.5.
+    """
+
+    def allows(self, value: bytes, *stored: Field) -> bool:
+        return policy.ifRangeAllows(headers((b"If-Range", value)), headers(*stored))
+
+    def test_absent(self) -> None:
+        """
+        RFC 9110 section 13.1.5: without If-Range the range is honoured.
+        """
+        self.assertTrue(policy.ifRangeAllows(Headers(), Headers()))
+
+    def test_entityTag(self) -> None:
+        """
+        RFC 9110 section 13.1.5: an entity tag must match strongly.
+        """
+        self.assertTrue(self.allows(b'"a"', (b"ETag", b'"a"')))
+        self.assertFalse(self.allows(b'"b"', (b"ETag", b'"a"')))
+        self.assertFalse(self.allows(b'W/"a"', (b"ETag", b'W/"a"')))
+
+    def test_date(self) -> None:
+        """
+        RFC 9110 sections 13.1.5 and 8.8.2.2: a date must equal a strong
+        Last-Modified (Date at least 60 seconds later).
+        """
+        strong = ((b"Last-Modified", date(T0 - 60)), (b"Date", date(T0)))
+        weak = ((b"Last-Modified", date(T0 - 59)), (b"Date", date(T0)))
+        self.assertTrue(self.allows(date(T0 - 60), *strong))
+        self.assertFalse(self.allows(date(T0 - 61), *strong))
+        self.assertFalse(self.allows(date(T0 - 59), *weak))
+        self.assertFalse(self.allows(b"nonsense", *strong))
+
+
+class RangeTests(SynchronousTestCase):
+    """
+    L{policy.parseRange} and L{policy.rangeForStoredResponse}: RFC 9110
+    section 14.
+    """
+
+    def test_forms(self) -> None:
+        """
+        RFC 9110 section 14.1.2: first-last, open-ended and suffix ranges,
+        several at once, clipped to the representation.
+        """
+        self.assertEqual(policy.parseRange(b"bytes=0-499", 1000), [(0, 499)])
+        self.assertEqual(policy.parseRange(b"bytes=900-", 1000), [(900, 999)])
+        self.assertEqual(policy.parseRange(b"bytes=-100", 1000), [(900, 999)])
+        self.assertEqual(policy.parseRange(b"bytes=-5000", 1000), [(0, 999)])
+        self.assertEqual(policy.parseRange(b"bytes=990-2000", 1000), [(990, 999)])
+        self.assertEqual(policy.parseRange(b"BYTES=0-0, 2-3 ,-1", 10),
+                         [(0, 0), (2, 3), (9, 9)])
+
+    def test_unsatisfiable(self) -> None:
+        """
+        RFC 9110 section 14.1.2: ranges starting past the end, or a zero
+        suffix, are unsatisfiable; if none is left, 416.
+        """
+        self.assertEqual(policy.parseRange(b"bytes=1000-", 1000), UNSATISFIABLE)
+        self.assertEqual(policy.parseRange(b"bytes=-0", 1000), UNSATISFIABLE)
+        self.assertEqual(policy.parseRange(b"bytes=2000-3000, 5-6", 1000), [(5, 6)])
+
+    def test_ignored(self) -> None:
+        """
+        RFC 9110 section 14.2: invalid syntax, another unit or too many
+        ranges make the field ignored.
+        """
+        for value in (b"bytes=a-b", b"bytes=5-1", b"items=0-1", b"bytes=",
+                      b"bytes=-", b"bytes 0-1", b"bytes=0-1-2", b"bytes=1 -2"):
+            self.assertIsNone(policy.parseRange(value, 1000), value)
+        self.assertIsNone(policy.parseRange(b"bytes=" + b",".join(
+            [b"%d-%d" % (i, i) for i in range(20)]), 1000))
+        self.assertIsNone(policy.parseRange(b"bytes=0-", 0))
+
+    def test_fromStored(self) -> None:
+        """
+        RFC 9110 section 14.2: a complete stored 200 answers a GET range
+        request, with the length from the entry or Content-Length.
+        """
+        stored = entry((b"ETag", b'"e"'), bodyLength=100)
+        self.assertEqual(policy.rangeForStoredResponse(
+            request((b"Range", b"bytes=0-9")), stored), [(0, 9)])
+        self.assertEqual(policy.rangeForStoredResponse(
+            request((b"Range", b"bytes=0-9"), (b"If-Range", b'"e"')), stored),
+            [(0, 9)])
+        withLength = entry((b"Content-Length", b"50"))
+        self.assertEqual(policy.rangeForStoredResponse(
+            request((b"Range", b"bytes=-10")), withLength), [(40, 49)])
+
+    def test_fromStoredIgnored(self) -> None:
+        """
+        RFC 9110 sections 14.2 and 13.1.5: Range is ignored for HEAD, after
+        a failed If-Range, for a non-200 or an unknown length.
+        """
+        stored = entry((b"ETag", b'"e"'), bodyLength=100)
+        ranged = (b"Range", b"bytes=0-9")
+        for req, candidate in (
+            (request(ranged, method=b"HEAD"), stored),
+            (request(ranged, (b"If-Range", b'"f"')), stored),
+            (request(ranged), entry(status=404, bodyLength=100)),
+            (request(ranged), entry()),
+            (request(), stored),
+        ):
+            self.assertIsNone(policy.rangeForStoredResponse(req, candidate))
+
+
+class InvalidationTests(SynchronousTestCase):
+    """
+    L{policy.invalidatedURIs}: section 4.4.
+    """
+
+    target = b"http://example.com/items/1"
+
+    def test_unsafeMethod(self) -> None:
+        """
+        Section 4.4: a non-error answer to an unsafe (or unknown) method
+        invalidates the target URI.
+        """
+        for method in (b"POST", b"PUT", b"DELETE", b"PATCH", b"FROB"):
+            self.assertEqual(policy.invalidatedURIs(
+                method, self.target, 204, Headers()), [self.target])
+
+    def test_safeOrError(self) -> None:
+        """
+        Section 4.4: safe methods and error statuses invalidate nothing.
+        """
+        self.assertEqual(policy.invalidatedURIs(b"GET", self.target, 200, Headers()), [])
+        self.assertEqual(policy.invalidatedURIs(b"OPTIONS", self.target, 200,
+                                                Headers()), [])
+        for status in (100, 404, 500):
+            self.assertEqual(policy.invalidatedURIs(
+                b"POST", self.target, status, Headers()), [])
+        self.assertEqual(policy.invalidatedURIs(
+            b"POST", self.target, 303, Headers()), [self.target])
+
+    def test_locationAndContentLocation(self) -> None:
+        """
+        Section 4.4: Location and Content-Location of the same origin are
+        invalidated too, resolved against the target URI.
+        """
+        uris = policy.invalidatedURIs(b"POST", b"HTTP://Example.com:80/items/1",
+                                      201, headers(
+            (b"Location", b"../items/2#frag"),
+            (b"Content-Location", b"http://EXAMPLE.com/items/3")))
+        self.assertEqual(uris, [self.target, b"http://example.com/items/2",
+                                b"http://example.com/items/3"])
+
+    def test_otherOrigin(self) -> None:
+        """
+        Section 4.4: URIs of another origin are never invalidated.
+        """
+        uris = policy.invalidatedURIs(b"POST", self.target, 201, headers(
+            (b"Location", b"https://example.com/items/2"),
+            (b"Content-Location", b"http://evil.example/items/3")))
+        self.assertEqual(uris, [self.target])
+
+
+class CacheStatusTests(SynchronousTestCase):
+    """
+    L{policy.cacheStatus}: RFC 9211.
+    """
+
+    def test_hit(self) -> None:
+        """
+        RFC 9211 sections 2.1 and 2.5: a hit with its remaining freshness.
+        """
+        self.assertEqual(policy.cacheStatus(hit=True, ttl=12.7),
+                         b"cachingproxy; hit; ttl=12")
+
+    def test_forwarded(self) -> None:
+        """
+        RFC 9211 sections 2.2 to 2.4 and 2.6: why it was forwarded, the
+        upstream status, whether it was stored.
+        """
+        self.assertEqual(policy.cacheStatus(fwd="uri-miss", stored=True),
+                         b"cachingproxy; fwd=uri-miss; stored")
+        self.assertEqual(policy.cacheStatus(fwd="stale", fwdStatus=304, ttl=-3.5),
+                         b"cachingproxy; fwd=stale; fwd-status=304; ttl=-4")
+        self.assertEqual(policy.cacheStatus(fwd="request", collapsed=True),
+                         b"cachingproxy; fwd=request; collapsed")
+
+    def test_keyAndDetail(self) -> None:
+        """
+        RFC 9211 sections 2.8 and 2.9: key is a string, detail a token or a
+        string; a name that is no token becomes a string.
+        """
+        self.assertEqual(
+            policy.cacheStatus(name=b"my cache", key=b'/a"b', detail=b"x y"),
+            b'"my cache"; key="/a\\"b"; detail="x y"')
+        self.assertEqual(policy.cacheStatus(detail=b"only-if-cached"),
+                         b"cachingproxy; detail=only-if-cached")
+
+    def test_unknownFwd(self) -> None:
+        """
+        RFC 9211 section 2.2: only the defined fwd values are produced.
+        """
+        self.assertRaises(ValueError, policy.cacheStatus, fwd="because")
+
+
+class PurityTests(SynchronousTestCase):
+    """
+    The policy module stays pure (DESIGN.md).
+    """
+
+    def test_noTwistedImport(self) -> None:
+        """
+        The module imports nothing from Twisted and reads no clock.
+        """
+        import inspect
+        source = inspect.getsource(policy)
+        self.assertNotIn("import twisted", source)
+        self.assertNotIn("from twisted", source)
+        self.assertNotIn("time.time", source)
+
+    def test_allExported(self) -> None:
+        """
+        Every name in C{__all__} exists.
+        """
+        for name in policy.__all__:
+            self.assertTrue(hasattr(policy, name), name)
