@@ -52,7 +52,7 @@ from .errors import (
     UpstreamClosed,
     URITooLong,
 )
-from .http.headers import HOP_BY_HOP, Headers, formatHTTPDate
+from .http.headers import HOP_BY_HOP, Headers, formatHTTPDate, splitList
 from .http.message import REASONS, RequestHead, ResponseHead
 from .tunnel import TunnelPeer, joinTunnel
 from .upstream import Origin, UpstreamPool, UpstreamRequest, _QuietFactory, connectError
@@ -141,6 +141,10 @@ class ReaderState(enum.Enum):
     TUNNEL = "TUNNEL"
     CLOSED = "CLOSED"
 
+    # Members are singletons: hash by identity (C speed) rather than by
+    # name, as the transition tables are consulted on every request.
+    __hash__ = object.__hash__
+
 
 _READER_MOVES = {
     ReaderState.IDLE: {ReaderState.HEAD, ReaderState.CLOSED},
@@ -167,6 +171,8 @@ class ExchangeState(enum.Enum):
     RESPONDING = "RESPONDING"
     TUNNEL = "TUNNEL"
     DONE = "DONE"
+
+    __hash__ = object.__hash__
 
 
 _EXCHANGE_MOVES = {
@@ -238,6 +244,7 @@ class Exchange:
         self._registeredUpstreamProducer = False
         self._registeredClientProducer = False
         self.tunnelData: List[bytes] = []
+        self.facts: Optional[_Facts] = None
 
     def _move(self, new: ExchangeState) -> None:
         if new not in _EXCHANGE_MOVES[self.state]:
@@ -305,7 +312,7 @@ class Exchange:
             self.respondError(self.error)
             return
         try:
-            origin, head = self.protocol.factory.route(self.head, self.protocol)
+            origin, head = self.protocol.factory.route(self)
         except ProxyError as e:
             self.respondError(e)
             return
@@ -405,19 +412,18 @@ class Exchange:
         protocol = self.protocol
         status = head.status
         self.status = status
-        headers = head.headers
-        upstreamChunked = headers.hasToken(b"transfer-encoding", b"chunked")
-        upstreamLength = headers.get(b"content-length")
-        _removeHopByHop(headers)
-        headers.add(b"Via", b"1.1 " + protocol.factory.settings.viaName)
+        fields = head.headers.lowered()
+        facts = _Facts(fields)
+        # Content-Length is end-to-end and kept; Transfer-Encoding is not.
+        fields = _forwardFields(fields, facts.hopByHop)
+        head.headers = Headers.fromLowered(fields)
+        fields.append((b"via", b"Via", b"1.1 " + protocol.factory.settings.viaName))
         if self.head.method == b"HEAD" or status in (204, 304):
             self._noBody = True
-            if upstreamLength is not None and status != 204:
-                headers.set(b"Content-Length", upstreamLength)
-        elif upstreamLength is not None and not upstreamChunked:
-            headers.set(b"Content-Length", upstreamLength)
+        elif facts.length is not None and not facts.chunked:
+            pass
         elif self.head.version >= (1, 1):
-            headers.add(b"Transfer-Encoding", b"chunked")
+            fields.append((b"transfer-encoding", b"Transfer-Encoding", b"chunked"))
             self._chunked = True
         else:
             # An HTTP/1.0 client learns where the body ends from the
@@ -425,13 +431,13 @@ class Exchange:
             self._closeAfter = True
         if self._closeAfter or protocol.closing:
             self._closeAfter = True
-            headers.add(b"Connection", b"close")
+            fields.append((b"connection", b"Connection", b"close"))
         elif self.head.version < (1, 1):
-            headers.add(b"Connection", b"keep-alive")
+            fields.append((b"connection", b"Connection", b"keep-alive"))
         self._move(ExchangeState.RESPONDING)
         protocol.transport.write(
             b"HTTP/1.1 %d %s\r\n%s\r\n"
-            % (status, head.reason or REASONS.get(status, b"Unknown"), headers.toWire())
+            % (status, head.reason or REASONS.get(status, b"Unknown"), _fieldLines(fields))
         )
         if self.upstream is not None:
             protocol.transport.registerProducer(self.upstream, True)
@@ -474,7 +480,7 @@ class Exchange:
         if isinstance(value, ProxyError):
             self.respondError(value)
         elif isinstance(value, UpstreamClosed):
-            self.respondError(BadGateway("the origin closed the connection"))
+            self.respondError(BadGateway(_closedMessage(value)))
         else:
             self._log.failure("upstream failure", failure=reason)
             self.respondError(BadGateway("the origin failed"))
@@ -558,16 +564,84 @@ class Exchange:
         self._abandonUpstream()
 
 
+_WATCHED = frozenset(
+    [b"content-length", b"transfer-encoding", b"connection", b"host", b"expect", b"via"]
+)
+
+
+class _Facts:
+    """
+    What one pass over a head's fields found: the framing fields, the
+    fields Connection nominates, the Host count, Expect and Via.
+    """
+
+    __slots__ = ("length", "chunked", "hopByHop", "hosts", "expect", "via")
+
+    def __init__(self, fields) -> None:
+        length = te = connection = expect = via = None
+        hosts = 0
+        for lower, _, value in fields:
+            if lower in _WATCHED:
+                if lower == b"content-length":
+                    length = value
+                elif lower == b"transfer-encoding":
+                    te = value if te is None else te + b"," + value
+                elif lower == b"connection":
+                    connection = value if connection is None else connection + b"," + value
+                elif lower == b"host":
+                    hosts += 1
+                elif lower == b"expect":
+                    expect = value
+                else:
+                    via = value if via is None else via + b"," + value
+        self.length = length
+        # RFC 9112 section 6.1: chunked must be the final coding.
+        self.chunked = bool(te) and splitList(te)[-1].lower() == b"chunked"
+        if connection is None:
+            self.hopByHop = HOP_BY_HOP
+        else:
+            # RFC 9110 section 7.6.1: Connection names more fields that
+            # describe this connection only.
+            self.hopByHop = HOP_BY_HOP | {t.lower() for t in splitList(connection)}
+        self.hosts = hosts
+        self.expect = expect
+        self.via = via
+
+
+def _forwardFields(fields, hopByHop) -> list:
+    """
+    @return: C{fields} without the hop-by-hop ones, order and repeats kept.
+    """
+    return [f for f in fields if f[0] not in hopByHop]
+
+
+def _fieldLines(fields) -> bytes:
+    return b"".join([name + b": " + value + b"\r\n" for _, name, value in fields])
+
+
+def _closedMessage(closed: UpstreamClosed) -> str:
+    """
+    @return: why an origin connection ended, for the client and the log:
+        a failed TLS handshake (an unverifiable certificate, most often)
+        says so.
+    """
+    reason = closed.reason
+    value = getattr(reason, "value", None)
+    try:
+        from OpenSSL.SSL import Error as TLSError
+    except ImportError:  # pragma: no cover
+        TLSError = ()
+    if TLSError and isinstance(value, TLSError):
+        return f"TLS with the origin failed: {value}"
+    return "the origin closed the connection"
+
+
 def _removeHopByHop(headers: Headers) -> None:
     """
     Remove the fields that describe one connection (RFC 9110 section
     7.6.1): the fixed set, and every field the Connection field nominates.
     """
-    nominated = {t.lower() for t in headers.getList(b"connection")}
-    if nominated:
-        headers.removeMany(HOP_BY_HOP | nominated)
-    else:
-        headers.removeMany(HOP_BY_HOP)
+    headers.removeMany(_Facts(headers.lowered()).hopByHop)
 
 
 class ProxyProtocol(Protocol):
@@ -777,32 +851,37 @@ class ProxyProtocol(Protocol):
         self._fieldBytes += len(name) + len(value) + 4
         if self._fieldBytes > self.factory.settings.maxHeaderSize:
             raise HeaderFieldsTooLarge("the request header section is too large")
-        self._fields.append((name, value.strip(b" \t")))
+        self._fields.append((name.lower(), name, value.strip(b" \t")))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         method = self._method or parser.get_method()
         version = parser.get_http_version()
+        fields = self._fields
         head = RequestHead(
             method,
             self._url,
             (int(version[0]), int(version[2])),
-            Headers(self._fields),
+            Headers.fromLowered(fields),
         )
         keepAlive = parser.should_keep_alive() and not self.closing
         self._resetHead()
         self._moveReader(ReaderState.BODY)
         exchange = Exchange(self, head, keepAlive)
-        headers = head.headers
-        if headers.hasToken(b"transfer-encoding", b"chunked"):
+        facts = exchange.facts = _Facts(fields)
+        if facts.chunked:
             exchange.hasBody = True
             exchange.bodyChunked = True
         else:
-            length = headers.get(b"content-length")
+            length = facts.length
             exchange.hasBody = length is not None and length.strip() not in (b"0", b"")
-        if head.version >= (1, 1) and headers.hasToken(b"expect", b"100-continue"):
+        if (
+            facts.expect is not None
+            and head.version >= (1, 1)
+            and facts.expect.strip().lower() == b"100-continue"
+        ):
             exchange.expectContinue = True
-        exchange.error = self.factory.checkRequest(head, self)
+        exchange.error = self.factory.checkRequest(exchange)
         self._reading = exchange
         self._queue.append(exchange)
         if not keepAlive:
@@ -1019,29 +1098,32 @@ class ProxyFactory(Factory):
 
     # -- decisions about a request ------------------------------------------
 
-    def checkRequest(self, head: RequestHead, protocol: ProxyProtocol) -> Optional[ProxyError]:
+    def checkRequest(self, exchange: Exchange) -> Optional[ProxyError]:
         """
         @return: the error a request gets before any forwarding, or C{None}.
         """
-        headers = head.headers
-        hosts = headers.getAll(b"host")
-        if len(hosts) > 1:
+        facts = exchange.facts
+        if facts.hosts > 1:
             return BadRequest("more than one Host field")
-        if head.version >= (1, 1) and not hosts:
+        if facts.hosts == 0 and exchange.head.version >= (1, 1):
             # RFC 9112 section 3.2.
             return BadRequest("no Host field")
-        for member in headers.getList(b"via"):
-            parts = member.split()
-            if len(parts) >= 2 and parts[1].lower() == self._viaName:
-                return LoopDetected("the request has already passed through this proxy")
+        if facts.via is not None:
+            for member in splitList(facts.via):
+                parts = member.split()
+                if len(parts) >= 2 and parts[1].lower() == self._viaName:
+                    return LoopDetected("the request has already passed through this proxy")
         return None
 
-    def route(self, head: RequestHead, protocol: ProxyProtocol) -> Tuple[Origin, RequestHead]:
+    def route(self, exchange: Exchange) -> Tuple[Origin, RequestHead]:
         """
-        Decide where C{head} goes and build the request to send there.
+        Decide where an exchange's request goes and build the request to
+        send there.
 
         @raise ProxyError: when the request cannot be forwarded.
         """
+        head = exchange.head
+        protocol = exchange.protocol
         settings = self.settings
         method = head.method
         target = head.target
@@ -1089,12 +1171,24 @@ class ProxyFactory(Factory):
                 # RFC 9112 section 3.2.4: the last proxy turns an empty path
                 # of an OPTIONS request into '*'.
                 path = b"*" if method == b"OPTIONS" else b"/"
-        headers = head.headers.copy()
-        _removeHopByHop(headers)
-        headers.set(b"Host", origin.authority())
-        if head.version < (1, 1):
-            headers.remove(b"expect")
-        if head.headers.hasToken(b"transfer-encoding", b"chunked"):
+        facts = exchange.facts
+        hopByHop = facts.hopByHop
+        if head.version < (1, 1) and facts.expect is not None:
+            # RFC 9110 section 10.1.1: an HTTP/1.0 client's Expect is ignored.
+            hopByHop = hopByHop | {b"expect"}
+        # Host keeps its place, with the target's authority (RFC 9112
+        # section 3.2.2: a proxy ignores the received Host for an
+        # absolute-form target).
+        authority = origin.authority()
+        fields = [
+            f if f[0] != b"host" else (b"host", f[1], authority)
+            for f in head.headers.lowered()
+            if f[0] not in hopByHop
+        ]
+        if facts.hosts == 0:
+            fields.insert(0, (b"host", b"Host", authority))
+        headers = Headers.fromLowered(fields)
+        if facts.chunked:
             headers.add(b"Transfer-Encoding", b"chunked")
         if settings.xForwardedFor:
             _appendField(headers, b"X-Forwarded-For", protocol.clientHost.encode())

@@ -62,6 +62,23 @@ class Headers:
             (name.lower(), name, value) for name, value in fields
         ]
 
+    @classmethod
+    def fromLowered(cls, fields: List[Tuple[bytes, bytes, bytes]]) -> "Headers":
+        """
+        Adopt C{[(lowercase name, name, value), ...]} as it is (the parser
+        lowers each name once as it reads it).
+        """
+        new = cls()
+        new._fields = fields
+        return new
+
+    def lowered(self) -> List[Tuple[bytes, bytes, bytes]]:
+        """
+        @return: the C{(lowercase name, name, value)} triples, in order (the
+            list itself: do not change it).
+        """
+        return self._fields
+
     def __repr__(self) -> str:
         return f"Headers({[(n, v) for _, n, v in self._fields]!r})"
 
