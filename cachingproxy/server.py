@@ -54,6 +54,7 @@ from .errors import (
 )
 from .http.headers import HOP_BY_HOP, Headers, formatHTTPDate, splitList
 from .http.message import REASONS, RequestHead, ResponseHead
+from ._io import sendNow
 from .tunnel import TunnelPeer, joinTunnel
 from .upstream import Origin, UpstreamPool, UpstreamRequest, _QuietFactory, connectError
 
@@ -245,6 +246,7 @@ class Exchange:
         self._registeredClientProducer = False
         self.tunnelData: List[bytes] = []
         self.facts: Optional[_Facts] = None
+        self._abandoned = False
 
     def _move(self, new: ExchangeState) -> None:
         if new not in _EXCHANGE_MOVES[self.state]:
@@ -319,14 +321,18 @@ class Exchange:
         if self.head.method == b"CONNECT":
             self._connectTunnel(origin)
             return
-        factory = self.protocol.factory
-        d = factory.pool.request(origin, head, self, self.hasBody)
+        pool = self.protocol.factory.pool
+        upstream = pool.requestOnIdle(origin, head, self, self.hasBody)
+        if upstream is not None:
+            self._upstreamReady(upstream)
+            return
+        d = pool.request(origin, head, self, self.hasBody)
         self._upstreamDeferred = d
         d.addCallbacks(self._upstreamReady, self._upstreamUnreachable)
 
     def _upstreamReady(self, upstream: UpstreamRequest) -> None:
         self._upstreamDeferred = None
-        if self.state is ExchangeState.DONE:
+        if self.state is ExchangeState.DONE or self._abandoned:
             upstream.abort()
             return
         self.upstream = upstream
@@ -349,7 +355,7 @@ class Exchange:
 
     def _upstreamUnreachable(self, reason: Failure) -> None:
         self._upstreamDeferred = None
-        if self.state is ExchangeState.DONE:
+        if self.state is ExchangeState.DONE or self._abandoned:
             return
         if isinstance(reason.value, ProxyError):
             self.respondError(reason.value)
@@ -370,7 +376,7 @@ class Exchange:
 
         def connected(peer: TunnelPeer) -> None:
             self._upstreamDeferred = None
-            if self.state is ExchangeState.DONE or self.protocol.transport is None:
+            if self.state is ExchangeState.DONE or self._abandoned:
                 peer.transport.loseConnection()
                 return
             self.status = 200
@@ -382,7 +388,7 @@ class Exchange:
 
         def failed(reason: Failure) -> None:
             self._upstreamDeferred = None
-            if self.state is not ExchangeState.DONE:
+            if self.state is not ExchangeState.DONE and not self._abandoned:
                 self.respondError(connectError(reason, origin))
 
         d.addCallbacks(connected, failed)
@@ -429,36 +435,49 @@ class Exchange:
             # An HTTP/1.0 client learns where the body ends from the
             # connection closing.
             self._closeAfter = True
-        if self._closeAfter or protocol.closing:
+        if self.hasBody and not self.bodyDone:
+            # The origin answered before the request body was complete: what
+            # is left of it cannot be told from a next request.
             self._closeAfter = True
+        if self._closeAfter:
             fields.append((b"connection", b"Connection", b"close"))
         elif self.head.version < (1, 1):
             fields.append((b"connection", b"Connection", b"keep-alive"))
         self._move(ExchangeState.RESPONDING)
-        protocol.transport.write(
+        self._write(
             b"HTTP/1.1 %d %s\r\n%s\r\n"
             % (status, head.reason or REASONS.get(status, b"Unknown"), _fieldLines(fields))
         )
-        if self.upstream is not None:
-            protocol.transport.registerProducer(self.upstream, True)
-            self._registeredClientProducer = True
+
+    def _write(self, data: bytes) -> None:
+        """
+        Send response bytes to the client. Only when the client does not
+        take them at once does the upstream response become the producer of
+        the client connection, so that a slow client pauses the origin; a
+        response that goes out at once costs no registration.
+        """
+        transport = self.protocol.transport
+        rest = sendNow(transport, data)
+        if rest:
+            if not self._registeredClientProducer and self.upstream is not None:
+                transport.registerProducer(self.upstream, True)
+                self._registeredClientProducer = True
+            transport.write(rest)
 
     def responseBody(self, data: bytes) -> None:
         if self.state is not ExchangeState.RESPONDING or self._noBody:
             return
         self.bytesSent += len(data)
         if self._chunked:
-            self.protocol.transport.writeSequence(
-                [b"%x\r\n" % len(data), data, b"\r\n"]
-            )
+            self._write(b"%x\r\n%s\r\n" % (len(data), data))
         else:
-            self.protocol.transport.write(data)
+            self._write(data)
 
     def responseEnd(self) -> None:
         if self.state is not ExchangeState.RESPONDING:
             return
         if self._chunked:
-            self.protocol.transport.write(b"0\r\n\r\n")
+            self._write(b"0\r\n\r\n")
         self._finish()
 
     def responseFailed(self, reason: Failure, receivedAnything: bool) -> None:
@@ -500,7 +519,11 @@ class Exchange:
         self._abandonUpstream()
         protocol = self.protocol
         self.status = error.status
-        if error.closeConnection or not self.bodyDone or self.head.method == b"CONNECT":
+        if (
+            error.closeConnection
+            or (self.hasBody and not self.bodyDone)
+            or self.head.method == b"CONNECT"
+        ):
             # An unread request body cannot be told from the next request,
             # nor can bytes sent after a refused CONNECT.
             self._closeAfter = True
@@ -520,8 +543,7 @@ class Exchange:
             b"Content-Length: %d\r\n" % len(body),
             b"Via: 1.1 %s\r\n" % protocol.factory.settings.viaName,
         ]
-        if self._closeAfter or protocol.closing:
-            self._closeAfter = True
+        if self._closeAfter:
             headers.append(b"Connection: close\r\n")
         elif self.head.version < (1, 1):
             headers.append(b"Connection: keep-alive\r\n")
@@ -534,6 +556,7 @@ class Exchange:
         self._finish()
 
     def _abandonUpstream(self) -> None:
+        self._abandoned = True
         d, self._upstreamDeferred = self._upstreamDeferred, None
         if d is not None:
             d.cancel()
@@ -688,8 +711,12 @@ class ProxyProtocol(Protocol):
             self._timer.cancel()
         self._timer = None
         queue, self._queue = self._queue, deque()
-        if queue and queue[0].state is ExchangeState.TUNNEL:
-            self.factory.logAccess(queue[0], self)
+        if queue and queue[0].state is not ExchangeState.QUEUED and queue[0].state is not ExchangeState.DONE:
+            active = queue[0]
+            if active.state is ExchangeState.FORWARDING:
+                # nginx's convention: the client closed before an answer.
+                active.status = 499
+            self.factory.logAccess(active, self)
         for exchange in queue:
             exchange.clientGone()
         if self._reading is not None and self._reading not in queue:
@@ -804,6 +831,18 @@ class ProxyProtocol(Protocol):
                 self._protocolError(
                     HeaderFieldsTooLarge("the request header section is too large")
                 )
+
+    def _parsedMethod(self) -> bytes:
+        """
+        @return: the method of the request being read, if the parser got
+            that far, for log lines about requests that failed mid-head.
+        """
+        if self.reader is not ReaderState.HEAD:
+            return b"-"
+        try:
+            return self._parser.get_method() or b"-"
+        except Exception:
+            return b"-"
 
     def _substituteMethod(self, data: bytes) -> Optional[bytes]:
         """
@@ -942,6 +981,7 @@ class ProxyProtocol(Protocol):
         """
         if self.reader is ReaderState.CLOSED:
             return
+        method = self._method or self._parsedMethod()
         self.reader = ReaderState.CLOSED
         self.closing = True
         reading, self._reading = self._reading, None
@@ -964,7 +1004,7 @@ class ProxyProtocol(Protocol):
             )
             self.transport.loseConnection()
             return
-        head = RequestHead(self._method or b"-", self._url or b"-", (1, 1))
+        head = RequestHead(method, self._url or b"-", (1, 1))
         exchange = Exchange(self, head, keepAlive=False)
         exchange.bodyDone = True
         exchange.error = error

@@ -43,6 +43,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ._io import writeNow
 from .errors import BadGateway, GatewayTimeout, UpstreamClosed
 from .http.headers import Headers
 from .http.message import RequestHead, ResponseHead
@@ -168,6 +169,7 @@ class UpstreamProtocol(Protocol):
         self._method = b""
         self._parser = httptools.HttpResponseParser(self)
         self._timer = None
+        self._timerWanted = False
         self._lastActivity = 0.0
         self.idleSince = 0.0
         self._requestDone = True
@@ -210,14 +212,14 @@ class UpstreamProtocol(Protocol):
         self._headerFields: List = []
         self._reason = b""
         request._protocol = self
-        self.transport.write(head.toWire())
+        writeNow(self.transport, head.toWire())
         self._armTimer()
         if request._paused:
             self.transport.pauseProducing()
 
     def writeBody(self, data: bytes) -> None:
         if self.state is UpstreamState.BUSY and not self._requestDone:
-            self.transport.write(data)
+            writeNow(self.transport, data)
             self._lastActivity = self._pool.reactor.seconds()
 
     def finishBody(self) -> None:
@@ -234,26 +236,35 @@ class UpstreamProtocol(Protocol):
             return
         self.state = UpstreamState.CLOSED
         self._handler = None
-        self._cancelTimer()
+        self._dropTimer()
         self.transport.abortConnection()
 
     # -- timers --------------------------------------------------------
 
     def _armTimer(self) -> None:
         self._lastActivity = self._pool.reactor.seconds()
+        self._timerWanted = True
         if self._timer is None or not self._timer.active():
             self._timer = self._pool.reactor.callLater(
                 self._pool.settings.responseTimeout, self._checkTimeout
             )
 
     def _cancelTimer(self) -> None:
+        """
+        Stop watching for silence. The pending call, if any, is left to
+        fire harmlessly (it checks the state), so that a busy connection
+        does not schedule and cancel a call for every request.
+        """
+        self._timerWanted = False
+
+    def _dropTimer(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
 
     def _checkTimeout(self) -> None:
         self._timer = None
-        if self.state is not UpstreamState.BUSY:
+        if self.state is not UpstreamState.BUSY or not self._timerWanted:
             return
         timeout = self._pool.settings.responseTimeout
         quiet = self._pool.reactor.seconds() - self._lastActivity
@@ -324,7 +335,7 @@ class UpstreamProtocol(Protocol):
         if self._finalHeadSeen:
             # Trailer fields: dropped (nothing downstream asked for them).
             return
-        self._headerFields.append((name, value.strip(b" \t")))
+        self._headerFields.append((name.lower(), name, value.strip(b" \t")))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -334,7 +345,7 @@ class UpstreamProtocol(Protocol):
             status,
             self._reason,
             (int(version[0]), int(version[2])),
-            Headers(self._headerFields),
+            Headers.fromLowered(self._headerFields),
         )
         self._headerFields = []
         if 100 <= status < 200:
@@ -344,9 +355,8 @@ class UpstreamProtocol(Protocol):
         self._finalHeadSeen = True
         self._responseHead = head
         # Decided now: the handler may change the head it is given.
-        self._closeDelimited = (
-            head.headers.get(b"content-length") is None
-            and not head.headers.hasToken(b"transfer-encoding", b"chunked")
+        self._closeDelimited = b"content-length" not in head.headers and not (
+            head.headers.hasToken(b"transfer-encoding", b"chunked")
         )
         if not parser.should_keep_alive():
             self._reusable = False
@@ -410,11 +420,11 @@ class UpstreamProtocol(Protocol):
     def _fail(self, reason: Failure, closeTransport: bool) -> None:
         handler = self._handler
         request = self._request
-        started = self._responseStarted if self.state is UpstreamState.BUSY else True
+        started = self._responseStarted
         self._handler = None
         self._request = None
         self.state = UpstreamState.CLOSED
-        self._cancelTimer()
+        self._dropTimer()
         if closeTransport:
             self.transport.abortConnection()
         if handler is not None:
@@ -439,7 +449,7 @@ class UpstreamProtocol(Protocol):
                 d.callback(None)
 
     def _connectionLost(self, reason: Failure) -> None:
-        self._cancelTimer()
+        self._dropTimer()
         state = self.state
         self.state = UpstreamState.CLOSED
         self._pool._forget(self)
@@ -593,12 +603,32 @@ class UpstreamPool:
             L{GatewayTimeout} when no connection could be made. Cancelling
             it abandons the attempt.
         """
-        request = UpstreamRequest(self, origin, head, handler, hasBody)
-        protocol = self._takeIdle(origin)
-        if protocol is not None:
-            protocol.sendRequest(head, handler, request)
+        request = self.requestOnIdle(origin, head, handler, hasBody)
+        if request is not None:
             return defer.succeed(request)
+        request = UpstreamRequest(self, origin, head, handler, hasBody)
         return self._sendOnNewConnection(request)
+
+    def requestOnIdle(
+        self,
+        origin: Origin,
+        head: RequestHead,
+        handler: IResponseHandler,
+        hasBody: bool,
+    ) -> Optional[UpstreamRequest]:
+        """
+        Send C{head} on a pooled idle connection to C{origin}, if there is
+        one: the synchronous fast path of L{request}.
+
+        @return: the L{UpstreamRequest}, or C{None} when no idle connection
+            is pooled (call L{request} then).
+        """
+        protocol = self._takeIdle(origin)
+        if protocol is None:
+            return None
+        request = UpstreamRequest(self, origin, head, handler, hasBody)
+        protocol.sendRequest(head, handler, request)
+        return request
 
     def _sendOnNewConnection(self, request: UpstreamRequest) -> defer.Deferred:
         def connected(protocol: UpstreamProtocol) -> UpstreamRequest:
@@ -606,6 +636,9 @@ class UpstreamPool:
                 protocol.transport.loseConnection()
                 return request
             protocol.sendRequest(request.head, request.handler, request)
+            if request._finished:
+                # A retry: the body (there is none) was finished already.
+                protocol.finishBody()
             return request
 
         d = self._connect(request.origin)
@@ -777,6 +810,6 @@ def connectError(reason: Failure, origin: Origin) -> Exception:
         return BadGateway(f"cannot resolve {origin.host}")
     if reason.check(error.ConnectionRefusedError):
         return BadGateway(f"connection to {where} refused")
-    if reason.check(defer.CancelledError):
+    if reason.check(defer.CancelledError, error.ConnectingCancelledError):
         return reason.value
     return BadGateway(f"cannot connect to {where}: {reason.getErrorMessage()}")

@@ -179,9 +179,26 @@ class _Twistd(ProcessProtocol):
         self.output = b""
         self.listening = defer.Deferred()
         self.ended = defer.Deferred()
+        self._waiting = []
+
+    def waitForOutput(self, text):
+        """
+        @return: a Deferred firing once C{text} has appeared in the output.
+        """
+        d = defer.Deferred()
+        self._waiting.append((text, d))
+        self._check()
+        return d
+
+    def _check(self):
+        for text, d in list(self._waiting):
+            if text in self.output:
+                self._waiting.remove((text, d))
+                d.callback(text)
 
     def outReceived(self, data):
         self.output += data
+        self._check()
         match = re.search(rb"listening on IPv4Address\(type='TCP', host='127.0.0.1', port=(\d+)\)",
                           self.output)
         if match and not self.listening.called:
@@ -243,7 +260,7 @@ class TwistdTests(TestCase):
             reversePort, self, b"GET /size/200 HTTP/1.1\r\nHost: x\r\n\r\n"
         )
         self.assertEqual(response.body, pattern(200))
-        self.assertIn(b'"GET /size/200 HTTP/1.1" 200 200', reverse.output)
+        await reverse.waitForOutput(b'"GET /size/200 HTTP/1.1" 200 200')
 
         transport.signalProcess(signal.SIGTERM)
         code = await process.ended

@@ -1,0 +1,55 @@
+# -*- test-case-name: tests.test_io -*-
+"""
+Writing without a round trip through the reactor.
+
+Twisted's TCP transports queue every C{write} and send it on the reactor's
+next turn, once epoll reports the socket writable: two C{epoll_ctl} calls
+and one more dispatch per write. When nothing is queued ahead, sending at
+once is equivalent and cheaper; whatever the kernel does not take is queued
+the usual way, so ordering, flow control (producers are paused when the
+queue grows) and error handling stay Twisted's.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import tcp
+
+__all__ = ["sendNow", "writeNow"]
+
+_PLAIN_TCP = (tcp.Server, tcp.Client)
+
+
+def sendNow(transport, data: bytes) -> bytes:
+    """
+    Send as much of C{data} as the kernel takes right now, when the
+    transport is plain TCP with an empty send queue.
+
+    @return: what is left to C{write} (all of C{data} for any other
+        transport, or when something is queued ahead).
+    """
+    if (
+        type(transport) in _PLAIN_TCP
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+        and not transport._tempDataBuffer
+        and transport.offset == len(transport.dataBuffer)
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            # EAGAIN, or a dead connection: let the transport find out in
+            # its own way.
+            return data
+        return data[sent:] if sent < len(data) else b""
+    return data
+
+
+def writeNow(transport, data: bytes) -> None:
+    """
+    Write C{data} to C{transport}, sending it at once when nothing is
+    queued ahead (see L{sendNow}).
+    """
+    rest = sendNow(transport, data)
+    if rest:
+        transport.write(rest)
