@@ -11,6 +11,9 @@ cleanups, so trial's dirty-reactor check catches a leak.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import httptools
@@ -114,6 +117,16 @@ class OriginResource(Resource):
             ).encode()
         request.setResponseCode(404)
         return b"no such path\n"
+
+
+def temporaryPath(testCase, name: str = "file") -> str:
+    """
+    @return: a path in a fresh temporary directory removed by the test's
+        cleanup (outside the checkout, whichever runner runs the test).
+    """
+    directory = tempfile.mkdtemp(prefix="cachingproxy-test-")
+    testCase.addCleanup(shutil.rmtree, directory, True)
+    return os.path.join(directory, name)
 
 
 def pattern(n: int) -> bytes:

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from cachingproxy import tap
 from cachingproxy.config import fromOptions
 
-from .helpers import exchange, listenOrigin, pattern
+from .helpers import exchange, listenOrigin, pattern, temporaryPath
 
 #: Runs twistd as its console script does, so the plugin is found through
 #: PYTHONPATH from this checkout.
@@ -159,7 +159,7 @@ class AccessLogFileTests(SynchronousTestCase):
         """
         Each call appends one line, kept across reopening the file.
         """
-        path = self.mktemp()
+        path = temporaryPath(self)
         log = tap.AccessLogFile(path)
         log("first")
         log.close()

@@ -19,7 +19,7 @@ from cachingproxy.server import ProxyProtocol, ProxySettings
 from cachingproxy.tunnel import TunnelPeer
 from cachingproxy.upstream import Origin, UpstreamSettings
 
-from .helpers import _trackServerConnections, exchange, pattern, startProxy
+from .helpers import _trackServerConnections, exchange, pattern, startProxy, temporaryPath
 from .tlshelpers import (
     certificatePEM,
     connectPrefixedTLS,
@@ -567,7 +567,7 @@ class CAFileTests(TestCase):
         A C{--ca-file} that does not exist is a usage error naming the
         option.
         """
-        missing = self.mktemp()
+        missing = temporaryPath(self)
         options = tap.Options()
         error = self.assertRaises(
             usage.UsageError,
