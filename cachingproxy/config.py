@@ -143,6 +143,51 @@ SETTINGS = (
         "to the twistd log.",
     ),
     Setting("no-access-log", "flag", False, "Write no access log."),
+    Setting(
+        "cache-dir",
+        "str",
+        "cache",
+        "Folder of the shared disk cache (created if missing; every worker "
+        "process shares it); 'none' for no disk cache.",
+    ),
+    Setting("cache-size", "size", "1G", "Disk cache limit (K, M, G suffixes); LRU beyond it."),
+    Setting(
+        "cache-memory",
+        "size",
+        "0",
+        "Memory cache size: a hot tier in front of the disk cache, or the "
+        "whole cache with --cache-dir none. 0 for none.",
+    ),
+    Setting("max-object-size", "size", "256M", "Largest response body stored."),
+    Setting("no-cache", "flag", False, "Do not cache at all: forward only."),
+    Setting(
+        "min-uses",
+        "int",
+        1,
+        "Store an object only from its Nth request on (2 keeps one-off "
+        "objects off the disk).",
+    ),
+    Setting(
+        "stale-while-revalidate",
+        "float",
+        0.0,
+        "Seconds a stale response may be served while it is revalidated in "
+        "the background, when the response does not say (RFC 5861). 0: off.",
+    ),
+    Setting(
+        "stale-if-error",
+        "float",
+        0.0,
+        "Seconds of staleness served when the origin fails, when the "
+        "response does not say (RFC 5861). 0: off.",
+    ),
+    Setting("no-x-cache", "flag", False, "Do not add X-Cache (Cache-Status stays)."),
+    Setting(
+        "no-collapse",
+        "flag",
+        False,
+        "Send concurrent misses for one URL upstream separately.",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -175,6 +220,16 @@ class Config:
     xForwardedFor: bool
     forwarded: bool
     accessLog: Optional[str]
+    cacheDir: Optional[str] = None
+    cacheSize: int = 1024**3
+    cacheMemory: int = 0
+    maxObjectSize: int = 256 * 1024**2
+    cache: bool = True
+    minUses: int = 1
+    staleWhileRevalidate: float = 0.0
+    staleIfError: float = 0.0
+    xCache: bool = True
+    collapse: bool = True
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -207,12 +262,32 @@ def _fromEnvironment(environ: Mapping[str, str]) -> Dict[str, Tuple[object, str]
     return found
 
 
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parseSize(raw: object, where: str) -> int:
+    """
+    @return: a byte count from C{512}, C{64K}, C{1.5G} and the like.
+    @raise usage.UsageError: naming C{where}.
+    """
+    text = str(raw).strip().upper().removesuffix("B").removesuffix("I")
+    unit = text[-1:] if text[-1:] in "KMGT" and text else ""
+    number = text[: len(text) - len(unit)]
+    try:
+        value = float(number)
+    except ValueError:
+        raise usage.UsageError(f"{where}: expected a size such as 512M or 2G, got {raw!r}")
+    if value < 0:
+        raise usage.UsageError(f"{where}: must not be negative, got {raw!r}")
+    return int(value * _SIZE_UNITS[unit])
+
+
 def _number(setting: Setting, raw: object, where: str) -> object:
     try:
         value = float(raw) if setting.kind == "float" else int(str(raw), 10)
     except (TypeError, ValueError):
         raise usage.UsageError(f"{where}: expected a number, got {raw!r}")
-    if value <= 0:
+    if value < 0 or (value == 0 and setting.default not in (0, 0.0)):
         raise usage.UsageError(f"{where}: must be greater than 0, got {raw!r}")
     return value
 
@@ -255,6 +330,8 @@ def fromOptions(given: Mapping[str, object], environ: Mapping[str, str] = os.env
             where = f"{source} (environment)"
         if setting.kind in ("int", "float") and source != "default":
             raw = _number(setting, raw, where)
+        if setting.kind == "size":
+            raw = parseSize(raw, where)
         if setting.kind == "list":
             raw = tuple(_portDescription(str(p), where) for p in raw)
             if not raw:
@@ -326,4 +403,14 @@ def fromOptions(given: Mapping[str, object], environ: Mapping[str, str] = os.env
         xForwardedFor=bool(values["x-forwarded-for"][0]),
         forwarded=bool(values["forwarded"][0]),
         accessLog=str(accessLog) if accessLog else None,
+        cacheDir=None if str(values["cache-dir"][0]).lower() == "none" else str(values["cache-dir"][0]),
+        cacheSize=int(values["cache-size"][0]),
+        cacheMemory=int(values["cache-memory"][0]),
+        maxObjectSize=int(values["max-object-size"][0]),
+        cache=not values["no-cache"][0],
+        minUses=max(1, int(values["min-uses"][0])),
+        staleWhileRevalidate=float(values["stale-while-revalidate"][0]),
+        staleIfError=float(values["stale-if-error"][0]),
+        xCache=not values["no-x-cache"][0],
+        collapse=not values["no-collapse"][0],
     )

@@ -101,6 +101,7 @@ __all__ = [
     "secondaryKey",
     "selectForUpdate",
     "staleIfError",
+    "staleOnError",
     "storableHeaders",
     "stripPreconditions",
     "targetedFieldsToStrip",
@@ -1731,6 +1732,27 @@ def staleIfError(
     if disconnected and options.staleOnDisconnect:
         return Stale(entry, found.age, found.ttl, "disconnected (4.2.4)")
     return None
+
+
+def staleOnError(
+    request: RequestHead,
+    entries: Sequence[StoredEntry],
+    now: float,
+    options: CacheOptions = DEFAULT_OPTIONS,
+    disconnected: bool = False,
+) -> Optional[Stale]:
+    """
+    After a miss that the origin answered with an error (or did not answer
+    at all), whether a stored stale response for the request may be served
+    instead (section 4.2.4, RFC 5861 section 4): the most recent response
+    the request selects, under L{staleIfError}.
+
+    @return: a L{Stale} decision, or C{None} to pass the error on.
+    """
+    usable = _selectable(request, entries, options)
+    if not usable:
+        return None
+    return staleIfError(request, _mostRecent(usable), now, options, disconnected)
 
 
 def afterRevalidation(

@@ -244,6 +244,19 @@ class Exchange:
         self._bodyUnwanted = False
         self._registeredUpstreamProducer = False
         self._registeredClientProducer = False
+        #: what produces the response body: the upstream request, or a
+        #: stored body being read
+        self.producer = None
+        #: who hears about the upstream response (this exchange, or a
+        #: cache layer in front of it)
+        self.handler = self
+        #: called with no argument if the client leaves before the end
+        self.onClientGone: Optional[Callable[[], None]] = None
+        #: where and as what the cache layer forwards this request
+        self.cacheOrigin: Optional[Origin] = None
+        self.cacheHead: Optional[RequestHead] = None
+        #: the stored responses found for this request (for stale-if-error)
+        self.cacheEntries: list = []
         self.tunnelData: List[bytes] = []
         self.facts: Optional[_Facts] = None
         self._abandoned = False
@@ -321,12 +334,25 @@ class Exchange:
         if self.head.method == b"CONNECT":
             self._connectTunnel(origin)
             return
+        cache = self.protocol.factory.cache
+        if cache is not None:
+            cache.handle(self, origin, head)
+        else:
+            self.forward(origin, head, self)
+
+    def forward(self, origin: Origin, head: RequestHead, handler) -> None:
+        """
+        Send C{head} to C{origin}, streaming this exchange's request body;
+        C{handler} (this exchange, or a cache layer in front of it) is told
+        about the response.
+        """
+        self.handler = handler
         pool = self.protocol.factory.pool
-        upstream = pool.requestOnIdle(origin, head, self, self.hasBody)
+        upstream = pool.requestOnIdle(origin, head, handler, self.hasBody)
         if upstream is not None:
             self._upstreamReady(upstream)
             return
-        d = pool.request(origin, head, self, self.hasBody)
+        d = pool.request(origin, head, handler, self.hasBody)
         self._upstreamDeferred = d
         d.addCallbacks(self._upstreamReady, self._upstreamUnreachable)
 
@@ -336,6 +362,7 @@ class Exchange:
             upstream.abort()
             return
         self.upstream = upstream
+        self.producer = upstream
         buffered, self._bodyBuffer = self._bodyBuffer, []
         if buffered:
             self.protocol._unbuffered(self._bodyBuffered)
@@ -357,7 +384,10 @@ class Exchange:
         self._upstreamDeferred = None
         if self.state is ExchangeState.DONE or self._abandoned:
             return
-        if isinstance(reason.value, ProxyError):
+        if self.handler is not self:
+            # A cache layer decides (it may serve stale content).
+            self.handler.responseFailed(reason, False)
+        elif isinstance(reason.value, ProxyError):
             self.respondError(reason.value)
         else:
             self._log.failure("forwarding failed", failure=reason)
@@ -415,18 +445,54 @@ class Exchange:
     def responseHead(self, head: ResponseHead) -> None:
         if self.state is not ExchangeState.FORWARDING:
             return
-        protocol = self.protocol
-        status = head.status
-        self.status = status
         fields = head.headers.lowered()
         facts = _Facts(fields)
         # Content-Length is end-to-end and kept; Transfer-Encoding is not.
         fields = _forwardFields(fields, facts.hopByHop)
         head.headers = Headers.fromLowered(fields)
+        knownLength = facts.length is not None and not facts.chunked
+        self._sendHead(head.status, head.reason, fields, knownLength)
+
+    def serveStored(self, status: int, reason: bytes, fields: list, body, length: int) -> None:
+        """
+        Answer from the cache: C{fields} (lowered triples, without framing
+        fields) and a body of C{length} bytes, given either as C{bytes} or as
+        an L{cachingproxy.cache.base.IBodyReader} streamed with flow control.
+        """
+        if self.state is not ExchangeState.FORWARDING:
+            if not isinstance(body, bytes) and body is not None:
+                body.close()
+            return
+        noBody = self.head.method == b"HEAD" or status in (204, 304)
+        if status not in (204, 304) and not (100 <= status < 200):
+            fields.append((b"content-length", b"Content-Length", b"%d" % length))
+        if noBody or isinstance(body, bytes):
+            self._sendHead(status, reason, fields, True, firstBody=b"" if noBody else body)
+            if not noBody:
+                self.bytesSent = length
+            if body is not None and not isinstance(body, bytes):
+                body.close()
+            self._finish()
+            return
+        self._sendHead(status, reason, fields, True)
+        streamer = _StoredBodyStreamer(self, body)
+        self.producer = streamer
+        self.protocol.transport.registerProducer(streamer, True)
+        self._registeredClientProducer = True
+        streamer.resumeProducing()
+
+    def _sendHead(self, status: int, reason: bytes, fields: list, knownLength: bool,
+                  firstBody: bytes = b"") -> None:
+        """
+        Write the response head (with Via and the framing this client
+        needs), and C{firstBody} in the same write.
+        """
+        protocol = self.protocol
+        self.status = status
         fields.append((b"via", b"Via", b"1.1 " + protocol.factory.settings.viaName))
         if self.head.method == b"HEAD" or status in (204, 304):
             self._noBody = True
-        elif facts.length is not None and not facts.chunked:
+        elif knownLength:
             pass
         elif self.head.version >= (1, 1):
             fields.append((b"transfer-encoding", b"Transfer-Encoding", b"chunked"))
@@ -445,8 +511,8 @@ class Exchange:
             fields.append((b"connection", b"Connection", b"keep-alive"))
         self._move(ExchangeState.RESPONDING)
         self._write(
-            b"HTTP/1.1 %d %s\r\n%s\r\n"
-            % (status, head.reason or REASONS.get(status, b"Unknown"), _fieldLines(fields))
+            b"HTTP/1.1 %d %s\r\n%s\r\n%s"
+            % (status, reason or REASONS.get(status, b"Unknown"), _fieldLines(fields), firstBody)
         )
 
     def _write(self, data: bytes) -> None:
@@ -459,8 +525,8 @@ class Exchange:
         transport = self.protocol.transport
         rest = sendNow(transport, data)
         if rest:
-            if not self._registeredClientProducer and self.upstream is not None:
-                transport.registerProducer(self.upstream, True)
+            if not self._registeredClientProducer and self.producer is not None:
+                transport.registerProducer(self.producer, True)
                 self._registeredClientProducer = True
             transport.write(rest)
 
@@ -585,6 +651,12 @@ class Exchange:
             self._bodyBuffered = 0
         self._bodyBuffer = []
         self._abandonUpstream()
+        producer, self.producer = self.producer, None
+        if isinstance(producer, _StoredBodyStreamer):
+            producer.stopProducing()
+        gone, self.onClientGone = self.onClientGone, None
+        if gone is not None:
+            gone()
 
 
 _WATCHED = frozenset(
@@ -657,6 +729,63 @@ def _closedMessage(closed: UpstreamClosed) -> str:
     if TLSError and isinstance(value, TLSError):
         return f"TLS with the origin failed: {value}"
     return "the origin closed the connection"
+
+
+@implementer(IPushProducer)
+class _StoredBodyStreamer:
+    """
+    Streams a stored body to the client in 64 KiB reads, for as long as
+    the client connection takes them (it pauses this producer when its
+    buffer fills).
+    """
+
+    _log = Logger()
+    chunkSize = 65536
+
+    def __init__(self, exchange: "Exchange", reader) -> None:
+        self._exchange = exchange
+        self._reader = reader
+        self._paused = False
+        self._done = False
+        self._pumping = False
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while not self._paused and not self._done:
+                try:
+                    data = self._reader.read(self.chunkSize)
+                except OSError as e:
+                    # The stored body turned out damaged: end the connection
+                    # without a false end of message.
+                    self._log.warn("stored body unreadable: {error}", error=e)
+                    self._stop()
+                    exchange = self._exchange
+                    exchange._move(ExchangeState.DONE)
+                    exchange.protocol._exchangeAborted(exchange)
+                    return
+                if not data:
+                    self._stop()
+                    self._exchange._finish()
+                    return
+                self._exchange.bytesSent += len(data)
+                self._exchange._write(data)
+        finally:
+            self._pumping = False
+
+    def _stop(self) -> None:
+        self._done = True
+        self._reader.close()
+
+    def stopProducing(self) -> None:
+        if not self._done:
+            self._stop()
 
 
 def _removeHopByHop(headers: Headers) -> None:
@@ -1104,6 +1233,9 @@ class ProxyFactory(Factory):
         self.settings = settings
         self.pool = pool
         self.accessLog = accessLog
+        #: the L{cachingproxy.resource.CacheResource}, or C{None} for a
+        #: proxy that only forwards
+        self.cache = None
         self.port = None
         self.openConnections = 0
         self._acceptingPaused = False

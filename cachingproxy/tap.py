@@ -121,7 +121,53 @@ def buildFactory(reactor, config: Config, accessLog=None) -> ProxyFactory:
     upstream = None
     if config.upstream:
         upstream = Origin(config.upstreamScheme, config.upstreamHost, config.upstreamPort)
-    settings = ProxySettings(
+    factory = ProxyFactory(reactor, _proxySettings(config, upstream), pool, accessLog)
+    factory.cache = buildCache(reactor, config, pool)
+    return factory
+
+
+def buildCache(reactor, config: Config, pool):
+    """
+    @return: the L{CacheResource} C{config} asks for, or C{None}.
+    """
+    if not config.cache or (config.cacheDir is None and not config.cacheMemory):
+        return None
+    from . import policy
+    from .resource import CacheResource, CacheSettings
+
+    store = None
+    memory = None
+    if config.cacheMemory:
+        from .cache.memory import MemoryStore
+
+        memory = MemoryStore(config.cacheMemory, min(config.maxObjectSize, config.cacheMemory))
+    if config.cacheDir is not None:
+        from .cache.disk import DiskStore
+
+        os.makedirs(config.cacheDir, exist_ok=True)
+        store = DiskStore(config.cacheDir, maxSize=config.cacheSize,
+                          maxObjectSize=config.maxObjectSize)
+        if memory is not None:
+            from .cache.memory import TieredStore
+
+            store = TieredStore(memory, store)
+    else:
+        store = memory
+    options = policy.CacheOptions(
+        defaultStaleWhileRevalidate=config.staleWhileRevalidate,
+        defaultStaleIfError=config.staleIfError,
+    )
+    settings = CacheSettings(
+        options=options,
+        minUses=config.minUses,
+        xCache=config.xCache,
+        collapse=config.collapse,
+    )
+    return CacheResource(store, reactor, pool, settings)
+
+
+def _proxySettings(config: Config, upstream) -> ProxySettings:
+    return ProxySettings(
         upstream=upstream,
         upstreamPath=config.upstreamPath,
         viaName=config.viaName.encode("ascii", "replace"),
@@ -134,7 +180,6 @@ def buildFactory(reactor, config: Config, accessLog=None) -> ProxyFactory:
         xForwardedFor=config.xForwardedFor,
         forwarded=config.forwarded,
     )
-    return ProxyFactory(reactor, settings, pool, accessLog)
 
 
 class AccessLogFile:

@@ -133,7 +133,7 @@ class OptionsTests(SynchronousTestCase):
         """
         options = tap.Options()
         options.parseOptions(["--port", "tcp:0", "--port", "tcp:0:interface=127.0.0.1",
-                              "--no-access-log"])
+                              "--no-access-log", "--no-cache"])
         service = tap.makeService(options)
         services = list(service)
         self.assertEqual([s.description for s in services], ["tcp:0", "tcp:0:interface=127.0.0.1"])
@@ -226,7 +226,8 @@ class TwistdTests(TestCase):
             process,
             sys.executable,
             [sys.executable, "-c", TWISTD, "-n", "--pidfile=",
-             "cachingproxy", "--port", "tcp:0:interface=127.0.0.1", *args],
+             "cachingproxy", "--port", "tcp:0:interface=127.0.0.1", "--cache-dir", "none",
+             *args],
             env=env,
             path=REPO,
         )

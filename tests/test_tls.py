@@ -486,7 +486,7 @@ class CAFileTests(TestCase):
 
     def _listen(self, arguments):
         options = tap.Options()
-        options.parseOptions(arguments)
+        options.parseOptions(list(arguments) + ["--no-cache"])
         factory = tap.buildFactory(reactor, options.config)
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         factory.port = port

@@ -1,0 +1,961 @@
+# -*- test-case-name: tests.test_cache_end_to_end -*-
+"""
+The cache in front of the upstream: L{CacheResource} asks
+L{cachingproxy.policy} what to do with each request and does it with the
+store and the upstream pool.
+
+For every request the connection hands over (L{CacheResource.handle}):
+
+  - PURGE removes stored responses (admin clients only);
+  - GET and HEAD are looked up; L{policy.decide} answers with a decision,
+    and one small method here carries each decision out: serve a stored
+    response (L{Fresh}, L{Stale}), serve it and refresh it in the background
+    (L{StaleWhileRevalidate}), validate it upstream (L{Revalidate}), or
+    fetch and maybe store (L{Miss});
+  - anything else is forwarded (L{Pass}), and a successful unsafe request
+    invalidates what it may have changed (RFC 9111 section 4.4).
+
+Concurrent misses for one key make one upstream request (collapsed
+forwarding): the others wait for its response head, then stream the same
+body as it arrives when it turns out storable, or each go upstream on their
+own at once when it does not.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from . import policy
+from .cache.base import IStore, StoreFull
+from .errors import BadGateway, GatewayTimeout, ProxyError, UpstreamClosed
+from .http.headers import Headers
+from .http.message import RequestHead, ResponseHead
+from .server import ExchangeState
+from .upstream import Origin
+
+__all__ = ["CacheResource", "CacheSettings"]
+
+#: Bodies up to this size are read whole and sent with their head.
+_SMALL_BODY = 65536
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """
+    @ivar options: the L{policy.CacheOptions}.
+    @ivar minUses: store an object only from its Nth request on.
+    @ivar cacheStatus: add a C{Cache-Status} field (RFC 9211).
+    @ivar xCache: add an C{X-Cache} field (HIT, MISS, ...).
+    @ivar name: this cache's name in Cache-Status.
+    @ivar adminNetworks: client networks allowed to PURGE.
+    @ivar collapse: collapsed forwarding of concurrent misses.
+    """
+
+    options: policy.CacheOptions = policy.DEFAULT_OPTIONS
+    minUses: int = 1
+    cacheStatus: bool = True
+    xCache: bool = True
+    name: bytes = b"cachingproxy"
+    adminNetworks: Tuple = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    collapse: bool = True
+
+
+class _Stats:
+    """
+    Counters for the status page and metrics.
+    """
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.misses = 0
+        self.revalidated = 0
+        self.stale = 0
+        self.passed = 0
+        self.stored = 0
+        self.collapsed = 0
+        self.purged = 0
+
+
+class CacheResource:
+    """
+    Composes the policy, a store and the upstream pool.
+
+    @ivar store: the L{IStore}.
+    @ivar stats: counters.
+    """
+
+    _log = Logger()
+
+    def __init__(self, store: IStore, reactor, pool, settings: CacheSettings = CacheSettings()):
+        self.store = store
+        self.reactor = reactor
+        self.pool = pool
+        self.settings = settings
+        self.stats = _Stats()
+        self._flights: Dict[bytes, "_Flight"] = {}
+        self._refreshing: set = set()
+        self._uses: "OrderedDict[bytes, int]" = OrderedDict()
+
+    # -- entry point ---------------------------------------------------------
+
+    def handle(self, exchange, origin: Origin, head: RequestHead) -> None:
+        """
+        Answer C{exchange}, whose request goes to C{origin} as C{head}.
+        """
+        method = head.method
+        key = policy.primaryKey(origin.scheme, origin.authority(), head.target)
+        if method == b"PURGE":
+            self._purge(exchange, key)
+            return
+        exchange.cacheOrigin = origin
+        exchange.cacheHead = head
+        if method not in (b"GET", b"HEAD"):
+            self.stats.passed += 1
+            exchange.forward(origin, head, _Invalidator(self, exchange, head, key))
+            return
+        try:
+            entries = self.store.entries(key)
+        except Exception:
+            self._log.failure("cache lookup failed for {key}", key=key)
+            entries = []
+        now = self.reactor.seconds()
+        decision = policy.decide(head, entries, now, self.settings.options)
+        kind = type(decision)
+        if kind is policy.Fresh:
+            self.stats.hits += 1
+            self._serve(exchange, head, decision.entry, decision.age, decision.ttl, hit=True,
+                        xcache=b"HIT")
+        elif kind is policy.Stale:
+            self.stats.stale += 1
+            self._serve(exchange, head, decision.entry, decision.age, decision.ttl, hit=True,
+                        xcache=b"STALE")
+        elif kind is policy.StaleWhileRevalidate:
+            self.stats.stale += 1
+            self._serve(exchange, head, decision.entry, decision.age, decision.ttl, hit=True,
+                        xcache=b"STALE")
+            self._refreshInBackground(origin, head, key, decision.entry, entries)
+        elif kind is policy.Revalidate:
+            self._revalidate(exchange, origin, head, key, decision, entries)
+        elif kind is policy.Miss:
+            self.stats.misses += 1
+            exchange.cacheEntries = entries
+            self._fetch(exchange, origin, head, key, decision.fwd)
+        elif kind is policy.OnlyIfCachedMiss:
+            self.stats.misses += 1
+            exchange.respondError(GatewayTimeout("only-if-cached and nothing usable is stored"))
+        else:
+            self.stats.passed += 1
+            exchange.forward(origin, head, _Invalidator(self, exchange, head, key))
+
+    # -- serving stored responses ---------------------------------------------
+
+    def _serve(self, exchange, request: RequestHead, entry: policy.StoredEntry, age: float,
+               ttl: float, hit: bool, xcache: bytes,
+               fwd: Optional[str] = None, fwdStatus: Optional[int] = None) -> None:
+        """
+        Answer from C{entry}: the client's own preconditions (RFC 9110
+        section 13) and Range are answered here, Age is set (RFC 9111
+        section 5.1).
+        """
+        stored = entry.responseHeaders
+        precondition = policy.evaluatePreconditions(
+            request.headers, stored, request.method, entry.status, entry.responseTime
+        )
+        strip = policy.downstreamStripFields(stored, self.settings.options,
+                                             validated=fwdStatus == 304)
+        status = entry.status
+        start, end = 0, entry.bodyLength or 0
+        extra: List[Tuple[bytes, bytes, bytes]] = []
+        if precondition == 304:
+            status = 304
+            fields = [(n.lower(), n, v) for n, v in policy.notModifiedHeaders(stored).items()]
+        elif precondition == 412:
+            self._log.info("412 from cache for {target}", target=request.target)
+            exchange.serveStored(412, b"", self._statusFields([], hit, fwd, fwdStatus, ttl,
+                                                                 b"HIT"), b"", 0)
+            return
+        else:
+            fields = [
+                (n.lower(), n, v)
+                for n, v in stored.items()
+                if n.lower() not in strip and n.lower() != b"content-length"
+                and n.lower() != b"age"
+            ]
+            ranges = policy.rangeForStoredResponse(request, entry)
+            if ranges == policy.UNSATISFIABLE:
+                length = entry.bodyLength or 0
+                exchange.serveStored(
+                    416, b"",
+                    self._statusFields([(b"content-range", b"Content-Range",
+                                         b"bytes */%d" % length)], hit, fwd, fwdStatus, ttl,
+                                       xcache),
+                    b"", 0,
+                )
+                return
+            if ranges and len(ranges) == 1:
+                first, last = ranges[0]
+                status = 206
+                start, end = first, last + 1
+                extra.append((b"content-range", b"Content-Range",
+                              b"bytes %d-%d/%d" % (first, last, entry.bodyLength)))
+            elif ranges:
+                self._serveMultipart(exchange, entry, fields, ranges, age, hit, fwd, fwdStatus,
+                                     ttl, xcache)
+                return
+        fields.append((b"age", b"Age", policy.ageHeaderValue(age)))
+        fields.extend(extra)
+        fields = self._statusFields(fields, hit, fwd, fwdStatus, ttl, xcache)
+        if status == 304 or request.method == b"HEAD":
+            exchange.serveStored(status, b"", fields, None, end - start)
+            return
+        length = end - start
+        reader = self.store.openBody(entry, start, end)
+        if reader is None:
+            # Gone or damaged since the lookup: fetch it.
+            self._log.info("stored body for {key} unreadable; fetching", key=entry.key)
+            self._fetchAgain(exchange, entry.key)
+            return
+        if length <= _SMALL_BODY:
+            try:
+                body = reader.read(length) if length else b""
+            except OSError:
+                body = None
+            reader.close()
+            if body is None or len(body) != length:
+                self._log.warn("stored body for {key} is short; removing it", key=entry.key)
+                self.store.remove(entry.key)
+                self._fetchAgain(exchange, entry.key)
+                return
+            exchange.serveStored(status, b"", fields, body, length)
+        else:
+            exchange.serveStored(status, b"", fields, reader, length)
+
+    def _serveMultipart(self, exchange, entry, fields, ranges, age, hit, fwd, fwdStatus, ttl,
+                        xcache) -> None:
+        """
+        Several ranges: a multipart/byteranges body (RFC 9110 section
+        14.6), built in memory (ranges of one stored body, bounded in
+        number by the policy).
+        """
+        boundary = b"cachingproxy-%x" % (id(exchange) ^ int(self.reactor.seconds() * 1000))
+        contentType = entry.responseHeaders.get(b"content-type")
+        parts = []
+        total = entry.bodyLength
+        for first, last in ranges:
+            reader = self.store.openBody(entry, first, last + 1)
+            if reader is None:
+                self._fetchAgain(exchange, entry.key)
+                return
+            data = reader.read(last + 1 - first)
+            reader.close()
+            part = [b"--" + boundary]
+            if contentType:
+                part.append(b"Content-Type: " + contentType)
+            part.append(b"Content-Range: bytes %d-%d/%d" % (first, last, total))
+            parts.append(b"\r\n".join(part) + b"\r\n\r\n" + data + b"\r\n")
+        body = b"".join(parts) + b"--" + boundary + b"--\r\n"
+        fields = [f for f in fields if f[0] != b"content-type"]
+        fields.append((b"content-type", b"Content-Type",
+                       b"multipart/byteranges; boundary=" + boundary))
+        fields.append((b"age", b"Age", policy.ageHeaderValue(age)))
+        fields = self._statusFields(fields, hit, fwd, fwdStatus, ttl, xcache)
+        exchange.serveStored(206, b"", fields, body, len(body))
+
+    def _statusFields(self, fields, hit: bool, fwd: Optional[str], fwdStatus: Optional[int],
+                      ttl: Optional[float], xcache: bytes, stored: bool = False,
+                      collapsed: bool = False):
+        settings = self.settings
+        if settings.cacheStatus:
+            value = policy.cacheStatus(settings.name, hit=hit, fwd=fwd, fwdStatus=fwdStatus,
+                                       ttl=ttl, stored=stored, collapsed=collapsed)
+            fields.append((b"cache-status", b"Cache-Status", value))
+        if settings.xCache:
+            fields.append((b"x-cache", b"X-Cache", xcache))
+        return fields
+
+    def _fetchAgain(self, exchange, key: bytes) -> None:
+        """
+        A stored body vanished or was damaged between lookup and read:
+        answer as a miss.
+        """
+        self.stats.misses += 1
+        self._fetch(exchange, exchange.cacheOrigin, exchange.cacheHead, key, "miss")
+
+    # -- fetching and storing ---------------------------------------------
+
+    def _countUse(self, key: bytes) -> bool:
+        """
+        @return: whether this request reaches the admission threshold.
+        """
+        need = self.settings.minUses
+        if need <= 1:
+            return True
+        uses = self._uses.pop(key, 0) + 1
+        self._uses[key] = uses
+        while len(self._uses) > 100000:
+            self._uses.popitem(last=False)
+        return uses >= need
+
+    def _fetch(self, exchange, origin: Origin, head: RequestHead, key: bytes, fwd: str) -> None:
+        """
+        A miss: fetch, and store what may be stored. Concurrent misses for
+        the same key wait for the first one.
+        """
+        admitted = self._countUse(key)
+        conditional = any(f in head.headers for f in policy.PRECONDITION_FIELDS)
+        if conditional or not admitted or head.method != b"GET" \
+                or not self.settings.collapse:
+            store = admitted and head.method == b"GET" and not conditional
+            handler = _Storer(self, exchange, head, key, fwd, store=store)
+            exchange.forward(origin, head, handler)
+            return
+        flight = self._flights.get(key)
+        if flight is not None and flight.accepts(head):
+            self.stats.collapsed += 1
+            flight.join(exchange)
+            return
+        flight = _Flight(self, key, head)
+        self._flights[key] = flight
+        handler = _Storer(self, exchange, head, key, fwd, store=True, flight=flight)
+        exchange.forward(origin, head, handler)
+
+    def _revalidate(self, exchange, origin: Origin, head: RequestHead, key: bytes,
+                    decision: policy.Revalidate, entries) -> None:
+        """
+        Validate the stored response upstream (RFC 9111 section 4.3).
+        """
+        conditional = policy.stripPreconditions(head.headers)
+        for name, value in decision.conditionalHeaders.items():
+            conditional.add(name, value)
+        upstreamHead = RequestHead(b"GET", head.target, head.version, conditional)
+        handler = _Revalidator(self, exchange, head, key, decision, entries)
+        exchange.forward(origin, upstreamHead, handler)
+
+    def _refreshInBackground(self, origin: Origin, head: RequestHead, key: bytes,
+                             entry: policy.StoredEntry, entries) -> None:
+        """
+        RFC 5861 section 3: revalidate once in the background.
+        """
+        if key in self._refreshing:
+            return
+        self._refreshing.add(key)
+        headers = policy.stripPreconditions(head.headers)
+        for name, value in policy.conditionalHeaders(entry).items():
+            headers.add(name, value)
+        upstreamHead = RequestHead(b"GET", head.target, (1, 1), headers)
+        handler = _BackgroundRefresh(self, head, key, entry, entries)
+        requestTime = self.reactor.seconds()
+        handler.requestTime = requestTime
+        d = self.pool.request(origin, upstreamHead, handler, False)
+
+        def ready(upstream):
+            upstream.finish()
+
+        def failed(reason):
+            self._refreshing.discard(key)
+            self._log.info("background revalidation of {key} failed: {reason}",
+                           key=key, reason=reason.getErrorMessage())
+
+        d.addCallbacks(ready, failed)
+
+    # -- invalidation and purge -----------------------------------------------
+
+    def invalidate(self, uris: Sequence[bytes]) -> None:
+        for uri in uris:
+            try:
+                removed = self.store.remove(uri)
+            except Exception:
+                self._log.failure("invalidating {uri} failed", uri=uri)
+                continue
+            if removed:
+                self._log.debug("invalidated {uri}", uri=uri)
+
+    def _purge(self, exchange, key: bytes) -> None:
+        client = exchange.protocol.clientHost
+        try:
+            address = ipaddress.ip_address(client)
+        except ValueError:
+            address = None
+        if address is None or not any(address in net for net in self.settings.adminNetworks):
+            from .errors import MethodNotAllowed
+
+            exchange.respondError(MethodNotAllowed("PURGE is for admin addresses only"))
+            return
+        if key.endswith(b"*"):
+            removed = self.store.removePrefix(key[:-1])
+        else:
+            removed = self.store.remove(key)
+        self.stats.purged += removed
+        self._log.info("purged {n} entries for {key}", n=removed, key=key)
+        body = b"purged %d\n" % removed
+        status = 200 if removed else 404
+        exchange.serveStored(status, b"", [(b"content-type", b"Content-Type",
+                                            b"text/plain")], body, len(body))
+
+    # -- storing --------------------------------------------------------------
+
+    def openWriter(self, key: bytes, request: RequestHead, response: ResponseHead):
+        """
+        @return: a writer for C{response} if it may be stored, else C{None}.
+        """
+        allowed, why = policy.mayStore(request, response, self.settings.options)
+        if not allowed:
+            return None
+        if response.status == 206:
+            return None
+        try:
+            variant = policy.secondaryKey(response.headers, request.headers)
+        except Exception:
+            return None
+        if variant is None:
+            return None
+        try:
+            return self.store.writer(key, variant)
+        except Exception:
+            self._log.failure("cannot start storing {key}", key=key)
+            return None
+
+    def commit(self, writer, key: bytes, request: RequestHead, response: ResponseHead,
+               requestTime: float, responseTime: float, length: int) -> bool:
+        entry = policy.StoredEntry.fromExchange(
+            key, request, response, requestTime, responseTime, length,
+            options=self.settings.options,
+        )
+        try:
+            ok = writer.commit(entry)
+        except Exception:
+            self._log.failure("storing {key} failed", key=key)
+            ok = False
+        if ok:
+            self.stats.stored += 1
+        return ok
+
+
+def _responseFields(head: ResponseHead):
+    return head.headers.lowered()
+
+
+class _Storer:
+    """
+    Passes an upstream response to the client and, when the policy allows,
+    tees its body into the store. Leads a flight of collapsed waiters.
+    """
+
+    _log = Logger()
+
+    def __init__(self, resource: CacheResource, exchange, request: RequestHead, key: bytes,
+                 fwd: str, store: bool, flight: Optional["_Flight"] = None) -> None:
+        self.resource = resource
+        self.exchange = exchange
+        self.request = request
+        self.key = key
+        self.fwd = fwd
+        self.store = store
+        self.flight = flight
+        self.writer = None
+        self.length = 0
+        self.requestTime = resource.reactor.seconds()
+        self.response: Optional[ResponseHead] = None
+        self._discard = False
+        exchange.onClientGone = self.clientGone
+
+    def responseInterim(self, head: ResponseHead) -> None:
+        self.exchange.responseInterim(head)
+
+    def _servedStale(self, status: Optional[int]) -> bool:
+        """
+        The origin failed (C{status} 5xx, or C{None}: unreachable): serve a
+        stored stale response instead where stale-if-error allows.
+        """
+        entries = getattr(self.exchange, "cacheEntries", None)
+        if not entries or self.flight is not None and self.flight.streaming:
+            return False
+        resource = self.resource
+        stale = policy.staleOnError(self.request, entries, resource.reactor.seconds(),
+                                    resource.settings.options, disconnected=status is None)
+        if stale is None:
+            return False
+        resource.stats.stale += 1
+        self._discard = True
+        if self.flight is not None:
+            self.flight.failed(Failure(BadGateway("origin error")), False)
+            self.flight = None
+        resource._serve(self.exchange, self.request, stale.entry, stale.age, stale.ttl,
+                        hit=True, xcache=b"STALE", fwd=self.fwd, fwdStatus=status)
+        return True
+
+    def responseHead(self, head: ResponseHead) -> None:
+        resource = self.resource
+        self.responseTime = resource.reactor.seconds()
+        if head.status in (500, 502, 503, 504) and self._servedStale(head.status):
+            return
+        # What is stored is the response as the origin sent it.
+        stored = ResponseHead(head.status, head.reason, head.version, head.headers.copy())
+        self.response = stored
+        if self.store and self.exchange.head.method != b"HEAD":
+            self.writer = resource.openWriter(self.key, self.request, stored)
+        if self.flight is not None:
+            self.flight.headArrived(self, stored, self.writer is not None)
+        fields = head.headers.lowered()
+        resource._statusFields(fields, False, self.fwd, head.status, None, b"MISS",
+                               stored=self.writer is not None)
+        self.exchange.responseHead(head)
+
+    def responseBody(self, data: bytes) -> None:
+        if self._discard:
+            return
+        writer = self.writer
+        if writer is not None:
+            try:
+                writer.write(data)
+            except StoreFull:
+                self._log.info("not storing {key}: too large or no space", key=self.key)
+                self.writer = None
+            except Exception:
+                self._log.failure("storing {key} failed", key=self.key)
+                self._abortWriter()
+        self.length += len(data)
+        if self.flight is not None:
+            self.flight.bodyArrived(data)
+        self.exchange.responseBody(data)
+
+    def responseEnd(self) -> None:
+        if self._discard:
+            return
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            self.resource.commit(writer, self.key, self.request, self.response,
+                                 self.requestTime, self.responseTime, self.length)
+        if self.flight is not None:
+            self.flight.ended()
+        self.exchange.onClientGone = None
+        self.exchange.responseEnd()
+
+    def responseFailed(self, reason: Failure, receivedAnything: bool) -> None:
+        self._abortWriter()
+        if self._discard:
+            return
+        if self.response is None and self._servedStale(None):
+            return
+        if self.flight is not None:
+            self.flight.failed(reason, self.response is not None)
+        self.exchange.onClientGone = None
+        self._failExchange(reason)
+
+    def _failExchange(self, reason: Failure) -> None:
+        exchange = self.exchange
+        if exchange.state is ExchangeState.RESPONDING:
+            exchange.responseFailed(reason, True)
+            return
+        value = reason.value
+        if isinstance(value, ProxyError):
+            exchange.respondError(value)
+        elif isinstance(value, UpstreamClosed):
+            exchange.respondError(BadGateway("the origin closed the connection"))
+        else:
+            exchange.respondError(BadGateway("the origin failed"))
+
+    def requestBodyUnwanted(self) -> None:
+        self.exchange.requestBodyUnwanted()
+
+    def _abortWriter(self) -> None:
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            try:
+                writer.abort()
+            except Exception:
+                self._log.failure("aborting a store write failed")
+
+    def clientGone(self) -> None:
+        """
+        The client left: nothing half-written stays; waiters of the flight
+        fetch on their own.
+        """
+        self._abortWriter()
+        if self.flight is not None:
+            self.flight.leaderGone()
+
+
+class _Invalidator:
+    """
+    Forwards a response to an unsafe (or uncacheable) request and removes
+    what it invalidates (RFC 9111 section 4.4).
+    """
+
+    def __init__(self, resource: CacheResource, exchange, request: RequestHead,
+                 key: bytes) -> None:
+        self.resource = resource
+        self.exchange = exchange
+        self.request = request
+        self.key = key
+
+    def responseInterim(self, head: ResponseHead) -> None:
+        self.exchange.responseInterim(head)
+
+    def responseHead(self, head: ResponseHead) -> None:
+        method = self.request.method
+        if method not in policy.SAFE_METHODS:
+            uri = self.key.split(b" ", 1)[-1]
+            uris = policy.invalidatedURIs(method, uri, head.status, head.headers)
+            self.resource.invalidate(uris)
+        fields = head.headers.lowered()
+        self.resource._statusFields(fields, False, "method" if method not in (
+            b"GET", b"HEAD") else "request", head.status, None, b"PASS")
+        self.exchange.responseHead(head)
+
+    def responseBody(self, data: bytes) -> None:
+        self.exchange.responseBody(data)
+
+    def responseEnd(self) -> None:
+        self.exchange.responseEnd()
+
+    def responseFailed(self, reason: Failure, receivedAnything: bool) -> None:
+        _Storer._failExchange(self, reason)
+
+    def requestBodyUnwanted(self) -> None:
+        self.exchange.requestBodyUnwanted()
+
+
+class _Revalidator:
+    """
+    Receives the answer to a conditional request and applies
+    L{policy.afterRevalidation}: serve the freshened stored response, serve
+    stale, refetch, or pass the new response through (storing it).
+    """
+
+    _log = Logger()
+
+    def __init__(self, resource: CacheResource, exchange, request: RequestHead, key: bytes,
+                 decision: policy.Revalidate, entries) -> None:
+        self.resource = resource
+        self.exchange = exchange
+        self.request = request
+        self.key = key
+        self.decision = decision
+        self.entries = entries
+        self.requestTime = resource.reactor.seconds()
+        self.passThrough: Optional[_Storer] = None
+        self.discard = False
+
+    def responseInterim(self, head: ResponseHead) -> None:
+        pass
+
+    def _outcome(self, response: Optional[ResponseHead]):
+        resource = self.resource
+        now = resource.reactor.seconds()
+        return policy.afterRevalidation(
+            self.request, self.decision.entry, response, self.requestTime, now, now,
+            resource.settings.options, self.entries,
+        )
+
+    def responseHead(self, head: ResponseHead) -> None:
+        resource = self.resource
+        outcome = self._outcome(head)
+        kind = type(outcome)
+        if kind is policy.Freshened:
+            resource.stats.revalidated += 1
+            for entry in outcome.updated:
+                try:
+                    resource.store.update(entry)
+                except Exception:
+                    resource._log.failure("updating {key} failed", key=self.key)
+            self.discard = True
+            resource._serve(self.exchange, self.request, outcome.entry, outcome.age,
+                            _ttl(outcome.entry, outcome.age, resource), hit=True,
+                            xcache=b"REVALIDATED", fwd=self.decision.fwd, fwdStatus=304)
+        elif kind is policy.Stale:
+            resource.stats.stale += 1
+            self.discard = True
+            resource._serve(self.exchange, self.request, outcome.entry, outcome.age,
+                            outcome.ttl, hit=True, xcache=b"STALE",
+                            fwd=self.decision.fwd, fwdStatus=head.status)
+        elif kind is policy.Refetch:
+            self.discard = True
+            resource._fetch(self.exchange, self.exchange.cacheOrigin, self.request, self.key,
+                            "stale")
+        else:
+            self.passThrough = _Storer(resource, self.exchange, self.request, self.key,
+                                       self.decision.fwd, store=head.status != 304)
+            self.passThrough.requestTime = self.requestTime
+            self.passThrough.responseHead(head)
+
+    def responseBody(self, data: bytes) -> None:
+        if self.passThrough is not None:
+            self.passThrough.responseBody(data)
+
+    def responseEnd(self) -> None:
+        if self.passThrough is not None:
+            self.passThrough.responseEnd()
+
+    def responseFailed(self, reason: Failure, receivedAnything: bool) -> None:
+        if self.passThrough is not None:
+            self.passThrough.responseFailed(reason, receivedAnything)
+            return
+        if self.discard:
+            return
+        outcome = self._outcome(None)
+        if type(outcome) is policy.Stale:
+            self.resource.stats.stale += 1
+            self.discard = True
+            self.resource._serve(self.exchange, self.request, outcome.entry, outcome.age,
+                                 outcome.ttl, hit=True, xcache=b"STALE",
+                                 fwd=self.decision.fwd)
+            return
+        _Storer._failExchange(self, reason)
+
+    def requestBodyUnwanted(self) -> None:
+        pass
+
+
+class _BackgroundRefresh:
+    """
+    The background revalidation of stale-while-revalidate: updates or
+    replaces the stored response; nobody waits for it.
+    """
+
+    _log = Logger()
+
+    def __init__(self, resource: CacheResource, request: RequestHead, key: bytes,
+                 entry: policy.StoredEntry, entries) -> None:
+        self.resource = resource
+        self.request = request
+        self.key = key
+        self.entry = entry
+        self.entries = entries
+        self.writer = None
+        self.length = 0
+        self.requestTime = 0.0
+        self.response = None
+
+    def responseInterim(self, head: ResponseHead) -> None:
+        pass
+
+    def responseHead(self, head: ResponseHead) -> None:
+        resource = self.resource
+        now = resource.reactor.seconds()
+        self.responseTime = now
+        outcome = policy.afterRevalidation(self.request, self.entry, head, self.requestTime,
+                                           now, now, resource.settings.options, self.entries)
+        if type(outcome) is policy.Freshened:
+            resource.stats.revalidated += 1
+            for entry in outcome.updated:
+                resource.store.update(entry)
+        elif head.status == 200:
+            self.response = ResponseHead(head.status, head.reason, head.version,
+                                         head.headers.copy())
+            self.writer = resource.openWriter(self.key, self.request, self.response)
+
+    def responseBody(self, data: bytes) -> None:
+        if self.writer is not None:
+            try:
+                self.writer.write(data)
+                self.length += len(data)
+            except Exception:
+                self.writer = None
+
+    def responseEnd(self) -> None:
+        self.resource._refreshing.discard(self.key)
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            self.resource.commit(writer, self.key, self.request, self.response,
+                                 self.requestTime, self.responseTime, self.length)
+
+    def responseFailed(self, reason: Failure, receivedAnything: bool) -> None:
+        self.resource._refreshing.discard(self.key)
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            writer.abort()
+
+    def requestBodyUnwanted(self) -> None:
+        pass
+
+
+def _ttl(entry: policy.StoredEntry, age: float, resource: CacheResource) -> float:
+    lifetime = policy.freshnessLifetime(entry.responseHead, resource.settings.options,
+                                        entry.responseTime)
+    return lifetime - age
+
+
+@implementer(IPushProducer)
+class _Flight:
+    """
+    One upstream fetch that several clients wait on (collapsed forwarding).
+
+    Waiters joined before the response head arrives. At the head:
+
+      - if the response is being stored, every waiter gets the same head
+        and the body chunks as they arrive; the upstream is paused while
+        any waiter's connection is full (a slow waiter slows the fetch, as
+        the leader's own connection does);
+      - otherwise each waiter goes upstream on its own at once: nobody gets
+        a response that was not meant to be shared.
+
+    Waiters are woken by the head itself: no polling, no queue behind an
+    uncacheable object (only requests that arrive I{during} one fetch wait,
+    and only until its head).
+    """
+
+    def __init__(self, resource: CacheResource, key: bytes, request: RequestHead) -> None:
+        self.resource = resource
+        self.key = key
+        self.request = request
+        self.waiters: List = []
+        self.streaming: List = []
+        self.head: Optional[ResponseHead] = None
+        self.leader: Optional[_Storer] = None
+        self._paused: set = set()
+
+    def accepts(self, request: RequestHead) -> bool:
+        """
+        Whether C{request} may share this fetch: still before the head, and
+        asking for the same thing (the same Vary-relevant fields are
+        unknown yet, so only requests with identical fields are joined).
+        """
+        return self.head is None and list(request.headers.items()) == list(
+            self.request.headers.items()
+        ) and request.method == self.request.method
+
+    def join(self, exchange) -> None:
+        self.waiters.append(exchange)
+        exchange.onClientGone = lambda: self._waiterGone(exchange)
+
+    def _waiterGone(self, exchange) -> None:
+        if exchange in self.waiters:
+            self.waiters.remove(exchange)
+        if exchange in self.streaming:
+            self.streaming.remove(exchange)
+            self._paused.discard(exchange)
+            self._maybeResume()
+
+    def _done(self) -> None:
+        if self.resource._flights.get(self.key) is self:
+            del self.resource._flights[self.key]
+
+    def headArrived(self, leader: _Storer, head: ResponseHead, storing: bool) -> None:
+        self.leader = leader
+        self.head = head
+        self._done()
+        waiters, self.waiters = self.waiters, []
+        if not storing:
+            for exchange in waiters:
+                exchange.onClientGone = None
+                self._goAlone(exchange)
+            return
+        if waiters:
+            # From now on the fetch runs at the pace of its slowest reader,
+            # the leader included.
+            self.streaming.append(leader.exchange)
+            leader.exchange.producer = _WaiterPauser(self, leader.exchange)
+        for exchange in waiters:
+            if exchange.state is not ExchangeState.FORWARDING:
+                continue
+            copy = ResponseHead(head.status, head.reason, head.version, head.headers.copy())
+            fields = copy.headers.lowered()
+            self.resource._statusFields(fields, False, "miss", head.status, None, b"MISS",
+                                        collapsed=True)
+            self.streaming.append(exchange)
+            exchange.producer = _WaiterPauser(self, exchange)
+            exchange.responseHead(copy)
+
+    def _goAlone(self, exchange) -> None:
+        if exchange.state is not ExchangeState.FORWARDING:
+            return
+        handler = _Storer(self.resource, exchange, exchange.cacheHead, self.key, "miss",
+                          store=False)
+        exchange.forward(exchange.cacheOrigin, exchange.cacheHead, handler)
+
+    def bodyArrived(self, data: bytes) -> None:
+        leader = self.leader.exchange
+        for exchange in list(self.streaming):
+            if exchange is not leader:
+                exchange.responseBody(data)
+
+    def ended(self) -> None:
+        streaming, self.streaming = self.streaming, []
+        for exchange in streaming:
+            if exchange is self.leader.exchange:
+                continue
+            exchange.onClientGone = None
+            exchange.responseEnd()
+
+    def failed(self, reason: Failure, headSent: bool) -> None:
+        self._done()
+        waiters, self.waiters = self.waiters, []
+        for exchange in waiters:
+            exchange.onClientGone = None
+            self._goAlone(exchange)
+        streaming, self.streaming = self.streaming, []
+        for exchange in streaming:
+            if self.leader is not None and exchange is self.leader.exchange:
+                continue
+            exchange.onClientGone = None
+            exchange.responseFailed(reason, True)
+
+    def leaderGone(self) -> None:
+        """
+        The leading client left: before the head, the waiters fetch on
+        their own; after it, the streaming waiters lose their source and
+        are closed (the leader's upstream request is abandoned).
+        """
+        self._done()
+        waiters, self.waiters = self.waiters, []
+        for exchange in waiters:
+            exchange.onClientGone = None
+            self._goAlone(exchange)
+        streaming, self.streaming = self.streaming, []
+        for exchange in streaming:
+            if self.leader is not None and exchange is self.leader.exchange:
+                continue
+            exchange.onClientGone = None
+            exchange.responseFailed(Failure(BadGateway("the shared fetch was abandoned")), True)
+
+    # flow control across waiters
+
+    def waiterPaused(self, exchange) -> None:
+        if not self._paused and self.leader is not None:
+            producer = self.leader.exchange.upstream
+            if producer is not None:
+                producer.pauseProducing()
+        self._paused.add(exchange)
+
+    def waiterResumed(self, exchange) -> None:
+        self._paused.discard(exchange)
+        self._maybeResume()
+
+    def _maybeResume(self) -> None:
+        if not self._paused and self.leader is not None:
+            producer = self.leader.exchange.upstream
+            if producer is not None:
+                producer.resumeProducing()
+
+
+@implementer(IPushProducer)
+class _WaiterPauser:
+    """
+    A waiter's connection, full or drained, pauses or resumes the shared
+    fetch.
+    """
+
+    def __init__(self, flight: _Flight, exchange) -> None:
+        self._flight = flight
+        self._exchange = exchange
+
+    def pauseProducing(self) -> None:
+        self._flight.waiterPaused(self._exchange)
+
+    def resumeProducing(self) -> None:
+        self._flight.waiterResumed(self._exchange)
+
+    def stopProducing(self) -> None:
+        self._flight._waiterGone(self._exchange)

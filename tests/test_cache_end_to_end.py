@@ -1,0 +1,625 @@
+"""
+The cache through real loopback sockets: a scripted origin that counts what
+it is asked, the caching proxy in front of it, a raw client. Time, for the
+cache's freshness decisions, is a L{Clock} the test advances; the sockets
+run on the real reactor.
+"""
+
+import time
+
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from cachingproxy.cache.memory import MemoryStore
+from cachingproxy.http.headers import formatHTTPDate
+from cachingproxy.resource import CacheResource, CacheSettings
+from cachingproxy.server import ProxySettings
+from cachingproxy.upstream import Origin
+
+from .helpers import _trackServerConnections, connectClient, exchange, pattern, startProxy
+
+
+async def _until(condition, limit: float = 10.0) -> None:
+    """
+    Wait, turn by turn of the reactor, until C{condition()} holds (for
+    work the test cannot observe through a Deferred: a background refresh,
+    waiters joining); fail after C{limit} seconds.
+    """
+    from twisted.internet import task
+
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition never held")
+        await task.deferLater(reactor, 0.005, lambda: None)
+
+
+class CountingOrigin(Resource):
+    """
+    An origin whose answers say how often each path was asked for. The
+    path picks the caching behaviour:
+
+      - C{/max-age/N/...}: C{Cache-Control: max-age=N} and an ETag.
+      - C{/etag/...}: C{max-age=0}, an ETag; answers If-None-Match with 304.
+      - C{/lm/...}: C{max-age=0}, Last-Modified; answers If-Modified-Since.
+      - C{/vary/...}: C{Vary: Accept-Language}; the body names the language.
+      - C{/private/...}, C{/no-store/...}: those directives, max-age=60.
+      - C{/auth/...}: max-age=60 and nothing that allows sharing under
+        Authorization; C{/auth-public/...} adds C{public}.
+      - C{/swr/...}: max-age=1, stale-while-revalidate=60.
+      - C{/sie/...}: max-age=1, stale-if-error=60; C{fail} makes it 500.
+      - C{/big/N}: N bytes, max-age=60.
+      - C{/status/N}: that status, max-age=60.
+    """
+
+    isLeaf = True
+
+    def __init__(self, clock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.counts = {}
+        self.requests = []
+        self.fail = False
+        #: while True, answers are held until L{release}
+        self.holding = False
+        self.held = []
+
+    def release(self):
+        """
+        Send the held answers.
+        """
+        held, self.held = self.held, []
+        for request, body in held:
+            request.write(body)
+            request.finish()
+
+    def render(self, request):
+        path = request.path
+        self.counts[path] = self.counts.get(path, 0) + 1
+        self.requests.append((request.method, path, dict(
+            (k.lower(), v[0]) for k, v in request.requestHeaders.getAllRawHeaders())))
+        n = self.counts[path]
+        parts = path.split(b"/")
+        kind = parts[1]
+        request.setHeader(b"Date", formatHTTPDate(self.clock.seconds()))
+        body = b"%s #%d" % (path, n)
+        if kind == b"max-age":
+            request.setHeader(b"Cache-Control", b"max-age=" + parts[2])
+            request.setHeader(b"ETag", b'"v%d"' % n)
+        elif kind == b"etag":
+            request.setHeader(b"Cache-Control", b"max-age=0")
+            request.setHeader(b"ETag", b'"fixed"')
+            if request.getHeader(b"if-none-match") == b'"fixed"':
+                request.setResponseCode(304)
+                request.setHeader(b"X-Revalidated", b"%d" % n)
+                return b""
+            body = b"etag body"
+        elif kind == b"lm":
+            request.setHeader(b"Cache-Control", b"max-age=0")
+            lastModified = b"Mon, 02 Nov 2026 10:00:00 GMT"
+            request.setHeader(b"Last-Modified", lastModified)
+            if request.getHeader(b"if-modified-since") == lastModified:
+                request.setResponseCode(304)
+                return b""
+            body = b"lm body"
+        elif kind == b"vary":
+            request.setHeader(b"Cache-Control", b"max-age=60")
+            request.setHeader(b"Vary", b"Accept-Language")
+            body = b"lang=%s #%d" % (request.getHeader(b"accept-language") or b"-", n)
+        elif kind == b"private":
+            request.setHeader(b"Cache-Control", b"private, max-age=60")
+        elif kind == b"no-store":
+            request.setHeader(b"Cache-Control", b"no-store, max-age=60")
+        elif kind == b"auth":
+            request.setHeader(b"Cache-Control", b"max-age=60")
+        elif kind == b"auth-public":
+            request.setHeader(b"Cache-Control", b"public, max-age=60")
+        elif kind == b"swr":
+            request.setHeader(b"Cache-Control", b"max-age=1, stale-while-revalidate=60")
+            if self.holding:
+                from twisted.web.server import NOT_DONE_YET
+
+                self.held.append((request, body))
+                return NOT_DONE_YET
+        elif kind == b"sie":
+            if self.fail:
+                request.setResponseCode(500)
+                return b"broken"
+            request.setHeader(b"Cache-Control", b"max-age=1, stale-if-error=60")
+        elif kind == b"big":
+            request.setHeader(b"Cache-Control", b"max-age=60")
+            return pattern(int(parts[2]))
+        elif kind == b"status":
+            request.setResponseCode(int(parts[2]))
+            request.setHeader(b"Cache-Control", b"max-age=60")
+        return body
+
+
+class CacheTestCase(TestCase):
+    """
+    Sets up the origin, a memory store and the caching proxy in forward
+    mode.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(time.time())
+        self.origin = CountingOrigin(self.clock)
+        site = Site(self.origin)
+        site.log = lambda request: None
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        _trackServerConnections(self, site)
+        self.originPort = port.getHost().port
+        self.store = MemoryStore(64 * 1024 * 1024, 16 * 1024 * 1024)
+        self.factory, self.port, self.lines = startProxy(self, ProxySettings(viaName=b"test-proxy"))
+        self.cache = CacheResource(self.store, self.clock, self.factory.pool, self.settings())
+        self.factory.cache = self.cache
+
+    def settings(self):
+        return CacheSettings()
+
+    def url(self, path: bytes) -> bytes:
+        return b"http://127.0.0.1:%d%s" % (self.originPort, path)
+
+    async def get(self, path: bytes, headers: bytes = b"", method: bytes = b"GET"):
+        _, [response] = await exchange(
+            self.port, self,
+            b"%s %s HTTP/1.1\r\nHost: x\r\n%s\r\n" % (method, self.url(path), headers),
+            headResponses=[0] if method == b"HEAD" else (),
+        )
+        return response
+
+
+class FreshnessTests(CacheTestCase):
+    """
+    Fresh responses are served without the origin (RFC 9111 section 4.2).
+    """
+
+    async def test_freshHit(self):
+        """
+        A second request within max-age is a hit: the origin's counter
+        stays still, Age and Cache-Status are set.
+        """
+        first = await self.get(b"/max-age/60/a")
+        self.clock.advance(5)
+        second = await self.get(b"/max-age/60/a")
+        self.assertEqual(first.body, b"/max-age/60/a #1")
+        self.assertEqual(second.body, b"/max-age/60/a #1")
+        self.assertEqual(self.origin.counts[b"/max-age/60/a"], 1)
+        self.assertEqual(second.header(b"x-cache"), b"HIT")
+        self.assertTrue(second.header(b"cache-status").startswith(b"cachingproxy; hit"))
+        self.assertEqual(int(second.header(b"age")), 5)
+        self.assertIn(b"fwd=uri-miss", first.header(b"cache-status"))
+        self.assertIn(b"stored", first.header(b"cache-status"))
+
+    async def test_staleRefetched(self):
+        """
+        Past max-age, without a validator match, the response is fetched
+        again and replaces the stored one.
+        """
+        await self.get(b"/max-age/10/b")
+        self.clock.advance(11)
+        second = await self.get(b"/max-age/10/b")
+        self.assertEqual(second.body, b"/max-age/10/b #2")
+        third = await self.get(b"/max-age/10/b")
+        self.assertEqual(third.body, b"/max-age/10/b #2")
+        self.assertEqual(self.origin.counts[b"/max-age/10/b"], 2)
+
+    async def test_headFromStoredGet(self):
+        """
+        A HEAD request is answered from a stored GET response, without a
+        body (RFC 9111 section 4).
+        """
+        await self.get(b"/max-age/60/h")
+        head = await self.get(b"/max-age/60/h", method=b"HEAD")
+        self.assertEqual(head.status, 200)
+        self.assertEqual(head.body, b"")
+        self.assertEqual(head.header(b"content-length"), b"%d" % len(b"/max-age/60/h #1"))
+        self.assertEqual(self.origin.counts[b"/max-age/60/h"], 1)
+
+    async def test_largeBodyHit(self):
+        """
+        A body larger than one read streams back intact from the store.
+        """
+        first = await self.get(b"/big/3000000")
+        second = await self.get(b"/big/3000000")
+        self.assertEqual(first.body, pattern(3000000))
+        self.assertEqual(second.body, pattern(3000000))
+        self.assertEqual(second.header(b"x-cache"), b"HIT")
+        self.assertEqual(self.origin.counts[b"/big/3000000"], 1)
+
+    async def test_onlyIfCached(self):
+        """
+        only-if-cached with nothing stored is a 504, without the origin
+        (RFC 9111 section 5.2.1.7).
+        """
+        response = await self.get(b"/max-age/60/oic", b"Cache-Control: only-if-cached\r\n")
+        self.assertEqual(response.status, 504)
+        self.assertNotIn(b"/max-age/60/oic", self.origin.counts)
+
+
+class ValidationTests(CacheTestCase):
+    """
+    Stale entries are validated (RFC 9111 section 4.3).
+    """
+
+    async def test_revalidatedWithETag(self):
+        """
+        A stale entry with an ETag is revalidated with If-None-Match; the
+        304 is merged and the stored body served.
+        """
+        first = await self.get(b"/etag/x")
+        second = await self.get(b"/etag/x")
+        self.assertEqual(first.body, b"etag body")
+        self.assertEqual(second.body, b"etag body")
+        self.assertEqual(second.status, 200)
+        self.assertEqual(second.header(b"x-cache"), b"REVALIDATED")
+        self.assertEqual(second.header(b"x-revalidated"), b"2")
+        method, path, headers = self.origin.requests[1]
+        self.assertEqual(headers.get(b"if-none-match"), b'"fixed"')
+
+    async def test_revalidatedWithLastModified(self):
+        """
+        A stale entry with only Last-Modified is revalidated with
+        If-Modified-Since.
+        """
+        await self.get(b"/lm/y")
+        second = await self.get(b"/lm/y")
+        self.assertEqual((second.status, second.body), (200, b"lm body"))
+        self.assertEqual(self.origin.requests[1][2].get(b"if-modified-since"),
+                         b"Mon, 02 Nov 2026 10:00:00 GMT")
+
+    async def test_clientConditionalFromCache(self):
+        """
+        A client's If-None-Match matching a fresh stored entry gets 304 from
+        the cache (RFC 9110 section 13.1.2).
+        """
+        first = await self.get(b"/max-age/60/c")
+        etag = first.header(b"etag")
+        response = await self.get(b"/max-age/60/c", b"If-None-Match: W/" + etag + b"\r\n")
+        self.assertEqual(response.status, 304)
+        self.assertEqual(response.body, b"")
+        self.assertEqual(response.header(b"etag"), etag)
+        self.assertEqual(self.origin.counts[b"/max-age/60/c"], 1)
+
+    async def test_clientIfModifiedSince(self):
+        """
+        If-Modified-Since later than the stored Last-Modified gets 304.
+        """
+        await self.get(b"/lm/z")
+        response = await self.get(
+            b"/lm/z", b"Cache-Control: max-stale=100\r\nIf-Modified-Since: Tue, 03 Nov 2026 10:00:00 GMT\r\n"
+        )
+        self.assertEqual(response.status, 304)
+
+
+class VaryTests(CacheTestCase):
+    """
+    Variants are kept apart (RFC 9111 section 4.1).
+    """
+
+    async def test_variants(self):
+        """
+        Two Accept-Language values give two stored variants, each a hit for
+        its own requests.
+        """
+        en = await self.get(b"/vary/v", b"Accept-Language: en\r\n")
+        fr = await self.get(b"/vary/v", b"Accept-Language: fr\r\n")
+        en2 = await self.get(b"/vary/v", b"Accept-Language: en\r\n")
+        fr2 = await self.get(b"/vary/v", b"Accept-Language: fr\r\n")
+        self.assertEqual(en.body, b"lang=en #1")
+        self.assertEqual(fr.body, b"lang=fr #2")
+        self.assertEqual(en2.body, b"lang=en #1")
+        self.assertEqual(fr2.body, b"lang=fr #2")
+        self.assertEqual(self.origin.counts[b"/vary/v"], 2)
+
+
+class SharingTests(CacheTestCase):
+    """
+    What a shared cache must not share (RFC 9111 section 3).
+    """
+
+    async def test_privateNotStored(self):
+        """
+        A private response is never served to another request.
+        """
+        await self.get(b"/private/p")
+        second = await self.get(b"/private/p")
+        self.assertEqual(second.body, b"/private/p #2")
+
+    async def test_noStoreNotStored(self):
+        """
+        A no-store response is never stored.
+        """
+        await self.get(b"/no-store/n")
+        second = await self.get(b"/no-store/n")
+        self.assertEqual(second.body, b"/no-store/n #2")
+        self.assertEqual(self.store.entries(b"http://127.0.0.1:%d/no-store/n" % self.originPort), [])
+
+    async def test_authorizationNotShared(self):
+        """
+        A response to a request with Authorization is not served to another
+        client unless it says it may be (section 3.5).
+        """
+        await self.get(b"/auth/a", b"Authorization: Basic dXNlcjpwdw==\r\n")
+        second = await self.get(b"/auth/a")
+        self.assertEqual(second.body, b"/auth/a #2")
+        await self.get(b"/auth-public/a", b"Authorization: Basic dXNlcjpwdw==\r\n")
+        shared = await self.get(b"/auth-public/a")
+        self.assertEqual(shared.body, b"/auth-public/a #1")
+
+
+class InvalidationTests(CacheTestCase):
+    """
+    Unsafe methods invalidate (RFC 9111 section 4.4).
+    """
+
+    async def test_postInvalidates(self):
+        """
+        A successful POST to a URL removes its stored response.
+        """
+        await self.get(b"/max-age/60/i")
+        await self.get(b"/max-age/60/i", method=b"POST")
+        third = await self.get(b"/max-age/60/i")
+        self.assertEqual(third.body, b"/max-age/60/i #3")
+
+    async def test_errorDoesNotInvalidate(self):
+        """
+        An error answer to an unsafe method invalidates nothing.
+        """
+        await self.get(b"/status/200/e")
+        await self.get(b"/status/200/e")
+        self.assertEqual(self.origin.counts[b"/status/200/e"], 1)
+
+
+class StaleTests(CacheTestCase):
+    """
+    Serving stale content (RFC 9111 section 4.2.4, RFC 5861).
+    """
+
+    async def test_staleIfError(self):
+        """
+        With stale-if-error, a stale entry is served while the origin
+        answers 500.
+        """
+        await self.get(b"/sie/s")
+        self.clock.advance(5)
+        self.origin.fail = True
+        response = await self.get(b"/sie/s")
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.body, b"/sie/s #1")
+        self.assertEqual(response.header(b"x-cache"), b"STALE")
+
+    async def test_staleIfErrorOriginDown(self):
+        """
+        With stale-if-error, a stale entry is served when the origin cannot
+        be reached at all.
+        """
+        store = MemoryStore(1 << 20, 1 << 20)
+        cache = CacheResource(store, self.clock, self.factory.pool, CacheSettings())
+        self.factory.cache = cache
+        await self.get(b"/sie/down")
+        self.clock.advance(5)
+        await self.factory.pool.closeCachedConnections()
+        for port in list(self._originPorts()):
+            await port.stopListening()
+        response = await self.get(b"/sie/down")
+        self.assertEqual((response.status, response.body), (200, b"/sie/down #1"))
+
+    def _originPorts(self):
+        from twisted.internet.tcp import Port
+
+        for reader in reactor.getReaders():
+            if isinstance(reader, Port) and reader.getHost().port == self.originPort:
+                yield reader
+
+    async def test_staleWhileRevalidate(self):
+        """
+        Within stale-while-revalidate, the stale entry is answered at once
+        and refreshed in the background, once.
+        """
+        await self.get(b"/swr/w")
+        self.clock.advance(5)
+        self.origin.holding = True
+        stale = await self.get(b"/swr/w")
+        await _until(lambda: self.origin.held)
+        stale2 = await self.get(b"/swr/w")
+        self.assertEqual(stale.body, b"/swr/w #1")
+        self.assertEqual(stale.header(b"x-cache"), b"STALE")
+        self.assertEqual(stale2.body, b"/swr/w #1")
+        self.assertEqual(self.origin.counts[b"/swr/w"], 2)
+        self.origin.holding = False
+        self.origin.release()
+        await _until(lambda: not self.cache._refreshing)
+        self.assertEqual(self.origin.counts[b"/swr/w"], 2)
+        fresh = await self.get(b"/swr/w")
+        self.assertEqual(fresh.body, b"/swr/w #2")
+
+
+class RangeTests(CacheTestCase):
+    """
+    Ranges from a complete stored response (RFC 9110 section 14).
+    """
+
+    async def test_singleRange(self):
+        """
+        A single range is a 206 with Content-Range, from the cache.
+        """
+        await self.get(b"/big/1000")
+        response = await self.get(b"/big/1000", b"Range: bytes=10-19\r\n")
+        self.assertEqual(response.status, 206)
+        self.assertEqual(response.body, pattern(1000)[10:20])
+        self.assertEqual(response.header(b"content-range"), b"bytes 10-19/1000")
+        self.assertEqual(self.origin.counts[b"/big/1000"], 1)
+
+    async def test_multipleRanges(self):
+        """
+        Several ranges are a multipart/byteranges 206.
+        """
+        await self.get(b"/big/1000")
+        response = await self.get(b"/big/1000", b"Range: bytes=0-1,-2\r\n")
+        self.assertEqual(response.status, 206)
+        self.assertTrue(response.header(b"content-type").startswith(b"multipart/byteranges"))
+        data = pattern(1000)
+        self.assertIn(b"Content-Range: bytes 0-1/1000\r\n\r\n" + data[:2], response.body)
+        self.assertIn(b"Content-Range: bytes 998-999/1000\r\n\r\n" + data[-2:], response.body)
+
+    async def test_unsatisfiable(self):
+        """
+        A range past the end is a 416.
+        """
+        await self.get(b"/big/1000")
+        response = await self.get(b"/big/1000", b"Range: bytes=5000-\r\n")
+        self.assertEqual(response.status, 416)
+        self.assertEqual(response.header(b"content-range"), b"bytes */1000")
+
+
+class PurgeTests(CacheTestCase):
+    """
+    PURGE removes stored responses.
+    """
+
+    async def test_purge(self):
+        """
+        PURGE from a loopback client removes every variant; the next
+        request is a miss.
+        """
+        await self.get(b"/vary/p", b"Accept-Language: en\r\n")
+        await self.get(b"/vary/p", b"Accept-Language: fr\r\n")
+        purged = await self.get(b"/vary/p", method=b"PURGE")
+        self.assertEqual((purged.status, purged.body), (200, b"purged 2\n"))
+        again = await self.get(b"/vary/p", b"Accept-Language: en\r\n")
+        self.assertEqual(again.body, b"lang=en #3")
+        missing = await self.get(b"/vary/p-none", method=b"PURGE")
+        self.assertEqual(missing.status, 404)
+
+    async def test_purgePrefix(self):
+        """
+        PURGE of a URL ending in * removes every URL under it.
+        """
+        await self.get(b"/max-age/60/dir/a")
+        await self.get(b"/max-age/60/dir/b")
+        purged = await self.get(b"/max-age/60/dir/*", method=b"PURGE")
+        self.assertEqual(purged.body, b"purged 2\n")
+
+    async def test_purgeRefusedForOthers(self):
+        """
+        PURGE from an address outside the admin networks is a 405.
+        """
+        self.cache.settings = CacheSettings(adminNetworks=())
+        response = await self.get(b"/max-age/60/q", method=b"PURGE")
+        self.assertEqual(response.status, 405)
+
+
+class CollapsedForwardingTests(CacheTestCase):
+    """
+    Concurrent misses share one upstream request.
+    """
+
+    async def test_collapsed(self):
+        """
+        Three concurrent requests for a slow cacheable object make one
+        upstream request and all get its body.
+        """
+        slow = _SlowCacheable()
+        site = Site(slow)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        _trackServerConnections(self, site)
+        request = b"GET http://127.0.0.1:%d/slow HTTP/1.1\r\nHost: x\r\n\r\n" % port.getHost().port
+        clients = []
+        for _ in range(3):
+            client = await connectClient(self.port, self)
+            client.transport.write(request)
+            clients.append(client)
+        await slow.requested
+        key = b"http://127.0.0.1:%d/slow" % port.getHost().port
+        await _until(lambda: len(self.cache._flights[key].waiters) == 2)
+        slow.finish()
+        bodies = []
+        for client in clients:
+            [response] = await client.waitFor(1)
+            bodies.append(response.body)
+        self.assertEqual(bodies, [b"slow body"] * 3)
+        self.assertEqual(slow.count, 1)
+        self.assertEqual(self.cache.stats.collapsed, 2)
+
+
+class _SlowCacheable(Resource):
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        from twisted.internet.defer import Deferred
+
+        self.count = 0
+        self.requested = Deferred()
+        self.pending = []
+
+    def render(self, request):
+        from twisted.web.server import NOT_DONE_YET
+
+        self.count += 1
+        request.setHeader(b"Cache-Control", b"max-age=60")
+        self.pending.append(request)
+        if not self.requested.called:
+            self.requested.callback(None)
+        return NOT_DONE_YET
+
+    def finish(self):
+        for request in self.pending:
+            request.write(b"slow body")
+            request.finish()
+
+
+class SharedDiskCacheTests(TestCase):
+    """
+    Two proxy processes (as two workers would be) share one cache folder.
+    """
+
+    timeout = 60
+
+    async def test_twoProcessesShareTheCache(self):
+        """
+        A response stored through one process is a hit through the other;
+        a purge through one is a miss through the other.
+        """
+        from .helpers import temporaryPath
+        from .test_tap import TwistdTests
+
+        clock = Clock()
+        clock.advance(time.time())
+        origin = CountingOrigin(clock)
+        site = Site(origin)
+        site.log = lambda request: None
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        _trackServerConnections(self, site)
+        url = b"http://127.0.0.1:%d/max-age/600/shared" % port.getHost().port
+        folder = temporaryPath(self, "cache")
+        runner = TwistdTests("runTwistd")
+        runner.addCleanup = self.addCleanup
+        _, _, first = await runner.runTwistd("--cache-dir", folder)
+        _, _, second = await runner.runTwistd("--cache-dir", folder)
+
+        async def get(proxyPort, method=b"GET"):
+            _, [response] = await exchange(
+                proxyPort, self, b"%s %s HTTP/1.1\r\nHost: x\r\n\r\n" % (method, url)
+            )
+            return response
+
+        stored = await get(first)
+        hit = await get(second)
+        self.assertEqual(stored.header(b"x-cache"), b"MISS")
+        self.assertEqual(hit.header(b"x-cache"), b"HIT")
+        self.assertEqual(hit.body, stored.body)
+        self.assertEqual(origin.counts[b"/max-age/600/shared"], 1)
+        purged = await get(first, b"PURGE")
+        self.assertEqual(purged.status, 200)
+        again = await get(second)
+        self.assertEqual(again.header(b"x-cache"), b"MISS")
+        self.assertEqual(origin.counts[b"/max-age/600/shared"], 2)
