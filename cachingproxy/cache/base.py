@@ -1,0 +1,159 @@
+# -*- test-case-name: tests.test_cache_store -*-
+"""
+What a cache store is: a small key-based interface with no HTTP rules in it.
+
+An entry is one stored response (one variant of one URL): the
+L{cachingproxy.policy.StoredEntry} the policy reads (its C{id} is the
+store's handle), plus the body.
+
+Entries are grouped by primary key (the URL, L{cachingproxy.policy.primaryKey})
+and told apart by variant key (L{cachingproxy.policy.secondaryKey}: C{b""}
+when the response has no Vary).
+
+The rules every backend keeps:
+
+  - an entry becomes visible only when L{IEntryWriter.commit} succeeds; a
+    writer that is aborted, or whose process dies, leaves nothing visible;
+  - a body read back is exactly the body that was committed, or the entry is
+    treated as missing (and removed);
+  - storing an entry with the same (primary key, variant key) replaces the
+    old one, atomically for readers;
+  - every process sharing a store sees the others' commits, updates and
+    removals on its next lookup.
+
+The calls are synchronous: local disk and memory are fast enough to be used
+from the reactor thread in bounded pieces (bodies are read in chunks by a
+producer), as C{twisted.web.static.File} does.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, List, Optional
+
+from zope.interface import Attribute, Interface
+
+__all__ = ["IStore", "IEntryWriter", "IBodyReader", "StoreFull"]
+
+
+class StoreFull(Exception):
+    """
+    The store cannot take this body (over the object size limit, or no
+    space left); the response is still served, uncached.
+    """
+
+
+class IBodyReader(Interface):
+    """
+    A stored body being read.
+    """
+
+    length = Attribute("The number of bytes this reader will return in all.")
+
+    def read(size: int) -> bytes:
+        """
+        @return: up to C{size} next bytes; C{b""} at the end.
+        @raise IOError: if the stored body turns out damaged (the entry is
+            then removed by the store).
+        """
+
+    def close() -> None:
+        """
+        Release the file or buffer behind the reader.
+        """
+
+
+class IEntryWriter(Interface):
+    """
+    A new entry being written while its body streams to the client.
+    """
+
+    def write(data: bytes) -> None:
+        """
+        Add C{data} to the body.
+
+        @raise StoreFull: when the body grows past what the store accepts;
+            the writer is then aborted.
+        """
+
+    def commit(entry) -> bool:
+        """
+        Make the entry visible, with C{entry} (a
+        L{cachingproxy.policy.StoredEntry} whose C{bodyLength} must equal
+        the bytes written) as its metadata.
+
+        @return: whether it is now visible.
+        """
+
+    def abort() -> None:
+        """
+        Discard what was written; nothing becomes visible.
+        """
+
+
+class IStore(Interface):
+    """
+    Entries by primary key and variant key.
+    """
+
+    def entries(key: bytes) -> List[object]:
+        """
+        @return: the L{cachingproxy.policy.StoredEntry} of every committed
+            variant stored under primary key C{key} (any order).
+        """
+
+    def openBody(entry, start: int = 0, end: Optional[int] = None) -> Optional[IBodyReader]:
+        """
+        Read bytes C{start} to C{end} (exclusive; C{None} for the end) of
+        C{entry}'s body.
+
+        @return: a reader, or C{None} if the entry is gone or damaged (a
+            damaged entry is removed).
+        """
+
+    def writer(key: bytes, variantKey: bytes) -> IEntryWriter:
+        """
+        Start writing a new entry.
+        """
+
+    def update(entry) -> bool:
+        """
+        Replace the metadata of the stored entry C{entry.id} (after a 304 or
+        a HEAD), keeping its body.
+
+        @return: whether the entry still existed.
+        """
+
+    def remove(key: bytes) -> int:
+        """
+        Remove every variant stored under C{key}.
+
+        @return: how many entries were removed.
+        """
+
+    def removePrefix(prefix: bytes) -> int:
+        """
+        Remove every entry whose primary key starts with C{prefix}.
+
+        @return: how many entries were removed.
+        """
+
+    def stats() -> dict:
+        """
+        @return: C{{"entries": n, "bytes": n, "limit": n, "evictions": n}}
+            as far as this process knows.
+        """
+
+    def close() -> None:
+        """
+        Release everything (files, timers).
+        """
+
+
+def variantsOf(store: IStore, keys: Iterable[bytes]) -> List[object]:
+    """
+    @return: the entries of every key in C{keys}.
+    """
+    found: List[object] = []
+    for key in keys:
+        found.extend(store.entries(key))
+    return found

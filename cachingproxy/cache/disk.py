@@ -1,0 +1,1084 @@
+# -*- test-case-name: tests.test_cache_store -*-
+"""
+The disk store: the cache every worker process shares, and that survives
+restarts.
+
+Layout under C{directory}::
+
+    data/<kk>/<K>/<V>       one file per entry
+    tmp/<pid>.<random>.tmp  entries being written
+
+C{K} is the first 128 bits of SHA-256 of the primary key in hex, C{kk} its
+first two digits (256 fan-out folders), C{V} the same for the variant key.
+So L{DiskStore.entries} is one C{listdir} and L{DiskStore.remove} one
+folder. The primary and variant keys are kept in each file, so a hash
+collision is seen (and treated as a miss), never served.
+
+An entry file is::
+
+    [fixed header, 36 bytes][body][metadata]
+
+The fixed header (L{_HEADER}, little endian): magic C{b"CPXCACHE"}, format
+version (u16), flags (u16, 0), metadata length (u32), body length (u64),
+CRC-32 of the metadata, CRC-32 of the body, CRC-32 of the 32 bytes before
+it. The metadata is UTF-8 JSON: a list of the format version, the primary
+and variant keys, the request method, the status, the request and response
+times and the two header lists, every byte string carried as a latin-1
+decoded string.
+
+Writing streams the body into a temporary file after a zeroed header; at
+commit the metadata is appended, the header is written in place (seek 0),
+the file flushed and C{os.replace}d onto its final name: readers see the
+old entry or the new one, never a part. The body is never rewritten or
+buffered in memory. No fsync: a killed process loses nothing visible
+(the kernel has the data once flushed), and after a power loss a file
+whose content did not reach the disk fails its size or CRC checks and is
+dropped.
+
+Reading checks the magic, version, header CRC, that the file size is
+exactly header + body + metadata, and the metadata CRC; anything else is a
+damaged file, which is removed and skipped (a miss, never an error). A body
+read whole (every read of a body up to L{_SMALL}, and a streamed read of
+the full range of a larger one) is checked against the body CRC; a
+mismatch removes the entry and raises C{IOError} before the last bytes are
+returned, so a client never gets a complete-looking wrong body.
+
+Identity: an entry's C{id} is a L{DiskHandle} holding the path and the 36
+header bytes seen at lookup. The header is a fingerprint of the content
+(both lengths and both CRCs): L{DiskStore.openBody} and L{DiskStore.update}
+compare it with the file's current header, so an entry replaced by another
+process in between is not read with the old metadata (C{openBody} returns
+C{None}, C{update} returns C{False}). C{update} copies the body into a new
+file (C{copy_file_range}: in the kernel, and free on filesystems that share
+extents) and moves the handle to the new file, so an C{openBody} of the
+updated entry still works.
+
+Sharing across processes: the files are the truth. Every lookup lists the
+key's folder, so any process sees another's commit, update or removal at
+its next lookup. Size accounting and recency order are per process: each
+process keeps an index of the files it knows (path, size, mtime) in least
+recently used order, fed by its own commits and lookups and by
+L{DiskStore.rescan}, an incremental walk of the tree that the caller runs
+from time to time (say every minute) and that a process's first commits
+advance by a bounded number of files each. A lookup sets a file's mtime to
+now when it is older than C{touchInterval}, so other processes see the
+recency too; before evicting its least recent file a process C{stat}s it,
+and keeps it (moved to the recent end) when another process touched it
+since. Between rescans, the disk may exceed C{maxSize} by what other
+processes stored; a process only ever evicts to keep its own view under
+the limit.
+
+Errors: a full disk, a read-only or removed folder, or a permission problem
+makes L{DiskEntryWriter.write} raise L{StoreFull} or C{commit} return
+C{False}; lookups treat anything unexpected as a miss. Each kind of error is
+logged once (again after the store has worked since). Folders are
+recreated as needed, so the store works again once the cause is gone.
+
+Temporary files of dead processes (same host and pid namespace), and any
+older than C{staleTempAge} by mtime, are removed when a store opens and on
+each rescan.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import struct
+import time
+import zlib
+from collections import OrderedDict
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ..http.headers import Headers
+from ..policy import StoredEntry as _StoredEntry
+from .base import IBodyReader, IEntryWriter, IStore, StoreFull
+
+__all__ = ["DiskStore", "DiskHandle", "DiskEntryWriter", "FORMAT_VERSION"]
+
+log = Logger()
+
+FORMAT_VERSION = 1
+_MAGIC = b"CPXCACHE"
+#: magic, version, flags, metadata length, body length, metadata CRC,
+#: body CRC, header CRC (of the 32 bytes before it).
+_HEADER = struct.Struct("<8sHHIQIII")
+_HSIZE = _HEADER.size
+_HPREFIX = _HSIZE - 4
+#: Metadata larger than this is damage, not an entry.
+_MAX_META = 1 << 24
+#: Bodies up to this size are read in one piece at openBody, CRC checked.
+_SMALL = 1 << 16
+_NAME_LEN = 32
+_HEXDIGITS = frozenset("0123456789abcdef")
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NOATIME = 0  # O_NOATIME needs ownership of the file; not worth the EPERM.
+_O_READ = os.O_RDONLY | _O_CLOEXEC
+_O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC
+
+#: errno values that mean "cannot store now" rather than a bug.
+_STORAGE_ERRNOS = frozenset(
+    e for e in (
+        errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS,
+        errno.ENOENT, errno.EFBIG, errno.EIO, errno.ENOTDIR, errno.ESTALE,
+        errno.EMFILE, errno.ENFILE,
+    )
+)
+
+
+def _hashName(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:_NAME_LEN]
+
+
+def _isName(name: str) -> bool:
+    return len(name) == _NAME_LEN and _HEXDIGITS.issuperset(name)
+
+
+def _encodeMeta(key: bytes, variantKey: bytes, entry) -> bytes:
+    request = []
+    for name, value in entry.requestHeaders.items():
+        request.append(name.decode("latin-1"))
+        request.append(value.decode("latin-1"))
+    response = []
+    for name, value in entry.responseHeaders.items():
+        response.append(name.decode("latin-1"))
+        response.append(value.decode("latin-1"))
+    return json.dumps(
+        [
+            FORMAT_VERSION,
+            key.decode("latin-1"),
+            variantKey.decode("latin-1"),
+            entry.requestMethod.decode("latin-1"),
+            int(entry.status),
+            float(entry.requestTime),
+            float(entry.responseTime),
+            request,
+            response,
+        ],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode("utf-8")
+
+
+def _headers(flat: List[str]) -> Headers:
+    encoded = [s.encode("latin-1") for s in flat]
+    names = encoded[0::2]
+    return Headers.fromLowered(
+        [(name.lower(), name, value) for name, value in zip(names, encoded[1::2])]
+    )
+
+
+def _makeHeader(metaLength: int, bodyLength: int, metaCRC: int, bodyCRC: int) -> bytes:
+    prefix = _HEADER.pack(_MAGIC, FORMAT_VERSION, 0, metaLength, bodyLength,
+                          metaCRC, bodyCRC, 0)[:_HPREFIX]
+    return prefix + struct.pack("<I", zlib.crc32(prefix))
+
+
+def _parseHeader(header: bytes) -> Optional[Tuple[int, int, int, int]]:
+    """
+    @return: C{(metaLength, bodyLength, metaCRC, bodyCRC)}, or C{None} if
+        C{header} is not a valid header of this format version.
+    """
+    if len(header) != _HSIZE:
+        return None
+    magic, version, flags, metaLength, bodyLength, metaCRC, bodyCRC, headCRC = \
+        _HEADER.unpack(header)
+    if (
+        magic != _MAGIC
+        or version != FORMAT_VERSION
+        or flags != 0
+        or headCRC != zlib.crc32(header[:_HPREFIX])
+        or metaLength > _MAX_META
+    ):
+        return None
+    return metaLength, bodyLength, metaCRC, bodyCRC
+
+
+class DiskHandle:
+    """
+    The C{id} of an entry read from a L{DiskStore}.
+
+    @ivar path: the entry's file.
+    @ivar key: the primary key.
+    @ivar variantKey: the variant key.
+    @ivar header: the file's fixed header when it was read (or last
+        updated through this handle): a fingerprint of its content.
+    @ivar size: the file's size then.
+    """
+
+    __slots__ = ("path", "key", "variantKey", "header", "size")
+
+    def __init__(self, path: str, key: bytes, variantKey: bytes, header: bytes,
+                 size: int) -> None:
+        self.path = path
+        self.key = key
+        self.variantKey = variantKey
+        self.header = header
+        self.size = size
+
+    @property
+    def bodyLength(self) -> int:
+        return _HEADER.unpack(self.header)[4]
+
+    def __repr__(self) -> str:
+        return f"<DiskHandle {self.path!r}>"
+
+
+class _Damaged(Exception):
+    """
+    A stored file failed a check.
+    """
+
+
+@implementer(IBodyReader)
+class BytesReader:
+    """
+    A body (or a range of it) already in memory.
+    """
+
+    __slots__ = ("_data", "_pos", "length")
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0
+        self.length = len(data)
+
+    def read(self, size: int) -> bytes:
+        pos = self._pos
+        if pos == 0 and size >= self.length:
+            self._pos = self.length
+            return self._data
+        chunk = self._data[pos:pos + size]
+        self._pos = pos + len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        self._data = b""
+        self._pos = self.length
+
+
+@implementer(IBodyReader)
+class _FileReader:
+    """
+    A range of a large body, read from an open file with C{pread}; the
+    CRC is checked when the range is the whole body.
+    """
+
+    def __init__(self, store: "DiskStore", handle: DiskHandle, fd: int, offset: int,
+                 length: int, bodyCRC: Optional[int]) -> None:
+        self._store = store
+        self._handle = handle
+        self._fd = fd
+        self._pos = offset
+        self._left = length
+        self._expected = bodyCRC
+        self._crc = 0
+        self.length = length
+
+    def read(self, size: int) -> bytes:
+        if self._left <= 0 or self._fd < 0:
+            self.close()
+            return b""
+        wanted = min(size, self._left)
+        try:
+            data = os.pread(self._fd, wanted, self._pos)
+        except OSError as e:
+            self._fail("reading a stored body failed: %s" % (e,))
+        if len(data) != wanted:
+            self._fail("stored body is truncated")
+        self._pos += wanted
+        self._left -= wanted
+        if self._expected is not None:
+            self._crc = zlib.crc32(data, self._crc)
+            if self._left == 0 and self._crc != self._expected:
+                self._fail("stored body fails its checksum")
+        return data
+
+    def _fail(self, why: str):
+        fd = self._fd
+        try:
+            self._store._removeDamaged(self._handle.path, fd, why)
+        finally:
+            self.close()
+        raise IOError(why)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        self._left = 0
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:
+            self.close()
+
+
+@implementer(IEntryWriter)
+class DiskEntryWriter:
+    """
+    Streams one body into a temporary file; L{commit} renames it into place.
+    """
+
+    def __init__(self, store: "DiskStore", key: bytes, variantKey: bytes) -> None:
+        self._store = store
+        self._key = key
+        self._variantKey = variantKey
+        self._file = None
+        self._tmpPath: Optional[str] = None
+        self._written = 0
+        self._crc = 0
+        self._done = False
+        #: the handle of the committed entry (for L{TieredStore}).
+        self.handle: Optional[DiskHandle] = None
+
+    def _open(self) -> None:
+        store = self._store
+        path = os.path.join(store._tmpDir, "%d.%s.tmp" % (os.getpid(), os.urandom(8).hex()))
+        try:
+            fd = os.open(path, _O_CREATE, 0o644)
+        except FileNotFoundError:
+            os.makedirs(store._tmpDir, exist_ok=True)
+            fd = os.open(path, _O_CREATE, 0o644)
+        self._tmpPath = path
+        self._file = open(fd, "wb", buffering=1 << 16)
+        self._file.write(b"\0" * _HSIZE)
+
+    def write(self, data: bytes) -> None:
+        if self._done:
+            raise StoreFull("this writer was aborted or committed")
+        size = len(data)
+        if self._written + size > self._store.maxObjectSize:
+            self.abort()
+            raise StoreFull("body larger than %d bytes" % (self._store.maxObjectSize,))
+        if not size:
+            return
+        try:
+            if self._file is None:
+                self._open()
+            self._file.write(data)
+        except OSError as e:
+            self._store._logError("write", e)
+            self.abort()
+            raise StoreFull("cannot write to the store: %s" % (e,)) from e
+        self._crc = zlib.crc32(data, self._crc)
+        self._written += size
+
+    def commit(self, entry) -> bool:
+        if self._done:
+            return False
+        store = self._store
+        written = self._written
+        if entry.bodyLength is not None and entry.bodyLength != written:
+            log.warn("not storing {key!r}: {written} body bytes written, entry says {length}",
+                     key=self._key, written=written, length=entry.bodyLength)
+            self.abort()
+            return False
+        try:
+            meta = _encodeMeta(self._key, self._variantKey, entry)
+            header = _makeHeader(len(meta), written, zlib.crc32(meta), self._crc)
+            if self._file is None:
+                self._open()
+            f = self._file
+            f.write(meta)
+            f.seek(0)
+            f.write(header)
+            f.flush()
+            now = store._clock()
+            os.utime(f.fileno(), ns=(int(now * 1e9),) * 2)
+            size = _HSIZE + written + len(meta)
+            self._file = None
+            f.close()
+            final = store._place(self._tmpPath, self._key, self._variantKey)
+        except OSError as e:
+            store._logError("commit", e)
+            self.abort()
+            return False
+        except Exception:
+            log.failure("storing {key!r} failed", key=self._key)
+            self.abort()
+            return False
+        self._done = True
+        self._tmpPath = None
+        self.handle = DiskHandle(final, self._key, self._variantKey, header, size)
+        store._stored(final, size, now)
+        return True
+
+    def __del__(self) -> None:
+        if not getattr(self, "_done", True):
+            self.abort()
+
+    def abort(self) -> None:
+        self._done = True
+        f, self._file = self._file, None
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                pass
+        path, self._tmpPath = self._tmpPath, None
+        if path is not None:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+@implementer(IStore)
+class DiskStore:
+    """
+    Entries as files under C{directory}, shared by every process that opens
+    the same folder. See the module docstring for the layout and rules.
+
+    @ivar maxSize: the byte limit on the files (per process view).
+    @ivar maxObjectSize: the largest body accepted.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        maxSize: int = 1 << 30,
+        maxObjectSize: int = 1 << 27,
+        clock: Callable[[], float] = time.time,
+        touchInterval: float = 60.0,
+        staleTempAge: float = 3600.0,
+        scanStep: int = 2000,
+    ) -> None:
+        """
+        @param clock: the time used for mtimes (recency); temporary files
+            are aged by the real time.
+        @param touchInterval: a lookup refreshes a file's mtime when it is
+            older than this.
+        @param staleTempAge: temporary files older than this are removed.
+        @param scanStep: how many files a commit scans while this process
+            has not yet scanned the whole tree once.
+        """
+        self.directory = os.path.abspath(directory)
+        self.maxSize = maxSize
+        self.maxObjectSize = min(maxObjectSize, maxSize)
+        self.touchInterval = touchInterval
+        self.staleTempAge = staleTempAge
+        self.scanStep = scanStep
+        self._clock = clock
+        self._dataDir = os.path.join(self.directory, "data")
+        self._tmpDir = os.path.join(self.directory, "tmp")
+        #: path -> [size, mtime], least recently used first.
+        self._index: "OrderedDict[str, List]" = OrderedDict()
+        self._bytes = 0
+        self._evictions = 0
+        self._scan: Optional[Iterator[None]] = None
+        self._scanFound: List[Tuple[float, str, int]] = []
+        self._scanTouched: "OrderedDict[str, List]" = OrderedDict()
+        self._scanRemoved: set = set()
+        self._scanned = False
+        self._logged: set = set()
+        for folder in (self._dataDir, self._tmpDir):
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as e:
+                self._logError("open", e)
+        self.collectTemporary()
+
+    # -- paths ----------------------------------------------------------------
+
+    def _keyDir(self, key: bytes) -> str:
+        h = _hashName(key)
+        return os.path.join(self._dataDir, h[:2], h)
+
+    def _place(self, tmpPath: str, key: bytes, variantKey: bytes) -> str:
+        """
+        Rename C{tmpPath} into place, recreating the key's folder if it is
+        missing (or was removed by another process meanwhile).
+        """
+        folder = self._keyDir(key)
+        final = os.path.join(folder, _hashName(variantKey))
+        for attempt in range(3):
+            try:
+                os.replace(tmpPath, final)
+                return final
+            except FileNotFoundError:
+                if not os.path.exists(tmpPath) or attempt == 2:
+                    raise
+                os.makedirs(folder, exist_ok=True)
+        raise AssertionError("unreachable")
+
+    # -- errors ---------------------------------------------------------------
+
+    def _logError(self, what: str, error: BaseException) -> None:
+        kind = (what, getattr(error, "errno", None) or type(error).__name__)
+        if kind in self._logged:
+            return
+        self._logged.add(kind)
+        log.warn("disk cache {directory}: {what} failed: {error}",
+                 directory=self.directory, what=what, error=error)
+
+    def _removeDamaged(self, path: str, fd: Optional[int], why: str) -> None:
+        """
+        Remove the damaged file at C{path}, if C{path} still names the file
+        open as C{fd} (not a replacement stored meanwhile).
+        """
+        log.warn("disk cache: removing damaged {path}: {why}", path=path, why=why)
+        try:
+            if fd is not None and fd >= 0:
+                if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                    return
+            os.unlink(path)
+        except OSError:
+            return
+        self._forget(path)
+
+    # -- index ----------------------------------------------------------------
+
+    def _stored(self, path: str, size: int, mtime: float) -> None:
+        if self._logged:
+            self._logged.clear()
+        self._know(path, size, mtime)
+        if not self._scanned:
+            self.rescan(self.scanStep)
+        self._evict(keep=path)
+
+    def _know(self, path: str, size: int, mtime: float) -> None:
+        index = self._index
+        old = index.get(path)
+        if old is None:
+            index[path] = [size, mtime]
+            self._bytes += size
+        else:
+            self._bytes += size - old[0]
+            old[0] = size
+            old[1] = mtime
+            index.move_to_end(path)
+        if self._scan is not None:
+            self._scanTouched[path] = [size, mtime]
+            self._scanTouched.move_to_end(path)
+            self._scanRemoved.discard(path)
+
+    def _forget(self, path: str) -> None:
+        old = self._index.pop(path, None)
+        if old is not None:
+            self._bytes -= old[0]
+        if self._scan is not None:
+            self._scanTouched.pop(path, None)
+            self._scanRemoved.add(path)
+
+    def _evict(self, keep: Optional[str] = None) -> None:
+        """
+        Remove least recently used files until this process's view is
+        under C{maxSize}. A file another process touched since this one
+        last saw it is kept and moved to the recent end.
+        """
+        index = self._index
+        budget = len(index) * 2 + 1
+        while self._bytes > self.maxSize and index and budget > 0:
+            budget -= 1
+            path, (size, mtime) = next(iter(index.items()))
+            if path == keep and len(index) > 1:
+                index.move_to_end(path)
+                continue
+            try:
+                st = os.stat(path)
+            except OSError:
+                self._forget(path)
+                continue
+            if st.st_mtime > mtime + 1e-6 and path != keep:
+                self._know(path, st.st_size, st.st_mtime)
+                continue
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                self._logError("evict", e)
+                index.move_to_end(path)
+                continue
+            else:
+                self._evictions += 1
+            self._forget(path)
+            try:
+                os.rmdir(os.path.dirname(path))
+            except OSError:
+                pass
+
+    def rescan(self, limit: Optional[int] = None) -> bool:
+        """
+        Advance the walk of the tree that rebuilds this process's index
+        (sizes and recency by mtime) and so reconciles it with what other
+        processes stored and removed; then evict if over the limit.
+
+        @param limit: how many files to look at in this call (C{None}: all).
+        @return: whether a full pass has just completed.
+        """
+        if self._scan is None:
+            self._scan = self._walk()
+            self._scanFound = []
+            self._scanTouched = OrderedDict()
+            self._scanRemoved = set()
+        scan = self._scan
+        count = 0
+        try:
+            while limit is None or count < limit:
+                next(scan)
+                count += 1
+        except StopIteration:
+            pass
+        else:
+            return False
+        found = self._scanFound
+        found.sort()
+        index: "OrderedDict[str, List]" = OrderedDict()
+        for mtime, path, size in found:
+            index[path] = [size, mtime]
+        for path in self._scanRemoved:
+            index.pop(path, None)
+        for path, known in self._scanTouched.items():
+            index[path] = known
+            index.move_to_end(path)
+        self._index = index
+        self._bytes = sum(v[0] for v in index.values())
+        self._scan = None
+        self._scanFound = []
+        self._scanTouched = OrderedDict()
+        self._scanRemoved = set()
+        self._scanned = True
+        self.collectTemporary()
+        self._evict()
+        return True
+
+    def _walk(self) -> Iterator[None]:
+        found = self._scanFound
+        try:
+            fans = sorted(os.listdir(self._dataDir))
+        except OSError as e:
+            self._logError("scan", e)
+            return
+        for fan in fans:
+            fanDir = os.path.join(self._dataDir, fan)
+            try:
+                keys = os.listdir(fanDir)
+            except OSError:
+                continue
+            for keyName in keys:
+                keyDir = os.path.join(fanDir, keyName)
+                try:
+                    scanner = os.scandir(keyDir)
+                except OSError:
+                    continue
+                empty = True
+                with scanner:
+                    for item in scanner:
+                        empty = False
+                        if not _isName(item.name):
+                            continue
+                        try:
+                            st = item.stat()
+                        except OSError:
+                            continue
+                        found.append((st.st_mtime, item.path, st.st_size))
+                        yield None
+                if empty:
+                    # Left by a removal that raced with a commit; a
+                    # commit that loses this race recreates it.
+                    try:
+                        os.rmdir(keyDir)
+                    except OSError:
+                        pass
+
+    def collectTemporary(self) -> int:
+        """
+        Remove temporary files left by dead processes, or older than
+        C{staleTempAge}.
+
+        @return: how many were removed.
+        """
+        removed = 0
+        try:
+            names = os.listdir(self._tmpDir)
+        except OSError:
+            return 0
+        now = time.time()
+        me = os.getpid()
+        for name in names:
+            path = os.path.join(self._tmpDir, name)
+            pid = name.partition(".")[0]
+            try:
+                stale = os.stat(path).st_mtime < now - self.staleTempAge
+                if not stale and pid.isdigit() and int(pid) != me:
+                    stale = not _alive(int(pid))
+                if stale:
+                    os.unlink(path)
+                    removed += 1
+            except OSError:
+                continue
+        return removed
+
+    # -- IStore -----------------------------------------------------------------
+
+    def entries(self, key: bytes) -> List[object]:
+        try:
+            folder = self._keyDir(key)
+            try:
+                names = os.listdir(folder)
+            except FileNotFoundError:
+                return []
+            found = []
+            for name in names:
+                if len(name) != _NAME_LEN:
+                    continue
+                entry = self._load(os.path.join(folder, name), key)
+                if entry is not None:
+                    found.append(entry)
+            return found
+        except Exception as e:
+            self._logError("lookup", e)
+            return []
+
+    def _load(self, path: str, key: Optional[bytes]):
+        """
+        @return: the entry stored at C{path} (refreshing its recency), or
+            C{None} if it is gone, damaged (then removed), or stored under
+            another primary key than C{key}.
+        """
+        try:
+            fd = os.open(path, _O_READ)
+        except FileNotFoundError:
+            self._forget(path)
+            return None
+        try:
+            st = os.fstat(fd)
+            size = st.st_size
+            try:
+                if size <= _SMALL:
+                    data = os.pread(fd, size, 0)
+                    header = data[:_HSIZE]
+                else:
+                    data = None
+                    header = os.pread(fd, _HSIZE, 0)
+                parsed = _parseHeader(header)
+                if parsed is None:
+                    raise _Damaged("bad header")
+                metaLength, bodyLength, metaCRC, bodyCRC = parsed
+                metaStart = _HSIZE + bodyLength
+                if size != metaStart + metaLength:
+                    raise _Damaged("size %d, header says %d" % (size, metaStart + metaLength))
+                if data is not None:
+                    meta = data[metaStart:]
+                else:
+                    meta = os.pread(fd, metaLength, metaStart)
+                if len(meta) != metaLength or zlib.crc32(meta) != metaCRC:
+                    raise _Damaged("metadata checksum")
+                try:
+                    (version, storedKey, variant, method, status, requestTime,
+                     responseTime, request, response) = json.loads(meta)
+                    storedKey = storedKey.encode("latin-1")
+                except Exception:
+                    raise _Damaged("metadata undecodable")
+                if version != FORMAT_VERSION:
+                    raise _Damaged("metadata version")
+                if key is not None and storedKey != key:
+                    return None
+                handle = DiskHandle(path, storedKey, variant.encode("latin-1"), header, size)
+                entry = _StoredEntry(
+                    key=storedKey,
+                    requestMethod=method.encode("latin-1"),
+                    requestHeaders=_headers(request),
+                    status=status,
+                    responseHeaders=_headers(response),
+                    requestTime=requestTime,
+                    responseTime=responseTime,
+                    bodyLength=bodyLength,
+                    id=handle,
+                )
+            except _Damaged as e:
+                self._removeDamaged(path, fd, str(e))
+                return None
+            now = self._clock()
+            mtime = st.st_mtime
+            if now - mtime > self.touchInterval:
+                try:
+                    os.utime(fd, ns=(int(now * 1e9),) * 2)
+                    mtime = now
+                except OSError:
+                    pass
+            self._know(path, size, mtime)
+            return entry
+        finally:
+            os.close(fd)
+
+    def _peek(self, path: str, touch: bool = True) -> Optional[bytes]:
+        """
+        @return: the fixed header of the file at C{path} (refreshing its
+            recency if C{touch}), or C{None} if there is no file.
+        """
+        try:
+            fd = os.open(path, _O_READ)
+        except FileNotFoundError:
+            self._forget(path)
+            return None
+        try:
+            header = os.pread(fd, _HSIZE, 0)
+            if touch:
+                st = os.fstat(fd)
+                now = self._clock()
+                mtime = st.st_mtime
+                if now - mtime > self.touchInterval:
+                    try:
+                        os.utime(fd, ns=(int(now * 1e9),) * 2)
+                        mtime = now
+                    except OSError:
+                        pass
+                self._know(path, st.st_size, mtime)
+            return header
+        finally:
+            os.close(fd)
+
+    def _openChecked(self, handle: DiskHandle) -> Optional[int]:
+        """
+        @return: a descriptor of C{handle}'s file if it is still the file
+            the handle saw, else C{None}.
+        """
+        try:
+            fd = os.open(handle.path, _O_READ)
+        except FileNotFoundError:
+            self._forget(handle.path)
+            return None
+        try:
+            if os.pread(fd, _HSIZE, 0) != handle.header:
+                os.close(fd)
+                return None
+            if os.fstat(fd).st_size != handle.size:
+                self._removeDamaged(handle.path, fd, "size changed")
+                os.close(fd)
+                return None
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def openBody(self, entry, start: int = 0, end: Optional[int] = None):
+        try:
+            handle = entry.id
+            if not isinstance(handle, DiskHandle):
+                return None
+            metaLength, bodyLength, metaCRC, bodyCRC = _HEADER.unpack(handle.header)[3:7]
+            if end is None or end > bodyLength:
+                end = bodyLength
+            start = max(0, min(start, end))
+            if bodyLength <= _SMALL:
+                try:
+                    fd = os.open(handle.path, _O_READ)
+                except FileNotFoundError:
+                    self._forget(handle.path)
+                    return None
+                try:
+                    data = os.pread(fd, _HSIZE + bodyLength, 0)
+                    if data[:_HSIZE] != handle.header:
+                        return None
+                    body = data[_HSIZE:]
+                    if len(body) != bodyLength or zlib.crc32(body) != bodyCRC:
+                        self._removeDamaged(handle.path, fd, "body checksum or length")
+                        return None
+                finally:
+                    os.close(fd)
+                if start == 0 and end == bodyLength:
+                    return BytesReader(body)
+                return BytesReader(body[start:end])
+            fd = self._openChecked(handle)
+            if fd is None:
+                return None
+            whole = start == 0 and end == bodyLength
+            return _FileReader(self, handle, fd, _HSIZE + start, end - start,
+                               bodyCRC if whole else None)
+        except Exception as e:
+            self._logError("read", e)
+            return None
+
+    def writer(self, key: bytes, variantKey: bytes) -> DiskEntryWriter:
+        return DiskEntryWriter(self, key, variantKey)
+
+    def update(self, entry) -> bool:
+        handle = entry.id
+        if not isinstance(handle, DiskHandle):
+            return False
+        try:
+            fd = self._openChecked(handle)
+        except OSError as e:
+            self._logError("update", e)
+            return False
+        if fd is None:
+            return False
+        writer = DiskEntryWriter(self, handle.key, handle.variantKey)
+        try:
+            bodyLength, _, bodyCRC = _HEADER.unpack(handle.header)[4:7]
+            try:
+                writer._open()
+                f = writer._file
+                f.flush()
+                _copyRange(fd, f.fileno(), _HSIZE, bodyLength)
+                f.seek(_HSIZE + bodyLength)
+                meta = _encodeMeta(handle.key, handle.variantKey, entry)
+                header = _makeHeader(len(meta), bodyLength, zlib.crc32(meta), bodyCRC)
+                f.write(meta)
+                f.seek(0)
+                f.write(header)
+                f.flush()
+                now = self._clock()
+                os.utime(f.fileno(), ns=(int(now * 1e9),) * 2)
+                writer._file = None
+                f.close()
+                # Another process may have replaced or removed it meanwhile.
+                if _readHeader(handle.path) != handle.header:
+                    writer.abort()
+                    return False
+                final = self._place(writer._tmpPath, handle.key, handle.variantKey)
+            except OSError as e:
+                self._logError("update", e)
+                writer.abort()
+                return False
+        finally:
+            os.close(fd)
+        writer._tmpPath = None
+        writer._done = True
+        size = _HSIZE + bodyLength + len(meta)
+        handle.header = header
+        handle.size = size
+        self._stored(final, size, now)
+        return True
+
+    def remove(self, key: bytes) -> int:
+        return self._removeFolder(self._keyDir(key))
+
+    def _removeFolder(self, folder: str) -> int:
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return 0
+        except OSError as e:
+            self._logError("remove", e)
+            return 0
+        removed = 0
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                self._logError("remove", e)
+                continue
+            self._forget(path)
+            if _isName(name):
+                removed += 1
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass
+        return removed
+
+    def removePrefix(self, prefix: bytes) -> int:
+        """
+        Walk every key folder and read one entry's primary key from it (the
+        folders are named by hash): proportional to the number of keys
+        stored, meant for administration.
+        """
+        removed = 0
+        try:
+            fans = os.listdir(self._dataDir)
+        except OSError as e:
+            self._logError("remove", e)
+            return 0
+        for fan in fans:
+            fanDir = os.path.join(self._dataDir, fan)
+            try:
+                keyNames = os.listdir(fanDir)
+            except OSError:
+                continue
+            for keyName in keyNames:
+                keyDir = os.path.join(fanDir, keyName)
+                key = self._folderKey(keyDir)
+                if key is not None and key.startswith(prefix):
+                    removed += self._removeFolder(keyDir)
+        return removed
+
+    def _folderKey(self, keyDir: str) -> Optional[bytes]:
+        try:
+            names = os.listdir(keyDir)
+        except OSError:
+            return None
+        for name in names:
+            if not _isName(name):
+                continue
+            entry = self._load(os.path.join(keyDir, name), None)
+            if entry is not None:
+                return entry.key
+        return None
+
+    def stats(self) -> dict:
+        return {
+            "entries": len(self._index),
+            "bytes": self._bytes,
+            "limit": self.maxSize,
+            "evictions": self._evictions,
+            "scanned": self._scanned,
+        }
+
+    def close(self) -> None:
+        self._scan = None
+        self._index = OrderedDict()
+        self._bytes = 0
+
+
+def _readHeader(path: str) -> Optional[bytes]:
+    try:
+        fd = os.open(path, _O_READ)
+    except OSError:
+        return None
+    try:
+        return os.pread(fd, _HSIZE, 0)
+    finally:
+        os.close(fd)
+
+
+def _copyRange(src: int, dst: int, offset: int, count: int) -> None:
+    """
+    Copy C{count} bytes of C{src} from C{offset} to the current position of
+    C{dst}, in the kernel when it can.
+    """
+    copy = getattr(os, "copy_file_range", None)
+    while count > 0:
+        n = 0
+        if copy is not None:
+            try:
+                n = copy(src, dst, min(count, 1 << 30), offset)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                copy = None
+                continue
+        else:
+            data = os.pread(src, min(count, 1 << 20), offset)
+            n = len(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(dst, view):]
+        if n == 0:
+            raise OSError(errno.EIO, "stored body shorter than its header says")
+        offset += n
+        count -= n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return True
+    return True
+
+
