@@ -468,6 +468,8 @@ class _Storer:
         self.requestTime = resource.reactor.seconds()
         self.response: Optional[ResponseHead] = None
         self._discard = False
+        #: the declared body length, when the response has one
+        self.expected: Optional[int] = None
         exchange.onClientGone = self.clientGone
 
     def responseInterim(self, head: ResponseHead) -> None:
@@ -505,6 +507,12 @@ class _Storer:
         self.response = stored
         if self.store and self.exchange.head.method != b"HEAD":
             self.writer = resource.openWriter(self.key, self.request, stored)
+            length = stored.headers.get(b"content-length")
+            if (length is not None and length.strip().isdigit()
+                    and not stored.headers.hasToken(b"transfer-encoding", b"chunked")):
+                self.expected = int(length.strip())
+            if self.expected == 0 and self.writer is not None:
+                self._commit()
         if self.flight is not None:
             self.flight.headArrived(self, stored, self.writer is not None)
         fields = head.headers.lowered()
@@ -526,17 +534,25 @@ class _Storer:
                 self._log.failure("storing {key} failed", key=self.key)
                 self._abortWriter()
         self.length += len(data)
+        if self.length == self.expected and self.writer is not None:
+            # The declared length is complete: make the entry visible before
+            # the client sees the last byte, so that a request it sends next,
+            # to any worker, finds it.
+            self._commit()
         if self.flight is not None:
             self.flight.bodyArrived(data)
         self.exchange.responseBody(data)
 
-    def responseEnd(self) -> None:
-        if self._discard:
-            return
+    def _commit(self) -> None:
         writer, self.writer = self.writer, None
         if writer is not None:
             self.resource.commit(writer, self.key, self.request, self.response,
                                  self.requestTime, self.responseTime, self.length)
+
+    def responseEnd(self) -> None:
+        if self._discard:
+            return
+        self._commit()
         if self.flight is not None:
             self.flight.ended()
         self.exchange.onClientGone = None
