@@ -623,3 +623,141 @@ class SharedDiskCacheTests(TestCase):
         again = await get(second)
         self.assertEqual(again.header(b"x-cache"), b"MISS")
         self.assertEqual(origin.counts[b"/max-age/600/shared"], 2)
+
+
+class _StreamingOrigin(Resource):
+    """
+    Sends a declared 8 MiB cacheable body in pieces, the rest held until
+    L{release}; counts requests.
+    """
+
+    isLeaf = True
+    size = 8 * 1024 * 1024
+
+    def __init__(self):
+        super().__init__()
+        from twisted.internet.defer import Deferred
+
+        self.count = 0
+        self.started = Deferred()
+        self.held = []
+        self.holding = True
+
+    def render(self, request):
+        from twisted.web.server import NOT_DONE_YET
+
+        self.count += 1
+        body = pattern(self.size)
+        request.setHeader(b"Cache-Control", b"max-age=600")
+        request.setHeader(b"Content-Length", b"%d" % self.size)
+        if not self.holding:
+            return body
+        request.write(body[: self.size // 2])
+        self.held.append((request, body[self.size // 2:]))
+        if not self.started.called:
+            self.started.callback(None)
+        return NOT_DONE_YET
+
+
+class CrashTests(TestCase):
+    """
+    Nothing half-written is ever served (RFC 9111 section 3.3).
+    """
+
+    timeout = 60
+
+    def _origin(self, resource):
+        site = Site(resource)
+        site.log = lambda request: None
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        _trackServerConnections(self, site)
+        return port.getHost().port
+
+    async def test_killedWhileStoring(self):
+        """
+        A proxy killed with SIGKILL while it stores a large body leaves no
+        entry: after a restart on the same folder the request is a miss
+        and the body comes whole from the origin.
+        """
+        import signal
+
+        from .helpers import temporaryPath
+        from .test_tap import TwistdTests
+
+        origin = _StreamingOrigin()
+        originPort = self._origin(origin)
+        url = b"http://127.0.0.1:%d/big" % originPort
+        folder = temporaryPath(self, "cache")
+        runner = TwistdTests("runTwistd")
+        runner.addCleanup = self.addCleanup
+        process, transport, proxyPort = await runner.runTwistd("--cache-dir", folder)
+        client = await connectClient(proxyPort, self)
+        client.transport.write(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % url)
+        await origin.started
+        await client.whenTrue(lambda c: len(c.raw) > 1024 * 1024)
+        transport.signalProcess(signal.SIGKILL)
+        await process.ended
+        await client.closed
+        for request, rest in origin.held:
+            request.loseConnection()
+        origin.held = []
+        origin.holding = False
+
+        _, _, restarted = await runner.runTwistd("--cache-dir", folder)
+        _, [response] = await exchange(restarted, self, b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % url)
+        self.assertEqual(response.header(b"x-cache"), b"MISS")
+        self.assertEqual(response.body, pattern(origin.size))
+        self.assertEqual(origin.count, 2)
+        _, [hit] = await exchange(restarted, self, b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % url)
+        self.assertEqual(hit.header(b"x-cache"), b"HIT")
+        self.assertEqual(hit.body, pattern(origin.size))
+
+
+class CorruptEntryTests(TestCase):
+    """
+    A damaged file on disk is a miss, never an error or a wrong body.
+    """
+
+    async def test_corruptedFileIsAMiss(self):
+        """
+        Flipping bytes in a stored file makes the next request a miss that
+        gets the right body (and stores it again).
+        """
+        import os
+
+        from cachingproxy.cache.disk import DiskStore
+
+        from .helpers import temporaryPath
+
+        clock = Clock()
+        clock.advance(time.time())
+        origin = CountingOrigin(clock)
+        site = Site(origin)
+        site.log = lambda request: None
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        _trackServerConnections(self, site)
+        folder = temporaryPath(self, "cache")
+        os.makedirs(folder)
+        store = DiskStore(folder, maxSize=1 << 30, maxObjectSize=1 << 26)
+        factory, proxyPort, _ = startProxy(self, ProxySettings(viaName=b"test-proxy"))
+        factory.cache = CacheResource(store, clock, factory.pool, CacheSettings())
+        request = b"GET http://127.0.0.1:%d/big/20000 HTTP/1.1\r\nHost: x\r\n\r\n" % (
+            port.getHost().port)
+        await exchange(proxyPort, self, request)
+        damaged = 0
+        for root, _, files in os.walk(folder):
+            for name in files:
+                path = os.path.join(root, name)
+                if os.path.getsize(path) > 20000:
+                    with open(path, "r+b") as f:
+                        f.seek(os.path.getsize(path) - 100)
+                        f.write(b"\xff" * 50)
+                    damaged += 1
+        self.assertEqual(damaged, 1)
+        _, [response] = await exchange(proxyPort, self, request)
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.body, pattern(20000))
+        self.assertEqual(response.header(b"x-cache"), b"MISS")
+        self.assertEqual(origin.counts[b"/big/20000"], 2)
