@@ -30,6 +30,7 @@ and RFC 8941 (structured fields).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, replace
@@ -431,6 +432,9 @@ def _parseDirectives(value: bytes) -> Directives:
     return tuple(pairs)
 
 
+_EMPTY_CACHE_CONTROL = CacheControl()
+
+
 def parseCacheControl(
     headers: Headers, fieldName: bytes = b"cache-control"
 ) -> CacheControl:
@@ -442,8 +446,17 @@ def parseCacheControl(
     """
     combined = headers.getCombined(fieldName)
     if combined is None:
-        return CacheControl()
-    return _buildCacheControl(_parseDirectives(combined))
+        return _EMPTY_CACHE_CONTROL
+    return _cacheControlOf(combined)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cacheControlOf(value: bytes) -> CacheControl:
+    """
+    The (frozen) parse of one combined Cache-Control value, remembered:
+    a stored response's value is parsed again on every hit otherwise.
+    """
+    return _buildCacheControl(_parseDirectives(value))
 
 
 def requestCacheControl(requestHeaders: Headers) -> CacheControl:

@@ -17,6 +17,7 @@ Usage::
 from __future__ import annotations
 
 import calendar
+import functools
 import email.utils
 import time
 from typing import Iterable, Iterator, List, Optional, Tuple
@@ -55,12 +56,29 @@ class Headers:
     @ivar _fields: C{[(lowercase name, name, value), ...]} in wire order.
     """
 
-    __slots__ = ("_fields",)
+    __slots__ = ("_fields", "_index")
 
     def __init__(self, fields: Iterable[Tuple[bytes, bytes]] = ()) -> None:
         self._fields: List[Tuple[bytes, bytes, bytes]] = [
             (name.lower(), name, value) for name, value in fields
         ]
+        #: lowercase name -> values, built by the first lookup and dropped
+        #: by any change (stored heads are looked up many times, rarely
+        #: changed)
+        self._index: Optional[dict] = None
+
+    def _values(self, lower: bytes) -> List[bytes]:
+        index = self._index
+        if index is None:
+            index = {}
+            for name, _, value in self._fields:
+                found = index.get(name)
+                if found is None:
+                    index[name] = [value]
+                else:
+                    found.append(value)
+            self._index = index
+        return index.get(lower, _NONE)
 
     @classmethod
     def fromLowered(cls, fields: List[Tuple[bytes, bytes, bytes]]) -> "Headers":
@@ -74,9 +92,10 @@ class Headers:
 
     def lowered(self) -> List[Tuple[bytes, bytes, bytes]]:
         """
-        @return: the C{(lowercase name, name, value)} triples, in order (the
-            list itself: do not change it).
+        @return: the C{(lowercase name, name, value)} triples, in order: the
+            list itself, which the caller may extend.
         """
+        self._index = None
         return self._fields
 
     def __repr__(self) -> str:
@@ -91,11 +110,7 @@ class Headers:
         return len(self._fields)
 
     def __contains__(self, name: bytes) -> bool:
-        name = name.lower()
-        for lower, _, _ in self._fields:
-            if lower == name:
-                return True
-        return False
+        return bool(self._values(name.lower()))
 
     def __iter__(self) -> Iterator[Tuple[bytes, bytes]]:
         return self.items()
@@ -117,6 +132,7 @@ class Headers:
         Append a field, keeping any existing field of the same name.
         """
         self._fields.append((name.lower(), name, value))
+        self._index = None
 
     def set(self, name: bytes, value: bytes) -> None:
         """
@@ -136,6 +152,7 @@ class Headers:
         if not placed:
             out.append((lower, name, value))
         self._fields = out
+        self._index = None
 
     def remove(self, name: bytes) -> bool:
         """
@@ -146,6 +163,7 @@ class Headers:
         lower = name.lower()
         before = len(self._fields)
         self._fields = [f for f in self._fields if f[0] != lower]
+        self._index = None
         return len(self._fields) != before
 
     def removeMany(self, names: "frozenset[bytes] | set[bytes]") -> None:
@@ -153,32 +171,31 @@ class Headers:
         Remove every field whose lowercase name is in C{names}.
         """
         self._fields = [f for f in self._fields if f[0] not in names]
+        self._index = None
 
     def get(self, name: bytes, default: Optional[bytes] = None) -> Optional[bytes]:
         """
         @return: the value of the first field called C{name}, or C{default}.
         """
-        lower = name.lower()
-        for field in self._fields:
-            if field[0] == lower:
-                return field[2]
-        return default
+        values = self._values(name.lower())
+        return values[0] if values else default
 
     def getAll(self, name: bytes) -> List[bytes]:
         """
         @return: the values of every field called C{name}, in order.
         """
-        lower = name.lower()
-        return [f[2] for f in self._fields if f[0] == lower]
+        return list(self._values(name.lower()))
 
     def getCombined(self, name: bytes) -> Optional[bytes]:
         """
         @return: every field called C{name} joined by C{b", "} as RFC 9110
             section 5.3 allows for list-based fields, or C{None} if absent.
         """
-        values = self.getAll(name)
+        values = self._values(name.lower())
         if not values:
             return None
+        if len(values) == 1:
+            return values[0]
         return b", ".join(values)
 
     def getList(self, name: bytes) -> List[bytes]:
@@ -187,7 +204,7 @@ class Headers:
             across every field line called C{name}, empty members dropped.
         """
         out: List[bytes] = []
-        for value in self.getAll(name):
+        for value in self._values(name.lower()):
             out.extend(splitList(value))
         return out
 
@@ -206,6 +223,9 @@ class Headers:
         return b"".join(
             [name + b": " + value + b"\r\n" for _, name, value in self._fields]
         )
+
+
+_NONE: List[bytes] = []
 
 
 def splitList(value: bytes) -> List[bytes]:
@@ -247,6 +267,17 @@ def splitList(value: bytes) -> List[bytes]:
 
 
 def parseHTTPDate(value: Optional[bytes]) -> Optional[float]:
+    """
+    Parse an HTTP-date (see L{_parseHTTPDate}); results are remembered, as
+    the dates of stored responses are read again on every hit.
+    """
+    if not value:
+        return None
+    return _parseHTTPDate(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parseHTTPDate(value: bytes) -> Optional[float]:
     """
     Parse an HTTP-date (RFC 9110 section 5.6.7): IMF-fixdate, and the
     obsolete RFC 850 and asctime forms a recipient must accept.

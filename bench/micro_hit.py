@@ -1,0 +1,101 @@
+"""
+In-memory cost of one cache hit: the client protocol parses a request, the
+cache looks it up in a store and the response is written, with no sockets
+and no reactor loop. Prints microseconds per hit for the memory store, the
+disk store and the tiered store; --profile prints a cProfile listing of
+the chosen one.
+
+    .venv/bin/python bench/micro_hit.py [--requests N] [--profile memory|disk|tiered]
+"""
+
+import argparse
+import cProfile
+import pstats
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
+
+from twisted.internet.address import IPv4Address  # noqa: E402
+from twisted.internet.testing import MemoryReactorClock, StringTransport  # noqa: E402
+
+from cachingproxy.cache.disk import DiskStore  # noqa: E402
+from cachingproxy.cache.memory import MemoryStore, TieredStore  # noqa: E402
+from cachingproxy.resource import CacheResource, CacheSettings  # noqa: E402
+from cachingproxy.server import ProxyFactory, ProxySettings  # noqa: E402
+from cachingproxy.upstream import Origin, UpstreamPool, UpstreamProtocol, UpstreamSettings  # noqa: E402
+
+REQUEST = (
+    b"GET /1k.bin HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: wrk\r\n"
+    b"Accept: */*\r\n\r\n"
+)
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: %s\r\n"
+    b"Content-Type: application/octet-stream\r\nContent-Length: 1024\r\n"
+    b"Last-Modified: Mon, 23 Nov 2026 14:00:00 GMT\r\nConnection: keep-alive\r\n"
+    b'ETag: "abc-400"\r\nCache-Control: public, max-age=3600\r\n'
+    b"Accept-Ranges: bytes\r\n\r\n" + b"x" * 1024
+)
+
+
+def run(store, n: int) -> float:
+    from cachingproxy.http.headers import formatHTTPDate
+
+    reactor = MemoryReactorClock()
+    reactor.advance(time.time())
+    origin = Origin(b"http", "127.0.0.1", 9000)
+    pool = UpstreamPool(reactor, UpstreamSettings())
+    factory = ProxyFactory(reactor, ProxySettings(upstream=origin, viaName=b"bench"), pool, None)
+    factory.cache = CacheResource(store, reactor, pool, CacheSettings())
+    upstream = UpstreamProtocol(pool, origin)
+    upstreamTransport = StringTransport()
+    upstream.makeConnection(upstreamTransport)
+    pool._release(upstream)
+    client = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    clientTransport = StringTransport()
+    client.makeConnection(clientTransport)
+    # Fill the cache with one miss.
+    client.dataReceived(REQUEST)
+    upstream.dataReceived(RESPONSE % formatHTTPDate(reactor.seconds()))
+    clientTransport.clear()
+    client.dataReceived(REQUEST)
+    assert b"X-Cache: HIT" in clientTransport.value(), clientTransport.value()
+    clientTransport.clear()
+    start = time.perf_counter()
+    for _ in range(n):
+        client.dataReceived(REQUEST)
+        clientTransport.clear()
+    return (time.perf_counter() - start) / n * 1e6
+
+
+def stores():
+    folder = tempfile.mkdtemp(prefix="cachingproxy-bench-")
+    yield "memory", MemoryStore(64 << 20, 1 << 20)
+    yield "disk", DiskStore(folder + "/d", maxSize=1 << 30, maxObjectSize=1 << 26)
+    yield "tiered", TieredStore(MemoryStore(64 << 20, 1 << 20),
+                                DiskStore(folder + "/t", maxSize=1 << 30, maxObjectSize=1 << 26))
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--profile", choices=["memory", "disk", "tiered"])
+    args = parser.parse_args()
+    for name, store in stores():
+        if args.profile and name != args.profile:
+            continue
+        if args.profile:
+            profiler = cProfile.Profile()
+            profiler.enable()
+            run(store, args.requests)
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        else:
+            print(f"{name:7s} {run(store, args.requests):6.1f} us per hit (in memory)")
+
+
+if __name__ == "__main__":
+    main()
