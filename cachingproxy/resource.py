@@ -129,6 +129,7 @@ class CacheResource:
         except Exception:
             self._log.failure("cache lookup failed for {key}", key=key)
             entries = []
+        exchange.cacheEntries = entries
         now = self.reactor.seconds()
         decision = policy.decide(head, entries, now, self.settings.options)
         kind = type(decision)
@@ -149,7 +150,6 @@ class CacheResource:
             self._revalidate(exchange, origin, head, key, decision, entries)
         elif kind is policy.Miss:
             self.stats.misses += 1
-            exchange.cacheEntries = entries
             self._fetch(exchange, origin, head, key, decision.fwd)
         elif kind is policy.OnlyIfCachedMiss:
             self.stats.misses += 1
@@ -442,8 +442,14 @@ class CacheResource:
         return ok
 
 
-def _responseFields(head: ResponseHead):
-    return head.headers.lowered()
+def _stripTargeted(head: ResponseHead, options: policy.CacheOptions) -> None:
+    """
+    Remove the targeted Cache-Control fields meant for this cache alone
+    (RFC 9213 section 2.2) from a response going downstream.
+    """
+    for name in policy.targetedFieldsToStrip(options):
+        if name in head.headers:
+            head.headers.remove(name)
 
 
 class _Storer:
@@ -497,11 +503,29 @@ class _Storer:
                         hit=True, xcache=b"STALE", fwd=self.fwd, fwdStatus=status)
         return True
 
+    def _freshenWithHead(self, head: ResponseHead) -> None:
+        """
+        RFC 9111 section 4.3.5: a HEAD response updates the stored GET
+        responses it matches; those it contradicts are dropped.
+        """
+        entries = getattr(self.exchange, "cacheEntries", None)
+        if not entries:
+            return
+        resource = self.resource
+        update = policy.freshenWithHead(entries, self.request.headers, head, self.requestTime,
+                                        self.responseTime, resource.settings.options)
+        for entry in update.updated:
+            resource.store.update(entry)
+        if update.invalidated:
+            resource.store.remove(self.key)
+
     def responseHead(self, head: ResponseHead) -> None:
         resource = self.resource
         self.responseTime = resource.reactor.seconds()
         if head.status in (500, 502, 503, 504) and self._servedStale(head.status):
             return
+        if self.request.method == b"HEAD":
+            self._freshenWithHead(head)
         # What is stored is the response as the origin sent it.
         stored = ResponseHead(head.status, head.reason, head.version, head.headers.copy())
         self.response = stored
@@ -515,6 +539,7 @@ class _Storer:
                 self._commit()
         if self.flight is not None:
             self.flight.headArrived(self, stored, self.writer is not None)
+        _stripTargeted(head, resource.settings.options)
         fields = head.headers.lowered()
         resource._statusFields(fields, False, self.fwd, head.status, None, b"MISS",
                                stored=self.writer is not None)
@@ -625,6 +650,7 @@ class _Invalidator:
             uri = self.key.split(b" ", 1)[-1]
             uris = policy.invalidatedURIs(method, uri, head.status, head.headers)
             self.resource.invalidate(uris)
+        _stripTargeted(head, self.resource.settings.options)
         fields = head.headers.lowered()
         self.resource._statusFields(fields, False, "method" if method not in (
             b"GET", b"HEAD") else "request", head.status, None, b"PASS")

@@ -761,3 +761,41 @@ class CorruptEntryTests(TestCase):
         self.assertEqual(response.body, pattern(20000))
         self.assertEqual(response.header(b"x-cache"), b"MISS")
         self.assertEqual(origin.counts[b"/big/20000"], 2)
+
+
+class TargetedCacheControlTests(CacheTestCase):
+    """
+    Targeted Cache-Control fields (RFC 9213).
+    """
+
+    async def test_ownFieldWinsAndIsConsumed(self):
+        """
+        Cachingproxy-Cache-Control overrides Cache-Control for this cache
+        and never reaches the client; CDN-Cache-Control is passed on.
+        """
+        root = Resource()
+
+        class Targeted(Resource):
+            isLeaf = True
+            count = 0
+
+            def render(inner, request):
+                Targeted.count += 1
+                request.setHeader(b"Cache-Control", b"no-store")
+                request.setHeader(b"Cachingproxy-Cache-Control", b"max-age=60")
+                request.setHeader(b"CDN-Cache-Control", b"max-age=5")
+                return b"targeted #%d" % Targeted.count
+
+        root.putChild(b"t", Targeted())
+        site = Site(root)
+        site.log = lambda request: None
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        _trackServerConnections(self, site)
+        request = b"GET http://127.0.0.1:%d/t HTTP/1.1\r\nHost: x\r\n\r\n" % port.getHost().port
+        _, [first] = await exchange(self.port, self, request)
+        _, [second] = await exchange(self.port, self, request)
+        self.assertEqual(second.body, b"targeted #1")
+        self.assertIsNone(first.header(b"cachingproxy-cache-control"))
+        self.assertIsNone(second.header(b"cachingproxy-cache-control"))
+        self.assertEqual(second.header(b"cdn-cache-control"), b"max-age=5")

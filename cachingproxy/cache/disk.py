@@ -23,8 +23,9 @@ version (u16), flags (u16, 0), metadata length (u32), body length (u64),
 CRC-32 of the metadata, CRC-32 of the body, CRC-32 of the 32 bytes before
 it. The metadata is UTF-8 JSON: a list of the format version, the primary
 and variant keys, the request method, the status, the request and response
-times and the two header lists, every byte string carried as a latin-1
-decoded string.
+times, and the request and response fields, each as one string of names and
+values separated by NUL (or a list of strings when a field holds a NUL),
+every byte string carried as a latin-1 decoded string.
 
 Writing streams the body into a temporary file after a zeroed header; at
 commit the metadata is appended, the header is written in place (seek 0),
@@ -89,7 +90,7 @@ import struct
 import time
 import zlib
 from collections import OrderedDict
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -117,19 +118,8 @@ _NAME_LEN = 32
 _HEXDIGITS = frozenset("0123456789abcdef")
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_O_NOATIME = 0  # O_NOATIME needs ownership of the file; not worth the EPERM.
 _O_READ = os.O_RDONLY | _O_CLOEXEC
 _O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC
-
-#: errno values that mean "cannot store now" rather than a bug.
-_STORAGE_ERRNOS = frozenset(
-    e for e in (
-        errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS,
-        errno.ENOENT, errno.EFBIG, errno.EIO, errno.ENOTDIR, errno.ESTALE,
-        errno.EMFILE, errno.ENFILE,
-    )
-)
-
 
 def _hashName(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:_NAME_LEN]
@@ -139,15 +129,39 @@ def _isName(name: str) -> bool:
     return len(name) == _NAME_LEN and _HEXDIGITS.issuperset(name)
 
 
+def _encodeFields(fields: Headers):
+    """
+    Header fields as one latin-1 string, names and values separated by NUL
+    (a byte no field may hold), or as a list of strings if one does.
+    """
+    flat = []
+    for name, value in fields.items():
+        flat.append(name)
+        flat.append(value)
+    if not flat:
+        return ""
+    joined = b"\0".join(flat)
+    if joined.count(b"\0") == len(flat) - 1:
+        return joined.decode("latin-1")
+    return [item.decode("latin-1") for item in flat]
+
+
+def _decodeFields(encoded) -> Headers:
+    if isinstance(encoded, str):
+        if not encoded:
+            return Headers()
+        flat = encoded.encode("latin-1").split(b"\0")
+    else:
+        flat = [item.encode("latin-1") for item in encoded]
+    if len(flat) % 2:
+        raise ValueError("odd field list")
+    names = flat[0::2]
+    return Headers.fromLowered(
+        [(name.lower(), name, value) for name, value in zip(names, flat[1::2])]
+    )
+
+
 def _encodeMeta(key: bytes, variantKey: bytes, entry) -> bytes:
-    request = []
-    for name, value in entry.requestHeaders.items():
-        request.append(name.decode("latin-1"))
-        request.append(value.decode("latin-1"))
-    response = []
-    for name, value in entry.responseHeaders.items():
-        response.append(name.decode("latin-1"))
-        response.append(value.decode("latin-1"))
     return json.dumps(
         [
             FORMAT_VERSION,
@@ -157,20 +171,12 @@ def _encodeMeta(key: bytes, variantKey: bytes, entry) -> bytes:
             int(entry.status),
             float(entry.requestTime),
             float(entry.responseTime),
-            request,
-            response,
+            _encodeFields(entry.requestHeaders),
+            _encodeFields(entry.responseHeaders),
         ],
         ensure_ascii=False,
         separators=(",", ":"),
     ).encode("utf-8")
-
-
-def _headers(flat: List[str]) -> Headers:
-    encoded = [s.encode("latin-1") for s in flat]
-    names = encoded[0::2]
-    return Headers.fromLowered(
-        [(name.lower(), name, value) for name, value in zip(names, encoded[1::2])]
-    )
 
 
 def _makeHeader(metaLength: int, bodyLength: int, metaCRC: int, bodyCRC: int) -> bytes:
@@ -774,24 +780,25 @@ class DiskStore:
                     (version, storedKey, variant, method, status, requestTime,
                      responseTime, request, response) = json.loads(meta)
                     storedKey = storedKey.encode("latin-1")
-                except Exception:
-                    raise _Damaged("metadata undecodable")
-                if version != FORMAT_VERSION:
-                    raise _Damaged("metadata version")
-                if key is not None and storedKey != key:
-                    return None
-                handle = DiskHandle(path, storedKey, variant.encode("latin-1"), header, size)
-                entry = _StoredEntry(
-                    key=storedKey,
-                    requestMethod=method.encode("latin-1"),
-                    requestHeaders=_headers(request),
-                    status=status,
-                    responseHeaders=_headers(response),
-                    requestTime=requestTime,
-                    responseTime=responseTime,
-                    bodyLength=bodyLength,
-                    id=handle,
-                )
+                    if version != FORMAT_VERSION:
+                        raise ValueError("metadata version")
+                    if key is not None and storedKey != key:
+                        return None
+                    handle = DiskHandle(path, storedKey, variant.encode("latin-1"), header,
+                                        size)
+                    entry = _StoredEntry(
+                        key=storedKey,
+                        requestMethod=method.encode("latin-1"),
+                        requestHeaders=_decodeFields(request),
+                        status=status,
+                        responseHeaders=_decodeFields(response),
+                        requestTime=requestTime,
+                        responseTime=responseTime,
+                        bodyLength=bodyLength,
+                        id=handle,
+                    )
+                except Exception as e:
+                    raise _Damaged("metadata undecodable: %s" % (e,))
             except _Damaged as e:
                 self._removeDamaged(path, fd, str(e))
                 return None

@@ -119,10 +119,15 @@ class MemoryStore:
         @return: the record, or C{None} if it does not fit.
         """
         record = _Record(key, variantKey, body, tag)
-        if not keepId or entry.bodyLength != len(body):
-            entry = dataclasses.replace(
-                entry, bodyLength=len(body), id=entry.id if keepId else record
-            )
+        # Copies of the fields, so that the writer's objects can change
+        # afterwards; lookups hand out these same objects, read-only.
+        entry = dataclasses.replace(
+            entry,
+            requestHeaders=entry.requestHeaders.copy(),
+            responseHeaders=entry.responseHeaders.copy(),
+            bodyLength=len(body),
+            id=entry.id if keepId else record,
+        )
         record.entry = entry
         record.size = len(body) + _metaSize(key, variantKey, entry)
         if len(body) > self.maxObjectSize or record.size > self.maxSize:
@@ -239,7 +244,12 @@ class _TieredWriter:
         self._written = 0
 
     def write(self, data: bytes) -> None:
-        self._disk.write(data)  # StoreFull: the disk writer aborted itself.
+        try:
+            self._disk.write(data)
+        except StoreFull:
+            # The disk writer aborted itself.
+            self._chunks = None
+            raise
         self._written += len(data)
         if self._chunks is not None:
             if self._written > self._tiered.memory.maxObjectSize:
