@@ -799,3 +799,25 @@ class TargetedCacheControlTests(CacheTestCase):
         self.assertIsNone(first.header(b"cachingproxy-cache-control"))
         self.assertIsNone(second.header(b"cachingproxy-cache-control"))
         self.assertEqual(second.header(b"cdn-cache-control"), b"max-age=5")
+
+
+class AdmissionTests(CacheTestCase):
+    """
+    --min-uses keeps one-off objects out of the store.
+    """
+
+    def settings(self):
+        return CacheSettings(minUses=2)
+
+    async def test_storedFromSecondUse(self):
+        """
+        With min-uses 2 the first response is not stored, the second is,
+        and the third is a hit.
+        """
+        first = await self.get(b"/max-age/60/m")
+        second = await self.get(b"/max-age/60/m")
+        third = await self.get(b"/max-age/60/m")
+        self.assertNotIn(b"stored", first.header(b"cache-status"))
+        self.assertIn(b"stored", second.header(b"cache-status"))
+        self.assertEqual(third.header(b"x-cache"), b"HIT")
+        self.assertEqual(self.origin.counts[b"/max-age/60/m"], 2)
