@@ -24,6 +24,7 @@ Parsing is done by httptools (llhttp) with every leniency off.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ from .errors import (
 from .http.headers import HOP_BY_HOP, Headers, formatHTTPDate, splitList
 from .http.message import REASONS, RequestHead, ResponseHead
 from ._io import sendNow
+from .admin import ADMIN_PREFIX
 from .tunnel import TunnelPeer, joinTunnel
 from .upstream import Origin, UpstreamPool, UpstreamRequest, _QuietFactory, connectError
 
@@ -119,6 +121,10 @@ class ProxySettings:
     maxRequestLine: int = 8192
     maxHeaderSize: int = 65536
     maxConnections: int = 10000
+    adminNetworks: Tuple = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
     xForwardedFor: bool = False
     forwarded: bool = False
 
@@ -333,6 +339,10 @@ class Exchange:
             return
         if self.head.method == b"CONNECT":
             self._connectTunnel(origin)
+            return
+        if origin is None:
+            # The proxy's own endpoints.
+            self.protocol.factory.admin.handle(self, head.target)
             return
         cache = self.protocol.factory.cache
         if cache is not None:
@@ -1193,6 +1203,19 @@ class ProxyProtocol(Protocol):
             self._queue[-1].tunnelData.append(data)
             self._buffered(len(data))
 
+    def drain(self) -> None:
+        """
+        The proxy is shutting down: close now if idle, else after the
+        response in progress (and read no further request).
+        """
+        self.closing = True
+        if not self._queue and self.reader in (ReaderState.IDLE, ReaderState.CLOSED):
+            self.reader = ReaderState.CLOSED
+            self.transport.loseConnection()
+            return
+        if self._queue:
+            self._queue[-1]._closeAfter = True
+
     def tunnelClosed(self) -> None:
         """
         The destination closed its side: close ours.
@@ -1236,21 +1259,78 @@ class ProxyFactory(Factory):
         #: the L{cachingproxy.resource.CacheResource}, or C{None} for a
         #: proxy that only forwards
         self.cache = None
+        #: the proxy's own endpoints (L{cachingproxy.admin.AdminResource})
+        self.admin = None
         self.port = None
         self.openConnections = 0
+        self.protocols: set = set()
+        self.draining = False
+        self._drained: List[defer.Deferred] = []
         self._acceptingPaused = False
         viaName = settings.viaName.lower()
         self._viaName = viaName
 
     def connectionOpened(self, protocol: ProxyProtocol) -> None:
         self.openConnections += 1
+        self.protocols.add(protocol)
+        if self.draining:
+            protocol.drain()
         if self.openConnections >= self.settings.maxConnections:
             self._pauseAccepting()
 
     def connectionClosed(self, protocol: ProxyProtocol) -> None:
         self.openConnections -= 1
+        self.protocols.discard(protocol)
         if self._acceptingPaused and self.openConnections < self.settings.maxConnections:
             self._resumeAccepting()
+        if self.draining and not self.protocols:
+            waiters, self._drained = self._drained, []
+            for d in waiters:
+                if not d.called:
+                    d.callback(None)
+
+    def isAdmin(self, clientHost: str) -> bool:
+        """
+        @return: whether C{clientHost} may use the proxy's own endpoints
+            and methods (PURGE).
+        """
+        try:
+            address = ipaddress.ip_address(clientHost)
+        except ValueError:
+            return False
+        return any(address in network for network in self.settings.adminNetworks)
+
+    def drain(self, grace: float) -> defer.Deferred:
+        """
+        Finish what is in flight: idle connections close now, busy ones
+        after their current response; after C{grace} seconds whatever is
+        left is cut off. (Stopping the listening port is the service's
+        job.)
+
+        @return: a L{Deferred} firing once no client connection is left.
+        """
+        self.draining = True
+        self._log.info("draining {n} client connections (grace {grace}s)",
+                       n=len(self.protocols), grace=grace)
+        d = defer.Deferred()
+        if not self.protocols:
+            d.callback(None)
+            return d
+        self._drained.append(d)
+        for protocol in list(self.protocols):
+            protocol.drain()
+
+        def cutOff():
+            if not d.called:
+                self._log.warn("{n} connections still busy after {grace}s: closing them",
+                               n=len(self.protocols), grace=grace)
+                for protocol in list(self.protocols):
+                    if protocol.transport is not None:
+                        protocol.transport.abortConnection()
+
+        call = self.reactor.callLater(grace, cutOff)
+        d.addBoth(lambda result: (call.active() and call.cancel(), result)[1])
+        return d
 
     def _pauseAccepting(self) -> None:
         stop = getattr(self.port, "stopReading", None)
@@ -1306,6 +1386,10 @@ class ProxyFactory(Factory):
             if origin.port not in settings.connectPorts:
                 raise Forbidden(f"CONNECT to port {origin.port} is not allowed")
             return origin, head
+        if target.startswith(ADMIN_PREFIX) and self.admin is not None:
+            if not self.isAdmin(protocol.clientHost):
+                raise Forbidden("the proxy's own endpoints are for admin addresses only")
+            return None, head
         if target.startswith(b"/"):
             if settings.upstream is None:
                 raise BadRequest("this is a proxy: the request target must be an absolute URI")

@@ -123,6 +123,9 @@ def buildFactory(reactor, config: Config, accessLog=None) -> ProxyFactory:
         upstream = Origin(config.upstreamScheme, config.upstreamHost, config.upstreamPort)
     factory = ProxyFactory(reactor, _proxySettings(config, upstream), pool, accessLog)
     factory.cache = buildCache(reactor, config, pool)
+    from .admin import AdminResource
+
+    factory.admin = AdminResource(factory)
     return factory
 
 
@@ -163,7 +166,16 @@ def buildCache(reactor, config: Config, pool):
         xCache=config.xCache,
         collapse=config.collapse,
     )
-    return CacheResource(store, reactor, pool, settings)
+    cache = CacheResource(store, reactor, pool, settings)
+    rescan = getattr(store, "rescan", None)
+    if rescan is not None:
+        # The disk store's size accounting walks the folder a bit at a
+        # time (it also learns what other processes stored).
+        from twisted.internet.task import LoopingCall
+
+        cache.housekeeping = LoopingCall(rescan, 2000)
+        cache.housekeeping.clock = reactor
+    return cache
 
 
 def _proxySettings(config: Config, upstream) -> ProxySettings:
@@ -217,8 +229,10 @@ class ProxyService(service.Service):
 
     _log = Logger()
 
-    def __init__(self, reactor, description: str, factory: ProxyFactory) -> None:
+    def __init__(self, reactor, description: str, factory: ProxyFactory,
+                 grace: float = 10.0) -> None:
         self._reactor = reactor
+        self.grace = grace
         self.description = description
         self.factory = factory
         self.port = None
@@ -226,6 +240,9 @@ class ProxyService(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        housekeeping = getattr(self.factory.cache, "housekeeping", None)
+        if housekeeping is not None and not housekeeping.running:
+            housekeeping.start(60, now=False)
         endpoint = serverFromString(self._reactor, self.description)
         self._listening = endpoint.listen(self.factory)
 
@@ -260,13 +277,23 @@ class ProxyService(service.Service):
         return d
 
     def stopService(self) -> defer.Deferred:
+        """
+        Stop accepting, let the requests in flight finish (up to the
+        shutdown grace), then close the upstream connections.
+        """
         super().stopService()
         waits: List[defer.Deferred] = []
         if self.port is not None:
             waits.append(defer.maybeDeferred(self.port.stopListening))
             self.port = None
-        waits.append(self.factory.pool.closeCachedConnections())
-        return defer.gatherResults(waits, consumeErrors=True).addCallback(lambda _: None)
+        housekeeping = getattr(self.factory.cache, "housekeeping", None)
+        if housekeeping is not None and housekeeping.running:
+            housekeeping.stop()
+        if not self.factory.draining:
+            waits.append(self.factory.drain(self.grace))
+        d = defer.gatherResults(waits, consumeErrors=True)
+        d.addBoth(lambda _: self.factory.pool.closeCachedConnections())
+        return d.addCallback(lambda _: None)
 
 
 def makeService(options: Options, reactor=None) -> service.MultiService:
@@ -282,5 +309,6 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     factory = buildFactory(reactor, config, accessLog)
     top = service.MultiService()
     for description in config.port:
-        ProxyService(reactor, description, factory).setServiceParent(top)
+        ProxyService(reactor, description, factory,
+                     getattr(config, "shutdownGrace", 10.0)).setServiceParent(top)
     return top

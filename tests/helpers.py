@@ -129,6 +129,24 @@ def temporaryPath(testCase, name: str = "file") -> str:
     return os.path.join(directory, name)
 
 
+async def until(condition: Callable[[], object], limit: float = 10.0) -> None:
+    """
+    Wait, turn by turn of the reactor, until C{condition()} holds: for work
+    a test cannot observe through a Deferred (a background refresh, a
+    request reaching an origin in another object). Fails after C{limit}
+    seconds rather than hanging.
+    """
+    import time
+
+    from twisted.internet import task
+
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition never held")
+        await task.deferLater(reactor, 0.005, lambda: None)
+
+
 def pattern(n: int) -> bytes:
     """
     @return: C{n} bytes of a recognisable repeating pattern.

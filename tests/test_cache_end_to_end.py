@@ -19,22 +19,14 @@ from cachingproxy.resource import CacheResource, CacheSettings
 from cachingproxy.server import ProxySettings
 from cachingproxy.upstream import Origin
 
-from .helpers import _trackServerConnections, connectClient, exchange, pattern, startProxy
-
-
-async def _until(condition, limit: float = 10.0) -> None:
-    """
-    Wait, turn by turn of the reactor, until C{condition()} holds (for
-    work the test cannot observe through a Deferred: a background refresh,
-    waiters joining); fail after C{limit} seconds.
-    """
-    from twisted.internet import task
-
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition never held")
-        await task.deferLater(reactor, 0.005, lambda: None)
+from .helpers import (
+    _trackServerConnections,
+    connectClient,
+    exchange,
+    pattern,
+    startProxy,
+    until,
+)
 
 
 class CountingOrigin(Resource):
@@ -426,7 +418,7 @@ class StaleTests(CacheTestCase):
         self.clock.advance(5)
         self.origin.holding = True
         stale = await self.get(b"/swr/w")
-        await _until(lambda: self.origin.held)
+        await until(lambda: self.origin.held)
         stale2 = await self.get(b"/swr/w")
         self.assertEqual(stale.body, b"/swr/w #1")
         self.assertEqual(stale.header(b"x-cache"), b"STALE")
@@ -434,7 +426,7 @@ class StaleTests(CacheTestCase):
         self.assertEqual(self.origin.counts[b"/swr/w"], 2)
         self.origin.holding = False
         self.origin.release()
-        await _until(lambda: not self.cache._refreshing)
+        await until(lambda: not self.cache._refreshing)
         self.assertEqual(self.origin.counts[b"/swr/w"], 2)
         fresh = await self.get(b"/swr/w")
         self.assertEqual(fresh.body, b"/swr/w #2")
@@ -538,7 +530,7 @@ class CollapsedForwardingTests(CacheTestCase):
             clients.append(client)
         await slow.requested
         key = b"http://127.0.0.1:%d/slow" % port.getHost().port
-        await _until(lambda: len(self.cache._flights[key].waiters) == 2)
+        await until(lambda: len(self.cache._flights[key].waiters) == 2)
         slow.finish()
         bodies = []
         for client in clients:

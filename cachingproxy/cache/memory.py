@@ -252,7 +252,7 @@ class _TieredWriter:
             raise
         self._written += len(data)
         if self._chunks is not None:
-            if self._written > self._tiered.memory.maxObjectSize:
+            if self._written > self._tiered.memoryMaxBody:
                 self._chunks = None
             else:
                 self._chunks.append(bytes(data))
@@ -292,15 +292,23 @@ class TieredStore:
     L{openBody} checks the header again before serving the body from
     memory, so an entry purged between lookup and read is not served
     either. Writes go to disk, and to memory as well when the body is no
-    larger than the memory's C{maxObjectSize}; bodies read whole from disk
-    are copied into memory too.
+    larger than C{memoryMaxBody}; bodies up to that size read whole from
+    disk are copied into memory too.
 
     Entries' C{id}s are the disk's L{DiskHandle}s.
     """
 
-    def __init__(self, memory: MemoryStore, disk: DiskStore) -> None:
+    def __init__(self, memory: MemoryStore, disk: DiskStore,
+                 memoryMaxBody: int = 1 << 20) -> None:
+        """
+        @param memoryMaxBody: the largest body kept in memory (also bounded
+            by the memory store's C{maxObjectSize}); a body read whole from
+            disk is read in one piece to be copied, so this bounds that
+            read too.
+        """
         self.memory = memory
         self.disk = disk
+        self.memoryMaxBody = min(memoryMaxBody, memory.maxObjectSize)
 
     def _remember(self, entry, body: bytes) -> None:
         handle = entry.id
@@ -372,7 +380,7 @@ class TieredStore:
             length = handle.bodyLength
             whole = start == 0 and (end is None or end >= length)
             reader = disk.openBody(entry, start, end)
-            if reader is None or not whole or length > self.memory.maxObjectSize:
+            if reader is None or not whole or length > self.memoryMaxBody:
                 return reader
             try:
                 body = reader.read(length) if length else b""
