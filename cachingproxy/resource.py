@@ -23,6 +23,7 @@ own at once when it does not.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -45,6 +46,49 @@ __all__ = ["CacheResource", "CacheSettings"]
 
 #: Bodies up to this size are read whole and sent with their head.
 _SMALL_BODY = 65536
+
+#: Request fields that take a request off the hot path (their meaning is
+#: for the policy to work out).
+_NOT_PLAIN = frozenset(
+    [
+        b"cache-control",
+        b"pragma",
+        b"if-match",
+        b"if-none-match",
+        b"if-modified-since",
+        b"if-unmodified-since",
+        b"if-range",
+        b"range",
+        b"authorization",
+    ]
+)
+
+#: Fields that change from one hit to the next.
+_PER_HIT = frozenset([b"age", b"cache-status", b"x-cache"])
+
+#: Bounds of the hot path's memory.
+_HOT_ENTRIES = 10000
+_HOT_BYTES = 32 * 1024 * 1024
+
+
+class _Hot:
+    """
+    A fresh stored response remembered for plain GETs: its head without
+    Age and Cache-Status, its body, and the bytes last sent (rebuilt once a
+    second, as Age changes).
+    """
+
+    __slots__ = ("stamp", "freshUntil", "ageBase", "lifetime", "body", "age", "wire",
+                 "prefix", "size")
+
+
+@functools.lru_cache(maxsize=65536)
+def _primaryKey(scheme: bytes, authority: bytes, target: bytes) -> bytes:
+    """
+    L{policy.primaryKey}, remembered: the same URLs are asked for again
+    and again.
+    """
+    return policy.primaryKey(scheme, authority, target)
 
 
 @dataclass(frozen=True)
@@ -106,6 +150,9 @@ class CacheResource:
         self._flights: Dict[bytes, "_Flight"] = {}
         self._refreshing: set = set()
         self._uses: "OrderedDict[bytes, int]" = OrderedDict()
+        #: key -> L{_Hot}: fresh responses remembered for plain GETs
+        self._hot: "OrderedDict[bytes, _Hot]" = OrderedDict()
+        self._hotBytes = 0
 
     # -- entry point ---------------------------------------------------------
 
@@ -114,7 +161,11 @@ class CacheResource:
         Answer C{exchange}, whose request goes to C{origin} as C{head}.
         """
         method = head.method
-        key = policy.primaryKey(origin.scheme, origin.authority(), head.target)
+        key = _primaryKey(origin.scheme, origin.authority(), head.target)
+        if method == b"GET":
+            hot = self._hot.get(key)
+            if hot is not None and self._serveHot(exchange, head, key, hot):
+                return
         if method == b"PURGE":
             self._purge(exchange, key)
             return
@@ -124,6 +175,7 @@ class CacheResource:
             self.stats.passed += 1
             exchange.forward(origin, head, _Invalidator(self, exchange, head, key))
             return
+        exchange.cacheStamp = self._stampFor(exchange, head, key)
         try:
             entries = self.store.entries(key)
         except Exception:
@@ -157,6 +209,91 @@ class CacheResource:
         else:
             self.stats.passed += 1
             exchange.forward(origin, head, _Invalidator(self, exchange, head, key))
+
+    # -- the hot path -----------------------------------------------------
+
+    def _stampFor(self, exchange, head: RequestHead, key: bytes) -> object:
+        """
+        Before a lookup: the store's stamp for C{key} if what the lookup
+        finds may be remembered for the hot path (a plain GET on a
+        kept-alive HTTP/1.1 connection), else C{None}.
+        """
+        stamp = getattr(self.store, "stamp", None)
+        if (
+            stamp is None
+            or head.method != b"GET"
+            or not exchange.plainKeepAlive()
+            or head.headers.hasAny(_NOT_PLAIN)
+        ):
+            return None
+        return stamp(key)
+
+    def _serveHot(self, exchange, head: RequestHead, key: bytes, hot: "_Hot") -> bool:
+        """
+        Answer a plain GET from a remembered fresh response without asking
+        the policy again: valid while the store's stamp for the key is the
+        one read before the lookup that found it, and while it is fresh
+        (for such a request, L{policy.decide} would say L{policy.Fresh}).
+
+        @return: whether it answered.
+        """
+        if not exchange.plainKeepAlive() or head.headers.hasAny(_NOT_PLAIN):
+            return False
+        now = self.reactor.seconds()
+        if now >= hot.freshUntil or self.store.stamp(key) != hot.stamp:
+            del self._hot[key]
+            return False
+        age = int(hot.ageBase + now)
+        if age != hot.age:
+            hot.age = age
+            tail = self._statusFields([(b"age", b"Age", b"%d" % age)], True, None, None,
+                                      hot.lifetime - age, b"HIT")
+            hot.wire = b"".join(
+                [hot.prefix]
+                + [name + b": " + value + b"\r\n" for _, name, value in tail]
+                + [b"\r\n", hot.body]
+            )
+        self.stats.hits += 1
+        exchange.serveBytes(200, hot.wire, len(hot.body))
+        return True
+
+    def _remember(self, exchange, entry: policy.StoredEntry, fields, body: bytes) -> None:
+        """
+        After serving a fresh hit the slow way: remember it for the hot
+        path when that is sound (see L{_stampFor}; no Vary, a 200).
+        """
+        stamp = getattr(exchange, "cacheStamp", None)
+        if stamp is None or entry.status != 200 or b"vary" in entry.responseHeaders:
+            return
+        options = self.settings.options
+        lifetime = policy.freshnessLifetime(entry.responseHead, options, entry.responseTime)
+        initial = policy.currentAge(entry.responseHeaders, entry.requestTime,
+                                    entry.responseTime, entry.responseTime)
+        ageBase = initial - entry.responseTime
+        hot = _Hot()
+        hot.stamp = stamp
+        hot.freshUntil = lifetime - ageBase
+        hot.ageBase = ageBase
+        hot.lifetime = lifetime
+        hot.body = body
+        hot.age = None
+        hot.wire = b""
+        via = exchange.protocol.factory.settings.viaName
+        hot.prefix = b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\nVia: 1.1 %s\r\n" % (
+            b"".join([name + b": " + value + b"\r\n" for _, name, value in fields]),
+            len(body),
+            via,
+        )
+        hot.size = len(hot.prefix) + len(body) + 256
+        hot_ = self._hot
+        old = hot_.pop(entry.key, None)
+        if old is not None:
+            self._hotBytes -= old.size
+        hot_[entry.key] = hot
+        self._hotBytes += hot.size
+        while hot_ and (self._hotBytes > _HOT_BYTES or len(hot_) > _HOT_ENTRIES):
+            _, dropped = hot_.popitem(last=False)
+            self._hotBytes -= dropped.size
 
     # -- serving stored responses ---------------------------------------------
 
@@ -237,6 +374,9 @@ class CacheResource:
                 self.store.remove(entry.key)
                 self._fetchAgain(exchange, entry.key)
                 return
+            if status == 200 and hit and fwd is None and request.method == b"GET":
+                self._remember(exchange, entry, [f for f in fields if f[0] not in _PER_HIT],
+                               body)
             exchange.serveStored(status, b"", fields, body, length)
         else:
             exchange.serveStored(status, b"", fields, reader, length)

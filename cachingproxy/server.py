@@ -463,6 +463,29 @@ class Exchange:
         knownLength = facts.length is not None and not facts.chunked
         self._sendHead(head.status, head.reason, fields, knownLength)
 
+    def plainKeepAlive(self) -> bool:
+        """
+        Whether the response can be the bytes of a plain HTTP/1.1
+        keep-alive answer (no Connection field, no body to skip).
+        """
+        return (
+            self.head.version == (1, 1)
+            and not self._closeAfter
+            and not self.hasBody
+            and self.state is ExchangeState.FORWARDING
+        )
+
+    def serveBytes(self, status: int, data: bytes, bodyLength: int) -> None:
+        """
+        Send a complete response already in wire form (see
+        L{plainKeepAlive}).
+        """
+        self.status = status
+        self.bytesSent = bodyLength
+        self._move(ExchangeState.RESPONDING)
+        self._write(data)
+        self._finish()
+
     def serveStored(self, status: int, reason: bytes, fields: list, body, length: int) -> None:
         """
         Answer from the cache: C{fields} (lowered triples, without framing

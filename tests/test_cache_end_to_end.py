@@ -813,3 +813,79 @@ class AdmissionTests(CacheTestCase):
         self.assertIn(b"stored", second.header(b"cache-status"))
         self.assertEqual(third.header(b"x-cache"), b"HIT")
         self.assertEqual(self.origin.counts[b"/max-age/60/m"], 2)
+
+
+class HotPathTests(CacheTestCase):
+    """
+    Plain GETs for a remembered fresh response are answered without asking
+    the policy again, and exactly as the policy would answer them.
+    """
+
+    async def test_sameAnswer(self):
+        """
+        A hit answered from the hot path has the same fields as one
+        answered the long way, with Age advancing.
+        """
+        await self.get(b"/max-age/60/hot")
+        slow = await self.get(b"/max-age/60/hot")
+        self.assertIn(self.url(b"/max-age/60/hot"), self.cache._hot)
+        self.clock.advance(3)
+        hot = await self.get(b"/max-age/60/hot")
+        self.assertEqual(hot.body, slow.body)
+        self.assertEqual(int(hot.header(b"age")), int(slow.header(b"age")) + 3)
+        self.assertEqual(sorted(slow.headerNames()), sorted(hot.headerNames()))
+        for name in slow.headerNames():
+            if name not in (b"age", b"cache-status"):
+                self.assertEqual(hot.header(name), slow.header(name), name)
+        self.assertIn(b"ttl=", hot.header(b"cache-status"))
+        self.assertEqual(self.origin.counts[b"/max-age/60/hot"], 1)
+
+    async def test_expires(self):
+        """
+        Once the remembered response is stale, the hot path steps aside.
+        """
+        await self.get(b"/max-age/10/exp")
+        await self.get(b"/max-age/10/exp")
+        self.clock.advance(11)
+        again = await self.get(b"/max-age/10/exp")
+        self.assertEqual(again.body, b"/max-age/10/exp #2")
+
+    async def test_purgeSeen(self):
+        """
+        A purge drops the remembered response.
+        """
+        await self.get(b"/max-age/60/hp")
+        await self.get(b"/max-age/60/hp")
+        await self.get(b"/max-age/60/hp", method=b"PURGE")
+        again = await self.get(b"/max-age/60/hp")
+        self.assertEqual(again.body, b"/max-age/60/hp #2")
+
+    async def test_otherProcessRemovalSeen(self):
+        """
+        With the disk store, a removal by another process (another store
+        object on the same folder) drops the remembered response.
+        """
+        import os
+
+        from cachingproxy.cache.disk import DiskStore
+
+        from .helpers import temporaryPath
+
+        folder = temporaryPath(self, "cache")
+        os.makedirs(folder)
+        self.cache.store = DiskStore(folder, maxSize=1 << 30, maxObjectSize=1 << 26)
+        await self.get(b"/max-age/60/xp")
+        # Let the folder's time fall out of the kernel's coarse tick.
+        for root, dirs, _ in os.walk(folder):
+            for name in dirs:
+                os.utime(os.path.join(root, name), (time.time() - 5, time.time() - 5))
+        await self.get(b"/max-age/60/xp")
+        key = b"http://127.0.0.1:%d/max-age/60/xp" % self.originPort
+        self.assertIn(key, self.cache._hot)
+        hot = await self.get(b"/max-age/60/xp")
+        self.assertEqual(hot.header(b"x-cache"), b"HIT")
+        other = DiskStore(folder, maxSize=1 << 30, maxObjectSize=1 << 26)
+        self.assertEqual(other.remove(key), 1)
+        again = await self.get(b"/max-age/60/xp")
+        self.assertEqual(again.header(b"x-cache"), b"MISS")
+        self.assertEqual(again.body, b"/max-age/60/xp #2")

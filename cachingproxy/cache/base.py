@@ -137,6 +137,16 @@ class IStore(Interface):
         @return: how many entries were removed.
         """
 
+    def stamp(key: bytes) -> object:
+        """
+        Optional: a cheap token that differs after any change to C{key}'s
+        variants made by any process sharing the store. A caller that
+        remembers what a lookup found may use it again while the stamp
+        read I{before} that lookup is unchanged.
+
+        @return: the token, or C{None} when no token can be trusted now.
+        """
+
     def stats() -> dict:
         """
         @return: C{{"entries": n, "bytes": n, "limit": n, "evictions": n}}

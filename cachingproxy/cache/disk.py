@@ -495,6 +495,30 @@ class DiskStore:
         h = _hashName(key)
         return os.path.join(self._dataDir, h[:2], h)
 
+    def stamp(self, key: bytes) -> object:
+        """
+        A token that differs after any change to C{key}'s variants by any
+        process: the modification time of the key's folder, which every
+        store, replacement, update and removal of a file in it changes (all
+        are renames or unlinks in that folder).
+
+        The kernel stamps times with a coarse clock, so two changes within
+        one tick could share a time: a folder changed in the last 50 ms
+        gives C{None} (no stamp to trust yet), so that a later change can
+        never carry the stamp a caller remembered.
+
+        @return: the stamp, C{"absent"} if nothing is stored, or C{None}.
+        """
+        try:
+            mtime = os.stat(self._keyDir(key)).st_mtime_ns
+        except FileNotFoundError:
+            return "absent"
+        except OSError:
+            return None
+        if time.time_ns() - mtime < 50_000_000:
+            return None
+        return mtime
+
     def _place(self, tmpPath: str, key: bytes, variantKey: bytes) -> str:
         """
         Rename C{tmpPath} into place, recreating the key's folder if it is

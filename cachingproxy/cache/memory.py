@@ -107,6 +107,26 @@ class MemoryStore:
         self._byKey: Dict[bytes, Dict[bytes, _Record]] = {}
         self._bytes = 0
         self._evictions = 0
+        #: key -> number of the last change to it (see L{stamp})
+        self._stamps: Dict[bytes, int] = {}
+        self._changes = 0
+        self._epoch = 0
+
+    def _changed(self, key: bytes) -> None:
+        self._changes += 1
+        if len(self._stamps) > 1000000:
+            # Forget old stamps; the epoch makes every earlier stamp differ.
+            self._stamps.clear()
+            self._epoch += 1
+        self._stamps[key] = self._changes
+
+    def stamp(self, key: bytes) -> object:
+        """
+        A token that differs after any change to C{key}'s variants (store,
+        replace, update, removal), for callers that remember what a lookup
+        found (see L{cachingproxy.cache.base.IStore.stamp}).
+        """
+        return (self._epoch, self._stamps.get(key, 0))
 
     # -- records (also used by TieredStore) -----------------------------------
 
@@ -118,6 +138,7 @@ class MemoryStore:
         @param keepId: keep C{entry.id} (else the record becomes the id).
         @return: the record, or C{None} if it does not fit.
         """
+        self._changed(key)
         record = _Record(key, variantKey, body, tag)
         # Copies of the fields, so that the writer's objects can change
         # afterwards; lookups hand out these same objects, read-only.
@@ -148,6 +169,7 @@ class MemoryStore:
         if not record.live:
             return
         record.live = False
+        self._changed(record.key)
         if fromOrder:
             self._records.pop((record.key, record.variantKey), None)
         variants = self._byKey.get(record.key)
@@ -161,6 +183,7 @@ class MemoryStore:
         self._records.move_to_end((record.key, record.variantKey))
 
     def _setEntry(self, record: _Record, entry, tag=None) -> None:
+        self._changed(record.key)
         """
         Replace the metadata of a live record.
         """
@@ -398,6 +421,13 @@ class TieredStore:
 
     def writer(self, key: bytes, variantKey: bytes) -> _TieredWriter:
         return _TieredWriter(self, key, variantKey)
+
+    def stamp(self, key: bytes) -> object:
+        """
+        The disk's stamp (see L{DiskStore.stamp}): what is on disk is the
+        truth for every process.
+        """
+        return self.disk.stamp(key)
 
     def update(self, entry) -> bool:
         handle = entry.id

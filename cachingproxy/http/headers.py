@@ -173,6 +173,15 @@ class Headers:
         self._fields = [f for f in self._fields if f[0] not in names]
         self._index = None
 
+    def hasAny(self, names: "frozenset[bytes]") -> bool:
+        """
+        @return: whether any field's lowercase name is in C{names}.
+        """
+        for field in self._fields:
+            if field[0] in names:
+                return True
+        return False
+
     def get(self, name: bytes, default: Optional[bytes] = None) -> Optional[bytes]:
         """
         @return: the value of the first field called C{name}, or C{default}.
