@@ -156,16 +156,18 @@ class CacheResource:
 
     # -- entry point ---------------------------------------------------------
 
-    def handle(self, exchange, origin: Origin, head: RequestHead) -> None:
+    def handle(self, exchange, origin: Origin, path: bytes) -> None:
         """
-        Answer C{exchange}, whose request goes to C{origin} as C{head}.
+        Answer C{exchange}, whose request goes to C{origin} for C{path}
+        (C{exchange.upstreamHead()} builds the whole request when needed).
         """
-        method = head.method
-        key = _primaryKey(origin.scheme, origin.authority(), head.target)
+        method = exchange.head.method
+        key = _primaryKey(origin.scheme, origin.authority(), path)
         if method == b"GET":
             hot = self._hot.get(key)
-            if hot is not None and self._serveHot(exchange, head, key, hot):
+            if hot is not None and self._serveHot(exchange, exchange.head, key, hot):
                 return
+        head = exchange.upstreamHead()
         if method == b"PURGE":
             self._purge(exchange, key)
             return

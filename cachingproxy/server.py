@@ -266,6 +266,9 @@ class Exchange:
         self.tunnelData: List[bytes] = []
         self.facts: Optional[_Facts] = None
         self._abandoned = False
+        self._upstreamHead: Optional[RequestHead] = None
+        self.upstreamOrigin: Optional[Origin] = None
+        self.upstreamPath = b""
 
     def _move(self, new: ExchangeState) -> None:
         if new not in _EXCHANGE_MOVES[self.state]:
@@ -332,8 +335,9 @@ class Exchange:
         if self.error is not None:
             self.respondError(self.error)
             return
+        factory = self.protocol.factory
         try:
-            origin, head = self.protocol.factory.route(self)
+            origin, path = factory.route(self)
         except ProxyError as e:
             self.respondError(e)
             return
@@ -342,13 +346,27 @@ class Exchange:
             return
         if origin is None:
             # The proxy's own endpoints.
-            self.protocol.factory.admin.handle(self, head.target)
+            factory.admin.handle(self, path)
             return
-        cache = self.protocol.factory.cache
+        self.upstreamOrigin = origin
+        self.upstreamPath = path
+        cache = factory.cache
         if cache is not None:
-            cache.handle(self, origin, head)
+            cache.handle(self, origin, path)
         else:
-            self.forward(origin, head, self)
+            self.forward(origin, self.upstreamHead(), self)
+
+    def upstreamHead(self) -> RequestHead:
+        """
+        The request as it goes upstream (built once, when first needed: a
+        cache hit never needs it).
+        """
+        head = self._upstreamHead
+        if head is None:
+            head = self._upstreamHead = self.protocol.factory.upstreamHead(
+                self, self.upstreamOrigin, self.upstreamPath
+            )
+        return head
 
     def forward(self, origin: Origin, head: RequestHead, handler) -> None:
         """
@@ -847,6 +865,7 @@ class ProxyProtocol(Protocol):
         self._pauses: set = set()
         self._bufferedBytes = 0
         self._timer = None
+        self._deadline = 0.0
         self._timerPurpose: Optional[ReaderState] = None
         self._tunnelPeer: Optional[TunnelPeer] = None
         self.clientHost = "-"
@@ -900,15 +919,28 @@ class ProxyProtocol(Protocol):
     # -- timers ------------------------------------------------------------
 
     def _armTimer(self, seconds: float, purpose: ReaderState) -> None:
+        """
+        Watch for C{purpose} lasting C{seconds}. One pending call serves
+        every request of the connection: re-arming only moves the deadline,
+        and the call, when it fires early, waits on for the new one.
+        """
         self._timerPurpose = purpose
+        reactor = self.factory.reactor
+        deadline = reactor.seconds() + seconds
+        self._deadline = deadline
         timer = self._timer
-        if timer is not None and timer.active():
+        if timer is None or not timer.active():
+            self._timer = reactor.callLater(seconds, self._timedOut)
+        elif timer.getTime() > deadline:
             timer.reset(seconds)
-        else:
-            self._timer = self.factory.reactor.callLater(seconds, self._timedOut)
 
     def _timedOut(self) -> None:
         self._timer = None
+        reactor = self.factory.reactor
+        early = self._deadline - reactor.seconds()
+        if early > 0:
+            self._timer = reactor.callLater(early, self._timedOut)
+            return
         purpose = self._timerPurpose
         if purpose is not self.reader:
             return
@@ -1390,10 +1422,11 @@ class ProxyFactory(Factory):
                     return LoopDetected("the request has already passed through this proxy")
         return None
 
-    def route(self, exchange: Exchange) -> Tuple[Origin, RequestHead]:
+    def route(self, exchange: Exchange) -> Tuple[Optional[Origin], bytes]:
         """
-        Decide where an exchange's request goes and build the request to
-        send there.
+        Decide where an exchange's request goes: the origin (C{None} for
+        the proxy's own endpoints) and the request target to send there
+        (see L{upstreamHead} for the rest of the request).
 
         @raise ProxyError: when the request cannot be forwarded.
         """
@@ -1408,11 +1441,11 @@ class ProxyFactory(Factory):
             origin = _parseAuthority(b"https", target, requirePort=True)
             if origin.port not in settings.connectPorts:
                 raise Forbidden(f"CONNECT to port {origin.port} is not allowed")
-            return origin, head
+            return origin, target
         if target.startswith(ADMIN_PREFIX) and self.admin is not None:
             if not self.isAdmin(protocol.clientHost):
                 raise Forbidden("the proxy's own endpoints are for admin addresses only")
-            return None, head
+            return None, target
         if target.startswith(b"/"):
             if settings.upstream is None:
                 raise BadRequest("this is a proxy: the request target must be an absolute URI")
@@ -1450,6 +1483,17 @@ class ProxyFactory(Factory):
                 # RFC 9112 section 3.2.4: the last proxy turns an empty path
                 # of an OPTIONS request into '*'.
                 path = b"*" if method == b"OPTIONS" else b"/"
+        return origin, path
+
+    def upstreamHead(self, exchange: Exchange, origin: Origin, path: bytes) -> RequestHead:
+        """
+        Build the request to send upstream: origin-form C{path}, the
+        end-to-end fields in their order with Host set to C{origin}, and
+        Via.
+        """
+        head = exchange.head
+        protocol = exchange.protocol
+        settings = self.settings
         facts = exchange.facts
         hopByHop = facts.hopByHop
         if head.version < (1, 1) and facts.expect is not None:
@@ -1476,7 +1520,7 @@ class ProxyFactory(Factory):
             node = f'"[{client}]"' if ":" in client else client
             _appendField(headers, b"Forwarded", f"for={node}".encode())
         headers.add(b"Via", b"%d.%d %s" % (head.version[0], head.version[1], settings.viaName))
-        return origin, RequestHead(method, path, (1, 1), headers)
+        return RequestHead(head.method, path, (1, 1), headers)
 
     # -- logging -----------------------------------------------------------
 

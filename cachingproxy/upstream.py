@@ -27,6 +27,7 @@ made.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Protocol as TypingProtocol
 
@@ -75,13 +76,17 @@ class Origin:
         @return: the Host field value for this origin (the port only when it
             is not the scheme's default).
         """
-        host = self.host
-        if ":" in host:
-            host = f"[{host}]"
-        default = 443 if self.scheme == b"https" else 80
-        if self.port == default:
-            return host.encode("idna") if not host.isascii() else host.encode()
-        return f"{host}:{self.port}".encode("ascii", "replace")
+        return _authority(self.scheme, self.host, self.port)
+
+
+@functools.lru_cache(maxsize=4096)
+def _authority(scheme: bytes, host: str, port: int) -> bytes:
+    if ":" in host:
+        host = f"[{host}]"
+    default = 443 if scheme == b"https" else 80
+    if port == default:
+        return host.encode("idna") if not host.isascii() else host.encode()
+    return f"{host}:{port}".encode("ascii", "replace")
 
 
 @dataclass(frozen=True)
