@@ -489,7 +489,7 @@ def proxy_argv(args, port, upstream_port):
         return [
             os.path.join(VENV_BIN, "twistd"), "-n", "--pidfile=", "cachingproxy",
             "--port", "tcp:%d:interface=127.0.0.1" % port,
-            "--upstream", upstream, "--no-access-log",
+            "--upstream", upstream, "--no-access-log", "--no-cache",
         ]
     if args.proxy == "twisted":
         return [

@@ -6,7 +6,7 @@
 #   DURATION=10        seconds of measured load per proxy
 #   WARMUP=2           seconds of unmeasured warm-up load per proxy
 #   CONNECTIONS=50     wrk connections (wrk always runs with 1 thread)
-#   PROXIES="origin cachingproxy twisted squid"   which rows to run, in order
+#   PROXIES="origin cachingproxy cachingproxy-cache twisted squid"   rows, in order
 #   BENCH_NO_INSTALL=1 never call apt-get
 #   BENCH_KEEP_TMP=1   keep the temp dir (configs, logs, raw wrk output)
 #
@@ -21,7 +21,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 DURATION="${DURATION:-10}"
 WARMUP="${WARMUP:-2}"
 CONNECTIONS="${CONNECTIONS:-50}"
-PROXIES="${PROXIES:-origin cachingproxy twisted squid}"
+PROXIES="${PROXIES:-origin cachingproxy cachingproxy-cache twisted squid}"
 
 for v in DURATION WARMUP CONNECTIONS; do
     if ! [[ "${!v}" =~ ^[0-9]+$ ]] || [ "${!v}" -eq 0 ]; then
@@ -151,18 +151,24 @@ run_origin() {
     measure "origin-direct" "$ORIGIN_PORT" "$ORIGIN_PID" "$T/nginx/error.log"
 }
 
+# run_cachingproxy NAME [EXTRA OPTIONS...]: "cachingproxy" runs with
+# --no-cache (Squid runs with "cache deny all"); "cachingproxy-cache" keeps
+# its disk cache on, so every request also pays for a lookup (the origin's
+# responses are no-store, so nothing is stored).
 run_cachingproxy() {
+    local name="$1"
+    shift
     if ! bench_cachingproxy_available; then
-        echo "cachingproxy: not available"
-        record "cachingproxy" - - - - - "not available (twistd cachingproxy --help fails)"
+        echo "$name: not available"
+        record "$name" - - - - - "not available (twistd cachingproxy --help fails)"
         return 0
     fi
-    local port log="$T/cachingproxy.log"
+    local port log="$T/$name.log"
     port="$(bench_free_port)"
     bench_cachingproxy_cmd "$port" "$ORIGIN_URL"
-    bench_start "$log" "${PIN_PROXY[@]}" "${BENCH_CP_CMD[@]}"
+    bench_start "$log" "${PIN_PROXY[@]}" "${BENCH_CP_CMD[@]}" "$@"
     local pid="$BENCH_LAST_PID"
-    measure "cachingproxy" "$port" "$pid" "$log"
+    measure "$name" "$port" "$pid" "$log"
     bench_stop "$pid"
 }
 
@@ -231,10 +237,11 @@ EOF
 for p in $PROXIES; do
     case "$p" in
         origin) run_origin ;;
-        cachingproxy) run_cachingproxy ;;
+        cachingproxy) run_cachingproxy cachingproxy --no-cache ;;
+        cachingproxy-cache) run_cachingproxy cachingproxy-cache --cache-dir "$T/cp-cache" ;;
         twisted) run_twisted ;;
         squid) run_squid ;;
-        *) bench_die "unknown entry in PROXIES: $p (use origin cachingproxy twisted squid)" ;;
+        *) bench_die "unknown entry in PROXIES: $p (use origin cachingproxy cachingproxy-cache twisted squid)" ;;
     esac
 done
 

@@ -177,12 +177,16 @@ class CacheResource:
             self.stats.passed += 1
             exchange.forward(origin, head, _Invalidator(self, exchange, head, key))
             return
-        exchange.cacheStamp = self._stampFor(exchange, head, key)
-        try:
-            entries = self.store.entries(key)
-        except Exception:
-            self._log.failure("cache lookup failed for {key}", key=key)
+        stamp = exchange.cacheStamp = self._stampFor(exchange, head, key)
+        if stamp == "absent":
+            # The store said, just now, that nothing is stored for the key.
             entries = []
+        else:
+            try:
+                entries = self.store.entries(key)
+            except Exception:
+                self._log.failure("cache lookup failed for {key}", key=key)
+                entries = []
         exchange.cacheEntries = entries
         now = self.reactor.seconds()
         decision = policy.decide(head, entries, now, self.settings.options)
@@ -455,7 +459,7 @@ class CacheResource:
         the same key wait for the first one.
         """
         admitted = self._countUse(key)
-        conditional = any(f in head.headers for f in policy.PRECONDITION_FIELDS)
+        conditional = head.headers.hasAny(policy.PRECONDITION_FIELDS)
         if conditional or not admitted or head.method != b"GET" \
                 or not self.settings.collapse:
             store = admitted and head.method == b"GET" and not conditional

@@ -56,7 +56,7 @@ class Headers:
     @ivar _fields: C{[(lowercase name, name, value), ...]} in wire order.
     """
 
-    __slots__ = ("_fields", "_index")
+    __slots__ = ("_fields", "_index", "_scans")
 
     def __init__(self, fields: Iterable[Tuple[bytes, bytes]] = ()) -> None:
         self._fields: List[Tuple[bytes, bytes, bytes]] = [
@@ -66,10 +66,17 @@ class Headers:
         #: by any change (stored heads are looked up many times, rarely
         #: changed)
         self._index: Optional[dict] = None
+        self._scans = 0
 
     def _values(self, lower: bytes) -> List[bytes]:
         index = self._index
         if index is None:
+            # A head looked at only a few times is scanned; one looked at
+            # again and again (a stored response) gets an index.
+            scans = self._scans
+            if scans < 4:
+                self._scans = scans + 1
+                return [f[2] for f in self._fields if f[0] == lower]
             index = {}
             for name, _, value in self._fields:
                 found = index.get(name)
