@@ -260,6 +260,7 @@ class CacheResource:
                 + [b"\r\n", hot.body]
             )
         self.stats.hits += 1
+        exchange.cacheResult = "HIT"
         exchange.serveBytes(200, hot.wire, len(hot.body))
         return True
 
@@ -311,6 +312,7 @@ class CacheResource:
         section 13) and Range are answered here, Age is set (RFC 9111
         section 5.1).
         """
+        exchange.cacheResult = xcache.decode("ascii")
         stored = entry.responseHeaders
         precondition = policy.evaluatePreconditions(
             request.headers, stored, request.method, entry.status, entry.responseTime
@@ -689,6 +691,7 @@ class _Storer:
         fields = head.headers.lowered()
         resource._statusFields(fields, False, self.fwd, head.status, None, b"MISS",
                                stored=self.writer is not None)
+        self.exchange.cacheResult = "MISS"
         self.exchange.responseHead(head)
 
     def responseBody(self, data: bytes) -> None:
@@ -798,6 +801,7 @@ class _Invalidator:
             self.resource.invalidate(uris)
         _stripTargeted(head, self.resource.settings.options)
         fields = head.headers.lowered()
+        self.exchange.cacheResult = "PASS"
         self.resource._statusFields(fields, False, "method" if method not in (
             b"GET", b"HEAD") else "request", head.status, None, b"PASS")
         self.exchange.responseHead(head)
@@ -1052,6 +1056,7 @@ class _Flight:
             fields = copy.headers.lowered()
             self.resource._statusFields(fields, False, "miss", head.status, None, b"MISS",
                                         collapsed=True)
+            exchange.cacheResult = "MISS"
             self.streaming.append(exchange)
             exchange.producer = _WaiterPauser(self, exchange)
             exchange.responseHead(copy)

@@ -267,6 +267,15 @@ class Exchange:
         self.facts: Optional[_Facts] = None
         self._abandoned = False
         self._upstreamHead: Optional[RequestHead] = None
+        #: for the access log and metrics: what the cache did (C{HIT},
+        #: C{MISS}, C{STALE}, C{REVALIDATED}, C{PASS}, C{-} without a cache),
+        #: request body bytes received, seconds until the origin's response
+        #: head (C{None} if the origin was not asked), when it finished
+        self.cacheResult = "-"
+        self.bytesReceived = 0
+        self.upstreamSeconds: Optional[float] = None
+        self.forwardedAt: Optional[float] = None
+        self.finished: Optional[float] = None
         self.upstreamOrigin: Optional[Origin] = None
         self.upstreamPath = b""
 
@@ -281,6 +290,7 @@ class Exchange:
     # -- request body ----------------------------------------------------
 
     def requestBody(self, data: bytes) -> None:
+        self.bytesReceived += len(data)
         if self._bodyUnwanted:
             return
         upstream = self.upstream
@@ -376,6 +386,7 @@ class Exchange:
         """
         self.handler = handler
         pool = self.protocol.factory.pool
+        self.forwardedAt = pool.reactor.seconds()
         upstream = pool.requestOnIdle(origin, head, handler, self.hasBody)
         if upstream is not None:
             self._upstreamReady(upstream)
@@ -473,6 +484,8 @@ class Exchange:
     def responseHead(self, head: ResponseHead) -> None:
         if self.state is not ExchangeState.FORWARDING:
             return
+        if self.forwardedAt is not None:
+            self.upstreamSeconds = self.protocol.factory.reactor.seconds() - self.forwardedAt
         fields = head.headers.lowered()
         facts = _Facts(fields)
         # Content-Length is end-to-end and kept; Transfer-Encoding is not.
@@ -1314,6 +1327,9 @@ class ProxyFactory(Factory):
         #: the L{cachingproxy.resource.CacheResource}, or C{None} for a
         #: proxy that only forwards
         self.cache = None
+        #: told about every finished request (C{requestDone(exchange)}), or
+        #: C{None}
+        self.metrics = None
         #: the proxy's own endpoints (L{cachingproxy.admin.AdminResource})
         self.admin = None
         self.port = None
@@ -1526,17 +1542,36 @@ class ProxyFactory(Factory):
 
     def logAccess(self, exchange: Exchange, protocol: ProxyProtocol) -> None:
         """
-        Write one Combined Log Format line for a finished request, with the
-        duration in seconds appended.
+        Count a finished request (L{metrics}) and write its access log line
+        (L{accessLog}).
         """
-        if self.accessLog is None:
-            return
+        exchange.finished = self.reactor.seconds()
+        if self.metrics is not None:
+            try:
+                self.metrics.requestDone(exchange)
+            except Exception:
+                self._log.failure("counting a request failed")
+        accessLog = self.accessLog
+        if accessLog is not None:
+            record = getattr(accessLog, "record", None)
+            if record is not None:
+                record(exchange, protocol)
+            else:
+                accessLog(self.accessLine(exchange, protocol))
+
+    def accessLine(self, exchange: Exchange, protocol: ProxyProtocol) -> str:
+        """
+        One Combined Log Format line for a finished request, with the cache
+        result, the seconds the origin took to answer (C{-} if it was not
+        asked) and the seconds taken in all appended.
+        """
         head = exchange.head
-        elapsed = self.reactor.seconds() - exchange.started
+        elapsed = (exchange.finished or self.reactor.seconds()) - exchange.started
         when = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(exchange.wallStarted))
         referer = head.headers.get(b"referer", b"-")
         agent = head.headers.get(b"user-agent", b"-")
-        line = '%s - - [%s] "%s %s HTTP/%d.%d" %d %d "%s" "%s" %.4f' % (
+        upstream = exchange.upstreamSeconds
+        return '%s - - [%s] "%s %s HTTP/%d.%d" %d %d "%s" "%s" %s %s %.4f' % (
             protocol.clientHost,
             when,
             _printable(head.method),
@@ -1547,9 +1582,10 @@ class ProxyFactory(Factory):
             exchange.bytesSent,
             _printable(referer),
             _printable(agent),
+            exchange.cacheResult,
+            "-" if upstream is None else "%.4f" % upstream,
             elapsed,
         )
-        self.accessLog(line)
 
 
 def _printable(value: bytes) -> str:

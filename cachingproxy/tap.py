@@ -207,6 +207,12 @@ class AccessLogFile:
         if path != "-":
             self._file = open(path, "a", buffering=1, encoding="utf-8")
 
+    def record(self, exchange, protocol) -> None:
+        """
+        Log one finished request.
+        """
+        self(protocol.factory.accessLine(exchange, protocol))
+
     def __call__(self, line: str) -> None:
         if self._file is None:
             self._log.info("{line}", line=line)
