@@ -78,7 +78,7 @@ class _Hot:
     second, as Age changes).
     """
 
-    __slots__ = ("stamp", "freshUntil", "ageBase", "lifetime", "body", "age", "wire",
+    __slots__ = ("stamp", "check", "freshUntil", "ageBase", "lifetime", "body", "age", "wire",
                  "prefix", "size")
 
 
@@ -246,7 +246,7 @@ class CacheResource:
         if not exchange.plainKeepAlive() or head.headers.hasAny(_NOT_PLAIN):
             return False
         now = self.reactor.seconds()
-        if now >= hot.freshUntil or self.store.stamp(key) != hot.stamp:
+        if now >= hot.freshUntil or hot.check() != hot.stamp:
             del self._hot[key]
             return False
         age = int(hot.ageBase + now)
@@ -277,8 +277,12 @@ class CacheResource:
         initial = policy.currentAge(entry.responseHeaders, entry.requestTime,
                                     entry.responseTime, entry.responseTime)
         ageBase = initial - entry.responseTime
+        stamper = getattr(self.store, "stamper", None)
+        if stamper is None:
+            return
         hot = _Hot()
         hot.stamp = stamp
+        hot.check = stamper(entry.key)
         hot.freshUntil = lifetime - ageBase
         hot.ageBase = ageBase
         hot.lifetime = lifetime

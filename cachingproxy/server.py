@@ -28,7 +28,7 @@ import ipaddress
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Deque, FrozenSet, List, Optional, Tuple
+from typing import Callable, Deque, FrozenSet, List, Optional, Sequence, Tuple
 
 import httptools
 from twisted.internet import defer
@@ -226,6 +226,48 @@ class Exchange:
 
     _log = Logger()
 
+    # Defaults shared by every exchange until one sets its own (most
+    # requests change few of them; this keeps creating one cheap).
+    status = 0
+    bytesSent = 0
+    error: Optional[ProxyError] = None
+    _bodyBuffered = 0
+    bodyDone = False
+    bodyChunked = False
+    hasBody = False
+    expectContinue = False
+    upstream: Optional[UpstreamRequest] = None
+    _upstreamDeferred: Optional[defer.Deferred] = None
+    _chunked = False
+    _noBody = False
+    _bodyUnwanted = False
+    _registeredUpstreamProducer = False
+    _registeredClientProducer = False
+    #: what produces the response body: the upstream request, or a stored
+    #: body being read
+    producer = None
+    #: called with no argument if the client leaves before the end
+    onClientGone: Optional[Callable[[], None]] = None
+    #: where and as what the cache layer forwards this request
+    cacheOrigin: Optional[Origin] = None
+    cacheHead: Optional[RequestHead] = None
+    #: the stored responses found for this request (for stale-if-error)
+    cacheEntries: Sequence = ()
+    facts: Optional["_Facts"] = None
+    _abandoned = False
+    _upstreamHead: Optional[RequestHead] = None
+    #: for the access log and metrics: what the cache did (C{HIT}, C{MISS},
+    #: C{STALE}, C{REVALIDATED}, C{PASS}, C{-} without a cache), request
+    #: body bytes received, seconds until the origin's response head
+    #: (C{None} if the origin was not asked), when it finished
+    cacheResult = "-"
+    bytesReceived = 0
+    upstreamSeconds: Optional[float] = None
+    forwardedAt: Optional[float] = None
+    finished: Optional[float] = None
+    upstreamOrigin: Optional[Origin] = None
+    upstreamPath = b""
+
     def __init__(self, protocol: "ProxyProtocol", head: RequestHead, keepAlive: bool):
         self.protocol = protocol
         self.head = head
@@ -233,51 +275,12 @@ class Exchange:
         self.keepAlive = keepAlive
         self.started = protocol.factory.reactor.seconds()
         self.wallStarted = time.time()
-        self.status = 0
-        self.bytesSent = 0
-        self.error: Optional[ProxyError] = None
-        self._bodyBuffer: List[bytes] = []
-        self._bodyBuffered = 0
-        self.bodyDone = False
-        self.bodyChunked = False
-        self.hasBody = False
-        self.expectContinue = False
-        self.upstream: Optional[UpstreamRequest] = None
-        self._upstreamDeferred: Optional[defer.Deferred] = None
-        self._chunked = False
         self._closeAfter = not keepAlive
-        self._noBody = False
-        self._bodyUnwanted = False
-        self._registeredUpstreamProducer = False
-        self._registeredClientProducer = False
-        #: what produces the response body: the upstream request, or a
-        #: stored body being read
-        self.producer = None
+        self._bodyBuffer: List[bytes] = []
+        self.tunnelData: List[bytes] = []
         #: who hears about the upstream response (this exchange, or a
         #: cache layer in front of it)
         self.handler = self
-        #: called with no argument if the client leaves before the end
-        self.onClientGone: Optional[Callable[[], None]] = None
-        #: where and as what the cache layer forwards this request
-        self.cacheOrigin: Optional[Origin] = None
-        self.cacheHead: Optional[RequestHead] = None
-        #: the stored responses found for this request (for stale-if-error)
-        self.cacheEntries: list = []
-        self.tunnelData: List[bytes] = []
-        self.facts: Optional[_Facts] = None
-        self._abandoned = False
-        self._upstreamHead: Optional[RequestHead] = None
-        #: for the access log and metrics: what the cache did (C{HIT},
-        #: C{MISS}, C{STALE}, C{REVALIDATED}, C{PASS}, C{-} without a cache),
-        #: request body bytes received, seconds until the origin's response
-        #: head (C{None} if the origin was not asked), when it finished
-        self.cacheResult = "-"
-        self.bytesReceived = 0
-        self.upstreamSeconds: Optional[float] = None
-        self.forwardedAt: Optional[float] = None
-        self.finished: Optional[float] = None
-        self.upstreamOrigin: Optional[Origin] = None
-        self.upstreamPath = b""
 
     def _move(self, new: ExchangeState) -> None:
         if new not in _EXCHANGE_MOVES[self.state]:

@@ -521,6 +521,29 @@ class DiskStore:
             return None
         return mtime
 
+    def stamper(self, key: bytes):
+        """
+        @return: a function returning L{stamp}C{(key)}, with the key's
+            folder worked out once (for callers that check it on every
+            hit).
+        """
+        folder = self._keyDir(key)
+        stat = os.stat
+        clock = time.time_ns
+
+        def stamp() -> object:
+            try:
+                mtime = stat(folder).st_mtime_ns
+            except FileNotFoundError:
+                return "absent"
+            except OSError:
+                return None
+            if clock() - mtime < 50_000_000:
+                return None
+            return mtime
+
+        return stamp
+
     def _place(self, tmpPath: str, key: bytes, variantKey: bytes) -> str:
         """
         Rename C{tmpPath} into place, recreating the key's folder if it is

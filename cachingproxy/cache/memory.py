@@ -128,6 +128,12 @@ class MemoryStore:
         """
         return (self._epoch, self._stamps.get(key, 0))
 
+    def stamper(self, key: bytes):
+        """
+        @return: a function returning L{stamp}C{(key)}.
+        """
+        return lambda: self.stamp(key)
+
     # -- records (also used by TieredStore) -----------------------------------
 
     def _put(self, key: bytes, variantKey: bytes, entry, body: bytes, tag=None,
@@ -428,6 +434,12 @@ class TieredStore:
         truth for every process.
         """
         return self.disk.stamp(key)
+
+    def stamper(self, key: bytes):
+        """
+        See L{DiskStore.stamper}.
+        """
+        return self.disk.stamper(key)
 
     def update(self, entry) -> bool:
         handle = entry.id

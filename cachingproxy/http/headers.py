@@ -93,8 +93,10 @@ class Headers:
         Adopt C{[(lowercase name, name, value), ...]} as it is (the parser
         lowers each name once as it reads it).
         """
-        new = cls()
+        new = cls.__new__(cls)
         new._fields = fields
+        new._index = None
+        new._scans = 0
         return new
 
     def lowered(self) -> List[Tuple[bytes, bytes, bytes]]:
