@@ -26,8 +26,8 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -37,7 +37,6 @@ from zope.interface import implementer
 from . import policy
 from .cache.base import IStore, StoreFull
 from .errors import BadGateway, GatewayTimeout, ProxyError, UpstreamClosed
-from .http.headers import Headers
 from .http.message import RequestHead, ResponseHead
 from .server import ExchangeState
 from .upstream import Origin

@@ -27,7 +27,7 @@ import enum
 import ipaddress
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Deque, FrozenSet, List, Optional, Sequence, Tuple
 
 import httptools
@@ -43,7 +43,6 @@ from .errors import (
     BadGateway,
     BadRequest,
     Forbidden,
-    GatewayTimeout,
     HeaderFieldsTooLarge,
     LoopDetected,
     MethodNotAllowed,

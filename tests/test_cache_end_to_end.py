@@ -17,7 +17,6 @@ from cachingproxy.cache.memory import MemoryStore
 from cachingproxy.http.headers import formatHTTPDate
 from cachingproxy.resource import CacheResource, CacheSettings
 from cachingproxy.server import ProxySettings
-from cachingproxy.upstream import Origin
 
 from .helpers import (
     _trackServerConnections,

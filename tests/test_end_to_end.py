@@ -7,8 +7,7 @@ proxy on a real port, and a raw client that parses what comes back.
 import json
 import socket
 
-from twisted.internet import defer, reactor
-from twisted.internet.address import IPv4Address
+from twisted.internet import reactor
 from twisted.internet.interfaces import IHostnameResolver, IResolutionReceiver
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
