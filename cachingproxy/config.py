@@ -1,25 +1,46 @@
 # -*- test-case-name: tests.test_tap -*-
 """
-Settings: one frozen L{Config}, built once from the command line and the
-environment (the command line wins), validated with one clear error per bad
-value.
+Settings: one frozen L{Config}, built once from the command line, the
+environment and a TOML configuration file, validated with one clear
+one-line error per bad value.
+
+Precedence, highest first: the command line, the environment, the
+configuration file, the defaults.
 
 Every setting C{--some-name} can also come from the environment variable
-C{CACHINGPROXY_SOME_NAME}; C{LISTEN_PORT} is an alias for
-C{CACHINGPROXY_PORT}.
+C{CACHINGPROXY_SOME_NAME} (C{LISTEN_PORT} is an alias for
+C{CACHINGPROXY_PORT}, C{NUM_WORKERS} for C{CACHINGPROXY_WORKERS}) and from
+the configuration file named by C{--config} or C{CACHINGPROXY_CONFIG}, under
+the same name::
+
+    port = ["tcp:3128", "tcp:3129:interface=127.0.0.1"]
+    upstream-timeout = 5
+    x-forwarded-for = true
+    cache-size = "64G"
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import socket
+import sys
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, NoReturn, Optional, Tuple
 from urllib.parse import urlsplit
 
 from twisted.python import usage
 
-__all__ = ["Config", "SETTINGS", "Setting", "fromOptions"]
+__all__ = [
+    "Config",
+    "SETTINGS",
+    "Setting",
+    "exitOnConfigError",
+    "fromOptions",
+    "readConfigFile",
+    "settingsTable",
+]
 
 
 @dataclass(frozen=True)
@@ -46,6 +67,14 @@ class Setting:
 
 #: Every setting, in the order --help shows them.
 SETTINGS = (
+    Setting(
+        "config",
+        "str",
+        None,
+        "TOML configuration file: every setting under its option name "
+        "(upstream-timeout = 5). The command line and the environment win "
+        "over it.",
+    ),
     Setting(
         "port",
         "list",
@@ -188,6 +217,20 @@ SETTINGS = (
         False,
         "Send concurrent misses for one URL upstream separately.",
     ),
+    Setting(
+        "workers",
+        "str",
+        "1",
+        "Processes serving clients: a number, or 'auto' for one per CPU.",
+        aliases=("NUM_WORKERS",),
+    ),
+    Setting(
+        "shutdown-grace",
+        "float",
+        10.0,
+        "Seconds open requests get to finish after SIGTERM before their "
+        "connections are closed.",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -230,6 +273,9 @@ class Config:
     staleIfError: float = 0.0
     xCache: bool = True
     collapse: bool = True
+    workers: int = 1
+    shutdownGrace: float = 10.0
+    configFile: Optional[str] = None
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -306,29 +352,212 @@ def _portDescription(raw: str, where: str) -> str:
     return raw
 
 
-def fromOptions(given: Mapping[str, object], environ: Mapping[str, str] = os.environ) -> Config:
+#: What a TOML value is called in an error message.
+_TOML_TYPES = (
+    (bool, "a boolean"),
+    (int, "an integer"),
+    (float, "a float"),
+    (str, "a string"),
+    (list, "an array"),
+    (dict, "a table"),
+)
+
+
+def _describe(value: object) -> str:
+    kind = next((name for t, name in _TOML_TYPES if isinstance(value, t)), "a date or time")
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{kind} {text}"
+
+
+def _isNumber(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _fileValue(setting: Setting, value: object, where: str) -> object:
+    """
+    Check the TOML type of a value from the configuration file and turn it
+    into what the command line would have given.
+
+    @raise usage.UsageError: naming C{where}.
+    """
+    kind = setting.kind
+    if kind == "flag":
+        if isinstance(value, bool):
+            return value
+        expected = "true or false"
+    elif kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        expected = "an integer"
+    elif kind == "float":
+        if _isNumber(value):
+            return value
+        expected = "a number"
+    elif kind == "size":
+        if _isNumber(value) or isinstance(value, str):
+            return value
+        expected = 'a size such as "512M" or a number of bytes'
+    elif kind == "list":
+        items = value if isinstance(value, list) else [value]
+        if items and all(
+            isinstance(item, str) or (isinstance(item, int) and not isinstance(item, bool))
+            for item in items
+        ):
+            return tuple(str(item) for item in items)
+        expected = 'a port or endpoint string ("tcp:3128"), or an array of them'
+    elif setting.name == "workers":
+        if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+            return str(value)
+        expected = 'a number of processes or "auto"'
+    elif setting.name == "connect-ports":
+        items = value if isinstance(value, list) else [value]
+        if items and all(
+            isinstance(item, str) or (isinstance(item, int) and not isinstance(item, bool))
+            for item in items
+        ):
+            return ",".join(str(item) for item in items)
+        expected = 'a port number, an array of them, or a string such as "443,8443"'
+    else:
+        if isinstance(value, str):
+            return value
+        expected = "a string"
+    raise usage.UsageError(f"{where}: expected {expected}, got {_describe(value)}")
+
+
+def _lineOf(text: str, key: str, table: bool) -> Optional[int]:
+    """
+    Find where C{key} is set in a TOML text (C{tomllib} gives no line
+    numbers): its first C{key = ...} line, or its first C{[key]} header when
+    C{table}.
+
+    @return: a 1-based line number, or C{None} when no line matches.
+    """
+    name = "(?:%s|\"%s\"|'%s')" % ((re.escape(key),) * 3)
+    assignment = re.compile(r"^[ \t]*%s[ \t]*[=.]" % name, re.MULTILINE)
+    header = re.compile(r"^[ \t]*\[\[?[ \t]*%s[ \t]*[\].]" % name, re.MULTILINE)
+    for pattern in (header, assignment) if table else (assignment, header):
+        match = pattern.search(text)
+        if match:
+            return text.count("\n", 0, match.start()) + 1
+    return None
+
+
+def _oneLine(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def readConfigFile(path: str, where: str = "--config") -> Dict[str, Tuple[object, str]]:
+    """
+    Read a TOML configuration file.
+
+    @param where: what named the file (C{--config}, an environment
+        variable), for the error when it cannot be read.
+    @return: C{{setting name: (value, where it came from)}}, each value
+        type-checked and shaped as the command line gives it; C{where} is
+        C{"FILE:LINE: key"}.
+    @raise usage.UsageError: one line naming the file, and the key and its
+        line where there is one.
+    """
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ImportError:
+            raise usage.UsageError(
+                f"{where}: reading a configuration file needs Python 3.11 or the tomli package"
+            )
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise usage.UsageError(f"{where}: no such file {path!r}")
+    except OSError as e:
+        raise usage.UsageError(f"{where}: cannot read {path!r}: {e.strerror or e}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise usage.UsageError(f"{path}:{line}: not UTF-8 text")
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise usage.UsageError(f"{path}: invalid TOML: {_oneLine(e)}")
+
+    found: Dict[str, Tuple[object, str]] = {}
+    for key, value in document.items():
+        line = _lineOf(text, key, isinstance(value, dict))
+        at = f"{path}:{line}" if line else path
+        setting = _BY_NAME.get(key)
+        if setting is None or setting.name == "config":
+            known = [s.name for s in SETTINGS if s.name != "config"]
+            close = difflib.get_close_matches(key.replace("_", "-"), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            if key == "config":
+                hint = " (a configuration file cannot name another)"
+            raise usage.UsageError(f"{at}: unknown setting {key!r}{hint}")
+        keyWhere = f"{at}: {key}"
+        found[key] = (_fileValue(setting, value, keyWhere), keyWhere)
+    return found
+
+
+def _workers(raw: object, where: str) -> int:
+    text = str(raw).strip().lower()
+    if text == "auto":
+        return os.cpu_count() or 1
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise usage.UsageError(f"{where}: expected a number of processes (1 or more) or 'auto', got {raw!r}")
+
+
+def fromOptions(
+    given: Mapping[str, object],
+    environ: Mapping[str, str] = os.environ,
+    configFile: Optional[str] = None,
+) -> Config:
     """
     Build the L{Config} from parsed command-line values (C{{setting name:
-    value}} for the settings given on the command line only) and the
-    environment.
+    value}} for the settings given on the command line only), the
+    environment and the configuration file, in that order of precedence.
 
-    @raise usage.UsageError: naming the setting and where the bad value
-        came from.
+    The configuration file is the one named by C{given["config"]}, else by
+    C{CACHINGPROXY_CONFIG} in C{environ}, else C{configFile} (a default
+    path for callers that have one); none is read when none is named.
+
+    @raise usage.UsageError: one line naming the setting and where the bad
+        value came from (option, environment variable, or file and line).
     """
-    merged: Dict[str, Tuple[object, str]] = {
-        s.name: (s.default, "default") for s in SETTINGS
+    environment = _fromEnvironment(environ)
+    configPath: Optional[str] = None
+    pathWhere = "--config"
+    if given.get("config") is not None:
+        configPath = str(given["config"])
+    elif "config" in environment:
+        configPath, var = environment["config"]
+        pathWhere = f"{var} (environment)"
+    elif configFile is not None:
+        configPath = configFile
+    if configPath == "":
+        configPath = None
+
+    # setting name: (value, where it came from); None for the default.
+    merged: Dict[str, Tuple[object, Optional[str]]] = {
+        s.name: (s.default, None) for s in SETTINGS
     }
-    merged.update(_fromEnvironment(environ))
+    if configPath is not None:
+        merged.update(readConfigFile(configPath, pathWhere))
+    for name, (value, var) in environment.items():
+        merged[name] = (value, f"{var} (environment)")
     for name, value in given.items():
         merged[name] = (value, f"--{name}")
 
-    values: Dict[str, object] = {}
+    values: Dict[str, Tuple[object, str]] = {}
     for setting in SETTINGS:
         raw, source = merged[setting.name]
-        where = source if source != "default" else f"--{setting.name}"
-        if source.startswith("CACHINGPROXY_") or source in setting.aliases:
-            where = f"{source} (environment)"
-        if setting.kind in ("int", "float") and source != "default":
+        where = source or f"--{setting.name}"
+        if setting.kind in ("int", "float") and source is not None:
             raw = _number(setting, raw, where)
         if setting.kind == "size":
             raw = parseSize(raw, where)
@@ -413,4 +642,73 @@ def fromOptions(given: Mapping[str, object], environ: Mapping[str, str] = os.env
         staleIfError=float(values["stale-if-error"][0]),
         xCache=not values["no-x-cache"][0],
         collapse=not values["no-collapse"][0],
+        workers=_workers(*values["workers"]),
+        shutdownGrace=float(values["shutdown-grace"][0]),
+        configFile=configPath,
     )
+
+
+def exitOnConfigError(error: usage.UsageError) -> NoReturn:
+    """
+    End the process for a configuration error the way an operator wants
+    it: C{cachingproxy: <message>} on one line of standard error, exit
+    status 2, no traceback and no usage text.
+
+    twistd prints the whole C{--help} text for a L{usage.UsageError} and
+    exits 1; L{tap.Options.postOptions} calls this instead.
+    """
+    print(f"cachingproxy: {_oneLine(error)}", file=sys.stderr)
+    sys.stderr.flush()
+    raise SystemExit(2)
+
+
+def _formatDefault(setting: Setting) -> str:
+    default = setting.default
+    if default is None:
+        return ""
+    if setting.kind == "flag":
+        return "off" if not default else "on"
+    if isinstance(default, tuple):
+        text = " ".join(str(d) for d in default)
+    elif isinstance(default, float) and default.is_integer():
+        text = str(int(default))
+    else:
+        text = str(default)
+    return f"``{text}``"
+
+
+def _rstText(text: str) -> str:
+    """
+    Escape inline markup characters so C{text} renders as written.
+    """
+    text = text.replace("\\", "\\\\")
+    text = re.sub(r"([*`|])", r"\\\1", text)
+    # name_ followed by a non-word character is a reference in RST.
+    return re.sub(r"(\w)_(?=\W|$)", r"\1\\_", text)
+
+
+def settingsTable() -> str:
+    """
+    Render every setting as an reStructuredText C{list-table}: option and
+    configuration file key, environment variables, default, meaning; the
+    one source for the README's table and C{--help}.
+    """
+    lines: List[str] = [
+        ".. list-table::",
+        "   :header-rows: 1",
+        "   :widths: 22 30 12 36",
+        "",
+        "   * - Option / file key",
+        "     - Environment",
+        "     - Default",
+        "     - Meaning",
+    ]
+    for setting in SETTINGS:
+        variables = ", ".join(f"``{v}``" for v in (setting.envName,) + setting.aliases)
+        lines += [
+            f"   * - ``--{setting.name}``",
+            f"     - {variables}",
+            f"     - {_formatDefault(setting)}".rstrip(),
+            f"     - {_rstText(setting.help)}",
+        ]
+    return "\n".join(lines) + "\n"

@@ -1104,17 +1104,7 @@ class _Flight:
         their own; after it, the streaming waiters lose their source and
         are closed (the leader's upstream request is abandoned).
         """
-        self._done()
-        waiters, self.waiters = self.waiters, []
-        for exchange in waiters:
-            exchange.onClientGone = None
-            self._goAlone(exchange)
-        streaming, self.streaming = self.streaming, []
-        for exchange in streaming:
-            if self.leader is not None and exchange is self.leader.exchange:
-                continue
-            exchange.onClientGone = None
-            exchange.responseFailed(Failure(BadGateway("the shared fetch was abandoned")), True)
+        self.failed(Failure(BadGateway("the shared fetch was abandoned")), True)
 
     # flow control across waiters
 

@@ -11,7 +11,6 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from cachingproxy.cache.memory import MemoryStore
 from cachingproxy.http.headers import formatHTTPDate
@@ -19,8 +18,8 @@ from cachingproxy.resource import CacheResource, CacheSettings
 from cachingproxy.server import ProxySettings
 
 from .helpers import (
-    _trackServerConnections,
     connectClient,
+    listenOrigin,
     exchange,
     pattern,
     startProxy,
@@ -139,12 +138,7 @@ class CacheTestCase(TestCase):
         self.clock = Clock()
         self.clock.advance(time.time())
         self.origin = CountingOrigin(self.clock)
-        site = Site(self.origin)
-        site.log = lambda request: None
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        _trackServerConnections(self, site)
-        self.originPort = port.getHost().port
+        _, self.originPort = listenOrigin(self, self.origin)
         self.store = MemoryStore(64 * 1024 * 1024, 16 * 1024 * 1024)
         self.factory, self.port, self.lines = startProxy(self, ProxySettings(viaName=b"test-proxy"))
         self.cache = CacheResource(self.store, self.clock, self.factory.pool, self.settings())
@@ -517,18 +511,15 @@ class CollapsedForwardingTests(CacheTestCase):
         upstream request and all get its body.
         """
         slow = _SlowCacheable()
-        site = Site(slow)
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        _trackServerConnections(self, site)
-        request = b"GET http://127.0.0.1:%d/slow HTTP/1.1\r\nHost: x\r\n\r\n" % port.getHost().port
+        _, originPort = listenOrigin(self, slow)
+        request = b"GET http://127.0.0.1:%d/slow HTTP/1.1\r\nHost: x\r\n\r\n" % originPort
         clients = []
         for _ in range(3):
             client = await connectClient(self.port, self)
             client.transport.write(request)
             clients.append(client)
         await slow.requested
-        key = b"http://127.0.0.1:%d/slow" % port.getHost().port
+        key = b"http://127.0.0.1:%d/slow" % originPort
         await until(lambda: len(self.cache._flights[key].waiters) == 2)
         slow.finish()
         bodies = []
@@ -585,12 +576,8 @@ class SharedDiskCacheTests(TestCase):
         clock = Clock()
         clock.advance(time.time())
         origin = CountingOrigin(clock)
-        site = Site(origin)
-        site.log = lambda request: None
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        _trackServerConnections(self, site)
-        url = b"http://127.0.0.1:%d/max-age/600/shared" % port.getHost().port
+        _, originPort = listenOrigin(self, origin)
+        url = b"http://127.0.0.1:%d/max-age/600/shared" % originPort
         folder = temporaryPath(self, "cache")
         runner = TwistdTests("runTwistd")
         runner.addCleanup = self.addCleanup
@@ -658,12 +645,7 @@ class CrashTests(TestCase):
     timeout = 60
 
     def _origin(self, resource):
-        site = Site(resource)
-        site.log = lambda request: None
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        _trackServerConnections(self, site)
-        return port.getHost().port
+        return listenOrigin(self, resource)[1]
 
     async def test_killedWhileStoring(self):
         """
@@ -724,18 +706,14 @@ class CorruptEntryTests(TestCase):
         clock = Clock()
         clock.advance(time.time())
         origin = CountingOrigin(clock)
-        site = Site(origin)
-        site.log = lambda request: None
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        _trackServerConnections(self, site)
+        _, originPort = listenOrigin(self, origin)
         folder = temporaryPath(self, "cache")
         os.makedirs(folder)
         store = DiskStore(folder, maxSize=1 << 30, maxObjectSize=1 << 26)
         factory, proxyPort, _ = startProxy(self, ProxySettings(viaName=b"test-proxy"))
         factory.cache = CacheResource(store, clock, factory.pool, CacheSettings())
         request = b"GET http://127.0.0.1:%d/big/20000 HTTP/1.1\r\nHost: x\r\n\r\n" % (
-            port.getHost().port)
+            originPort)
         await exchange(proxyPort, self, request)
         damaged = 0
         for root, _, files in os.walk(folder):
@@ -778,12 +756,8 @@ class TargetedCacheControlTests(CacheTestCase):
                 return b"targeted #%d" % Targeted.count
 
         root.putChild(b"t", Targeted())
-        site = Site(root)
-        site.log = lambda request: None
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        _trackServerConnections(self, site)
-        request = b"GET http://127.0.0.1:%d/t HTTP/1.1\r\nHost: x\r\n\r\n" % port.getHost().port
+        _, originPort = listenOrigin(self, root)
+        request = b"GET http://127.0.0.1:%d/t HTTP/1.1\r\nHost: x\r\n\r\n" % originPort
         _, [first] = await exchange(self.port, self, request)
         _, [second] = await exchange(self.port, self, request)
         self.assertEqual(second.body, b"targeted #1")
