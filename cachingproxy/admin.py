@@ -1,8 +1,10 @@
 # -*- test-case-name: tests.test_admin -*-
 """
-The proxy's own endpoints under C{/_cachingproxy/}: health for load
-balancers (and, as other pieces land, metrics and a status page). Only
-clients in the admin networks reach them; others get 403.
+The proxy's own endpoints under C{/_cachingproxy/}: C{health} for load
+balancers, C{metrics} for Prometheus, and a status page for people
+(C{/_cachingproxy/} or C{status}, drawn by its own script from
+C{status.json}). Only clients in the admin networks reach them; others get
+403.
 
 L{AdminResource.handle} answers an exchange with
 C{exchange.serveStored(status, reason, fields, body, length)}.
@@ -15,6 +17,8 @@ import os
 import time
 
 from twisted.logger import Logger
+
+from . import __version__
 
 __all__ = ["ADMIN_PREFIX", "AdminResource"]
 
@@ -43,9 +47,90 @@ class AdminResource:
         if name == b"health":
             self._health(exchange)
             return
-        body = b"no such admin endpoint\n"
-        exchange.serveStored(404, b"", [(b"content-type", b"Content-Type",
-                                         b"text/plain; charset=utf-8")], body, len(body))
+        if name == b"metrics":
+            self._metrics(exchange)
+            return
+        if name in (b"", b"status", b"status.html"):
+            self._serve(exchange, 200, _statusPage(), b"text/html; charset=utf-8")
+            return
+        if name == b"status.json":
+            body = json.dumps(self.status()).encode() + b"\n"
+            self._serve(exchange, 200, body, b"application/json")
+            return
+        self._serve(exchange, 404, b"no such admin endpoint\n", b"text/plain; charset=utf-8")
+
+    def _serve(self, exchange, status: int, body: bytes, contentType: bytes) -> None:
+        exchange.serveStored(
+            status,
+            b"",
+            [
+                (b"content-type", b"Content-Type", contentType),
+                (b"cache-control", b"Cache-Control", b"no-store"),
+            ],
+            body,
+            len(body),
+        )
+
+    def _metrics(self, exchange) -> None:
+        metrics = self.factory.metrics
+        if metrics is None:
+            self._serve(exchange, 404, b"metrics are not kept\n", b"text/plain; charset=utf-8")
+            return
+        body, contentType = metrics.render()
+        self._serve(exchange, 200, body, contentType.encode("ascii"))
+
+    def status(self) -> dict:
+        """
+        @return: the status page's figures: those of L{Metrics.status} (all
+            workers) when metrics are kept, with this process's identity,
+            cache store and connections.
+        """
+        factory = self.factory
+        now = time.time()
+        metrics = factory.metrics
+        if metrics is not None:
+            report = metrics.status()
+            report["restarts"] = metrics.restarts()
+        else:
+            report = {
+                "time": now,
+                "started": self.started,
+                "uptime": round(now - self.started, 1),
+                "workers": [],
+                "totals": None,
+                "hitRatio": None,
+                "byteHitRatio": None,
+                "requestsPerSecond": None,
+                "connections": {"clients": factory.openConnections,
+                                "upstream": len(getattr(factory.pool, "_all", ()))},
+                "bucketSeconds": None,
+                "series": [],
+                "topHosts": [],
+                "restarts": None,
+            }
+        if not report["workers"]:
+            report["workers"] = [{
+                "pid": os.getpid(),
+                "worker": self.workerId,
+                "uptime": round(now - self.started, 1),
+                "connections": factory.openConnections,
+                "requests": None,
+            }]
+        report["pid"] = os.getpid()
+        report["worker"] = self.workerId
+        report["version"] = __version__
+        report["draining"] = factory.draining
+        cache = factory.cache
+        report["cache"] = None
+        if cache is not None:
+            stats = cache.store.stats()
+            report["cache"] = {
+                "entries": stats.get("entries", 0),
+                "bytes": stats.get("bytes", 0),
+                "limit": stats.get("limit") or 0,
+                "evictions": stats.get("evictions", 0),
+            }
+        return report
 
     def _health(self, exchange) -> None:
         draining = self.factory.draining
@@ -68,3 +153,18 @@ class AdminResource:
             body,
             len(body),
         )
+
+
+_page = None
+
+
+def _statusPage() -> bytes:
+    """
+    @return: the status page (C{status.html} next to this module), read
+        once.
+    """
+    global _page
+    if _page is None:
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "status.html"), "rb") as f:
+            _page = f.read()
+    return _page

@@ -19,6 +19,7 @@ __all__ = [
     "LoopDetected",
     "MethodNotAllowed",
     "RequestTimeout",
+    "VersionNotSupported",
     "BadGateway",
     "GatewayTimeout",
     "UpstreamClosed",
@@ -108,6 +109,15 @@ class LoopDetected(ProxyError):
     """
 
     status = 508
+
+
+class VersionNotSupported(ProxyError):
+    """
+    The request's HTTP version is not 1.0 or 1.1.
+    """
+
+    status = 505
+    closeConnection = True
 
 
 class BadGateway(ProxyError):

@@ -51,6 +51,7 @@ from .errors import (
     RequestTimeout,
     UpstreamClosed,
     URITooLong,
+    VersionNotSupported,
 )
 from .http.headers import HOP_BY_HOP, Headers, formatHTTPDate, splitList
 from .http.message import REASONS, RequestHead, ResponseHead
@@ -192,6 +193,12 @@ _EXCHANGE_MOVES = {
     ExchangeState.TUNNEL: {ExchangeState.DONE},
     ExchangeState.DONE: set(),
 }
+
+
+class _StopReading(Exception):
+    """
+    Raised from a parser callback to stop parsing the rest of a read.
+    """
 
 
 @implementer(IPushProducer)
@@ -1019,6 +1026,8 @@ class ProxyProtocol(Protocol):
             self._upgraded(data[e.args[0]:])
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
+            if isinstance(cause, _StopReading):
+                return
             if isinstance(cause, ProxyError):
                 self._protocolError(cause)
             else:
@@ -1083,6 +1092,10 @@ class ProxyProtocol(Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
+        if self.reader is ReaderState.CLOSED:
+            # The connection is ending (an answer said so while the rest of
+            # this read was being parsed): nothing after it is read.
+            raise _StopReading()
         self._moveReader(ReaderState.HEAD)
         self._armTimer(self.factory.settings.headerTimeout, ReaderState.HEAD)
 
@@ -1428,6 +1441,15 @@ class ProxyFactory(Factory):
         @return: the error a request gets before any forwarding, or C{None}.
         """
         facts = exchange.facts
+        version = exchange.head.version
+        if version != (1, 1) and version != (1, 0):
+            # llhttp accepts any single-digit version; only HTTP/1.x is
+            # spoken here (RFC 9110 section 15.6.6).
+            return VersionNotSupported(f"HTTP/{version[0]}.{version[1]} is not supported")
+        if version == (1, 0) and facts.chunked:
+            # RFC 9112 section 6.1: Transfer-Encoding in an HTTP/1.0
+            # message means faulty framing.
+            return BadRequest("Transfer-Encoding in an HTTP/1.0 request")
         if facts.hosts > 1:
             return BadRequest("more than one Host field")
         if facts.hosts == 0 and exchange.head.version >= (1, 1):
