@@ -97,6 +97,10 @@ def listenFDs(environ: Mapping[str, str] = os.environ, pid: Optional[int] = None
         process's by default.
     @return: the descriptor numbers, empty when none were passed or the
         variables are absent, malformed or meant for another process.
+
+    Twisted's C{systemd:} endpoint is stricter: it also needs
+    C{LISTEN_FDNAMES} with one name per descriptor, which systemd 227 and
+    later always set.
     """
     try:
         listenPID = int(environ.get("LISTEN_PID", ""))

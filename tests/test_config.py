@@ -1,0 +1,508 @@
+"""
+The configuration: command line > environment > TOML file > defaults, the
+aliases, the file's errors (each one line, naming the file and line), the
+exit on a configuration error, and the settings table.
+"""
+
+import inspect
+import io
+import os
+import re
+import sys
+from contextlib import redirect_stderr
+
+from twisted.internet import reactor
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from cachingproxy import tap
+from cachingproxy.config import SETTINGS, exitOnConfigError, fromOptions, settingsTable
+
+from .helpers import temporaryPath
+from .test_tap import REPO, TWISTD, _Twistd
+
+
+def writeConfig(testCase, text, name="cachingproxy.toml"):
+    """
+    @return: the path of a fresh file holding C{text}.
+    """
+    path = temporaryPath(testCase, name)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
+
+
+class PrecedenceTests(SynchronousTestCase):
+    """
+    Each source wins over the ones below it: command line, environment,
+    file, defaults.
+    """
+
+    def test_fileOverDefault(self):
+        """
+        A value in the file replaces the default; what the file does not
+        set keeps its default.
+        """
+        path = writeConfig(self, "upstream-timeout = 5\n")
+        result = fromOptions({"config": path}, {})
+        self.assertEqual(result.upstreamTimeout, 5.0)
+        self.assertEqual(result.connectTimeout, 10.0)
+        self.assertEqual(result.configFile, path)
+
+    def test_environmentOverFile(self):
+        """
+        A CACHINGPROXY_* variable wins over the file.
+        """
+        path = writeConfig(self, "upstream-timeout = 5\nidle-timeout = 7\n")
+        result = fromOptions({"config": path}, {"CACHINGPROXY_UPSTREAM_TIMEOUT": "6"})
+        self.assertEqual(result.upstreamTimeout, 6.0)
+        self.assertEqual(result.idleTimeout, 7.0)
+
+    def test_commandLineOverFile(self):
+        """
+        A command-line value wins over the file.
+        """
+        path = writeConfig(self, 'port = "3129"\nmin-uses = 3\n')
+        result = fromOptions({"config": path, "port": ("4000",)}, {})
+        self.assertEqual(result.port, ("tcp:4000",))
+        self.assertEqual(result.minUses, 3)
+
+    def test_commandLineOverEnvironment(self):
+        """
+        A command-line value wins over the environment, which wins over the
+        file, for one setting given by all three.
+        """
+        path = writeConfig(self, "connect-timeout = 1\n")
+        environ = {"CACHINGPROXY_CONNECT_TIMEOUT": "2"}
+        self.assertEqual(fromOptions({"config": path}, environ).connectTimeout, 2.0)
+        result = fromOptions({"config": path, "connect-timeout": "3"}, environ)
+        self.assertEqual(result.connectTimeout, 3.0)
+
+    def test_environmentOverDefault(self):
+        """
+        Without a file, the environment replaces the default.
+        """
+        result = fromOptions({}, {"CACHINGPROXY_HEADER_TIMEOUT": "4"})
+        self.assertEqual(result.headerTimeout, 4.0)
+        self.assertIsNone(result.configFile)
+
+    def test_environmentFlagOverFile(self):
+        """
+        A flag set in the file can be turned off by the environment.
+        """
+        path = writeConfig(self, "x-forwarded-for = true\nforwarded = true\n")
+        result = fromOptions({"config": path}, {"CACHINGPROXY_X_FORWARDED_FOR": "0"})
+        self.assertFalse(result.xForwardedFor)
+        self.assertTrue(result.forwarded)
+
+    def test_fileNamedByEnvironment(self):
+        """
+        CACHINGPROXY_CONFIG names the file when --config does not; --config
+        wins over it; the C{configFile} argument is the last resort.
+        """
+        fromEnv = writeConfig(self, "min-uses = 2\n")
+        fromCli = writeConfig(self, "min-uses = 3\n")
+        fallback = writeConfig(self, "min-uses = 4\n")
+        environ = {"CACHINGPROXY_CONFIG": fromEnv}
+        self.assertEqual(fromOptions({}, environ, fallback).minUses, 2)
+        self.assertEqual(fromOptions({"config": fromCli}, environ, fallback).minUses, 3)
+        self.assertEqual(fromOptions({}, {}, fallback).minUses, 4)
+        self.assertEqual(fromOptions({}, {}).minUses, 1)
+
+    def test_throughOptions(self):
+        """
+        C{twistd cachingproxy --config FILE} reads the file through
+        L{tap.Options}, and the command line still wins over it.
+        """
+        path = writeConfig(self, "upstream-timeout = 5\nconnect-timeout = 4\n")
+        options = tap.Options()
+        original = os.environ.copy()
+        try:
+            os.environ.clear()
+            options.parseOptions(["--config", path, "--connect-timeout", "2"])
+        finally:
+            os.environ.clear()
+            os.environ.update(original)
+        self.assertEqual(options.config.upstreamTimeout, 5.0)
+        self.assertEqual(options.config.connectTimeout, 2.0)
+
+
+class AliasTests(SynchronousTestCase):
+    """
+    LISTEN_PORT and NUM_WORKERS, and the workers setting.
+    """
+
+    def test_listenPort(self):
+        """
+        LISTEN_PORT sets the port, over the file; CACHINGPROXY_PORT wins
+        over LISTEN_PORT.
+        """
+        path = writeConfig(self, 'port = ["tcp:1"]\n')
+        result = fromOptions({"config": path}, {"LISTEN_PORT": "3129"})
+        self.assertEqual(result.port, ("tcp:3129",))
+        result = fromOptions({}, {"LISTEN_PORT": "3129", "CACHINGPROXY_PORT": "3130"})
+        self.assertEqual(result.port, ("tcp:3130",))
+
+    def test_numWorkers(self):
+        """
+        NUM_WORKERS sets the workers, over the file; CACHINGPROXY_WORKERS
+        wins over NUM_WORKERS; the command line over both.
+        """
+        path = writeConfig(self, "workers = 2\n")
+        self.assertEqual(fromOptions({"config": path}, {}).workers, 2)
+        self.assertEqual(fromOptions({"config": path}, {"NUM_WORKERS": "3"}).workers, 3)
+        environ = {"NUM_WORKERS": "3", "CACHINGPROXY_WORKERS": "4"}
+        self.assertEqual(fromOptions({}, environ).workers, 4)
+        self.assertEqual(fromOptions({"workers": "5"}, environ).workers, 5)
+
+    def test_workersDefault(self):
+        """
+        One worker by default.
+        """
+        self.assertEqual(fromOptions({}, {}).workers, 1)
+
+    def test_workersAuto(self):
+        """
+        C{workers = "auto"} (any case, from any source) is one per CPU.
+        """
+        path = writeConfig(self, 'workers = "auto"\n')
+        expected = os.cpu_count() or 1
+        self.assertEqual(fromOptions({"config": path}, {}).workers, expected)
+        self.assertEqual(fromOptions({}, {"NUM_WORKERS": "AUTO"}).workers, expected)
+        self.assertEqual(fromOptions({"workers": "auto"}, {}).workers, expected)
+
+    def test_workersInvalid(self):
+        """
+        Zero, negative or non-numeric workers are refused, naming the source.
+        """
+        for given, environ, name in [
+            ({"workers": "0"}, {}, "--workers"),
+            ({"workers": "many"}, {}, "--workers"),
+            ({}, {"NUM_WORKERS": "-2"}, "NUM_WORKERS (environment)"),
+        ]:
+            error = self.assertRaises(usage.UsageError, fromOptions, given, environ)
+            self.assertTrue(str(error).startswith(name + ": "), str(error))
+            self.assertIn("'auto'", str(error))
+
+    def test_shutdownGrace(self):
+        """
+        shutdown-grace is 10 seconds by default and takes fractions.
+        """
+        self.assertEqual(fromOptions({}, {}).shutdownGrace, 10.0)
+        path = writeConfig(self, "shutdown-grace = 2.5\n")
+        self.assertEqual(fromOptions({"config": path}, {}).shutdownGrace, 2.5)
+        self.assertEqual(
+            fromOptions({}, {"CACHINGPROXY_SHUTDOWN_GRACE": "30"}).shutdownGrace, 30.0
+        )
+
+
+class FileValueTests(SynchronousTestCase):
+    """
+    The shapes of values the file accepts.
+    """
+
+    def load(self, text):
+        return fromOptions({"config": writeConfig(self, text)}, {})
+
+    def test_ports(self):
+        """
+        port takes a string, a number or an array of either.
+        """
+        self.assertEqual(self.load('port = "3128"').port, ("tcp:3128",))
+        self.assertEqual(self.load("port = 3128").port, ("tcp:3128",))
+        self.assertEqual(
+            self.load('port = ["tcp:1:interface=127.0.0.1", 2]').port,
+            ("tcp:1:interface=127.0.0.1", "tcp:2"),
+        )
+
+    def test_sizes(self):
+        """
+        Sizes are suffixed strings or numbers of bytes.
+        """
+        result = self.load('cache-size = "64M"\ncache-memory = 1048576\n')
+        self.assertEqual(result.cacheSize, 64 * 1024**2)
+        self.assertEqual(result.cacheMemory, 1024**2)
+
+    def test_flagsAndStrings(self):
+        """
+        Flags are booleans; strings are strings; connect-ports also takes an
+        array of ports.
+        """
+        result = self.load(
+            'x-forwarded-for = true\nno-x-cache = true\nvia-name = "edge1"\n'
+            "connect-ports = [443, 8443]\n"
+            'upstream = "http://127.0.0.1:8080/base"\n'
+        )
+        self.assertTrue(result.xForwardedFor)
+        self.assertFalse(result.xCache)
+        self.assertEqual(result.viaName, "edge1")
+        self.assertEqual(result.connectPorts, frozenset([443, 8443]))
+        self.assertEqual(result.upstreamPath, b"/base")
+
+    def test_numbers(self):
+        """
+        Float settings take integers or floats; integer settings integers.
+        """
+        result = self.load("upstream-timeout = 2\nidle-timeout = 1.5\nmax-connections = 10\n")
+        self.assertEqual(
+            (result.upstreamTimeout, result.idleTimeout, result.maxConnections), (2.0, 1.5, 10)
+        )
+
+    def test_emptyFile(self):
+        """
+        An empty file (or one of comments) changes nothing.
+        """
+        self.assertEqual(self.load("# nothing\n").port, ("tcp:3128",))
+
+    def test_example(self):
+        """
+        contrib/cachingproxy.toml.example, with every setting uncommented,
+        names every setting but config and loads.
+        """
+        with open(os.path.join(REPO, "contrib", "cachingproxy.toml.example")) as f:
+            text = f.read()
+        uncommented = re.sub(r"(?m)^# ([a-z-]+ = )", r"\1", text)
+        import tomllib
+
+        keys = set(tomllib.loads(uncommented))
+        self.assertEqual(keys, {s.name for s in SETTINGS} - {"config"})
+        result = self.load(uncommented)
+        self.assertEqual(result.viaName, "proxy1")
+        self.assertEqual(result.workers, 1)
+
+
+class FileErrorTests(SynchronousTestCase):
+    """
+    Every error is one line naming the file, and the line and key when
+    there is one.
+    """
+
+    def error(self, text=None, given=None, environ=None):
+        if text is not None:
+            path = writeConfig(self, text)
+            given = dict(given or {}, config=path)
+        error = self.assertRaises(usage.UsageError, fromOptions, given or {}, environ or {})
+        message = str(error)
+        self.assertNotIn("\n", message)
+        return message, (given or {}).get("config")
+
+    def test_unknownKey(self):
+        """
+        An unknown key is named with its file and line, and the nearest
+        setting is suggested.
+        """
+        message, path = self.error("# comment\nport = 3128\n\nupstream-timout = 5\n")
+        self.assertEqual(
+            message,
+            f"{path}:4: unknown setting 'upstream-timout' (did you mean 'upstream-timeout'?)",
+        )
+
+    def test_unknownUnderscoreKey(self):
+        """
+        The underscore spelling of a setting is unknown, with the dashed
+        one suggested.
+        """
+        message, path = self.error("  max_connections = 5\n")
+        self.assertEqual(
+            message, f"{path}:1: unknown setting 'max_connections' (did you mean 'max-connections'?)"
+        )
+
+    def test_unknownTable(self):
+        """
+        A table is an unknown key at its header's line.
+        """
+        message, path = self.error('via-name = "a"\n\n[server]\nport = 1\n')
+        self.assertTrue(message.startswith(f"{path}:3: unknown setting 'server'"), message)
+
+    def test_configKey(self):
+        """
+        A file cannot name another configuration file.
+        """
+        message, path = self.error('config = "other.toml"\n')
+        self.assertTrue(message.startswith(f"{path}:1: unknown setting 'config'"), message)
+
+    def test_wrongType(self):
+        """
+        A value of the wrong TOML type names the file, line, key, what was
+        expected and what was found.
+        """
+        cases = [
+            ('\nupstream-timeout = "soon"\n', 2, "upstream-timeout: expected a number, got a string 'soon'"),
+            ("x-forwarded-for = 1\n", 1, "x-forwarded-for: expected true or false, got an integer 1"),
+            ("max-connections = 1.5\n", 1, "max-connections: expected an integer, got a float 1.5"),
+            ("min-uses = true\n", 1, "min-uses: expected an integer, got a boolean True"),
+            ("via-name = 3\n", 1, "via-name: expected a string, got an integer 3"),
+            ("port = []\n", 1, "port: expected a port or endpoint string"),
+            ("cache-size = [1]\n", 1, "cache-size: expected a size such as"),
+            ('"workers" = false\n', 1, 'workers: expected a number of processes or "auto"'),
+        ]
+        for text, line, expected in cases:
+            message, path = self.error(text)
+            self.assertTrue(message.startswith(f"{path}:{line}: {expected}"), message)
+
+    def test_tableValue(self):
+        """
+        An inline table where a string belongs is a type error at its line.
+        """
+        message, path = self.error("\n\nupstream = { url = 'x' }\n")
+        self.assertEqual(message, f"{path}:3: upstream: expected a string, got a table {{'url': 'x'}}")
+
+    def test_badValue(self):
+        """
+        A value of the right type but out of range names the file, line and
+        key through the same checks as the command line.
+        """
+        for text, line, expected in [
+            ("idle-timeout = -1\n", 1, "idle-timeout: must be greater than 0"),
+            ('\n\nport = "notaport"\n', 3, "port: expected a port number or an endpoint"),
+            ('cache-size = "lots"\n', 1, "cache-size: expected a size"),
+            ("workers = 0\n", 1, "workers: expected a number of processes"),
+            ('upstream = "ftp://x"\n', 1, "upstream: expected http://"),
+            ('connect-ports = [443, 70000]\n', 1, "connect-ports: '70000' is not a port"),
+        ]:
+            message, path = self.error(text)
+            self.assertTrue(message.startswith(f"{path}:{line}: {expected}"), message)
+
+    def test_syntaxError(self):
+        """
+        A TOML syntax error names the file and tomllib's line and column.
+        """
+        message, path = self.error('via-name = "a"\nport 3128\n')
+        self.assertTrue(message.startswith(f"{path}: invalid TOML: "), message)
+        self.assertIn("line 2, column", message)
+
+    def test_duplicateKey(self):
+        """
+        A key set twice is a TOML error.
+        """
+        message, path = self.error("min-uses = 1\nmin-uses = 2\n")
+        self.assertTrue(message.startswith(f"{path}: invalid TOML: "), message)
+        self.assertIn("line 2", message)
+
+    def test_missingFile(self):
+        """
+        A missing file is named along with what named it.
+        """
+        message, _ = self.error(given={"config": "/nonexistent/cachingproxy.toml"})
+        self.assertEqual(message, "--config: no such file '/nonexistent/cachingproxy.toml'")
+        message, _ = self.error(environ={"CACHINGPROXY_CONFIG": "/nonexistent/c.toml"})
+        self.assertEqual(
+            message, "CACHINGPROXY_CONFIG (environment): no such file '/nonexistent/c.toml'"
+        )
+
+    def test_unreadableFile(self):
+        """
+        A directory given as the file cannot be read.
+        """
+        directory = os.path.dirname(writeConfig(self, ""))
+        message, _ = self.error(given={"config": directory})
+        self.assertTrue(message.startswith(f"--config: cannot read {directory!r}: "), message)
+
+    def test_notUTF8(self):
+        """
+        A file that is not UTF-8 is named with the line of the first bad
+        byte.
+        """
+        path = temporaryPath(self, "latin1.toml")
+        with open(path, "wb") as f:
+            f.write(b'via-name = "a"\nvia-name = "caf\xe9"\n')
+        message, _ = self.error(given={"config": path})
+        self.assertEqual(message, f"{path}:2: not UTF-8 text")
+
+
+class ExitTests(SynchronousTestCase):
+    """
+    L{exitOnConfigError}.
+    """
+
+    def test_exit(self):
+        """
+        It writes C{cachingproxy: <message>} as one line to standard error
+        and exits with status 2.
+        """
+        stderr = io.StringIO()
+        with redirect_stderr(stderr):
+            exit = self.assertRaises(
+                SystemExit, exitOnConfigError, usage.UsageError("--port: no such port '99999'")
+            )
+        self.assertEqual(exit.code, 2)
+        self.assertEqual(stderr.getvalue(), "cachingproxy: --port: no such port '99999'\n")
+
+
+class SettingsTableTests(SynchronousTestCase):
+    """
+    L{settingsTable}, the README's table of settings.
+    """
+
+    def test_everySetting(self):
+        """
+        Every setting has a row with its option, its variables and help.
+        """
+        table = settingsTable()
+        self.assertTrue(table.startswith(".. list-table::\n"))
+        for setting in SETTINGS:
+            self.assertIn(f"   * - ``--{setting.name}``\n", table)
+            self.assertIn(f"``{setting.envName}``", table)
+        self.assertIn("``CACHINGPROXY_PORT``, ``LISTEN_PORT``", table)
+        self.assertIn("``CACHINGPROXY_WORKERS``, ``NUM_WORKERS``", table)
+        self.assertEqual(table.count("   * - "), len(SETTINGS) + 1)
+
+    def test_validRST(self):
+        """
+        docutils renders the table without a warning, when it is installed.
+        """
+        try:
+            from docutils.core import publish_doctree
+        except ImportError:
+            raise self.skipTest("docutils is not installed")
+        warnings = io.StringIO()
+        tree = publish_doctree(
+            settingsTable(), settings_overrides={"warning_stream": warnings, "report_level": 1}
+        )
+        self.assertEqual(warnings.getvalue(), "")
+        find = getattr(tree, "findall", tree.traverse)
+        rows = list(find(lambda n: n.tagname == "row"))
+        self.assertEqual(len(rows), len(SETTINGS) + 1)
+
+
+def _tapCalls(name):
+    """
+    @return: whether L{tap} mentions C{name} (wired by its owner).
+    """
+    return name in inspect.getsource(tap)
+
+
+class TwistdConfigErrorTests(TestCase):
+    """
+    twistd with a bad configuration file.
+    """
+
+    timeout = 30
+
+    async def test_badConfigFile(self):
+        """
+        C{twistd -n cachingproxy --config BAD.toml} exits with status 2 and
+        one line, C{cachingproxy: FILE:LINE: ...}, without a traceback or
+        the usage text.
+        """
+        path = writeConfig(self, "upstream-timeout = 5\nno-such-setting = 1\n", "BAD.toml")
+        process = _Twistd()
+        reactor.spawnProcess(
+            process,
+            sys.executable,
+            [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "cachingproxy", "--config", path],
+            env=dict(os.environ, PYTHONPATH=REPO),
+            path=REPO,
+        )
+        process.listening.addErrback(lambda _: None)
+        code = await process.ended
+        output = process.output.decode(errors="replace")
+        self.assertEqual(
+            output, f"cachingproxy: {path}:2: unknown setting 'no-such-setting'\n"
+        )
+        self.assertEqual(code, 2, output)
+
+    if not _tapCalls("exitOnConfigError"):
+        test_badConfigFile.todo = (
+            "needs tap.Options.postOptions to call config.exitOnConfigError"
+        )
