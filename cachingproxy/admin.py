@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_admin -*-
+# -*- test-case-name: tests.test_admin,tests.test_metrics,tests.test_status_page -*-
 """
 The proxy's own endpoints under C{/_cachingproxy/}: C{health} for load
 balancers, C{metrics} for Prometheus, and a status page for people
@@ -54,7 +54,12 @@ class AdminResource:
             self._serve(exchange, 200, _statusPage(), b"text/html; charset=utf-8")
             return
         if name == b"status.json":
-            body = json.dumps(self.status()).encode() + b"\n"
+            try:
+                body = json.dumps(self.status()).encode() + b"\n"
+            except Exception:
+                self._log.failure("building the status report failed")
+                self._serve(exchange, 503, b"status unavailable\n", b"text/plain; charset=utf-8")
+                return
             self._serve(exchange, 200, body, b"application/json")
             return
         self._serve(exchange, 404, b"no such admin endpoint\n", b"text/plain; charset=utf-8")
@@ -76,7 +81,13 @@ class AdminResource:
         if metrics is None:
             self._serve(exchange, 404, b"metrics are not kept\n", b"text/plain; charset=utf-8")
             return
-        body, contentType = metrics.render()
+        try:
+            body, contentType = metrics.render()
+        except Exception:
+            # e.g. the multiprocess folder is gone while shutting down
+            self._log.failure("rendering metrics failed")
+            self._serve(exchange, 503, b"metrics unavailable\n", b"text/plain; charset=utf-8")
+            return
         self._serve(exchange, 200, body, contentType.encode("ascii"))
 
     def status(self) -> dict:
@@ -116,6 +127,9 @@ class AdminResource:
                 "connections": factory.openConnections,
                 "requests": None,
             }]
+        for worker in report["workers"]:
+            if worker.get("pid") == os.getpid():
+                worker["worker"] = self.workerId
         report["pid"] = os.getpid()
         report["worker"] = self.workerId
         report["version"] = __version__

@@ -29,11 +29,13 @@ import time
 from bisect import bisect_left
 from typing import Dict, List, Optional, Tuple
 
+from twisted.application import service
 from twisted.logger import Logger
 
 __all__ = [
     "ENVIRONMENT",
     "Metrics",
+    "MetricsService",
     "countWorkerRestart",
     "markProcessDead",
     "statusReport",
@@ -241,6 +243,7 @@ class Metrics:
         self._families = _familiesFor(self.directory)
         self._ownsDirectory = False
         self._loop = None
+        self._stopped = False
         # -- what requestDone adds to, emptied by flush --
         self._counts: Dict[Tuple[bytes, int, str], int] = {}
         self._bytesIn = 0
@@ -322,21 +325,19 @@ class Metrics:
 
     def stop(self) -> None:
         """
-        Stop flushing (flush once more) and remove this process's status
-        file; remove the folder if L{create} made it.
+        Stop flushing, flush once more and mark this process's status file
+        stopped (its counts stay in the totals, like its Prometheus
+        counters); remove the folder if L{create} made it.
         """
         if self._loop is not None:
             if self._loop.running:
                 self._loop.stop()
             self._loop = None
+        self._stopped = True
         try:
-            self.flush(writeStatus=False)
+            self.flush()
         except Exception:
             _log.failure("flushing metrics failed")
-        try:
-            os.unlink(self.statusPath)
-        except OSError:
-            pass
         if self._ownsDirectory:
             _families.pop(self.directory, None)
             shutil.rmtree(self.directory, True)
@@ -523,6 +524,7 @@ class Metrics:
             "worker": self.workerId,
             "started": self.started,
             "updated": now,
+            "stopped": self._stopped,
             "connections": connections,
             "upstream": upstream,
             "totals": dict(self.totals),
@@ -532,9 +534,14 @@ class Metrics:
 
     def _writeStatus(self, now: float) -> None:
         temporary = self.statusPath + ".tmp"
-        with open(temporary, "w") as f:
-            json.dump(self.localStatus(now), f, separators=(",", ":"))
-        os.replace(temporary, self.statusPath)
+        try:
+            with open(temporary, "w") as f:
+                json.dump(self.localStatus(now), f, separators=(",", ":"))
+            os.replace(temporary, self.statusPath)
+        except FileNotFoundError:
+            # The folder is gone: the supervisor cleaned up before us.
+            if os.path.isdir(self.directory):
+                raise
 
     def status(self) -> dict:
         """
@@ -595,7 +602,9 @@ def statusReport(directory: str, now: float, pid: Optional[int] = None) -> dict:
             hosts[host] = hosts.get(host, 0) + n
         if started is None or report.get("started", now) < started:
             started = report.get("started", now)
-        live = now - report.get("updated", 0) < LIVE_SECONDS or report.get("pid") == pid
+        live = not report.get("stopped") and (
+            now - report.get("updated", 0) < LIVE_SECONDS or report.get("pid") == pid
+        )
         if live:
             connections += report.get("connections", 0)
             upstream += report.get("upstream", 0)
@@ -633,3 +642,22 @@ def statusReport(directory: str, now: float, pid: Optional[int] = None) -> dict:
         ],
         "topHosts": [{"host": h, "requests": n} for h, n in top],
     }
+
+
+class MetricsService(service.Service):
+    """
+    Starts and stops a L{Metrics} with a service tree (C{setServiceParent}).
+    """
+
+    name = "cachingproxy-metrics"
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def startService(self) -> None:
+        super().startService()
+        self.metrics.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.metrics.stop()

@@ -1,0 +1,394 @@
+"""
+The status page in a real headless browser: a caching proxy that served a
+few hits and misses, and Chromium loading C{/_cachingproxy/} from it while
+the reactor keeps serving (the page draws itself from C{status.json}).
+
+Chromium comes from Debian's C{chromium} package. If it is missing, the
+test installs it when running as root with C{CI} set or
+C{CACHINGPROXY_INSTALL_BROWSER=1}, and is skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+import time
+from html.parser import HTMLParser
+from typing import Dict, List, Optional
+
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SkipTest, TestCase
+from twisted.web.server import Site
+
+from cachingproxy.admin import AdminResource
+from cachingproxy.cache.memory import MemoryStore
+from cachingproxy import metrics as metricsModule
+from cachingproxy.metrics import ENVIRONMENT, Metrics
+from cachingproxy.resource import CacheResource, CacheSettings
+from cachingproxy.server import ProxySettings
+
+from .helpers import _trackServerConnections, exchange, startProxy
+from .test_cache_end_to_end import CountingOrigin
+
+#: How long installing the browser may take.
+INSTALL_TIMEOUT = 900
+#: How long one browser run may take.
+BROWSER_TIMEOUT = 120
+
+_browser: Dict[str, Optional[str]] = {}
+
+
+def findBrowser() -> str:
+    """
+    @return: the path of Chromium, installing Debian's package if allowed.
+    @raise SkipTest: if there is none and it may not be installed.
+    """
+    if "path" in _browser:
+        if _browser["path"] is None:
+            raise SkipTest(_browser["why"])
+        return _browser["path"]
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    why = None
+    if path is None:
+        allowed = os.environ.get("CI") or os.environ.get("CACHINGPROXY_INSTALL_BROWSER") == "1"
+        if not allowed:
+            why = ("chromium is not installed (apt-get install chromium; or set "
+                   "CACHINGPROXY_INSTALL_BROWSER=1, as root, to let this test install it)")
+        elif os.geteuid() != 0:
+            why = "chromium is not installed and installing it needs root"
+        elif shutil.which("apt-get") is None:
+            why = "chromium is not installed and there is no apt-get to install it"
+        else:
+            env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+            try:
+                done = subprocess.run(
+                    ["sh", "-c", "apt-get update && apt-get install -y --no-install-recommends chromium"],
+                    env=env, capture_output=True, timeout=INSTALL_TIMEOUT, check=False,
+                )
+            except subprocess.TimeoutExpired:
+                why = f"installing chromium took more than {INSTALL_TIMEOUT}s"
+            else:
+                path = shutil.which("chromium")
+                if path is None:
+                    why = "installing chromium failed: " + done.stderr.decode(errors="replace")[-500:]
+    _browser["path"] = path
+    _browser["why"] = why
+    if path is None:
+        raise SkipTest(why)
+    return path
+
+
+class _Collect(ProcessProtocol):
+    def __init__(self) -> None:
+        self.out: List[bytes] = []
+        self.err: List[bytes] = []
+        self.ended: defer.Deferred = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def errReceived(self, data: bytes) -> None:
+        self.err.append(data)
+
+    def processEnded(self, reason) -> None:
+        self.ended.callback(reason.value.exitCode)
+
+
+async def runBrowser(testCase, browser: str, arguments: List[str], home: str):
+    """
+    Run the browser with C{reactor.spawnProcess}, so that the reactor goes
+    on serving the page it loads.
+
+    @return: its exit code, standard output and standard error.
+    """
+    protocol = _Collect()
+    env = dict(os.environ, HOME=home)
+    process = reactor.spawnProcess(protocol, browser, [browser] + arguments, env=env)
+
+    def kill():
+        if process.pid is not None:
+            process.signalProcess("KILL")
+
+    timer = reactor.callLater(BROWSER_TIMEOUT, kill)
+
+    def cleanup():
+        if timer.active():
+            timer.cancel()
+        if not protocol.ended.called:
+            kill()
+            return protocol.ended
+
+    testCase.addCleanup(cleanup)
+    code = await protocol.ended
+    if timer.active():
+        timer.cancel()
+    return code, b"".join(protocol.out), b"".join(protocol.err)
+
+
+class _Texts(HTMLParser):
+    """
+    The text of each element with an id, and the tags seen.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts: Dict[str, str] = {}
+        self._open: List[Optional[str]] = []
+        self.tags: Dict[str, int] = {}
+
+    def handle_starttag(self, tag, attrs):
+        self.tags[tag] = self.tags.get(tag, 0) + 1
+        if tag in ("br", "meta", "link", "input", "img"):
+            return
+        ident = dict(attrs).get("id")
+        self._open.append(ident)
+        if ident is not None:
+            self.texts.setdefault(ident, "")
+
+    def handle_startendtag(self, tag, attrs):
+        self.tags[tag] = self.tags.get(tag, 0) + 1
+
+    def handle_endtag(self, tag):
+        if self._open:
+            self._open.pop()
+
+    def handle_data(self, data):
+        for ident in self._open:
+            if ident is not None:
+                self.texts[ident] += data
+
+
+def pngSize(path: str):
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if head[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    return struct.unpack(">II", head[16:24])
+
+
+class StatusProxyCase(TestCase):
+    """
+    A caching proxy with metrics and the admin endpoints, in front of a
+    L{CountingOrigin}.
+    """
+
+    #: keep the output folder (the screenshot) after the test
+    keepOutput = False
+
+    def setUp(self):
+        self.output = tempfile.mkdtemp(prefix="cachingproxy-status-page-")
+        if not self.keepOutput:
+            self.addCleanup(shutil.rmtree, self.output, True)
+        self.startProxy()
+
+    def startProxy(self):
+        old = os.environ.get(ENVIRONMENT)
+
+        def restore():
+            if old is None:
+                os.environ.pop(ENVIRONMENT, None)
+            else:
+                os.environ[ENVIRONMENT] = old
+
+        self.addCleanup(restore)
+        # The origin, a memory store and a caching proxy, as in
+        # tests/test_cache_end_to_end.py.
+        self.clock = Clock()
+        self.clock.advance(time.time())
+        self.origin = CountingOrigin(self.clock)
+        site = Site(self.origin)
+        site.log = lambda request: None
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        _trackServerConnections(self, site)
+        self.originPort = port.getHost().port
+        self.store = MemoryStore(4 * 1024 * 1024, 1024 * 1024)
+        self.factory, self.port, _ = startProxy(self, ProxySettings(viaName=b"test-proxy"))
+        self.factory.cache = CacheResource(self.store, self.clock, self.factory.pool, CacheSettings())
+        metricsFolder = os.path.join(self.output, "metrics")
+        os.mkdir(metricsFolder)
+        self.addCleanup(shutil.rmtree, metricsFolder, True)
+        self.addCleanup(metricsModule._families.pop, os.path.abspath(metricsFolder), None)
+        self.factory.metrics = Metrics(reactor, self.factory, directory=metricsFolder)
+        self.factory.metrics.start()
+        self.addCleanup(self.factory.metrics.stop)
+        self.factory.admin = AdminResource(self.factory, "w1")
+        self.fetched: List[bytes] = []
+        handle = self.factory.admin.handle
+
+        def recording(exchange, path):
+            self.fetched.append(path)
+            return handle(exchange, path)
+
+        self.factory.admin.handle = recording
+
+    async def get(self, path: bytes):
+        _, [response] = await exchange(
+            self.port, self,
+            b"GET http://127.0.0.1:%d%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n"
+            % (self.originPort, path, self.originPort),
+        )
+        return response
+
+    async def traffic(self):
+        """
+        Misses, then hits: 3 distinct paths fetched 4 times each.
+        """
+        results = []
+        for path in (b"/max-age/60/a", b"/big/200000", b"/max-age/60/b"):
+            for _ in range(4):
+                response = await self.get(path)
+                self.assertEqual(response.status, 200)
+                results.append(response.header(b"x-cache"))
+        await self.get(b"/private/c")
+        return results
+
+
+
+class StatusEndpointTests(StatusProxyCase):
+    """
+    C{status.json} and the page itself, without a browser.
+    """
+
+    async def admin(self, name: bytes):
+        _, [response] = await exchange(
+            self.port, self, b"GET /_cachingproxy/%s HTTP/1.1\r\nHost: x\r\n\r\n" % name
+        )
+        return response
+
+    async def test_statusJSON(self):
+        """
+        C{status.json} has the figures the page draws.
+        """
+        import json
+
+        await self.traffic()
+        response = await self.admin(b"status.json")
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.header(b"content-type"), b"application/json")
+        self.assertEqual(response.header(b"cache-control"), b"no-store")
+        report = json.loads(response.body)
+        self.assertEqual(report["totals"]["requests"], 13)
+        self.assertEqual(report["totals"]["hits"], 9)
+        self.assertAlmostEqual(report["hitRatio"], 9 / 13)
+        self.assertGreater(report["totals"]["bytesSaved"], 3 * 200000)
+        self.assertEqual(report["topHosts"], [{"host": "127.0.0.1", "requests": 13}])
+        self.assertEqual([(w["pid"], w["worker"]) for w in report["workers"]], [(os.getpid(), "w1")])
+        self.assertEqual(report["cache"]["entries"], 3)
+        self.assertEqual(report["cache"]["limit"], 4 * 1024 * 1024)
+        self.assertEqual(report["restarts"], 0)
+        self.assertEqual(sum(b["requests"] for b in report["series"]), 13)
+        self.assertGreater(report["requestsPerSecond"], 0)
+
+    async def test_statusJSONWithoutMetrics(self):
+        """
+        Without metrics, C{status.json} still tells the process, its uptime
+        and its cache.
+        """
+        import json
+
+        self.factory.metrics = None
+        report = json.loads((await self.admin(b"status.json")).body)
+        self.assertEqual(report["pid"], os.getpid())
+        self.assertEqual(report["totals"], None)
+        self.assertEqual(report["cache"]["entries"], 0)
+        self.assertEqual(len(report["workers"]), 1)
+
+    async def test_page(self):
+        """
+        The page is one self-contained HTML document at C{/_cachingproxy/}
+        and C{/_cachingproxy/status}: no outside scripts or styles.
+        """
+        first = await self.admin(b"")
+        second = await self.admin(b"status")
+        self.assertEqual(first.status, 200)
+        self.assertEqual(first.header(b"content-type"), b"text/html; charset=utf-8")
+        self.assertEqual(first.body, second.body)
+        self.assertIn(b'id="requests"', first.body)
+        self.assertIn(b"status.json", first.body)
+        self.assertNotRegex(first.body, rb"(src|href)=\"(https?:)?//")
+
+
+class StatusPageTests(StatusProxyCase):
+    """
+    C{/_cachingproxy/} drawn by Chromium.
+    """
+
+    timeout = INSTALL_TIMEOUT + 4 * BROWSER_TIMEOUT
+    keepOutput = True
+
+    def setUp(self):
+        self.browser = findBrowser()
+        super().setUp()
+        print(f"\nstatus page screenshot and DOM in {self.output}")
+
+    async def test_statusPage(self):
+        """
+        Chromium draws the status page from C{status.json}: the request
+        count, hit ratio, charts, cache bar, workers and top hosts show up
+        in the rendered DOM, and the screenshot is a real picture.
+        """
+        results = await self.traffic()
+        self.assertEqual(results.count(b"HIT"), 9)
+        self.factory.metrics.flush()
+        url = "http://127.0.0.1:%d/_cachingproxy/" % self.port
+        common = [
+            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--no-first-run", "--no-default-browser-check", "--disable-extensions",
+            "--hide-scrollbars", "--window-size=1200,900", "--virtual-time-budget=5000",
+        ]
+        screenshot = os.path.join(self.output, "status.png")
+        code, out, err = await runBrowser(
+            self, self.browser,
+            common + ["--user-data-dir=" + os.path.join(self.output, "profile-1"),
+                      "--screenshot=" + screenshot, url],
+            os.path.join(self.output, "home"),
+        )
+        self.assertEqual(code, 0, err.decode(errors="replace")[-2000:])
+        code, dom, err = await runBrowser(
+            self, self.browser,
+            common + ["--user-data-dir=" + os.path.join(self.output, "profile-2"), "--dump-dom", url],
+            os.path.join(self.output, "home"),
+        )
+        self.assertEqual(code, 0, err.decode(errors="replace")[-2000:])
+        for scratch in ("profile-1", "profile-2", "home"):
+            shutil.rmtree(os.path.join(self.output, scratch), True)
+        with open(os.path.join(self.output, "status.html"), "wb") as f:
+            f.write(dom)
+        print(f"screenshot: {screenshot}")
+
+        # The page asked for its figures.
+        self.assertIn(b"/_cachingproxy/", self.fetched)
+        self.assertIn(b"/_cachingproxy/status.json", self.fetched)
+
+        page = _Texts()
+        page.feed(dom.decode("utf-8"))
+        texts = page.texts
+        self.assertEqual(texts["requests"].strip(), "13")
+        self.assertGreater(int(texts["requests"]), 0)
+        ratio = texts["hit-ratio"].strip()
+        self.assertRegex(ratio, r"^\d+(\.\d)?%$")
+        self.assertAlmostEqual(float(ratio[:-1]), 100 * 9 / 13, places=1)
+        self.assertRegex(texts["bytes-saved"], r"^\d+(\.\d+)? (B|KiB|MiB)$")
+        self.assertNotEqual(texts["bytes-saved"].strip(), "0 B")
+        self.assertEqual(texts["workers-count"].strip(), "1")
+        self.assertIn(str(os.getpid()), texts["workers"])
+        self.assertIn("w1", texts["workers"])
+        self.assertIn("127.0.0.1", texts["hosts"])
+        self.assertRegex(texts["cache-text"], r" of 4\.0 MiB")
+        self.assertNotIn("error", re.findall(r'id="state" class="([^"]*)"', dom.decode()) or [""])
+        self.assertTrue(texts["state"].startswith("updated"), texts["state"])
+        rects = re.findall(r'<svg[^>]*id="chart-requests".*?</svg>', dom.decode(), re.S)
+        self.assertEqual(len(rects), 1)
+        self.assertGreaterEqual(rects[0].count("<rect"), 2)
+        self.assertRegex(dom.decode(), r'id="cache-fill"[^>]*style="width: [1-9][0-9.]*%')
+
+        size = os.path.getsize(screenshot)
+        self.assertGreater(size, 20000)
+        self.assertEqual(pngSize(screenshot), (1200, 900))
