@@ -19,7 +19,8 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from . import __version__
-from .config import SETTINGS, Config, fromOptions
+from . import systemd
+from .config import SETTINGS, Config, exitOnConfigError, fromOptions
 from .server import ProxyFactory, ProxySettings
 from .upstream import Origin, UpstreamPool, UpstreamSettings
 
@@ -89,7 +90,14 @@ class Options(usage.Options):
                     given[setting.name] = tuple(value)
             elif value is not None:
                 given[setting.name] = value
-        self.config = fromOptions(given, os.environ)
+        try:
+            self.config = fromOptions(given, os.environ)
+        except usage.UsageError as error:
+            if self.parent is not None:
+                # Run by twistd: one line naming the setting, exit 2, no
+                # usage dump.
+                exitOnConfigError(error)
+            raise
 
 
 def buildFactory(reactor, config: Config, accessLog=None) -> ProxyFactory:
@@ -302,19 +310,57 @@ class ProxyService(service.Service):
         return d.addCallback(lambda _: None)
 
 
+class TopService(service.MultiService):
+    """
+    The proxy's services. Tells systemd (C{Type=notify}) C{READY=1} once
+    every L{ProxyService} listens, and C{STOPPING=1} when shutting down.
+    (With workers, L{cachingproxy.workers.WorkersService} does it.)
+    """
+
+    def startService(self) -> None:
+        super().startService()
+        waits = [child.whenListening() for child in self if isinstance(child, ProxyService)]
+        if not waits:
+            return
+        ready = defer.gatherResults(waits, consumeErrors=True)
+        ready.addCallback(lambda _: systemd.notify(b"READY=1"))
+        # A port that cannot listen was logged, and stops the reactor.
+        ready.addErrback(lambda _: None)
+
+    def stopService(self):
+        if any(isinstance(child, ProxyService) for child in self):
+            systemd.notify(b"STOPPING=1")
+        return super().stopService()
+
+
 def makeService(options: Options, reactor=None) -> service.MultiService:
     """
-    Build the proxy service from parsed L{Options}.
+    Build the proxy service from parsed L{Options}: the proxy itself, or
+    with C{--workers} above 1 the parent of that many worker processes
+    sharing the listening sockets (L{cachingproxy.workers}).
     """
     if reactor is None:
         from twisted.internet import reactor as globalReactor
 
         reactor = globalReactor
     config: Config = options.config
+    grace = float(config.shutdownGrace)
+    top = TopService()
+    workers = int(config.workers)
+    if workers > 1:
+        # This process only owns the sockets and supervises the workers,
+        # which build their own factories (cachingproxy.workers).
+        from .workers import WorkersService, childArguments
+
+        WorkersService(reactor, config.port, workers, childArguments(options),
+                       grace).setServiceParent(top)
+        return top
     accessLog = AccessLogFile(config.accessLog) if config.accessLog else None
     factory = buildFactory(reactor, config, accessLog)
-    top = service.MultiService()
+    from .metrics import Metrics, MetricsService
+
+    factory.metrics = Metrics.create(reactor, factory)
+    MetricsService(factory.metrics).setServiceParent(top)
     for description in config.port:
-        ProxyService(reactor, description, factory,
-                     getattr(config, "shutdownGrace", 10.0)).setServiceParent(top)
+        ProxyService(reactor, description, factory, grace).setServiceParent(top)
     return top

@@ -40,9 +40,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from twisted.application import service
@@ -53,6 +55,8 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from . import __version__
+from .metrics import ENVIRONMENT as METRICS_ENVIRONMENT
+from .metrics import countWorkerRestart, markProcessDead
 
 __all__ = [
     "READY_MARKER",
@@ -73,8 +77,8 @@ _PARENT_ONLY = frozenset(["port", "workers"])
 
 _NOT_INSTALLED = object()
 
-#: The environment of systemd socket activation, meant for the parent only.
-_SYSTEMD_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+#: systemd's socket activation and notification, meant for the parent only.
+_SYSTEMD_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET")
 
 
 # -- listening sockets -----------------------------------------------------
@@ -168,6 +172,22 @@ def _checkDescription(description: str) -> Tuple[str, List[str], Dict[str, str]]
     return kind, args, kwargs
 
 
+def _systemdDescriptors(environ: Mapping[str, str]) -> List[int]:
+    """
+    The descriptors systemd passed (3, 4, ...: C{LISTEN_FDS} of them, when
+    C{LISTEN_PID} is this process). Unlike Twisted's C{ListenFDs} this
+    leaves the environment alone, so several C{--port systemd:...} each
+    find theirs; the workers get an environment without these variables.
+    """
+    if environ.get("LISTEN_PID") != str(os.getpid()):
+        return []
+    try:
+        count = int(environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        return []
+    return list(range(3, 3 + max(count, 0)))
+
+
 def parseListener(description: str, environ: Mapping[str, str] = os.environ) -> Listener:
     """
     Bind (or, for C{systemd:}, take over) the listening socket that
@@ -180,10 +200,8 @@ def parseListener(description: str, environ: Mapping[str, str] = os.environ) -> 
     """
     kind, args, kwargs = _checkDescription(description)
     if kind == "systemd":
-        from twisted.python.systemd import ListenFDs
-
         index = int(kwargs["index"])
-        inherited = ListenFDs.fromEnvironment(environ).inheritedDescriptors()
+        inherited = _systemdDescriptors(environ)
         if index >= len(inherited):
             raise usage.UsageError(
                 f"--port: {description!r}: systemd passed {len(inherited)} descriptors"
@@ -262,9 +280,36 @@ def workerEnvironment(environ: Mapping[str, str]) -> Dict[str, str]:
     """
     env = {k: v for k, v in environ.items() if k not in _SYSTEMD_VARIABLES}
     root = _packageRoot()
+    if root in _sitePackages():
+        # Installed: the same interpreter finds it without help, and a
+        # site-packages folder on PYTHONPATH would come before the
+        # standard library.
+        return env
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
     env["PYTHONPATH"] = os.pathsep.join([root] + paths)
     return env
+
+
+def _sitePackages() -> List[str]:
+    import site
+
+    folders = list(getattr(site, "getsitepackages", lambda: [])())
+    user = getattr(site, "getusersitepackages", lambda: None)()
+    if user:
+        folders.append(user)
+    return [os.path.abspath(f) for f in folders]
+
+
+def _notify(state: str) -> None:
+    """
+    Tell systemd (C{Type=notify} units) about the parent's state; nothing
+    when not run by systemd.
+    """
+    try:
+        from .systemd import notify
+    except ImportError:
+        return
+    notify(state)
 
 
 def _describeEnd(reason) -> str:
@@ -348,7 +393,8 @@ class _WorkerProcess(ProcessProtocol):
         for d in waiters:
             d.errback(RuntimeError(
                 f"worker {self.workerId} {_describeEnd(reason)} before it was ready"))
-        self.ended.callback(reason)
+        self.endReason = reason
+        self.ended.callback(None)
 
 
 class _Slot:
@@ -417,6 +463,8 @@ class WorkerSupervisor(service.Service):
         self._live: List[_WorkerProcess] = []
         self._reloading: Optional[defer.Deferred] = None
         self._reloadAgain = False
+        #: fires the first time every slot has a worker that is ready
+        self.allReady: defer.Deferred = defer.Deferred()
 
     # -- what to run --------------------------------------------------------
 
@@ -448,6 +496,12 @@ class WorkerSupervisor(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        # One folder where every worker's metrics add up (prometheus-client
+        # multiprocess mode), unless the operator chose one.
+        self.metricsFolder = None
+        if not self.environ.get(METRICS_ENVIRONMENT):
+            self.metricsFolder = tempfile.mkdtemp(prefix="cachingproxy-metrics-")
+            self.environ[METRICS_ENVIRONMENT] = self.metricsFolder
         for slot in self._slots:
             if slot.current is None:
                 slot.current = self._spawn(slot.workerId)
@@ -468,7 +522,13 @@ class WorkerSupervisor(service.Service):
         for worker in live:
             self._terminate(worker)
         d = defer.DeferredList([w.ended for w in live], consumeErrors=True)
-        return d.addCallback(lambda _: None)
+
+        def cleanup(_):
+            folder, self.metricsFolder = getattr(self, "metricsFolder", None), None
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
+
+        return d.addCallback(cleanup)
 
     def workers(self) -> List[_WorkerProcess]:
         """
@@ -501,10 +561,17 @@ class WorkerSupervisor(service.Service):
 
     def _workerReady(self, worker: _WorkerProcess) -> None:
         self._log.info("worker {worker} (pid {pid}) ready", worker=worker.workerId, pid=worker.pid)
+        if not self.allReady.called and all(
+            slot.current is not None and slot.current.ready for slot in self._slots
+        ):
+            self.allReady.callback(None)
 
     def _workerEnded(self, worker: _WorkerProcess, reason) -> None:
         if worker in self._live:
             self._live.remove(worker)
+        folder = self.environ.get(METRICS_ENVIRONMENT)
+        if worker.pid is not None and folder:
+            markProcessDead(worker.pid, folder)
         if worker.killCall is not None and worker.killCall.active():
             worker.killCall.cancel()
         how = _describeEnd(reason)
@@ -535,6 +602,9 @@ class WorkerSupervisor(service.Service):
     def _restart(self, slot: _Slot) -> None:
         slot.restartCall = None
         if self.running and slot.current is None and slot.replacement is None:
+            folder = self.environ.get(METRICS_ENVIRONMENT)
+            if folder:
+                countWorkerRestart(folder)
             slot.current = self._spawn(slot.workerId)
 
     def _terminate(self, worker: _WorkerProcess) -> None:
@@ -690,10 +760,19 @@ class WorkersService(service.MultiService):
     def startService(self) -> None:
         self._bind()
         super().startService()
+        self.supervisor.allReady.addCallback(
+            lambda _: _notify(f"READY=1\nSTATUS=serving with {self.count} worker processes"))
         if self.installSignalHandlers:
             reactor = self._reactor
             self._previousHandler = signal.signal(
-                signal.SIGHUP, lambda *a: reactor.callFromThread(self.reload))
+                signal.SIGHUP, lambda *a: reactor.callFromThread(self._reloadOnSignal))
+
+    def _reloadOnSignal(self) -> None:
+        self._log.info("SIGHUP: reloading the workers")
+        _notify("STATUS=replacing the worker processes")
+        d = self.reload()
+        d.addErrback(lambda f: self._log.failure("reload failed", f))
+        d.addCallback(lambda _: _notify(f"STATUS=serving with {self.count} worker processes"))
 
     def reload(self) -> defer.Deferred:
         """
@@ -710,6 +789,7 @@ class WorkersService(service.MultiService):
         if self._previousHandler is not _NOT_INSTALLED:
             previous, self._previousHandler = self._previousHandler, _NOT_INSTALLED
             signal.signal(signal.SIGHUP, signal.SIG_DFL if previous is None else previous)
+        _notify("STOPPING=1\nSTATUS=stopping the worker processes")
         d = defer.maybeDeferred(super().stopService)
 
         def closeListeners(result):

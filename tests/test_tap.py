@@ -129,13 +129,17 @@ class OptionsTests(SynchronousTestCase):
 
     def test_makeService(self):
         """
-        makeService builds one listening service per --port, not started.
+        makeService builds one listening service per --port (beside the
+        metrics service), not started.
         """
+        from cachingproxy.metrics import MetricsService
+
         options = tap.Options()
         options.parseOptions(["--port", "tcp:0", "--port", "tcp:0:interface=127.0.0.1",
                               "--no-access-log", "--no-cache"])
         service = tap.makeService(options)
-        services = list(service)
+        services = [s for s in service if isinstance(s, tap.ProxyService)]
+        self.assertEqual(len([s for s in service if isinstance(s, MetricsService)]), 1)
         self.assertEqual([s.description for s in services], ["tcp:0", "tcp:0:interface=127.0.0.1"])
         self.assertIs(services[0].factory, services[1].factory)
         self.assertIsNone(services[0].factory.accessLog)

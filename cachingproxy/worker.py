@@ -1,0 +1,349 @@
+# -*- test-case-name: tests.test_workers -*-
+"""
+One worker process of C{--workers N}, started by
+L{cachingproxy.workers.WorkerSupervisor}::
+
+    python -m cachingproxy.worker --inherit-fd FD [--inherit-fd FD ...]
+        --worker-id I [--ready-fd R] [cachingproxy options]
+
+The worker parses the cachingproxy options itself (with the environment and
+any configuration file, so a replacement picks up changed settings), adopts
+each inherited listening descriptor with C{reactor.adoptStreamPort} as
+Twisted's C{AdoptedStreamServerEndpoint} does (non-blocking, adopt, close its
+own copy), writes C{cachingproxy-worker-ready I PID} on the readiness pipe,
+and serves.
+
+On SIGTERM (or SIGINT, or when its parent goes away) it stops accepting
+(C{stopListening} on an adopted port closes the descriptor without shutting
+the shared socket down, so the other workers keep accepting), drains its
+connections within the shutdown grace, closes its upstream pool and exits
+with status 0.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+from twisted.internet import defer, fdesc, task
+from twisted.internet.error import ConnectionDone, ConnectionLost, ReactorNotRunning
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.logger import Logger
+from twisted.python import usage
+from zope.interface import implementer
+
+__all__ = ["Worker", "splitArguments", "main"]
+
+
+def splitArguments(argv: Sequence[str]) -> Tuple[List[int], str, Optional[int], List[str]]:
+    """
+    Take the worker's own options out of C{argv}.
+
+    @return: the inherited descriptors, the worker id, the readiness
+        descriptor (or C{None}) and the remaining cachingproxy options.
+    @raise usage.UsageError: for a missing or malformed value.
+    """
+    fds: List[int] = []
+    workerId = ""
+    readyFD: Optional[int] = None
+    rest: List[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        name, equals, value = item.partition("=")
+        if name in ("--inherit-fd", "--worker-id", "--ready-fd"):
+            if not equals:
+                if i + 1 >= len(items):
+                    raise usage.UsageError(f"{name}: a value is needed")
+                i += 1
+                value = items[i]
+            if name == "--worker-id":
+                workerId = value
+            else:
+                if not value.isdigit():
+                    raise usage.UsageError(f"{name}: expected a descriptor number, got {value!r}")
+                if name == "--inherit-fd":
+                    fds.append(int(value))
+                else:
+                    readyFD = int(value)
+        else:
+            rest.append(item)
+        i += 1
+    if not fds:
+        raise usage.UsageError("--inherit-fd: at least one listening descriptor is needed")
+    return fds, workerId, readyFD, rest
+
+
+class Worker:
+    """
+    Serves the adopted listening descriptors with a proxy factory.
+
+    @ivar settle: seconds between no longer accepting and draining, so a
+        connection accepted just before the stop gets its request read
+        (rather than closed as idle) and answered.
+    @ivar ports: the adopted listening ports.
+    @ivar exitCode: what the process should exit with.
+    """
+
+    settle = 0.2
+    _log = Logger()
+
+    def __init__(self, reactor, config, workerId: str, fds: Sequence[int],
+                 readyFD: Optional[int] = None, factory=None) -> None:
+        self._reactor = reactor
+        self.config = config
+        self.workerId = workerId
+        self.fds = list(fds)
+        self.readyFD = readyFD
+        self.factory = factory
+        self.grace = float(config.shutdownGrace)
+        self.ports: List = []
+        self.exitCode = 0
+        self._accessLog = None
+        self._stopping: Optional[defer.Deferred] = None
+
+    def start(self) -> None:
+        """
+        Build the factory, adopt the descriptors, say ready.
+        """
+        from . import tap
+        from .admin import AdminResource
+
+        if self.factory is None:
+            if self.config.accessLog:
+                self._accessLog = tap.AccessLogFile(self.config.accessLog)
+            self.factory = tap.buildFactory(self._reactor, self.config, self._accessLog)
+        self.factory.admin = AdminResource(self.factory, self.workerId)
+        from .metrics import Metrics
+
+        if self.factory.metrics is None:
+            self.factory.metrics = Metrics.create(self._reactor, self.factory,
+                                                  workerId=self.workerId)
+        self.factory.metrics.start()
+        for fd in self.fds:
+            probe = socket.socket(fileno=fd)
+            family = probe.family
+            probe.detach()
+            fdesc.setNonBlocking(fd)
+            port = self._reactor.adoptStreamPort(fd, family, self.factory)
+            # The port holds its own duplicate now.
+            os.close(fd)
+            self.ports.append(port)
+            self._log.info("worker {worker} (pid {pid}) accepting on {address}",
+                           worker=self.workerId, pid=os.getpid(), address=port.getHost())
+        self.fds = []
+        if self.factory.port is None and self.ports:
+            self.factory.port = self.ports[0]
+        housekeeping = getattr(self.factory.cache, "housekeeping", None)
+        if housekeeping is not None and not housekeeping.running:
+            housekeeping.start(60, now=False)
+        if self.readyFD is not None:
+            os.write(self.readyFD, b"cachingproxy-worker-ready %s %d\n"
+                     % (self.workerId.encode(), os.getpid()))
+            os.close(self.readyFD)
+            self.readyFD = None
+
+    def stop(self) -> defer.Deferred:
+        """
+        Stop accepting, wait L{settle}, drain within the grace, close the
+        upstream pool.
+
+        @return: a Deferred firing when the worker may exit.
+        """
+        if self._stopping is not None:
+            return self._stopping
+        ports, self.ports = self.ports, []
+        waits = [defer.maybeDeferred(port.stopListening) for port in ports]
+        if self.factory is None:
+            self._stopping = defer.succeed(None)
+            return self._stopping
+        housekeeping = getattr(self.factory.cache, "housekeeping", None)
+        if housekeeping is not None and housekeeping.running:
+            housekeeping.stop()
+        self._log.info("worker {worker} (pid {pid}) stopping: no longer accepting",
+                       worker=self.workerId, pid=os.getpid())
+        d = defer.DeferredList(waits, consumeErrors=True)
+
+        def settle(_):
+            if self.factory.openConnections and self.settle > 0:
+                return task.deferLater(self._reactor, min(self.settle, self.grace), lambda: None)
+
+        d.addCallback(settle)
+        d.addCallback(lambda _: self.factory.drain(self.grace))
+        d.addBoth(lambda _: self.factory.pool.closeCachedConnections())
+
+        def done(result):
+            if self._accessLog is not None:
+                self._accessLog.close()
+            if self.factory.metrics is not None:
+                self.factory.metrics.stop()
+            return None
+
+        self._stopping = d.addBoth(done)
+        return self._stopping
+
+
+@implementer(IReadDescriptor)
+class _ParentWatch:
+    """
+    Reads the standard input pipe the parent holds open and never writes
+    to: end of file means the parent is gone, so stop (gracefully).
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor, fd: int = 0) -> None:
+        self._reactor = reactor
+        self.fd = fd
+        self.watching = True
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return "parent-watch"
+
+    def doRead(self):
+        try:
+            data = os.read(self.fd, 4096)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return ConnectionLost()
+        if not data:
+            return ConnectionDone()
+        return None
+
+    def stopWatching(self) -> None:
+        """
+        The worker is stopping anyway: let go of the pipe.
+        """
+        if self.watching:
+            self.watching = False
+            self._reactor.removeReader(self)
+
+    def connectionLost(self, reason) -> None:
+        # epoll reports the writer's end as a hang-up, without a read.
+        if not self.watching:
+            return
+        self.watching = False
+        self._log.warn("the parent process is gone: stopping")
+        try:
+            self._reactor.stop()
+        except ReactorNotRunning:
+            pass
+
+
+def _watchParent(reactor, fd: int = 0) -> None:
+    try:
+        isPipe = stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except OSError:
+        return
+    if isPipe:
+        fdesc.setNonBlocking(fd)
+        watch = _ParentWatch(reactor, fd)
+        reactor.addReader(watch)
+        reactor.addSystemEventTrigger("before", "shutdown", watch.stopWatching)
+
+
+def _startLogging(workerId: str, out=None) -> None:
+    """
+    Log to stdout (the parent's), each line's system naming this worker.
+    """
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    observer = textFileLogObserver(out or sys.stdout)
+    prefix = f"worker {workerId} pid {os.getpid()}"
+
+    def tagged(event):
+        system = event.get("log_system")
+        if system is None:
+            level = event.get("log_level")
+            system = f"{event.get('log_namespace', '-')}#{level.name if level else '-'}"
+        observer(dict(event, log_system=f"{prefix}|{system}"))
+
+    globalLogBeginner.beginLoggingTo([tagged], redirectStandardIO=False)
+
+
+def _stopOnSignals(reactor) -> None:
+    """
+    Replace the reactor's SIGTERM and SIGINT handlers with ones that stop
+    once: the worker may get both the parent's SIGTERM and a terminal's
+    SIGINT (they share the process group), and a second C{reactor.stop}
+    would only log an error. SIGHUP is the parent's business (a reload):
+    the worker ignores it rather than dying of it.
+    """
+    stopping = []
+
+    def stop(signalNumber: int) -> None:
+        if stopping:
+            return
+        stopping.append(signalNumber)
+        Worker._log.info("received {signal}: stopping",
+                         signal=signal.Signals(signalNumber).name)
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            pass
+
+    def handler(signalNumber, frame) -> None:
+        reactor.callFromThread(stop, signalNumber)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def main(argv: Optional[Sequence[str]] = None, reactor=None) -> int:
+    """
+    Run one worker until it is told to stop.
+
+    @return: the exit status.
+    """
+    from .tap import Options
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        fds, workerId, readyFD, rest = splitArguments(argv)
+        options = Options()
+        options.parseOptions(rest)
+    except usage.UsageError as e:
+        print(f"cachingproxy worker: {e}", file=sys.stderr)
+        return 2
+    if reactor is None:
+        from twisted.internet import reactor
+    workerId = workerId or str(os.getpid())
+    _startLogging(workerId)
+    worker = Worker(reactor, options.config, workerId, fds, readyFD)
+
+    def start():
+        try:
+            worker.start()
+        except Exception:
+            Worker._log.failure("worker {worker} cannot start", worker=workerId)
+            worker.exitCode = 1
+            reactor.stop()
+
+    reactor.callWhenRunning(start)
+    reactor.callWhenRunning(_stopOnSignals, reactor)
+    reactor.addSystemEventTrigger("before", "shutdown", worker.stop)
+    _watchParent(reactor)
+    reactor.run()
+    # Stopped and drained: a late SIGTERM (the parent's, after a SIGINT)
+    # must not turn a clean exit into a death by signal.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return worker.exitCode
+
+
+if __name__ == "__main__":
+    # Run the module's own copy, so log namespaces read
+    # cachingproxy.worker rather than __main__.
+    from cachingproxy.worker import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,820 @@
+"""
+Worker processes on one listening socket (C{--workers N}): the supervisor
+with a fake process reactor, the worker side with a memory reactor, one
+real adoption in this process, and C{twistd cachingproxy --workers 2} end
+to end.
+"""
+
+import json
+import os
+import signal
+import socket
+import sys
+from typing import List
+
+from twisted.internet import defer, reactor, task
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.interfaces import IProcessTransport
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python import usage
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+
+from cachingproxy import tap
+from cachingproxy.worker import Worker, splitArguments
+from cachingproxy.workers import WorkerSupervisor, WorkersService, parseListener
+
+from .helpers import RawClient, listenOrigin, temporaryPath, until
+
+#: Runs twistd as its console script does (as tests/test_tap.py does).
+TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+HEALTH = b"GET /_cachingproxy/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+# -- a fake process reactor ---------------------------------------------------
+
+
+@implementer(IProcessTransport)
+class FakeProcess:
+    """
+    A spawned process that only records signals; the test ends it.
+    """
+
+    def __init__(self, proto, executable, args, env, childFDs, pid):
+        self.proto = proto
+        self.executable = executable
+        self.args = args
+        self.env = env
+        self.childFDs = childFDs
+        self.pid = pid
+        self.signals: List[str] = []
+
+    def signalProcess(self, signalID):
+        if self.pid is None:
+            raise ProcessExitedAlready()
+        self.signals.append(signalID)
+
+    def sayReady(self):
+        """
+        Write the readiness line as a worker does.
+        """
+        readyFD = [fd for fd, kind in self.childFDs.items() if kind == "r"][0]
+        self.proto.childDataReceived(readyFD, b"cachingproxy-worker-ready 1 %d\n" % self.pid)
+
+    def end(self, exitCode=0, signal=None):
+        """
+        Deliver the end of the process.
+        """
+        self.pid = None
+        if exitCode == 0 and signal is None:
+            reason = ProcessDone(0)
+        else:
+            reason = ProcessTerminated(exitCode if signal is None else None, signal)
+        self.proto.processEnded(Failure(reason))
+
+
+class ProcessReactor(MemoryReactorClock):
+    """
+    A memory reactor with a clock whose C{spawnProcess} records fake
+    processes (like C{DummyProcessReactor} in Twisted's test_procmon).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.processes: List[FakeProcess] = []
+
+    def spawnProcess(self, processProtocol, executable, args=(), env=None, path=None,
+                     uid=None, gid=None, usePTY=0, childFDs=None):
+        process = FakeProcess(processProtocol, executable, args, env, childFDs,
+                              1000 + len(self.processes))
+        self.processes.append(process)
+        processProtocol.makeConnection(process)
+        return process
+
+    def alive(self, workerId=None):
+        return [p for p in self.processes if p.pid is not None
+                and workerId in (None, p.args[p.args.index("--worker-id") + 1])]
+
+
+class SupervisorTests(SynchronousTestCase):
+    """
+    L{WorkerSupervisor}: spawning, restarting, stopping, reloading.
+    """
+
+    def setUp(self):
+        self.reactor = ProcessReactor()
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.supervisor = WorkerSupervisor(
+            self.reactor, 2, [5], ["--cache-dir=none"], grace=3.0,
+            environ={"LISTEN_FDS": "1", "LISTEN_PID": "1", "PYTHONPATH": "/elsewhere",
+                     "CACHINGPROXY_X": "y"},
+            executable="/usr/bin/python3")
+
+    def logged(self):
+        return [formatEvent(e) for e in self.events]
+
+    def test_spawnArguments(self):
+        """
+        Starting spawns one worker per slot: C{-m cachingproxy.worker} with
+        the listening descriptor inherited at its number, the worker id, a
+        readiness pipe on a free descriptor, and the child arguments; the
+        environment is the parent's minus systemd's variables, with this
+        checkout first on PYTHONPATH.
+        """
+        self.supervisor.startService()
+        first, second = self.reactor.processes
+        self.assertEqual(first.executable, "/usr/bin/python3")
+        args = [a for a in first.args if a != "-P"]
+        self.assertEqual(
+            args,
+            ["/usr/bin/python3", "-m", "cachingproxy.worker", "--inherit-fd", "5",
+             "--worker-id", "1", "--ready-fd", "6", "--cache-dir=none"])
+        self.assertIn("2", second.args[second.args.index("--worker-id") + 1])
+        self.assertEqual(first.childFDs, {0: "w", 1: 1, 2: 2, 5: 5, 6: "r"})
+        self.assertNotIn("LISTEN_FDS", first.env)
+        self.assertNotIn("LISTEN_PID", first.env)
+        self.assertEqual(first.env["CACHINGPROXY_X"], "y")
+        self.assertEqual(first.env["PYTHONPATH"].split(os.pathsep), [REPO, "/elsewhere"])
+
+    def test_restartWithBackoff(self):
+        """
+        A worker that dies is restarted after the minimum delay; while it
+        keeps dying within a second of its start the delay doubles up to
+        the maximum; one that lived longer is restarted after the minimum
+        again. Each death is logged with the status or signal.
+        """
+        self.supervisor.startService()
+        delays = []
+        for _ in range(7):
+            [victim] = self.reactor.alive("1")
+            victim.end(1)
+            before = len(self.reactor.processes)
+            [restart] = self.reactor.getDelayedCalls()
+            delay = restart.getTime() - self.reactor.seconds()
+            self.reactor.advance(delay)
+            self.assertEqual(len(self.reactor.processes), before + 1)
+            delays.append(round(delay, 3))
+        self.assertEqual(delays, [0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0])
+
+        self.reactor.advance(2)
+        self.reactor.alive("1")[0].end(signal=signal.SIGKILL)
+        self.reactor.advance(0.2)
+        self.assertEqual(len(self.reactor.alive()), 2)
+        self.assertTrue(any("killed by signal 9 (SIGKILL) unexpectedly" in line
+                            for line in self.logged()), self.logged())
+        self.assertTrue(any("exited with status 1 unexpectedly" in line for line in self.logged()))
+
+    def test_stopTermThenKill(self):
+        """
+        Stopping sends SIGTERM to every worker and SIGKILL to one still
+        alive after the grace plus a margin; the stop fires only once all
+        have ended, and none is restarted.
+        """
+        self.supervisor.startService()
+        first, second = self.reactor.processes
+        stopped = self.supervisor.stopService()
+        self.assertEqual((first.signals, second.signals), (["TERM"], ["TERM"]))
+        first.end(0)
+        self.reactor.advance(self.supervisor.killTime - 0.1)
+        self.assertEqual(second.signals, ["TERM"])
+        self.assertNoResult(stopped)
+        self.reactor.advance(0.1)
+        self.assertEqual(second.signals, ["TERM", "KILL"])
+        self.assertNoResult(stopped)
+        second.end(signal=signal.SIGKILL)
+        self.successResultOf(stopped)
+        self.reactor.advance(10)
+        self.assertEqual(len(self.reactor.processes), 2)
+
+    def test_stopCancelsRestart(self):
+        """
+        A restart pending when the service stops does not happen.
+        """
+        self.supervisor.startService()
+        self.reactor.processes[0].end(1)
+        stopped = self.supervisor.stopService()
+        self.reactor.processes[1].end(0)
+        self.successResultOf(stopped)
+        self.reactor.advance(10)
+        self.assertEqual(len(self.reactor.processes), 2)
+
+    def test_allReady(self):
+        """
+        C{allReady} fires once every worker has said it is ready.
+        """
+        self.supervisor.startService()
+        first, second = self.reactor.processes
+        first.sayReady()
+        self.assertNoResult(self.supervisor.allReady)
+        second.sayReady()
+        self.successResultOf(self.supervisor.allReady)
+
+    def test_rollingReload(self):
+        """
+        A reload replaces the workers one at a time: each replacement is
+        spawned, the old worker gets SIGTERM only once its replacement is
+        ready, and only then is the next replacement spawned.
+        """
+        self.supervisor.startService()
+        old1, old2 = self.reactor.processes
+        reloaded = self.supervisor.reload()
+        self.assertEqual(len(self.reactor.processes), 3)
+        new1 = self.reactor.processes[2]
+        self.assertIn("1", new1.args[new1.args.index("--worker-id") + 1])
+        self.reactor.advance(5)
+        self.assertEqual((old1.signals, old2.signals), ([], []))
+
+        new1.sayReady()
+        self.assertEqual((old1.signals, old2.signals), (["TERM"], []))
+        self.assertEqual(len(self.reactor.processes), 4)
+        new2 = self.reactor.processes[3]
+        self.assertEqual(new2.args[new2.args.index("--worker-id") + 1], "2")
+        old1.end(0)
+        self.reactor.advance(1)
+        self.assertEqual(len(self.reactor.processes), 4, "a retired worker is not restarted")
+        self.assertNoResult(reloaded)
+
+        new2.sayReady()
+        self.assertEqual(old2.signals, ["TERM"])
+        self.successResultOf(reloaded)
+        self.assertEqual([w.pid for w in self.supervisor.workers()], [new1.pid, new2.pid])
+        self.assertEqual(new1.signals + new2.signals, [])
+
+    def test_reloadStopsWhenReplacementFails(self):
+        """
+        A replacement that dies before it is ready stops the reload: the
+        old workers keep serving, untouched.
+        """
+        self.supervisor.startService()
+        old1, old2 = self.reactor.processes
+        reloaded = self.supervisor.reload()
+        self.reactor.processes[2].end(2)
+        self.successResultOf(reloaded)
+        self.assertEqual((old1.signals, old2.signals), ([], []))
+        self.assertEqual([w.pid for w in self.supervisor.workers()], [old1.pid, old2.pid])
+        self.assertTrue(any("reload stopped" in line for line in self.logged()))
+
+    def test_reloadTimesOut(self):
+        """
+        A replacement that never says ready is killed after the readiness
+        timeout and the old workers keep serving.
+        """
+        self.supervisor.startService()
+        old1, old2 = self.reactor.processes
+        reloaded = self.supervisor.reload()
+        new = self.reactor.processes[2]
+        self.reactor.advance(self.supervisor.readyTimeout)
+        self.successResultOf(reloaded)
+        self.assertEqual(new.signals, ["TERM"])
+        self.assertEqual((old1.signals, old2.signals), ([], []))
+
+    def test_oldWorkerDiesDuringReload(self):
+        """
+        An old worker that dies while its replacement starts is not
+        restarted: the replacement takes its place.
+        """
+        self.supervisor.startService()
+        old1, old2 = self.reactor.processes
+        reloaded = self.supervisor.reload()
+        new1 = self.reactor.processes[2]
+        old1.end(signal=signal.SIGKILL)
+        self.reactor.advance(1)
+        self.assertEqual(len(self.reactor.processes), 3)
+        new1.sayReady()
+        self.reactor.processes[3].sayReady()
+        self.successResultOf(reloaded)
+        self.assertEqual(len(self.supervisor.workers()), 2)
+
+    def test_reloadDuringReloadRunsAgain(self):
+        """
+        A reload asked for during one runs again after it.
+        """
+        self.supervisor.startService()
+        first = self.supervisor.reload()
+        second = self.supervisor.reload()
+        for index in range(2, 6):
+            self.reactor.processes[index].sayReady()
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.assertEqual(len(self.reactor.processes), 6)
+
+
+class ServiceTests(SynchronousTestCase):
+    """
+    L{WorkersService}, L{parseListener}, L{childArguments} and makeService.
+    """
+
+    def options(self, *argv):
+        options = tap.Options()
+        options.parseOptions(list(argv))
+        return options
+
+    def test_makeServiceWithWorkers(self):
+        """
+        With --workers 2 makeService builds the parent (not started); the
+        workers get every option but --port and --workers.
+        """
+        options = self.options("--port", "tcp:0:interface=127.0.0.1", "--workers", "2",
+                               "--cache-dir", "none", "--x-forwarded-for")
+        top = tap.makeService(options)
+        [parent] = list(top)
+        self.assertIsInstance(parent, WorkersService)
+        self.assertEqual(parent.count, 2)
+        self.assertEqual(parent.descriptions, ["tcp:0:interface=127.0.0.1"])
+        self.assertEqual(sorted(parent.childArgs), ["--cache-dir=none", "--x-forwarded-for"])
+        self.assertFalse(parent.running)
+
+    def test_makeServiceOneWorker(self):
+        """
+        With one worker (the default) the proxy runs in the twistd process.
+        """
+        services = list(tap.makeService(self.options("--port", "tcp:0", "--no-cache")))
+        [proxy] = [s for s in services if isinstance(s, tap.ProxyService)]
+        self.assertEqual(proxy.description, "tcp:0")
+
+    def test_unsharableListener(self):
+        """
+        Listeners the workers cannot share are refused with the option
+        named.
+        """
+        for description in ["unix:/tmp/x.sock", "ssl:443", "systemd:domain=UNIX:index=0"]:
+            error = self.assertRaises(
+                usage.UsageError, WorkersService, None, [description], 2)
+            self.assertIn("--port", str(error))
+
+    def test_serviceStartStop(self):
+        """
+        The parent service binds, hands the descriptor to the supervisor's
+        workers, installs a SIGHUP handler, and on stop restores the handler
+        and closes the socket only once the workers have ended.
+        """
+        processes = ProcessReactor()
+        before = signal.getsignal(signal.SIGHUP)
+        parent = WorkersService(processes, ["tcp:0:interface=127.0.0.1"], 2, ["--no-cache"],
+                                grace=1.0)
+        parent.privilegedStartService()
+        parent.startService()
+        self.addCleanup(lambda: [listener.close() for listener in parent.listeners])
+        [listener] = parent.listeners
+        self.assertIsNot(signal.getsignal(signal.SIGHUP), before)
+        first, second = processes.processes
+        self.assertEqual(first.childFDs[listener.fileno], listener.fileno)
+        self.assertEqual(first.args[-1], "--no-cache")
+
+        stopped = parent.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), before)
+        first.end(0)
+        self.assertIsNotNone(listener.socket)
+        second.end(0)
+        self.successResultOf(stopped)
+        self.assertIsNone(listener.socket)
+
+    def test_systemdNotify(self):
+        """
+        Under systemd (C{NOTIFY_SOCKET}) the parent says READY=1 once every
+        worker is ready and STOPPING=1 when it stops; the workers do not
+        get the variable.
+        """
+        path = temporaryPath(self, "notify")
+        receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        receiver.bind(path)
+        receiver.setblocking(False)
+        self.addCleanup(receiver.close)
+        previous = os.environ.get("NOTIFY_SOCKET")
+        os.environ["NOTIFY_SOCKET"] = path
+        self.addCleanup(lambda: os.environ.pop("NOTIFY_SOCKET") if previous is None
+                        else os.environ.update(NOTIFY_SOCKET=previous))
+        processes = ProcessReactor()
+        parent = WorkersService(processes, ["tcp:0:interface=127.0.0.1"], 2,
+                                installSignalHandlers=False)
+        parent.startService()
+        self.addCleanup(lambda: [listener.close() for listener in parent.listeners])
+        first, second = processes.processes
+        self.assertNotIn("NOTIFY_SOCKET", first.env)
+        first.sayReady()
+        self.assertRaises(BlockingIOError, receiver.recv, 1000)
+        second.sayReady()
+        self.assertTrue(receiver.recv(1000).startswith(b"READY=1\n"))
+        stopped = parent.stopService()
+        self.assertTrue(receiver.recv(1000).startswith(b"STOPPING=1\n"))
+        first.end(0)
+        second.end(0)
+        self.successResultOf(stopped)
+
+    def test_cannotListen(self):
+        """
+        A port that cannot be bound is logged and ends the parent (exit
+        status 1) before any worker is spawned; what was bound is closed.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        processes = ProcessReactor()
+        first = parseListener("tcp:0:interface=127.0.0.1")
+        self.addCleanup(first.close)
+        busy = f"tcp:{first.address.port}:interface=127.0.0.1"
+        bound = []
+
+        def listen(description):
+            bound.append(parseListener(description))
+            return bound[-1]
+
+        parent = WorkersService(processes, ["tcp:0:interface=127.0.0.1", busy], 2,
+                                installSignalHandlers=False, listen=listen)
+        error = self.assertRaises(SystemExit, parent.privilegedStartService)
+        self.assertEqual(error.code, 1)
+        self.assertEqual(processes.processes, [])
+        self.assertIsNone(bound[0].socket)
+        self.assertIn("cannot listen on " + busy, [formatEvent(e) for e in events])
+        self.flushLoggedErrors(OSError)
+
+    def test_parseListener(self):
+        """
+        tcp: binds a listening, non-blocking socket on the interface, with
+        the address the proxy logs.
+        """
+        listener = parseListener("tcp:0:interface=127.0.0.1")
+        self.addCleanup(listener.close)
+        self.assertEqual(listener.family, socket.AF_INET)
+        self.assertEqual(listener.address.host, "127.0.0.1")
+        self.assertNotEqual(listener.address.port, 0)
+        self.assertFalse(listener.socket.getblocking())
+        self.assertTrue(listener.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+
+    def test_parseListenerIPv6(self):
+        """
+        An IPv6 interface (escaped colons, as Twisted's parser takes them)
+        makes an IPv6 socket.
+        """
+        try:
+            listener = parseListener("tcp6:0:interface=\\:\\:1")
+        except OSError as e:
+            raise self.skipTest(f"no IPv6 loopback: {e}")
+        self.addCleanup(listener.close)
+        self.assertEqual((listener.family, listener.address.host), (socket.AF_INET6, "::1"))
+
+    def test_systemdListener(self):
+        """
+        systemd:domain=INET:index=N takes descriptor 3+N from LISTEN_FDS
+        instead of binding.
+        """
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(5)
+        self.addCleanup(sock.close)
+        fd = sock.fileno()
+        environ = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": str(fd - 2)}
+        listener = parseListener(f"systemd:domain=INET:index={fd - 3}", environ)
+        self.assertEqual(listener.fileno, fd)
+        self.assertEqual(listener.address.port, sock.getsockname()[1])
+        listener.socket.detach()
+
+    def test_splitArguments(self):
+        """
+        The worker takes its own options out and leaves the cachingproxy
+        ones.
+        """
+        self.assertEqual(
+            splitArguments(["--inherit-fd", "5", "--worker-id", "2", "--ready-fd=6",
+                            "--cache-dir=none", "--inherit-fd=7"]),
+            ([5, 7], "2", 6, ["--cache-dir=none"]))
+        self.assertRaises(usage.UsageError, splitArguments, ["--worker-id", "1"])
+        self.assertRaises(usage.UsageError, splitArguments, ["--inherit-fd", "x"])
+
+
+class WorkerSideTests(SynchronousTestCase):
+    """
+    L{cachingproxy.worker.Worker} with a memory reactor.
+    """
+
+    def test_adoptAndStop(self):
+        """
+        The worker adopts the inherited descriptor with its family, closes
+        its own copy, names itself in the health report, writes the
+        readiness line, and on stop stops listening and drains.
+        """
+        memory = MemoryReactorClock()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(5)
+        self.addCleanup(sock.close)
+        fd = os.dup(sock.fileno())
+        readRead, readyWrite = os.pipe()
+        self.addCleanup(os.close, readRead)
+        config = tap.Options()
+        config.parseOptions(["--cache-dir", "none", "--no-access-log"])
+        worker = Worker(memory, config.config, "3", [fd], readyWrite)
+        worker.start()
+        [(adopted, family, factory)] = memory.adoptedPorts
+        self.assertEqual((adopted, family), (fd, socket.AF_INET))
+        self.assertRaises(OSError, os.fstat, fd)
+        self.assertIs(factory, worker.factory)
+        self.assertIs(factory.port, worker.ports[0])
+        self.assertEqual(factory.admin.workerId, "3")
+        self.assertEqual(os.read(readRead, 100), b"cachingproxy-worker-ready 3 %d\n" % os.getpid())
+        stopped = worker.stop()
+        self.successResultOf(stopped)
+        self.assertTrue(factory.draining)
+        self.assertEqual(worker.ports, [])
+
+
+# -- one real adoption in this process --------------------------------------
+
+
+async def request(port: int, data: bytes = HEALTH, timeout: float = 10.0):
+    """
+    One request on a new connection.
+
+    @return: the response.
+    @raise Exception: if it fails (refused, closed without a response).
+    """
+    client = RawClient()
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=timeout)
+    await connectProtocol(endpoint, client)
+    client.transport.write(data)
+    call = reactor.callLater(timeout, client.transport.abortConnection)
+    try:
+        responses = await client.waitFor(1)
+        await client.closed
+    finally:
+        if call.active():
+            call.cancel()
+    if not responses:
+        raise ConnectionError(f"closed without a response: {client.raw!r}")
+    return responses[0]
+
+
+class AdoptionTests(TestCase):
+    """
+    Two workers adopting one real listening socket in this process.
+    """
+
+    timeout = 30
+
+    def startWorker(self, sock, workerId):
+        options = tap.Options()
+        options.parseOptions(["--cache-dir", "none", "--no-access-log"])
+        worker = Worker(reactor, options.config, workerId, [os.dup(sock.fileno())])
+        worker.start()
+        self.addCleanup(worker.stop)
+        return worker
+
+    async def test_stopOnlyCloses(self):
+        """
+        Stopping one adopter closes its copy without shutting the shared
+        socket down: the other keeps accepting every new connection.
+        """
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(50)
+        sock.setblocking(False)
+        self.addCleanup(sock.close)
+        port = sock.getsockname()[1]
+        first = self.startWorker(sock, "a")
+        second = self.startWorker(sock, "b")
+        response = await request(port)
+        self.assertEqual(response.status, 200)
+        self.assertIn(json.loads(response.body)["worker"], ("a", "b"))
+
+        await first.stop()
+        workersSeen = set()
+        for _ in range(20):
+            response = await request(port)
+            self.assertEqual(response.status, 200)
+            workersSeen.add(json.loads(response.body)["worker"])
+        self.assertEqual(workersSeen, {"b"})
+        await second.stop()
+
+
+# -- twistd --workers 2 end to end --------------------------------------------
+
+
+class _Twistd(ProcessProtocol):
+    """
+    Runs twistd and fires C{listening} with the port from its log (the
+    pattern of tests/test_tap.py).
+    """
+
+    def __init__(self):
+        self.output = b""
+        self.listening = defer.Deferred()
+        self.ended = defer.Deferred()
+        self._waiting = []
+
+    def waitForOutput(self, text):
+        """
+        @return: a Deferred firing once C{text} has appeared in the output.
+        """
+        d = defer.Deferred()
+        self._waiting.append((text, d))
+        self._check()
+        return d
+
+    def _check(self):
+        for text, d in list(self._waiting):
+            if text in self.output:
+                self._waiting.remove((text, d))
+                d.callback(text)
+
+    def outReceived(self, data):
+        import re
+
+        self.output += data
+        self._check()
+        match = re.search(rb"listening on IPv4Address\(type='TCP', host='127.0.0.1', port=(\d+)\)",
+                          self.output)
+        if match and not self.listening.called:
+            self.listening.callback(int(match.group(1)))
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        if not self.listening.called:
+            self.listening.errback(RuntimeError(self.output.decode(errors="replace")))
+        self.ended.callback(reason.value.exitCode if reason.value.signal is None
+                            else -reason.value.signal)
+
+
+def _isWorker(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"cachingproxy.worker" in f.read()
+    except OSError:
+        return False
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+class WorkersEndToEndTests(TestCase):
+    """
+    C{twistd -n cachingproxy --workers 2} as an operator runs it.
+    """
+
+    timeout = 90
+
+    async def startTwistd(self, *args):
+        process = _Twistd()
+        self.pidsSeen = set()
+        transport = reactor.spawnProcess(
+            process,
+            sys.executable,
+            [sys.executable, "-c", TWISTD, "-n", "--pidfile=",
+             "cachingproxy", "--port", "tcp:0:interface=127.0.0.1", "--workers", "2",
+             "--cache-dir", "none", "--no-access-log", "--shutdown-grace", "5", *args],
+            env=dict(os.environ, PYTHONPATH=REPO),
+            path=REPO,
+        )
+
+        async def stop():
+            if not process.ended.called:
+                transport.signalProcess(signal.SIGTERM)
+            await process.ended
+            # Whatever went wrong, leave no worker behind.
+            for pid in self.pidsSeen:
+                if _isWorker(pid):
+                    os.kill(pid, signal.SIGKILL)
+
+        self.addCleanup(lambda: defer.Deferred.fromCoroutine(stop()))
+        port = await process.listening
+        # Connections made earlier would wait in the backlog until a
+        # worker accepts; waiting for both lets both take some.
+        await until(lambda: process.output.count(b") ready") >= 2 or process.ended.called, 20)
+        return process, transport, port
+
+    async def health(self, port):
+        response = await request(port)
+        self.assertEqual(response.status, 200, response.body)
+        pid = json.loads(response.body)["pid"]
+        self.pidsSeen.add(pid)
+        return pid
+
+    async def workerPids(self, port, exclude=(), attempts=200):
+        """
+        @return: the two worker pids, from health requests on new
+            connections (a few at a time, so both workers accept some).
+        """
+        pids = set()
+        for _ in range(attempts // 4):
+            found = await defer.gatherResults([
+                defer.Deferred.fromCoroutine(self.health(port)) for _ in range(4)])
+            pids.update(p for p in found if p not in exclude)
+            if len(pids) >= 2:
+                return pids
+        self.fail(f"only saw worker pids {pids} in {attempts} requests")
+
+    async def test_spreadOverWorkers(self):
+        """
+        New connections land on both workers; the parent never serves.
+        """
+        process, transport, port = await self.startTwistd()
+        pids = await self.workerPids(port)
+        self.assertEqual(len(pids), 2)
+        self.assertNotIn(transport.pid, pids)
+
+    async def test_killedWorkerRestarted(self):
+        """
+        A worker killed with SIGKILL is replaced by a new process within two
+        seconds, while requests keep succeeding.
+        """
+        process, transport, port = await self.startTwistd()
+        before = await self.workerPids(port)
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        killedAt = reactor.seconds()
+        seen = set()
+        requests = 0
+        while not seen - before:
+            self.assertLess(reactor.seconds() - killedAt, 2.0,
+                            f"no new worker; saw {seen}\n" + process.output.decode(errors="replace"))
+            self.assertLess(requests, 1000)
+            seen.add(await self.health(port))
+            requests += 1
+            await task.deferLater(reactor, 0.02, lambda: None)
+        self.assertNotIn(victim, seen)
+        await process.waitForOutput(b"killed by signal 9 (SIGKILL) unexpectedly")
+
+    async def test_reloadOnSighup(self):
+        """
+        SIGHUP replaces every worker one at a time while several clients
+        keep sending requests on new connections: not one fails, and
+        afterwards every worker pid is new and the old processes are gone.
+        """
+        process, transport, port = await self.startTwistd()
+        old = await self.workerPids(port)
+        reloaded = process.waitForOutput(b"reload complete")
+        failures: List[str] = []
+        counts = []
+
+        async def client():
+            done = 0
+            while done < 50 or (not reloaded.called and done < 400):
+                try:
+                    response = await request(port)
+                    if response.status != 200:
+                        failures.append(f"status {response.status}")
+                    else:
+                        self.pidsSeen.add(json.loads(response.body)["pid"])
+                except Exception as e:
+                    failures.append(repr(e))
+                done += 1
+                await task.deferLater(reactor, 0.01, lambda: None)
+            counts.append(done)
+
+        clients = [defer.Deferred.fromCoroutine(client()) for _ in range(6)]
+        await task.deferLater(reactor, 0.1, lambda: None)
+        transport.signalProcess(signal.SIGHUP)
+        await defer.gatherResults(clients)
+        self.assertTrue(reloaded.called, process.output.decode(errors="replace"))
+        self.assertEqual(failures, [])
+        self.assertGreaterEqual(sum(counts), 300)
+
+        new = await self.workerPids(port)
+        self.assertEqual(new & old, set())
+        await until(lambda: all(_gone(pid) for pid in old), 10)
+
+    async def test_sigtermDrains(self):
+        """
+        SIGTERM to the parent with a slow request in flight: the request
+        completes with 200, then the parent ends by SIGTERM after shutting
+        down, and no worker process remains.
+        """
+        origin, originPort = listenOrigin(self)
+        process, transport, port = await self.startTwistd()
+        pids = await self.workerPids(port)
+        slow = defer.Deferred.fromCoroutine(request(
+            port, b"GET http://127.0.0.1:%d/delay/500 HTTP/1.1\r\nHost: x\r\n\r\n" % originPort))
+        await until(lambda: any(r["path"] == b"/delay/500" for r in origin.requests))
+        transport.signalProcess(signal.SIGTERM)
+        response = await slow
+        self.assertEqual((response.status, response.body), (200, b"delayed 500"))
+        code = await process.ended
+        output = process.output.decode(errors="replace")
+        self.assertEqual(code, -signal.SIGTERM, output)
+        self.assertIn("Server Shut Down.", output)
+        self.assertLess(output.index("all worker processes ended"),
+                        output.index("Server Shut Down."))
+        for pid in pids:
+            self.assertTrue(_gone(pid), f"worker {pid} still running")
+
+    async def test_parentKilled(self):
+        """
+        Workers whose parent is killed outright (SIGKILL, no chance to stop
+        them) see their stdin pipe close and exit instead of serving on as
+        orphans.
+        """
+        process, transport, port = await self.startTwistd()
+        pids = await self.workerPids(port)
+        transport.signalProcess(signal.SIGKILL)
+        self.assertEqual(await process.ended, -signal.SIGKILL)
+        await until(lambda: all(not _isWorker(pid) for pid in pids), 10)
