@@ -465,6 +465,44 @@ class SettingsTableTests(SynchronousTestCase):
         self.assertEqual(len(rows), len(SETTINGS) + 1)
 
 
+class ReadmeTests(SynchronousTestCase):
+    """
+    README.rst documents the settings as they are.
+    """
+
+    def _readme(self) -> str:
+        import os
+
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "README.rst")
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+
+    def test_tableCurrent(self):
+        """
+        The table between the README's SETTINGS markers is exactly
+        L{settingsTable}'s output.
+        """
+        text = self._readme()
+        begin = text.index(".. BEGIN SETTINGS")
+        begin = text.index("\n\n", begin) + 2
+        end = text.index("\n\n.. END SETTINGS")
+        self.assertEqual(text[begin:end], settingsTable())
+
+    def test_validRST(self):
+        """
+        The whole README renders without a warning.
+        """
+        try:
+            from docutils.core import publish_doctree
+        except ImportError:
+            raise self.skipTest("docutils is not installed")
+        warnings = io.StringIO()
+        publish_doctree(self._readme(),
+                        settings_overrides={"warning_stream": warnings, "report_level": 2})
+        self.assertEqual(warnings.getvalue(), "")
+
+
 def _tapCalls(name):
     """
     @return: whether L{tap} mentions C{name} (wired by its owner).
