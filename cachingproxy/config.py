@@ -173,6 +173,13 @@ SETTINGS = (
     ),
     Setting("no-access-log", "flag", False, "Write no access log."),
     Setting(
+        "access-log-format",
+        "str",
+        "combined",
+        "combined (Combined Log Format with cache result, origin seconds and "
+        "seconds appended) or json (one JSON object a line).",
+    ),
+    Setting(
         "cache-dir",
         "str",
         "cache",
@@ -263,6 +270,7 @@ class Config:
     xForwardedFor: bool
     forwarded: bool
     accessLog: Optional[str]
+    accessLogFormat: str = "combined"
     cacheDir: Optional[str] = None
     cacheSize: int = 1024**3
     cacheMemory: int = 0
@@ -609,6 +617,9 @@ def fromOptions(
     accessLog = values["access-log"][0]
     if values["no-access-log"][0]:
         accessLog = None
+    accessLogFormat, where = values["access-log-format"]
+    if accessLogFormat not in ("combined", "json"):
+        raise usage.UsageError(f"{where}: expected combined or json, got {accessLogFormat!r}")
 
     return Config(
         port=values["port"][0],
@@ -632,6 +643,7 @@ def fromOptions(
         xForwardedFor=bool(values["x-forwarded-for"][0]),
         forwarded=bool(values["forwarded"][0]),
         accessLog=str(accessLog) if accessLog else None,
+        accessLogFormat=str(accessLogFormat),
         cacheDir=None if str(values["cache-dir"][0]).lower() == "none" else str(values["cache-dir"][0]),
         cacheSize=int(values["cache-size"][0]),
         cacheMemory=int(values["cache-memory"][0]),

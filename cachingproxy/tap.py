@@ -20,6 +20,7 @@ from twisted.python import usage
 
 from . import __version__
 from . import systemd
+from .accesslog import AccessLog, reopenOnSignal
 from .config import SETTINGS, Config, exitOnConfigError, fromOptions
 from .server import ProxyFactory, ProxySettings
 from .upstream import Origin, UpstreamPool, UpstreamSettings
@@ -202,35 +203,11 @@ def _proxySettings(config: Config, upstream) -> ProxySettings:
     )
 
 
-class AccessLogFile:
+def AccessLogFile(path: str, format: str = "combined") -> AccessLog:
     """
-    Writes access log lines to a file, or to the twistd log for C{-}.
+    The access log for C{path} (C{-}: the twistd log) in C{format}.
     """
-
-    _log = Logger(namespace="cachingproxy.access")
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._file = None
-        if path != "-":
-            self._file = open(path, "a", buffering=1, encoding="utf-8")
-
-    def record(self, exchange, protocol) -> None:
-        """
-        Log one finished request.
-        """
-        self(protocol.factory.accessLine(exchange, protocol))
-
-    def __call__(self, line: str) -> None:
-        if self._file is None:
-            self._log.info("{line}", line=line)
-        else:
-            self._file.write(line + "\n")
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+    return AccessLog(path, format)
 
 
 class ProxyService(service.Service):
@@ -355,8 +332,10 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
         WorkersService(reactor, config.port, workers, childArguments(options),
                        grace).setServiceParent(top)
         return top
-    accessLog = AccessLogFile(config.accessLog) if config.accessLog else None
+    accessLog = (AccessLogFile(config.accessLog, config.accessLogFormat)
+                 if config.accessLog else None)
     factory = buildFactory(reactor, config, accessLog)
+    reopenOnSignal(reactor, [accessLog])
     from .metrics import Metrics, MetricsService
 
     factory.metrics = Metrics.create(reactor, factory)

@@ -116,7 +116,11 @@ class Worker:
 
         if self.factory is None:
             if self.config.accessLog:
-                self._accessLog = tap.AccessLogFile(self.config.accessLog)
+                self._accessLog = tap.AccessLogFile(self.config.accessLog,
+                                                    self.config.accessLogFormat)
+                from .accesslog import reopenOnSignal
+
+                reopenOnSignal(self._reactor, [self._accessLog])
             self.factory = tap.buildFactory(self._reactor, self.config, self._accessLog)
         self.factory.admin = AdminResource(self.factory, self.workerId)
         from .metrics import Metrics
