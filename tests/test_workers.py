@@ -722,6 +722,47 @@ class WorkersEndToEndTests(TestCase):
         self.assertEqual(len(pids), 2)
         self.assertNotIn(transport.pid, pids)
 
+    async def test_metricsAddUp(self):
+        """
+        Requests answered by both workers add up in the metrics endpoint,
+        whichever worker serves it.
+        """
+        from .helpers import exchange, listenOrigin
+
+        origin, originPort = listenOrigin(self)
+        process, transport, port = await self.startTwistd()
+        await self.workerPids(port)
+        count = 40
+        for i in range(count):
+            await exchange(port, self, b"PUT http://127.0.0.1:%d/echo HTTP/1.1\r\nHost: x\r\n"
+                           b"Content-Length: 1\r\nConnection: close\r\n\r\nx" % originPort)
+        served = {r["connection"] for r in origin.requests}
+        self.assertEqual(len(origin.requests), count)
+        self.assertGreaterEqual(len(served), 2)
+
+        async def counted():
+            response = await exchange(
+                port, self, b"GET /_cachingproxy/metrics HTTP/1.1\r\nHost: x\r\n"
+                b"Connection: close\r\n\r\n")
+            total = 0.0
+            for line in response[1][0].body.decode().splitlines():
+                if line.startswith("cachingproxy_requests_total{") and 'method="PUT"' in line:
+                    total += float(line.rsplit(" ", 1)[1])
+            return total
+
+        totals = []
+
+        async def poll():
+            totals.append(await counted())
+            return totals[-1] == count
+
+        # Counts reach the shared folder once a second from each worker.
+        for _ in range(100):
+            if await poll():
+                break
+            await task.deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(totals[-1], count, totals)
+
     async def test_killedWorkerRestarted(self):
         """
         A worker killed with SIGKILL is replaced by a new process within two
