@@ -13,6 +13,7 @@
 #   PROXIES="cachingproxy cachingproxy-disk squid varnish nginx"
 #                      which rows to run, in order (also: origin)
 #   CACHINGPROXY_ARGS="" extra cachingproxy options for both of its rows
+#   BENCH_NO_PIN=1     do not pin processes to CPUs (for --workers runs)
 #                      (split on whitespace), e.g. "--min-uses 2"
 #   BENCH_NO_INSTALL=1 never call apt-get
 #   BENCH_KEEP_TMP=1   keep the temp dir (configs, logs, raw wrk output)
@@ -73,7 +74,11 @@ bench_ensure_venv
 cd "$REPO_ROOT"
 
 NCPU="$(nproc)"
-if [ "$NCPU" -ge 2 ] && command -v taskset >/dev/null 2>&1; then
+if [ -n "${BENCH_NO_PIN:-}" ]; then
+    PIN_PROXY=()
+    PIN_LOAD=()
+    PIN_NOTE="NOT pinned (BENCH_NO_PIN): proxy, wrk and origin share every CPU"
+elif [ "$NCPU" -ge 2 ] && command -v taskset >/dev/null 2>&1; then
     PIN_PROXY=(taskset -c 0)
     PIN_LOAD=(taskset -c 1)
     PIN_NOTE="proxy on CPU 0; wrk + nginx origin share CPU 1"

@@ -9,6 +9,8 @@
 #   PROXIES="origin cachingproxy cachingproxy-cache twisted squid"   rows, in order
 #   BENCH_NO_INSTALL=1 never call apt-get
 #   BENCH_KEEP_TMP=1   keep the temp dir (configs, logs, raw wrk output)
+#   BENCH_NO_PIN=1     do not pin processes to CPUs (for --workers runs)
+#   CACHINGPROXY_ARGS="" extra cachingproxy options for its rows
 #
 # CPU layout (needs >= 2 cores): the proxy under test runs alone on CPU 0;
 # wrk AND the nginx origin (1 worker) share CPU 1.  Read the ratios, not the
@@ -42,7 +44,11 @@ bench_ensure_venv
 cd "$REPO_ROOT"
 
 NCPU="$(nproc)"
-if [ "$NCPU" -ge 2 ] && command -v taskset >/dev/null 2>&1; then
+if [ -n "${BENCH_NO_PIN:-}" ]; then
+    PIN_PROXY=()
+    PIN_LOAD=()
+    PIN_NOTE="NOT pinned (BENCH_NO_PIN): proxy, wrk and origin share every CPU"
+elif [ "$NCPU" -ge 2 ] && command -v taskset >/dev/null 2>&1; then
     PIN_PROXY=(taskset -c 0)
     PIN_LOAD=(taskset -c 1)
     PIN_NOTE="proxy on CPU 0; wrk + nginx origin share CPU 1"
@@ -166,7 +172,9 @@ run_cachingproxy() {
     local port log="$T/$name.log"
     port="$(bench_free_port)"
     bench_cachingproxy_cmd "$port" "$ORIGIN_URL"
-    bench_start "$log" "${PIN_PROXY[@]}" "${BENCH_CP_CMD[@]}" "$@"
+    local extra=()
+    read -r -a extra <<<"${CACHINGPROXY_ARGS:-}"
+    bench_start "$log" "${PIN_PROXY[@]}" "${BENCH_CP_CMD[@]}" "$@" "${extra[@]}"
     local pid="$BENCH_LAST_PID"
     measure "$name" "$port" "$pid" "$log"
     bench_stop "$pid"
