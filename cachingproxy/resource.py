@@ -538,7 +538,14 @@ class CacheResource:
             address = ipaddress.ip_address(client)
         except ValueError:
             address = None
-        if address is None or not any(address in net for net in self.settings.adminNetworks):
+        factory = exchange.protocol.factory
+        if factory.access is not None:
+            # The operator's --admin-allow decides.
+            allowed = factory.isAdmin(client)
+        else:
+            allowed = address is not None and any(
+                address in net for net in self.settings.adminNetworks)
+        if not allowed:
             from .errors import MethodNotAllowed
 
             exchange.respondError(MethodNotAllowed("PURGE is for admin addresses only"))

@@ -361,6 +361,12 @@ class Exchange:
             self.respondError(e)
             return
         if self.head.method == b"CONNECT":
+            if factory.access is not None:
+                refused = factory.access.checkDestination(
+                    self.protocol.clientHost, origin, self.protocol.localAddress())
+                if refused is not None:
+                    self.respondError(refused)
+                    return
             self._connectTunnel(origin)
             return
         if origin is None:
@@ -369,6 +375,12 @@ class Exchange:
             return
         self.upstreamOrigin = origin
         self.upstreamPath = path
+        if factory.access is not None:
+            refused = factory.access.checkDestination(
+                self.protocol.clientHost, origin, self.protocol.localAddress())
+            if refused is not None:
+                self.respondError(refused)
+                return
         cache = factory.cache
         if cache is not None:
             cache.handle(self, origin, path)
@@ -682,6 +694,8 @@ class Exchange:
             b"Content-Length: %d\r\n" % len(body),
             b"Via: 1.1 %s\r\n" % protocol.factory.settings.viaName,
         ]
+        for name, value in getattr(error, "headers", ()):
+            headers.append(name + b": " + value + b"\r\n")
         if self._closeAfter:
             headers.append(b"Connection: close\r\n")
         elif self.head.version < (1, 1):
@@ -1286,6 +1300,17 @@ class ProxyProtocol(Protocol):
             self._queue[-1].tunnelData.append(data)
             self._buffered(len(data))
 
+    def localAddress(self) -> Optional[Tuple[str, int]]:
+        """
+        @return: the (host, port) this connection was accepted on, so that
+            requests to the proxy itself can be refused as loops.
+        """
+        host = getattr(self.transport, "getHost", None)
+        if host is None:
+            return None
+        address = host()
+        return (getattr(address, "host", None), getattr(address, "port", None))
+
     def drain(self) -> None:
         """
         The proxy is shutting down: close now if idle, else after the
@@ -1345,6 +1370,9 @@ class ProxyFactory(Factory):
         #: told about every finished request (C{requestDone(exchange)}), or
         #: C{None}
         self.metrics = None
+        #: who may use the proxy and reach what
+        #: (L{cachingproxy.access.AccessPolicy}), or C{None}: anyone, anywhere
+        self.access = None
         #: the proxy's own endpoints (L{cachingproxy.admin.AdminResource})
         self.admin = None
         self.port = None
@@ -1380,6 +1408,8 @@ class ProxyFactory(Factory):
         @return: whether C{clientHost} may use the proxy's own endpoints
             and methods (PURGE).
         """
+        if self.access is not None:
+            return self.access.isAdmin(clientHost)
         try:
             address = ipaddress.ip_address(clientHost)
         except ValueError:
@@ -1460,6 +1490,14 @@ class ProxyFactory(Factory):
                 parts = member.split()
                 if len(parts) >= 2 and parts[1].lower() == self._viaName:
                     return LoopDetected("the request has already passed through this proxy")
+        access = self.access
+        if access is not None:
+            refused = access.checkClient(exchange.protocol.clientHost)
+            if refused is None and not exchange.head.target.startswith(ADMIN_PREFIX):
+                refused = access.authenticate(exchange.head.headers,
+                                              exchange.protocol.clientHost)
+            if refused is not None:
+                return refused
         return None
 
     def route(self, exchange: Exchange) -> Tuple[Optional[Origin], bytes]:
