@@ -13,6 +13,7 @@ __all__ = [
     "ProxyError",
     "BadRequest",
     "URITooLong",
+    "ContentTooLarge",
     "HeaderFieldsTooLarge",
     "NotImplementedScheme",
     "Forbidden",
@@ -67,6 +68,15 @@ class HeaderFieldsTooLarge(ProxyError):
     """
 
     status = 431
+    closeConnection = True
+
+
+class ContentTooLarge(ProxyError):
+    """
+    The request body is larger than the configured limit.
+    """
+
+    status = 413
     closeConnection = True
 
 

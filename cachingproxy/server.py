@@ -42,6 +42,7 @@ from zope.interface import implementer
 from .errors import (
     BadGateway,
     BadRequest,
+    ContentTooLarge,
     Forbidden,
     HeaderFieldsTooLarge,
     LoopDetected,
@@ -85,8 +86,6 @@ _MAX_METHOD = 32
 #: Bytes of pipelined request bodies held per connection before it stops
 #: reading.
 _PIPELINE_BUFFER = 64 * 1024
-#: Requests held behind the one being answered before it stops reading.
-_PIPELINE_DEPTH = 16
 
 
 @dataclass(frozen=True)
@@ -108,6 +107,11 @@ class ProxySettings:
     @ivar maxHeaderSize: largest header section accepted (431 beyond).
     @ivar maxConnections: client connections served at once; beyond it the
         proxy stops accepting until one closes.
+    @ivar maxHeaderFields: most header fields in a request (431 beyond).
+    @ivar maxBodySize: largest request body (413 beyond).
+    @ivar bodyTimeout: seconds to receive a whole request body (408 beyond).
+    @ivar maxPipeline: requests held behind the one being answered before
+        the connection stops reading.
     @ivar xForwardedFor: add the client address to C{X-Forwarded-For}.
     @ivar forwarded: add an RFC 7239 C{Forwarded} element.
     """
@@ -121,6 +125,10 @@ class ProxySettings:
     maxRequestLine: int = 8192
     maxHeaderSize: int = 65536
     maxConnections: int = 10000
+    maxHeaderFields: int = 100
+    maxBodySize: int = 1 << 30
+    bodyTimeout: float = 300.0
+    maxPipeline: int = 16
     adminNetworks: Tuple = (
         ipaddress.ip_network("127.0.0.0/8"),
         ipaddress.ip_network("::1/128"),
@@ -986,6 +994,8 @@ class ProxyProtocol(Protocol):
             self.transport.loseConnection()
         elif purpose is ReaderState.HEAD:
             self._protocolError(RequestTimeout("the request head did not arrive in time"))
+        elif purpose is ReaderState.BODY:
+            self._protocolError(RequestTimeout("the request body did not arrive in time"))
 
     # -- flow control ------------------------------------------------------
 
@@ -1124,8 +1134,11 @@ class ProxyProtocol(Protocol):
             return
         self._headSize = 0
         self._fieldBytes += len(name) + len(value) + 4
-        if self._fieldBytes > self.factory.settings.maxHeaderSize:
+        settings = self.factory.settings
+        if self._fieldBytes > settings.maxHeaderSize:
             raise HeaderFieldsTooLarge("the request header section is too large")
+        if len(self._fields) >= settings.maxHeaderFields:
+            raise HeaderFieldsTooLarge("the request has too many header fields")
         self._fields.append((name.lower(), name, value.strip(b" \t")))
 
     def on_headers_complete(self) -> None:
@@ -1157,18 +1170,28 @@ class ProxyProtocol(Protocol):
         ):
             exchange.expectContinue = True
         exchange.error = self.factory.checkRequest(exchange)
+        if exchange.hasBody:
+            settings = self.factory.settings
+            if (not facts.chunked and exchange.error is None
+                    and int(facts.length) > settings.maxBodySize):
+                exchange.error = ContentTooLarge(
+                    f"the request body is larger than {settings.maxBodySize} bytes")
+            self._armTimer(settings.bodyTimeout, ReaderState.BODY)
         self._reading = exchange
         self._queue.append(exchange)
         if not keepAlive:
             self.closing = True
         if len(self._queue) == 1:
             exchange.start()
-        elif len(self._queue) > _PIPELINE_DEPTH:
+        elif len(self._queue) > self.factory.settings.maxPipeline:
             self._pauseReading("pipeline")
 
     def on_body(self, data: bytes) -> None:
         exchange = self._reading
         if exchange is not None:
+            if exchange.bytesReceived + len(data) > self.factory.settings.maxBodySize:
+                raise ContentTooLarge(
+                    f"the request body is larger than {self.factory.settings.maxBodySize} bytes")
             exchange.requestBody(data)
 
     def on_message_complete(self) -> None:
