@@ -50,7 +50,7 @@ class Setting:
     """
 
     name: str
-    kind: str  # "str", "float", "int", "flag", "list"
+    kind: str  # "str", "float", "int", "flag", "list", "size"
     default: object
     help: str
     aliases: Tuple[str, ...] = ()
@@ -124,6 +124,31 @@ SETTINGS = (
         "Largest request header section accepted, in bytes (431 beyond).",
     ),
     Setting(
+        "max-header-fields",
+        "int",
+        100,
+        "Most header fields accepted in a request (431 beyond).",
+    ),
+    Setting(
+        "max-body-size",
+        "size",
+        "1G",
+        "Largest request body accepted (K, M, G suffixes; 413 beyond).",
+    ),
+    Setting(
+        "body-timeout",
+        "float",
+        300.0,
+        "Seconds a client has to send a whole request body (408 beyond).",
+    ),
+    Setting(
+        "max-pipeline",
+        "int",
+        16,
+        "Requests queued on one client connection behind the one being "
+        "answered; beyond it the proxy stops reading that connection.",
+    ),
+    Setting(
         "max-connections",
         "int",
         10000,
@@ -135,6 +160,51 @@ SETTINGS = (
         "str",
         "443",
         "Comma-separated ports that CONNECT may reach (403 otherwise).",
+    ),
+    Setting(
+        "allow",
+        "list",
+        ("private",),
+        "Client address ranges served (403 otherwise): CIDRs such as "
+        "10.0.0.0/8 or ::1, private (loopback and private ranges: "
+        "127.0.0.0/8 ::1 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 fc00::/7 "
+        "fe80::/10), loopback, or all for everyone. Repeatable or "
+        "comma-separated; replaces the default.",
+    ),
+    Setting(
+        "deny-dest",
+        "list",
+        None,
+        "Destinations refused (403): a host (example.com), *.example.com "
+        "(names under it), .example.com (it and names under it), an address "
+        "or a CIDR. Repeatable or comma-separated. Names are not resolved: "
+        "list here the names that resolve to addresses to protect.",
+    ),
+    Setting(
+        "allow-dest",
+        "list",
+        None,
+        "Destinations exempt from the default refusal of loopback, "
+        "link-local and localhost destinations to clients not on this "
+        "machine (same forms as deny-dest, which still wins). Repeatable or "
+        "comma-separated.",
+    ),
+    Setting(
+        "admin-allow",
+        "list",
+        ("loopback",),
+        "Client address ranges allowed the proxy's own endpoints "
+        "(/_cachingproxy/...) and PURGE: CIDRs, loopback (127.0.0.0/8 ::1), "
+        "private, all or none. Repeatable or comma-separated.",
+    ),
+    Setting(
+        "auth-file",
+        "str",
+        None,
+        "htpasswd file (bcrypt from htpasswd -B, or SHA-256/512 crypt) of "
+        "the users who may use the proxy, with Proxy-Authorization Basic "
+        "credentials (407 otherwise; 429 after 10 failures in 60 s from one "
+        "address). Read again when it changes.",
     ),
     Setting(
         "upstream-max-idle",
@@ -284,6 +354,15 @@ class Config:
     workers: int = 1
     shutdownGrace: float = 10.0
     configFile: Optional[str] = None
+    allow: Tuple[str, ...] = ("private",)
+    denyDest: Tuple[str, ...] = ()
+    allowDest: Tuple[str, ...] = ()
+    adminAllow: Tuple[str, ...] = ("loopback",)
+    authFile: Optional[str] = None
+    maxBodySize: int = 1024**3
+    maxHeaderFields: int = 100
+    bodyTimeout: float = 300.0
+    maxPipeline: int = 16
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -301,7 +380,10 @@ def _fromEnvironment(environ: Mapping[str, str]) -> Dict[str, Tuple[object, str]
             if var in environ:
                 raw = environ[var]
                 if setting.kind == "list":
-                    value: object = tuple(p for p in raw.split() if p)
+                    separators = None if setting.name == "port" else r"[\s,]+"
+                    value: object = tuple(
+                        p for p in (re.split(separators, raw) if separators else raw.split()) if p
+                    )
                 elif setting.kind == "flag":
                     lowered = raw.strip().lower()
                     if lowered not in _TRUE | _FALSE:
@@ -409,12 +491,17 @@ def _fileValue(setting: Setting, value: object, where: str) -> object:
         expected = 'a size such as "512M" or a number of bytes'
     elif kind == "list":
         items = value if isinstance(value, list) else [value]
+        if setting.name != "port" and items == []:
+            return ()
         if items and all(
             isinstance(item, str) or (isinstance(item, int) and not isinstance(item, bool))
             for item in items
         ):
             return tuple(str(item) for item in items)
-        expected = 'a port or endpoint string ("tcp:3128"), or an array of them'
+        if setting.name == "port":
+            expected = 'a port or endpoint string ("tcp:3128"), or an array of them'
+        else:
+            expected = 'a string such as "10.0.0.0/8", or an array of them'
     elif setting.name == "workers":
         if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
             return str(value)
@@ -569,10 +656,14 @@ def fromOptions(
             raw = _number(setting, raw, where)
         if setting.kind == "size":
             raw = parseSize(raw, where)
-        if setting.kind == "list":
+        if setting.kind == "list" and setting.name == "port":
             raw = tuple(_portDescription(str(p), where) for p in raw)
             if not raw:
                 raise usage.UsageError(f"{where}: at least one port is needed")
+        elif setting.kind == "list":
+            # Address ranges and host patterns: repeatable and
+            # comma-separated.
+            raw = tuple(t for p in raw or () for t in re.split(r"[\s,]+", str(p)) if t)
         values[setting.name] = (raw, where)
 
     upstream, where = values["upstream"]
@@ -613,6 +704,37 @@ def fromOptions(
     viaName = values["via-name"][0] or socket.gethostname() or "cachingproxy"
     if any(c.isspace() or c in ",()" for c in str(viaName)):
         raise usage.UsageError(f"{values['via-name'][1]}: must be one token, got {viaName!r}")
+
+    from . import access
+
+    for name, parse in (
+        ("allow", access.parseNetworks),
+        ("admin-allow", access.parseNetworks),
+        ("deny-dest", access.parseDestinations),
+        ("allow-dest", access.parseDestinations),
+    ):
+        items, where = values[name]
+        try:
+            parse(items)
+        except ValueError as e:
+            raise usage.UsageError(f"{where}: {_oneLine(e)}")
+
+    authFile, where = values["auth-file"]
+    authFile = str(authFile) if authFile else None
+    if authFile is not None:
+        if not os.path.isfile(authFile):
+            raise usage.UsageError(f"{where}: no such file {authFile!r}")
+        if upstream:
+            raise usage.UsageError(
+                f"{where}: proxy authentication is for forward mode; a reverse "
+                f"proxy's clients do not send Proxy-Authorization"
+            )
+        try:
+            access.readPasswordFile(authFile, strict=True)
+        except OSError as e:
+            raise usage.UsageError(f"{where}: cannot read {authFile!r}: {e.strerror or e}")
+        except ValueError as e:
+            raise usage.UsageError(f"{where}: {_oneLine(e)}")
 
     accessLog = values["access-log"][0]
     if values["no-access-log"][0]:
@@ -657,6 +779,15 @@ def fromOptions(
         workers=_workers(*values["workers"]),
         shutdownGrace=float(values["shutdown-grace"][0]),
         configFile=configPath,
+        allow=values["allow"][0],
+        denyDest=values["deny-dest"][0],
+        allowDest=values["allow-dest"][0],
+        adminAllow=values["admin-allow"][0],
+        authFile=authFile,
+        maxBodySize=int(values["max-body-size"][0]),
+        maxHeaderFields=int(values["max-header-fields"][0]),
+        bodyTimeout=float(values["body-timeout"][0]),
+        maxPipeline=int(values["max-pipeline"][0]),
     )
 
 

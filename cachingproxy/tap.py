@@ -62,7 +62,39 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
-        self["port"] = []
+        for setting in SETTINGS:
+            if setting.kind == "list":
+                self[setting.name] = []
+
+    def opt_allow(self, value: str) -> None:
+        """
+        Client address ranges served: CIDRs, private (the default: loopback
+        and the private ranges), loopback, all. Repeatable.
+        [env CACHINGPROXY_ALLOW]
+        """
+        self["allow"].append(value)
+
+    def opt_deny_dest(self, value: str) -> None:
+        """
+        Destinations refused: host, *.domain, .domain, address, CIDR.
+        Repeatable. [env CACHINGPROXY_DENY_DEST]
+        """
+        self["deny-dest"].append(value)
+
+    def opt_allow_dest(self, value: str) -> None:
+        """
+        Destinations exempt from the refusal of loopback and link-local
+        destinations for non-local clients. Repeatable.
+        [env CACHINGPROXY_ALLOW_DEST]
+        """
+        self["allow-dest"].append(value)
+
+    def opt_admin_allow(self, value: str) -> None:
+        """
+        Client ranges allowed /_cachingproxy/ and PURGE (default loopback).
+        Repeatable. [env CACHINGPROXY_ADMIN_ALLOW]
+        """
+        self["admin-allow"].append(value)
 
     def opt_port(self, port: str) -> None:
         """
@@ -135,6 +167,9 @@ def buildFactory(reactor, config: Config, accessLog=None) -> ProxyFactory:
     from .admin import AdminResource
 
     factory.admin = AdminResource(factory)
+    from .access import AccessPolicy
+
+    factory.access = AccessPolicy.fromConfig(config, reactor)
     return factory
 
 
@@ -200,6 +235,10 @@ def _proxySettings(config: Config, upstream) -> ProxySettings:
         maxConnections=config.maxConnections,
         xForwardedFor=config.xForwardedFor,
         forwarded=config.forwarded,
+        maxHeaderFields=config.maxHeaderFields,
+        maxBodySize=config.maxBodySize,
+        bodyTimeout=config.bodyTimeout,
+        maxPipeline=config.maxPipeline,
     )
 
 
