@@ -135,3 +135,28 @@ class ResponseFramingTests(TestCase):
         self.assertIn(b"hello", raw)
         self.assertFalse(raw.endswith(b"0\r\n\r\n"))
         await origin.whenLost()
+
+
+class HostDisagreementTests(TestCase):
+    """
+    An absolute-form target whose authority disagrees with Host cannot
+    route two ways: the target wins (RFC 9112 section 3.2.2) and the Host
+    sent upstream is the target's.
+    """
+
+    async def test_targetWins(self):
+        """
+        The origin named by the target receives the request, with Host set
+        to the target's authority.
+        """
+        import json
+
+        from .helpers import exchange
+
+        origin, originPort = listenOrigin(self)
+        _, port, _ = startProxy(self, ProxySettings(viaName=b"test-proxy"))
+        _, [response] = await exchange(
+            port, self, b"GET http://127.0.0.1:%d/headers HTTP/1.1\r\nHost: evil.example\r\n\r\n"
+            % originPort)
+        received = dict((k.lower(), v) for k, v in json.loads(response.body))
+        self.assertEqual(received["host"], "127.0.0.1:%d" % originPort)

@@ -91,7 +91,7 @@ import struct
 import time
 import zlib
 from collections import OrderedDict
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -483,7 +483,7 @@ class DiskStore:
         self._scanTouched: "OrderedDict[str, List]" = OrderedDict()
         self._scanRemoved: set = set()
         self._scanned = False
-        self._logged: set = set()
+        self._logged: Dict[tuple, float] = {}
         for folder in (self._dataDir, self._tmpDir):
             try:
                 os.makedirs(folder, exist_ok=True)
@@ -563,13 +563,19 @@ class DiskStore:
 
     # -- errors ---------------------------------------------------------------
 
+    #: Seconds between two log lines about the same kind of failure (a full
+    #: disk would otherwise log on every request).
+    logInterval = 60.0
+
     def _logError(self, what: str, error: BaseException) -> None:
         kind = (what, getattr(error, "errno", None) or type(error).__name__)
-        if kind in self._logged:
+        now = time.monotonic()
+        last = self._logged.get(kind)
+        if last is not None and now - last < self.logInterval:
             return
-        self._logged.add(kind)
-        log.warn("disk cache {directory}: {what} failed: {error}",
-                 directory=self.directory, what=what, error=error)
+        self._logged[kind] = now
+        log.warn("disk cache {directory}: {what} failed: {error} (the proxy serves "
+                 "uncached meanwhile)", directory=self.directory, what=what, error=error)
 
     def _removeDamaged(self, path: str, fd: Optional[int], why: str) -> None:
         """
@@ -591,6 +597,7 @@ class DiskStore:
     def _stored(self, path: str, size: int, mtime: float) -> None:
         if self._logged:
             self._logged.clear()
+            log.info("disk cache {directory}: storing again", directory=self.directory)
         self._know(path, size, mtime)
         if not self._scanned:
             self.rescan(self.scanStep)
