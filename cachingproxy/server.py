@@ -203,6 +203,17 @@ _EXCHANGE_MOVES = {
 }
 
 
+class _CompletionCounter:
+    """
+    Counts the requests a probe parser completes.
+    """
+
+    count = 0
+
+    def on_message_complete(self) -> None:
+        self.count += 1
+
+
 class _StopReading(Exception):
     """
     Raised from a parser callback to stop parsing the rest of a read.
@@ -910,6 +921,7 @@ class ProxyProtocol(Protocol):
         self._bufferedBytes = 0
         self._timer = None
         self._deadline = 0.0
+        self._completedInRead = 0
         self._timerPurpose: Optional[ReaderState] = None
         self._tunnelPeer: Optional[TunnelPeer] = None
         self.clientHost = "-"
@@ -1044,6 +1056,8 @@ class ProxyProtocol(Protocol):
                 return
         if reader is ReaderState.HEAD or reader is ReaderState.IDLE:
             self._headSize += len(data)
+        startedBetween = reader is ReaderState.IDLE
+        self._completedInRead = 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -1061,6 +1075,8 @@ class ProxyProtocol(Protocol):
                 )
                 self._protocolError(BadRequest("the request could not be handled"))
         except httptools.HttpParserInvalidMethodError:
+            if startedBetween and self._completedInRead and self._resumeAtUnknownMethod(data):
+                return
             self._protocolError(BadRequest("invalid request method"))
         except httptools.HttpParserError as e:
             self._protocolError(BadRequest(f"malformed request: {e}"))
@@ -1073,6 +1089,41 @@ class ProxyProtocol(Protocol):
                 self._protocolError(
                     HeaderFieldsTooLarge("the request header section is too large")
                 )
+
+    def _resumeAtUnknownMethod(self, data: bytes) -> bool:
+        """
+        llhttp stopped at a method it does not know, at the start of a
+        request pipelined in the same read behind complete ones. Find where
+        that request starts (a probe parser, fed byte by byte, counts the
+        requests that completed before it: a rare path) and parse on from
+        there with a fresh parser, so that L{_substituteMethod} can handle
+        the extension method as it does at the start of a read.
+
+        @return: whether parsing went on.
+        """
+        if self.reader is ReaderState.CLOSED:
+            return False
+        target = self._completedInRead
+        counter = _CompletionCounter()
+        probe = httptools.HttpRequestParser(counter)
+        boundary = None
+        try:
+            for i in range(len(data)):
+                probe.feed_data(data[i:i + 1])
+                if counter.count == target:
+                    boundary = i + 1
+                    break
+        except httptools.HttpParserError:
+            return False
+        if boundary is None:
+            return False
+        # The failed parser had begun the next request (its head state);
+        # nothing of it was used. Start that request again.
+        self._parser = httptools.HttpRequestParser(self)
+        self.reader = ReaderState.IDLE
+        self._resetHead()
+        self.dataReceived(data[boundary:])
+        return True
 
     def _parsedMethod(self) -> bytes:
         """
@@ -1195,6 +1246,7 @@ class ProxyProtocol(Protocol):
             exchange.requestBody(data)
 
     def on_message_complete(self) -> None:
+        self._completedInRead += 1
         exchange, self._reading = self._reading, None
         if self.reader is ReaderState.CLOSED:
             return

@@ -511,12 +511,6 @@ class RequestForwardingTests(SynchronousTestCase):
         self.assertEqual(h.received(), OK_HELLO_RELAYED)
         self.assertFalse(h.transport.disconnecting)
 
-    test_extensionMethodPipelined.todo = (
-        "server.py ProxyProtocol._substituteMethod only runs at the start of "
-        "a read: an extension method later in the same read reaches llhttp, "
-        "which rejects it (400, connection closed)"
-    )
-
     def test_reverseModeOriginForm(self):
         """
         In reverse mode an origin-form request goes to the configured
