@@ -233,7 +233,30 @@ SETTINGS = (
         "a request whose Via already names it is refused as a loop.",
     ),
     Setting("x-forwarded-for", "flag", False, "Append the client address to X-Forwarded-For."),
-    Setting("forwarded", "flag", False, "Add an RFC 7239 Forwarded: for=... element."),
+    Setting("forwarded", "flag", False,
+            "Add an RFC 7239 Forwarded element (for=, and host= and proto= with the "
+            "options below)."),
+    Setting("x-forwarded-proto", "flag", False,
+            "Add X-Forwarded-Proto (the scheme the client used)."),
+    Setting("x-forwarded-host", "flag", False,
+            "Add X-Forwarded-Host (the Host the client asked for)."),
+    Setting("preserve-host", "flag", False,
+            "Reverse mode: send the client's Host upstream instead of the upstream's."),
+    Setting("no-rewrite-redirects", "flag", False,
+            "Reverse mode: leave Location and Content-Location naming the upstream as "
+            "they are (by default they are rewritten to the proxy's own address)."),
+    Setting("add-request-header", "list", (),
+            "'Name: value' appended to requests going upstream. Repeatable."),
+    Setting("set-request-header", "list", (),
+            "'Name: value' replacing that field on requests going upstream. Repeatable."),
+    Setting("remove-request-header", "list", (),
+            "A field removed from requests going upstream. Repeatable."),
+    Setting("add-response-header", "list", (),
+            "'Name: value' appended to responses to clients (never stored). Repeatable."),
+    Setting("set-response-header", "list", (),
+            "'Name: value' replacing that field on responses to clients. Repeatable."),
+    Setting("remove-response-header", "list", (),
+            "A field removed from responses to clients. Repeatable."),
     Setting(
         "access-log",
         "str",
@@ -363,6 +386,12 @@ class Config:
     maxHeaderFields: int = 100
     bodyTimeout: float = 300.0
     maxPipeline: int = 16
+    xForwardedProto: bool = False
+    xForwardedHost: bool = False
+    preserveHost: bool = False
+    rewriteRedirects: bool = True
+    requestRules: object = None
+    responseRules: object = None
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -381,6 +410,9 @@ def _fromEnvironment(environ: Mapping[str, str]) -> Dict[str, Tuple[object, str]
                 raw = environ[var]
                 if setting.kind == "list":
                     separators = None if setting.name == "port" else r"[\s,]+"
+                    if setting.name.endswith("-header"):
+                        # Header rules hold spaces and commas: one a line.
+                        separators = r"\n+"
                     value: object = tuple(
                         p for p in (re.split(separators, raw) if separators else raw.split()) if p
                     )
@@ -607,6 +639,24 @@ def _workers(raw: object, where: str) -> int:
     raise usage.UsageError(f"{where}: expected a number of processes (1 or more) or 'auto', got {raw!r}")
 
 
+def _rules(values, direction: str):
+    """
+    @return: the L{HeaderRules} for C{direction} ("request" or "response").
+    @raise usage.UsageError: naming the rule that is malformed.
+    """
+    from .rules import HeaderRules
+
+    parts = {}
+    for verb in ("add", "set", "remove"):
+        raw, where = values[f"{verb}-{direction}-header"]
+        try:
+            parts[verb] = HeaderRules.parse(**{verb: list(raw or ())})
+        except ValueError as e:
+            raise usage.UsageError(f"{where}: {e}")
+    return HeaderRules(add=parts["add"].add, set=parts["set"].set,
+                       remove=parts["remove"].remove)
+
+
 def fromOptions(
     given: Mapping[str, object],
     environ: Mapping[str, str] = os.environ,
@@ -660,6 +710,9 @@ def fromOptions(
             raw = tuple(_portDescription(str(p), where) for p in raw)
             if not raw:
                 raise usage.UsageError(f"{where}: at least one port is needed")
+        elif setting.kind == "list" and setting.name.endswith("-header"):
+            # Header rules: each value is one rule.
+            raw = tuple(str(p) for p in raw or () if str(p).strip())
         elif setting.kind == "list":
             # Address ranges and host patterns: repeatable and
             # comma-separated.
@@ -764,6 +817,12 @@ def fromOptions(
         viaName=str(viaName),
         xForwardedFor=bool(values["x-forwarded-for"][0]),
         forwarded=bool(values["forwarded"][0]),
+        xForwardedProto=bool(values["x-forwarded-proto"][0]),
+        xForwardedHost=bool(values["x-forwarded-host"][0]),
+        preserveHost=bool(values["preserve-host"][0]),
+        rewriteRedirects=not values["no-rewrite-redirects"][0],
+        requestRules=_rules(values, "request"),
+        responseRules=_rules(values, "response"),
         accessLog=str(accessLog) if accessLog else None,
         accessLogFormat=str(accessLogFormat),
         cacheDir=None if str(values["cache-dir"][0]).lower() == "none" else str(values["cache-dir"][0]),
@@ -807,7 +866,7 @@ def exitOnConfigError(error: usage.UsageError) -> NoReturn:
 
 def _formatDefault(setting: Setting) -> str:
     default = setting.default
-    if default is None:
+    if default is None or default == ():
         return ""
     if setting.kind == "flag":
         return "off" if not default else "on"

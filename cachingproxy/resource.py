@@ -288,7 +288,9 @@ class CacheResource:
         hot.body = body
         hot.age = None
         hot.wire = b""
-        via = exchange.protocol.factory.settings.viaName
+        factory = exchange.protocol.factory
+        fields = factory.downstreamFields(exchange, list(fields))
+        via = factory.settings.viaName
         hot.prefix = b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\nVia: 1.1 %s\r\n" % (
             b"".join([name + b": " + value + b"\r\n" for _, name, value in fields]),
             len(body),

@@ -33,7 +33,7 @@ from typing import Callable, Deque, FrozenSet, List, Optional, Sequence, Tuple
 import httptools
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -114,6 +114,14 @@ class ProxySettings:
         the connection stops reading.
     @ivar xForwardedFor: add the client address to C{X-Forwarded-For}.
     @ivar forwarded: add an RFC 7239 C{Forwarded} element.
+    @ivar xForwardedProto: add C{X-Forwarded-Proto}.
+    @ivar xForwardedHost: add C{X-Forwarded-Host}.
+    @ivar preserveHost: in reverse mode, send the client's Host upstream.
+    @ivar rewriteRedirects: in reverse mode, rewrite C{Location} and
+        C{Content-Location} naming the upstream to the client's Host.
+    @ivar requestRules: L{cachingproxy.rules.HeaderRules} for requests
+        going upstream, or C{None}.
+    @ivar responseRules: the same for responses going to clients.
     """
 
     upstream: Optional[Origin] = None
@@ -135,6 +143,12 @@ class ProxySettings:
     )
     xForwardedFor: bool = False
     forwarded: bool = False
+    xForwardedProto: bool = False
+    xForwardedHost: bool = False
+    preserveHost: bool = False
+    rewriteRedirects: bool = True
+    requestRules: object = None
+    responseRules: object = None
 
 
 class ReaderState(enum.Enum):
@@ -593,6 +607,7 @@ class Exchange:
         """
         protocol = self.protocol
         self.status = status
+        fields = protocol.factory.downstreamFields(self, fields)
         fields.append((b"via", b"Via", b"1.1 " + protocol.factory.settings.viaName))
         if self.head.method == b"HEAD" or status in (204, 304):
             self._noBody = True
@@ -1375,6 +1390,12 @@ class ProxyProtocol(Protocol):
             self._queue[-1].tunnelData.append(data)
             self._buffered(len(data))
 
+    def isSecure(self) -> bool:
+        """
+        @return: whether the client connection is TLS.
+        """
+        return ISSLTransport.providedBy(self.transport)
+
     def localAddress(self) -> Optional[Tuple[str, int]]:
         """
         @return: the (host, port) this connection was accepted on, so that
@@ -1656,6 +1677,9 @@ class ProxyFactory(Factory):
         # section 3.2.2: a proxy ignores the received Host for an
         # absolute-form target).
         authority = origin.authority()
+        clientHost = head.headers.get(b"host")
+        if settings.preserveHost and settings.upstream is not None and clientHost:
+            authority = clientHost
         fields = [
             f if f[0] != b"host" else (b"host", f[1], authority)
             for f in head.headers.lowered()
@@ -1666,14 +1690,46 @@ class ProxyFactory(Factory):
         headers = Headers.fromLowered(fields)
         if facts.chunked:
             headers.add(b"Transfer-Encoding", b"chunked")
+        proto = b"https" if protocol.isSecure() else b"http"
         if settings.xForwardedFor:
             _appendField(headers, b"X-Forwarded-For", protocol.clientHost.encode())
+        if settings.xForwardedProto:
+            headers.set(b"X-Forwarded-Proto", proto)
+        if settings.xForwardedHost and clientHost:
+            headers.set(b"X-Forwarded-Host", clientHost)
         if settings.forwarded:
             client = protocol.clientHost
             node = f'"[{client}]"' if ":" in client else client
-            _appendField(headers, b"Forwarded", f"for={node}".encode())
+            element = f"for={node}".encode()
+            if clientHost and settings.xForwardedHost:
+                element += b';host="' + clientHost.replace(b'"', b"") + b'"'
+            if settings.xForwardedProto:
+                element += b";proto=" + proto
+            _appendField(headers, b"Forwarded", element)
+        rules = settings.requestRules
+        if rules:
+            headers = Headers.fromLowered(rules.apply(headers.lowered()))
         headers.add(b"Via", b"%d.%d %s" % (head.version[0], head.version[1], settings.viaName))
         return RequestHead(head.method, path, (1, 1), headers)
+
+    def downstreamFields(self, exchange: Exchange, fields: list) -> list:
+        """
+        The response fields a client receives, after every caching
+        decision: in reverse mode, C{Location} and C{Content-Location}
+        naming the upstream are rewritten to the address the client used;
+        then the operator's response rules.
+        """
+        settings = self.settings
+        upstream = settings.upstream
+        if upstream is not None and settings.rewriteRedirects:
+            clientHost = exchange.head.headers.get(b"host")
+            if clientHost:
+                fields = _rewriteLocations(fields, upstream, clientHost,
+                                           b"https" if exchange.protocol.isSecure() else b"http")
+        rules = settings.responseRules
+        if rules:
+            fields = rules.apply(fields)
+        return fields
 
     # -- logging -----------------------------------------------------------
 
@@ -1723,6 +1779,28 @@ class ProxyFactory(Factory):
             "-" if upstream is None else "%.4f" % upstream,
             elapsed,
         )
+
+
+def _rewriteLocations(fields: list, upstream: Origin, clientHost: bytes, scheme: bytes) -> list:
+    """
+    @return: C{fields} with C{Location} and C{Content-Location} values that
+        name C{upstream} pointed at C{scheme://clientHost} instead.
+    """
+    prefixes = [upstream.scheme + b"://" + upstream.authority()]
+    if upstream.scheme == b"http" and upstream.port == 80 or (
+            upstream.scheme == b"https" and upstream.port == 443):
+        prefixes.append(prefixes[0] + b":%d" % upstream.port)
+    out = []
+    for field in fields:
+        if field[0] in (b"location", b"content-location"):
+            value = field[2]
+            for prefix in prefixes:
+                if value.lower().startswith(prefix.lower()) and (
+                        len(value) == len(prefix) or value[len(prefix):len(prefix) + 1] in b"/?#"):
+                    field = (field[0], field[1], scheme + b"://" + clientHost + value[len(prefix):])
+                    break
+        out.append(field)
+    return out
 
 
 def _printable(value: bytes) -> str:

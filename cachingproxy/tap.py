@@ -239,6 +239,12 @@ def _proxySettings(config: Config, upstream) -> ProxySettings:
         maxBodySize=config.maxBodySize,
         bodyTimeout=config.bodyTimeout,
         maxPipeline=config.maxPipeline,
+        xForwardedProto=config.xForwardedProto,
+        xForwardedHost=config.xForwardedHost,
+        preserveHost=config.preserveHost,
+        rewriteRedirects=config.rewriteRedirects,
+        requestRules=config.requestRules,
+        responseRules=config.responseRules,
     )
 
 
