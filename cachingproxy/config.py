@@ -245,6 +245,14 @@ SETTINGS = (
     Setting("no-rewrite-redirects", "flag", False,
             "Reverse mode: leave Location and Content-Location naming the upstream as "
             "they are (by default they are rewritten to the proxy's own address)."),
+    Setting("compress", "str", "auto",
+            "Compress responses on the fly for clients that accept gzip or br: on, off, "
+            "or auto (on in reverse mode, off in forward mode)."),
+    Setting("compress-types", "str", "",
+            "Comma-separated media types to compress (text/* for a whole type); empty "
+            "for the built-in list of text types."),
+    Setting("compress-min-size", "size", "1K",
+            "Responses known to be smaller are not compressed."),
     Setting("add-request-header", "list", (),
             "'Name: value' appended to requests going upstream. Repeatable."),
     Setting("set-request-header", "list", (),
@@ -392,6 +400,7 @@ class Config:
     rewriteRedirects: bool = True
     requestRules: object = None
     responseRules: object = None
+    compression: object = None
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -639,6 +648,32 @@ def _workers(raw: object, where: str) -> int:
     raise usage.UsageError(f"{where}: expected a number of processes (1 or more) or 'auto', got {raw!r}")
 
 
+def _compression(values, reverse: bool):
+    """
+    @return: the L{CompressionSettings}, or C{None} when compression is off.
+    @raise usage.UsageError: for a bad value.
+    """
+    from .compress import DEFAULT_TYPES, CompressionSettings
+
+    mode, where = values["compress"]
+    mode = str(mode).strip().lower()
+    if mode in _TRUE:
+        mode = "on"
+    elif mode in _FALSE - {""}:
+        mode = "off"
+    if mode not in ("auto", "on", "off"):
+        raise usage.UsageError(f"{where}: expected on, off or auto, got {mode!r}")
+    if mode == "off" or (mode == "auto" and not reverse):
+        return None
+    types, where = values["compress-types"]
+    listed = tuple(t.strip().lower() for t in str(types or "").split(",") if t.strip())
+    for t in listed:
+        if "/" not in t:
+            raise usage.UsageError(f"{where}: {t!r} is not a media type")
+    return CompressionSettings(types=listed or DEFAULT_TYPES,
+                               minSize=int(values["compress-min-size"][0]))
+
+
 def _rules(values, direction: str):
     """
     @return: the L{HeaderRules} for C{direction} ("request" or "response").
@@ -823,6 +858,7 @@ def fromOptions(
         rewriteRedirects=not values["no-rewrite-redirects"][0],
         requestRules=_rules(values, "request"),
         responseRules=_rules(values, "response"),
+        compression=_compression(values, bool(upstream)),
         accessLog=str(accessLog) if accessLog else None,
         accessLogFormat=str(accessLogFormat),
         cacheDir=None if str(values["cache-dir"][0]).lower() == "none" else str(values["cache-dir"][0]),
@@ -866,7 +902,7 @@ def exitOnConfigError(error: usage.UsageError) -> NoReturn:
 
 def _formatDefault(setting: Setting) -> str:
     default = setting.default
-    if default is None or default == ():
+    if default is None or default == () or default == "":
         return ""
     if setting.kind == "flag":
         return "off" if not default else "on"

@@ -38,7 +38,8 @@ from . import policy
 from .cache.base import IStore, StoreFull
 from .errors import BadGateway, GatewayTimeout, ProxyError, UpstreamClosed
 from .http.message import RequestHead, ResponseHead
-from .server import ExchangeState
+from .compress import compressWhole, negotiate
+from .server import ExchangeState, compressedFields, compressionPlan
 from .upstream import Origin
 
 __all__ = ["CacheResource", "CacheSettings"]
@@ -77,8 +78,32 @@ class _Hot:
     second, as Age changes).
     """
 
-    __slots__ = ("stamp", "check", "freshUntil", "ageBase", "lifetime", "body", "age", "wire",
-                 "prefix", "size")
+    __slots__ = ("stamp", "check", "freshUntil", "ageBase", "lifetime", "codings", "variants",
+                 "size")
+
+
+class _HotVariant:
+    """
+    One representation of a remembered response (identity, or a
+    compressed coding): its head without the per-hit fields, its body, and
+    the bytes last sent.
+    """
+
+    __slots__ = ("prefix", "body", "age", "wire")
+
+    def __init__(self, prefix: bytes, body: bytes) -> None:
+        self.prefix = prefix
+        self.body = body
+        self.age = None
+        self.wire = b""
+
+
+def _hotPrefix(fields, length: int, via: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\nVia: 1.1 %s\r\n" % (
+        b"".join([name + b": " + value + b"\r\n" for _, name, value in fields]),
+        length,
+        via,
+    )
 
 
 @functools.lru_cache(maxsize=65536)
@@ -249,18 +274,22 @@ class CacheResource:
             del self._hot[key]
             return False
         age = int(hot.ageBase + now)
-        if age != hot.age:
-            hot.age = age
+        coding = None
+        if hot.codings:
+            coding = negotiate(head.headers.get(b"accept-encoding"), hot.codings)
+        variant = hot.variants[coding]
+        if age != variant.age:
+            variant.age = age
             tail = self._statusFields([(b"age", b"Age", b"%d" % age)], True, None, None,
                                       hot.lifetime - age, b"HIT")
-            hot.wire = b"".join(
-                [hot.prefix]
+            variant.wire = b"".join(
+                [variant.prefix]
                 + [name + b": " + value + b"\r\n" for _, name, value in tail]
-                + [b"\r\n", hot.body]
+                + [b"\r\n", variant.body]
             )
         self.stats.hits += 1
         exchange.cacheResult = "HIT"
-        exchange.serveBytes(200, hot.wire, len(hot.body))
+        exchange.serveBytes(200, variant.wire, len(variant.body))
         return True
 
     def _remember(self, exchange, entry: policy.StoredEntry, fields, body: bytes) -> None:
@@ -285,18 +314,23 @@ class CacheResource:
         hot.freshUntil = lifetime - ageBase
         hot.ageBase = ageBase
         hot.lifetime = lifetime
-        hot.body = body
-        hot.age = None
-        hot.wire = b""
         factory = exchange.protocol.factory
         fields = factory.downstreamFields(exchange, list(fields))
         via = factory.settings.viaName
-        hot.prefix = b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\nVia: 1.1 %s\r\n" % (
-            b"".join([name + b": " + value + b"\r\n" for _, name, value in fields]),
-            len(body),
-            via,
-        )
-        hot.size = len(hot.prefix) + len(body) + 256
+        compression = factory.settings.compression
+        hot.codings = ()
+        if compression is not None:
+            fields, _, compressible = compressionPlan(compression, fields, True, None)
+            if compressible:
+                hot.codings = compression.codings
+        hot.variants = {None: _HotVariant(_hotPrefix(fields, len(body), via), body)}
+        for coding in hot.codings:
+            # Compressed once here: a hit on a compressed variant costs no
+            # compression.
+            packed = compressWhole(coding, body, compression)
+            hot.variants[coding] = _HotVariant(
+                _hotPrefix(compressedFields(fields, coding), len(packed), via), packed)
+        hot.size = sum(len(v.prefix) + len(v.body) + 256 for v in hot.variants.values())
         hot_ = self._hot
         old = hot_.pop(entry.key, None)
         if old is not None:

@@ -122,6 +122,8 @@ class ProxySettings:
     @ivar requestRules: L{cachingproxy.rules.HeaderRules} for requests
         going upstream, or C{None}.
     @ivar responseRules: the same for responses going to clients.
+    @ivar compression: L{cachingproxy.compress.CompressionSettings} to
+        compress responses on the fly, or C{None}.
     """
 
     upstream: Optional[Origin] = None
@@ -137,6 +139,7 @@ class ProxySettings:
     maxBodySize: int = 1 << 30
     bodyTimeout: float = 300.0
     maxPipeline: int = 16
+    compression: object = None
     adminNetworks: Tuple = (
         ipaddress.ip_network("127.0.0.0/8"),
         ipaddress.ip_network("::1/128"),
@@ -282,6 +285,8 @@ class Exchange:
     _bodyUnwanted = False
     _registeredUpstreamProducer = False
     _registeredClientProducer = False
+    #: compresses the response body on its way out, or C{None}
+    _compressor = None
     #: what produces the response body: the upstream request, or a stored
     #: body being read
     producer = None
@@ -586,8 +591,6 @@ class Exchange:
             fields.append((b"content-length", b"Content-Length", b"%d" % length))
         if noBody or isinstance(body, bytes):
             self._sendHead(status, reason, fields, True, firstBody=b"" if noBody else body)
-            if not noBody:
-                self.bytesSent = length
             if body is not None and not isinstance(body, bytes):
                 body.close()
             self._finish()
@@ -608,6 +611,26 @@ class Exchange:
         protocol = self.protocol
         self.status = status
         fields = protocol.factory.downstreamFields(self, fields)
+        compression = protocol.factory.settings.compression
+        if compression is not None and status == 200 and self.head.method != b"HEAD":
+            fields, coding, _ = compressionPlan(compression, fields, knownLength,
+                                                self.head.headers.get(b"accept-encoding"))
+            if coding is not None:
+                fields = compressedFields(fields, coding)
+                if firstBody:
+                    # A whole body in hand: compress it at once, and say
+                    # its length.
+                    from .compress import compressWhole
+
+                    firstBody = compressWhole(coding, firstBody, compression)
+                    fields.append((b"content-length", b"Content-Length",
+                                   b"%d" % len(firstBody)))
+                else:
+                    from .compress import compressor
+
+                    self._compressor = compressor(coding, compression)
+                    knownLength = False
+        self.bytesSent += len(firstBody)
         fields.append((b"via", b"Via", b"1.1 " + protocol.factory.settings.viaName))
         if self.head.method == b"HEAD" or status in (204, 304):
             self._noBody = True
@@ -652,17 +675,31 @@ class Exchange:
     def responseBody(self, data: bytes) -> None:
         if self.state is not ExchangeState.RESPONDING or self._noBody:
             return
+        compressor = self._compressor
+        if compressor is not None:
+            data = compressor.compress(data)
+            if not data:
+                return
         self.bytesSent += len(data)
         if self._chunked:
             self._write(b"%x\r\n%s\r\n" % (len(data), data))
         else:
             self._write(data)
 
+    def _bodyEnd(self) -> None:
+        compressor, self._compressor = self._compressor, None
+        if compressor is not None and not self._noBody:
+            tail = compressor.finish()
+            if tail:
+                self.bytesSent += len(tail)
+                self._write(b"%x\r\n%s\r\n" % (len(tail), tail) if self._chunked else tail)
+        if self._chunked:
+            self._write(b"0\r\n\r\n")
+
     def responseEnd(self) -> None:
         if self.state is not ExchangeState.RESPONDING:
             return
-        if self._chunked:
-            self._write(b"0\r\n\r\n")
+        self._bodyEnd()
         self._finish()
 
     def responseFailed(self, reason: Failure, receivedAnything: bool) -> None:
@@ -893,10 +930,10 @@ class _StoredBodyStreamer:
                     return
                 if not data:
                     self._stop()
+                    self._exchange._bodyEnd()
                     self._exchange._finish()
                     return
-                self._exchange.bytesSent += len(data)
-                self._exchange._write(data)
+                self._exchange.responseBody(data)
         finally:
             self._pumping = False
 
@@ -1779,6 +1816,73 @@ class ProxyFactory(Factory):
             "-" if upstream is None else "%.4f" % upstream,
             elapsed,
         )
+
+
+def compressionPlan(settings, fields: list, knownLength: bool,
+                    acceptEncoding: Optional[bytes]) -> Tuple[list, Optional[str], bool]:
+    """
+    Whether a 200 response (to anything but HEAD) is compressed for a
+    client: never with a Content-Encoding already, a Content-Range,
+    C{no-transform} (RFC 9111 section 5.2.2.6), a type not listed or a
+    known length under the minimum. A compressible response gets
+    C{Vary: Accept-Encoding} whatever this client accepts, so caches
+    further down keep the variants apart.
+
+    @return: the fields (Vary added if compressible), the coding for
+        this client (or C{None} for identity), and whether the response is
+        compressible at all.
+    """
+    from .compress import negotiate, noTransform
+
+    contentType = length = None
+    for lower, _, value in fields:
+        if lower == b"content-encoding" or lower == b"content-range":
+            return fields, None, False
+        if lower == b"cache-control" and noTransform(value):
+            return fields, None, False
+        if lower == b"content-type":
+            contentType = value
+        elif lower == b"content-length":
+            length = value
+    if not settings.compressibleType(contentType):
+        return fields, None, False
+    if knownLength and length is not None and length.strip().isdigit() \
+            and int(length) < settings.minSize:
+        return fields, None, False
+    fields = _addVary(fields, b"Accept-Encoding")
+    return fields, negotiate(acceptEncoding, settings.codings), True
+
+
+def compressedFields(fields: list, coding: str) -> list:
+    """
+    @return: C{fields} for the compressed representation: no
+        Content-Length (the framing says where it ends, or the caller sets
+        it), C{Content-Encoding}, and a weak ETag (RFC 9110 section 8.8.1).
+    """
+    from .compress import weakenETag
+
+    out = []
+    for field in fields:
+        if field[0] == b"content-length":
+            continue
+        if field[0] == b"etag":
+            field = (field[0], field[1], weakenETag(field[2]))
+        out.append(field)
+    out.append((b"content-encoding", b"Content-Encoding", coding.encode("ascii")))
+    return out
+
+
+def _addVary(fields: list, name: bytes) -> list:
+    lower = name.lower()
+    for index, (fieldLower, fieldName, value) in enumerate(fields):
+        if fieldLower == b"vary":
+            members = [m.strip().lower() for m in value.split(b",")]
+            if lower in members or b"*" in members:
+                return fields
+            fields = list(fields)
+            fields[index] = (fieldLower, fieldName, value + b", " + name)
+            return fields
+    return fields + [(b"vary", b"Vary", name)]
 
 
 def _rewriteLocations(fields: list, upstream: Origin, clientHost: bytes, scheme: bytes) -> list:

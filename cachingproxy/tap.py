@@ -245,6 +245,7 @@ def _proxySettings(config: Config, upstream) -> ProxySettings:
         rewriteRedirects=config.rewriteRedirects,
         requestRules=config.requestRules,
         responseRules=config.responseRules,
+        compression=config.compression,
     )
 
 
