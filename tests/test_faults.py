@@ -564,16 +564,10 @@ class KilledWorkerTests(TestCase):
 
 class ChurnDuringRescanTests(FaultTestCase):
     """
-    Found by bench/soak.py: the proxy's memory grows with every eviction
-    while a rescan pass of the disk store is open.
+    Found by bench/soak.py: the disk store's bookkeeping while a rescan
+    pass is open stays as small as the cache, however many entries are
+    evicted during the pass.
     """
-
-    todo = (
-        "DiskStore._forget (cachingproxy/cache/disk.py:622-628) adds every "
-        "evicted or removed path to _scanRemoved while a rescan pass is open, "
-        "and a pass stays open for minutes (tap.py:220 runs rescan(2000) once "
-        "a minute), so memory grows with churn, not with the cache size"
-    )
 
     def setUp(self):
         super().setUp()

@@ -482,6 +482,7 @@ class DiskStore:
         self._scanFound: List[Tuple[float, str, int]] = []
         self._scanTouched: "OrderedDict[str, List]" = OrderedDict()
         self._scanRemoved: set = set()
+        self._scanFoundPaths: set = set()
         self._scanned = False
         self._logged: Dict[tuple, float] = {}
         for folder in (self._dataDir, self._tmpDir):
@@ -625,7 +626,11 @@ class DiskStore:
             self._bytes -= old[0]
         if self._scan is not None:
             self._scanTouched.pop(path, None)
-            self._scanRemoved.add(path)
+            # Only a file the walk has already counted needs remembering
+            # (one it has yet to reach will not be found): this keeps the
+            # set as small as the cache, however much churn a pass sees.
+            if path in self._scanFoundPaths:
+                self._scanRemoved.add(path)
 
     def _evict(self, keep: Optional[str] = None) -> None:
         """
@@ -677,6 +682,7 @@ class DiskStore:
         if self._scan is None:
             self._scan = self._walk()
             self._scanFound = []
+            self._scanFoundPaths = set()
             self._scanTouched = OrderedDict()
             self._scanRemoved = set()
         scan = self._scan
@@ -703,6 +709,7 @@ class DiskStore:
         self._bytes = sum(v[0] for v in index.values())
         self._scan = None
         self._scanFound = []
+        self._scanFoundPaths = set()
         self._scanTouched = OrderedDict()
         self._scanRemoved = set()
         self._scanned = True
@@ -712,6 +719,7 @@ class DiskStore:
 
     def _walk(self) -> Iterator[None]:
         found = self._scanFound
+        foundPaths = self._scanFoundPaths
         try:
             fans = sorted(os.listdir(self._dataDir))
         except OSError as e:
@@ -740,6 +748,7 @@ class DiskStore:
                         except OSError:
                             continue
                         found.append((st.st_mtime, item.path, st.st_size))
+                        foundPaths.add(item.path)
                         yield None
                 if empty:
                     # Left by a removal that raced with a commit; a
