@@ -813,14 +813,21 @@ class _Storer:
             except Exception:
                 self._log.failure("aborting a store write failed")
 
-    def clientGone(self) -> None:
+    def clientGone(self) -> bool:
         """
-        The client left: nothing half-written stays; waiters of the flight
-        fetch on their own.
+        The client left. If other clients are streaming this same fetch,
+        it goes on for them (and is stored); otherwise nothing
+        half-written stays and waiters fetch on their own.
+
+        @return: whether the upstream fetch must go on.
         """
+        flight = self.flight
+        if flight is not None and flight.leaderDetached():
+            return True
         self._abortWriter()
-        if self.flight is not None:
-            self.flight.leaderGone()
+        if flight is not None:
+            flight.leaderGone()
+        return False
 
 
 class _Invalidator:
@@ -1140,6 +1147,23 @@ class _Flight:
                 continue
             exchange.onClientGone = None
             exchange.responseFailed(reason, True)
+
+    def leaderDetached(self) -> bool:
+        """
+        The leading client left while others stream the fetch: drop it
+        from the readers that pace the fetch.
+
+        @return: whether others are streaming (so the fetch goes on).
+        """
+        leader = self.leader.exchange if self.leader is not None else None
+        others = [e for e in self.streaming if e is not leader]
+        if not others:
+            return False
+        if leader in self.streaming:
+            self.streaming.remove(leader)
+        self._paused.discard(leader)
+        self._maybeResume()
+        return True
 
     def leaderGone(self) -> None:
         """

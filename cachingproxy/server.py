@@ -799,7 +799,8 @@ class Exchange:
         """
         The client connection is gone: release everything this exchange
         holds upstream (a half-used upstream connection is closed, never
-        pooled).
+        pooled), unless the cache layer keeps the fetch going for other
+        clients sharing it (its C{onClientGone} says so).
         """
         if self.state is ExchangeState.DONE:
             return
@@ -808,13 +809,13 @@ class Exchange:
             self.protocol._unbuffered(self._bodyBuffered)
             self._bodyBuffered = 0
         self._bodyBuffer = []
-        self._abandonUpstream()
         producer, self.producer = self.producer, None
         if isinstance(producer, _StoredBodyStreamer):
             producer.stopProducing()
         gone, self.onClientGone = self.onClientGone, None
-        if gone is not None:
-            gone()
+        keepFetching = gone() if gone is not None else False
+        if not keepFetching:
+            self._abandonUpstream()
 
 
 _WATCHED = frozenset(

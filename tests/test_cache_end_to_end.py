@@ -862,3 +862,74 @@ class HotPathTests(CacheTestCase):
         again = await self.get(b"/max-age/60/xp")
         self.assertEqual(again.header(b"x-cache"), b"MISS")
         self.assertEqual(again.body, b"/max-age/60/xp #2")
+
+
+class _TwoStepOrigin(Resource):
+    """
+    Holds a cacheable 4 MiB answer: L{first} sends the head and half the
+    body, L{rest} the other half.
+    """
+
+    isLeaf = True
+    size = 4 * 1024 * 1024
+
+    def __init__(self):
+        super().__init__()
+        from twisted.internet.defer import Deferred
+
+        self.count = 0
+        self.requested = Deferred()
+        self.request = None
+
+    def render(self, request):
+        from twisted.web.server import NOT_DONE_YET
+
+        self.count += 1
+        self.request = request
+        if not self.requested.called:
+            self.requested.callback(None)
+        return NOT_DONE_YET
+
+    def first(self):
+        self.request.setHeader(b"Cache-Control", b"max-age=600")
+        self.request.setHeader(b"Content-Length", b"%d" % self.size)
+        self.request.write(pattern(self.size)[: self.size // 2])
+
+    def rest(self):
+        self.request.write(pattern(self.size)[self.size // 2:])
+        self.request.finish()
+
+
+class LeaderLeavesTests(CacheTestCase):
+    """
+    The first client of a collapsed fetch leaving does not cut off the
+    others.
+    """
+
+    async def test_othersKeepStreaming(self):
+        """
+        Two clients share one fetch; the first leaves in the middle of the
+        body; the second still gets all of it, and it is stored.
+        """
+        origin = _TwoStepOrigin()
+        _, originPort = listenOrigin(self, origin)
+        request = b"GET http://127.0.0.1:%d/big HTTP/1.1\r\nHost: x\r\n\r\n" % originPort
+        key = b"http://127.0.0.1:%d/big" % originPort
+        leader = await connectClient(self.port, self)
+        leader.transport.write(request)
+        await origin.requested
+        follower = await connectClient(self.port, self)
+        follower.transport.write(request)
+        await until(lambda: len(self.cache._flights[key].waiters) == 1)
+        origin.first()
+        await leader.whenTrue(lambda c: len(c.raw) > 1024 * 1024)
+        await follower.whenTrue(lambda c: len(c.raw) > 1024 * 1024)
+        leader.transport.abortConnection()
+        await leader.closed
+        await until(lambda: self.factory.openConnections == 1)
+        origin.rest()
+        [response] = await follower.waitFor(1)
+        self.assertEqual(response.body, pattern(origin.size))
+        self.assertEqual(origin.count, 1)
+        self.assertEqual(len(self.store.entries(key)), 1)
+        self.assertEqual(self.cache.stats.collapsed, 1)
