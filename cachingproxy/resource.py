@@ -106,7 +106,7 @@ def _hotPrefix(fields, length: int, via: bytes) -> bytes:
     )
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=8192)
 def _primaryKey(scheme: bytes, authority: bytes, target: bytes) -> bytes:
     """
     L{policy.primaryKey}, remembered: the same URLs are asked for again

@@ -122,7 +122,7 @@ _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_READ = os.O_RDONLY | _O_CLOEXEC
 _O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC
 
-@functools.lru_cache(maxsize=16384)
+@functools.lru_cache(maxsize=8192)
 def _hashName(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:_NAME_LEN]
 
