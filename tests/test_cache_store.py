@@ -976,3 +976,35 @@ class TieredStoreTests(DiskStoreTestsMixin, SynchronousTestCase):
         self.assertEqual(a.memory.stats()["entries"], 1)
         [entry] = a.entries(KEY)
         self.assertEqual(self.body(entry, store=a), b"z" * 1000)
+
+
+class MemoryStampTests(SynchronousTestCase):
+    """
+    L{MemoryStore.stamp}: differs after every change, and remembers only
+    stored keys.
+    """
+
+    def test_everyChangeSeen(self):
+        """
+        Storing, replacing and removing each give a stamp not seen before
+        for the key; a removed key keeps no stamp in the table.
+        """
+        from cachingproxy.cache.memory import MemoryStore
+
+        store = MemoryStore(1 << 20, 1 << 20)
+        seen = [store.stamp(b"k")]
+        for body in (b"one", b"two"):
+            writer = store.writer(b"k", b"")
+            writer.write(body)
+            self.assertTrue(writer.commit(makeEntry(b"k", body)))
+            seen.append(store.stamp(b"k"))
+        store.remove(b"k")
+        seen.append(store.stamp(b"k"))
+        writer = store.writer(b"k", b"")
+        writer.write(b"three")
+        self.assertTrue(writer.commit(makeEntry(b"k", b"three")))
+        seen.append(store.stamp(b"k"))
+        self.assertEqual(len(set(seen[1:])), len(seen) - 1, seen)
+        self.assertNotEqual(seen[-1], seen[0])
+        store.remove(b"k")
+        self.assertNotIn(b"k", store._stamps)

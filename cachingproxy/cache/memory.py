@@ -144,7 +144,6 @@ class MemoryStore:
         @param keepId: keep C{entry.id} (else the record becomes the id).
         @return: the record, or C{None} if it does not fit.
         """
-        self._changed(key)
         record = _Record(key, variantKey, body, tag)
         # Copies of the fields, so that the writer's objects can change
         # afterwards; lookups hand out these same objects, read-only.
@@ -164,6 +163,9 @@ class MemoryStore:
             self._drop(old, fromOrder=False)
         self._records[(key, variantKey)] = record
         self._byKey.setdefault(key, {})[variantKey] = record
+        # After the old variant's removal: the key's last stamp is a new
+        # one, and it stays while the key holds something.
+        self._changed(key)
         self._bytes += record.size
         while self._bytes > self.maxSize:
             _, victim = self._records.popitem(last=False)
@@ -183,6 +185,10 @@ class MemoryStore:
             del variants[record.variantKey]
             if not variants:
                 del self._byKey[record.key]
+                # Nothing is stored under the key any more: its stamp reads
+                # as (epoch, 0), unlike any stamp handed out while it held
+                # something, so the table only holds stored keys.
+                self._stamps.pop(record.key, None)
         self._bytes -= record.size
 
     def _used(self, record: _Record) -> None:
