@@ -44,8 +44,9 @@ from .upstream import Origin
 
 __all__ = ["CacheResource", "CacheSettings"]
 
-#: Bodies up to this size are read whole and sent with their head.
-_SMALL_BODY = 65536
+#: Bodies up to this size are read whole and sent with their head (and are
+#: what the hot path remembers, each coding compressed once).
+_SMALL_BODY = 256 * 1024
 
 #: Request fields that take a request off the hot path (their meaning is
 #: for the policy to work out).
