@@ -739,6 +739,13 @@ class AccessPolicy:
             return str(ipaddress.ip_network(f"{address}/64", strict=False))
         return str(address) if address is not None else clientHost
 
+    @property
+    def authenticates(self) -> bool:
+        """
+        Whether requests must carry proxy credentials.
+        """
+        return self.authFile is not None
+
     def authenticate(self, requestHeaders, clientHost: str) -> Optional[ProxyError]:
         """
         Check C{Proxy-Authorization} against C{--auth-file}.

@@ -220,6 +220,10 @@ _EXCHANGE_MOVES = {
 }
 
 
+#: Not worked out yet.
+_UNKNOWN = object()
+
+
 class _CompletionCounter:
     """
     Counts the requests a probe parser completes.
@@ -400,8 +404,7 @@ class Exchange:
             return
         if self.head.method == b"CONNECT":
             if factory.access is not None:
-                refused = factory.access.checkDestination(
-                    self.protocol.clientHost, origin, self.protocol.localAddress())
+                refused = self.protocol.destinationVerdict(origin)
                 if refused is not None:
                     self.respondError(refused)
                     return
@@ -414,8 +417,7 @@ class Exchange:
         self.upstreamOrigin = origin
         self.upstreamPath = path
         if factory.access is not None:
-            refused = factory.access.checkDestination(
-                self.protocol.clientHost, origin, self.protocol.localAddress())
+            refused = self.protocol.destinationVerdict(origin)
             if refused is not None:
                 self.respondError(refused)
                 return
@@ -975,6 +977,9 @@ class ProxyProtocol(Protocol):
         self._timer = None
         self._deadline = 0.0
         self._completedInRead = 0
+        self._local = _UNKNOWN
+        self._clientVerdict = _UNKNOWN
+        self._destinationVerdicts: Optional[dict] = None
         self._timerPurpose: Optional[ReaderState] = None
         self._tunnelPeer: Optional[TunnelPeer] = None
         self.clientHost = "-"
@@ -1439,11 +1444,43 @@ class ProxyProtocol(Protocol):
         @return: the (host, port) this connection was accepted on, so that
             requests to the proxy itself can be refused as loops.
         """
-        host = getattr(self.transport, "getHost", None)
-        if host is None:
-            return None
-        address = host()
-        return (getattr(address, "host", None), getattr(address, "port", None))
+        local = self._local
+        if local is _UNKNOWN:
+            host = getattr(self.transport, "getHost", None)
+            if host is None:
+                local = None
+            else:
+                address = host()
+                local = (getattr(address, "host", None), getattr(address, "port", None))
+            self._local = local
+        return local
+
+    def clientVerdict(self) -> Optional[ProxyError]:
+        """
+        The access policy's word on this client (one per connection: the
+        address does not change).
+        """
+        verdict = self._clientVerdict
+        if verdict is _UNKNOWN:
+            verdict = self._clientVerdict = self.factory.access.checkClient(self.clientHost)
+        return verdict
+
+    def destinationVerdict(self, origin: Origin) -> Optional[ProxyError]:
+        """
+        The access policy's word on sending this client to C{origin},
+        remembered per connection and origin.
+        """
+        verdicts = self._destinationVerdicts
+        if verdicts is None:
+            verdicts = self._destinationVerdicts = {}
+        try:
+            return verdicts[origin]
+        except KeyError:
+            verdict = verdicts[origin] = self.factory.access.checkDestination(
+                self.clientHost, origin, self.localAddress())
+            if len(verdicts) > 64:
+                verdicts.clear()
+            return verdict
 
     def drain(self) -> None:
         """
@@ -1626,8 +1663,9 @@ class ProxyFactory(Factory):
                     return LoopDetected("the request has already passed through this proxy")
         access = self.access
         if access is not None:
-            refused = access.checkClient(exchange.protocol.clientHost)
-            if refused is None and not exchange.head.target.startswith(ADMIN_PREFIX):
+            refused = exchange.protocol.clientVerdict()
+            if refused is None and access.authenticates and \
+                    not exchange.head.target.startswith(ADMIN_PREFIX):
                 refused = access.authenticate(exchange.head.headers,
                                               exchange.protocol.clientHost)
             if refused is not None:
