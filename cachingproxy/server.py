@@ -978,6 +978,7 @@ class ProxyProtocol(Protocol):
         self._deadline = 0.0
         self._completedInRead = 0
         self._local = _UNKNOWN
+        self._secure: Optional[bool] = None
         self._clientVerdict = _UNKNOWN
         self._destinationVerdicts: Optional[dict] = None
         self._timerPurpose: Optional[ReaderState] = None
@@ -1437,7 +1438,10 @@ class ProxyProtocol(Protocol):
         """
         @return: whether the client connection is TLS.
         """
-        return ISSLTransport.providedBy(self.transport)
+        secure = self._secure
+        if secure is None:
+            secure = self._secure = ISSLTransport.providedBy(self.transport)
+        return secure
 
     def localAddress(self) -> Optional[Tuple[str, int]]:
         """
@@ -1766,7 +1770,8 @@ class ProxyFactory(Factory):
         headers = Headers.fromLowered(fields)
         if facts.chunked:
             headers.add(b"Transfer-Encoding", b"chunked")
-        proto = b"https" if protocol.isSecure() else b"http"
+        if settings.xForwardedProto or settings.forwarded:
+            proto = b"https" if protocol.isSecure() else b"http"
         if settings.xForwardedFor:
             _appendField(headers, b"X-Forwarded-For", protocol.clientHost.encode())
         if settings.xForwardedProto:
@@ -1797,7 +1802,8 @@ class ProxyFactory(Factory):
         """
         settings = self.settings
         upstream = settings.upstream
-        if upstream is not None and settings.rewriteRedirects:
+        if upstream is not None and settings.rewriteRedirects and any(
+                f[0] in _LOCATIONS for f in fields):
             clientHost = exchange.head.headers.get(b"host")
             if clientHost:
                 fields = _rewriteLocations(fields, upstream, clientHost,
@@ -1922,6 +1928,9 @@ def _addVary(fields: list, name: bytes) -> list:
             fields[index] = (fieldLower, fieldName, value + b", " + name)
             return fields
     return fields + [(b"vary", b"Vary", name)]
+
+
+_LOCATIONS = frozenset([b"location", b"content-location"])
 
 
 def _rewriteLocations(fields: list, upstream: Origin, clientHost: bytes, scheme: bytes) -> list:
