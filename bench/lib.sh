@@ -199,3 +199,23 @@ bench_cachingproxy_cmd() {
         "$VENV/bin/twistd" -n --pidfile= cachingproxy
         --port "tcp:$1:interface=127.0.0.1" --upstream "$2" --no-access-log)
 }
+
+# bench_pin_setup: set NCPU, and PIN_PROXY / PIN_LOAD (taskset prefixes) and
+# PIN_NOTE: the proxy alone on CPU 0, the load generator and the origin on
+# CPU 1; no pinning with BENCH_NO_PIN set, or with fewer than 2 CPUs.
+bench_pin_setup() {
+    NCPU="$(nproc)"
+    if [ -n "${BENCH_NO_PIN:-}" ]; then
+        PIN_PROXY=()
+        PIN_LOAD=()
+        PIN_NOTE="NOT pinned (BENCH_NO_PIN): proxy, wrk and origin share every CPU"
+    elif [ "$NCPU" -ge 2 ] && command -v taskset >/dev/null 2>&1; then
+        PIN_PROXY=(taskset -c 0)
+        PIN_LOAD=(taskset -c 1)
+        PIN_NOTE="proxy on CPU 0; wrk + nginx origin share CPU 1"
+    else
+        PIN_PROXY=()
+        PIN_LOAD=()
+        PIN_NOTE="NOT pinned ($NCPU CPU(s) or no taskset): numbers are even noisier"
+    fi
+}

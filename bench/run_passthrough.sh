@@ -43,20 +43,7 @@ command -v curl >/dev/null 2>&1 || bench_die "curl is not installed"
 bench_ensure_venv
 cd "$REPO_ROOT"
 
-NCPU="$(nproc)"
-if [ -n "${BENCH_NO_PIN:-}" ]; then
-    PIN_PROXY=()
-    PIN_LOAD=()
-    PIN_NOTE="NOT pinned (BENCH_NO_PIN): proxy, wrk and origin share every CPU"
-elif [ "$NCPU" -ge 2 ] && command -v taskset >/dev/null 2>&1; then
-    PIN_PROXY=(taskset -c 0)
-    PIN_LOAD=(taskset -c 1)
-    PIN_NOTE="proxy on CPU 0; wrk + nginx origin share CPU 1"
-else
-    PIN_PROXY=()
-    PIN_LOAD=()
-    PIN_NOTE="NOT pinned ($NCPU CPU(s) or no taskset): numbers are even noisier"
-fi
+bench_pin_setup
 
 bench_mktemp
 T="$BENCH_TMP"
