@@ -55,18 +55,24 @@ class CompressionSettings:
 
     def compressibleType(self, contentType: Optional[bytes]) -> bool:
         """
-        @return: whether a body of C{contentType} is worth compressing.
+        @return: whether a body of C{contentType} is worth compressing
+            (remembered per value: responses repeat a handful of types).
         """
         if not contentType:
             return False
-        media = contentType.split(b";", 1)[0].strip().lower().decode("latin-1")
-        for pattern in self.types:
-            if pattern.endswith("/*"):
-                if media.startswith(pattern[:-1]):
-                    return True
-            elif media == pattern:
+        return _compressible(contentType, self.types)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compressible(contentType: bytes, types: Tuple[str, ...]) -> bool:
+    media = contentType.split(b";", 1)[0].strip().lower().decode("latin-1")
+    for pattern in types:
+        if pattern.endswith("/*"):
+            if media.startswith(pattern[:-1]):
                 return True
-        return False
+        elif media == pattern:
+            return True
+    return False
 
 
 @functools.lru_cache(maxsize=1024)
@@ -158,6 +164,7 @@ def weakenETag(value: bytes) -> bytes:
     return value
 
 
+@functools.lru_cache(maxsize=1024)
 def noTransform(cacheControl: Optional[bytes]) -> bool:
     """
     @return: whether a Cache-Control value says C{no-transform} (RFC 9111

@@ -57,6 +57,7 @@ from .errors import (
 from .http.headers import HOP_BY_HOP, Headers, formatHTTPDate, splitList
 from .http.message import REASONS, RequestHead, ResponseHead
 from ._io import sendNow
+from .compress import compressWhole, compressor, negotiate, noTransform, weakenETag
 from .admin import ADMIN_PREFIX
 from .tunnel import TunnelPeer, joinTunnel
 from .upstream import Origin, UpstreamPool, UpstreamRequest, _QuietFactory, connectError
@@ -622,14 +623,10 @@ class Exchange:
                 if firstBody:
                     # A whole body in hand: compress it at once, and say
                     # its length.
-                    from .compress import compressWhole
-
                     firstBody = compressWhole(coding, firstBody, compression)
                     fields.append((b"content-length", b"Content-Length",
                                    b"%d" % len(firstBody)))
                 else:
-                    from .compress import compressor
-
                     self._compressor = compressor(coding, compression)
                     knownLength = False
         self.bytesSent += len(firstBody)
@@ -1877,8 +1874,6 @@ def compressionPlan(settings, fields: list, knownLength: bool,
         this client (or C{None} for identity), and whether the response is
         compressible at all.
     """
-    from .compress import negotiate, noTransform
-
     contentType = length = None
     for lower, _, value in fields:
         if lower == b"content-encoding" or lower == b"content-range":
@@ -1904,8 +1899,6 @@ def compressedFields(fields: list, coding: str) -> list:
         Content-Length (the framing says where it ends, or the caller sets
         it), C{Content-Encoding}, and a weak ETag (RFC 9110 section 8.8.1).
     """
-    from .compress import weakenETag
-
     out = []
     for field in fields:
         if field[0] == b"content-length":
