@@ -145,7 +145,8 @@ run_origin() {
 }
 
 # run_cachingproxy NAME [EXTRA OPTIONS...]: "cachingproxy" runs with
-# --no-cache (Squid runs with "cache deny all"); "cachingproxy-cache" keeps
+# --no-cache and --compress off (Squid runs with "cache deny all" and does
+# not compress); "cachingproxy-cache" keeps
 # its disk cache on, so every request also pays for a lookup (the origin's
 # responses are no-store, so nothing is stored).
 run_cachingproxy() {
@@ -232,7 +233,7 @@ EOF
 for p in $PROXIES; do
     case "$p" in
         origin) run_origin ;;
-        cachingproxy) run_cachingproxy cachingproxy --no-cache ;;
+        cachingproxy) run_cachingproxy cachingproxy --no-cache --compress off ;;
         cachingproxy-cache) run_cachingproxy cachingproxy-cache --cache-dir "$T/cp-cache" ;;
         twisted) run_twisted ;;
         squid) run_squid ;;
