@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -19,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import httptools
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
@@ -487,3 +488,52 @@ async def exchange(port: int, testCase, data: bytes, count: int = 1,
     client.transport.write(data)
     responses = await client.waitFor(count)
     return client, responses
+
+
+#: Runs twistd as its console script does, so the plugin is found through
+#: PYTHONPATH from this checkout.
+TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Twistd(ProcessProtocol):
+    """
+    Runs twistd and fires C{listening} with the port from its log.
+    """
+
+    def __init__(self):
+        self.output = b""
+        self.listening = defer.Deferred()
+        self.ended = defer.Deferred()
+        self._waiting = []
+
+    def waitForOutput(self, text):
+        """
+        @return: a Deferred firing once C{text} has appeared in the output.
+        """
+        d = defer.Deferred()
+        self._waiting.append((text, d))
+        self._check()
+        return d
+
+    def _check(self):
+        for text, d in list(self._waiting):
+            if text in self.output:
+                self._waiting.remove((text, d))
+                d.callback(text)
+
+    def outReceived(self, data):
+        self.output += data
+        self._check()
+        match = re.search(rb"listening on IPv4Address\(type='TCP', host='127.0.0.1', port=(\d+)\)",
+                          self.output)
+        if match and not self.listening.called:
+            self.listening.callback(int(match.group(1)))
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        if not self.listening.called:
+            self.listening.errback(RuntimeError(self.output.decode(errors="replace")))
+        self.ended.callback(reason.value.exitCode if reason.value.signal is None else -reason.value.signal)

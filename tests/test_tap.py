@@ -4,13 +4,11 @@ C{twistd -n cachingproxy} process.
 """
 
 import os
-import re
 import signal
 import sys
 
 from twisted.application.service import IServiceMaker
-from twisted.internet import defer, reactor
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet import reactor
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -18,13 +16,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from cachingproxy import tap
 from cachingproxy.config import fromOptions
 
-from .helpers import exchange, listenOrigin, pattern, temporaryPath
+from .helpers import REPO, TWISTD, Twistd as _Twistd, exchange, listenOrigin, pattern, temporaryPath
 
-#: Runs twistd as its console script does, so the plugin is found through
-#: PYTHONPATH from this checkout.
-TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class PluginTests(SynchronousTestCase):
@@ -172,48 +165,6 @@ class AccessLogFileTests(SynchronousTestCase):
         log.close()
         with open(path) as f:
             self.assertEqual(f.read(), "first\nsecond\n")
-
-
-class _Twistd(ProcessProtocol):
-    """
-    Runs twistd and fires C{listening} with the port from its log.
-    """
-
-    def __init__(self):
-        self.output = b""
-        self.listening = defer.Deferred()
-        self.ended = defer.Deferred()
-        self._waiting = []
-
-    def waitForOutput(self, text):
-        """
-        @return: a Deferred firing once C{text} has appeared in the output.
-        """
-        d = defer.Deferred()
-        self._waiting.append((text, d))
-        self._check()
-        return d
-
-    def _check(self):
-        for text, d in list(self._waiting):
-            if text in self.output:
-                self._waiting.remove((text, d))
-                d.callback(text)
-
-    def outReceived(self, data):
-        self.output += data
-        self._check()
-        match = re.search(rb"listening on IPv4Address\(type='TCP', host='127.0.0.1', port=(\d+)\)",
-                          self.output)
-        if match and not self.listening.called:
-            self.listening.callback(int(match.group(1)))
-
-    errReceived = outReceived
-
-    def processEnded(self, reason):
-        if not self.listening.called:
-            self.listening.errback(RuntimeError(self.output.decode(errors="replace")))
-        self.ended.callback(reason.value.exitCode if reason.value.signal is None else -reason.value.signal)
 
 
 class TwistdTests(TestCase):

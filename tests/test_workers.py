@@ -16,7 +16,6 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import IProcessTransport
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python import usage
@@ -28,12 +27,8 @@ from cachingproxy import tap
 from cachingproxy.worker import Worker, splitArguments
 from cachingproxy.workers import WorkerSupervisor, WorkersService, parseListener
 
-from .helpers import RawClient, listenOrigin, temporaryPath, until
-
-#: Runs twistd as its console script does (as tests/test_tap.py does).
-TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .helpers import REPO, TWISTD, RawClient, listenOrigin, temporaryPath, until
+from .helpers import Twistd as _Twistd
 
 HEALTH = b"GET /_cachingproxy/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
@@ -592,52 +587,6 @@ class AdoptionTests(TestCase):
 
 
 # -- twistd --workers 2 end to end --------------------------------------------
-
-
-class _Twistd(ProcessProtocol):
-    """
-    Runs twistd and fires C{listening} with the port from its log (the
-    pattern of tests/test_tap.py).
-    """
-
-    def __init__(self):
-        self.output = b""
-        self.listening = defer.Deferred()
-        self.ended = defer.Deferred()
-        self._waiting = []
-
-    def waitForOutput(self, text):
-        """
-        @return: a Deferred firing once C{text} has appeared in the output.
-        """
-        d = defer.Deferred()
-        self._waiting.append((text, d))
-        self._check()
-        return d
-
-    def _check(self):
-        for text, d in list(self._waiting):
-            if text in self.output:
-                self._waiting.remove((text, d))
-                d.callback(text)
-
-    def outReceived(self, data):
-        import re
-
-        self.output += data
-        self._check()
-        match = re.search(rb"listening on IPv4Address\(type='TCP', host='127.0.0.1', port=(\d+)\)",
-                          self.output)
-        if match and not self.listening.called:
-            self.listening.callback(int(match.group(1)))
-
-    errReceived = outReceived
-
-    def processEnded(self, reason):
-        if not self.listening.called:
-            self.listening.errback(RuntimeError(self.output.decode(errors="replace")))
-        self.ended.callback(reason.value.exitCode if reason.value.signal is None
-                            else -reason.value.signal)
 
 
 def _isWorker(pid: int) -> bool:
