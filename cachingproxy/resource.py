@@ -24,7 +24,6 @@ own at once when it does not.
 from __future__ import annotations
 
 import functools
-import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -124,7 +123,6 @@ class CacheSettings:
     @ivar cacheStatus: add a C{Cache-Status} field (RFC 9211).
     @ivar xCache: add an C{X-Cache} field (HIT, MISS, ...).
     @ivar name: this cache's name in Cache-Status.
-    @ivar adminNetworks: client networks allowed to PURGE.
     @ivar collapse: collapsed forwarding of concurrent misses.
     """
 
@@ -133,10 +131,6 @@ class CacheSettings:
     cacheStatus: bool = True
     xCache: bool = True
     name: bytes = b"cachingproxy"
-    adminNetworks: Tuple = (
-        ipaddress.ip_network("127.0.0.0/8"),
-        ipaddress.ip_network("::1/128"),
-    )
     collapse: bool = True
 
 
@@ -570,18 +564,9 @@ class CacheResource:
                 self._log.debug("invalidated {uri}", uri=uri)
 
     def _purge(self, exchange, key: bytes) -> None:
-        client = exchange.protocol.clientHost
-        try:
-            address = ipaddress.ip_address(client)
-        except ValueError:
-            address = None
-        factory = exchange.protocol.factory
-        if factory.access is not None:
-            # The operator's --admin-allow decides.
-            allowed = factory.isAdmin(client)
-        else:
-            allowed = address is not None and any(
-                address in net for net in self.settings.adminNetworks)
+        # Who is an admin is the connection's (and the access policy's)
+        # business: one answer for PURGE and the admin endpoints.
+        allowed = exchange.protocol.factory.isAdmin(exchange.protocol.clientHost)
         if not allowed:
             from .errors import MethodNotAllowed
 

@@ -359,7 +359,9 @@ class Exchange:
     def requestBodyEnd(self) -> None:
         self.bodyDone = True
         upstream = self.upstream
-        if upstream is None:
+        if upstream is None or upstream.finished:
+            # Not under way yet, or a request without a body already sent
+            # in full.
             return
         self._finishUpstreamBody(upstream)
 

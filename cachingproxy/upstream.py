@@ -542,6 +542,13 @@ class UpstreamRequest:
         if self._protocol is not None:
             self._protocol.writeBody(data)
 
+    @property
+    def finished(self) -> bool:
+        """
+        Whether L{finish} was called.
+        """
+        return self._finished
+
     def finish(self) -> None:
         """
         The request body (if any) is complete.

@@ -495,7 +495,9 @@ class PurgeTests(CacheTestCase):
         """
         PURGE from an address outside the admin networks is a 405.
         """
-        self.cache.settings = CacheSettings(adminNetworks=())
+        import dataclasses
+
+        self.factory.settings = dataclasses.replace(self.factory.settings, adminNetworks=())
         response = await self.get(b"/max-age/60/q", method=b"PURGE")
         self.assertEqual(response.status, 405)
 
