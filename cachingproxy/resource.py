@@ -759,8 +759,11 @@ class _Storer:
         if self._discard:
             return
         self._commit()
-        if self.flight is not None:
-            self.flight.ended()
+        # The flight and this storer point at each other: the ended fetch
+        # lets go of both.
+        flight, self.flight = self.flight, None
+        if flight is not None:
+            flight.ended()
         self.exchange.onClientGone = None
         self.exchange.responseEnd()
 
@@ -770,8 +773,9 @@ class _Storer:
             return
         if self.response is None and self._servedStale(None):
             return
-        if self.flight is not None:
-            self.flight.failed(reason, self.response is not None)
+        flight, self.flight = self.flight, None
+        if flight is not None:
+            flight.failed(reason, self.response is not None)
         self.exchange.onClientGone = None
         self._failExchange(reason)
 
@@ -1115,8 +1119,9 @@ class _Flight:
 
     def ended(self) -> None:
         streaming, self.streaming = self.streaming, []
+        leader, self.leader = self.leader, None
         for exchange in streaming:
-            if exchange is self.leader.exchange:
+            if exchange is leader.exchange:
                 continue
             exchange.onClientGone = None
             exchange.responseEnd()

@@ -327,9 +327,11 @@ class Exchange:
         self._closeAfter = not keepAlive
         self._bodyBuffer: List[bytes] = []
         self.tunnelData: List[bytes] = []
-        #: who hears about the upstream response (this exchange, or a
-        #: cache layer in front of it)
-        self.handler = self
+        #: who hears about the upstream response: a cache layer in front of
+        #: this exchange, or None for the exchange itself (kept as None
+        #: rather than a reference to itself so that a finished exchange is
+        #: freed by reference counting, not by the cycle collector)
+        self.handler = None
 
     def _move(self, new: ExchangeState) -> None:
         if new not in _EXCHANGE_MOVES[self.state]:
@@ -448,7 +450,7 @@ class Exchange:
         C{handler} (this exchange, or a cache layer in front of it) is told
         about the response.
         """
-        self.handler = handler
+        self.handler = None if handler is self else handler
         pool = self.protocol.factory.pool
         self.forwardedAt = pool.reactor.seconds()
         upstream = pool.requestOnIdle(origin, head, handler, self.hasBody)
@@ -487,7 +489,7 @@ class Exchange:
         self._upstreamDeferred = None
         if self.state is ExchangeState.DONE or self._abandoned:
             return
-        if self.handler is not self:
+        if self.handler is not None:
             # A cache layer decides (it may serve stale content).
             self.handler.responseFailed(reason, False)
         elif isinstance(reason.value, ProxyError):
@@ -795,6 +797,9 @@ class Exchange:
             self.protocol.transport.unregisterProducer()
         self._move(ExchangeState.DONE)
         self.protocol._exchangeDone(self)
+        # The upstream request and the cache layer point back at this
+        # exchange: let go of them so that nothing keeps a cycle alive.
+        self.upstream = self.producer = self.handler = None
 
     def clientGone(self) -> None:
         """
