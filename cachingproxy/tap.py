@@ -20,6 +20,7 @@ from twisted.python import usage
 
 from . import __version__
 from . import systemd
+from ._dispatch import streamline
 from .accesslog import AccessLog, reopenOnSignal
 from .config import SETTINGS, Config, exitOnConfigError, fromOptions
 from .server import ProxyFactory, ProxySettings
@@ -381,6 +382,7 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     accessLog = (AccessLogFile(config.accessLog, config.accessLogFormat)
                  if config.accessLog else None)
     factory = buildFactory(reactor, config, accessLog)
+    streamline(reactor)
     reopenOnSignal(reactor, [accessLog])
     from .metrics import Metrics, MetricsService
 

@@ -309,6 +309,7 @@ def main(argv: Optional[Sequence[str]] = None, reactor=None) -> int:
 
     @return: the exit status.
     """
+    from ._dispatch import streamline
     from .tap import Options
 
     argv = sys.argv[1:] if argv is None else argv
@@ -324,6 +325,7 @@ def main(argv: Optional[Sequence[str]] = None, reactor=None) -> int:
     workerId = workerId or str(os.getpid())
     _startLogging(workerId)
     worker = Worker(reactor, options.config, workerId, fds, readyFD)
+    streamline(reactor)
 
     def start():
         try:
