@@ -292,6 +292,9 @@ class Exchange:
     _registeredClientProducer = False
     #: compresses the response body on its way out, or C{None}
     _compressor = None
+    #: a response head not written yet: it goes out with the first body
+    #: bytes of the same read from the origin, or after that read
+    _held = b""
     #: what produces the response body: the upstream request, or a stored
     #: body being read
     producer = None
@@ -558,7 +561,7 @@ class Exchange:
         fields = _forwardFields(fields, facts.hopByHop)
         head.headers = Headers.fromLowered(fields)
         knownLength = facts.length is not None and not facts.chunked
-        self._sendHead(head.status, head.reason, fields, knownLength)
+        self._sendHead(head.status, head.reason, fields, knownLength, hold=True)
 
     def plainKeepAlive(self) -> bool:
         """
@@ -610,10 +613,12 @@ class Exchange:
         streamer.resumeProducing()
 
     def _sendHead(self, status: int, reason: bytes, fields: list, knownLength: bool,
-                  firstBody: bytes = b"") -> None:
+                  firstBody: bytes = b"", hold: bool = False) -> None:
         """
         Write the response head (with Via and the framing this client
-        needs), and C{firstBody} in the same write.
+        needs), and C{firstBody} in the same write. With C{hold}, while
+        the origin's bytes are being read, the head waits for the body
+        bytes of that same read, so that both leave in one send.
         """
         protocol = self.protocol
         self.status = status
@@ -655,10 +660,18 @@ class Exchange:
         elif self.head.version < (1, 1):
             fields.append((b"connection", b"Connection", b"keep-alive"))
         self._move(ExchangeState.RESPONDING)
-        self._write(
+        wire = (
             b"HTTP/1.1 %d %s\r\n%s\r\n%s"
             % (status, reason or REASONS.get(status, b"Unknown"), _fieldLines(fields), firstBody)
         )
+        if hold and self.upstream is not None and self.upstream.afterRead(self._flushHeld):
+            self._held = wire
+        else:
+            self._write(wire)
+
+    def _flushHeld(self) -> None:
+        if self._held and self.state is ExchangeState.RESPONDING:
+            self._write(b"")
 
     def _write(self, data: bytes) -> None:
         """
@@ -668,6 +681,9 @@ class Exchange:
         response that goes out at once costs no registration.
         """
         transport = self.protocol.transport
+        if self._held:
+            data = self._held + data
+            self._held = b""
         rest = sendNow(transport, data)
         if rest:
             if not self._registeredClientProducer and self.producer is not None:
@@ -792,6 +808,8 @@ class Exchange:
             upstream.abort()
 
     def _finish(self) -> None:
+        if self._held:
+            self._write(b"")
         if self._registeredClientProducer:
             self._registeredClientProducer = False
             self.protocol.transport.unregisterProducer()

@@ -29,7 +29,7 @@ from __future__ import annotations
 import enum
 import functools
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Protocol as TypingProtocol
+from typing import Callable, Dict, List, Optional, Protocol as TypingProtocol
 
 import httptools
 from twisted.internet import defer, error
@@ -184,6 +184,9 @@ class UpstreamProtocol(Protocol):
         self._closeDelimited = False
         self._responseHead: Optional[ResponseHead] = None
         self._lostWaiters: List[defer.Deferred] = []
+        #: called once the bytes being parsed now are all handled (see
+        #: L{UpstreamRequest.afterRead}); C{None} when not parsing
+        self._afterRead: Optional[List[Callable[[], None]]] = None
 
     # -- wiring --------------------------------------------------------
 
@@ -298,6 +301,15 @@ class UpstreamProtocol(Protocol):
             return
         self._lastActivity = self._pool.reactor.seconds()
         self._responseStarted = True
+        self._afterRead = []
+        try:
+            self._feed(data)
+        finally:
+            hooks, self._afterRead = self._afterRead, None
+            for hook in hooks:
+                hook()
+
+    def _feed(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as e:
@@ -534,6 +546,20 @@ class UpstreamRequest:
         The transport of the connection currently carrying this request.
         """
         return self._protocol.transport if self._protocol is not None else None
+
+    def afterRead(self, hook: Callable[[], None]) -> bool:
+        """
+        Call C{hook} once the response bytes being handled now (one read
+        from the origin) are all handled, so that what they produce can go
+        to the client in one write.
+
+        @return: whether C{hook} will be called (C{False} outside a read).
+        """
+        protocol = self._protocol
+        if protocol is None or protocol._afterRead is None:
+            return False
+        protocol._afterRead.append(hook)
+        return True
 
     def write(self, data: bytes) -> None:
         """

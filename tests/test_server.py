@@ -790,6 +790,86 @@ class ResponseRelayTests(SynchronousTestCase):
         self.assertEqual(h.pool.idleCount(), 1)
 
 
+class WriteCoalescingTests(SynchronousTestCase):
+    """
+    A response head goes to the client together with the body bytes that
+    came in the same read from the origin: one write, not two.
+    """
+
+    def harness(self):
+        h = ProxyHarness()
+        writes: List[bytes] = []
+        write = h.transport.write
+
+        def recording(data: bytes) -> None:
+            writes.append(data)
+            write(data)
+
+        h.transport.write = recording
+        return h, writes
+
+    def test_headAndBodyInOneRead(self):
+        """
+        Head and whole body in one read from the origin: one write.
+        """
+        h, writes = self.harness()
+        h.send(GET_1)
+        h.origin().send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual(writes, [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nVia: 1.1 cachingproxy\r\n\r\nok"])
+
+    def test_headAloneIsNotHeldBack(self):
+        """
+        A head whose body has not come yet is written when the read that
+        brought it is handled, not later with the body.
+        """
+        h, writes = self.harness()
+        h.send(GET_1)
+        origin = h.origin()
+        origin.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+        self.assertEqual(writes, [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nVia: 1.1 cachingproxy\r\n\r\n"])
+        origin.send(b"ok")
+        self.assertEqual(writes[1:], [b"ok"])
+
+    def test_bodylessResponse(self):
+        """
+        A response without a body (a 304 here) is written when it ends.
+        """
+        h, writes = self.harness()
+        h.send(GET_1)
+        h.origin().send(b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n")
+        self.assertEqual(writes, [
+            b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nVia: 1.1 cachingproxy\r\n\r\n"])
+        self.assertEqual(logStatus(h.log[0]), 304)
+
+    def test_chunkedHeadWithFirstChunk(self):
+        """
+        A chunked response: the head and the first chunk of the same read
+        leave together; the last chunk follows with its own read.
+        """
+        h, writes = self.harness()
+        h.send(GET_1)
+        origin = h.origin()
+        origin.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n")
+        self.assertEqual(len(writes), 1)
+        self.assertTrue(writes[0].endswith(b"\r\n\r\n2\r\nok\r\n"), writes[0])
+        origin.send(b"0\r\n\r\n")
+        self.assertEqual(writes[1:], [b"0\r\n\r\n"])
+
+    def test_originFailsAfterHeadInSameRead(self):
+        """
+        The origin sends a head and then invalid framing in one read: the
+        client connection is closed and no head is written that would
+        promise a body which never comes.
+        """
+        h, writes = self.harness()
+        h.send(GET_1)
+        h.origin().send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        self.assertEqual(writes, [])
+        self.assertTrue(h.transport.disconnecting)
+
+
 class KeepAliveTests(SynchronousTestCase):
     """
     When the client connection persists (RFC 9112 section 9.3).
