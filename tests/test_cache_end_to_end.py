@@ -718,7 +718,7 @@ class CorruptEntryTests(TestCase):
             originPort)
         await exchange(proxyPort, self, request)
         damaged = 0
-        for root, _, files in os.walk(folder):
+        for root, _, files in os.walk(os.path.join(folder, "data")):
             for name in files:
                 path = os.path.join(root, name)
                 if os.path.getsize(path) > 20000:

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from cachingproxy.cache import disk
 from cachingproxy.cache.base import IBodyReader, IEntryWriter, IStore, StoreFull
 from cachingproxy.cache.disk import DiskHandle, DiskStore, _HSIZE
 from cachingproxy.cache.memory import MemoryStore, TieredStore
@@ -1008,3 +1009,134 @@ class MemoryStampTests(SynchronousTestCase):
         self.assertNotEqual(seen[-1], seen[0])
         store.remove(b"k")
         self.assertNotIn(b"k", store._stamps)
+
+
+class DiskStampTests(SynchronousTestCase):
+    """
+    L{DiskStore.stamp} and L{DiskStore.stamper}: a change made through any
+    store on the folder (another process's, here a second L{DiskStore} on
+    the same folder) is seen at once through the shared change tokens, with
+    no system call; a change made by hand is seen once the folder's time is
+    read again, at most a C{recheckInterval} later.
+    """
+
+    def setUp(self) -> None:
+        self.directory = _tempDir(self)
+        self.monotonic = FakeClock(100.0)
+        self.ours = self.store()
+        self.theirs = self.store()
+        self.folderReads = 0
+        real = disk._folderTime
+
+        def counting(folder):
+            self.folderReads += 1
+            return real(folder)
+
+        self.patch(disk, "_folderTime", counting)
+
+    def store(self, **kw) -> DiskStore:
+        return DiskStore(self.directory, maxSize=1 << 20, maxObjectSize=1 << 16,
+                         monotonic=self.monotonic, **kw)
+
+    def put(self, store: DiskStore, key: bytes, body: bytes) -> None:
+        writer = store.writer(key, b"")
+        writer.write(body)
+        self.assertTrue(writer.commit(makeEntry(key, body)))
+        # Out of the 50 ms window in which a folder's time is not trusted;
+        # every change below leaves the folder's time the same, as a coarse
+        # file system clock could.
+        os.utime(store._keyDir(key), ns=(1_000_000_000, 1_000_000_000))
+
+    def test_changeByAnotherProcessSeenAtOnce(self):
+        """
+        A replacement, then a removal, through the other store: the
+        remembered stamp no longer matches at the next check, though the
+        folder's time reads the same and the interval has not passed.
+        """
+        self.put(self.theirs, b"k", b"one")
+        stamp = self.ours.stamp(b"k")
+        self.assertIsNotNone(stamp)
+        check = self.ours.stamper(b"k")
+        self.assertEqual(check(), stamp)
+        self.put(self.theirs, b"k", b"two")
+        self.assertNotEqual(check(), stamp)
+        self.put(self.theirs, b"k", b"three")
+        stamp = self.ours.stamp(b"k")
+        check = self.ours.stamper(b"k")
+        self.assertEqual(check(), stamp)
+        self.theirs.remove(b"k")
+        self.assertNotEqual(check(), stamp)
+
+    def test_checksAreMemoryReads(self):
+        """
+        Checking a remembered stamp again and again reads the folder's time
+        once per C{recheckInterval}, not once per check.
+        """
+        self.put(self.theirs, b"k", b"one")
+        stamp = self.ours.stamp(b"k")
+        check = self.ours.stamper(b"k")
+        before = self.folderReads
+        for _ in range(100):
+            self.assertEqual(check(), stamp)
+        self.assertEqual(self.folderReads - before, 1)
+        self.monotonic.advance(self.ours.recheckInterval)
+        self.assertEqual(check(), stamp)
+        self.assertEqual(self.folderReads - before, 2)
+
+    def test_changeByHandSeenAfterInterval(self):
+        """
+        A file removed by hand (no token changes) is seen once the
+        interval has passed.
+        """
+        self.put(self.theirs, b"k", b"one")
+        stamp = self.ours.stamp(b"k")
+        check = self.ours.stamper(b"k")
+        self.assertEqual(check(), stamp)
+        shutil.rmtree(self.ours._keyDir(b"k"))
+        self.assertEqual(check(), stamp)
+        self.monotonic.advance(self.ours.recheckInterval)
+        self.assertEqual(check(), "absent")
+
+    def test_evictionChangesToken(self):
+        """
+        An entry evicted by another store's commit changes its key's token.
+        """
+        small = self.store()
+        small.maxSize = 3000
+        self.put(small, b"a", b"x" * 1000)
+        stamp = self.ours.stamp(b"a")
+        check = self.ours.stamper(b"a")
+        self.put(small, b"b", b"y" * 1000)
+        self.put(small, b"c", b"z" * 1000)
+        self.assertEqual(self.ours.entries(b"a"), [])
+        self.assertNotEqual(check(), stamp)
+
+    def test_tokensFileReplacedByHand(self):
+        """
+        The tokens file removed by hand: the next stamp after the interval
+        maps a new one, and every stamp remembered against the old one
+        stops matching.
+        """
+        self.put(self.theirs, b"k", b"one")
+        stamp = self.ours.stamp(b"k")
+        check = self.ours.stamper(b"k")
+        os.unlink(os.path.join(self.directory, "tokens"))
+        self.monotonic.advance(self.ours.recheckInterval)
+        self.ours.stamp(b"other")
+        self.assertTrue(os.path.exists(os.path.join(self.directory, "tokens")))
+        self.assertNotEqual(check(), stamp)
+
+    def test_withoutTokens(self):
+        """
+        When the tokens file cannot be made, stamps are the folder's time,
+        read on every check.
+        """
+        self.patch(disk, "_Tokens", lambda path: (_ for _ in ()).throw(OSError("no")))
+        store = self.store()
+        self.put(store, b"k", b"one")
+        stamp = store.stamp(b"k")
+        self.assertEqual(stamp, 1_000_000_000)
+        check = store.stamper(b"k")
+        before = self.folderReads
+        self.assertEqual([check(), check()], [stamp, stamp])
+        self.assertEqual(self.folderReads - before, 2)

@@ -54,6 +54,18 @@ file (C{copy_file_range}: in the kernel, and free on filesystems that share
 extents) and moves the handle to the new file, so an C{openBody} of the
 updated entry still works.
 
+Change tokens: C{tokens} is a shared memory map (L{_Tokens}) of 65,536
+eight-byte slots, one per group of key folders (chosen by the folder
+name). Every change a process makes to a key folder (a commit, update,
+removal or eviction) writes a new value, unique to that process and
+change, into the folder's slot once the change is in place. A process that
+remembers what a lookup found (the cache's hot path) reads the slot before
+the lookup and again on each use: a changed value means look again. This
+costs a memory read, where asking the file system (the folder's mtime)
+costs a system call; the folder's mtime is still compared at most once a
+L{DiskStore.recheckInterval} (a second), which catches files changed by
+hand (use PURGE for an immediate effect).
+
 Sharing across processes: the files are the truth. Every lookup lists the
 key's folder, so any process sees another's commit, update or removal at
 its next lookup. Size accounting and recency order are per process: each
@@ -86,6 +98,7 @@ import errno
 import functools
 import hashlib
 import json
+import mmap
 import os
 import struct
 import time
@@ -436,6 +449,69 @@ class DiskEntryWriter:
                 pass
 
 
+class _Tokens:
+    """
+    The change tokens of one cache folder (see the module docstring): a
+    file of L{SLOTS} little-endian 64-bit values, mapped shared by every
+    process that opens the folder.
+    """
+
+    SLOTS = 1 << 16
+    _SLOT = struct.Struct("<Q")
+
+    def __init__(self, path: str) -> None:
+        size = self.SLOTS * 8
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o600)
+        try:
+            st = os.fstat(fd)
+            if st.st_size < size:
+                os.ftruncate(fd, size)
+            self.map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self.path = path
+        self.inode = (st.st_dev, st.st_ino)
+        # Unique to this process (with overwhelming likelihood) and to each
+        # change it makes.
+        self._next = int.from_bytes(os.urandom(4), "little") << 32
+
+    def offset(self, folderName: str) -> int:
+        return (int(folderName[:8], 16) & (self.SLOTS - 1)) * 8
+
+    def read(self, folderName: str) -> bytes:
+        offset = self.offset(folderName)
+        return self.map[offset:offset + 8]
+
+    def reader(self, folderName: str) -> Callable[[], bytes]:
+        """
+        @return: a function reading C{folderName}'s slot.
+        """
+        return functools.partial(self.map.__getitem__, slice(self.offset(folderName),
+                                                             self.offset(folderName) + 8))
+
+    def bump(self, folderName: str) -> None:
+        self._next = (self._next & ~0xFFFFFFFF) | ((self._next + 1) & 0xFFFFFFFF)
+        self._SLOT.pack_into(self.map, self.offset(folderName), self._next)
+
+    def moved(self) -> bool:
+        """
+        Whether the file at L{path} is no longer the one mapped (removed, or
+        replaced, by hand).
+        """
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != self.inode
+
+    def retire(self) -> None:
+        """
+        This map is being replaced: change every slot, so that whatever
+        was remembered against it is looked up again.
+        """
+        self.map[:] = os.urandom(len(self.map))
+
+
 @implementer(IStore)
 class DiskStore:
     """
@@ -455,6 +531,8 @@ class DiskStore:
         touchInterval: float = 60.0,
         staleTempAge: float = 3600.0,
         scanStep: int = 2000,
+        recheckInterval: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """
         @param clock: the time used for mtimes (recency); temporary files
@@ -464,6 +542,9 @@ class DiskStore:
         @param staleTempAge: temporary files older than this are removed.
         @param scanStep: how many files a commit scans while this process
             has not yet scanned the whole tree once.
+        @param recheckInterval: a L{stamper}'s function, while the change
+            tokens are usable, asks the file system at most this often.
+        @param monotonic: the clock for C{recheckInterval}.
         """
         self.directory = os.path.abspath(directory)
         self.maxSize = maxSize
@@ -485,12 +566,48 @@ class DiskStore:
         self._scanFoundPaths: set = set()
         self._scanned = False
         self._logged: Dict[tuple, float] = {}
+        self.recheckInterval = recheckInterval
+        self._monotonic = monotonic
         for folder in (self._dataDir, self._tmpDir):
             try:
                 os.makedirs(folder, exist_ok=True)
             except OSError as e:
                 self._logError("open", e)
+        self._tokensPath = os.path.join(self.directory, "tokens")
+        self._tokens: Optional[_Tokens] = None
+        self._tokensChecked = monotonic()
+        self._openTokens()
         self.collectTemporary()
+
+    def _openTokens(self) -> None:
+        try:
+            tokens = _Tokens(self._tokensPath)
+        except (OSError, ValueError) as e:
+            self._logError("open the change tokens", e)
+            return
+        old, self._tokens = self._tokens, tokens
+        if old is not None:
+            old.retire()
+
+    def _checkTokens(self) -> None:
+        """
+        At most once a L{recheckInterval}: map the tokens file again if it
+        was removed or replaced (the cache folder removed by hand, say).
+        """
+        now = self._monotonic()
+        if now - self._tokensChecked < self.recheckInterval:
+            return
+        self._tokensChecked = now
+        if self._tokens is None or self._tokens.moved():
+            self._openTokens()
+
+    def _changed(self, folder: str) -> None:
+        """
+        A key folder's content changed: give it a new token.
+        """
+        tokens = self._tokens
+        if tokens is not None:
+            tokens.bump(os.path.basename(folder))
 
     # -- paths ----------------------------------------------------------------
 
@@ -500,10 +617,11 @@ class DiskStore:
 
     def stamp(self, key: bytes) -> object:
         """
-        A token that differs after any change to C{key}'s variants by any
-        process: the modification time of the key's folder, which every
-        store, replacement, update and removal of a file in it changes (all
-        are renames or unlinks in that folder).
+        A token that differs after any change to C{key}'s variants: the
+        folder's change token (read first) with the modification time of
+        the key's folder, which every store, replacement, update and
+        removal of a file in it changes (all are renames or unlinks in
+        that folder), whoever made it.
 
         The kernel stamps times with a coarse clock, so two changes within
         one tick could share a time: a folder changed in the last 50 ms
@@ -512,36 +630,42 @@ class DiskStore:
 
         @return: the stamp, C{"absent"} if nothing is stored, or C{None}.
         """
-        try:
-            mtime = os.stat(self._keyDir(key)).st_mtime_ns
-        except FileNotFoundError:
-            return "absent"
-        except OSError:
-            return None
-        if time.time_ns() - mtime < 50_000_000:
-            return None
-        return mtime
+        self._checkTokens()
+        folder = self._keyDir(key)
+        tokens = self._tokens
+        token = tokens.read(os.path.basename(folder)) if tokens is not None else None
+        mtime = _folderTime(folder)
+        if mtime is None or mtime == "absent" or tokens is None:
+            return mtime
+        return (token, mtime)
 
     def stamper(self, key: bytes):
         """
-        @return: a function returning L{stamp}C{(key)}, with the key's
-            folder worked out once (for callers that check it on every
-            hit).
+        @return: a function returning what L{stamp}C{(key)} would, for
+            callers that check it on every hit: with change tokens, it
+            reads the token each time (a memory read) and the folder's time
+            at most once a L{recheckInterval}.
         """
         folder = self._keyDir(key)
-        stat = os.stat
-        clock = time.time_ns
+        tokens = self._tokens
+        if tokens is None:
+            return functools.partial(_folderTime, folder)
+        read = tokens.reader(os.path.basename(folder))
+        monotonic = self._monotonic
+        interval = self.recheckInterval
+        last = [None, None]
 
         def stamp() -> object:
-            try:
-                mtime = stat(folder).st_mtime_ns
-            except FileNotFoundError:
-                return "absent"
-            except OSError:
-                return None
-            if clock() - mtime < 50_000_000:
-                return None
-            return mtime
+            token = read()
+            now = monotonic()
+            checked = last[1]
+            if checked is None or now - checked >= interval:
+                last[0] = _folderTime(folder)
+                last[1] = now
+            mtime = last[0]
+            if mtime is None or mtime == "absent":
+                return mtime
+            return (token, mtime)
 
         return stamp
 
@@ -555,6 +679,7 @@ class DiskStore:
         for attempt in range(3):
             try:
                 os.replace(tmpPath, final)
+                self._changed(folder)
                 return final
             except FileNotFoundError:
                 if not os.path.exists(tmpPath) or attempt == 2:
@@ -591,6 +716,7 @@ class DiskStore:
             os.unlink(path)
         except OSError:
             return
+        self._changed(os.path.dirname(path))
         self._forget(path)
 
     # -- index ----------------------------------------------------------------
@@ -664,6 +790,7 @@ class DiskStore:
                 continue
             else:
                 self._evictions += 1
+                self._changed(os.path.dirname(path))
             self._forget(path)
             try:
                 os.rmdir(os.path.dirname(path))
@@ -1044,6 +1171,8 @@ class DiskStore:
             self._forget(path)
             if _isName(name):
                 removed += 1
+        if names:
+            self._changed(folder)
         try:
             os.rmdir(folder)
         except OSError:
@@ -1101,6 +1230,23 @@ class DiskStore:
         self._scan = None
         self._index = OrderedDict()
         self._bytes = 0
+
+
+def _folderTime(folder: str) -> object:
+    """
+    A key folder's modification time in ns; C{"absent"} if there is no
+    such folder, C{None} if it cannot be read or changed in the last 50 ms
+    (see L{DiskStore.stamp}).
+    """
+    try:
+        mtime = os.stat(folder).st_mtime_ns
+    except FileNotFoundError:
+        return "absent"
+    except OSError:
+        return None
+    if time.time_ns() - mtime < 50_000_000:
+        return None
+    return mtime
 
 
 def _readHeader(path: str) -> Optional[bytes]:
