@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_io -*-
 """
-Writing without a round trip through the reactor.
+Writing without a round trip through the reactor, and letting go of what a
+closed connection could not send.
 
 Twisted's TCP transports queue every C{write} and send it on the reactor's
 next turn, once epoll reports the socket writable: two C{epoll_ctl} calls
@@ -13,8 +14,9 @@ queue grows) and error handling stay Twisted's.
 from __future__ import annotations
 
 from twisted.internet import tcp
+from twisted.internet.abstract import FileDescriptor
 
-__all__ = ["sendNow", "writeNow"]
+__all__ = ["sendNow", "writeNow", "discardUnsent"]
 
 _PLAIN_TCP = (tcp.Server, tcp.Client)
 
@@ -53,3 +55,31 @@ def writeNow(transport, data: bytes) -> None:
     rest = sendNow(transport, data)
     if rest:
         transport.write(rest)
+
+
+def discardUnsent(transport) -> None:
+    """
+    Drop the send queue of a transport whose connection is lost (and of
+    the TCP connection under it, for TLS).
+
+    Twisted keeps a transport's queue after the connection is gone, for as
+    long as the transport object lives; a protocol that holds it in
+    reference cycles (with its parser, its exchanges) lives until the
+    cyclic garbage collector gets to it, and that counts objects, not
+    bytes. A client that leaves in the middle of a large response would
+    otherwise leave up to a write buffer of it (64 KiB and more) in memory
+    until then, and many such clients, many megabytes. Nothing is ever
+    sent on a lost connection, so nothing is lost.
+    """
+    for _ in range(4):
+        if isinstance(transport, FileDescriptor):
+            if transport.disconnected:
+                transport.dataBuffer = b""
+                transport.offset = 0
+                transport._tempDataBuffer = []
+                transport._tempDataLen = 0
+            return
+        # A protocol wrapper (TLS): the connection it writes to.
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            return

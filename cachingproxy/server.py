@@ -56,7 +56,7 @@ from .errors import (
 )
 from .http.headers import HOP_BY_HOP, Headers, formatHTTPDate, splitList
 from .http.message import REASONS, RequestHead, ResponseHead
-from ._io import sendNow
+from ._io import discardUnsent, sendNow
 from .compress import compressWhole, compressor, negotiate, noTransform, weakenETag
 from .admin import ADMIN_PREFIX
 from .tunnel import TunnelPeer, joinTunnel
@@ -1043,6 +1043,9 @@ class ProxyProtocol(Protocol):
         peer, self._tunnelPeer = self._tunnelPeer, None
         if peer is not None and peer.transport is not None:
             peer.transport.loseConnection()
+        # What the client did not take stays queued in the transport until
+        # this protocol is garbage collected: let go of it now.
+        discardUnsent(self.transport)
         self.factory.connectionClosed(self)
 
     def _moveReader(self, new: ReaderState) -> None:

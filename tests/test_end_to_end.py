@@ -22,6 +22,7 @@ from .helpers import (
     listenScripted,
     pattern,
     startProxy,
+    until,
 )
 
 TEN_MIB = 10 * 1024 * 1024
@@ -546,3 +547,42 @@ class ErrorTests(TestCase):
         client.transport.loseConnection()
         await origin.whenLost()
         self.assertEqual(self.factory.pool.idleCount(), 0)
+
+
+def _queued(transport) -> int:
+    """
+    @return: the bytes a Twisted TCP transport holds to send.
+    """
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+class ClientLeavesTests(TestCase):
+    """
+    What a client that leaves in the middle of a response leaves behind.
+    """
+
+    async def test_unsentBytesReleased(self):
+        """
+        The response bytes the proxy had queued for a client that left are
+        let go when its connection is lost, not when the garbage collector
+        gets to the connection's objects (found by bench/soak.py: aborted
+        clients left megabytes queued in dead transports).
+        """
+        size = 16 * 1024 * 1024
+        _, originPort = listenOrigin(self)
+        factory, port, _ = startProxy(self)
+        client = await connectClient(port, self)
+        # A small receive window, so the proxy queues what the kernel
+        # does not take, whatever the system's buffer sizes.
+        client.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.transport.write(
+            b"GET http://127.0.0.1:%d/size/%d HTTP/1.1\r\nHost: x\r\n\r\n" % (originPort, size))
+        await client.whenTrue(lambda c: b"\r\n\r\n" in c.raw)
+        client.transport.pauseProducing()
+        [proxySide] = factory.protocols
+        transport = proxySide.transport
+        await until(lambda: _queued(transport) > 0)
+        client.transport.abortConnection()
+        await client.closed
+        await until(lambda: proxySide not in factory.protocols)
+        self.assertEqual(_queued(transport), 0)
