@@ -594,5 +594,5 @@ class ChurnDuringRescanTests(FaultTestCase):
         onDisk = len(_files(self.dataDir))
         self.assertLessEqual(onDisk, 25)
         self.assertGreater(self.store.stats()["evictions"], 250)
-        kept = len(self.store._scanRemoved) + len(self.store._scanTouched)
-        self.assertLessEqual(kept, 2 * onDisk + 10, "%d paths kept for the pass" % kept)
+        kept = len(self.store._index) + len(self.store._scanForeign)
+        self.assertLessEqual(kept, onDisk + 10, "%d paths kept for the pass" % kept)

@@ -555,15 +555,18 @@ class DiskStore:
         self._clock = clock
         self._dataDir = os.path.join(self.directory, "data")
         self._tmpDir = os.path.join(self.directory, "tmp")
-        #: path -> [size, mtime], least recently used first.
+        #: path -> [size, mtime, mark], least recently used first; the
+        #: mark says what the rescan pass in progress knows of the file
+        #: (see L{rescan}).
         self._index: "OrderedDict[str, List]" = OrderedDict()
         self._bytes = 0
         self._evictions = 0
         self._scan: Optional[Iterator[None]] = None
-        self._scanFound: List[Tuple[float, str, int]] = []
-        self._scanTouched: "OrderedDict[str, List]" = OrderedDict()
-        self._scanRemoved: set = set()
-        self._scanFoundPaths: set = set()
+        #: the number of the latest rescan pass
+        self._pass = 0
+        #: path -> [size, mtime, mark]: files the pass in progress found
+        #: that are not in the index (another process stored them)
+        self._scanForeign: Dict[str, List] = {}
         self._scanned = False
         self._logged: Dict[tuple, float] = {}
         self.recheckInterval = recheckInterval
@@ -733,30 +736,26 @@ class DiskStore:
     def _know(self, path: str, size: int, mtime: float) -> None:
         index = self._index
         old = index.get(path)
+        # Used by this process (during the pass in progress, if any).
+        mark = -self._pass
         if old is None:
-            index[path] = [size, mtime]
+            index[path] = [size, mtime, mark]
             self._bytes += size
+            if self._scanForeign:
+                self._scanForeign.pop(path, None)
         else:
             self._bytes += size - old[0]
             old[0] = size
             old[1] = mtime
+            old[2] = mark
             index.move_to_end(path)
-        if self._scan is not None:
-            self._scanTouched[path] = [size, mtime]
-            self._scanTouched.move_to_end(path)
-            self._scanRemoved.discard(path)
 
     def _forget(self, path: str) -> None:
         old = self._index.pop(path, None)
         if old is not None:
             self._bytes -= old[0]
-        if self._scan is not None:
-            self._scanTouched.pop(path, None)
-            # Only a file the walk has already counted needs remembering
-            # (one it has yet to reach will not be found): this keeps the
-            # set as small as the cache, however much churn a pass sees.
-            if path in self._scanFoundPaths:
-                self._scanRemoved.add(path)
+        if self._scanForeign:
+            self._scanForeign.pop(path, None)
 
     def _evict(self, keep: Optional[str] = None) -> None:
         """
@@ -768,7 +767,8 @@ class DiskStore:
         budget = len(index) * 2 + 1
         while self._bytes > self.maxSize and index and budget > 0:
             budget -= 1
-            path, (size, mtime) = next(iter(index.items()))
+            path, known = next(iter(index.items()))
+            mtime = known[1]
             if path == keep and len(index) > 1:
                 index.move_to_end(path)
                 continue
@@ -803,15 +803,22 @@ class DiskStore:
         (sizes and recency by mtime) and so reconciles it with what other
         processes stored and removed; then evict if over the limit.
 
+        A pass keeps no second copy of the index: each index entry carries
+        a mark, C{P} once the walk of pass C{P} found the file, C{-P} once
+        this process used it (stored or looked it up) during the pass; only
+        the files of other processes the walk finds wait in a table of
+        their own until the pass ends. At the end, the files found and not
+        used come first, least recent mtime first, then those used, in the
+        order they were used; files neither found nor used (removed by
+        another process) are forgotten.
+
         @param limit: how many files to look at in this call (C{None}: all).
         @return: whether a full pass has just completed.
         """
         if self._scan is None:
-            self._scan = self._walk()
-            self._scanFound = []
-            self._scanFoundPaths = set()
-            self._scanTouched = OrderedDict()
-            self._scanRemoved = set()
+            self._pass += 1
+            self._scanForeign = {}
+            self._scan = self._walk(self._pass)
         scan = self._scan
         count = 0
         try:
@@ -822,31 +829,35 @@ class DiskStore:
             pass
         else:
             return False
-        found = self._scanFound
-        found.sort()
-        index: "OrderedDict[str, List]" = OrderedDict()
-        for mtime, path, size in found:
-            index[path] = [size, mtime]
-        for path in self._scanRemoved:
-            index.pop(path, None)
-        for path, known in self._scanTouched.items():
-            index[path] = known
-            index.move_to_end(path)
-        self._index = index
-        self._bytes = sum(v[0] for v in index.values())
         self._scan = None
-        self._scanFound = []
-        self._scanFoundPaths = set()
-        self._scanTouched = OrderedDict()
-        self._scanRemoved = set()
+        self._endPass(self._pass)
         self._scanned = True
         self.collectTemporary()
         self._evict()
         return True
 
-    def _walk(self) -> Iterator[None]:
-        found = self._scanFound
-        foundPaths = self._scanFoundPaths
+    def _endPass(self, mark: int) -> None:
+        index = self._index
+        foreign, self._scanForeign = self._scanForeign, {}
+        found = [path for path, known in index.items() if known[2] == mark]
+        used = [path for path, known in index.items() if known[2] == -mark]
+        found.extend(foreign)
+        found.sort(key=lambda path: (index.get(path) or foreign[path])[1])
+        for path in found:
+            if path in index:
+                index.move_to_end(path)
+            else:
+                index[path] = foreign[path]
+        for path in used:
+            index.move_to_end(path)
+        # What is left in front was neither on disk for the walk nor used.
+        for _ in range(len(index) - len(found) - len(used)):
+            index.popitem(last=False)
+        self._bytes = sum(known[0] for known in index.values())
+
+    def _walk(self, mark: int) -> Iterator[None]:
+        index = self._index
+        foreign = self._scanForeign
         try:
             fans = sorted(os.listdir(self._dataDir))
         except OSError as e:
@@ -874,8 +885,17 @@ class DiskStore:
                             st = item.stat()
                         except OSError:
                             continue
-                        found.append((st.st_mtime, item.path, st.st_size))
-                        foundPaths.add(item.path)
+                        path = item.path
+                        known = index.get(path)
+                        if known is None:
+                            foreign[path] = [st.st_size, st.st_mtime, mark]
+                        elif known[2] != -mark:
+                            # Not used here since the pass began: what the
+                            # disk says (another process may have touched it).
+                            self._bytes += st.st_size - known[0]
+                            known[0] = st.st_size
+                            known[1] = st.st_mtime
+                            known[2] = mark
                         yield None
                 if empty:
                     # Left by a removal that raced with a commit; a
@@ -1228,6 +1248,7 @@ class DiskStore:
 
     def close(self) -> None:
         self._scan = None
+        self._scanForeign = {}
         self._index = OrderedDict()
         self._bytes = 0
 
