@@ -986,6 +986,21 @@ class TieredStoreTests(DiskStoreTestsMixin, SynchronousTestCase):
         self.put(b"x" * 1000, variant=b"small")
         self.assertEqual(self.store.memory.stats()["entries"], 1)
 
+    def test_largerBodiesEnterMemoryWhenRead(self) -> None:
+        """
+        A body over a 64th of the memory tier (64 KiB of these 4 MiB) is
+        not copied into memory as it is stored, only when it is read whole
+        from disk (asked for again): a large body stored once would push
+        out dozens of small entries for nothing.
+        """
+        self.assertEqual(self.store.writeThroughMaxBody, 64 * 1024)
+        entry = self.put(b"x" * 100_000)
+        self.assertEqual(self.store.memory.stats()["entries"], 0)
+        self.assertEqual(self.body(entry), b"x" * 100_000)
+        self.assertEqual(self.store.memory.stats()["entries"], 1)
+        self.put(b"x" * 60_000, variant=b"small")
+        self.assertEqual(self.store.memory.stats()["entries"], 2)
+
     def test_otherProcessRemoves(self) -> None:
         """
         An entry purged by another process is not served from memory, at
