@@ -815,6 +815,7 @@ class _Storer:
         if flight is not None and flight.leaderDetached():
             return True
         self._abortWriter()
+        self.flight = None
         if flight is not None:
             flight.leaderGone()
         return False
@@ -1133,8 +1134,9 @@ class _Flight:
             exchange.onClientGone = None
             self._goAlone(exchange)
         streaming, self.streaming = self.streaming, []
+        leader, self.leader = self.leader, None
         for exchange in streaming:
-            if self.leader is not None and exchange is self.leader.exchange:
+            if leader is not None and exchange is leader.exchange:
                 continue
             exchange.onClientGone = None
             exchange.responseFailed(reason, True)

@@ -840,6 +840,9 @@ class Exchange:
         keepFetching = gone() if gone is not None else False
         if not keepFetching:
             self._abandonUpstream()
+        # As at a finish: the cache layer and the upstream request point
+        # back at this exchange.
+        self.upstream = self.handler = None
 
 
 _WATCHED = frozenset(
@@ -1046,6 +1049,9 @@ class ProxyProtocol(Protocol):
         # What the client did not take stays queued in the transport until
         # this protocol is garbage collected: let go of it now.
         discardUnsent(self.transport)
+        # The parser calls back into this protocol: without it, nothing
+        # keeps a closed connection's objects in a cycle.
+        self._parser = None
         self.factory.connectionClosed(self)
 
     def _moveReader(self, new: ReaderState) -> None:

@@ -462,6 +462,12 @@ class UpstreamProtocol(Protocol):
         try:
             self._connectionLost(reason)
         finally:
+            # The parser calls back into this protocol, and the request
+            # points at it: a closed connection lets go of both, so that
+            # nothing it held waits for the cycle collector.
+            self._parser = None
+            self._request = None
+            self._handler = None
             for d in waiters:
                 d.callback(None)
 

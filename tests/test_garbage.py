@@ -72,6 +72,20 @@ class Rig:
         return formatHTTPDate(self.reactor.seconds())
 
 
+def lose(protocol, transport: StringTransport) -> None:
+    """
+    The connection of C{protocol} over C{transport} is lost, as a TCP
+    transport reports it: the transport lets go of its producer
+    (C{FileDescriptor.connectionLost}), then the protocol is told.
+    """
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    transport.producer = None
+    transport.disconnected = True
+    protocol.connectionLost(Failure(ConnectionDone()))
+
+
 def ownGarbage(run) -> List[str]:
     """
     Run C{run} with the cycle collector off; the names of this package's
@@ -164,5 +178,47 @@ class NoCycleTests(SynchronousTestCase):
                 leaderTransport.clear()
                 waiterTransport.clear()
                 upstreamTransport.clear()
+
+        self.assertEqual(ownGarbage(run), [])
+
+    def test_closedConnection(self) -> None:
+        """
+        A client connection that closes leaves nothing for the collector:
+        the protocol lets go of its parser, which points back at it.
+        """
+        rig = Rig(cache=False)
+        upstream, upstreamTransport = rig.origin()
+
+        def run() -> None:
+            for i in self.rounds():
+                client, clientTransport = rig.client(41000 + i)
+                client.dataReceived(request(b"/a"))
+                upstream.dataReceived(response(rig.date(), b"no-store"))
+                self.assertIn(b"hello", clientTransport.value())
+                upstreamTransport.clear()
+                lose(client, clientTransport)
+
+        self.assertEqual(ownGarbage(run), [])
+
+    def test_clientLeavesMidResponse(self) -> None:
+        """
+        A client that leaves in the middle of a response being stored
+        leaves nothing for the collector: its exchange, the storer and the
+        flight it led let go of each other.
+        """
+        rig = Rig(cache=True)
+
+        def run() -> None:
+            for i in self.rounds():
+                upstream, upstreamTransport = rig.origin()
+                client, clientTransport = rig.client(42000 + i)
+                client.dataReceived(request(b"/big%d" % i))
+                upstream.dataReceived(
+                    b"HTTP/1.1 200 OK\r\nDate: %s\r\nContent-Length: 10\r\n"
+                    b"Cache-Control: max-age=600\r\n\r\nhalf" % rig.date())
+                self.assertIn(b"half", clientTransport.value())
+                lose(client, clientTransport)
+                self.assertTrue(upstreamTransport.disconnecting)
+                lose(upstream, upstreamTransport)
 
         self.assertEqual(ownGarbage(run), [])
