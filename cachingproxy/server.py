@@ -815,8 +815,14 @@ class Exchange:
             self.protocol.transport.unregisterProducer()
         self._move(ExchangeState.DONE)
         self.protocol._exchangeDone(self)
-        # The upstream request and the cache layer point back at this
-        # exchange: let go of them so that nothing keeps a cycle alive.
+        self._letGo()
+
+    def _letGo(self) -> None:
+        """
+        The exchange is over: the upstream request and the cache layer
+        point back at it, so let go of them, and nothing keeps a cycle
+        alive for the collector.
+        """
         self.upstream = self.producer = self.handler = None
 
     def clientGone(self) -> None:
@@ -840,9 +846,7 @@ class Exchange:
         keepFetching = gone() if gone is not None else False
         if not keepFetching:
             self._abandonUpstream()
-        # As at a finish: the cache layer and the upstream request point
-        # back at this exchange.
-        self.upstream = self.handler = None
+        self._letGo()
 
 
 _WATCHED = frozenset(

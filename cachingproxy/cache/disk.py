@@ -471,27 +471,27 @@ class _Tokens:
             os.close(fd)
         self.path = path
         self.inode = (st.st_dev, st.st_ino)
-        # Unique to this process (with overwhelming likelihood) and to each
-        # change it makes.
-        self._next = int.from_bytes(os.urandom(4), "little") << 32
+        # Values unique to this process (with overwhelming likelihood) and
+        # to each change it makes: a random high half, a count below.
+        self._prefix = int.from_bytes(os.urandom(4), "little") << 32
+        self._changes = 0
 
     def offset(self, folderName: str) -> int:
         return (int(folderName[:8], 16) & (self.SLOTS - 1)) * 8
 
     def read(self, folderName: str) -> bytes:
-        offset = self.offset(folderName)
-        return self.map[offset:offset + 8]
+        return self.reader(folderName)()
 
     def reader(self, folderName: str) -> Callable[[], bytes]:
         """
         @return: a function reading C{folderName}'s slot.
         """
-        return functools.partial(self.map.__getitem__, slice(self.offset(folderName),
-                                                             self.offset(folderName) + 8))
+        offset = self.offset(folderName)
+        return functools.partial(self.map.__getitem__, slice(offset, offset + 8))
 
     def bump(self, folderName: str) -> None:
-        self._next = (self._next & ~0xFFFFFFFF) | ((self._next + 1) & 0xFFFFFFFF)
-        self._SLOT.pack_into(self.map, self.offset(folderName), self._next)
+        self._changes = (self._changes + 1) & 0xFFFFFFFF
+        self._SLOT.pack_into(self.map, self.offset(folderName), self._prefix | self._changes)
 
     def moved(self) -> bool:
         """
