@@ -47,7 +47,7 @@ from typing import (
 )
 from urllib.parse import urljoin, urlsplit
 
-from .http.headers import HOP_BY_HOP, Headers, parseHTTPDate, splitList
+from .http.headers import HOP_BY_HOP, Headers, connectionOptions, parseHTTPDate, splitList
 from .http.message import RequestHead, ResponseHead
 
 __all__ = [
@@ -974,7 +974,7 @@ def storableHeaders(
     @return: a new L{Headers}; C{responseHeaders} is not changed.
     """
     drop = set(HOP_BY_HOP | _PROXY_FIELDS)
-    drop.update(m.lower() for m in responseHeaders.getList(b"connection"))
+    drop.update(connectionOptions(b",".join(responseHeaders.getList(b"connection"))))
     cc, _ = effectiveCacheControl(responseHeaders, options)
     drop.update(cc.privateFields)
     stored = responseHeaders.copy()

@@ -54,7 +54,7 @@ from .errors import (
     URITooLong,
     VersionNotSupported,
 )
-from .http.headers import HOP_BY_HOP, Headers, formatHTTPDate, splitList
+from .http.headers import HOP_BY_HOP, Headers, connectionOptions, formatHTTPDate, splitList
 from .http.message import REASONS, RequestHead, ResponseHead
 from ._io import discardUnsent, sendNow
 from .compress import compressWhole, compressor, negotiate, noTransform, weakenETag
@@ -557,10 +557,13 @@ class Exchange:
             self.upstreamSeconds = self.protocol.factory.reactor.seconds() - self.forwardedAt
         fields = head.headers.lowered()
         facts = _Facts(fields)
-        # Content-Length is end-to-end and kept; Transfer-Encoding is not.
-        fields = _forwardFields(fields, facts.hopByHop)
-        head.headers = Headers.fromLowered(fields)
+        # The framing sent on is written here from what the parser read:
+        # Content-Length, normalised, unless the origin chunked the body;
+        # Transfer-Encoding is hop-by-hop (the client side chunks anew).
         knownLength = facts.length is not None and not facts.chunked
+        fields = _framedFields(fields, facts.hopByHop,
+                               facts.length if knownLength else None)
+        head.headers = Headers.fromLowered(fields)
         self._sendHead(head.status, head.reason, fields, knownLength, hold=True)
 
     def plainKeepAlive(self) -> bool:
@@ -886,18 +889,34 @@ class _Facts:
             self.hopByHop = HOP_BY_HOP
         else:
             # RFC 9110 section 7.6.1: Connection names more fields that
-            # describe this connection only.
-            self.hopByHop = HOP_BY_HOP | {t.lower() for t in splitList(connection)}
+            # describe this connection only (never the framing or Host).
+            self.hopByHop = HOP_BY_HOP | connectionOptions(connection)
         self.hosts = hosts
         self.expect = expect
         self.via = via
 
 
-def _forwardFields(fields, hopByHop) -> list:
+def _framedFields(fields, hopByHop, length: Optional[bytes]) -> list:
     """
-    @return: C{fields} without the hop-by-hop ones, order and repeats kept.
+    @param length: the Content-Length the parser framed the message by, or
+        C{None} when it was chunked or had none.
+
+    @return: C{fields} without the hop-by-hop ones, order and repeats
+        kept, and with Content-Length only as C{length} says: whatever the
+        fields said, the framing sent on is the one that was parsed.
     """
-    return [f for f in fields if f[0] not in hopByHop]
+    out = []
+    for field in fields:
+        lower = field[0]
+        if lower == b"content-length":
+            if length is None:
+                continue
+            # (the parser allows one Content-Length field only)
+            field = (lower, field[1], b"%d" % int(length))
+        elif lower in hopByHop:
+            continue
+        out.append(field)
+    return out
 
 
 def _fieldLines(fields) -> bytes:
@@ -1797,8 +1816,8 @@ class ProxyFactory(Factory):
             authority = clientHost
         fields = [
             f if f[0] != b"host" else (b"host", f[1], authority)
-            for f in head.headers.lowered()
-            if f[0] not in hopByHop
+            for f in _framedFields(head.headers.lowered(), hopByHop,
+                                   None if facts.chunked else facts.length)
         ]
         if facts.hosts == 0:
             fields.insert(0, (b"host", b"Host", authority))

@@ -160,3 +160,221 @@ class HostDisagreementTests(TestCase):
             % originPort)
         received = dict((k.lower(), v) for k, v in json.loads(response.body))
         self.assertEqual(received["host"], "127.0.0.1:%d" % originPort)
+
+
+class _OriginView:
+    """
+    What an origin made of the bytes the proxy sent it, parsed with llhttp
+    as an origin would: each complete request's fields and body.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        import httptools
+
+        self.requests = []
+        self._fields = []
+        self._body = b""
+        httptools.HttpRequestParser(self).feed_data(data)
+
+    def on_message_begin(self):
+        self._fields, self._body = [], b""
+
+    def on_header(self, name, value):
+        self._fields.append((name.lower(), value))
+
+    def on_body(self, data):
+        self._body += data
+
+    def on_message_complete(self):
+        self.requests.append((dict(self._fields), self._body))
+
+
+#: The attack: a body that is itself a request, and a Connection field
+#: that nominates the Content-Length framing it.
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+class ConnectionNominationTests(TestCase):
+    """
+    Connection may nominate more hop-by-hop fields (RFC 9110 section
+    7.6.1), but never the framing or Host of a message (RFC 9112 sections
+    6 and 3.2): such a nomination is ignored, and the framing the proxy
+    sends is the one it parsed, in forward and in reverse mode, in
+    requests and in responses.
+    """
+
+    async def _forward(self, head: bytes, body: bytes, reverse: bool):
+        """
+        Send one request with C{head} fields and C{body} and a second
+        plain request on the same connection.
+
+        @return: the client's responses and what the origin parsed.
+        """
+        from cachingproxy.upstream import Origin
+
+        reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        origin, originPort = listenScripted(self, [reply])
+        settings = ProxySettings(viaName=b"test-proxy")
+        if reverse:
+            settings = ProxySettings(viaName=b"test-proxy",
+                                     upstream=Origin(b"http", "127.0.0.1", originPort))
+            target = b"/p"
+        else:
+            target = b"http://127.0.0.1:%d/p" % originPort
+        _, port, _ = startProxy(self, settings)
+        client = await connectClient(port, self)
+        client.transport.write(b"POST " + target + b" HTTP/1.1\r\nHost: h.example\r\n"
+                               + head + b"\r\n" + body)
+        [response] = await client.waitFor(1)
+        [conn] = origin.connections
+        return response, _OriginView(conn.received)
+
+    async def _check(self, nominated: bytes, reverse: bool):
+        length = b"Content-Length: %d\r\n" % len(SMUGGLED)
+        response, seen = await self._forward(
+            length + b"Connection: " + nominated + b"\r\n", SMUGGLED, reverse)
+        self.assertEqual(response.status, 200)
+        self.assertEqual(len(seen.requests), 1, seen.requests)
+        [(fields, body)] = seen.requests
+        self.assertEqual(body, SMUGGLED)
+        self.assertEqual(fields[b"content-length"], b"%d" % len(SMUGGLED))
+        self.assertIn(b"host", fields)
+
+    for _nominated in [b"Content-Length", b"content-length", b"close, Content-Length",
+                       b"Host", b"Transfer-Encoding", b"Content-Length, Host, X-A"]:
+        for _reverse in (False, True):
+            def _test(self, nominated=_nominated, reverse=_reverse):
+                return self._check(nominated, reverse)
+
+            _test.__name__ = "test_request_%s_%s" % (
+                "".join(c if c.isalnum() else "_" for c in _nominated.decode()),
+                "reverse" if _reverse else "forward")
+            _test.__doc__ = (
+                f"Connection: {_nominated.decode()} on a request with a body that is "
+                f"itself a request ({'reverse' if _reverse else 'forward'} mode): the "
+                "origin receives one request, framed by Content-Length, with that body "
+                "(RFC 9110 section 7.6.1, RFC 9112 section 6.3).")
+            locals()[_test.__name__] = _test
+    del _test, _nominated, _reverse
+
+    async def test_requestChunkedNominated(self):
+        """
+        A chunked request whose Connection nominates Transfer-Encoding and
+        Content-Length reaches the origin as one chunked request with the
+        same body (RFC 9112 section 7.1).
+        """
+        response, seen = await self._forward(
+            b"Transfer-Encoding: chunked\r\nConnection: Transfer-Encoding, Content-Length\r\n",
+            b"%x\r\n%s\r\n0\r\n\r\n" % (len(SMUGGLED), SMUGGLED), reverse=True)
+        self.assertEqual(response.status, 200)
+        [(fields, body)] = seen.requests
+        self.assertEqual(body, SMUGGLED)
+        self.assertEqual(fields[b"transfer-encoding"], b"chunked")
+        self.assertNotIn(b"content-length", fields)
+
+    async def test_otherNominationsStillHonoured(self):
+        """
+        A nomination of an ordinary field still removes it (RFC 9110
+        section 7.6.1): only the framing and Host are kept.
+        """
+        response, seen = await self._forward(
+            b"Content-Length: 4\r\nX-Hop: 1\r\nConnection: X-Hop, Content-Length\r\n",
+            b"abcd", reverse=True)
+        [(fields, body)] = seen.requests
+        self.assertNotIn(b"x-hop", fields)
+        self.assertEqual((fields[b"content-length"], body), (b"4", b"abcd"))
+
+    async def _response(self, script, reverse: bool):
+        """
+        Two requests on one connection to an origin that answers each
+        request head with C{script}.
+
+        @return: the two responses the client parsed.
+        """
+        from cachingproxy.upstream import Origin
+
+        from twisted.internet import reactor
+        from twisted.internet.protocol import Factory, Protocol
+
+        class EveryRequest(Protocol):
+            received = b""
+
+            def dataReceived(self, data):
+                self.received += data
+                while b"\r\n\r\n" in self.received:
+                    _, self.received = self.received.split(b"\r\n\r\n", 1)
+                    self.transport.write(b"".join(script))
+
+        listening = reactor.listenTCP(0, Factory.forProtocol(EveryRequest),
+                                      interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        originPort = listening.getHost().port
+        if reverse:
+            settings = ProxySettings(viaName=b"test-proxy",
+                                     upstream=Origin(b"http", "127.0.0.1", originPort))
+            target = b"/r"
+        else:
+            settings = ProxySettings(viaName=b"test-proxy")
+            target = b"http://127.0.0.1:%d/r" % originPort
+        _, port, _ = startProxy(self, settings)
+        client = await connectClient(port, self)
+        request = b"GET " + target + b" HTTP/1.1\r\nHost: h.example\r\n\r\n"
+        client.transport.write(request)
+        [first] = await client.waitFor(1)
+        client.transport.write(request)
+        responses = await client.waitFor(2)
+        return responses
+
+    async def _checkResponse(self, nominated: bytes, reverse: bool):
+        reply = (b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 5\r\n"
+                 b"Connection: " + nominated + b"\r\n\r\nhello")
+        first, second = await self._response([reply], reverse)
+        self.assertEqual((first.status, first.body), (200, b"hello"))
+        self.assertEqual(first.header(b"content-length"), b"5")
+        self.assertEqual((second.status, second.body), (200, b"hello"))
+
+    for _nominated in [b"Content-Length", b"Transfer-Encoding", b"keep-alive, content-length"]:
+        for _reverse in (False, True):
+            def _test(self, nominated=_nominated, reverse=_reverse):
+                return self._checkResponse(nominated, reverse)
+
+            _test.__name__ = "test_response_%s_%s" % (
+                "".join(c if c.isalnum() else "_" for c in _nominated.decode()),
+                "reverse" if _reverse else "forward")
+            _test.__doc__ = (
+                f"An origin response with Connection: {_nominated.decode()} reaches the "
+                f"client framed by its Content-Length ({'reverse' if _reverse else 'forward'} "
+                "mode), and the next response on the connection is read as one "
+                "(RFC 9110 section 7.6.1, RFC 9112 section 6.3).")
+            locals()[_test.__name__] = _test
+    del _test, _nominated, _reverse
+
+    async def test_storedResponseKeepsFraming(self):
+        """
+        A storable response whose Connection nominates Content-Length is
+        stored, then served whole from the cache with its length (RFC 9111
+        section 3.1: the fields Connection nominates are not stored, but
+        the framing cannot be nominated).
+        """
+        from twisted.internet import reactor
+
+        from cachingproxy.cache.memory import MemoryStore
+        from cachingproxy.resource import CacheResource, CacheSettings
+
+        reply = (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\n"
+                 b"Connection: Content-Length\r\n\r\nhello")
+        origin, originPort = listenScripted(self, [reply])
+        factory, port, _ = startProxy(self, ProxySettings(viaName=b"test-proxy"))
+        factory.cache = CacheResource(MemoryStore(1 << 20, 1 << 20), reactor, factory.pool,
+                                      CacheSettings())
+        client = await connectClient(port, self)
+        request = b"GET http://127.0.0.1:%d/s HTTP/1.1\r\nHost: x\r\n\r\n" % originPort
+        client.transport.write(request)
+        await client.waitFor(1)
+        client.transport.write(request)
+        first, second = await client.waitFor(2)
+        self.assertEqual(len(origin.connections), 1)
+        self.assertIn(b"hit", second.header(b"cache-status"))
+        for response in (first, second):
+            self.assertEqual((response.body, response.header(b"content-length")),
+                             (b"hello", b"5"))

@@ -21,7 +21,11 @@ NAMES = st.sampled_from(
 VALUES = st.one_of(
     st.sampled_from([b"chunked", b"gzip, chunked", b"0", b"5", b"05", b"-1", b"5, 5",
                      b"close", b"keep-alive", b"100-continue", b"x", b" chunked",
-                     b"chunked ", b"\x01", b"a\rb", b"10.0.0.1:8080", b"3", b"24"]),
+                     b"chunked ", b"\x01", b"a\rb", b"10.0.0.1:8080", b"3", b"24",
+                     # Connection options, the framing and routing ones
+                     # among them (RFC 9110 section 7.6.1)
+                     b"Content-Length", b"close, content-length", b"Transfer-Encoding",
+                     b"Host", b"X-A, TE", b"keep-alive, Content-Length, Host"]),
     st.binary(max_size=12).filter(lambda v: len(v) % 4 == 0),
 )
 FIELDS = st.lists(st.tuples(NAMES, VALUES), max_size=6)
@@ -37,10 +41,17 @@ class _Upstream:
     def __init__(self) -> None:
         self.requests = 0
         self.bodies = []
+        self.hosts = []
         self._body = b""
+        self._host = False
 
     def on_message_begin(self):
         self._body = b""
+        self._host = False
+
+    def on_header(self, name, value):
+        if name.lower() == b"host":
+            self._host = True
 
     def on_body(self, data):
         self._body += data
@@ -48,6 +59,7 @@ class _Upstream:
     def on_message_complete(self):
         self.requests += 1
         self.bodies.append(self._body)
+        self.hosts.append(self._host)
 
 
 def _run(data: bytes, cuts):
@@ -109,4 +121,43 @@ class RequestSoupTests(SynchronousTestCase):
         statuses = [int(whole[9:12])] if whole.startswith(b"HTTP/1.1 ") else []
         if statuses and statuses[0] >= 400:
             self.assertEqual(upstream.requests, 0, whole)
+        if upstream.requests:
+            # The origin reads the body the proxy read from the client,
+            # whatever Connection nominates (RFC 9110 section 7.6.1), and
+            # the request still names its Host.
+            client = _Upstream()
+            try:
+                httptools.HttpRequestParser(client).feed_data(data)
+            except httptools.HttpParserError:
+                pass
+            self.assertEqual(upstream.bodies[:1], client.bodies[:1], (fields, body))
+            self.assertTrue(upstream.hosts[0], fields)
         self.assertEqual(whole[:12], split[:12])
+
+    @settings(max_examples=150, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(st.sampled_from([b"Content-Length", b"content-length", b"Transfer-Encoding",
+                                     b"Host", b"HOST", b"close", b"keep-alive", b"X-A", b"TE",
+                                     b"Upgrade", b"Via"]), min_size=1, max_size=4),
+           FIELDS, st.binary(min_size=1, max_size=24), st.booleans())
+    def test_framingCannotBeNominated(self, options, fields, body, chunked):
+        """
+        Whatever Connection nominates, a well-framed request with a body
+        reaches the origin as one request with that body and a Host (RFC
+        9110 section 7.6.1; RFC 9112 sections 3.2 and 6).
+        """
+        framing = (b"Transfer-Encoding: chunked\r\n" if chunked
+                   else b"Content-Length: %d\r\n" % len(body))
+        payload = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if chunked else body
+        head = (b"POST http://10.0.0.1:8080/p HTTP/1.1\r\nHost: h\r\n" + framing
+                + b"Connection: " + b", ".join(options) + b"\r\n"
+                + b"".join(n + b": " + v + b"\r\n" for n, v in fields
+                           if n.lower() not in (b"content-length", b"transfer-encoding",
+                                                b"connection", b"host")))
+        whole, upstream, wellFramed = _run(head + b"\r\n" + payload, [])
+        self.assertTrue(wellFramed)
+        if upstream.requests:
+            self.assertEqual((upstream.requests, upstream.bodies, upstream.hosts),
+                             (1, [body], [True]), whole)
+        else:
+            self.assertTrue(whole.startswith(b"HTTP/1.1 4"), whole)

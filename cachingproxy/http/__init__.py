@@ -3,12 +3,22 @@ The HTTP message model: heads, header fields, dates and the hop-by-hop rules.
 Pure: no I/O and no Twisted.
 """
 
-from .headers import HOP_BY_HOP, Headers, formatHTTPDate, parseHTTPDate, splitList
+from .headers import (
+    HOP_BY_HOP,
+    NEVER_NOMINATED,
+    Headers,
+    connectionOptions,
+    formatHTTPDate,
+    parseHTTPDate,
+    splitList,
+)
 from .message import REASONS, RequestHead, ResponseHead
 
 __all__ = [
     "HOP_BY_HOP",
+    "NEVER_NOMINATED",
     "Headers",
+    "connectionOptions",
     "REASONS",
     "RequestHead",
     "ResponseHead",

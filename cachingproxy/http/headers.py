@@ -25,6 +25,8 @@ from typing import Iterable, Iterator, List, Optional, Tuple
 __all__ = [
     "Headers",
     "HOP_BY_HOP",
+    "NEVER_NOMINATED",
+    "connectionOptions",
     "splitList",
     "parseHTTPDate",
     "formatHTTPDate",
@@ -47,6 +49,26 @@ HOP_BY_HOP = frozenset(
         b"proxy-authorization",
     ]
 )
+
+
+#: Fields that a Connection option may not nominate (RFC 9110 section
+#: 7.6.1 lets a sender name more hop-by-hop fields, but these are the
+#: framing of the message and the authority it is routed by). A proxy that
+#: dropped a nominated Content-Length while forwarding its body would let
+#: the body be read as a second request: such a nomination is ignored, and
+#: the framing of every message sent is written from what was parsed.
+NEVER_NOMINATED = frozenset([b"content-length", b"transfer-encoding", b"host"])
+
+
+def connectionOptions(value: Optional[bytes]) -> frozenset:
+    """
+    The connection options of a (combined) Connection field value: the
+    fields it nominates as hop-by-hop, lowercased, without the ones in
+    L{NEVER_NOMINATED}.
+    """
+    if not value:
+        return frozenset()
+    return frozenset(t.lower() for t in splitList(value)) - NEVER_NOMINATED
 
 
 class Headers:
