@@ -108,8 +108,9 @@ SETTINGS = (
     Setting(
         "header-timeout",
         "float",
-        30.0,
-        "Seconds from the first byte of a request head to its end (408 beyond).",
+        10.0,
+        "Seconds from the first byte of a request head to its end (408 beyond); "
+        "a client sending its head slowly cannot extend it.",
     ),
     Setting(
         "max-request-line",

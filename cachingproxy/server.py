@@ -132,7 +132,7 @@ class ProxySettings:
     viaName: bytes = b"cachingproxy"
     connectPorts: FrozenSet[int] = frozenset([443])
     idleTimeout: float = 60.0
-    headerTimeout: float = 30.0
+    headerTimeout: float = 10.0
     maxRequestLine: int = 8192
     maxHeaderSize: int = 65536
     maxConnections: int = 10000

@@ -1655,6 +1655,30 @@ class TimeoutTests(SynchronousTestCase):
         self.assertEqual(logStatus(h.log[0]), 408)
         self.assertEqual(h.reactor.tcpClients, [])
 
+    def test_dribbledHeadCutOffByDefault(self):
+        """
+        With the default settings, a client that sends one header line a
+        second (slowloris) gets its 408 and the closed connection within
+        the default header time, which the settings table and the proxy
+        agree on and which is well under 20 seconds.
+        """
+        from cachingproxy.config import SETTINGS
+
+        [setting] = [s for s in SETTINGS if s.name == "header-timeout"]
+        default = ProxySettings().headerTimeout
+        self.assertEqual(setting.default, default)
+        self.assertLessEqual(default, 10)
+        h = ProxyHarness()
+        h.send(b"GET http://10.0.0.1:8080/ HTTP/1.1\r\nHost: x\r\n")
+        for second in range(20):
+            if h.transport.disconnecting:
+                break
+            h.reactor.advance(1)
+            h.send(b"X-Line-%d: y\r\n" % second)
+        self.assertTrue(h.transport.disconnecting)
+        self.assertEqual(h.reactor.seconds(), default)
+        self.assertEqual(logStatus(h.log[0]), 408)
+
     def test_headerTimeoutLogNamesMethod(self):
         """
         The access log line of a request cut off by the header timeout names
