@@ -270,16 +270,16 @@ SETTINGS = (
         "access-log",
         "str",
         "-",
-        "Access log file (Combined Log Format plus seconds taken); '-' writes "
-        "to the twistd log.",
+        "Access log file (Combined Log Format with fields appended, see below); "
+        "'-' writes to the twistd log.",
     ),
     Setting("no-access-log", "flag", False, "Write no access log."),
     Setting(
         "access-log-format",
         "str",
         "combined",
-        "combined (Combined Log Format with cache result, origin seconds and "
-        "seconds appended) or json (one JSON object a line).",
+        "combined (Combined Log Format with cache result, origin seconds, "
+        "seconds and bytes received appended) or json (one JSON object a line).",
     ),
     Setting(
         "cache-dir",

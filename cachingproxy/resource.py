@@ -36,7 +36,7 @@ from zope.interface import implementer
 from . import policy
 from .cache.base import IStore, StoreFull
 from .errors import BadGateway, GatewayTimeout, ProxyError, UpstreamClosed
-from .http.message import RequestHead, ResponseHead
+from .http.message import RequestHead, ResponseHead, logText
 from .compress import compressWhole, negotiate
 from .server import ExchangeState, compressedFields, compressionPlan
 from .upstream import Origin
@@ -204,7 +204,7 @@ class CacheResource:
             try:
                 entries = self.store.entries(key)
             except Exception:
-                self._log.failure("cache lookup failed for {key}", key=key)
+                self._log.failure("cache lookup failed for {key}", key=logText(key))
                 entries = []
         exchange.cacheEntries = entries
         now = self.reactor.seconds()
@@ -360,7 +360,7 @@ class CacheResource:
             status = 304
             fields = [(n.lower(), n, v) for n, v in policy.notModifiedHeaders(stored).items()]
         elif precondition == 412:
-            self._log.info("412 from cache for {target}", target=request.target)
+            self._log.info("412 from cache for {target}", target=logText(request.target))
             exchange.serveStored(412, b"", self._statusFields([], hit, fwd, fwdStatus, ttl,
                                                                  b"HIT"), b"", 0)
             return
@@ -402,7 +402,7 @@ class CacheResource:
         reader = self.store.openBody(entry, start, end)
         if reader is None:
             # Gone or damaged since the lookup: fetch it.
-            self._log.info("stored body for {key} unreadable; fetching", key=entry.key)
+            self._log.info("stored body for {key} unreadable; fetching", key=logText(entry.key))
             self._fetchAgain(exchange, entry.key)
             return
         if length <= _SMALL_BODY:
@@ -412,7 +412,7 @@ class CacheResource:
                 body = None
             reader.close()
             if body is None or len(body) != length:
-                self._log.warn("stored body for {key} is short; removing it", key=entry.key)
+                self._log.warn("stored body for {key} is short; removing it", key=logText(entry.key))
                 self.store.remove(entry.key)
                 self._fetchAgain(exchange, entry.key)
                 return
@@ -547,7 +547,7 @@ class CacheResource:
         def failed(reason):
             self._refreshing.discard(key)
             self._log.info("background revalidation of {key} failed: {reason}",
-                           key=key, reason=reason.getErrorMessage())
+                           key=logText(key), reason=reason.getErrorMessage())
 
         d.addCallbacks(ready, failed)
 
@@ -558,10 +558,10 @@ class CacheResource:
             try:
                 removed = self.store.remove(uri)
             except Exception:
-                self._log.failure("invalidating {uri} failed", uri=uri)
+                self._log.failure("invalidating {uri} failed", uri=logText(uri))
                 continue
             if removed:
-                self._log.debug("invalidated {uri}", uri=uri)
+                self._log.debug("invalidated {uri}", uri=logText(uri))
 
     def _purge(self, exchange, key: bytes) -> None:
         # Who is an admin is the connection's (and the access policy's)
@@ -577,7 +577,7 @@ class CacheResource:
         else:
             removed = self.store.remove(key)
         self.stats.purged += removed
-        self._log.info("purged {n} entries for {key}", n=removed, key=key)
+        self._log.info("purged {n} entries for {key}", n=removed, key=logText(key))
         body = b"purged %d\n" % removed
         status = 200 if removed else 404
         exchange.serveStored(status, b"", [(b"content-type", b"Content-Type",
@@ -603,7 +603,7 @@ class CacheResource:
         try:
             return self.store.writer(key, variant)
         except Exception:
-            self._log.failure("cannot start storing {key}", key=key)
+            self._log.failure("cannot start storing {key}", key=logText(key))
             return None
 
     def commit(self, writer, key: bytes, request: RequestHead, response: ResponseHead,
@@ -615,7 +615,7 @@ class CacheResource:
         try:
             ok = writer.commit(entry)
         except Exception:
-            self._log.failure("storing {key} failed", key=key)
+            self._log.failure("storing {key} failed", key=logText(key))
             ok = False
         if ok:
             self.stats.stored += 1
@@ -734,10 +734,10 @@ class _Storer:
             try:
                 writer.write(data)
             except StoreFull:
-                self._log.info("not storing {key}: too large or no space", key=self.key)
+                self._log.info("not storing {key}: too large or no space", key=logText(self.key))
                 self.writer = None
             except Exception:
-                self._log.failure("storing {key} failed", key=self.key)
+                self._log.failure("storing {key} failed", key=logText(self.key))
                 self._abortWriter()
         self.length += len(data)
         if self.length == self.expected and self.writer is not None:
@@ -905,7 +905,7 @@ class _Revalidator:
                 try:
                     resource.store.update(entry)
                 except Exception:
-                    resource._log.failure("updating {key} failed", key=self.key)
+                    resource._log.failure("updating {key} failed", key=logText(self.key))
             self.discard = True
             resource._serve(self.exchange, self.request, outcome.entry, outcome.age,
                             _ttl(outcome.entry, outcome.age, resource), hit=True,

@@ -55,7 +55,7 @@ from .errors import (
     VersionNotSupported,
 )
 from .http.headers import HOP_BY_HOP, Headers, connectionOptions, formatHTTPDate, splitList
-from .http.message import REASONS, RequestHead, ResponseHead
+from .http.message import REASONS, RequestHead, ResponseHead, logText
 from ._io import discardUnsent, sendNow
 from .compress import compressWhole, compressor, negotiate, noTransform, weakenETag
 from .admin import ADMIN_PREFIX
@@ -732,7 +732,7 @@ class Exchange:
             # end the connection without a false end of message.
             self._log.info(
                 "origin response for {target} broke off: {reason}",
-                target=self.head.target,
+                target=logText(self.head.target),
                 reason=reason.getErrorMessage(),
             )
             self.upstream = None
@@ -775,8 +775,8 @@ class Exchange:
             "{status} for {client} {method} {target}: {message}",
             status=error.status,
             client=protocol.clientHost,
-            method=self.head.method,
-            target=self.head.target,
+            method=logText(self.head.method),
+            target=logText(self.head.target),
             message=error.message,
         )
         body = (error.message + "\n").encode("utf-8", "replace")
@@ -1060,6 +1060,8 @@ class ProxyProtocol(Protocol):
             if active.state is ExchangeState.FORWARDING:
                 # nginx's convention: the client closed before an answer.
                 active.status = 499
+            if self._tunnelPeer is not None:
+                active.bytesSent = self._tunnelPeer.bytesFromDestination
             self.factory.logAccess(active, self)
         for exchange in queue:
             exchange.clientGone()
@@ -1243,7 +1245,9 @@ class ProxyProtocol(Protocol):
         @return: the method of the request being read, if the parser got
             that far, for log lines about requests that failed mid-head.
         """
-        if self.reader is not ReaderState.HEAD:
+        if self.reader is not ReaderState.HEAD or not self._url:
+            # (before the target, llhttp's method is its first, DELETE,
+            # whatever the bytes were: garbage or a TLS handshake)
             return b"-"
         try:
             return self._parser.get_method() or b"-"
@@ -1334,6 +1338,12 @@ class ProxyProtocol(Protocol):
         ):
             exchange.expectContinue = True
         exchange.error = self.factory.checkRequest(exchange)
+        if (exchange.hasBody and exchange.error is None and method != b"CONNECT"
+                and parser.should_upgrade()):
+            # httptools ends a request that asks to upgrade at its head,
+            # body or not: the body it skips would be read as the next
+            # request, and the origin would wait for it.
+            exchange.error = BadRequest("a request asking to upgrade cannot carry a body")
         if exchange.hasBody:
             settings = self.factory.settings
             if (not facts.chunked and exchange.error is None
@@ -1391,6 +1401,7 @@ class ProxyProtocol(Protocol):
             self._moveReader(ReaderState.TUNNEL)
             if rest:
                 last.tunnelData.append(rest)
+                last.bytesReceived += len(rest)
             return
         self._parser = httptools.HttpRequestParser(self)
         if self.reader is ReaderState.BODY:
@@ -1481,6 +1492,9 @@ class ProxyProtocol(Protocol):
         self.transport.resumeProducing()
 
     def _tunnelData(self, data: bytes) -> None:
+        if self._queue:
+            # (the CONNECT exchange: its log line counts the bytes each way)
+            self._queue[-1].bytesReceived += len(data)
         peer = self._tunnelPeer
         if peer is not None and peer.transport is not None:
             peer.transport.write(data)
@@ -1557,9 +1571,11 @@ class ProxyProtocol(Protocol):
         """
         The destination closed its side: close ours.
         """
-        self._tunnelPeer = None
+        peer, self._tunnelPeer = self._tunnelPeer, None
         if self._queue:
             exchange = self._queue[0]
+            if peer is not None:
+                exchange.bytesSent = peer.bytesFromDestination
             exchange.state = ExchangeState.DONE
             self.factory.logAccess(exchange, self)
             self._queue.clear()
@@ -1892,7 +1908,9 @@ class ProxyFactory(Factory):
         """
         One Combined Log Format line for a finished request, with the cache
         result, the seconds the origin took to answer (C{-} if it was not
-        asked) and the seconds taken in all appended.
+        asked), the seconds taken in all and the bytes received from the
+        client (the request body, or what went up a CONNECT tunnel)
+        appended.
         """
         head = exchange.head
         elapsed = (exchange.finished or self.reactor.seconds()) - exchange.started
@@ -1900,7 +1918,7 @@ class ProxyFactory(Factory):
         referer = head.headers.get(b"referer", b"-")
         agent = head.headers.get(b"user-agent", b"-")
         upstream = exchange.upstreamSeconds
-        return '%s - - [%s] "%s %s HTTP/%d.%d" %d %d "%s" "%s" %s %s %.4f' % (
+        return '%s - - [%s] "%s %s HTTP/%d.%d" %d %d "%s" "%s" %s %s %.4f %d' % (
             protocol.clientHost,
             when,
             _printable(head.method),
@@ -1914,6 +1932,7 @@ class ProxyFactory(Factory):
             exchange.cacheResult,
             "-" if upstream is None else "%.4f" % upstream,
             elapsed,
+            exchange.bytesReceived,
         )
 
 

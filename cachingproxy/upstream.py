@@ -78,6 +78,13 @@ class Origin:
         """
         return _authority(self.scheme, self.host, self.port)
 
+    def __str__(self) -> str:
+        """
+        @return: the origin as a URL, for log lines: C{http://127.0.0.1:9000}.
+        """
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme.decode('ascii', 'replace')}://{host}:{self.port}"
+
 
 @functools.lru_cache(maxsize=4096)
 def _authority(scheme: bytes, host: str, port: int) -> bytes:
@@ -697,7 +704,7 @@ class UpstreamPool:
         request._retried = True
         request._protocol = None
         self._log.debug("retrying {method} on a fresh connection to {origin}",
-                        method=request.head.method, origin=request.origin)
+                        method=request.head.method.decode("latin-1"), origin=request.origin)
 
         def failed(reason: Failure) -> None:
             if not request._aborted:

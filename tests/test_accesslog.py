@@ -14,13 +14,13 @@ from cachingproxy.server import ProxySettings
 
 from .helpers import exchange, listenOrigin, startProxy, temporaryPath, until
 
-#: Combined Log Format, then the cache result, the origin's seconds (or -)
-#: and the seconds taken.
+#: Combined Log Format, then the cache result, the origin's seconds (or -),
+#: the seconds taken and the bytes received from the client.
 COMBINED = re.compile(
     r'^(?P<client>\S+) - - \[(?P<time>\d{2}/\w{3}/\d{4}:\d{2}:\d{2}:\d{2} \+0000)\] '
     r'"(?P<method>\S+) (?P<target>\S+) (?P<version>HTTP/\d\.\d)" (?P<status>\d{3}) '
     r'(?P<bytes>\d+) "(?P<referer>[^"]*)" "(?P<agent>[^"]*)" '
-    r'(?P<cache>\S+) (?P<upstream>-|\d+\.\d+) (?P<seconds>\d+\.\d+)$'
+    r'(?P<cache>\S+) (?P<upstream>-|\d+\.\d+) (?P<seconds>\d+\.\d+) (?P<bytesIn>\d+)$'
 )
 
 

@@ -55,6 +55,9 @@ CASES = {
     "empty field name": (b"GET {target} HTTP/1.1\r\nHost: x\r\n: v\r\n\r\n", 400),
     "two Host fields": (b"GET {target} HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400),
     "no Host in HTTP/1.1": (b"GET {target} HTTP/1.1\r\nX-A: a\r\n\r\n", 400),
+    "Upgrade with a body": (
+        b"POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: Upgrade\r\n"
+        b"Upgrade: websocket\r\n\r\nabcde", 400),
     "HTTP/2.0 request line": (b"GET {target} HTTP/2.0\r\nHost: x\r\n\r\n", 505),
     "HTTP/1.2": (b"GET {target} HTTP/1.2\r\nHost: x\r\n\r\n", 400),
 }
@@ -112,11 +115,25 @@ class ResponseFramingTests(TestCase):
         return self._check([b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"
                             b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"])
 
-    def test_invalidStatusLine(self):
+    async def test_invalidStatusLine(self):
         """
-        A garbage status line: 502.
+        A garbage status line: 502, and the log line names the origin as a
+        URL, not as a Python repr of bytes or of an object.
         """
-        return self._check([b"HTTP/1.1 2OO OK\r\n\r\n"])
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        messages = []
+
+        def observe(event):
+            messages.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        await self._check([b"HTTP/1.1 2OO OK\r\n\r\n"])
+        [line] = [m for m in messages if m.startswith("invalid response from")]
+        self.assertRegex(line, r"^invalid response from http://127\.0\.0\.1:\d+: ")
+        self.assertNotIn("b'", "\n".join(messages))
+        self.assertNotIn("Origin(", "\n".join(messages))
 
     async def test_invalidChunk(self):
         """

@@ -1679,6 +1679,17 @@ class TimeoutTests(SynchronousTestCase):
         self.assertEqual(h.reactor.seconds(), default)
         self.assertEqual(logStatus(h.log[0]), 408)
 
+    def test_garbageLoggedWithoutMethod(self):
+        """
+        Bytes that are not HTTP (here the start of a TLS ClientHello on the
+        plain port) are logged with C{-} as method and target, not with
+        the parser's default method.
+        """
+        h = ProxyHarness()
+        h.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        self.assertEqual(logStatus(h.log[0]), 400)
+        self.assertIn('"- - HTTP/1.1" 400 ', h.log[0])
+
     def test_headerTimeoutLogNamesMethod(self):
         """
         The access log line of a request cut off by the header timeout names
@@ -1972,6 +1983,9 @@ class ConnectTunnelTests(SynchronousTestCase):
         peer.connectionLost(Failure(ConnectionDone()))
         self.assertTrue(h.transport.disconnecting)
         self.assertEqual(logStatus(h.log[0]), 200)
+        # bytes down the tunnel, then (last field) bytes up it
+        self.assertEqual(h.log[0].split()[9], "3")
+        self.assertEqual(h.log[0].split()[-1], "%d" % len(b"earlyGET not http"))
 
 
     def test_clientClosesTunnel(self):

@@ -159,6 +159,11 @@ class ConnectTunnelTests(TestCase):
         line = await logged
         self.assertIn('"CONNECT localhost:%d HTTP/1.1" 200' % originPort, line)
         self.assertEqual(lines, [line])
+        # The line counts the tunnel's bytes each way: down to the client
+        # in the bytes field, up from it in the last field.
+        fields = line.split()
+        self.assertEqual(int(fields[9]), len(b"".join(fromDestinations)))
+        self.assertEqual(int(fields[-1]), len(b"".join(fromClients)) - len(head))
 
     async def test_connectPortNotAllowed(self):
         """

@@ -12,7 +12,19 @@ from typing import Optional, Tuple
 
 from .headers import Headers
 
-__all__ = ["RequestHead", "ResponseHead", "REASONS"]
+__all__ = ["RequestHead", "ResponseHead", "REASONS", "logText"]
+
+
+def logText(value: bytes) -> str:
+    """
+    @return: C{value} (a method, target, cache key...) as a log line shows
+        it: the bytes as text, with anything unprintable escaped, never a
+        Python C{b'...'} repr.
+    """
+    text = value.decode("latin-1")
+    if text.isprintable():
+        return text
+    return text.encode("unicode_escape").decode("ascii")
 
 
 class RequestHead:
