@@ -43,6 +43,9 @@ class CountingOrigin(Resource):
       - C{/sie/...}: max-age=1, stale-if-error=60; C{fail} makes it 500.
       - C{/big/N}: N bytes, max-age=60.
       - C{/status/N}: that status, max-age=60.
+      - C{/missing/...}: 404 with neither freshness nor a validator.
+      - C{/mirror/...}: what a plain repository mirror sends: 200 with a
+        Content-Type and no Cache-Control, Expires, Last-Modified or ETag.
     """
 
     isLeaf = True
@@ -125,6 +128,10 @@ class CountingOrigin(Resource):
         elif kind == b"status":
             request.setResponseCode(int(parts[2]))
             request.setHeader(b"Cache-Control", b"max-age=60")
+        elif kind == b"missing":
+            request.setResponseCode(404)
+        elif kind == b"mirror":
+            request.setHeader(b"Content-Type", b"application/vnd.debian.binary-package")
         return body
 
 
@@ -336,6 +343,28 @@ class SharingTests(CacheTestCase):
         await self.get(b"/auth-public/a", b"Authorization: Basic dXNlcjpwdw==\r\n")
         shared = await self.get(b"/auth-public/a")
         self.assertEqual(shared.body, b"/auth-public/a #1")
+
+
+class NeverUsableTests(CacheTestCase):
+    """
+    What could never be used is not stored (RFC 9111 sections 4.2.2 and
+    4.3.1).
+    """
+
+    async def test_notFoundWithoutFreshnessOrValidator(self):
+        """
+        A 404 with no freshness and no validator is not stored: its
+        Cache-Status has no C{stored}, and the next request is a plain
+        miss (C{fwd=uri-miss}), not C{fwd=stale} past a useless entry.
+        """
+        first = await self.get(b"/missing/x")
+        second = await self.get(b"/missing/x")
+        self.assertEqual((first.status, second.status), (404, 404))
+        self.assertEqual(first.header(b"cache-status"), b"cachingproxy; fwd=uri-miss; fwd-status=404")
+        self.assertEqual(second.header(b"cache-status"), b"cachingproxy; fwd=uri-miss; fwd-status=404")
+        self.assertEqual(second.header(b"x-cache"), b"MISS")
+        self.assertEqual(second.body, b"/missing/x #2")
+        self.assertEqual(self.store.entries(self.url(b"/missing/x")), [])
 
 
 class InvalidationTests(CacheTestCase):

@@ -666,7 +666,8 @@ class StorageTests(SynchronousTestCase):
         self.assertNotStored(authorized,
                              response((b"Cache-Control", b"max-age=60")), "3.5")
         for directives in (b"public", b"s-maxage=60", b"max-age=60, must-revalidate"):
-            self.assertStored(authorized, response((b"Cache-Control", directives)))
+            self.assertStored(authorized, response((b"Cache-Control", directives),
+                                                   (b"ETag", b'"a"')))
 
     def test_varyStar(self) -> None:
         """
@@ -694,10 +695,57 @@ class StorageTests(SynchronousTestCase):
     def test_heuristicallyCacheable(self) -> None:
         """
         Section 3 and RFC 9110 section 15.1: these statuses are stored
-        without explicit freshness.
+        without explicit freshness (here with a validator, so that they can
+        be used).
         """
         for status in (200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501):
-            self.assertStored(request(), response(status=status))
+            self.assertStored(request(), response((b"ETag", b'"a"'), status=status))
+
+    def test_neverUsableNotStored(self) -> None:
+        """
+        Sections 4.2.2 and 4.3.1: a response without explicit freshness,
+        without a heuristic lifetime and without a validator could never be
+        served, nor revalidated: it is not stored.
+        """
+        for status in (200, 404):
+            self.assertNotStored(request(), response(status=status), "4.3.1")
+        self.assertNotStored(request(), response(
+            (b"Cache-Control", b"public"), (b"Content-Type", b"text/plain")), "4.2.2")
+        # Malformed validators are no validators.
+        self.assertNotStored(request(), response(
+            (b"ETag", b"unquoted"), (b"Last-Modified", b"yesterday")), "4.3.1")
+        # A Last-Modified equal to Date gives a heuristic of 0 but still
+        # validates.
+        now = date(T0)
+        self.assertStored(request(), response(
+            (b"Date", now), (b"Last-Modified", now), status=404))
+
+    def test_usableStored(self) -> None:
+        """
+        Sections 4.2.1, 4.2.2 and 4.3.1: any one of explicit freshness (even
+        of 0), a heuristic lifetime or a validator makes the response worth
+        storing.
+        """
+        self.assertStored(request(), response((b"Cache-Control", b"max-age=0")))
+        self.assertStored(request(), response((b"Expires", b"0")))
+        self.assertStored(request(), response(
+            (b"Date", date(T0)), (b"Last-Modified", date(T0 - 1000))))
+        self.assertStored(request(), response((b"ETag", b'W/"a"'), status=404))
+
+    def test_responseStaleGrantsKeepIt(self) -> None:
+        """
+        RFC 5861 sections 3 and 4: a response that grants stale-if-error
+        or stale-while-revalidate of its own is stored though it is never
+        fresh; the operator's defaults of those do not keep such a
+        response.
+        """
+        self.assertStored(request(), response(
+            (b"Cache-Control", b"stale-if-error=60")))
+        self.assertStored(request(), response(
+            (b"Cache-Control", b"stale-while-revalidate=60")))
+        allowed, _ = policy.mayStore(request(), response(), CacheOptions(
+            defaultStaleIfError=60, defaultStaleWhileRevalidate=60))
+        self.assertFalse(allowed)
 
     def test_needsExplicitFreshness(self) -> None:
         """
@@ -713,7 +761,7 @@ class StorageTests(SynchronousTestCase):
         self.assertStored(request(), response(
             (b"Expires", date(T0)), status=500))
         self.assertStored(request(), response(
-            (b"Cache-Control", b"public"), status=201))
+            (b"Cache-Control", b"public"), (b"ETag", b'"a"'), status=201))
 
     def test_storableHeaders(self) -> None:
         """
