@@ -1169,7 +1169,7 @@ def _explicitLifetime(
     headers: Headers,
     cc: CacheControl,
     targeted: Optional[bytes],
-    date: Optional[float],
+    responseTime: Optional[float],
 ) -> Optional[float]:
     """
     Section 4.2.1 without the heuristic: the explicit lifetime, or C{None}
@@ -1184,6 +1184,7 @@ def _explicitLifetime(
     if targeted is None and b"expires" in headers:
         # 5.3: an invalid Expires (e.g. "0") is a time in the past.
         expires = _expires(headers)
+        date = _date(headers, responseTime)
         if expires is None or date is None:
             return 0.0
         return max(0.0, expires - date)
@@ -1204,14 +1205,15 @@ def _lifetime(
     rule for C{uri} supplies the heuristic (section 4.2.2), and its
     minimum overrides explicit freshness only when it says so.
     """
-    date = _date(headers, responseTime)
     rule = _refreshRule(status, headers, options, uri)
-    explicit = _explicitLifetime(headers, cc, targeted, date)
+    explicit = _explicitLifetime(headers, cc, targeted, responseTime)
     if explicit is not None:
         if rule is not None and rule.override:
             return max(explicit, rule.minimum)
         return explicit
-    return _heuristicLifetime(status, headers, cc, date, options, rule)
+    return _heuristicLifetime(
+        status, headers, cc, _date(headers, responseTime), options, rule
+    )
 
 
 def _heuristicLifetime(
