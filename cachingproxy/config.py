@@ -38,6 +38,8 @@ __all__ = [
     "Setting",
     "exitOnConfigError",
     "fromOptions",
+    "parseDuration",
+    "parseRefreshRule",
     "readConfigFile",
     "settingsTable",
 ]
@@ -319,6 +321,21 @@ SETTINGS = (
         "Seconds of staleness served when the origin fails, when the "
         "response does not say (RFC 5861). 0: off.",
     ),
+    Setting(
+        "refresh-rule",
+        "list",
+        (),
+        "Freshness for responses that carry none (no max-age, s-maxage or "
+        "Expires), like Squid's refresh_pattern: '[-i] REGEX MIN PERCENT MAX "
+        "[type=TYPE,...] [override]'. REGEX is searched for in the target "
+        "URL (-i: ignoring case); the lifetime is PERCENT of the time since "
+        "Last-Modified (MIN without one), at least MIN, at "
+        "most MAX; durations in seconds or with s, m, h, d, w. type= limits "
+        "the rule to those media types; override makes MIN apply over "
+        "shorter explicit freshness too. The first matching rule wins. "
+        "Repeatable; one a line in the environment; in the file, strings or "
+        "tables (pattern, min, percent, max, types, ignore-case, override).",
+    ),
     Setting("no-x-cache", "flag", False, "Do not add X-Cache (Cache-Status stays)."),
     Setting(
         "no-collapse",
@@ -402,6 +419,16 @@ class Config:
     requestRules: object = None
     responseRules: object = None
     compression: object = None
+    refreshRules: Tuple[object, ...] = ()
+
+
+def _wholeItems(setting: Setting) -> bool:
+    """
+    Whether each value of a list setting is one item as given (a header
+    rule, a refresh rule: they hold spaces and commas), rather than a list
+    of items separated by spaces or commas.
+    """
+    return setting.name.endswith("-header") or setting.name == "refresh-rule"
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -420,8 +447,8 @@ def _fromEnvironment(environ: Mapping[str, str]) -> Dict[str, Tuple[object, str]
                 raw = environ[var]
                 if setting.kind == "list":
                     separators = None if setting.name == "port" else r"[\s,]+"
-                    if setting.name.endswith("-header"):
-                        # Header rules hold spaces and commas: one a line.
+                    if _wholeItems(setting):
+                        # Rules hold spaces and commas: one a line.
                         separators = r"\n+"
                     value: object = tuple(
                         p for p in (re.split(separators, raw) if separators else raw.split()) if p
@@ -458,6 +485,146 @@ def parseSize(raw: object, where: str) -> int:
     if value < 0:
         raise usage.UsageError(f"{where}: must not be negative, got {raw!r}")
     return int(value * _SIZE_UNITS[unit])
+
+
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]*)?)\s*([smhdw]?)", re.IGNORECASE)
+
+
+def parseDuration(raw: object) -> float:
+    """
+    @return: seconds from C{90}, C{90s}, C{15m}, C{12h}, C{1d}, C{2w} (a
+        bare number is seconds) or a TOML number.
+    @raise ValueError: for anything else, negative numbers included.
+    """
+    if _isNumber(raw):
+        value = float(raw)  # type: ignore[arg-type]
+        if not value >= 0:
+            raise ValueError(f"expected a duration such as 90, 15m or 1d, got {raw!r}")
+        return value
+    match = _DURATION.fullmatch(str(raw).strip())
+    if match is None:
+        raise ValueError(f"expected a duration such as 90, 15m or 1d, got {raw!r}")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+
+
+def _percent(raw: object) -> float:
+    """
+    @return: the number of C{20}, C{20%}, C{12.5} or a TOML number.
+    @raise ValueError: for anything else, negative numbers included.
+    """
+    try:
+        value = float(str(raw).strip().removesuffix("%"))
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ValueError(f"expected a percentage such as 20 or 20%, got {raw!r}")
+    return value
+
+
+def _mediaTypes(raw: object) -> frozenset:
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    types = []
+    for item in items:
+        text = str(item).strip().lower()
+        if text.count("/") != 1 or text.startswith("/") or text.endswith("/"):
+            raise ValueError(f"{item!r} is not a media type (type/subtype or type/*)")
+        types.append(text.encode("ascii", "replace"))
+    return frozenset(types)
+
+
+def parseRefreshRule(text: str):
+    """
+    Parse C{'[-i] REGEX MIN PERCENT MAX [type=TYPE,...] [override]'}.
+
+    @return: a L{cachingproxy.policy.RefreshRule}.
+    @raise ValueError: saying what is wrong.
+    """
+    from .policy import RefreshRule
+
+    words = str(text).split()
+    ignoreCase = bool(words) and words[0] == "-i"
+    if ignoreCase:
+        words = words[1:]
+    if len(words) < 4:
+        raise ValueError(
+            f"expected '[-i] REGEX MIN PERCENT MAX [type=TYPE,...] [override]', got {text!r}"
+        )
+    pattern, minimum, percent, maximum, *options = words
+    override = False
+    mediaTypes: frozenset = frozenset()
+    for option in options:
+        if option == "override":
+            override = True
+        elif option.startswith("type="):
+            mediaTypes = _mediaTypes(option[len("type="):])
+        else:
+            raise ValueError(f"unknown option {option!r} (type=..., override)")
+    return RefreshRule(
+        pattern,
+        minimum=parseDuration(minimum),
+        percent=_percent(percent),
+        maximum=parseDuration(maximum),
+        mediaTypes=mediaTypes,
+        ignoreCase=ignoreCase,
+        override=override,
+    )
+
+
+_RULE_KEYS = ("pattern", "min", "percent", "max", "types", "ignore-case", "override")
+
+
+def _refreshRuleFromTable(table: Mapping[str, object]):
+    """
+    A refresh rule from a TOML table: C{pattern}, C{min}, C{percent} and
+    C{max} (required), C{types} (a string or an array), C{ignore-case} and
+    C{override} (booleans).
+
+    @return: a L{cachingproxy.policy.RefreshRule}.
+    @raise ValueError: saying what is wrong.
+    """
+    from .policy import RefreshRule
+
+    for key in table:
+        if key not in _RULE_KEYS:
+            raise ValueError(f"unknown key {key!r} (expected {', '.join(_RULE_KEYS)})")
+    for key in ("pattern", "min", "percent", "max"):
+        if key not in table:
+            raise ValueError(f"{key} is missing")
+    if not isinstance(table["pattern"], str):
+        raise ValueError(f"pattern: expected a string, got {_describe(table['pattern'])}")
+    for key in ("ignore-case", "override"):
+        if not isinstance(table.get(key, False), bool):
+            raise ValueError(f"{key}: expected true or false, got {_describe(table[key])}")
+    return RefreshRule(
+        table["pattern"],
+        minimum=parseDuration(table["min"]),
+        percent=_percent(table["percent"]),
+        maximum=parseDuration(table["max"]),
+        mediaTypes=_mediaTypes(table["types"]) if "types" in table else frozenset(),
+        ignoreCase=bool(table.get("ignore-case", False)),
+        override=bool(table.get("override", False)),
+    )
+
+
+def _refreshRules(raw: object, where: str) -> Tuple[object, ...]:
+    """
+    @return: the L{cachingproxy.policy.RefreshRule}s of the setting, in
+        order.
+    @raise usage.UsageError: naming the rule that is malformed.
+    """
+    rules = []
+    for number, item in enumerate(raw or (), 1):
+        try:
+            if isinstance(item, dict):
+                rules.append(_refreshRuleFromTable(item))
+            else:
+                rules.append(parseRefreshRule(str(item)))
+        except ValueError as e:
+            what = f"rule {number}" if isinstance(item, dict) else repr(str(item))
+            raise usage.UsageError(f"{where}: {what}: {_oneLine(e)}")
+    return tuple(rules)
 
 
 def _number(setting: Setting, raw: object, where: str) -> object:
@@ -531,6 +698,11 @@ def _fileValue(setting: Setting, value: object, where: str) -> object:
         if _isNumber(value) or isinstance(value, str):
             return value
         expected = 'a size such as "512M" or a number of bytes'
+    elif kind == "list" and setting.name == "refresh-rule":
+        items = value if isinstance(value, list) else [value]
+        if all(isinstance(item, (str, dict)) for item in items):
+            return tuple(items)
+        expected = "a rule string, a table, or an array of them"
     elif kind == "list":
         items = value if isinstance(value, list) else [value]
         if setting.name != "port" and items == []:
@@ -746,9 +918,10 @@ def fromOptions(
             raw = tuple(_portDescription(str(p), where) for p in raw)
             if not raw:
                 raise usage.UsageError(f"{where}: at least one port is needed")
-        elif setting.kind == "list" and setting.name.endswith("-header"):
-            # Header rules: each value is one rule.
-            raw = tuple(str(p) for p in raw or () if str(p).strip())
+        elif setting.kind == "list" and _wholeItems(setting):
+            # Rules: each value is one rule (a refresh rule may be a table).
+            raw = tuple(p if isinstance(p, dict) else str(p)
+                        for p in raw or () if isinstance(p, dict) or str(p).strip())
         elif setting.kind == "list":
             # Address ranges and host patterns: repeatable and
             # comma-separated.
@@ -860,6 +1033,7 @@ def fromOptions(
         requestRules=_rules(values, "request"),
         responseRules=_rules(values, "response"),
         compression=_compression(values, bool(upstream)),
+        refreshRules=_refreshRules(*values["refresh-rule"]),
         accessLog=str(accessLog) if accessLog else None,
         accessLogFormat=str(accessLogFormat),
         cacheDir=None if str(values["cache-dir"][0]).lower() == "none" else str(values["cache-dir"][0]),

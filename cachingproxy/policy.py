@@ -66,6 +66,7 @@ __all__ = [
     "PRECONDITION_FIELDS",
     "Pass",
     "Refetch",
+    "RefreshRule",
     "Revalidate",
     "RevalidationOutcome",
     "SAFE_METHODS",
@@ -169,6 +170,88 @@ _FWD_VALUES = frozenset(
 
 
 @dataclass(frozen=True)
+class RefreshRule:
+    """
+    An operator's freshness rule, in the spirit of Squid's
+    C{refresh_pattern}: for responses whose target URI matches C{pattern}
+    (and whose media type is in C{mediaTypes}, when given), it replaces the
+    default heuristic of section 4.2.2, which the RFC leaves to the cache::
+
+        lifetime = min(maximum, max(minimum, percent% of (Date - Last-Modified)))
+
+    or C{minimum} without Last-Modified. It applies to responses below 400
+    only: an error (a 404 of a file a mirror does not have yet) keeps the
+    default heuristic, as Squid (C{negative_ttl}) and nginx
+    (C{proxy_cache_valid} without codes) do.
+
+    Explicit freshness (max-age, s-maxage, Expires) wins unless
+    C{override}, and then only the minimum applies over it: an explicit
+    lifetime shorter than C{minimum} is raised to it. Nothing in a rule
+    lets no-store, private or no-cache responses be stored or served
+    without validation: those decisions come before freshness.
+
+    @ivar pattern: a regular expression searched for in the target URI in
+        its normalised absolute form (L{primaryKey}), e.g. C{\\.deb$}.
+    @ivar minimum: seconds of freshness at least.
+    @ivar percent: the percentage of the time since Last-Modified.
+    @ivar maximum: seconds of freshness at most; not below C{minimum}.
+    @ivar mediaTypes: lower-case media types (C{type/subtype}, or
+        C{type/*}) of the responses it applies to; empty for any.
+    @ivar ignoreCase: match C{pattern} without regard to case (Squid's
+        C{-i}).
+    @ivar override: the minimum applies over explicit freshness too (this
+        departs from RFC 9111 section 4.2.1, at the operator's request).
+    """
+
+    pattern: str
+    minimum: float = 0.0
+    percent: float = 0.0
+    maximum: float = 0.0
+    mediaTypes: FrozenSet[bytes] = frozenset()
+    ignoreCase: bool = False
+    override: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("minimum", "percent", "maximum"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.maximum < self.minimum:
+            raise ValueError("maximum must not be below minimum")
+        try:
+            regex = re.compile(
+                self.pattern.encode("utf-8"),
+                re.IGNORECASE if self.ignoreCase else 0,
+            )
+        except re.error as e:
+            raise ValueError(f"invalid regular expression {self.pattern!r}: {e}")
+        object.__setattr__(self, "_regex", regex)
+        object.__setattr__(
+            self, "mediaTypes", frozenset(t.lower() for t in self.mediaTypes)
+        )
+
+    def matches(self, uri: bytes, mediaType: bytes) -> bool:
+        """
+        @param mediaType: the response's media type, lower case, without
+            parameters; empty when it has none.
+        """
+        if self.mediaTypes and not (
+            mediaType in self.mediaTypes
+            or mediaType.partition(b"/")[0] + b"/*" in self.mediaTypes
+        ):
+            return False
+        return self._regex.search(uri) is not None  # type: ignore[attr-defined]
+
+
+def _firstRule(
+    rules: Tuple[RefreshRule, ...], uri: bytes, mediaType: bytes
+) -> Optional[RefreshRule]:
+    for rule in rules:
+        if rule.matches(uri, mediaType):
+            return rule
+    return None
+
+
+@dataclass(frozen=True)
 class CacheOptions:
     """
     What the operator may tune. Every field is something RFC 9111 leaves to
@@ -207,6 +290,9 @@ class CacheOptions:
         removed only when configured, RFC 9213 section 3).
     @ivar understoodStatuses: status codes whose caching rules this cache
         implements, for C{must-understand} (section 5.2.2.3).
+    @ivar refreshRules: the operator's L{RefreshRule}s, the first matching
+        one applying; a response no rule matches gets the default
+        heuristic (C{heuristicFraction}, C{maxHeuristic}).
     """
 
     shared: bool = True
@@ -224,6 +310,7 @@ class CacheOptions:
         [b"cachingproxy-cache-control"]
     )
     understoodStatuses: FrozenSet[int] = _DEFINED_STATUSES
+    refreshRules: Tuple[RefreshRule, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.shared:
@@ -241,6 +328,14 @@ class CacheOptions:
         object.__setattr__(
             self, "consumedTargetedFields",
             frozenset(n.lower() for n in self.consumedTargetedFields),
+        )
+        rules = tuple(self.refreshRules)
+        object.__setattr__(self, "refreshRules", rules)
+        # The same URLs come back again and again: each is matched against
+        # the rules once, not at every lookup.
+        object.__setattr__(
+            self, "_ruleFor",
+            functools.lru_cache(maxsize=8192)(functools.partial(_firstRule, rules)),
         )
 
 
@@ -911,6 +1006,7 @@ def mayStore(
     request: RequestHead,
     response: ResponseHead,
     options: CacheOptions = DEFAULT_OPTIONS,
+    uri: Optional[bytes] = None,
 ) -> Tuple[bool, str]:
     """
     Whether a shared cache may store C{response} to C{request} (section 3).
@@ -922,6 +1018,18 @@ def mayStore(
     C{private="..."} are stored after all, without those fields: see
     L{storableHeaders}.
 
+    Nor is a response stored that could never be used: without explicit
+    freshness, with no heuristic lifetime (section 4.2.2, the operator's
+    L{RefreshRule} included) and no validator to revalidate it with
+    (section 4.3.1), every later request would go to the origin anyway. It
+    could only be served stale when the origin fails; it is kept for that
+    only when the response itself grants C{stale-if-error} or
+    C{stale-while-revalidate} (RFC 5861), not for the operator's defaults
+    of those: like nginx, which stores nothing without freshness, rather
+    than filling the cache with entries every request goes past.
+
+    @param uri: the target URI (a L{primaryKey}), for the refresh rules;
+        by default rebuilt from C{request}.
     @return: C{(allowed, reason)}, the reason naming the rule.
     """
     if request.method == b"HEAD":
@@ -937,7 +1045,8 @@ def mayStore(
         return False, "partial content is not stored as complete (3.3, 3.4)"
     if status == 304:
         return False, "a 304 only freshens stored responses (4.3.4)"
-    cc, targeted = effectiveCacheControl(response.headers, options)
+    headers = response.headers
+    cc, targeted = effectiveCacheControl(headers, options)
     if cc.mustUnderstand:
         # 5.2.2.3: store only if the status code is understood, and then
         # no-store is ignored.
@@ -949,17 +1058,27 @@ def mayStore(
         return False, "private response directive in a shared cache (5.2.2.7)"
     if b"authorization" in request.headers and not _explicitlyShareable(cc):
         return False, "Authorization without public, s-maxage or must-revalidate (3.5)"
-    if varyFieldNames(response.headers) is None:
+    if varyFieldNames(headers) is None:
         return False, "Vary: * never matches (4.1)"
-    if cc.public:
-        return True, "public response directive (3)"
     if cc.sMaxAge is not None or cc.maxAge is not None:
         return True, "explicit max-age or s-maxage (3)"
-    if targeted is None and b"expires" in response.headers:
+    if targeted is None and b"expires" in headers:
         return True, "explicit Expires (3)"
-    if status in HEURISTICALLY_CACHEABLE:
-        return True, "heuristically cacheable status (3, 4.2.2)"
-    return False, "no explicit freshness and status not heuristically cacheable (3)"
+    if not cc.public and status not in HEURISTICALLY_CACHEABLE:
+        return False, "no explicit freshness and status not heuristically cacheable (3)"
+    why = "public response directive (3)" if cc.public else (
+        "heuristically cacheable status (3, 4.2.2)")
+    if uri is None:
+        uri = effectiveRequestURI(request)
+    rule = _refreshRule(status, headers, options, uri)
+    if _heuristicLifetime(status, headers, cc, _date(headers, None), options, rule) > 0:
+        return True, why + " with heuristic freshness"
+    if _validatable(headers):
+        return True, why + " with a validator (4.3.1)"
+    if cc.staleIfError or cc.staleWhileRevalidate:
+        return True, why + " with stale-if-error or stale-while-revalidate (RFC 5861)"
+    return False, ("never usable: no explicit or heuristic freshness (4.2.2) "
+                   "and no validator (4.3.1)")
 
 
 def storableHeaders(
@@ -1029,16 +1148,32 @@ def _expires(headers: Headers) -> Optional[float]:
     return parseHTTPDate(values.pop())
 
 
-def _lifetime(
+def _refreshRule(
     status: int,
+    headers: Headers,
+    options: CacheOptions,
+    uri: Optional[bytes],
+) -> Optional[RefreshRule]:
+    """
+    The operator's rule for a response to C{uri}, if one applies (see
+    L{RefreshRule}: the first that matches, for a status below 400).
+    """
+    if not options.refreshRules or uri is None or status >= 400:
+        return None
+    mediaType = headers.get(b"content-type", b"").partition(b";")[0].strip().lower()
+    # A key of a method other than GET carries the method in front.
+    return options._ruleFor(uri.rpartition(b" ")[2], mediaType)  # type: ignore[attr-defined]
+
+
+def _explicitLifetime(
     headers: Headers,
     cc: CacheControl,
     targeted: Optional[bytes],
     responseTime: Optional[float],
-    options: CacheOptions,
-) -> float:
+) -> Optional[float]:
     """
-    Section 4.2.1, given the directives already parsed.
+    Section 4.2.1 without the heuristic: the explicit lifetime, or C{None}
+    when the response has none.
     """
     if cc.sMaxAge is not None:
         # 5.2.2.10: in a shared cache s-maxage overrides max-age and Expires.
@@ -1046,14 +1181,39 @@ def _lifetime(
     if cc.maxAge is not None:
         # 5.3: with max-age, Expires is ignored.
         return float(cc.maxAge)
-    date = _date(headers, responseTime)
     if targeted is None and b"expires" in headers:
         # 5.3: an invalid Expires (e.g. "0") is a time in the past.
         expires = _expires(headers)
+        date = _date(headers, responseTime)
         if expires is None or date is None:
             return 0.0
         return max(0.0, expires - date)
-    return _heuristicLifetime(status, headers, cc, date, options)
+    return None
+
+
+def _lifetime(
+    status: int,
+    headers: Headers,
+    cc: CacheControl,
+    targeted: Optional[bytes],
+    responseTime: Optional[float],
+    options: CacheOptions,
+    uri: Optional[bytes] = None,
+) -> float:
+    """
+    Section 4.2.1, given the directives already parsed; the operator's
+    rule for C{uri} supplies the heuristic (section 4.2.2), and its
+    minimum overrides explicit freshness only when it says so.
+    """
+    rule = _refreshRule(status, headers, options, uri)
+    explicit = _explicitLifetime(headers, cc, targeted, responseTime)
+    if explicit is not None:
+        if rule is not None and rule.override:
+            return max(explicit, rule.minimum)
+        return explicit
+    return _heuristicLifetime(
+        status, headers, cc, _date(headers, responseTime), options, rule
+    )
 
 
 def _heuristicLifetime(
@@ -1062,39 +1222,52 @@ def _heuristicLifetime(
     cc: CacheControl,
     date: Optional[float],
     options: CacheOptions,
+    rule: Optional[RefreshRule] = None,
 ) -> float:
     """
     Section 4.2.2: only without explicit expiry (the caller's duty), only
-    for a heuristically cacheable status or a C{public} response, and only
-    from Last-Modified: a fraction of the time since then, capped.
+    for a heuristically cacheable status or a C{public} response. Without
+    a C{rule}, only from Last-Modified: a fraction of the time since then,
+    capped. With one, that rule's percentage of the time since
+    Last-Modified, within its minimum and maximum.
     """
     if status not in HEURISTICALLY_CACHEABLE and not cc.public:
         return 0.0
     lastModified = parseHTTPDate(headers.get(b"last-modified"))
-    if lastModified is None or date is None:
-        return 0.0
-    since = max(0.0, date - lastModified)
-    return min(since * options.heuristicFraction, options.maxHeuristic)
+    since = None
+    if lastModified is not None and date is not None:
+        since = max(0.0, date - lastModified)
+    if rule is None:
+        if since is None:
+            return 0.0
+        return min(since * options.heuristicFraction, options.maxHeuristic)
+    fromLastModified = 0.0 if since is None else since * rule.percent / 100.0
+    return min(rule.maximum, max(rule.minimum, fromLastModified))
 
 
 def freshnessLifetime(
     response: ResponseHead,
     options: CacheOptions = DEFAULT_OPTIONS,
     responseTime: Optional[float] = None,
+    uri: Optional[bytes] = None,
 ) -> float:
     """
     The freshness lifetime of C{response} for this shared cache, in
     seconds (section 4.2.1): C{s-maxage}, else C{max-age}, else Expires
     minus Date (an invalid Expires gives C{0}), else a heuristic (section
-    4.2.2). A targeted field (RFC 9213) replaces Cache-Control and Expires.
+    4.2.2): the operator's L{RefreshRule} for C{uri}, or the default. A
+    targeted field (RFC 9213) replaces Cache-Control and Expires.
 
     @param responseTime: when the response was received; stands in for a
-        missing Date. Without either, Expires and the heuristic give C{0}.
+        missing Date. Without either, Expires and the Last-Modified
+        heuristic give C{0}.
+    @param uri: the target URI (a L{primaryKey}), for the refresh rules.
     @return: a number of seconds, never negative.
     """
     cc, targeted = effectiveCacheControl(response.headers, options)
     return _lifetime(
-        response.status, response.headers, cc, targeted, responseTime, options
+        response.status, response.headers, cc, targeted, responseTime, options,
+        uri,
     )
 
 
@@ -1357,7 +1530,7 @@ def _assess(
     cc, targeted = effectiveCacheControl(entry.responseHeaders, options)
     lifetime = _lifetime(
         entry.status, entry.responseHeaders, cc, targeted,
-        entry.responseTime, options,
+        entry.responseTime, options, entry.key,
     )
     age = currentAge(
         entry.responseHeaders, entry.requestTime, entry.responseTime, now
@@ -1633,6 +1806,17 @@ def freshenEntry(
         requestTime=requestTime,
         responseTime=responseTime,
     )
+
+
+def _validatable(headers: Headers) -> bool:
+    """
+    Whether a stored response with these fields could be revalidated: it
+    has a valid entity tag or Last-Modified date (section 4.3.1), that is
+    L{conditionalHeaders} would not be empty.
+    """
+    if _etagOf(headers) is not None:
+        return True
+    return parseHTTPDate(headers.get(b"last-modified", b"").strip()) is not None
 
 
 def _hasValidator(headers: Headers) -> bool:

@@ -296,7 +296,8 @@ class CacheResource:
         if stamp is None or entry.status != 200 or b"vary" in entry.responseHeaders:
             return
         options = self.settings.options
-        lifetime = policy.freshnessLifetime(entry.responseHead, options, entry.responseTime)
+        lifetime = policy.freshnessLifetime(entry.responseHead, options, entry.responseTime,
+                                            entry.key)
         initial = policy.currentAge(entry.responseHeaders, entry.requestTime,
                                     entry.responseTime, entry.responseTime)
         ageBase = initial - entry.responseTime
@@ -589,7 +590,7 @@ class CacheResource:
         """
         @return: a writer for C{response} if it may be stored, else C{None}.
         """
-        allowed, why = policy.mayStore(request, response, self.settings.options)
+        allowed, why = policy.mayStore(request, response, self.settings.options, key)
         if not allowed:
             return None
         if response.status == 206:
@@ -1019,7 +1020,7 @@ class _BackgroundRefresh:
 
 def _ttl(entry: policy.StoredEntry, age: float, resource: CacheResource) -> float:
     lifetime = policy.freshnessLifetime(entry.responseHead, resource.settings.options,
-                                        entry.responseTime)
+                                        entry.responseTime, entry.key)
     return lifetime - age
 
 

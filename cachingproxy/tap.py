@@ -97,6 +97,15 @@ class Options(usage.Options):
         """
         self["admin-allow"].append(value)
 
+    def opt_refresh_rule(self, rule: str) -> None:
+        """
+        Freshness for responses that carry none, like Squid's
+        refresh_pattern: '[-i] REGEX MIN PERCENT MAX [type=TYPE,...]
+        [override]'. Repeatable; the first matching rule wins.
+        [env CACHINGPROXY_REFRESH_RULE, one a line]
+        """
+        self["refresh-rule"].append(rule)
+
     def opt_port(self, port: str) -> None:
         """
         Where to listen: a port number or a Twisted server endpoint string
@@ -204,6 +213,7 @@ def buildCache(reactor, config: Config, pool):
     options = policy.CacheOptions(
         defaultStaleWhileRevalidate=config.staleWhileRevalidate,
         defaultStaleIfError=config.staleIfError,
+        refreshRules=config.refreshRules,
     )
     settings = CacheSettings(
         options=options,

@@ -55,6 +55,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from . import __version__
+from .config import SETTINGS
 from .metrics import ENVIRONMENT as METRICS_ENVIRONMENT
 from .metrics import countWorkerRestart, markProcessDead
 
@@ -264,6 +265,11 @@ def childArguments(options) -> List[str]:
         value = options.get(name)
         if name not in _PARENT_ONLY and value is not None:
             arguments.append(f"--{name}={value}")
+    for setting in SETTINGS:
+        # Repeatable options (--allow, --refresh-rule, ...): once a value.
+        if setting.kind == "list" and setting.name not in _PARENT_ONLY:
+            for value in options.get(setting.name) or ():
+                arguments.append(f"--{setting.name}={value}")
     return arguments
 
 

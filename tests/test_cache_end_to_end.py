@@ -14,8 +14,10 @@ from twisted.web.resource import Resource
 
 from cachingproxy.cache.memory import MemoryStore
 from cachingproxy.http.headers import formatHTTPDate
+from cachingproxy.policy import CacheOptions, RefreshRule
 from cachingproxy.resource import CacheResource, CacheSettings
 from cachingproxy.server import ProxySettings
+from cachingproxy.upstream import Origin
 
 from .helpers import (
     connectClient,
@@ -43,6 +45,9 @@ class CountingOrigin(Resource):
       - C{/sie/...}: max-age=1, stale-if-error=60; C{fail} makes it 500.
       - C{/big/N}: N bytes, max-age=60.
       - C{/status/N}: that status, max-age=60.
+      - C{/missing/...}: 404 with neither freshness nor a validator.
+      - C{/mirror/...}: what a plain repository mirror sends: 200 with a
+        Content-Type and no Cache-Control, Expires, Last-Modified or ETag.
     """
 
     isLeaf = True
@@ -125,6 +130,10 @@ class CountingOrigin(Resource):
         elif kind == b"status":
             request.setResponseCode(int(parts[2]))
             request.setHeader(b"Cache-Control", b"max-age=60")
+        elif kind == b"missing":
+            request.setResponseCode(404)
+        elif kind == b"mirror":
+            request.setHeader(b"Content-Type", b"application/vnd.debian.binary-package")
         return body
 
 
@@ -134,13 +143,18 @@ class CacheTestCase(TestCase):
     mode.
     """
 
+    #: in front of the origin as a reverse proxy, rather than forward
+    reverse = False
+
     def setUp(self):
         self.clock = Clock()
         self.clock.advance(time.time())
         self.origin = CountingOrigin(self.clock)
         _, self.originPort = listenOrigin(self, self.origin)
         self.store = MemoryStore(64 * 1024 * 1024, 16 * 1024 * 1024)
-        self.factory, self.port, self.lines = startProxy(self, ProxySettings(viaName=b"test-proxy"))
+        upstream = Origin(b"http", "127.0.0.1", self.originPort) if self.reverse else None
+        self.factory, self.port, self.lines = startProxy(
+            self, ProxySettings(viaName=b"test-proxy", upstream=upstream))
         self.cache = CacheResource(self.store, self.clock, self.factory.pool, self.settings())
         self.factory.cache = self.cache
 
@@ -336,6 +350,132 @@ class SharingTests(CacheTestCase):
         await self.get(b"/auth-public/a", b"Authorization: Basic dXNlcjpwdw==\r\n")
         shared = await self.get(b"/auth-public/a")
         self.assertEqual(shared.body, b"/auth-public/a #1")
+
+
+class NeverUsableTests(CacheTestCase):
+    """
+    What could never be used is not stored (RFC 9111 sections 4.2.2 and
+    4.3.1).
+    """
+
+    async def test_notFoundWithoutFreshnessOrValidator(self):
+        """
+        A 404 with no freshness and no validator is not stored: its
+        Cache-Status has no C{stored}, and the next request is a plain
+        miss (C{fwd=uri-miss}), not C{fwd=stale} past a useless entry.
+        """
+        first = await self.get(b"/missing/x")
+        second = await self.get(b"/missing/x")
+        self.assertEqual((first.status, second.status), (404, 404))
+        self.assertEqual(first.header(b"cache-status"), b"cachingproxy; fwd=uri-miss; fwd-status=404")
+        self.assertEqual(second.header(b"cache-status"), b"cachingproxy; fwd=uri-miss; fwd-status=404")
+        self.assertEqual(second.header(b"x-cache"), b"MISS")
+        self.assertEqual(second.body, b"/missing/x #2")
+        self.assertEqual(self.store.entries(self.url(b"/missing/x")), [])
+
+
+#: A package, and an index file, in the layout of a Debian mirror.
+DEB = b"/mirror/debian/pool/main/h/hello/hello_2.10-3_amd64.deb"
+INRELEASE = b"/mirror/debian/dists/bookworm/InRelease"
+
+DAY = 86400
+
+
+class _AptMirror:
+    """
+    apt through the proxy against a mirror that sends no Cache-Control,
+    Expires, Last-Modified or ETag: refresh rules give such responses the
+    freshness RFC 9111 section 4.2.2 leaves to the cache.
+    """
+
+    def settings(self):
+        return CacheSettings(options=CacheOptions(refreshRules=(
+            RefreshRule(r"\.deb$", minimum=DAY, maximum=DAY),
+            RefreshRule(r"/dists/", minimum=DAY, maximum=DAY),
+        )))
+
+    async def apt(self, path: bytes, index: bool = False):
+        """
+        Fetch C{path} with the request apt 2.6 sends (methods/http.cc):
+        through a proxy the absolute URI, Host, its User-Agent; no Accept,
+        as the file name has an extension; C{Cache-Control: max-age=0} for
+        index files only.
+        """
+        target = path if self.reverse else self.url(path)
+        host = b"127.0.0.1:%d" % (self.port if self.reverse else self.originPort)
+        cacheControl = b"Cache-Control: max-age=0\r\n" if index else b""
+        _, [response] = await exchange(
+            self.port, self,
+            b"GET %s HTTP/1.1\r\nHost: %s\r\n%sUser-Agent: Debian APT-HTTP/1.3 (2.6.1)\r\n\r\n"
+            % (target, host, cacheControl),
+        )
+        return response
+
+    async def test_debServedFromCache(self):
+        """
+        RFC 9111 section 4.2.2: with a rule giving .deb files a day, the
+        second download of a package is a hit and the origin sees one
+        request; a third, on the remembered hot path, too; after the day it
+        is fetched again.
+        """
+        first = await self.apt(DEB)
+        self.clock.advance(3600)
+        second = await self.apt(DEB)
+        self.assertIn(self.url(DEB), self.cache._hot)
+        third = await self.apt(DEB)
+        self.assertEqual(first.header(b"x-cache"), b"MISS")
+        self.assertEqual(first.header(b"cache-status"),
+                         b"cachingproxy; fwd=uri-miss; fwd-status=200; stored")
+        for hit in (second, third):
+            self.assertEqual(hit.header(b"x-cache"), b"HIT")
+            # A day less the hour: the test clock is not on a whole second,
+            # Date is.
+            self.assertIn(hit.header(b"cache-status"),
+                          (b"cachingproxy; hit; ttl=82799", b"cachingproxy; hit; ttl=82800"))
+            self.assertEqual(hit.body, first.body)
+        self.assertEqual(self.origin.counts[DEB], 1)
+        [(method, path, fields)] = self.origin.requests
+        self.assertEqual(fields[b"user-agent"], b"Debian APT-HTTP/1.3 (2.6.1)")
+        self.clock.advance(DAY)
+        later = await self.apt(DEB)
+        self.assertEqual(later.header(b"x-cache"), b"MISS")
+        self.assertEqual(self.origin.counts[DEB], 2)
+
+    async def test_withoutRuleMissTwice(self):
+        """
+        RFC 9111 sections 4.2.2 and 4.3.1: without a rule the package has
+        neither freshness nor a validator, so it is not stored and both
+        downloads reach the origin.
+        """
+        self.factory.cache = CacheResource(self.store, self.clock, self.factory.pool,
+                                           CacheSettings())
+        first = await self.apt(DEB)
+        second = await self.apt(DEB)
+        self.assertEqual([r.header(b"x-cache") for r in (first, second)], [b"MISS", b"MISS"])
+        self.assertNotIn(b"stored", first.header(b"cache-status"))
+        self.assertEqual(self.origin.counts[DEB], 2)
+
+    async def test_indexFilesRefetched(self):
+        """
+        RFC 9111 section 5.2.1.1: apt asks for index files with
+        C{max-age=0}, so a rule that covers them does not keep apt from
+        the origin's current index.
+        """
+        await self.apt(INRELEASE, index=True)
+        self.clock.advance(1)
+        second = await self.apt(INRELEASE, index=True)
+        self.assertEqual(second.header(b"x-cache"), b"MISS")
+        self.assertEqual(self.origin.counts[INRELEASE], 2)
+
+
+class AptForwardTests(_AptMirror, CacheTestCase):
+    __doc__ = _AptMirror.__doc__ + "\n    Forward mode.\n"
+
+
+class AptReverseTests(_AptMirror, CacheTestCase):
+    __doc__ = _AptMirror.__doc__ + "\n    Reverse mode.\n"
+
+    reverse = True
 
 
 class InvalidationTests(CacheTestCase):

@@ -15,8 +15,14 @@ from twisted.internet import reactor
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from cachingproxy import tap
-from cachingproxy.config import SETTINGS, exitOnConfigError, fromOptions, settingsTable
+from cachingproxy import policy, tap
+from cachingproxy.config import (
+    SETTINGS,
+    exitOnConfigError,
+    fromOptions,
+    parseDuration,
+    settingsTable,
+)
 
 from .helpers import temporaryPath
 from .test_tap import REPO, TWISTD, _Twistd
@@ -269,6 +275,113 @@ class FileValueTests(SynchronousTestCase):
         result = self.load(uncommented)
         self.assertEqual(result.viaName, "proxy1")
         self.assertEqual(result.workers, 1)
+
+
+class RefreshRuleTests(SynchronousTestCase):
+    """
+    refresh-rule: the same rules from the command line, the environment
+    and the file (strings or tables); durations with unit suffixes.
+    """
+
+    def test_commandLine(self):
+        """
+        --refresh-rule is repeatable and keeps its order; -i, type= and
+        override set their fields.
+        """
+        options = tap.Options()
+        options.parseOptions([
+            "--refresh-rule", r"\.deb$ 1d 0 30d",
+            "--refresh-rule", "-i /dists/ 90 20% 15m type=text/plain,application/* override",
+        ])
+        deb, dists = options.config.refreshRules
+        self.assertEqual((deb.pattern, deb.minimum, deb.percent, deb.maximum),
+                         (r"\.deb$", 86400.0, 0.0, 30 * 86400.0))
+        self.assertEqual((deb.ignoreCase, deb.override, deb.mediaTypes),
+                         (False, False, frozenset()))
+        self.assertEqual((dists.pattern, dists.minimum, dists.percent, dists.maximum),
+                         ("/dists/", 90.0, 20.0, 900.0))
+        self.assertEqual((dists.ignoreCase, dists.override, dists.mediaTypes),
+                         (True, True, frozenset([b"text/plain", b"application/*"])))
+
+    def test_environment(self):
+        """
+        CACHINGPROXY_REFRESH_RULE holds one rule a line.
+        """
+        result = fromOptions({}, {"CACHINGPROXY_REFRESH_RULE": "\\.deb$ 1d 0 1d\n\n/x 0 10 2h\n"})
+        self.assertEqual([r.pattern for r in result.refreshRules], [r"\.deb$", "/x"])
+        self.assertEqual(result.refreshRules[1].maximum, 7200.0)
+
+    def test_fileStringsAndTables(self):
+        """
+        The file takes an array of rule strings, an array of tables
+        ([[refresh-rule]]), or both mixed with inline tables; a table's
+        durations may be numbers of seconds.
+        """
+        strings = fromOptions({"config": writeConfig(
+            self, "refresh-rule = ['\\.deb$ 1d 0 30d', '/x 0 0 0']\n")}, {})
+        self.assertEqual([r.pattern for r in strings.refreshRules], [r"\.deb$", "/x"])
+        tables = fromOptions({"config": writeConfig(self, (
+            "[[refresh-rule]]\npattern = '\\.deb$'\nmin = \"1d\"\npercent = 20\nmax = 2592000\n"
+            "types = [\"application/vnd.debian.binary-package\"]\n"
+            "ignore-case = true\noverride = true\n"
+            "[[refresh-rule]]\npattern = '.'\nmin = 0\npercent = \"10%\"\nmax = \"1h\"\n"))}, {})
+        deb, anything = tables.refreshRules
+        self.assertEqual(deb, policy.RefreshRule(
+            r"\.deb$", 86400.0, 20.0, 2592000.0,
+            frozenset([b"application/vnd.debian.binary-package"]), True, True))
+        self.assertEqual((anything.percent, anything.maximum), (10.0, 3600.0))
+        mixed = fromOptions({"config": writeConfig(self, (
+            "refresh-rule = ['/a 0 0 0', {pattern = '/b', min = 1, percent = 0, max = 1}]\n"))}, {})
+        self.assertEqual([r.pattern for r in mixed.refreshRules], ["/a", "/b"])
+
+    def test_durations(self):
+        """
+        Durations are seconds, or numbers with s, m, h, d or w.
+        """
+        for text, seconds in (("90", 90), ("1.5", 1.5), ("90s", 90), ("15m", 900),
+                              ("12h", 43200), ("1d", 86400), ("2W", 1209600), (30, 30)):
+            self.assertEqual(parseDuration(text), seconds)
+        for bad in ("-1", "1y", "d", "", "1 d x", True):
+            self.assertRaises(ValueError, parseDuration, bad)
+
+    def test_errors(self):
+        """
+        A malformed rule stops start-up with one line naming where it came
+        from and what is wrong.
+        """
+        for rule, why in (
+            ("/x 1d", "expected '[-i] REGEX MIN PERCENT MAX"),
+            ("/x 1y 0 1d", "expected a duration"),
+            ("/x 1d 0 1h", "maximum must not be below minimum"),
+            ("( 0 0 0", "invalid regular expression"),
+            ("/x 0 0 0 often", "unknown option 'often'"),
+            ("/x 0 many 0", "expected a percentage"),
+            ("/x 0 0 0 type=deb", "'deb' is not a media type"),
+        ):
+            error = self.assertRaises(usage.UsageError, fromOptions, {"refresh-rule": (rule,)}, {})
+            self.assertTrue(str(error).startswith(f"--refresh-rule: {rule!r}: "), str(error))
+            self.assertIn(why, str(error))
+        path = writeConfig(self, "port = 1\n[[refresh-rule]]\npattern = '/x'\nmin = 0\nmax = 0\n")
+        error = self.assertRaises(usage.UsageError, fromOptions, {"config": path}, {})
+        self.assertEqual(str(error), f"{path}:2: refresh-rule: rule 1: percent is missing")
+        path = writeConfig(self, "refresh-rule = [{pattern = '/x', min = 0, percent = 0, "
+                                 "max = 0, often = true}]\n")
+        error = self.assertRaises(usage.UsageError, fromOptions, {"config": path}, {})
+        self.assertIn(f"{path}:1: refresh-rule: rule 1: unknown key 'often'", str(error))
+        path = writeConfig(self, "refresh-rule = 5\n")
+        error = self.assertRaises(usage.UsageError, fromOptions, {"config": path}, {})
+        self.assertEqual(str(error), f"{path}:1: refresh-rule: expected a rule string, a table, "
+                                     "or an array of them, got an integer 5")
+
+    def test_reachesTheCache(self):
+        """
+        The rules become the cache's options.
+        """
+        options = tap.Options()
+        options.parseOptions(["--cache-dir", "none", "--cache-memory", "1M",
+                              "--refresh-rule", r"\.deb$ 1d 0 1d"])
+        cache = tap.buildCache(None, options.config, None)
+        self.assertEqual(cache.settings.options.refreshRules, options.config.refreshRules)
 
 
 class FileErrorTests(SynchronousTestCase):

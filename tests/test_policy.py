@@ -7,6 +7,7 @@ TestCase per topic, one test per rule; each docstring names its section
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Optional, Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -26,6 +27,7 @@ from cachingproxy.policy import (
     OnlyIfCachedMiss,
     Pass,
     Refetch,
+    RefreshRule,
     Revalidate,
     Stale,
     StaleWhileRevalidate,
@@ -420,6 +422,212 @@ class OptionsTests(SynchronousTestCase):
                           cacheableMethods=frozenset([b"GET", b"HEAD"]))
 
 
+#: A package in a Debian repository, as a cache key.
+DEB = b"http://mirror.example/debian/pool/main/h/hello/hello_2.10-3_amd64.deb"
+
+DAY = 86400.0
+
+
+class RefreshRuleTests(SynchronousTestCase):
+    """
+    L{RefreshRule}: the operator's heuristic (section 4.2.2), in the spirit
+    of Squid's refresh_pattern, one test per field.
+    """
+
+    def lifetime(self, *fields: Field, uri: bytes = DEB, status: int = 200,
+                 rules: Tuple[RefreshRule, ...] = ()) -> float:
+        return policy.freshnessLifetime(
+            response(*fields, status=status), CacheOptions(refreshRules=rules),
+            responseTime=T0, uri=uri)
+
+    def test_minimumWithoutLastModified(self) -> None:
+        """
+        Section 4.2.2: a matching rule's minimum is the heuristic lifetime
+        of a response with no explicit freshness and no Last-Modified, and
+        makes it storable without a validator (section 3).
+        """
+        rules = (RefreshRule(r"\.deb$", minimum=DAY, maximum=DAY),)
+        self.assertEqual(self.lifetime(rules=rules), DAY)
+        self.assertEqual(self.lifetime(), 0)
+        allowed, reason = policy.mayStore(
+            request(target=b"/debian/pool/main/h/hello/hello_2.10-3_amd64.deb"),
+            response(), CacheOptions(refreshRules=rules), DEB)
+        self.assertTrue(allowed, reason)
+        self.assertFalse(policy.mayStore(request(), response(),
+                                         CacheOptions(refreshRules=rules), DEB + b".asc")[0])
+
+    def test_uriFromRequest(self) -> None:
+        """
+        Section 4.2.2: without a key, L{policy.mayStore} matches the rules
+        against the request's target URI (RFC 9110 section 7.1).
+        """
+        rules = (RefreshRule(r"^http://example\.com/pool/", minimum=DAY, maximum=DAY),)
+        options = CacheOptions(refreshRules=rules)
+        self.assertTrue(policy.mayStore(request(target=b"/pool/a.deb"), response(), options)[0])
+        self.assertFalse(policy.mayStore(request(target=b"/dists/InRelease"), response(),
+                                         options)[0])
+
+    def test_pattern(self) -> None:
+        """
+        Section 4.2.2: the pattern is searched for anywhere in the URI and
+        is case-sensitive by default; C{ignoreCase} is Squid's C{-i}.
+        """
+        rule = RefreshRule(r"/pool/", minimum=60, maximum=60)
+        self.assertEqual(self.lifetime(rules=(rule,)), 60)
+        upper = RefreshRule(r"\.DEB$", minimum=60, maximum=60)
+        self.assertEqual(self.lifetime(rules=(upper,)), 0)
+        insensitive = RefreshRule(r"\.DEB$", minimum=60, maximum=60, ignoreCase=True)
+        self.assertEqual(self.lifetime(rules=(insensitive,)), 60)
+
+    def test_percentOfLastModified(self) -> None:
+        """
+        Section 4.2.2: with Last-Modified, the rule's percentage of the
+        time between it and Date, instead of the default 10%.
+        """
+        rule = RefreshRule(r"\.deb$", percent=50, maximum=DAY)
+        fields = ((b"Date", date(T0)), (b"Last-Modified", date(T0 - 1000)))
+        self.assertEqual(self.lifetime(*fields, rules=(rule,)), 500)
+        self.assertEqual(self.lifetime(*fields), 100)
+
+    def test_minimumFloorsPercent(self) -> None:
+        """
+        Section 4.2.2: the percentage of a recent Last-Modified is raised
+        to the rule's minimum.
+        """
+        rule = RefreshRule(r"\.deb$", minimum=3600, percent=20, maximum=DAY)
+        self.assertEqual(self.lifetime(
+            (b"Date", date(T0)), (b"Last-Modified", date(T0 - 1000)), rules=(rule,)), 3600)
+
+    def test_maximumCaps(self) -> None:
+        """
+        Section 4.2.2: the rule's maximum bounds the heuristic, in place of
+        the default cap of a day.
+        """
+        fields = ((b"Date", date(T0)), (b"Last-Modified", date(T0 - 10**8)))
+        rule = RefreshRule(r"\.deb$", percent=50, maximum=7 * DAY)
+        self.assertEqual(self.lifetime(*fields, rules=(rule,)), 7 * DAY)
+        short = RefreshRule(r"\.deb$", percent=50, maximum=600)
+        self.assertEqual(self.lifetime(*fields, rules=(short,)), 600)
+
+    def test_mediaTypes(self) -> None:
+        """
+        Section 4.2.2: a rule with media types applies only to responses
+        of those types (parameters and case ignored, C{type/*} for a whole
+        type), never to a response without Content-Type.
+        """
+        rule = RefreshRule(r"", minimum=60, maximum=60, mediaTypes=frozenset(
+            [b"application/vnd.debian.binary-package", b"Image/*"]))
+        self.assertEqual(self.lifetime(
+            (b"Content-Type", b"application/vnd.debian.binary-package"), rules=(rule,)), 60)
+        self.assertEqual(self.lifetime(
+            (b"Content-Type", b"image/PNG; q=1"), rules=(rule,)), 60)
+        self.assertEqual(self.lifetime(
+            (b"Content-Type", b"text/html"), rules=(rule,)), 0)
+        self.assertEqual(self.lifetime(rules=(rule,)), 0)
+
+    def test_firstMatchWins(self) -> None:
+        """
+        Section 4.2.2: the first matching rule applies, even when a later
+        one would give more.
+        """
+        rules = (RefreshRule(r"\.deb$", minimum=60, maximum=60),
+                 RefreshRule(r"/pool/", minimum=DAY, maximum=DAY))
+        self.assertEqual(self.lifetime(rules=rules), 60)
+        self.assertEqual(self.lifetime(uri=b"http://mirror.example/pool/x.dsc", rules=rules), DAY)
+
+    def test_explicitFreshnessWins(self) -> None:
+        """
+        Section 4.2.1: a rule without C{override} never changes explicit
+        freshness, shorter or longer than its bounds.
+        """
+        rule = RefreshRule(r"\.deb$", minimum=DAY, maximum=DAY)
+        self.assertEqual(self.lifetime((b"Cache-Control", b"max-age=60"), rules=(rule,)), 60)
+        self.assertEqual(self.lifetime(
+            (b"Cache-Control", b"s-maxage=999999"), rules=(rule,)), 999999)
+        self.assertEqual(self.lifetime(
+            (b"Date", date(T0)), (b"Expires", date(T0 + 30)), rules=(rule,)), 30)
+
+    def test_override(self) -> None:
+        """
+        Section 4.2.1, overridden at the operator's request: with
+        C{override} the rule's minimum applies over shorter explicit
+        freshness (an invalid Expires included); longer explicit freshness
+        stands, the maximum does not cut it.
+        """
+        rule = RefreshRule(r"\.deb$", minimum=DAY, maximum=DAY, override=True)
+        self.assertEqual(self.lifetime((b"Cache-Control", b"max-age=60"), rules=(rule,)), DAY)
+        self.assertEqual(self.lifetime((b"Expires", b"0"), rules=(rule,)), DAY)
+        self.assertEqual(self.lifetime(
+            (b"Cache-Control", b"max-age=999999"), rules=(rule,)), 999999)
+
+    def test_overrideKeepsStorageRules(self) -> None:
+        """
+        Sections 5.2.2.5, 5.2.2.7 and 5.2.2.4: even with C{override}, a
+        no-store or private response is not stored, and a no-cache one is
+        revalidated before every use.
+        """
+        rule = RefreshRule(r"", minimum=DAY, maximum=DAY, override=True)
+        options = CacheOptions(refreshRules=(rule,))
+        for directives in (b"no-store", b"private"):
+            allowed, _ = policy.mayStore(request(), response(
+                (b"Cache-Control", directives)), options)
+            self.assertFalse(allowed)
+        stored = entry((b"Cache-Control", b"no-cache"), (b"ETag", b'"a"'))
+        decision = policy.decide(request(), [stored], T0 + 1, options)
+        self.assertIsInstance(decision, Revalidate)
+
+    def test_errorsKeepDefault(self) -> None:
+        """
+        Section 4.2.2: a rule covers statuses below 400 only; a 404 of a
+        matching URI keeps the default heuristic, so without a validator it
+        is not stored.
+        """
+        rule = RefreshRule(r"\.deb$", minimum=DAY, maximum=DAY, override=True)
+        self.assertEqual(self.lifetime(status=404, rules=(rule,)), 0)
+        self.assertEqual(self.lifetime((b"Cache-Control", b"max-age=5"), status=404,
+                                       rules=(rule,)), 5)
+        self.assertEqual(self.lifetime(status=301, rules=(rule,)), DAY)
+        self.assertFalse(policy.mayStore(request(), response(status=404),
+                                         CacheOptions(refreshRules=(rule,)), DEB)[0])
+
+    def test_decide(self) -> None:
+        """
+        Sections 4.2 and 4.2.2: a stored response fresh by a rule is served
+        until the rule's lifetime is used up, then it is a miss (no
+        validator).
+        """
+        rule = RefreshRule(r"\.deb$", minimum=DAY, maximum=DAY)
+        options = CacheOptions(refreshRules=(rule,))
+        stored = replace(entry(), key=DEB)
+        self.assertIsInstance(policy.decide(request(), [stored], T0 + DAY - 1, options), Fresh)
+        late = policy.decide(request(), [stored], T0 + DAY + 1, options)
+        self.assertIsInstance(late, Miss)
+        self.assertEqual(late.fwd, "stale")
+
+    def test_matchedOncePerURI(self) -> None:
+        """
+        Section 4.2.2: the rules are matched once per URI and media type,
+        not at every lookup.
+        """
+        options = CacheOptions(refreshRules=(RefreshRule(r"\.deb$", minimum=DAY,
+                                                         maximum=DAY),))
+        stored = replace(entry(), key=DEB)
+        for _ in range(3):
+            policy.decide(request(), [stored], T0 + 1, options)
+        info = options._ruleFor.cache_info()
+        self.assertEqual((info.misses, info.hits), (1, 2))
+
+    def test_invalid(self) -> None:
+        """
+        A rule is refused with a negative bound, a maximum below its
+        minimum, or a pattern that is not a regular expression.
+        """
+        self.assertRaises(ValueError, RefreshRule, r"x", minimum=-1)
+        self.assertRaises(ValueError, RefreshRule, r"x", minimum=60, maximum=30)
+        self.assertRaises(ValueError, RefreshRule, r"x", percent=-5)
+        self.assertRaises(ValueError, RefreshRule, r"(")
+
+
 class CacheKeyTests(SynchronousTestCase):
     """
     L{policy.primaryKey} and friends: section 2, RFC 9110 section 4.2.3.
@@ -666,7 +874,8 @@ class StorageTests(SynchronousTestCase):
         self.assertNotStored(authorized,
                              response((b"Cache-Control", b"max-age=60")), "3.5")
         for directives in (b"public", b"s-maxage=60", b"max-age=60, must-revalidate"):
-            self.assertStored(authorized, response((b"Cache-Control", directives)))
+            self.assertStored(authorized, response((b"Cache-Control", directives),
+                                                   (b"ETag", b'"a"')))
 
     def test_varyStar(self) -> None:
         """
@@ -694,10 +903,57 @@ class StorageTests(SynchronousTestCase):
     def test_heuristicallyCacheable(self) -> None:
         """
         Section 3 and RFC 9110 section 15.1: these statuses are stored
-        without explicit freshness.
+        without explicit freshness (here with a validator, so that they can
+        be used).
         """
         for status in (200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501):
-            self.assertStored(request(), response(status=status))
+            self.assertStored(request(), response((b"ETag", b'"a"'), status=status))
+
+    def test_neverUsableNotStored(self) -> None:
+        """
+        Sections 4.2.2 and 4.3.1: a response without explicit freshness,
+        without a heuristic lifetime and without a validator could never be
+        served, nor revalidated: it is not stored.
+        """
+        for status in (200, 404):
+            self.assertNotStored(request(), response(status=status), "4.3.1")
+        self.assertNotStored(request(), response(
+            (b"Cache-Control", b"public"), (b"Content-Type", b"text/plain")), "4.2.2")
+        # Malformed validators are no validators.
+        self.assertNotStored(request(), response(
+            (b"ETag", b"unquoted"), (b"Last-Modified", b"yesterday")), "4.3.1")
+        # A Last-Modified equal to Date gives a heuristic of 0 but still
+        # validates.
+        now = date(T0)
+        self.assertStored(request(), response(
+            (b"Date", now), (b"Last-Modified", now), status=404))
+
+    def test_usableStored(self) -> None:
+        """
+        Sections 4.2.1, 4.2.2 and 4.3.1: any one of explicit freshness (even
+        of 0), a heuristic lifetime or a validator makes the response worth
+        storing.
+        """
+        self.assertStored(request(), response((b"Cache-Control", b"max-age=0")))
+        self.assertStored(request(), response((b"Expires", b"0")))
+        self.assertStored(request(), response(
+            (b"Date", date(T0)), (b"Last-Modified", date(T0 - 1000))))
+        self.assertStored(request(), response((b"ETag", b'W/"a"'), status=404))
+
+    def test_responseStaleGrantsKeepIt(self) -> None:
+        """
+        RFC 5861 sections 3 and 4: a response that grants stale-if-error
+        or stale-while-revalidate of its own is stored though it is never
+        fresh; the operator's defaults of those do not keep such a
+        response.
+        """
+        self.assertStored(request(), response(
+            (b"Cache-Control", b"stale-if-error=60")))
+        self.assertStored(request(), response(
+            (b"Cache-Control", b"stale-while-revalidate=60")))
+        allowed, _ = policy.mayStore(request(), response(), CacheOptions(
+            defaultStaleIfError=60, defaultStaleWhileRevalidate=60))
+        self.assertFalse(allowed)
 
     def test_needsExplicitFreshness(self) -> None:
         """
@@ -713,7 +969,7 @@ class StorageTests(SynchronousTestCase):
         self.assertStored(request(), response(
             (b"Expires", date(T0)), status=500))
         self.assertStored(request(), response(
-            (b"Cache-Control", b"public"), status=201))
+            (b"Cache-Control", b"public"), (b"ETag", b'"a"'), status=201))
 
     def test_storableHeaders(self) -> None:
         """

@@ -225,6 +225,26 @@ class TwistdTests(TestCase):
         self.assertEqual(code, -signal.SIGTERM, process.output.decode(errors="replace"))
         self.assertIn(b"Server Shut Down.", process.output)
 
+    async def test_refreshRule(self):
+        """
+        RFC 9111 section 4.2.2: C{--refresh-rule} reaches the cache of the
+        twistd process: a response with no freshness and no validator,
+        fetched twice the way apt fetches a package, comes from the origin
+        once.
+        """
+        origin, originPort = listenOrigin(self)
+        process, transport, port = await self.runTwistd(
+            "--upstream", "http://127.0.0.1:%d" % originPort, "--cache-memory", "1M",
+            "--refresh-rule", r"^http://127\.0\.0\.1:\d+/size/ 1d 0 30d",
+        )
+        request = (b"GET /size/300 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                   b"User-Agent: Debian APT-HTTP/1.3 (2.6.1)\r\n\r\n" % port)
+        _, [first] = await exchange(port, self, request)
+        _, [second] = await exchange(port, self, request)
+        self.assertEqual((first.header(b"x-cache"), second.header(b"x-cache")), (b"MISS", b"HIT"))
+        self.assertEqual(second.body, pattern(300))
+        self.assertEqual(len(origin.requests), 1)
+
     async def test_badOption(self):
         """
         A bad option value ends twistd with the option named, without a

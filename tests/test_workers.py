@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from cachingproxy import tap
 from cachingproxy.worker import Worker, splitArguments
-from cachingproxy.workers import WorkerSupervisor, WorkersService, parseListener
+from cachingproxy.workers import WorkerSupervisor, WorkersService, childArguments, parseListener
 
 from .helpers import REPO, TWISTD, RawClient, listenOrigin, temporaryPath, until
 from .helpers import Twistd as _Twistd
@@ -325,6 +325,24 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(parent.descriptions, ["tcp:0:interface=127.0.0.1"])
         self.assertEqual(sorted(parent.childArgs), ["--cache-dir=none", "--x-forwarded-for"])
         self.assertFalse(parent.running)
+
+    def test_repeatableOptionsPassedOn(self):
+        """
+        Repeatable options reach the workers once a value, in order, and
+        parse there to the same settings.
+        """
+        options = self.options("--workers", "2", "--cache-dir", "none",
+                               "--allow", "10.0.0.0/8", "--allow", "loopback",
+                               "--refresh-rule", r"\.deb$ 1d 0 30d",
+                               "--refresh-rule", "-i /dists/ 0 10 1h override")
+        arguments = childArguments(options)
+        self.assertEqual(arguments, [
+            "--cache-dir=none", "--allow=10.0.0.0/8", "--allow=loopback",
+            r"--refresh-rule=\.deb$ 1d 0 30d", "--refresh-rule=-i /dists/ 0 10 1h override",
+        ])
+        worker = self.options(*arguments)
+        self.assertEqual(worker.config.refreshRules, options.config.refreshRules)
+        self.assertEqual(worker.config.allow, options.config.allow)
 
     def test_makeServiceOneWorker(self):
         """
