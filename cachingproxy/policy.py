@@ -1736,16 +1736,20 @@ def decide(
     cc, age, ttl = found.cc, found.age, found.ttl
 
     def revalidate(reason: str, fwd: str) -> Decision:
-        headers = conditionalHeaders(entry)
+        headers = validation()
         if not len(headers):
             return offline(Miss(reason + "; no validator to revalidate with", fwd))
-        if entry.ranges is not None:
+        return offline(Revalidate(entry, headers, reason, fwd))
+
+    def validation() -> Headers:
+        headers = conditionalHeaders(entry)
+        if entry.ranges is not None and len(headers):
             # 3.3: an incomplete response holds only part; ask for the
             # range alone, so that a changed representation costs no more
             # than the client wanted.
             for value in request.headers.getAll(b"range"):
                 headers.add(b"Range", value)
-        return offline(Revalidate(entry, headers, reason, fwd))
+        return headers
 
     if b"authorization" in request.headers and not _explicitlyShareable(cc):
         return offline(Miss("Authorization and the stored response is not "
@@ -1771,7 +1775,7 @@ def decide(
             window = options.defaultStaleWhileRevalidate
         if window > 0 and staleness <= window:
             # RFC 5861 section 3.
-            return StaleWhileRevalidate(entry, age, ttl, conditionalHeaders(entry))
+            return StaleWhileRevalidate(entry, age, ttl, validation())
     return revalidate("stale (4.2)", "stale")
 
 

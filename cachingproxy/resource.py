@@ -222,7 +222,7 @@ class CacheResource:
             self.stats.stale += 1
             self._serve(exchange, head, decision.entry, decision.age, decision.ttl, hit=True,
                         xcache=b"STALE")
-            self._refreshInBackground(origin, head, key, decision.entry, entries)
+            self._refreshInBackground(origin, head, key, decision, entries)
         elif kind is policy.Revalidate:
             self._revalidate(exchange, origin, head, key, decision, entries)
         elif kind is policy.Miss:
@@ -540,15 +540,16 @@ class CacheResource:
         exchange.forward(origin, upstreamHead, handler)
 
     def _refreshInBackground(self, origin: Origin, head: RequestHead, key: bytes,
-                             entry: policy.StoredEntry, entries) -> None:
+                             decision: policy.StaleWhileRevalidate, entries) -> None:
         """
         RFC 5861 section 3: revalidate once in the background.
         """
         if key in self._refreshing:
             return
         self._refreshing.add(key)
+        entry = decision.entry
         headers = policy.stripPreconditions(head.headers)
-        for name, value in policy.conditionalHeaders(entry).items():
+        for name, value in decision.conditionalHeaders.items():
             headers.add(name, value)
         upstreamHead = RequestHead(b"GET", head.target, (1, 1), headers)
         handler = _BackgroundRefresh(self, head, key, entry, entries)
@@ -1130,6 +1131,7 @@ class _BackgroundRefresh:
         self.length = 0
         self.requestTime = 0.0
         self.response = None
+        self.part: Optional[Tuple[int, int, int]] = None
 
     def responseInterim(self, head: ResponseHead) -> None:
         pass
@@ -1144,10 +1146,15 @@ class _BackgroundRefresh:
             resource.stats.revalidated += 1
             for entry in outcome.updated:
                 resource.store.update(entry)
-        elif head.status == 200:
+        elif head.status == 200 or head.status == 206 and self.entry.ranges is not None:
+            # An incomplete entry is refreshed for the client's range: a
+            # 206 is a new part of a changed representation (RFC 9111
+            # section 3.4: it replaces the old parts).
             self.response = ResponseHead(head.status, head.reason, head.version,
                                          head.headers.copy())
             self.writer = resource.openWriter(self.key, self.request, self.response)
+            if head.status == 206:
+                self.part = policy.storablePart(self.response)
 
     def responseBody(self, data: bytes) -> None:
         if self.writer is not None:
@@ -1160,9 +1167,18 @@ class _BackgroundRefresh:
     def responseEnd(self) -> None:
         self.resource._refreshing.discard(self.key)
         writer, self.writer = self.writer, None
-        if writer is not None:
+        if writer is None:
+            return
+        part = self.part
+        if part is None:
             self.resource.commit(writer, self.key, self.request, self.response,
                                  self.requestTime, self.responseTime, self.length)
+        elif self.length == part[1] - part[0]:
+            self.resource.commit(writer, self.key, self.request, self.response,
+                                 self.requestTime, self.responseTime, None,
+                                 ranges=[part[:2]], completeLength=part[2])
+        else:
+            writer.abort()
 
     def responseFailed(self, reason: Failure, receivedAnything: bool) -> None:
         self.resource._refreshing.discard(self.key)

@@ -15,7 +15,7 @@ from twisted.web.server import NOT_DONE_YET
 from cachingproxy.cache.disk import DiskStore
 from cachingproxy.http.headers import formatHTTPDate
 
-from .helpers import connectClient, listenOrigin, temporaryPath
+from .helpers import connectClient, listenOrigin, temporaryPath, until
 from .test_cache_end_to_end import CacheTestCase
 
 SIZE = 1000
@@ -25,8 +25,8 @@ _RANGE = re.compile(rb"bytes=(\d*)-(\d*)\Z")
 
 class RangeOrigin(Resource):
     """
-    An origin with one representation of L{SIZE} random bytes,
-    C{max-age=60} and the ETag L{etag}. It answers a single range
+    An origin with one representation of L{SIZE} random bytes, the
+    Cache-Control L{cacheControl} (C{max-age=60}) and the ETag L{etag}. It answers a single range
     (C{first-last}, C{first-} or C{-suffix}) with a 206, If-None-Match
     with a 304, and, while L{cutAfter} is set, a plain GET with a
     Content-Length of the whole body and only that many bytes before it
@@ -43,6 +43,7 @@ class RangeOrigin(Resource):
         self.body = random.Random(seed).randbytes(SIZE)
         self.etag = b'"v1"'
         self.cutAfter = None
+        self.cacheControl = b"max-age=60"
         self.requests = []
 
     def render(self, request):
@@ -50,7 +51,7 @@ class RangeOrigin(Resource):
         self.requests.append(fields)
         body = self.body
         request.setHeader(b"Date", formatHTTPDate(self.clock.seconds()))
-        request.setHeader(b"Cache-Control", b"max-age=60")
+        request.setHeader(b"Cache-Control", self.cacheControl)
         request.setHeader(b"ETag", self.etag)
         request.setHeader(b"Content-Type", b"application/octet-stream")
         if fields.get(b"if-none-match") == self.etag:
@@ -236,6 +237,31 @@ class PartialContentTestsMixin:
         validation = self.origin.requests[-1]
         self.assertEqual(validation.get(b"if-none-match"), b'"v1"')
         self.assertEqual(validation.get(b"range"), b"bytes=10-20")
+        self.assertEqual(len(self.origin.requests), 2)
+
+    async def test_stalePartRefreshedInBackground(self):
+        """
+        RFC 5861 section 3 with RFC 9111 sections 3.3 and 3.4: within
+        stale-while-revalidate the stale part answers at once, and the
+        background validation asks for the range alone; the changed
+        representation's new part replaces the old one.
+        """
+        self.origin.cacheControl = b"max-age=60, stale-while-revalidate=600"
+        await self.ranged(b"0-99")
+        self.clock.advance(61)
+        oldBody = self.origin.body
+        self.origin.body = random.Random(2).randbytes(SIZE)
+        self.origin.etag = b'"v2"'
+        stale = await self.ranged(b"10-20")
+        self.assertEqual((stale.status, stale.header(b"x-cache")), (206, b"STALE"))
+        self.assertEqual(stale.body, oldBody[10:21])
+        await until(lambda: len(self.origin.requests) == 2 and not self.cache._refreshing)
+        refresh = self.origin.requests[-1]
+        self.assertEqual(refresh.get(b"if-none-match"), b'"v1"')
+        self.assertEqual(refresh.get(b"range"), b"bytes=10-20")
+        fresh = await self.ranged(b"12-18")
+        self.assertPart(fresh, 12, 18, b"HIT")
+        self.assertEqual(fresh.header(b"etag"), b'"v2"')
         self.assertEqual(len(self.origin.requests), 2)
 
     async def test_severalRangesAndWholeAnswers(self):

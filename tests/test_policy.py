@@ -1917,6 +1917,17 @@ class IncompleteResponseTests(SynchronousTestCase):
         self.assertEqual(decision.conditionalHeaders.get(b"if-none-match"), b'"v1"')
         self.assertEqual(decision.conditionalHeaders.get(b"range"), b"bytes=10-20")
 
+    def test_stalePartRefreshedForTheRange(self) -> None:
+        """
+        Section 3.3 and RFC 5861 section 3: a stale incomplete response
+        within stale-while-revalidate is served, and refreshed for the
+        client's range alone.
+        """
+        stored = partial((b"Cache-Control", b"max-age=60, stale-while-revalidate=600"))
+        decision = policy.decide(request((b"Range", b"bytes=10-20")), [stored], T0 + 61)
+        self.assertIsInstance(decision, StaleWhileRevalidate)
+        self.assertEqual(decision.conditionalHeaders.get(b"range"), b"bytes=10-20")
+
     def test_staleOnErrorOnlyForARangeHeld(self) -> None:
         """
         Section 3.3 and RFC 5861 section 4: stale-if-error may serve an
