@@ -77,7 +77,10 @@ __all__ = [
     "afterRevalidation",
     "ageHeaderValue",
     "cacheStatus",
+    "combinable",
     "conditionalHeaders",
+    "contentRange",
+    "coveredRange",
     "currentAge",
     "decide",
     "downstreamStripFields",
@@ -88,23 +91,33 @@ __all__ = [
     "freshenWith304",
     "freshenWithHead",
     "freshnessLifetime",
+    "hasStrongValidator",
     "ifRangeAllows",
+    "incompletePrefix",
+    "isRangeRequest",
     "invalidatedURIs",
     "isCompleteResponse",
     "mayStore",
+    "mergeRanges",
     "normalizeURI",
     "notModifiedHeaders",
     "parseCacheControl",
     "parseRange",
     "parseTargetedCacheControl",
+    "partialBodyOffset",
+    "partialEntry",
     "primaryKey",
     "rangeForStoredResponse",
+    "replacedEntry",
     "requestCacheControl",
+    "sameStrongValidator",
     "secondaryKey",
     "selectForUpdate",
     "staleIfError",
     "staleOnError",
     "storableHeaders",
+    "storablePart",
+    "strongLastModified",
     "stripPreconditions",
     "targetedFieldsToStrip",
     "varyFieldNames",
@@ -1012,8 +1025,10 @@ def mayStore(
     Whether a shared cache may store C{response} to C{request} (section 3).
 
     Choices: a HEAD response never creates an entry (it only updates
-    stored GET responses, section 4.3.5); 206 is never stored, as the store
-    keeps complete responses only (sections 3.3 and 3.4); C{Vary: *} is not
+    stored GET responses, section 4.3.5); a 206 is stored only as an
+    incomplete response that L{storablePart} accepts (one range of a
+    representation of known length, with a strong validator, sections 3.3
+    and 3.4); C{Vary: *} is not
     stored, as it could never be served (section 4.1). Fields named by
     C{private="..."} are stored after all, without those fields: see
     L{storableHeaders}.
@@ -1041,8 +1056,9 @@ def mayStore(
     status = response.status
     if status < 200:
         return False, "not a final response (3)"
-    if status == 206:
-        return False, "partial content is not stored as complete (3.3, 3.4)"
+    if status == 206 and storablePart(response) is None:
+        return False, ("partial content without one range of a known length and "
+                       "a strong validator (3.3, 3.4)")
     if status == 304:
         return False, "a 304 only freshens stored responses (4.3.4)"
     headers = response.headers
@@ -1121,6 +1137,252 @@ def isCompleteResponse(
         return False
     declared = lengths.pop()
     return declared.isdigit() and int(declared) == bodyLength
+
+
+# ---------------------------------------------------------------------------
+# Incomplete responses (sections 3.3 and 3.4)
+
+#: A Content-Range for one part (RFC 9110 section 14.4): the unit is
+#: case-insensitive, the complete length must be known here.
+_CONTENT_RANGE = re.compile(rb"[ \t]*bytes[ \t]+(\d+)-(\d+)/(\d+)[ \t]*\Z", re.IGNORECASE)
+
+
+def strongLastModified(headers: Headers) -> bool:
+    """
+    Whether the Last-Modified of a response may serve as a strong
+    validator for a cache (RFC 9110 section 8.8.2.2): its Date is at least
+    60 seconds later.
+    """
+    lastModified = parseHTTPDate(headers.get(b"last-modified"))
+    stamped = parseHTTPDate(headers.get(b"date"))
+    return lastModified is not None and stamped is not None and stamped - lastModified >= 60
+
+
+def hasStrongValidator(headers: Headers) -> bool:
+    """
+    Whether a response carries a strong validator (RFC 9110 section 8.8.1):
+    a strong entity tag, or, without any ETag, a strong Last-Modified
+    (L{strongLastModified}).
+
+    Choice: a weak or invalid ETag rules the response out even with a
+    strong Last-Modified: the origin says its representations may differ
+    octet by octet.
+    """
+    if b"etag" in headers:
+        tag = _etagOf(headers)
+        return tag is not None and not tag.weak
+    return strongLastModified(headers)
+
+
+def sameStrongValidator(a: Headers, b: Headers) -> bool:
+    """
+    Whether two responses have the same strong validator (section 3.4,
+    RFC 9110 section 8.8.3.2: strong comparison): the same strong entity
+    tag, or, with no ETag on either, the same strong Last-Modified.
+    """
+    if not (hasStrongValidator(a) and hasStrongValidator(b)):
+        return False
+    if b"etag" in a or b"etag" in b:
+        return _strongMatch(_etagOf(a), _etagOf(b))
+    return parseHTTPDate(a.get(b"last-modified")) == parseHTTPDate(b.get(b"last-modified"))
+
+
+def contentRange(headers: Headers) -> Optional[Tuple[int, int, int]]:
+    """
+    Parse a Content-Range that describes one part of a representation of
+    known length (RFC 9110 section 14.4).
+
+    @return: C{(start, end, completeLength)}, C{end} exclusive, or C{None}
+        when the field is absent, repeated, unsatisfied (C{*/length}), of
+        unknown length (C{/*}), invalid (last before first, or past the
+        complete length), or for another unit.
+    """
+    values = headers.getAll(b"content-range")
+    if len(values) != 1:
+        return None
+    match = _CONTENT_RANGE.match(values[0])
+    if match is None:
+        return None
+    first, last, complete = (int(g) for g in match.groups())
+    if first > last or last >= complete:
+        return None
+    return first, last + 1, complete
+
+
+def storablePart(response: ResponseHead) -> Optional[Tuple[int, int, int]]:
+    """
+    Whether a 206 may be stored as an incomplete response (section 3.3):
+    a single part (a Content-Range field, not multipart/byteranges) of a
+    representation whose length it states, with a strong validator so that
+    it can ever be combined (section 3.4) and its Content-Length, if any,
+    the length of the part.
+
+    @return: C{(start, end, completeLength)} as L{contentRange}, or C{None}.
+    """
+    if response.status != 206:
+        return None
+    headers = response.headers
+    part = contentRange(headers)
+    if part is None or not hasStrongValidator(headers):
+        return None
+    start, end, _ = part
+    lengths = set(v.strip() for v in headers.getList(b"content-length"))
+    if lengths and lengths != {b"%d" % (end - start)}:
+        return None
+    return part
+
+
+def incompletePrefix(response: ResponseHead, received: int) -> Optional[int]:
+    """
+    Whether the first C{received} octets of a 200 cut short (section 3.3:
+    fewer octets arrived than its Content-Length declared) may be stored
+    as an incomplete response: only with a single valid Content-Length and
+    a strong validator (without one it could never be combined or
+    completed, section 3.4).
+
+    @return: the complete length, or C{None}.
+    """
+    if response.status != 200 or received <= 0:
+        return None
+    headers = response.headers
+    lengths = set(v.strip() for v in headers.getList(b"content-length"))
+    if len(lengths) != 1:
+        return None
+    declared = lengths.pop()
+    if not declared.isdigit() or int(declared) <= received:
+        return None
+    if not hasStrongValidator(headers):
+        return None
+    return int(declared)
+
+
+def mergeRanges(ranges: Iterable[Tuple[int, int]]) -> Tuple[Tuple[int, int], ...]:
+    """
+    Half-open byte ranges sorted, with overlapping and adjacent ones
+    joined and empty ones dropped.
+    """
+    merged: List[List[int]] = []
+    for start, end in sorted(r for r in ranges if r[0] < r[1]):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return tuple((start, end) for start, end in merged)
+
+
+def replacedEntry(
+    entries: Sequence[StoredEntry], request: RequestHead, response: ResponseHead
+) -> Optional[StoredEntry]:
+    """
+    The stored response that storing C{response} to C{request} would
+    replace: the one with the same secondary key (section 4.1).
+    """
+    variant = secondaryKey(response.headers, request.headers)
+    if variant is None:
+        return None
+    for entry in entries:
+        if secondaryKey(entry.responseHeaders, entry.requestHeaders) == variant:
+            return entry
+    return None
+
+
+def combinable(
+    stored: StoredEntry, response: ResponseHead, completeLength: int
+) -> bool:
+    """
+    Section 3.4: whether a new response (a 206, or a 200 cut short) may be
+    combined with the stored incomplete response C{stored}: they have the
+    same strong validator, and describe a representation of the same
+    length. Otherwise the new response replaces the stored parts.
+    """
+    return (
+        stored.ranges is not None
+        and stored.completeLength == completeLength
+        and sameStrongValidator(stored.responseHeaders, response.headers)
+    )
+
+
+def partialEntry(
+    entry: StoredEntry,
+    ranges: Iterable[Tuple[int, int]],
+    completeLength: int,
+    previous: Optional[StoredEntry] = None,
+    options: CacheOptions = DEFAULT_OPTIONS,
+) -> StoredEntry:
+    """
+    The entry to store for an incomplete response (section 3.3).
+
+    @param entry: built by L{StoredEntry.fromExchange} from the newest
+        response (a 206, or a 200 cut short).
+    @param ranges: the half-open ranges of the representation the stored
+        body holds, in order (merged here).
+    @param previous: the stored incomplete response the new one was
+        combined with (L{combinable}), if any: section 3.4 says the fields
+        of the newest response, aside from Content-Range, replace the
+        stored fields of the same name.
+    @return: an entry with C{ranges} and C{completeLength} (status 206,
+        without Content-Range and Content-Length, which describe one part
+        only); or, once the ranges cover the whole representation, a
+        complete 200 entry with that Content-Length, answering any request.
+    """
+    fields = entry.responseHeaders
+    if previous is not None:
+        fields = freshenWith304(previous.responseHeaders, fields, options)
+    else:
+        fields = fields.copy()
+    fields.remove(b"content-range")
+    fields.remove(b"content-length")
+    merged = mergeRanges(ranges)
+    if merged == ((0, completeLength),):
+        fields.add(b"Content-Length", b"%d" % completeLength)
+        return replace(entry, status=200, responseHeaders=fields, bodyLength=completeLength,
+                       ranges=None, completeLength=None)
+    return replace(entry, status=206, responseHeaders=fields,
+                   bodyLength=sum(end - start for start, end in merged),
+                   ranges=merged, completeLength=completeLength)
+
+
+def coveredRange(
+    request: RequestHead, entry: StoredEntry
+) -> Optional[Tuple[int, int]]:
+    """
+    Section 3.3: an incomplete stored response answers only a request for
+    a range wholly within it: a GET with one range (RFC 9110 section
+    14.1.2; open and suffix ranges resolved against the complete length),
+    that If-Range allows (RFC 9110 section 13.1.5), inside one stored
+    range.
+
+    @return: the inclusive C{(first, last)} to send, or C{None}.
+    """
+    values = request.headers.getAll(b"range")
+    if (request.method != b"GET" or len(values) != 1 or entry.ranges is None
+            or entry.completeLength is None):
+        return None
+    if not ifRangeAllows(request.headers, entry.responseHeaders):
+        return None
+    parsed = parseRange(values[0], entry.completeLength)
+    if not isinstance(parsed, list) or len(parsed) != 1:
+        return None
+    first, last = parsed[0]
+    for start, end in entry.ranges:
+        if start <= first and last < end:
+            return first, last
+    return None
+
+
+def partialBodyOffset(entry: StoredEntry, position: int) -> int:
+    """
+    Where octet C{position} of the representation is in the stored body of
+    an incomplete entry (its ranges one after the other).
+
+    @raise ValueError: if the entry does not hold it.
+    """
+    offset = 0
+    for start, end in entry.ranges or ():
+        if start <= position < end:
+            return offset + position - start
+        offset += end - start
+    raise ValueError("octet %d is not stored" % (position,))
 
 
 # ---------------------------------------------------------------------------
@@ -1347,6 +1609,14 @@ class StoredEntry:
     @ivar responseTime: when that response was received.
     @ivar bodyLength: the stored body's length, if known.
     @ivar id: an opaque handle for the store.
+    @ivar ranges: C{None} for a complete response; for an incomplete one
+        (section 3.3), the byte ranges of the representation it holds, as
+        sorted, disjoint, non-adjacent half-open C{(start, end)} pairs; the
+        stored body is those ranges one after the other (see
+        L{partialEntry}). Such an entry is used only to answer range
+        requests that fall within one of them.
+    @ivar completeLength: for an incomplete response, the length of the
+        complete representation.
     """
 
     key: bytes
@@ -1358,6 +1628,8 @@ class StoredEntry:
     responseTime: float
     bodyLength: Optional[int] = None
     id: object = None
+    ranges: Optional[Tuple[Tuple[int, int], ...]] = None
+    completeLength: Optional[int] = None
 
     @classmethod
     def fromExchange(
@@ -1580,12 +1852,15 @@ def _selectable(
     """
     Section 4: stored responses whose method allows their use for this
     request (a stored GET answers GET and HEAD) and whose Vary matches.
+    Section 3.3: an incomplete response only for a range it holds
+    (L{coveredRange}).
     """
     return [
         entry for entry in entries
         if entry.requestMethod in options.cacheableMethods
         and varyMatches(entry.requestHeaders, entry.responseHeaders,
                         request.headers)
+        and (entry.ranges is None or coveredRange(request, entry) is not None)
     ]
 
 
@@ -1625,16 +1900,29 @@ def decide(
         return offline(Miss("nothing stored for the URI", "uri-miss"))
     selectable = _selectable(request, entries, options)
     if not selectable:
+        if any(e.ranges is not None for e in entries):
+            return offline(Miss("the stored incomplete response does not hold "
+                                "what is asked for (3.3)", "partial"))
         return offline(Miss("no stored response matches Vary (4.1)", "vary-miss"))
     entry = _mostRecent(selectable)
     found = _assess(entry, now, options)
     cc, age, ttl = found.cc, found.age, found.ttl
 
     def revalidate(reason: str, fwd: str) -> Decision:
-        headers = conditionalHeaders(entry)
+        headers = validation()
         if not len(headers):
             return offline(Miss(reason + "; no validator to revalidate with", fwd))
         return offline(Revalidate(entry, headers, reason, fwd))
+
+    def validation() -> Headers:
+        headers = conditionalHeaders(entry)
+        if entry.ranges is not None and len(headers):
+            # 3.3: an incomplete response holds only part; ask for the
+            # range alone, so that a changed representation costs no more
+            # than the client wanted.
+            for value in request.headers.getAll(b"range"):
+                headers.add(b"Range", value)
+        return headers
 
     if b"authorization" in request.headers and not _explicitlyShareable(cc):
         return offline(Miss("Authorization and the stored response is not "
@@ -1660,7 +1948,7 @@ def decide(
             window = options.defaultStaleWhileRevalidate
         if window > 0 and staleness <= window:
             # RFC 5861 section 3.
-            return StaleWhileRevalidate(entry, age, ttl, conditionalHeaders(entry))
+            return StaleWhileRevalidate(entry, age, ttl, validation())
     return revalidate("stale (4.2)", "stale")
 
 
@@ -1738,6 +2026,21 @@ def conditionalHeaders(
     if not others and parseHTTPDate(lastModified) is not None:
         conditional.add(b"If-Modified-Since", lastModified)
     return conditional
+
+
+#: The precondition fields other than a range request's own (RFC 9110
+#: sections 14.2 and 13.1.5).
+_NOT_RANGE_FIELDS = PRECONDITION_FIELDS - frozenset([b"range", b"if-range"])
+
+
+def isRangeRequest(requestHeaders: Headers) -> bool:
+    """
+    Whether a request is a range request (RFC 9110 section 14.2) with no
+    other precondition than If-Range: its answer, a 206 or a whole 200,
+    may be stored (section 3.3) where other conditional requests' answers
+    are not.
+    """
+    return b"range" in requestHeaders and not requestHeaders.hasAny(_NOT_RANGE_FIELDS)
 
 
 def stripPreconditions(requestHeaders: Headers) -> Headers:
@@ -2043,8 +2346,9 @@ def freshenWithHead(
         if b"content-length" in head:
             length = _normalizedField(head, b"content-length")
             storedLength = _normalizedField(stored, b"content-length")
-            if storedLength is None and entry.bodyLength is not None:
-                storedLength = b"%d" % entry.bodyLength
+            known = entry.bodyLength if entry.ranges is None else entry.completeLength
+            if storedLength is None and known is not None:
+                storedLength = b"%d" % known
             same = same and length == storedLength
         if same:
             updated.append(
@@ -2232,8 +2536,12 @@ def rangeForStoredResponse(
     How to answer a range request from a complete stored 200 (RFC 9110
     section 14.2): Range is honoured only for GET, only when If-Range
     allows, and only when the stored length is known; see L{parseRange}
-    for the result.
+    for the result. From an incomplete entry, only the range of
+    L{coveredRange}, else C{None}.
     """
+    if entry.ranges is not None:
+        covered = coveredRange(request, entry)
+        return [covered] if covered is not None else None
     ranges = request.headers.getAll(b"range")
     if request.method != b"GET" or len(ranges) != 1 or entry.status != 200:
         return None

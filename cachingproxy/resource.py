@@ -222,7 +222,7 @@ class CacheResource:
             self.stats.stale += 1
             self._serve(exchange, head, decision.entry, decision.age, decision.ttl, hit=True,
                         xcache=b"STALE")
-            self._refreshInBackground(origin, head, key, decision.entry, entries)
+            self._refreshInBackground(origin, head, key, decision, entries)
         elif kind is policy.Revalidate:
             self._revalidate(exchange, origin, head, key, decision, entries)
         elif kind is policy.Miss:
@@ -387,8 +387,19 @@ class CacheResource:
                 first, last = ranges[0]
                 status = 206
                 start, end = first, last + 1
+                total = entry.bodyLength
+                if entry.ranges is not None:
+                    # An incomplete entry: its body holds only its ranges.
+                    total = entry.completeLength
+                    start = policy.partialBodyOffset(entry, first)
+                    end = start + last + 1 - first
                 extra.append((b"content-range", b"Content-Range",
-                              b"bytes %d-%d/%d" % (first, last, entry.bodyLength)))
+                              b"bytes %d-%d/%d" % (first, last, total)))
+            elif entry.ranges is not None:
+                # Never served as a complete response (RFC 9111 section
+                # 3.3); the policy selects it only for a range it holds.
+                self._fetchAgain(exchange, entry.key)
+                return
             elif ranges:
                 self._serveMultipart(exchange, entry, fields, ranges, age, hit, fwd, fwdStatus,
                                      ttl, xcache)
@@ -499,7 +510,11 @@ class CacheResource:
         conditional = head.headers.hasAny(policy.PRECONDITION_FIELDS)
         if conditional or not admitted or head.method != b"GET" \
                 or not self.settings.collapse:
-            store = admitted and head.method == b"GET" and not conditional
+            # A range request's answer is stored too: a 206 as an
+            # incomplete response, a 200 as a complete one (RFC 9111
+            # section 3.3).
+            store = admitted and head.method == b"GET" and (
+                not conditional or policy.isRangeRequest(head.headers))
             handler = _Storer(self, exchange, head, key, fwd, store=store)
             exchange.forward(origin, head, handler)
             return
@@ -526,15 +541,16 @@ class CacheResource:
         exchange.forward(origin, upstreamHead, handler)
 
     def _refreshInBackground(self, origin: Origin, head: RequestHead, key: bytes,
-                             entry: policy.StoredEntry, entries) -> None:
+                             decision: policy.StaleWhileRevalidate, entries) -> None:
         """
         RFC 5861 section 3: revalidate once in the background.
         """
         if key in self._refreshing:
             return
         self._refreshing.add(key)
+        entry = decision.entry
         headers = policy.stripPreconditions(head.headers)
-        for name, value in policy.conditionalHeaders(entry).items():
+        for name, value in decision.conditionalHeaders.items():
             headers.add(name, value)
         upstreamHead = RequestHead(b"GET", head.target, (1, 1), headers)
         handler = _BackgroundRefresh(self, head, key, entry, entries)
@@ -593,8 +609,6 @@ class CacheResource:
         allowed, why = policy.mayStore(request, response, self.settings.options, key)
         if not allowed:
             return None
-        if response.status == 206:
-            return None
         try:
             variant = policy.secondaryKey(response.headers, request.headers)
         except Exception:
@@ -608,11 +622,24 @@ class CacheResource:
             return None
 
     def commit(self, writer, key: bytes, request: RequestHead, response: ResponseHead,
-               requestTime: float, responseTime: float, length: int) -> bool:
+               requestTime: float, responseTime: float, length: Optional[int],
+               ranges=None, completeLength: Optional[int] = None,
+               previous: Optional[policy.StoredEntry] = None) -> bool:
+        """
+        Make what C{writer} wrote visible as the entry for C{response}.
+
+        @param ranges: for an incomplete response (RFC 9111 section 3.3),
+            the ranges of the representation written, in order; see
+            L{policy.partialEntry} (with C{completeLength} and the
+            C{previous} entry it was combined with).
+        """
+        options = self.settings.options
         entry = policy.StoredEntry.fromExchange(
             key, request, response, requestTime, responseTime, length,
-            options=self.settings.options,
+            options=options,
         )
+        if ranges is not None:
+            entry = policy.partialEntry(entry, ranges, completeLength, previous, options)
         try:
             ok = writer.commit(entry)
         except Exception:
@@ -657,6 +684,15 @@ class _Storer:
         self._discard = False
         #: the declared body length, when the response has one
         self.expected: Optional[int] = None
+        #: for a 206 being stored: C{(start, end, completeLength)} of its
+        #: part (see L{policy.storablePart})
+        self.part: Optional[Tuple[int, int, int]] = None
+        #: the stored response this one would replace
+        self.replaced: Optional[policy.StoredEntry] = None
+        #: the stored incomplete response this one is combined with (RFC
+        #: 9111 section 3.4), and the ranges of it written so far
+        self.previous: Optional[policy.StoredEntry] = None
+        self.copied: List[Tuple[int, int]] = []
         exchange.onClientGone = self.clientGone
 
     def responseInterim(self, head: ResponseHead) -> None:
@@ -716,6 +752,8 @@ class _Storer:
             if (length is not None and length.strip().isdigit()
                     and not stored.headers.hasToken(b"transfer-encoding", b"chunked")):
                 self.expected = int(length.strip())
+            if self.writer is not None:
+                self._prepareParts(stored)
             if self.expected == 0 and self.writer is not None:
                 self._commit()
         if self.flight is not None:
@@ -752,9 +790,124 @@ class _Storer:
 
     def _commit(self) -> None:
         writer, self.writer = self.writer, None
-        if writer is not None:
+        if writer is None:
+            return
+        part = self.part
+        if part is None:
             self.resource.commit(writer, self.key, self.request, self.response,
                                  self.requestTime, self.responseTime, self.length)
+            return
+        start, end, total = part
+        if self.length > end - start:
+            writer.abort()
+            return
+        self._commitParts(writer, start, start + self.length, total)
+
+    # -- incomplete responses (RFC 9111 sections 3.3 and 3.4) -----------------
+
+    def _prepareParts(self, response: ResponseHead) -> None:
+        """
+        Before the body of a response being stored: note the stored
+        response it replaces and, if it is an incomplete one with the same
+        strong validator, combine with it (section 3.4): its bytes before
+        the new part are written now, those after it when the new part
+        ends. A 206 never replaces a complete stored response.
+        """
+        entries = getattr(self.exchange, "cacheEntries", None) or ()
+        replaced = self.replaced = policy.replacedEntry(entries, self.request, response)
+        if response.status == 206:
+            self.part = policy.storablePart(response)
+            if self.part is None or replaced is not None and replaced.ranges is None:
+                self._abortWriter()
+                return
+            total = self.part[2]
+            if self.expected is not None and self.expected != self.part[1] - self.part[0]:
+                self._abortWriter()
+                return
+        else:
+            total = self.expected
+        if replaced is None or total is None or not policy.combinable(replaced, response,
+                                                                      total):
+            return
+        self.previous = replaced
+        if self.part is not None and self.part[0] > 0:
+            if not self._copyPrevious(self.writer, 0, self.part[0]):
+                self.writer = None
+
+    def _copyPrevious(self, writer, start: int, end: int) -> bool:
+        """
+        Write the bytes of the combined stored response between C{start}
+        and C{end} of the representation into C{writer}, noting the ranges
+        written. A stored body gone since the lookup stops the copy there
+        (what was written is still consistent).
+
+        @return: whether C{writer} is still usable (else it was aborted).
+        """
+        previous = self.previous
+        store = self.resource.store
+        for first, last in previous.ranges:
+            first, last = max(first, start), min(last, end)
+            if first >= last:
+                continue
+            offset = policy.partialBodyOffset(previous, first)
+            reader = store.openBody(previous, offset, offset + last - first)
+            if reader is None:
+                self.previous = None
+                return True
+            try:
+                left = last - first
+                while left:
+                    data = reader.read(min(left, 1 << 16))
+                    if not data:
+                        raise IOError("stored part shorter than its entry says")
+                    writer.write(data)
+                    left -= len(data)
+            except Exception:
+                self._log.failure("combining with the stored parts of {key} failed",
+                                  key=self.key)
+                writer.abort()
+                return False
+            finally:
+                reader.close()
+            self.copied.append((first, last))
+        return True
+
+    def _commitParts(self, writer, start: int, end: int, total: int) -> None:
+        """
+        Store the new part C{start}-C{end} (exclusive) of a representation
+        of C{total} bytes as an incomplete response, after the combined
+        stored bytes that come after it; it becomes a complete entry if
+        together they cover the whole representation.
+        """
+        if self.previous is not None and not self._copyPrevious(writer, end, total):
+            return
+        self.resource.commit(writer, self.key, self.request, self.response,
+                             self.requestTime, self.responseTime, None,
+                             ranges=self.copied + [(start, end)], completeLength=total,
+                             previous=self.previous)
+
+    def _storeIncomplete(self) -> None:
+        """
+        The origin broke off the response being stored: keep what arrived
+        as an incomplete response when section 3.3 allows (a 206's part so
+        far; a 200's prefix, with a Content-Length and a strong validator),
+        never in place of a complete stored response. The client still
+        sees the break.
+        """
+        writer, self.writer = self.writer, None
+        received = self.length
+        if self.part is not None:
+            start, end, total = self.part
+        else:
+            total = policy.incompletePrefix(self.response, received)
+            start, end = 0, total
+            if total is None or self.replaced is not None and self.replaced.ranges is None:
+                writer.abort()
+                return
+        if received <= 0 or received > end - start:
+            writer.abort()
+            return
+        self._commitParts(writer, start, start + received, total)
 
     def responseEnd(self) -> None:
         if self._discard:
@@ -769,6 +922,11 @@ class _Storer:
         self.exchange.responseEnd()
 
     def responseFailed(self, reason: Failure, receivedAnything: bool) -> None:
+        if self.writer is not None and not self._discard:
+            try:
+                self._storeIncomplete()
+            except Exception:
+                self._log.failure("storing the part of {key} received failed", key=self.key)
         self._abortWriter()
         if self._discard:
             return
@@ -974,6 +1132,7 @@ class _BackgroundRefresh:
         self.length = 0
         self.requestTime = 0.0
         self.response = None
+        self.part: Optional[Tuple[int, int, int]] = None
 
     def responseInterim(self, head: ResponseHead) -> None:
         pass
@@ -988,10 +1147,15 @@ class _BackgroundRefresh:
             resource.stats.revalidated += 1
             for entry in outcome.updated:
                 resource.store.update(entry)
-        elif head.status == 200:
+        elif head.status == 200 or head.status == 206 and self.entry.ranges is not None:
+            # An incomplete entry is refreshed for the client's range: a
+            # 206 is a new part of a changed representation (RFC 9111
+            # section 3.4: it replaces the old parts).
             self.response = ResponseHead(head.status, head.reason, head.version,
                                          head.headers.copy())
             self.writer = resource.openWriter(self.key, self.request, self.response)
+            if head.status == 206:
+                self.part = policy.storablePart(self.response)
 
     def responseBody(self, data: bytes) -> None:
         if self.writer is not None:
@@ -1004,9 +1168,18 @@ class _BackgroundRefresh:
     def responseEnd(self) -> None:
         self.resource._refreshing.discard(self.key)
         writer, self.writer = self.writer, None
-        if writer is not None:
+        if writer is None:
+            return
+        part = self.part
+        if part is None:
             self.resource.commit(writer, self.key, self.request, self.response,
                                  self.requestTime, self.responseTime, self.length)
+        elif self.length == part[1] - part[0]:
+            self.resource.commit(writer, self.key, self.request, self.response,
+                                 self.requestTime, self.responseTime, None,
+                                 ranges=[part[:2]], completeLength=part[2])
+        else:
+            writer.abort()
 
     def responseFailed(self, reason: Failure, receivedAnything: bool) -> None:
         self.resource._refreshing.discard(self.key)

@@ -367,6 +367,42 @@ class StoreTestsMixin:
         self.assertEqual(self.body(fresher), body)
         self.assertEqual(self.body(found, 10, 20), body[10:20])
 
+    def test_incompleteEntry(self) -> None:
+        """
+        An incomplete response (RFC 9111 section 3.3) is an entry like any
+        other, visible only once committed: its ranges and complete length
+        come back from a lookup, after an update too, its body is its
+        ranges one after the other, and a complete entry of the same
+        variant replaces it.
+        """
+        for size in (1000, 300_000):
+            key = KEY + b"%d" % size
+            body = os.urandom(size)
+            ranges = ((0, size // 4), (size // 2, size // 2 + size // 4))
+            writer = self.store.writer(key, b"")
+            for start, end in ranges:
+                writer.write(body[start:end])
+            self.assertEqual(self.store.entries(key), [])
+            part = dataclasses.replace(
+                makeEntry(key, b"x" * (2 * (size // 4)), status=206),
+                ranges=ranges, completeLength=size)
+            self.assertTrue(writer.commit(part))
+            [found] = self.store.entries(key)
+            self.assertEqual((found.status, found.ranges, found.completeLength,
+                              found.bodyLength), (206, ranges, size, 2 * (size // 4)))
+            second = ranges[1]
+            offset = size // 4
+            self.assertEqual(self.body(found, offset, offset + 10),
+                             body[second[0]:second[0] + 10])
+            self.assertEqual(self.body(found), body[:size // 4] + body[second[0]:second[1]])
+            self.assertTrue(self.store.update(dataclasses.replace(found, responseTime=T0 + 9)))
+            [updated] = self.store.entries(key)
+            self.assertEqual((updated.ranges, updated.completeLength, updated.responseTime),
+                             (ranges, size, T0 + 9))
+            complete = self.put(body, key=key)
+            self.assertEqual((complete.ranges, complete.completeLength), (None, None))
+            self.assertEqual(len(self.store.entries(key)), 1)
+
     def test_stats(self) -> None:
         """
         C{stats} counts entries and bytes.
@@ -556,6 +592,19 @@ class DiskStoreTests(DiskStoreTestsMixin, SynchronousTestCase):
         with open(path, "r+b") as f:
             f.seek(at)
             f.write(b"TEXT")
+        self.assertEqual(self.store.entries(KEY), [])
+        self.assertEqual(self.files(), [])
+
+    def test_incompleteEntryRangesChecked(self) -> None:
+        """
+        An incomplete entry whose ranges do not add up to its body length
+        is damage: a miss, and the file is removed.
+        """
+        writer = self.store.writer(KEY, b"")
+        writer.write(b"y" * 100)
+        part = dataclasses.replace(makeEntry(body=b"y" * 100, status=206),
+                                   ranges=((0, 50), (60, 100)), completeLength=1000)
+        self.assertTrue(writer.commit(part))
         self.assertEqual(self.store.entries(KEY), [])
         self.assertEqual(self.files(), [])
 

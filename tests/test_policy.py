@@ -886,13 +886,28 @@ class StorageTests(SynchronousTestCase):
 
     def test_partialAndNotModified(self) -> None:
         """
-        Sections 3.3, 3.4 and 4.3.4: 206 and 304 are not stored as
-        complete responses.
+        Sections 3.3, 3.4 and 4.3.4: a 206 without one range of a known
+        length and a strong validator is not stored, nor is a 304.
         """
         self.assertNotStored(request(), response(
             (b"Cache-Control", b"max-age=60"), status=206), "3.3")
         self.assertNotStored(request(), response(
+            (b"Cache-Control", b"max-age=60"), (b"ETag", b'W/"a"'),
+            (b"Content-Range", b"bytes 0-9/100"), status=206), "3.3")
+        self.assertNotStored(request(), response(
             (b"Cache-Control", b"max-age=60"), status=304), "4.3.4")
+
+    def test_partialStored(self) -> None:
+        """
+        Section 3.3: a 206 of one range of a known length with a strong
+        validator is stored (as an incomplete response), under the other
+        rules of section 3.
+        """
+        part = ((b"ETag", b'"a"'), (b"Content-Range", b"bytes 0-9/100"))
+        self.assertStored(request((b"Range", b"bytes=0-9")),
+                          response((b"Cache-Control", b"max-age=60"), *part, status=206))
+        self.assertNotStored(request((b"Range", b"bytes=0-9")), response(
+            (b"Cache-Control", b"no-store"), *part, status=206), "5.2.2.5")
 
     def test_nonFinal(self) -> None:
         """
@@ -1943,6 +1958,283 @@ class RangeTests(SynchronousTestCase):
             (request(), stored),
         ):
             self.assertIsNone(policy.rangeForStoredResponse(req, candidate))
+
+
+#: A strong ETag, a part of a 1000-byte representation.
+STRONG = (b"ETag", b'"v1"')
+
+
+def partial(*fields: Field, ranges=((0, 100),), total: int = 1000,
+            responseTime: float = T0) -> StoredEntry:
+    """
+    An incomplete stored response holding C{ranges} of C{total} bytes.
+    """
+    return policy.partialEntry(
+        entry(STRONG, (b"Cache-Control", b"max-age=60"), *fields,
+              responseTime=responseTime),
+        ranges, total)
+
+
+class IncompleteResponseTests(SynchronousTestCase):
+    """
+    Storing incomplete responses and answering from them: sections 3.3 and
+    3.4, RFC 9110 section 14.
+    """
+
+    def test_contentRange(self) -> None:
+        """
+        RFC 9110 section 14.4: one part with its complete length, as a
+        half-open range; an unknown length, an unsatisfied range, an
+        invalid or repeated field is not a storable part.
+        """
+        self.assertEqual(policy.contentRange(headers(
+            (b"Content-Range", b"bytes 10-19/100"))), (10, 20, 100))
+        self.assertEqual(policy.contentRange(headers(
+            (b"Content-Range", b"Bytes 0-0/1"))), (0, 1, 1))
+        for value in (b"bytes 0-9/*", b"bytes */100", b"bytes 9-0/100", b"bytes 0-100/100",
+                      b"items 0-9/100", b"bytes 0-9", b"bytes=0-9/100"):
+            self.assertIsNone(policy.contentRange(headers((b"Content-Range", value))), value)
+        self.assertIsNone(policy.contentRange(headers(
+            (b"Content-Range", b"bytes 0-9/100"), (b"Content-Range", b"bytes 0-9/100"))))
+
+    def test_storablePart(self) -> None:
+        """
+        Section 3.3: a 206 is kept only with one part (not
+        multipart/byteranges, RFC 9110 section 14.6), a strong validator
+        and a Content-Length, if any, that is the part's.
+        """
+        ranged = (b"Content-Range", b"bytes 0-99/1000")
+        self.assertEqual(policy.storablePart(response(STRONG, ranged, status=206)),
+                         (0, 100, 1000))
+        self.assertEqual(policy.storablePart(response(
+            STRONG, ranged, (b"Content-Length", b"100"), status=206)), (0, 100, 1000))
+        for fields in (
+            (STRONG, ranged, (b"Content-Length", b"99")),
+            ((b"ETag", b'W/"v1"'), ranged),
+            ((b"ETag", b"v1"), ranged),
+            (ranged,),
+            (STRONG, (b"Content-Type", b"multipart/byteranges; boundary=x")),
+        ):
+            self.assertIsNone(policy.storablePart(response(*fields, status=206)), fields)
+        self.assertIsNone(policy.storablePart(response(STRONG, ranged)))
+
+    def test_strongLastModified(self) -> None:
+        """
+        RFC 9110 section 8.8.2.2: without an ETag, a Last-Modified at least
+        60 seconds before the Date is a strong validator; closer, it is
+        weak. A weak ETag rules the response out.
+        """
+        ranged = (b"Content-Range", b"bytes 0-99/1000")
+        strong = ((b"Last-Modified", date(T0 - 60)), (b"Date", date(T0)))
+        weak = ((b"Last-Modified", date(T0 - 59)), (b"Date", date(T0)))
+        self.assertIsNotNone(policy.storablePart(response(ranged, *strong, status=206)))
+        self.assertIsNone(policy.storablePart(response(ranged, *weak, status=206)))
+        self.assertIsNone(policy.storablePart(response(
+            ranged, (b"ETag", b'W/"a"'), *strong, status=206)))
+
+    def test_incompletePrefix(self) -> None:
+        """
+        Section 3.3: a 200 cut short before its Content-Length is kept as
+        a prefix only with a strong validator; a complete one, one without
+        a length or with nothing received is not incomplete.
+        """
+        length = (b"Content-Length", b"1000")
+        self.assertEqual(policy.incompletePrefix(response(STRONG, length), 300), 1000)
+        self.assertIsNone(policy.incompletePrefix(response(length), 300))
+        self.assertIsNone(policy.incompletePrefix(response((b"ETag", b'W/"v1"'), length), 300))
+        self.assertIsNone(policy.incompletePrefix(response(STRONG, length), 1000))
+        self.assertIsNone(policy.incompletePrefix(response(STRONG, length), 0))
+        self.assertIsNone(policy.incompletePrefix(response(STRONG), 300))
+        self.assertIsNone(policy.incompletePrefix(response(STRONG, length, status=203), 300))
+
+    def test_mergeRanges(self) -> None:
+        """
+        Section 3.4: combined ranges are sorted, and overlapping or
+        adjacent ones joined.
+        """
+        self.assertEqual(policy.mergeRanges([(500, 600), (0, 100), (100, 200), (150, 160),
+                                             (700, 700)]),
+                         ((0, 200), (500, 600)))
+
+    def test_combinable(self) -> None:
+        """
+        Section 3.4: parts are combined only with the same strong
+        validator (strong comparison, RFC 9110 section 8.8.3.2) and the same
+        complete length.
+        """
+        stored = partial()
+        self.assertTrue(policy.combinable(stored, response(STRONG), 1000))
+        self.assertFalse(policy.combinable(stored, response(STRONG), 999))
+        self.assertFalse(policy.combinable(stored, response((b"ETag", b'"v2"')), 1000))
+        self.assertFalse(policy.combinable(stored, response((b"ETag", b'W/"v1"')), 1000))
+        self.assertFalse(policy.combinable(stored, response(), 1000))
+        complete = entry(STRONG, bodyLength=1000)
+        self.assertFalse(policy.combinable(complete, response(STRONG), 1000))
+
+    def test_partialEntry(self) -> None:
+        """
+        Section 3.3: an incomplete entry records its ranges and complete
+        length, keeps neither Content-Range nor Content-Length, and its body
+        is its ranges one after the other.
+        """
+        new = entry(STRONG, (b"Content-Range", b"bytes 500-599/1000"),
+                    (b"Content-Length", b"100"))
+        stored = policy.partialEntry(new, [(500, 600), (0, 100)], 1000)
+        self.assertEqual((stored.status, stored.ranges, stored.completeLength,
+                          stored.bodyLength), (206, ((0, 100), (500, 600)), 1000, 200))
+        self.assertNotIn(b"content-range", stored.responseHeaders)
+        self.assertNotIn(b"content-length", stored.responseHeaders)
+        self.assertEqual(policy.partialBodyOffset(stored, 0), 0)
+        self.assertEqual(policy.partialBodyOffset(stored, 99), 99)
+        self.assertEqual(policy.partialBodyOffset(stored, 510), 110)
+        self.assertRaises(ValueError, policy.partialBodyOffset, stored, 100)
+
+    def test_combinedBecomesComplete(self) -> None:
+        """
+        Section 3.4: parts that cover the representation make a complete
+        200 with its Content-Length; the newest response's fields, aside
+        from Content-Range, replace the stored ones of the same name, and
+        the others stay.
+        """
+        old = partial((b"X-Old", b"kept"), (b"X-Both", b"old"))
+        new = entry(STRONG, (b"Cache-Control", b"max-age=120"), (b"X-Both", b"new"),
+                    (b"Content-Range", b"bytes 100-999/1000"), responseTime=T0 + 5)
+        done = policy.partialEntry(new, [(0, 100), (100, 1000)], 1000, previous=old)
+        self.assertEqual((done.status, done.ranges, done.completeLength, done.bodyLength),
+                         (200, None, None, 1000))
+        fields = done.responseHeaders
+        self.assertEqual(fields.get(b"content-length"), b"1000")
+        self.assertNotIn(b"content-range", fields)
+        self.assertEqual(fields.get(b"cache-control"), b"max-age=120")
+        self.assertEqual(fields.getAll(b"x-both"), [b"new"])
+        self.assertEqual(fields.get(b"x-old"), b"kept")
+        self.assertEqual(done.responseTime, T0 + 5)
+
+    def test_coveredRange(self) -> None:
+        """
+        Section 3.3 and RFC 9110 section 14.1.2: a single range wholly
+        within one stored range, open and suffix forms resolved against the
+        complete length.
+        """
+        stored = partial(ranges=((0, 100), (900, 1000)))
+
+        def covered(value, *fields, method=b"GET"):
+            return policy.coveredRange(request((b"Range", value), *fields, method=method),
+                                       stored)
+
+        self.assertEqual(covered(b"bytes=10-20"), (10, 20))
+        self.assertEqual(covered(b"bytes=0-99"), (0, 99))
+        self.assertEqual(covered(b"bytes=-100"), (900, 999))
+        self.assertEqual(covered(b"bytes=950-"), (950, 999))
+        self.assertEqual(covered(b"bytes=950-5000"), (950, 999))
+        self.assertEqual(covered(b"bytes=10-20", (b"If-Range", b'"v1"')), (10, 20))
+        for value in (b"bytes=90-110", b"bytes=-101", b"bytes=0-", b"bytes=0-1,5-6",
+                      b"bytes=1000-", b"items=0-1"):
+            self.assertIsNone(covered(value), value)
+        self.assertIsNone(covered(b"bytes=10-20", (b"If-Range", b'"v2"')))
+        self.assertIsNone(covered(b"bytes=10-20", method=b"HEAD"))
+        self.assertIsNone(policy.coveredRange(request(), stored))
+        self.assertEqual(policy.rangeForStoredResponse(
+            request((b"Range", b"bytes=10-20")), stored), [(10, 20)])
+        self.assertIsNone(policy.rangeForStoredResponse(
+            request((b"Range", b"bytes=90-110")), stored))
+
+    def test_neverServedWhole(self) -> None:
+        """
+        Section 3.3: an incomplete response never answers a request that is
+        not for a range it holds: a plain GET, a HEAD or a range outside
+        are misses with C{fwd=partial} (RFC 9211 section 2.2).
+        """
+        stored = partial()
+        for req in (request(), request(method=b"HEAD"),
+                    request((b"Range", b"bytes=50-150"))):
+            decision = policy.decide(req, [stored], T0 + 1)
+            self.assertIsInstance(decision, Miss)
+            self.assertEqual(decision.fwd, "partial")
+
+    def test_freshPartServed(self) -> None:
+        """
+        Sections 3.3 and 4.2: a fresh incomplete response answers a range
+        it holds; a complete response of another variant is not needed.
+        """
+        stored = partial()
+        decision = policy.decide(request((b"Range", b"bytes=10-20")), [stored], T0 + 1)
+        self.assertIsInstance(decision, Fresh)
+        self.assertIs(decision.entry, stored)
+
+    def test_stalePartRevalidatedForTheRange(self) -> None:
+        """
+        Sections 3.3 and 4.3.1: a stale incomplete response is validated
+        with its ETag, asking for the client's range alone.
+        """
+        stored = partial()
+        decision = policy.decide(request((b"Range", b"bytes=10-20")), [stored], T0 + 61)
+        self.assertIsInstance(decision, Revalidate)
+        self.assertEqual(decision.conditionalHeaders.get(b"if-none-match"), b'"v1"')
+        self.assertEqual(decision.conditionalHeaders.get(b"range"), b"bytes=10-20")
+
+    def test_stalePartRefreshedForTheRange(self) -> None:
+        """
+        Section 3.3 and RFC 5861 section 3: a stale incomplete response
+        within stale-while-revalidate is served, and refreshed for the
+        client's range alone.
+        """
+        stored = partial((b"Cache-Control", b"max-age=60, stale-while-revalidate=600"))
+        decision = policy.decide(request((b"Range", b"bytes=10-20")), [stored], T0 + 61)
+        self.assertIsInstance(decision, StaleWhileRevalidate)
+        self.assertEqual(decision.conditionalHeaders.get(b"range"), b"bytes=10-20")
+
+    def test_staleOnErrorOnlyForARangeHeld(self) -> None:
+        """
+        Section 3.3 and RFC 5861 section 4: stale-if-error may serve an
+        incomplete response only for a range it holds.
+        """
+        stored = partial((b"Cache-Control", b"max-age=60, stale-if-error=600"))
+        self.assertIsNotNone(policy.staleOnError(
+            request((b"Range", b"bytes=10-20")), [stored], T0 + 100))
+        self.assertIsNone(policy.staleOnError(request(), [stored], T0 + 100))
+
+    def test_headKeepsMatchingPart(self) -> None:
+        """
+        Section 4.3.5: a HEAD response whose Content-Length is the
+        representation's refreshes an incomplete response instead of
+        dropping it.
+        """
+        stored = partial()
+        update = policy.freshenWithHead(
+            [stored], headers(), response(STRONG, (b"Content-Length", b"1000")), T0 + 5,
+            T0 + 5)
+        self.assertEqual(len(update.updated), 1)
+        self.assertEqual(update.updated[0].ranges, stored.ranges)
+        self.assertEqual(update.invalidated, ())
+
+    def test_replacedEntry(self) -> None:
+        """
+        Section 4.1: the stored response a new one replaces is the one of
+        the same variant.
+        """
+        plain = partial()
+        french = entry(STRONG, (b"Vary", b"Accept-Language"),
+                       requestFields=((b"Accept-Language", b"fr"),))
+        self.assertIs(policy.replacedEntry([french, plain], request(), response(STRONG)),
+                      plain)
+        vary = response(STRONG, (b"Vary", b"Accept-Language"))
+        self.assertIs(policy.replacedEntry(
+            [plain, french], request((b"Accept-Language", b"fr")), vary), french)
+        self.assertIsNone(policy.replacedEntry(
+            [plain, french], request((b"Accept-Language", b"de")), vary))
+
+    def test_isRangeRequest(self) -> None:
+        """
+        Section 3.3 and RFC 9110 section 14.2: a range request, with If-Range
+        at most, may have its answer stored; other preconditions keep it
+        from the store.
+        """
+        ranged = (b"Range", b"bytes=0-9")
+        self.assertTrue(policy.isRangeRequest(headers(ranged)))
+        self.assertTrue(policy.isRangeRequest(headers(ranged, (b"If-Range", b'"v1"'))))
+        self.assertFalse(policy.isRangeRequest(headers(ranged, (b"If-None-Match", b'"v1"'))))
+        self.assertFalse(policy.isRangeRequest(headers()))
 
 
 class InvalidationTests(SynchronousTestCase):

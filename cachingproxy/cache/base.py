@@ -6,6 +6,13 @@ An entry is one stored response (one variant of one URL): the
 L{cachingproxy.policy.StoredEntry} the policy reads (its C{id} is the
 store's handle), plus the body.
 
+An entry may be an incomplete response (RFC 9111 section 3.3): its
+C{ranges} and C{completeLength} say which bytes of the representation it
+holds, and its body is those ranges one after the other. A store keeps it
+like any other entry (the same visibility and replacement rules) and
+returns both attributes as they were committed or updated; what it may
+answer is the policy's business.
+
 Entries are grouped by primary key (the URL, L{cachingproxy.policy.primaryKey})
 and told apart by variant key (L{cachingproxy.policy.secondaryKey}: C{b""}
 when the response has no Vary).

@@ -25,7 +25,12 @@ it. The metadata is UTF-8 JSON: a list of the format version, the primary
 and variant keys, the request method, the status, the request and response
 times, and the request and response fields, each as one string of names and
 values separated by NUL (or a list of strings when a field holds a NUL),
-every byte string carried as a latin-1 decoded string.
+every byte string carried as a latin-1 decoded string. An incomplete
+response (RFC 9111 section 3.3) adds two items: the byte ranges of the
+representation it holds, as C{[start, end]} pairs (end exclusive), and the
+complete length; its body is those ranges one after the other. Such a file
+is as complete and checked as any other: it is the stored description of
+part of a representation, written and renamed into place the same way.
 
 Writing streams the body into a temporary file after a zeroed header; at
 commit the metadata is appended, the header is written in place (seek 0),
@@ -177,18 +182,22 @@ def _decodeFields(encoded) -> Headers:
 
 
 def _encodeMeta(key: bytes, variantKey: bytes, entry) -> bytes:
+    meta = [
+        FORMAT_VERSION,
+        key.decode("latin-1"),
+        variantKey.decode("latin-1"),
+        entry.requestMethod.decode("latin-1"),
+        int(entry.status),
+        float(entry.requestTime),
+        float(entry.responseTime),
+        _encodeFields(entry.requestHeaders),
+        _encodeFields(entry.responseHeaders),
+    ]
+    if entry.ranges is not None:
+        meta.append([[start, end] for start, end in entry.ranges])
+        meta.append(int(entry.completeLength))
     return json.dumps(
-        [
-            FORMAT_VERSION,
-            key.decode("latin-1"),
-            variantKey.decode("latin-1"),
-            entry.requestMethod.decode("latin-1"),
-            int(entry.status),
-            float(entry.requestTime),
-            float(entry.responseTime),
-            _encodeFields(entry.requestHeaders),
-            _encodeFields(entry.responseHeaders),
-        ],
+        meta,
         ensure_ascii=False,
         separators=(",", ":"),
     ).encode("utf-8")
@@ -989,8 +998,16 @@ class DiskStore:
                 if len(meta) != metaLength or zlib.crc32(meta) != metaCRC:
                     raise _Damaged("metadata checksum")
                 try:
+                    decoded = json.loads(meta)
+                    ranges = completeLength = None
+                    if len(decoded) == 11:
+                        ranges = tuple((int(a), int(b)) for a, b in decoded[9])
+                        completeLength = int(decoded[10])
+                        if sum(b - a for a, b in ranges) != bodyLength:
+                            raise ValueError("ranges and body length disagree")
+                        del decoded[9:]
                     (version, storedKey, variant, method, status, requestTime,
-                     responseTime, request, response) = json.loads(meta)
+                     responseTime, request, response) = decoded
                     storedKey = storedKey.encode("latin-1")
                     if version != FORMAT_VERSION:
                         raise ValueError("metadata version")
@@ -1008,6 +1025,8 @@ class DiskStore:
                         responseTime=responseTime,
                         bodyLength=bodyLength,
                         id=handle,
+                        ranges=ranges,
+                        completeLength=completeLength,
                     )
                 except Exception as e:
                     raise _Damaged("metadata undecodable: %s" % (e,))
