@@ -247,6 +247,14 @@ class Networks:
             return False
         return any(address in network for network in self.networks)
 
+    def hasHost(self, host: str) -> bool:
+        """
+        @param host: a peer's host as the transport gives it.
+        @return: whether it is an address in these ranges (a peer without
+            an IP address, such as a UNIX socket's, is in C{all} only).
+        """
+        return self.everyone or _address(host) in self
+
     def __repr__(self) -> str:
         return f"<Networks {' '.join(self.names)}>"
 

@@ -244,7 +244,18 @@ SETTINGS = (
     Setting("x-forwarded-host", "flag", False,
             "Add X-Forwarded-Host (the Host the client asked for)."),
     Setting("preserve-host", "flag", False,
-            "Reverse mode: send the client's Host upstream instead of the upstream's."),
+            "Reverse mode: send the client's Host upstream instead of the upstream's "
+            "(the cache then keys responses on it)."),
+    Setting(
+        "trusted-proxies",
+        "list",
+        None,
+        "Proxies in front of this one (CIDRs, loopback, private, all) whose "
+        "X-Forwarded-For, X-Forwarded-Host, X-Forwarded-Proto, X-Forwarded-Port, "
+        "X-Forwarded-Server, X-Real-IP and Forwarded are passed upstream (and "
+        "extended); from any other client they are dropped. Repeatable or "
+        "comma-separated.",
+    ),
     Setting("no-rewrite-redirects", "flag", False,
             "Reverse mode: leave Location and Content-Location naming the upstream as "
             "they are (by default they are rewritten to the proxy's own address)."),
@@ -300,6 +311,14 @@ SETTINGS = (
     ),
     Setting("max-object-size", "size", "256M", "Largest response body stored."),
     Setting("no-cache", "flag", False, "Do not cache at all: forward only."),
+    Setting(
+        "cache-set-cookie",
+        "flag",
+        False,
+        "Store responses that carry Set-Cookie, without it: the cookie goes "
+        "only to the client whose request fetched the response. Off: such "
+        "responses are not stored.",
+    ),
     Setting(
         "min-uses",
         "int",
@@ -420,6 +439,8 @@ class Config:
     responseRules: object = None
     compression: object = None
     refreshRules: Tuple[object, ...] = ()
+    trustedProxies: Tuple[str, ...] = ()
+    cacheSetCookie: bool = False
 
 
 def _wholeItems(setting: Setting) -> bool:
@@ -972,10 +993,13 @@ def fromOptions(
     for name, parse in (
         ("allow", access.parseNetworks),
         ("admin-allow", access.parseNetworks),
+        ("trusted-proxies", access.parseNetworks),
         ("deny-dest", access.parseDestinations),
         ("allow-dest", access.parseDestinations),
     ):
         items, where = values[name]
+        if not items and name == "trusted-proxies":
+            continue
         try:
             parse(items)
         except ValueError as e:
@@ -1058,6 +1082,8 @@ def fromOptions(
         maxHeaderFields=int(values["max-header-fields"][0]),
         bodyTimeout=float(values["body-timeout"][0]),
         maxPipeline=int(values["max-pipeline"][0]),
+        trustedProxies=values["trusted-proxies"][0],
+        cacheSetCookie=bool(values["cache-set-cookie"][0]),
     )
 
 

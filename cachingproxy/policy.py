@@ -118,6 +118,7 @@ __all__ = [
     "storableHeaders",
     "storablePart",
     "strongLastModified",
+    "unsharedFields",
     "stripPreconditions",
     "targetedFieldsToStrip",
     "varyFieldNames",
@@ -164,6 +165,10 @@ _PROXY_FIELDS = frozenset(
     [b"proxy-authenticate", b"proxy-authentication-info",
      b"proxy-authorization"]
 )
+
+#: Fields that set state in one user agent: never stored, never handed to
+#: another client (section 7.3); C{Set-Cookie2} is RFC 2965's, obsolete.
+_COOKIE_FIELDS = frozenset([b"set-cookie", b"set-cookie2"])
 
 #: The value L{parseRange} returns when no range overlaps the
 #: representation: answer 416 (RFC 9110 section 15.5.17).
@@ -306,6 +311,11 @@ class CacheOptions:
     @ivar refreshRules: the operator's L{RefreshRule}s, the first matching
         one applying; a response no rule matches gets the default
         heuristic (C{heuristicFraction}, C{maxHeuristic}).
+    @ivar storeSetCookie: whether a response carrying C{Set-Cookie} may be
+        stored. Section 7.3 warns that a shared cache can hand one user's
+        state to another, and nothing obliges an origin to mark such a
+        response C{private}: by default it is not stored. Either way the
+        stored copy never carries C{Set-Cookie} (L{storableHeaders}).
     """
 
     shared: bool = True
@@ -324,6 +334,7 @@ class CacheOptions:
     )
     understoodStatuses: FrozenSet[int] = _DEFINED_STATUSES
     refreshRules: Tuple[RefreshRule, ...] = ()
+    storeSetCookie: bool = False
 
     def __post_init__(self) -> None:
         if not self.shared:
@@ -1028,8 +1039,10 @@ def mayStore(
     stored GET responses, section 4.3.5); a 206 is stored only as an
     incomplete response that L{storablePart} accepts (one range of a
     representation of known length, with a strong validator, sections 3.3
-    and 3.4); C{Vary: *} is not
-    stored, as it could never be served (section 4.1). Fields named by
+    and 3.4); C{Vary: *} is not stored, as it could never be served
+    (section 4.1); a response that sets a cookie is not stored unless
+    C{options.storeSetCookie} (section 7.3), or unless
+    C{private="Set-Cookie"} names it. Fields named by
     C{private="..."} are stored after all, without those fields: see
     L{storableHeaders}.
 
@@ -1074,6 +1087,8 @@ def mayStore(
         return False, "private response directive in a shared cache (5.2.2.7)"
     if b"authorization" in request.headers and not _explicitlyShareable(cc):
         return False, "Authorization without public, s-maxage or must-revalidate (3.5)"
+    if not options.storeSetCookie and headers.hasAny(_COOKIE_FIELDS - cc.privateFields):
+        return False, "Set-Cookie in a shared cache (7.3)"
     if varyFieldNames(headers) is None:
         return False, "Vary: * never matches (4.1)"
     if cc.sMaxAge is not None or cc.maxAge is not None:
@@ -1103,18 +1118,30 @@ def storableHeaders(
     """
     The response fields to store (section 3.1): without Connection and the
     fields it nominates, the other hop-by-hop fields (RFC 9110 section
-    7.6.1), the proxy-specific fields, and the fields a qualified
-    C{private="..."} keeps out of a shared cache (section 5.2.2.7).
+    7.6.1), the proxy-specific fields, and the L{unsharedFields}.
 
     @return: a new L{Headers}; C{responseHeaders} is not changed.
     """
     drop = set(HOP_BY_HOP | _PROXY_FIELDS)
     drop.update(connectionOptions(b",".join(responseHeaders.getList(b"connection"))))
-    cc, _ = effectiveCacheControl(responseHeaders, options)
-    drop.update(cc.privateFields)
+    drop.update(unsharedFields(responseHeaders, options))
     stored = responseHeaders.copy()
     stored.removeMany(drop)  # type: ignore[arg-type]
     return stored
+
+
+def unsharedFields(
+    responseHeaders: Headers, options: CacheOptions = DEFAULT_OPTIONS
+) -> FrozenSet[bytes]:
+    """
+    The fields of a response meant for the client whose request fetched
+    it alone, which a shared cache neither stores nor hands to another
+    client: those a qualified C{private="..."} names (section 5.2.2.7),
+    and C{Set-Cookie} (section 7.3: a cookie set for one user agent would
+    be set in every one served the copy).
+    """
+    cc, _ = effectiveCacheControl(responseHeaders, options)
+    return _COOKIE_FIELDS | cc.privateFields
 
 
 def isCompleteResponse(

@@ -181,12 +181,33 @@ class CacheResource:
         (C{exchange.upstreamHead()} builds the whole request when needed).
         """
         method = exchange.head.method
-        key = _primaryKey(origin.scheme, origin.authority(), path)
+        factory = exchange.protocol.factory
+        if factory.keyFromHead:
+            # The origin may be told another host or scheme than its own:
+            # the key is the target URI it builds (RFC 9110 section 7.1).
+            head = exchange.upstreamHead()
+            target = factory.cacheTarget(origin, head)
+            scheme, authority = target or (origin.scheme, origin.authority())
+            key = _primaryKey(scheme, authority, path)
+            if target is None and method in (b"GET", b"HEAD"):
+                self._pass(exchange, origin, head, key, b"forwarding fields disagree")
+                return
+        else:
+            head = None
+            key = _primaryKey(origin.scheme, origin.authority(), path)
+        if exchange.hasBody and method in (b"GET", b"HEAD"):
+            # The key says nothing of content, which the origin may answer
+            # differently (RFC 9110 sections 9.3.1 and 9.3.2 give it no
+            # meaning): neither served from nor stored in the cache.
+            self._pass(exchange, origin, head or exchange.upstreamHead(), key,
+                       b"request content")
+            return
         if method == b"GET":
             hot = self._hot.get(key)
             if hot is not None and self._serveHot(exchange, exchange.head, key, hot):
                 return
-        head = exchange.upstreamHead()
+        if head is None:
+            head = exchange.upstreamHead()
         if method == b"PURGE":
             self._purge(exchange, key)
             return
@@ -234,6 +255,17 @@ class CacheResource:
         else:
             self.stats.passed += 1
             exchange.forward(origin, head, _Invalidator(self, exchange, head, key))
+
+    def _pass(self, exchange, origin: Origin, head: RequestHead, key: bytes,
+              detail: bytes) -> None:
+        """
+        Forward a GET or HEAD the cache must not answer and whose response
+        it must not store; Cache-Status says why (RFC 9211 section 2.9).
+        """
+        self.stats.passed += 1
+        exchange.cacheOrigin = origin
+        exchange.cacheHead = head
+        exchange.forward(origin, head, _Invalidator(self, exchange, head, key, detail))
 
     # -- the hot path -----------------------------------------------------
 
@@ -311,6 +343,12 @@ class CacheResource:
         hot.ageBase = ageBase
         hot.lifetime = lifetime
         factory = exchange.protocol.factory
+        settings = factory.settings
+        if settings.upstream is not None and settings.rewriteRedirects and any(
+                f[0] == b"location" or f[0] == b"content-location" for f in fields):
+            # Rewritten to the Host of the client served: a head for that
+            # client only.
+            return
         fields = factory.downstreamFields(exchange, list(fields))
         via = factory.settings.viaName
         compression = factory.settings.compression
@@ -468,11 +506,12 @@ class CacheResource:
 
     def _statusFields(self, fields, hit: bool, fwd: Optional[str], fwdStatus: Optional[int],
                       ttl: Optional[float], xcache: bytes, stored: bool = False,
-                      collapsed: bool = False):
+                      collapsed: bool = False, detail: Optional[bytes] = None):
         settings = self.settings
         if settings.cacheStatus:
             value = policy.cacheStatus(settings.name, hit=hit, fwd=fwd, fwdStatus=fwdStatus,
-                                       ttl=ttl, stored=stored, collapsed=collapsed)
+                                       ttl=ttl, stored=stored, collapsed=collapsed,
+                                       detail=detail)
             fields.append((b"cache-status", b"Cache-Status", value))
         if settings.xCache:
             fields.append((b"x-cache", b"X-Cache", xcache))
@@ -621,6 +660,15 @@ class CacheResource:
             self._log.failure("cannot start storing {key}", key=logText(key))
             return None
 
+    def notStoredDetail(self, request: RequestHead, response: ResponseHead) -> Optional[bytes]:
+        """
+        @return: for Cache-Status, the policy's reason for not storing
+            C{response}, or C{None} when the policy allowed it (the store
+            declined).
+        """
+        allowed, why = policy.mayStore(request, response, self.settings.options)
+        return None if allowed else why.encode("ascii", "replace")
+
     def commit(self, writer, key: bytes, request: RequestHead, response: ResponseHead,
                requestTime: float, responseTime: float, length: Optional[int],
                ranges=None, completeLength: Optional[int] = None,
@@ -760,8 +808,11 @@ class _Storer:
             self.flight.headArrived(self, stored, self.writer is not None)
         _stripTargeted(head, resource.settings.options)
         fields = head.headers.lowered()
+        detail = None
+        if self.writer is None and self.store and self.exchange.head.method != b"HEAD":
+            detail = resource.notStoredDetail(self.request, stored)
         resource._statusFields(fields, False, self.fwd, head.status, None, b"MISS",
-                               stored=self.writer is not None)
+                               stored=self.writer is not None, detail=detail)
         self.exchange.cacheResult = "MISS"
         self.exchange.responseHead(head)
 
@@ -987,11 +1038,13 @@ class _Invalidator:
     """
 
     def __init__(self, resource: CacheResource, exchange, request: RequestHead,
-                 key: bytes) -> None:
+                 key: bytes, detail: Optional[bytes] = None) -> None:
         self.resource = resource
         self.exchange = exchange
         self.request = request
         self.key = key
+        #: why a GET or HEAD is passed, for Cache-Status
+        self.detail = detail
 
     def responseInterim(self, head: ResponseHead) -> None:
         self.exchange.responseInterim(head)
@@ -1006,7 +1059,7 @@ class _Invalidator:
         fields = head.headers.lowered()
         self.exchange.cacheResult = "PASS"
         self.resource._statusFields(fields, False, "method" if method not in (
-            b"GET", b"HEAD") else "request", head.status, None, b"PASS")
+            b"GET", b"HEAD") else "request", head.status, None, b"PASS", detail=self.detail)
         self.exchange.responseHead(head)
 
     def responseBody(self, data: bytes) -> None:
@@ -1267,10 +1320,14 @@ class _Flight:
             # the leader included.
             self.streaming.append(leader.exchange)
             leader.exchange.producer = _WaiterPauser(self, leader.exchange)
+        # The waiters get what a hit would give them: not the fields meant
+        # for the leader's client alone (its cookie).
+        unshared = policy.unsharedFields(head.headers, self.resource.settings.options)
         for exchange in waiters:
             if exchange.state is not ExchangeState.FORWARDING:
                 continue
             copy = ResponseHead(head.status, head.reason, head.version, head.headers.copy())
+            copy.headers.removeMany(unshared)
             fields = copy.headers.lowered()
             self.resource._statusFields(fields, False, "miss", head.status, None, b"MISS",
                                         collapsed=True)

@@ -57,6 +57,7 @@ from .errors import (
 from .http.headers import HOP_BY_HOP, Headers, connectionOptions, formatHTTPDate, splitList
 from .http.message import REASONS, RequestHead, ResponseHead, logText
 from ._io import discardUnsent, sendNow
+from .forwarding import FORWARDING_FIELDS, Disagreement, forwardedParameters, toldTarget
 from .compress import compressWhole, compressor, negotiate, noTransform, weakenETag
 from .admin import ADMIN_PREFIX
 from .tunnel import TunnelPeer, joinTunnel
@@ -118,6 +119,10 @@ class ProxySettings:
     @ivar xForwardedProto: add C{X-Forwarded-Proto}.
     @ivar xForwardedHost: add C{X-Forwarded-Host}.
     @ivar preserveHost: in reverse mode, send the client's Host upstream.
+    @ivar trustedProxies: the clients (a L{cachingproxy.access.Networks})
+        whose forwarding fields (L{FORWARDING_FIELDS}) are passed on and
+        extended; from any other client they are dropped. C{None}: no
+        client is trusted.
     @ivar rewriteRedirects: in reverse mode, rewrite C{Location} and
         C{Content-Location} naming the upstream to the client's Host.
     @ivar requestRules: L{cachingproxy.rules.HeaderRules} for requests
@@ -153,6 +158,7 @@ class ProxySettings:
     rewriteRedirects: bool = True
     requestRules: object = None
     responseRules: object = None
+    trustedProxies: object = None
 
 
 class ReaderState(enum.Enum):
@@ -1028,6 +1034,7 @@ class ProxyProtocol(Protocol):
         self._local = _UNKNOWN
         self._secure: Optional[bool] = None
         self._clientVerdict = _UNKNOWN
+        self._trusted: Optional[bool] = None
         self._destinationVerdicts: Optional[dict] = None
         self._timerPurpose: Optional[ReaderState] = None
         self._tunnelPeer: Optional[TunnelPeer] = None
@@ -1537,6 +1544,18 @@ class ProxyProtocol(Protocol):
             verdict = self._clientVerdict = self.factory.access.checkClient(self.clientHost)
         return verdict
 
+    def forwardingTrusted(self) -> bool:
+        """
+        Whether this client is one of the trusted proxies, whose forwarding
+        fields are passed on (decided once per connection: the address
+        does not change).
+        """
+        trusted = self._trusted
+        if trusted is None:
+            networks = self.factory.settings.trustedProxies
+            trusted = self._trusted = networks is not None and networks.hasHost(self.clientHost)
+        return trusted
+
     def destinationVerdict(self, origin: Origin) -> Optional[ProxyError]:
         """
         The access policy's word on sending this client to C{origin},
@@ -1628,6 +1647,12 @@ class ProxyFactory(Factory):
         self._acceptingPaused = False
         viaName = settings.viaName.lower()
         self._viaName = viaName
+        #: whether what the origin is told of the request's scheme and host
+        #: may differ from the origin's own: then the cache key is built
+        #: from the request as it goes upstream (L{cacheTarget})
+        self.keyFromHead = bool(
+            settings.preserveHost or settings.xForwardedHost or settings.xForwardedProto
+            or settings.trustedProxies is not None or settings.requestRules)
 
     def connectionOpened(self, protocol: ProxyProtocol) -> None:
         self.openConnections += 1
@@ -1830,38 +1855,89 @@ class ProxyFactory(Factory):
         clientHost = head.headers.get(b"host")
         if settings.preserveHost and settings.upstream is not None and clientHost:
             authority = clientHost
+        # Forwarding fields from a client that is not a trusted proxy are
+        # its own claims about itself: an origin that believes them would
+        # build links, redirects and cached pages for a host or scheme the
+        # client chose.
+        trusted = protocol.forwardingTrusted()
         fields = [
             f if f[0] != b"host" else (b"host", f[1], authority)
             for f in _framedFields(head.headers.lowered(), hopByHop,
                                    None if facts.chunked else facts.length)
+            if trusted or f[0] not in FORWARDING_FIELDS
         ]
         if facts.hosts == 0:
             fields.insert(0, (b"host", b"Host", authority))
         headers = Headers.fromLowered(fields)
         if facts.chunked:
             headers.add(b"Transfer-Encoding", b"chunked")
-        if settings.xForwardedProto or settings.forwarded:
-            proto = b"https" if protocol.isSecure() else b"http"
         if settings.xForwardedFor:
             _appendField(headers, b"X-Forwarded-For", protocol.clientHost.encode())
-        if settings.xForwardedProto:
-            headers.set(b"X-Forwarded-Proto", proto)
-        if settings.xForwardedHost and clientHost:
-            headers.set(b"X-Forwarded-Host", clientHost)
-        if settings.forwarded:
-            client = protocol.clientHost
-            node = f'"[{client}]"' if ":" in client else client
-            element = f"for={node}".encode()
-            if clientHost and settings.xForwardedHost:
-                element += b';host="' + clientHost.replace(b'"', b"") + b'"'
-            if settings.xForwardedProto:
-                element += b";proto=" + proto
-            _appendField(headers, b"Forwarded", element)
+        if settings.xForwardedProto or settings.xForwardedHost or settings.forwarded:
+            if settings.upstream is None:
+                # Forward mode: what the client asked for is the target URI
+                # (its Host is ignored, RFC 9112 section 3.2.2).
+                proto, toldHost = origin.scheme, origin.authority()
+            else:
+                proto = b"https" if protocol.isSecure() else b"http"
+                toldHost = clientHost
+            if trusted:
+                # What a trusted proxy told stands: one story for the origin,
+                # whichever of the fields it reads.
+                told = _keptTarget(headers)
+                proto = told[0] or proto
+                toldHost = told[1] or toldHost
+            if settings.xForwardedProto and b"x-forwarded-proto" not in headers:
+                headers.set(b"X-Forwarded-Proto", proto)
+            if settings.xForwardedHost and toldHost and b"x-forwarded-host" not in headers:
+                headers.set(b"X-Forwarded-Host", toldHost)
+            if settings.forwarded:
+                client = protocol.clientHost
+                node = f'"[{client}]"' if ":" in client else client
+                element = f"for={node}".encode()
+                if toldHost and settings.xForwardedHost:
+                    element += b';host="' + toldHost.replace(b'"', b"").replace(b"\\", b"") + b'"'
+                if settings.xForwardedProto:
+                    element += b";proto=" + proto
+                _appendField(headers, b"Forwarded", element)
         rules = settings.requestRules
         if rules:
             headers = Headers.fromLowered(rules.apply(headers.lowered()))
         headers.add(b"Via", b"%d.%d %s" % (head.version[0], head.version[1], settings.viaName))
         return RequestHead(head.method, path, (1, 1), headers)
+
+    def cacheTarget(self, origin: Origin, head: RequestHead) -> Optional[Tuple[bytes, bytes]]:
+        """
+        The scheme and authority of a request's cache key (RFC 9111
+        section 2): those of the target URI the origin builds from the
+        request as it reaches it (RFC 9110 section 7.1), that is from the
+        Host sent and the scheme and host the forwarding fields tell
+        (L{cachingproxy.forwarding.toldTarget}). In forward mode the key
+        is the target URI, and a request telling the origin of another
+        one is not cached.
+
+        @param head: the request as it goes upstream.
+        @return: C{(scheme, authority)}, or C{None} when the request must
+            not be answered from, nor stored in, the cache: the fields
+            tell two different stories.
+        """
+        try:
+            scheme, told = toldTarget(head.headers)
+        except Disagreement:
+            return None
+        own = origin.authority()
+        ownLower = own.lower()
+        sent = head.headers.get(b"host")
+        sent = ownLower if sent is None else sent.strip().lower()
+        if self.settings.upstream is None:
+            if (scheme not in (None, origin.scheme) or told not in (None, ownLower)
+                    or sent != ownLower):
+                return None
+            return origin.scheme, own
+        if told is not None and sent != ownLower and told != sent:
+            # The origin could build its URI from either.
+            return None
+        return scheme or origin.scheme, told or sent
 
     def downstreamFields(self, exchange: Exchange, fields: list) -> list:
         """
@@ -2027,6 +2103,23 @@ def _rewriteLocations(fields: list, upstream: Origin, clientHost: bytes, scheme:
 def _printable(value: bytes) -> str:
     text = value.decode("latin-1")
     return "".join(c if 32 <= ord(c) < 127 and c != '"' else "\\x%02x" % ord(c) for c in text)
+
+
+def _keptTarget(headers: Headers) -> Tuple[Optional[bytes], Optional[bytes]]:
+    """
+    @return: the scheme and host a trusted proxy's forwarding fields (kept
+        in C{headers}) tell, each C{None} when untold: X-Forwarded-Proto
+        and -Host, else the first Forwarded element's proto and host.
+    """
+    proto = headers.getList(b"x-forwarded-proto")[:1]
+    host = headers.getList(b"x-forwarded-host")[:1]
+    if not (proto and host):
+        forwarded = headers.getCombined(b"forwarded")
+        if forwarded:
+            parameters = forwardedParameters(forwarded)
+            proto = proto or [parameters.get(b"proto")]
+            host = host or [parameters.get(b"host")]
+    return (proto[0] if proto else None), (host[0] if host else None)
 
 
 def _appendField(headers: Headers, name: bytes, value: bytes) -> None:

@@ -105,6 +105,13 @@ class Options(usage.Options):
         [env CACHINGPROXY_REFRESH_RULE, one a line]
         """
         self["refresh-rule"].append(rule)
+    def opt_trusted_proxies(self, value: str) -> None:
+        """
+        Proxies in front whose forwarding fields (X-Forwarded-*, X-Real-IP,
+        Forwarded) are passed on and extended; dropped from any other
+        client. Repeatable. [env CACHINGPROXY_TRUSTED_PROXIES]
+        """
+        self["trusted-proxies"].append(value)
 
     def opt_port(self, port: str) -> None:
         """
@@ -214,6 +221,7 @@ def buildCache(reactor, config: Config, pool):
         defaultStaleWhileRevalidate=config.staleWhileRevalidate,
         defaultStaleIfError=config.staleIfError,
         refreshRules=config.refreshRules,
+        storeSetCookie=config.cacheSetCookie,
     )
     settings = CacheSettings(
         options=options,
@@ -257,7 +265,21 @@ def _proxySettings(config: Config, upstream) -> ProxySettings:
         requestRules=config.requestRules,
         responseRules=config.responseRules,
         compression=config.compression,
+        trustedProxies=_trustedProxies(config),
     )
+
+
+def _trustedProxies(config: Config):
+    """
+    @return: the L{cachingproxy.access.Networks} of C{--trusted-proxies},
+        or C{None} when no client is trusted.
+    """
+    if not config.trustedProxies:
+        return None
+    from .access import parseNetworks
+
+    networks = parseNetworks(config.trustedProxies)
+    return networks if networks.everyone or networks.networks else None
 
 
 def AccessLogFile(path: str, format: str = "combined") -> AccessLog:

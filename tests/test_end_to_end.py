@@ -12,6 +12,7 @@ from twisted.internet.interfaces import IHostnameResolver, IResolutionReceiver
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
+from cachingproxy.access import parseNetworks
 from cachingproxy.server import ProxySettings
 from cachingproxy.upstream import Origin, UpstreamSettings
 
@@ -331,10 +332,11 @@ class ForwardModeTests(_ModeMixin, TestCase):
 
     async def test_forwardedFields(self):
         """
-        With the options on, the client address is appended to an existing
-        X-Forwarded-For and a Forwarded element is added.
+        With the options on, the client address is appended to a trusted
+        proxy's X-Forwarded-For and a Forwarded element is added.
         """
-        self.setUpProxy(xForwardedFor=True, forwarded=True)
+        self.setUpProxy(xForwardedFor=True, forwarded=True,
+                        trustedProxies=parseNetworks(["127.0.0.1"]))
         _, [response] = await exchange(
             self.port, self,
             self.request(b"GET", b"/headers", b"X-Forwarded-For: 192.0.2.7\r\n"),

@@ -865,6 +865,51 @@ class StorageTests(SynchronousTestCase):
         self.assertNotIn(b"x-user", stored)
         self.assertIn(b"x-other", stored)
 
+    def test_setCookieNotStored(self) -> None:
+        """
+        Section 7.3: by default a response that sets a cookie is not stored
+        by this shared cache, whatever its freshness, and the reason says
+        so.
+        """
+        for name in (b"Set-Cookie", b"Set-Cookie2"):
+            self.assertNotStored(request(), response(
+                (b"Cache-Control", b"public, max-age=60"), (name, b"id=1")), "Set-Cookie")
+
+    def test_setCookieStoredWithout(self) -> None:
+        """
+        Section 7.3: with C{storeSetCookie} the response is stored, and the
+        stored fields never include Set-Cookie (it is for the client whose
+        request fetched it).
+        """
+        options = CacheOptions(storeSetCookie=True)
+        resp = response((b"Cache-Control", b"max-age=60"), (b"Set-Cookie", b"id=1"),
+                        (b"Set-Cookie2", b"id=2"), (b"X-Other", b"1"))
+        allowed, reason = policy.mayStore(request(), resp, options)
+        self.assertTrue(allowed, reason)
+        stored = policy.storableHeaders(resp.headers, options)
+        self.assertNotIn(b"set-cookie", stored)
+        self.assertNotIn(b"set-cookie2", stored)
+        self.assertIn(b"x-other", stored)
+
+    def test_privateSetCookie(self) -> None:
+        """
+        Section 5.2.2.7: C{private="Set-Cookie"} makes the response
+        storable by default, without that field.
+        """
+        resp = response((b"Cache-Control", b'max-age=60, private="Set-Cookie"'),
+                        (b"Set-Cookie", b"id=1"))
+        self.assertStored(request(), resp)
+        self.assertNotIn(b"set-cookie", policy.storableHeaders(resp.headers))
+
+    def test_unsharedFields(self) -> None:
+        """
+        Sections 5.2.2.7 and 7.3: the fields meant for one client alone are
+        the cookie fields and those C{private="..."} names.
+        """
+        self.assertEqual(
+            policy.unsharedFields(headers((b"Cache-Control", b'private="X-User"'))),
+            frozenset([b"set-cookie", b"set-cookie2", b"x-user"]))
+
     def test_authorization(self) -> None:
         """
         Section 3.5: a response to a request with Authorization is stored
@@ -1599,6 +1644,16 @@ class FreshenWith304Tests(SynchronousTestCase):
         self.assertEqual(list(merged.items()), [
             (b"Cache-Control", b"max-age=60"), (b"x-a", b"3"),
             (b"Content-Type", b"text/plain"), (b"X-New", b"n")])
+
+    def test_setCookieNotMerged(self) -> None:
+        """
+        Sections 3.2 and 7.3: a 304's Set-Cookie does not enter the stored
+        response, which every later client would get.
+        """
+        merged = policy.freshenWith304(
+            headers((b"Cache-Control", b"max-age=1")),
+            headers((b"Set-Cookie", b"id=1"), (b"Cache-Control", b"max-age=60")))
+        self.assertEqual(list(merged.items()), [(b"Cache-Control", b"max-age=60")])
 
     def test_excludedFields(self) -> None:
         """

@@ -7,6 +7,7 @@ import json
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 
+from cachingproxy.access import parseNetworks
 from cachingproxy.cache.memory import MemoryStore
 from cachingproxy.resource import CacheResource
 from cachingproxy.rules import HeaderRules
@@ -131,14 +132,16 @@ class RulesEndToEndTests(TestCase):
 
     async def test_chainOfTwoProxies(self):
         """
-        Through two reverse proxies (the first keeping the client's Host),
+        Through two reverse proxies (the first keeping the client's Host,
+        the second trusting the first),
         X-Forwarded-For lists both hops, Forwarded has one element per
         hop, X-Forwarded-Host and -Proto name what the client asked for.
         """
         origin, originPort = listenOrigin(self)
         _, second, _ = startProxy(self, ProxySettings(
             viaName=b"second", upstream=Origin(b"http", "127.0.0.1", originPort),
-            xForwardedFor=True, forwarded=True, xForwardedHost=True, xForwardedProto=True))
+            xForwardedFor=True, forwarded=True, xForwardedHost=True, xForwardedProto=True,
+            trustedProxies=parseNetworks(["127.0.0.1"])))
         _, first, _ = startProxy(self, ProxySettings(
             viaName=b"first", upstream=Origin(b"http", "127.0.0.1", second), preserveHost=True,
             xForwardedFor=True, forwarded=True, xForwardedHost=True, xForwardedProto=True))

@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
+from cachingproxy.access import parseNetworks
 from cachingproxy.server import (
     ExchangeState,
     ProxyFactory,
@@ -540,11 +541,11 @@ class RequestForwardingTests(SynchronousTestCase):
 
     def test_forwardedForFields(self):
         """
-        With C{xForwardedFor} and C{forwarded} on, the client address is
-        appended to an existing X-Forwarded-For and a Forwarded element is
-        added.
+        With C{xForwardedFor} and C{forwarded} on, a trusted proxy's
+        X-Forwarded-For is appended to and a Forwarded element is added.
         """
-        h = ProxyHarness(ProxySettings(xForwardedFor=True, forwarded=True))
+        h = ProxyHarness(ProxySettings(xForwardedFor=True, forwarded=True,
+                                       trustedProxies=parseNetworks(["127.0.0.1"])))
         h.send(
             b"GET http://10.0.0.1:8080/ HTTP/1.1\r\nHost: x\r\n"
             b"X-Forwarded-For: 192.0.2.1\r\n\r\n"
@@ -553,6 +554,27 @@ class RequestForwardingTests(SynchronousTestCase):
             h.origin().received(),
             b"GET / HTTP/1.1\r\nHost: 10.0.0.1:8080\r\n"
             b"X-Forwarded-For: 192.0.2.1, 127.0.0.1\r\n"
+            b"Forwarded: for=127.0.0.1\r\n"
+            b"Via: 1.1 cachingproxy\r\n\r\n",
+        )
+
+    def test_untrustedForwardingFieldsReplaced(self):
+        """
+        From a client that is not a trusted proxy, every forwarding field is
+        dropped, and the proxy's own take the place of those it adds.
+        """
+        h = ProxyHarness(ProxySettings(xForwardedFor=True, forwarded=True))
+        h.send(
+            b"GET http://10.0.0.1:8080/ HTTP/1.1\r\nHost: x\r\n"
+            b"X-Forwarded-For: 192.0.2.1\r\nForwarded: for=192.0.2.1\r\n"
+            b"X-Real-IP: 192.0.2.1\r\nX-Forwarded-Host: evil.example\r\n"
+            b"X-Forwarded-Proto: https\r\nX-Forwarded-Port: 443\r\n"
+            b"X-Forwarded-Server: evil\r\n\r\n"
+        )
+        self.assertEqual(
+            h.origin().received(),
+            b"GET / HTTP/1.1\r\nHost: 10.0.0.1:8080\r\n"
+            b"X-Forwarded-For: 127.0.0.1\r\n"
             b"Forwarded: for=127.0.0.1\r\n"
             b"Via: 1.1 cachingproxy\r\n\r\n",
         )

@@ -138,6 +138,42 @@ class OptionsTests(SynchronousTestCase):
         self.assertIsNone(services[0].factory.accessLog)
         self.assertFalse(service.running)
 
+    def test_poisoningSettings(self):
+        """
+        --trusted-proxies (repeatable, comma-separated, or from the
+        environment) and --cache-set-cookie reach the proxy and its cache:
+        the trusted client is decided by address, and the cache options
+        allow storing Set-Cookie.
+        """
+        options = tap.Options()
+        options.parseOptions(["--port", "tcp:0", "--no-access-log", "--cache-dir", "none",
+                              "--cache-memory", "1M", "--trusted-proxies", "10.0.0.0/8,::1",
+                              "--trusted-proxies", "192.0.2.7", "--cache-set-cookie"])
+        self.assertEqual(options.config.trustedProxies, ("10.0.0.0/8", "::1", "192.0.2.7"))
+        factory = tap.buildFactory(reactor, options.config)
+        trusted = factory.settings.trustedProxies
+        self.assertEqual([trusted.hasHost(h) for h in ("10.1.2.3", "::1", "192.0.2.7",
+                                                       "192.0.2.8", "/run/socket")],
+                         [True, True, True, False, False])
+        self.assertTrue(factory.cache.settings.options.storeSetCookie)
+        self.assertTrue(factory.keyFromHead)
+        config = self.parse([], {"CACHINGPROXY_TRUSTED_PROXIES": "loopback"})
+        self.assertEqual(config.trustedProxies, ("loopback",))
+        self.assertFalse(config.cacheSetCookie)
+        plain = tap.buildFactory(reactor, self.parse(["--no-cache"]))
+        self.assertIsNone(plain.settings.trustedProxies)
+        self.assertFalse(plain.keyFromHead)
+
+    def test_badTrustedProxies(self):
+        """
+        A --trusted-proxies entry that is no address range is refused,
+        naming the setting.
+        """
+        error = self.assertRaises(usage.UsageError, self.parse,
+                                  ["--trusted-proxies", "proxy.example"])
+        self.assertIn("--trusted-proxies", str(error))
+        self.assertIn("proxy.example", str(error))
+
     def test_fromOptionsDirect(self):
         """
         L{fromOptions} takes values already parsed (as the TOML file and
