@@ -20,7 +20,8 @@ How a driver uses it, in the shape of hishel's state machine::
     elif isinstance(decision, Miss):           # forward; then mayStore(...)
     elif isinstance(decision, OnlyIfCachedMiss):   # answer 504
     elif isinstance(decision, Pass):           # forward, never store,
-        # then invalidate invalidatedURIs(...)
+        # then invalidate invalidatedURIs(...); only a POST response that
+        # mayStorePostResponse(...) allows is then stored for GET
 
 The section numbers in comments are RFC 9111 unless another document is
 named: RFC 9110 (HTTP semantics), RFC 5861 (stale-while-revalidate and
@@ -1449,7 +1450,9 @@ class Pass:
     Forward the request and never store the response (an unsafe or
     unsupported method, section 4, or preconditions only the origin can
     evaluate, section 4.3.2). After a non-error answer, remove
-    L{invalidatedURIs}.
+    L{invalidatedURIs}; then a response to POST that
+    L{mayStorePostResponse} allows is stored as the response to GET of its
+    target (RFC 9110 section 9.3.3).
     """
 
     reason: str
