@@ -840,6 +840,7 @@ class _Invalidator:
         self.requestTime = resource.reactor.seconds()
         self.writer = None
         self.length = 0
+        self.watching = False
 
     def responseInterim(self, head: ResponseHead) -> None:
         self.exchange.responseInterim(head)
@@ -883,6 +884,7 @@ class _Invalidator:
         if self.writer is not None:
             # A client that leaves mid-body leaves nothing half-written.
             self.exchange.onClientGone = self._abortWriter
+            self.watching = True
 
     def responseBody(self, data: bytes) -> None:
         writer = self.writer
@@ -891,6 +893,7 @@ class _Invalidator:
                 writer.write(data)
                 self.length += len(data)
             except StoreFull:
+                self._log.info("not storing {key}: too large or no space", key=self.storeKey)
                 self.writer = None
             except Exception:
                 self._log.failure("storing {key} failed", key=self.storeKey)
@@ -898,16 +901,24 @@ class _Invalidator:
         self.exchange.responseBody(data)
 
     def responseEnd(self) -> None:
+        self._unwatch()
         writer, self.writer = self.writer, None
         if writer is not None:
-            self.exchange.onClientGone = None
             self.resource.commit(writer, self.storeKey, self.asGet, self.response,
                                  self.requestTime, self.responseTime, self.length)
         self.exchange.responseEnd()
 
     def responseFailed(self, reason: Failure, receivedAnything: bool) -> None:
+        self._unwatch()
         self._abortWriter()
         _Storer._failExchange(self, reason)
+
+    def _unwatch(self) -> None:
+        # The exchange and this handler point at each other: an ended
+        # response lets go.
+        if self.watching:
+            self.watching = False
+            self.exchange.onClientGone = None
 
     def _abortWriter(self) -> bool:
         """

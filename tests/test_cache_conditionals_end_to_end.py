@@ -15,7 +15,7 @@ import time
 from twisted.internet import defer, reactor
 
 from . import test_cache_end_to_end as cached
-from .helpers import Twistd, exchange, temporaryPath
+from .helpers import Twistd, connectClient, exchange, listenScripted, temporaryPath
 from cachingproxy.http.headers import formatHTTPDate
 
 
@@ -211,6 +211,25 @@ class PostReuseTests(cached.CacheTestCase):
             self.assertNotIn(b"stored", posted.header(b"cache-status"))
             after = await self.get(path)
             self.assertEqual((after.body, after.header(b"x-cache")), (path + b" #3", b"MISS"))
+
+
+    async def test_truncatedNotStored(self):
+        """
+        RFC 9111 section 3.3: a storable response to POST that the origin
+        cuts short is not stored; the same response whole is.
+        """
+        head = (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n"
+                b"Content-Location: /form\r\nContent-Length: 10\r\n\r\n")
+        for body, stored in ((b"0123", False), (b"0123456789", True)):
+            _, port = listenScripted(self, [head + body, None])
+            uri = b"http://127.0.0.1:%d/form" % port
+            client = await connectClient(self.port, self)
+            client.transport.write(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+                                   % uri)
+            # The whole response, or the close that follows the cut.
+            responses = await client.waitFor(1)
+            self.assertEqual(len(responses), 1 if stored else 0)
+            self.assertEqual(len(self.store.entries(uri)), 1 if stored else 0, body)
 
 
 class VaryNormalisationTests(cached.CacheTestCase):
