@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 
 from . import test_cache_end_to_end as cached
 from .helpers import Twistd, connectClient, exchange, listenScripted, temporaryPath
@@ -82,11 +82,8 @@ class PythonHttpServerTests(cached.CacheTestCase):
             return process.ended
 
         self.addCleanup(stop)
-        await defer.Deferred.fromCoroutine(self._serving(process))
-        return int(re.search(rb"port (\d+)", process.output).group(1))
-
-    async def _serving(self, process) -> None:
         await process.waitForOutput(b"Serving HTTP on")
+        return int(re.search(rb"port (\d+)", process.output).group(1))
 
     def requestLines(self, log: str):
         """
