@@ -20,7 +20,8 @@ How a driver uses it, in the shape of hishel's state machine::
     elif isinstance(decision, Miss):           # forward; then mayStore(...)
     elif isinstance(decision, OnlyIfCachedMiss):   # answer 504
     elif isinstance(decision, Pass):           # forward, never store,
-        # then invalidate invalidatedURIs(...)
+        # then invalidate invalidatedURIs(...); only a POST response that
+        # mayStorePostResponse(...) allows is then stored for GET
 
 The section numbers in comments are RFC 9111 unless another document is
 named: RFC 9110 (HTTP semantics), RFC 5861 (stale-while-revalidate and
@@ -99,6 +100,7 @@ __all__ = [
     "isCompleteResponse",
     "mayStore",
     "mergeRanges",
+    "mayStorePostResponse",
     "normalizeURI",
     "notModifiedHeaders",
     "parseCacheControl",
@@ -956,19 +958,98 @@ def varyFieldNames(responseHeaders: Headers) -> Optional[Tuple[bytes, ...]]:
     return tuple(sorted(names))
 
 
+#: Request fields whose values are lists of case-insensitive tokens, each
+#: with parameters and an optional weight (RFC 9110 sections 12.5.1 to
+#: 12.5.4): L{_normalizedValue} normalises them further, so that requests
+#: the origin cannot tell apart select the same variant (section 4.1).
+_NEGOTIATION_FIELDS = frozenset(
+    [b"accept", b"accept-charset", b"accept-encoding", b"accept-language"]
+)
+
+#: qvalue (RFC 9110 section 12.4.2).
+_QVALUE = re.compile(rb"(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)\Z")
+
+
+def _normalizedWeight(value: bytes) -> Optional[bytes]:
+    """
+    A qvalue in its shortest form (C{0.500} is C{0.5}, C{1.0} is C{1}),
+    or C{None} if C{value} is not a qvalue.
+    """
+    if not _QVALUE.match(value):
+        return None
+    if b"." in value:
+        value = value.rstrip(b"0").rstrip(b".")
+    return value
+
+
+def _normalizedMember(member: bytes) -> bytes:
+    """
+    One member of a negotiation field in a canonical form: the value and
+    the parameter names in lower case (RFC 9110 sections 8.3.1, 8.3.2,
+    8.4.1 and RFC 4647 section 2 make them case-insensitive, and so is a
+    C{charset} value), no whitespace around C{;} and C{=}, the weight in
+    its shortest form and left out when it is 1, the default (RFC 9110
+    section 12.4.2). Parameters keep their order; a member with a quoted
+    string, or an invalid weight, keeps its text.
+    """
+    if b'"' in member:
+        return member
+    pieces = member.split(b";")
+    out = [pieces[0].strip(b" \t").lower()]
+    for piece in pieces[1:]:
+        name, equals, value = piece.partition(b"=")
+        name = name.strip(b" \t").lower()
+        value = value.strip(b" \t")
+        if not name:
+            continue
+        if name == b"q" and equals:
+            weight = _normalizedWeight(value)
+            if weight == b"1":
+                continue
+            if weight is not None:
+                value = weight
+        elif name == b"charset":
+            value = value.lower()
+        out.append(name + equals + value)
+    return b";".join(out)
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalizedValue(name: bytes, value: bytes) -> bytes:
+    """
+    The normalised form of the combined value of field C{name}, remembered
+    per raw value: it is worked out for every stored variant a request is
+    compared with.
+
+    Every list-based field loses the whitespace around commas and its
+    empty members (section 4.1). The negotiation fields
+    (L{_NEGOTIATION_FIELDS}) go further: their members are normalised by
+    L{_normalizedMember} and sorted, since their order carries no meaning
+    (preference is said by weights, RFC 9110 section 12.4.2), each weight
+    staying with its member.
+    """
+    members = splitList(value)
+    if name in _NEGOTIATION_FIELDS:
+        members = sorted(_normalizedMember(m) for m in members)
+    return b", ".join(members)
+
+
 def _normalizedField(headers: Headers, name: bytes) -> Optional[bytes]:
     """
-    Normalise the C{name} fields of C{headers} as section 4.1 allows for
-    any field: repeated lines combined, whitespace around commas and at
-    both ends removed, empty list members dropped. Values keep their case:
-    which fields are case-insensitive is not known in general.
+    Normalise the C{name} fields of C{headers} as section 4.1 allows:
+    repeated lines combined, whitespace around commas and at both ends
+    removed, empty list members dropped; for the negotiation fields, case,
+    whitespace, weights and order too (L{_normalizedValue}). Other values
+    keep their case and order: which fields are case-insensitive, or
+    ordered, is not known in general.
 
+    @param name: a field name in lower case.
     @return: the normalised value, or C{None} if the field is absent.
     """
     values = headers.getAll(name)
     if not values:
         return None
-    return b", ".join(splitList(b", ".join(values)))
+    return _normalizedValue(name, values[0] if len(values) == 1 else b", ".join(values))
 
 
 def varyMatches(
@@ -1110,6 +1191,52 @@ def mayStore(
         return True, why + " with stale-if-error or stale-while-revalidate (RFC 5861)"
     return False, ("never usable: no explicit or heuristic freshness (4.2.2) "
                    "and no validator (4.3.1)")
+
+
+def mayStorePostResponse(
+    request: RequestHead,
+    response: ResponseHead,
+    targetURI: bytes,
+    options: CacheOptions = DEFAULT_OPTIONS,
+) -> Tuple[bool, str]:
+    """
+    Whether a response to POST may be stored as the response to a GET of
+    its target URI (RFC 9110 section 9.3.3): it has explicit freshness
+    (C{s-maxage}, C{max-age} or Expires), a single Content-Location that
+    resolves to the target URI (RFC 9110 section 8.7: the content is then a
+    current representation of the target), and L{mayStore} allows it for
+    a GET with the same fields, so C{no-store}, C{private},
+    Authorization and C{Vary: *} count exactly as for GET.
+
+    Choice: only 200 and 203, whose content is what a GET of the URI
+    would carry; a 201 or a 204 tells of the action, not the resource.
+
+    The driver stores it after removing what section 4.4 invalidates, so
+    the response to the POST is what remains for the target URI.
+
+    @param targetURI: the absolute target URI of the POST.
+    @return: C{(allowed, reason)}, the reason naming the rule.
+    """
+    if request.method != b"POST":
+        return False, "not a response to POST (RFC 9110 9.3.3)"
+    if response.status not in (200, 203):
+        return False, "status does not represent the target (RFC 9110 9.3.3)"
+    target = normalizeURI(targetURI)
+    locations = response.headers.getAll(b"content-location")
+    if target is None or len(locations) != 1:
+        return False, "no single Content-Location (RFC 9110 9.3.3)"
+    try:
+        location = normalizeURI(urljoin(target, locations[0].strip(b" \t")))
+    except ValueError:
+        location = None
+    if location != target:
+        return False, "Content-Location is not the target URI (RFC 9110 9.3.3)"
+    cc, targeted = effectiveCacheControl(response.headers, options)
+    if (cc.sMaxAge is None and cc.maxAge is None
+            and (targeted is not None or b"expires" not in response.headers)):
+        return False, "no explicit freshness (RFC 9110 9.3.3)"
+    asGet = RequestHead(b"GET", request.target, request.version, request.headers)
+    return mayStore(asGet, response, options)
 
 
 def storableHeaders(
@@ -1795,7 +1922,9 @@ class Pass:
     Forward the request and never store the response (an unsafe or
     unsupported method, section 4, or preconditions only the origin can
     evaluate, section 4.3.2). After a non-error answer, remove
-    L{invalidatedURIs}.
+    L{invalidatedURIs}; then a response to POST that
+    L{mayStorePostResponse} allows is stored as the response to GET of its
+    target (RFC 9110 section 9.3.3).
     """
 
     reason: str
@@ -2154,7 +2283,9 @@ def _hasValidator(headers: Headers) -> bool:
 
 
 def selectForUpdate(
-    entries: Sequence[StoredEntry], notModifiedHeaders: Headers
+    entries: Sequence[StoredEntry],
+    notModifiedHeaders: Headers,
+    validated: Sequence[StoredEntry] = (),
 ) -> List[StoredEntry]:
     """
     Which stored responses a 304 updates (section 4.3.4):
@@ -2164,8 +2295,25 @@ def selectForUpdate(
       - else a weak ETag, or a Last-Modified alone: the most recent stored
         response whose ETag compares weakly equal / whose Last-Modified is
         the same;
-      - else (no validator at all): the only stored response, if there is
-        exactly one and it has no validator either.
+      - else (no validator at all), when the conditional request was built
+        from the validators of one stored response (C{validated}): that
+        response;
+      - else the only stored response, if there is exactly one and it has
+        no validator either.
+
+    Choice: the third rule goes beyond the letter of section 4.3.4, which
+    would select nothing when the stored response has a validator. Many
+    origins answer a conditional request with a 304 that repeats no
+    validator (RFC 9110 section 15.4.5 only asks for the fields a 200
+    would carry, and e.g. Python's C{http.server} sends Date and Server
+    alone); when the cache offered a single response, the 304 can only
+    mean that one, and refetching would cost a second request each time.
+    With several responses offered such a 304 is ambiguous, and the
+    literal rule applies.
+
+    @param validated: the stored responses whose validators the cache's
+        own conditional request carried (L{conditionalHeaders}); empty when
+        the request was not the cache's own.
     """
     tag = _etagOf(notModifiedHeaders)
     if tag is not None and not tag.weak:
@@ -2182,6 +2330,8 @@ def selectForUpdate(
                 == lastModified
             ]
         return [_mostRecent(matching)] if matching else []
+    if len(validated) == 1:
+        return [validated[0]]
     if len(entries) == 1 and not _hasValidator(entries[0].responseHeaders):
         return [entries[0]]
     return []
@@ -2291,6 +2441,7 @@ def afterRevalidation(
     now: float,
     options: CacheOptions = DEFAULT_OPTIONS,
     entries: Optional[Sequence[StoredEntry]] = None,
+    validated: Optional[Sequence[StoredEntry]] = None,
 ) -> RevalidationOutcome:
     """
     What to do with the answer to a revalidation of C{entry} (section
@@ -2300,6 +2451,10 @@ def afterRevalidation(
         could not be reached.
     @param entries: every stored response for the key (default: just
         C{entry}), since a 304 may update several (section 4.3.4).
+    @param validated: the stored responses whose validators the
+        conditional request carried (see L{selectForUpdate}); by default
+        C{entry} alone when L{conditionalHeaders} finds a validator in it,
+        as L{decide} builds its requests, else none.
     """
     if response is None or response.status in _ERROR_STATUSES:
         # 4.3.3: on a 5xx the cache may act as if the server did not answer
@@ -2310,9 +2465,11 @@ def afterRevalidation(
         return Forward("origin error and stale content not allowed (4.2.4)")
     if response.status != 304:
         return Forward("full response (4.3.3)")
+    if validated is None:
+        validated = (entry,) if len(conditionalHeaders(entry)) else ()
     updated = [
         freshenEntry(e, response.headers, requestTime, responseTime, options)
-        for e in selectForUpdate(entries or (entry,), response.headers)
+        for e in selectForUpdate(entries or (entry,), response.headers, validated)
     ]
     usable = _selectable(request, updated, options)
     if not usable:

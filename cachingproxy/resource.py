@@ -1034,8 +1034,12 @@ class _Storer:
 class _Invalidator:
     """
     Forwards a response to an unsafe (or uncacheable) request and removes
-    what it invalidates (RFC 9111 section 4.4).
+    what it invalidates (RFC 9111 section 4.4). A response to POST that
+    represents its target URI (L{policy.mayStorePostResponse}) is then
+    stored as the response to a GET of that URI (RFC 9110 section 9.3.3).
     """
+
+    _log = Logger()
 
     def __init__(self, resource: CacheResource, exchange, request: RequestHead,
                  key: bytes, detail: Optional[bytes] = None) -> None:
@@ -1045,6 +1049,10 @@ class _Invalidator:
         self.key = key
         #: why a GET or HEAD is passed, for Cache-Status
         self.detail = detail
+        self.requestTime = resource.reactor.seconds()
+        self.writer = None
+        self.length = 0
+        self.watching = False
 
     def responseInterim(self, head: ResponseHead) -> None:
         self.exchange.responseInterim(head)
@@ -1055,21 +1063,89 @@ class _Invalidator:
             uri = self.key.split(b" ", 1)[-1]
             uris = policy.invalidatedURIs(method, uri, head.status, head.headers)
             self.resource.invalidate(uris)
+            if method == b"POST":
+                # After the invalidation: what remains for the URI is this
+                # response.
+                self._storeAsGet(uri, head)
         _stripTargeted(head, self.resource.settings.options)
         fields = head.headers.lowered()
         self.exchange.cacheResult = "PASS"
         self.resource._statusFields(fields, False, "method" if method not in (
-            b"GET", b"HEAD") else "request", head.status, None, b"PASS", detail=self.detail)
+            b"GET", b"HEAD") else "request", head.status, None, b"PASS",
+            stored=self.writer is not None, detail=self.detail)
         self.exchange.responseHead(head)
 
+    def _storeAsGet(self, uri: bytes, head: ResponseHead) -> None:
+        """
+        Start storing C{head} and its body under the GET key C{uri}, if the
+        policy allows it.
+        """
+        resource = self.resource
+        allowed, _ = policy.mayStorePostResponse(self.request, head, uri,
+                                                 resource.settings.options)
+        if not allowed:
+            return
+        request = self.request
+        self.asGet = RequestHead(b"GET", request.target, request.version, request.headers)
+        # What is stored is the response as the origin sent it.
+        self.response = ResponseHead(head.status, head.reason, head.version,
+                                     head.headers.copy())
+        self.responseTime = resource.reactor.seconds()
+        self.storeKey = uri
+        self.writer = resource.openWriter(uri, self.asGet, self.response)
+        if self.writer is not None:
+            # A client that leaves mid-body leaves nothing half-written.
+            self.exchange.onClientGone = self._abortWriter
+            self.watching = True
+
     def responseBody(self, data: bytes) -> None:
+        writer = self.writer
+        if writer is not None:
+            try:
+                writer.write(data)
+                self.length += len(data)
+            except StoreFull:
+                self._log.info("not storing {key}: too large or no space", key=self.storeKey)
+                self.writer = None
+            except Exception:
+                self._log.failure("storing {key} failed", key=self.storeKey)
+                self._abortWriter()
         self.exchange.responseBody(data)
 
     def responseEnd(self) -> None:
+        self._unwatch()
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            self.resource.commit(writer, self.storeKey, self.asGet, self.response,
+                                 self.requestTime, self.responseTime, self.length)
         self.exchange.responseEnd()
 
     def responseFailed(self, reason: Failure, receivedAnything: bool) -> None:
+        self._unwatch()
+        self._abortWriter()
         _Storer._failExchange(self, reason)
+
+    def _unwatch(self) -> None:
+        # The exchange and this handler point at each other: an ended
+        # response lets go.
+        if self.watching:
+            self.watching = False
+            self.exchange.onClientGone = None
+
+    def _abortWriter(self) -> bool:
+        """
+        Discard a half-written entry.
+
+        @return: C{False}: the upstream fetch need not go on (as an
+            C{onClientGone} answer).
+        """
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            try:
+                writer.abort()
+            except Exception:
+                self._log.failure("aborting a store write failed")
+        return False
 
     def requestBodyUnwanted(self) -> None:
         self.exchange.requestBodyUnwanted()

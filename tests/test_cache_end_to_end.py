@@ -37,7 +37,14 @@ class CountingOrigin(Resource):
       - C{/max-age/N/...}: C{Cache-Control: max-age=N} and an ETag.
       - C{/etag/...}: C{max-age=0}, an ETag; answers If-None-Match with 304.
       - C{/lm/...}: C{max-age=0}, Last-Modified; answers If-Modified-Since.
+      - C{/bare304/...}: C{max-age=0}, an ETag; answers If-None-Match with
+        a 304 that repeats no validator and says C{max-age=60}.
       - C{/vary/...}: C{Vary: Accept-Language}; the body names the language.
+      - C{/vary-encoding/...}: the same with C{Vary: Accept-Encoding}.
+      - C{/post/MODE/...}: max-age=60; a POST is answered with a body that
+        says so and, by MODE: C{same} a Content-Location of the path,
+        C{absolute} the same as an absolute URI, C{other} another path,
+        C{none} none, C{no-fresh} the path and no Cache-Control.
       - C{/private/...}, C{/no-store/...}: those directives, max-age=60.
       - C{/auth/...}: max-age=60 and nothing that allows sharing under
         Authorization; C{/auth-public/...} adds C{public}.
@@ -100,10 +107,37 @@ class CountingOrigin(Resource):
                 request.setResponseCode(304)
                 return b""
             body = b"lm body"
+        elif kind == b"bare304":
+            request.setHeader(b"Cache-Control", b"max-age=0")
+            if request.getHeader(b"if-none-match") == b'"fixed"':
+                request.setResponseCode(304)
+                request.setHeader(b"Cache-Control", b"max-age=60")
+                request.setHeader(b"X-Revalidated", b"%d" % n)
+                return b""
+            request.setHeader(b"ETag", b'"fixed"')
+            body = b"bare304 body"
         elif kind == b"vary":
             request.setHeader(b"Cache-Control", b"max-age=60")
             request.setHeader(b"Vary", b"Accept-Language")
             body = b"lang=%s #%d" % (request.getHeader(b"accept-language") or b"-", n)
+        elif kind == b"vary-encoding":
+            request.setHeader(b"Cache-Control", b"max-age=60")
+            request.setHeader(b"Vary", b"Accept-Encoding")
+            body = b"encoding=%s #%d" % (request.getHeader(b"accept-encoding") or b"-", n)
+        elif kind == b"post":
+            request.setHeader(b"Cache-Control", b"max-age=60")
+            if request.method == b"POST":
+                mode = parts[2]
+                body = b"posted %s #%d" % (path, n)
+                if mode in (b"same", b"no-fresh"):
+                    request.setHeader(b"Content-Location", path)
+                elif mode == b"absolute":
+                    request.setHeader(b"Content-Location", b"http://127.0.0.1:%d%s" % (
+                        request.getHost().port, path))
+                elif mode == b"other":
+                    request.setHeader(b"Content-Location", path + b"/result")
+                if mode == b"no-fresh":
+                    request.responseHeaders.removeHeader(b"Cache-Control")
         elif kind == b"private":
             request.setHeader(b"Cache-Control", b"private, max-age=60")
         elif kind == b"no-store":

@@ -749,9 +749,53 @@ class VaryTests(SynchronousTestCase):
             ((b"Accept-Encoding", b"gzip"), (b"Accept-Encoding", b"br")),
             ((b"Accept-Encoding", b"gzip, br"),)))
         self.assertFalse(self.match(
-            b"Accept-Encoding",
-            ((b"Accept-Encoding", b"gzip, br"),),
-            ((b"Accept-Encoding", b"br, gzip"),)))
+            b"X-Flavour",
+            ((b"X-Flavour", b"gzip, br"),),
+            ((b"X-Flavour", b"br, gzip"),)))
+        self.assertFalse(self.match(
+            b"X-Flavour", ((b"X-Flavour", b"GZIP"),), ((b"X-Flavour", b"gzip"),)))
+
+    def test_negotiationFieldsNormalised(self) -> None:
+        """
+        Section 4.1 (normalisation the field's syntax allows) with RFC 9110
+        sections 12.4.2 and 12.5.1 to 12.5.4: in Accept, Accept-Charset,
+        Accept-Encoding and Accept-Language the case of tokens, whitespace
+        around commas, semicolons and C{=}, member order, and a weight of
+        1 written or not, make no difference; a weight stays with its
+        member, and other weights, parameter values and unknown fields
+        still do.
+        """
+        same = [
+            (b"Accept-Encoding", b"gzip, br", b"BR,gzip"),
+            (b"Accept-Encoding", b"gzip;q=1.0, br;q=0.5", b"br ; Q=0.500 ,gzip"),
+            (b"Accept-Encoding", b"gzip;q=1", b"gzip"),
+            (b"Accept-Encoding", b"gzip;q=1.000", b"GZIP;q=1"),
+            (b"Accept-Encoding", b"identity;q=0", b"identity;q=0.0"),
+            (b"Accept-Language", b"en-GB, fr;q=0.8", b"fr;q=0.8,en-gb"),
+            (b"Accept-Language", b"de, en", b"en, de"),
+            (b"Accept-Charset", b"UTF-8, iso-8859-1;q=0.5", b"iso-8859-1;q=0.5, utf-8"),
+            (b"Accept", b"text/html, application/json;q=0.9",
+             b"application/JSON; q=0.9, Text/HTML"),
+            (b"Accept", b"text/html;charset=UTF-8", b"text/html; Charset=utf-8"),
+        ]
+        for name, one, two in same:
+            self.assertTrue(self.match(name, ((name, one),), ((name, two),)),
+                            (name, one, two))
+            vary = headers((b"Vary", name))
+            self.assertEqual(policy.secondaryKey(vary, headers((name, one))),
+                             policy.secondaryKey(vary, headers((name, two))))
+        different = [
+            (b"Accept-Encoding", b"gzip;q=0.5, br", b"gzip, br;q=0.5"),
+            (b"Accept-Encoding", b"gzip", b"gzip, br"),
+            (b"Accept-Encoding", b"gzip;q=0", b"gzip"),
+            (b"Accept-Language", b"en", b"en-gb"),
+            (b"Accept", b"text/html;level=1", b"text/html;level=2"),
+            (b"Accept", b"text/html;q=0.5;level=1", b"text/html;level=1;q=0.5"),
+            (b"Accept", b'text/html;x="A"', b'text/html;x="a"'),
+        ]
+        for name, one, two in different:
+            self.assertFalse(self.match(name, ((name, one),), ((name, two),)),
+                             (name, one, two))
 
     def test_severalVaryLines(self) -> None:
         """
@@ -775,7 +819,7 @@ class VaryTests(SynchronousTestCase):
         """
         vary = headers((b"Vary", b"Accept-Encoding, Accept-Language"))
         key = policy.secondaryKey(vary, headers((b"Accept-Encoding", b"gzip,br")))
-        self.assertEqual(key, b"accept-encoding:gzip, br\naccept-language")
+        self.assertEqual(key, b"accept-encoding:br, gzip\naccept-language")
         self.assertEqual(
             key, policy.secondaryKey(vary, headers((b"accept-encoding", b"gzip , br"))))
         self.assertNotEqual(
@@ -1073,6 +1117,94 @@ class StorageTests(SynchronousTestCase):
         self.assertEqual((stored.requestTime, stored.responseTime,
                           stored.bodyLength, stored.responseHead.status),
                          (T0, T0 + 1, 5, 200))
+
+
+class PostStorageTests(SynchronousTestCase):
+    """
+    L{policy.mayStorePostResponse}: RFC 9110 section 9.3.3, RFC 9111
+    section 3.
+    """
+
+    target = b"http://example.com/form?x=1"
+
+    def allowed(self, *fields: Field, status: int = 200,
+                requestFields: Tuple[Field, ...] = (), method: bytes = b"POST") -> Tuple[bool, str]:
+        return policy.mayStorePostResponse(
+            request(*requestFields, method=method, target=b"/form?x=1"),
+            response(*fields, status=status), self.target)
+
+    def test_stored(self) -> None:
+        """
+        RFC 9110 section 9.3.3: explicit freshness and a Content-Location
+        equal to the target URI, absolute or relative, make a POST
+        response storable for GET.
+        """
+        for location in (b"/form?x=1", b"http://EXAMPLE.com:80/form?x=1", b"form?x=1"):
+            for freshness in ((b"Cache-Control", b"max-age=60"),
+                              (b"Cache-Control", b"s-maxage=60"),
+                              (b"Expires", date(T0 + 60))):
+                ok, reason = self.allowed((b"Content-Location", location), freshness)
+                self.assertTrue(ok, (location, freshness, reason))
+
+    def test_contentLocation(self) -> None:
+        """
+        RFC 9110 section 9.3.3: without Content-Location, with another URI
+        (another path, query or origin), or with several, it is not stored.
+        """
+        for fields in ((),
+                       ((b"Content-Location", b"/form"),),
+                       ((b"Content-Location", b"/form?x=2"),),
+                       ((b"Content-Location", b"http://other.example/form?x=1"),),
+                       ((b"Content-Location", b"/form?x=1"),
+                        (b"Content-Location", b"/form?x=1"))):
+            ok, reason = self.allowed((b"Cache-Control", b"max-age=60"), *fields)
+            self.assertFalse(ok, fields)
+            self.assertIn("9.3.3", reason)
+
+    def test_explicitFreshness(self) -> None:
+        """
+        RFC 9110 section 9.3.3: heuristic freshness (Last-Modified) or
+        C{public} alone is not enough.
+        """
+        for fields in ((), ((b"Last-Modified", date(T0 - 1000)),),
+                       ((b"Cache-Control", b"public"),)):
+            ok, reason = self.allowed((b"Content-Location", b"/form?x=1"), *fields)
+            self.assertFalse(ok, fields)
+            self.assertIn("explicit freshness", reason)
+
+    def test_sameRulesAsGet(self) -> None:
+        """
+        RFC 9111 sections 3, 3.5, 4.1, 5.2.1.5, 5.2.2.5 and 5.2.2.7: the
+        rules for storing a GET response hold too.
+        """
+        location = (b"Content-Location", b"/form?x=1")
+        cases = [
+            (((b"Cache-Control", b"max-age=60, no-store"),), (), "5.2.2.5"),
+            (((b"Cache-Control", b"max-age=60, private"),), (), "5.2.2.7"),
+            (((b"Cache-Control", b"max-age=60"), (b"Vary", b"*")), (), "4.1"),
+            (((b"Cache-Control", b"max-age=60"),),
+             ((b"Authorization", b"Basic eDp5"),), "3.5"),
+            (((b"Cache-Control", b"max-age=60"),),
+             ((b"Cache-Control", b"no-store"),), "5.2.1.5"),
+        ]
+        for fields, requestFields, section in cases:
+            ok, reason = self.allowed(location, *fields, requestFields=requestFields)
+            self.assertFalse(ok, fields)
+            self.assertIn(section, reason)
+        ok, _ = self.allowed(location, (b"Cache-Control", b"s-maxage=60"),
+                             requestFields=((b"Authorization", b"Basic eDp5"),))
+        self.assertTrue(ok)
+
+    def test_statusAndMethod(self) -> None:
+        """
+        RFC 9110 section 9.3.3: only a response to POST, and only a 200 or
+        203, whose content represents the target.
+        """
+        fields = ((b"Content-Location", b"/form?x=1"), (b"Cache-Control", b"max-age=60"))
+        self.assertTrue(self.allowed(*fields, status=203)[0])
+        for status in (201, 204, 303, 404):
+            self.assertFalse(self.allowed(*fields, status=status)[0], status)
+        self.assertFalse(self.allowed(*fields, method=b"PUT")[0])
 
 
 class FreshnessLifetimeTests(SynchronousTestCase):
@@ -1712,6 +1844,54 @@ class FreshenWith304Tests(SynchronousTestCase):
         self.assertEqual(policy.selectForUpdate(
             [entry((b"ETag", b'"a"'))], Headers()), [])
 
+    def test_selectWithoutValidatorsOneOffered(self) -> None:
+        """
+        Section 4.3.4: a 304 without validators answering a conditional
+        request built from one stored response selects that response, even
+        when it has validators; with several responses offered such a 304
+        selects nothing, and one with a validator selects by it.
+        """
+        tagged = entry((b"ETag", b'"a"'), (b"Vary", b"Accept"),
+                       requestFields=((b"Accept", b"x"),))
+        other = entry((b"ETag", b'"b"'), (b"Vary", b"Accept"),
+                      requestFields=((b"Accept", b"y"),))
+        dated = entry((b"Last-Modified", date(T0 - 100)))
+        self.assertEqual(policy.selectForUpdate([tagged, other], Headers(), [tagged]),
+                         [tagged])
+        self.assertEqual(policy.selectForUpdate([dated], Headers(), [dated]), [dated])
+        self.assertEqual(policy.selectForUpdate([tagged, other], Headers(),
+                                                [tagged, other]), [])
+        self.assertEqual(policy.selectForUpdate([tagged, other],
+                                                headers((b"ETag", b'"b"')),
+                                                [tagged, other]), [other])
+        self.assertEqual(policy.selectForUpdate([tagged, other],
+                                                headers((b"ETag", b'"b"')), [tagged]),
+                         [other])
+
+    def test_freshenedWithoutValidators(self) -> None:
+        """
+        Sections 4.3.4 and 3.2: the cache's own conditional request for one
+        stored response, answered by a 304 that carries only Date (as
+        Python's http.server sends it), freshens that response: the 304's
+        fields replace the stored ones, the others are kept.
+        """
+        stored = entry((b"Last-Modified", date(T0 - 1000)), (b"Content-Length", b"5"),
+                       (b"Server", b"old"))
+        notModified = response((b"Date", date(T0 + 100)), (b"Server", b"new"),
+                               status=304)
+        outcome = policy.afterRevalidation(request(), stored, notModified,
+                                           T0 + 100, T0 + 100, T0 + 100)
+        self.assertIsInstance(outcome, Freshened)
+        fields = outcome.entry.responseHeaders
+        self.assertEqual(fields.get(b"date"), date(T0 + 100))
+        self.assertEqual(fields.get(b"server"), b"new")
+        self.assertEqual(fields.get(b"last-modified"), date(T0 - 1000))
+        self.assertEqual(fields.get(b"content-length"), b"5")
+        several = policy.afterRevalidation(
+            request(), stored, notModified, T0 + 100, T0 + 100, T0 + 100,
+            entries=[stored, entry((b"ETag", b'"x"'))], validated=[])
+        self.assertIsInstance(several, Refetch)
+
     def test_freshened(self) -> None:
         """
         Sections 4.3.3 and 4.2.3: after a matching 304 the entry carries the
@@ -1886,6 +2066,26 @@ class PreconditionTests(SynchronousTestCase):
                                         stored=dated))
         self.assertEqual(self.evaluate((b"If-Modified-Since", date(T0)),
                                        stored=Headers(), responseTime=T0), 304)
+
+    def test_ifModifiedSinceAgainstDate(self) -> None:
+        """
+        RFC 9110 section 13.1.3 and RFC 9111 section 4.3.2: against a
+        stored response without Last-Modified, If-Modified-Since is
+        compared with the stored Date, the time it was generated; a
+        matching If-None-Match still decides, and a non-matching one makes
+        If-Modified-Since ignored.
+        """
+        dated = headers((b"Date", date(T0)), (b"ETag", b'"v1"'))
+        self.assertEqual(self.evaluate((b"If-Modified-Since", date(T0 + 10)),
+                                       stored=dated, responseTime=T0 + 5), 304)
+        self.assertIsNone(self.evaluate((b"If-Modified-Since", date(T0 - 10)),
+                                        stored=dated, responseTime=T0 + 5))
+        self.assertIsNone(self.evaluate((b"If-None-Match", b'"v2"'),
+                                        (b"If-Modified-Since", date(T0 + 10)),
+                                        stored=dated))
+        self.assertEqual(self.evaluate((b"If-None-Match", b'"v1"'),
+                                       (b"If-Modified-Since", date(T0 - 10)),
+                                       stored=dated), 304)
 
     def test_nonSuccessStored(self) -> None:
         """
