@@ -55,6 +55,8 @@ class AdminResource:
         self.factory = factory
         self.started = time.time()
         self.workerId = workerId or str(os.getpid())
+        #: whether this process is one of several workers (C{--workers})
+        self.isWorker = bool(workerId)
 
     def handle(self, exchange, path: bytes) -> None:
         """
@@ -135,8 +137,9 @@ class AdminResource:
     def status(self) -> dict:
         """
         @return: the status page's figures: those of L{Metrics.status} (all
-            workers) when metrics are kept, with this process's identity,
-            cache store and connections.
+            workers) when metrics are kept, with this process's identity
+            (C{servedBy}: C{worker}, or C{None} for a single process, and
+            C{pid}), cache store and connections.
         """
         factory = self.factory
         now = time.time()
@@ -174,6 +177,10 @@ class AdminResource:
                 worker["worker"] = self.workerId
         report["pid"] = os.getpid()
         report["worker"] = self.workerId
+        # Which process answered this very request: with several workers,
+        # each request may land on another one.
+        report["servedBy"] = {"worker": self.workerId if self.isWorker else None,
+                              "pid": os.getpid()}
         report["version"] = __version__
         report["draining"] = factory.draining
         cache = factory.cache
