@@ -97,6 +97,7 @@ __all__ = [
     "ProxyAuthenticationRequired",
     "TooManyAttempts",
     "checkPassword",
+    "isThisProxy",
     "parseDestinations",
     "parseNetworks",
     "readPasswordFile",
@@ -388,6 +389,27 @@ def _normalHost(host: str) -> str:
 
 def _isLocalName(host: str) -> bool:
     return host in _LOCAL_NAMES or host.endswith(".localhost")
+
+
+def isThisProxy(origin, localAddress: Optional[Tuple[str, int]]) -> bool:
+    """
+    Whether C{origin} names this proxy: the port the request came in on, on
+    that address, a loopback or unspecified address, or C{localhost}. A
+    request forwarded there would come back to the proxy (a loop); one for
+    the proxy's own endpoints there is for the proxy itself.
+
+    @param origin: where a request goes (an L{Origin}).
+    @param localAddress: the C{(host, port)} the client connected to, or
+        C{None} (then nothing is known to be this proxy).
+    """
+    if localAddress is None or localAddress[1] != origin.port:
+        return False
+    host = _normalHost(origin.host)
+    address = _literalAddress(host)
+    if address is None:
+        return _isLocalName(host)
+    return (address.is_loopback or address.is_unspecified
+            or address == _address(str(localAddress[0])))
 
 
 def _isInternal(address: Address) -> bool:
@@ -709,15 +731,9 @@ class AccessPolicy:
             return self._refuseDestination(clientHost, where, "--deny-dest",
                                            f"{where} is a refused destination")
         internal = _isLocalName(host) if address is None else _isInternal(address)
-        if localAddress is not None and localAddress[1] == origin.port:
-            if address is None:
-                itself = _isLocalName(host)
-            else:
-                itself = (address.is_loopback or address.is_unspecified
-                          or address == _address(str(localAddress[0])))
-            if itself:
-                return self._refuseDestination(clientHost, where, "loop",
-                                               f"{where} is this proxy: a loop")
+        if isThisProxy(origin, localAddress):
+            return self._refuseDestination(clientHost, where, "loop",
+                                           f"{where} is this proxy: a loop")
         if not internal or (host, origin.port) == self.upstream:
             return None
         client = self._clientAddress(clientHost)

@@ -71,9 +71,6 @@ HOSTS_REPORTED = 100
 
 _log = Logger()
 
-#: Paths of the proxy's own endpoints (as in L{cachingproxy.admin}).
-ADMIN_PREFIX = b"/_cachingproxy/"
-
 # prometheus_client's multiprocess value class: the folder it was made for.
 _valueClassFolder: Optional[str] = None
 # folder -> _Families, so that all metrics of a process share one set of
@@ -119,7 +116,9 @@ class _Families:
             "cachingproxy_request_bytes_total", "Request body bytes received from clients.", registry=None
         )
         self.bytesOut = Counter(
-            "cachingproxy_response_bytes_total", "Response body bytes sent to clients.", registry=None
+            "cachingproxy_response_bytes_total",
+            "Response body bytes sent to clients (not counting the proxy's own endpoints).",
+            registry=None,
         )
         self.bytesSaved = Counter(
             "cachingproxy_cache_served_bytes_total",
@@ -303,9 +302,11 @@ class Metrics:
             host = origin.host
             hosts = self._hosts
             hosts[host] = hosts.get(host, 0) + 1
-        elif exchange.head.target.startswith(ADMIN_PREFIX):
+        elif exchange.ownEndpoint:
             # The proxy's own endpoints (the status page polling, Prometheus
-            # scraping): counted for Prometheus, not on the status page.
+            # scraping): counted as requests for Prometheus, not on the
+            # status page, and their bytes in neither (both report the one
+            # figure of bytes sent).
             self._adminRequests += 1
             self._adminBytes += sent
 
@@ -389,8 +390,8 @@ class Metrics:
         bytesOut -= adminBytes
         if bytesIn:
             families.bytesIn.inc(bytesIn)
-        if bytesOut or adminBytes:
-            families.bytesOut.inc(bytesOut + adminBytes)
+        if bytesOut:
+            families.bytesOut.inc(bytesOut)
         if saved:
             families.bytesSaved.inc(saved)
         if latencies:

@@ -59,7 +59,8 @@ from .http.message import REASONS, RequestHead, ResponseHead, logText
 from ._io import discardUnsent, sendNow
 from .forwarding import FORWARDING_FIELDS, Disagreement, forwardedParameters, toldTarget
 from .compress import compressWhole, compressor, negotiate, noTransform, weakenETag
-from .admin import ADMIN_PREFIX
+from .access import isThisProxy
+from .admin import ADMIN_PREFIX, LANDING_PATHS
 from .tunnel import TunnelPeer, joinTunnel
 from .upstream import Origin, UpstreamPool, UpstreamRequest, _QuietFactory, connectError
 
@@ -324,6 +325,9 @@ class Exchange:
     forwardedAt: Optional[float] = None
     finished: Optional[float] = None
     upstreamOrigin: Optional[Origin] = None
+    #: answered by the proxy itself (its own endpoints and pages), not
+    #: sent anywhere
+    ownEndpoint = False
     upstreamPath = b""
 
     def __init__(self, protocol: "ProxyProtocol", head: RequestHead, keepAlive: bool):
@@ -426,6 +430,7 @@ class Exchange:
             return
         if origin is None:
             # The proxy's own endpoints.
+            self.ownEndpoint = True
             factory.admin.handle(self, path)
             return
         self.upstreamOrigin = origin
@@ -1764,7 +1769,7 @@ class ProxyFactory(Factory):
         if access is not None:
             refused = exchange.protocol.clientVerdict()
             if refused is None and access.authenticates and \
-                    not exchange.head.target.startswith(ADMIN_PREFIX):
+                    not self._ownTarget(exchange):
                 refused = access.authenticate(exchange.head.headers,
                                               exchange.protocol.clientHost)
             if refused is not None:
@@ -1791,10 +1796,12 @@ class ProxyFactory(Factory):
             if origin.port not in settings.connectPorts:
                 raise Forbidden(f"CONNECT to port {origin.port} is not allowed")
             return origin, target
-        if target.startswith(ADMIN_PREFIX) and self.admin is not None:
-            if not self.isAdmin(protocol.clientHost):
-                raise Forbidden("the proxy's own endpoints are for admin addresses only")
-            return None, target
+        if self.admin is not None:
+            own = self._ownTarget(exchange)
+            if own is not None:
+                if own.startswith(ADMIN_PREFIX) and not self.isAdmin(protocol.clientHost):
+                    raise Forbidden("the proxy's own endpoints are for admin addresses only")
+                return None, own
         if target.startswith(b"/"):
             if settings.upstream is None:
                 raise BadRequest("this is a proxy: the request target must be an absolute URI")
@@ -1833,6 +1840,44 @@ class ProxyFactory(Factory):
                 # of an OPTIONS request into '*'.
                 path = b"*" if method == b"OPTIONS" else b"/"
         return origin, path
+
+    def _ownTarget(self, exchange: Exchange) -> Optional[bytes]:
+        """
+        Whether a request is for the proxy itself rather than for an
+        origin: the proxy's own endpoints (C{/_cachingproxy/...}), as an
+        origin-form target or as an absolute-form one naming this proxy (a
+        browser that sends even loopback traffic through its proxy asks
+        that way), and in forward mode the page that tells a visitor this
+        is a proxy (C{GET /}, and C{/_cachingproxy}, which redirects).
+
+        @return: the path to answer (in origin form), or C{None}.
+        """
+        head = exchange.head
+        target = head.target
+        if target.startswith(ADMIN_PREFIX):
+            return target
+        forward = self.settings.upstream is None
+        if target.startswith(b"/"):
+            if forward and head.method in (b"GET", b"HEAD") and \
+                    target.split(b"?", 1)[0] in LANDING_PATHS:
+                return target
+            return None
+        if not forward:
+            # Reverse mode sends every absolute-form target upstream.
+            return None
+        scheme, sep, rest = target.partition(b"://")
+        if not sep or scheme.lower() not in (b"http", b"https"):
+            return None
+        slash = rest.find(b"/")
+        if slash == -1 or not rest.startswith(ADMIN_PREFIX, slash):
+            return None
+        try:
+            origin = _parseAuthority(scheme.lower(), rest[:slash], requirePort=False)
+        except BadRequest:
+            return None
+        if not isThisProxy(origin, exchange.protocol.localAddress()):
+            return None
+        return rest[slash:]
 
     def upstreamHead(self, exchange: Exchange, origin: Origin, path: bytes) -> RequestHead:
         """

@@ -910,3 +910,41 @@ class LoopbackTests(TestCase):
         _, [locked] = await exchange(self.port, self, self.get(b"/headers", credentials))
         self.assertEqual(locked.status, 429)
         self.assertEqual(len(self.origin.requests), 2)
+
+    async def test_ownEndpointsAbsoluteForm(self):
+        """
+        A browser sending even loopback traffic through its proxy asks for
+        the status page in absolute form, naming the proxy itself (by
+        address or as C{localhost}): that is answered as the proxy's own
+        endpoints, by the same admin rule and without proxy credentials;
+        any other path at the proxy's address is still a loop (403), and
+        C{/_cachingproxy/} at another port goes to that origin.
+        """
+        path = writeFile(self, b"alice:" + bcryptHash(b"wonderland", b"$2y$") + b"\n")
+        self.setUpProxy(AccessPolicy(adminAllow=["127.0.0.1/32"], authFile=path, clock=reactor))
+        for host in ("127.0.0.1", "localhost", "LOCALHOST."):
+            _, [health] = await exchange(
+                self.port, self, self.get(b"/_cachingproxy/health", host=host, port=self.port))
+            self.assertEqual(health.status, 200, health.body)
+            self.assertEqual(json.loads(health.body)["worker"], "w1")
+        _, [page] = await exchange(
+            self.port, self, self.get(b"/_cachingproxy/", port=self.port))
+        self.assertEqual(page.status, 200)
+        self.assertEqual(page.header(b"content-type"), b"text/html; charset=utf-8")
+        self.assertIn(b"status.json", page.body)
+
+        refused = await exchangeFrom(
+            self, self.port, "127.0.0.2", self.get(b"/_cachingproxy/health", port=self.port))
+        self.assertEqual(refused.status, 403)
+        self.assertIn(b"admin addresses only", refused.body)
+
+        credentials = b"Proxy-Authorization: Basic %s\r\n" % base64.b64encode(b"alice:wonderland")
+        for other in (b"/size/10", b"/_cachingproxy", b"/", b"/x/_cachingproxy/health"):
+            _, [loop] = await exchange(self.port, self, self.get(other, credentials, port=self.port))
+            self.assertEqual(loop.status, 403, other)
+            self.assertIn(b"a loop", loop.body)
+
+        _, [forwarded] = await exchange(
+            self.port, self, self.get(b"/_cachingproxy/health", credentials))
+        self.assertEqual(forwarded.status, 404)
+        self.assertEqual([r["path"] for r in self.origin.requests], [b"/_cachingproxy/health"])

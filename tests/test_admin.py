@@ -62,6 +62,98 @@ class HealthTests(TestCase):
         self.assertEqual(response.status, 404)
 
 
+class LandingTests(TestCase):
+    """
+    What someone opening a forward proxy's address in a browser gets: C{/}
+    and C{/_cachingproxy}.
+    """
+
+    def proxy(self, **kwargs):
+        kwargs.setdefault("viaName", b"test-proxy")
+        factory, port, lines = startProxy(self, ProxySettings(**kwargs))
+        factory.admin = AdminResource(factory, "w1")
+        return factory, port
+
+    async def test_root(self):
+        """
+        C{GET /} is a short page (200) saying this is cachingproxy, a
+        forward proxy, how to use it with the address the client used, and
+        linking to the status page; HEAD gets the same head.
+        """
+        factory, port = self.proxy()
+        _, [page] = await exchange(port, self, b"GET /?from=bookmark HTTP/1.1\r\nHost: proxy.test:3128\r\n\r\n")
+        self.assertEqual(page.status, 200)
+        self.assertEqual(page.header(b"content-type"), b"text/html; charset=utf-8")
+        self.assertEqual(page.header(b"cache-control"), b"no-store")
+        self.assertIn(b"<strong>cachingproxy</strong>, a caching forward HTTP proxy", page.body)
+        self.assertIn(b"curl -x http://proxy.test:3128 http://example.org/", page.body)
+        self.assertIn(b'href="/_cachingproxy/"', page.body)
+        self.assertNotRegex(page.body, rb"(src|href)=\"(https?:)?//")
+        _, [head] = await exchange(port, self, b"HEAD / HTTP/1.1\r\nHost: proxy.test:3128\r\n\r\n",
+                                   headResponses=[0])
+        self.assertEqual(head.status, 200)
+        self.assertEqual(head.header(b"content-length"), b"%d" % len(page.body))
+        self.assertEqual(head.body, b"")
+
+    async def test_hostNotReflected(self):
+        """
+        A Host field that is not a plain host and port is not put in the
+        page: the address the client connected to is shown instead.
+        """
+        factory, port = self.proxy()
+        _, [page] = await exchange(port, self, b"GET / HTTP/1.1\r\nHost: <script>x</script>\r\n\r\n")
+        self.assertEqual(page.status, 200)
+        self.assertNotIn(b"<script>", page.body)
+        self.assertIn(b"curl -x http://127.0.0.1:%d http://example.org/" % port, page.body)
+
+    async def test_redirectToStatus(self):
+        """
+        C{/_cachingproxy} redirects (301) to C{/_cachingproxy/}, where the
+        status page's relative links work.
+        """
+        factory, port = self.proxy()
+        _, [moved] = await exchange(port, self, b"GET /_cachingproxy HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(moved.status, 301)
+        self.assertEqual(moved.header(b"location"), b"/_cachingproxy/")
+        self.assertIn(b'href="/_cachingproxy/"', moved.body)
+
+    async def test_statusStaysAdminOnly(self):
+        """
+        A client outside the admin networks gets the page at C{/}, and 403
+        where it links to.
+        """
+        factory, port = self.proxy(adminNetworks=())
+        _, [page, status] = await exchange(
+            port, self, b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /_cachingproxy/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            count=2)
+        self.assertEqual(page.status, 200)
+        self.assertEqual(status.status, 403)
+
+    async def test_otherTargetsStillRefused(self):
+        """
+        Other origin-form requests to a forward proxy keep the 400 that
+        says it is a proxy, as do other methods on C{/}.
+        """
+        factory, port = self.proxy()
+        for request in (b"GET /index.html HTTP/1.1\r\n", b"POST / HTTP/1.1\r\nContent-Length: 0\r\n",
+                        b"GET /_cachingproxyx HTTP/1.1\r\n"):
+            _, [response] = await exchange(port, self, request + b"Host: x\r\n\r\n")
+            self.assertEqual(response.status, 400, request)
+            self.assertIn(b"must be an absolute URI", response.body)
+
+    async def test_reverseModeForwards(self):
+        """
+        In reverse mode C{/} and C{/_cachingproxy} belong to the origin.
+        """
+        origin, originPort = listenOrigin(self)
+        factory, port = self.proxy(upstream=Origin(b"http", "127.0.0.1", originPort))
+        _, responses = await exchange(
+            port, self, b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /_cachingproxy HTTP/1.1\r\nHost: x\r\n\r\n",
+            count=2)
+        self.assertEqual([r.status for r in responses], [404, 404])
+        self.assertEqual([r["path"] for r in origin.requests], [b"/", b"/_cachingproxy"])
+
+
 class DrainTests(TestCase):
     """
     L{ProxyFactory.drain}: what is in flight finishes, idle connections go.

@@ -52,6 +52,7 @@ class FakeExchange:
         self.bytesReceived = received
         self.upstreamSeconds = upstream
         self.upstreamOrigin = Origin(b"http", host, 80) if host else None
+        self.ownEndpoint = target.startswith(b"/_cachingproxy/")
         self.started = 0.0
         self.finished = 0.0
 

@@ -33,8 +33,9 @@ from cachingproxy.metrics import ENVIRONMENT, Metrics
 from cachingproxy.resource import CacheResource, CacheSettings
 from cachingproxy.server import ProxySettings
 
-from .helpers import _trackServerConnections, exchange, startProxy
+from .helpers import _trackServerConnections, connectClient, exchange, startProxy
 from .test_cache_end_to_end import CountingOrigin
+from .test_metrics import samples, total
 
 #: How long installing the browser may take.
 INSTALL_TIMEOUT = 900
@@ -209,7 +210,8 @@ class StatusProxyCase(TestCase):
         _trackServerConnections(self, site)
         self.originPort = port.getHost().port
         self.store = MemoryStore(4 * 1024 * 1024, 1024 * 1024)
-        self.factory, self.port, _ = startProxy(self, ProxySettings(viaName=b"test-proxy"))
+        self.factory, self.port, self.accessLines = startProxy(
+            self, ProxySettings(viaName=b"test-proxy"))
         self.factory.cache = CacheResource(self.store, self.clock, self.factory.pool, CacheSettings())
         metricsFolder = os.path.join(self.output, "metrics")
         os.mkdir(metricsFolder)
@@ -249,6 +251,25 @@ class StatusProxyCase(TestCase):
         await self.get(b"/private/c")
         return results
 
+    async def nearlyAllHits(self, n: int = 2000):
+        """
+        C{n} requests for one cacheable object on one connection: one miss,
+        then C{n - 1} hits.
+        """
+        client = await connectClient(self.port, self)
+        request = (b"GET http://127.0.0.1:%d/max-age/600/all HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n"
+                   % (self.originPort, self.originPort))
+        client.transport.write(request)
+        await client.waitFor(1)
+        done = 1
+        while done < n:
+            batch = min(16, n - done)
+            client.transport.write(request * batch)
+            done += batch
+            await client.waitFor(done)
+        responses = client.finalResponses()
+        self.assertEqual([r.status for r in responses], [200] * n)
+        self.assertEqual([r.header(b"x-cache") for r in responses].count(b"HIT"), n - 1)
 
 
 class StatusEndpointTests(StatusProxyCase):
@@ -280,6 +301,7 @@ class StatusEndpointTests(StatusProxyCase):
         self.assertGreater(report["totals"]["bytesSaved"], 3 * 200000)
         self.assertEqual(report["topHosts"], [{"host": "127.0.0.1", "requests": 13}])
         self.assertEqual([(w["pid"], w["worker"]) for w in report["workers"]], [(os.getpid(), "w1")])
+        self.assertEqual(report["servedBy"], {"worker": "w1", "pid": os.getpid()})
         self.assertEqual(report["cache"]["entries"], 3)
         self.assertEqual(report["cache"]["limit"], 4 * 1024 * 1024)
         self.assertEqual(report["restarts"], 0)
@@ -299,6 +321,54 @@ class StatusEndpointTests(StatusProxyCase):
         self.assertEqual(report["totals"], None)
         self.assertEqual(report["cache"]["entries"], 0)
         self.assertEqual(len(report["workers"]), 1)
+
+    async def test_singleProcessServedBy(self):
+        """
+        A proxy that is not one of several workers says so: C{servedBy}
+        has its pid and no worker id.
+        """
+        import json
+
+        self.factory.admin = AdminResource(self.factory)
+        report = json.loads((await self.admin(b"status.json")).body)
+        self.assertEqual(report["servedBy"], {"worker": None, "pid": os.getpid()})
+
+    async def test_bytesAgreeWithMetrics(self):
+        """
+        After requests through the proxy (misses, hits, an uncacheable
+        one, an origin error, a request with a body, a refused request) and
+        looks at the proxy's own endpoints in between, C{status.json}'s
+        totals of bytes sent, bytes from the cache and bytes received are
+        the metrics endpoint's counters, and the requests it counts are
+        the metrics' requests but those for the proxy's own endpoints.
+        """
+        import json
+
+        await self.traffic()
+        await self.admin(b"")
+        await self.admin(b"status.json")
+        await self.get(b"/status/404")
+        _, [posted] = await exchange(
+            self.port, self,
+            b"POST http://127.0.0.1:%d/max-age/60/post HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: 5\r\n\r\nhello" % self.originPort)
+        self.assertEqual(posted.status, 200)
+        _, [refused] = await exchange(self.port, self, b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(refused.status, 400)
+        await self.admin(b"metrics")
+
+        report = json.loads((await self.admin(b"status.json")).body)
+        found = samples((await self.admin(b"metrics")).body)
+        totals = report["totals"]
+        self.assertGreater(totals["bytesOut"], 4 * 200000)
+        self.assertEqual(totals["bytesOut"], total(found, "cachingproxy_response_bytes_total"))
+        self.assertEqual(totals["bytesSaved"], total(found, "cachingproxy_cache_served_bytes_total"))
+        self.assertEqual(totals["bytesIn"], 5)
+        self.assertEqual(totals["bytesIn"], total(found, "cachingproxy_request_bytes_total"))
+        self.assertEqual(totals["requests"], 16)
+        # The metrics also count the 4 earlier looks at the proxy's own
+        # endpoints (this scrape is counted after it).
+        self.assertEqual(total(found, "cachingproxy_requests_total"), 16 + 4)
 
     async def test_page(self):
         """
@@ -392,3 +462,65 @@ class StatusPageTests(StatusProxyCase):
         size = os.path.getsize(screenshot)
         self.assertGreater(size, 20000)
         self.assertEqual(pngSize(screenshot), (1200, 900))
+
+    async def dumpDOM(self, name: str, url: str, *arguments: str) -> bytes:
+        """
+        Load C{url} in Chromium and return the page as drawn (kept in the
+        output folder as C{name}.html).
+        """
+        code, dom, err = await runBrowser(
+            self, self.browser,
+            ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--no-first-run", "--no-default-browser-check", "--disable-extensions",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--window-size=1200,900", "--virtual-time-budget=5000", *arguments,
+             "--user-data-dir=" + os.path.join(self.output, "profile-" + name), "--dump-dom", url],
+            os.path.join(self.output, "home"),
+        )
+        self.assertEqual(code, 0, err.decode(errors="replace")[-2000:])
+        for scratch in ("profile-" + name, "home"):
+            shutil.rmtree(os.path.join(self.output, scratch), True)
+        with open(os.path.join(self.output, name + ".html"), "wb") as f:
+            f.write(dom)
+        page = _Texts()
+        page.feed(dom.decode("utf-8"))
+        self.assertTrue(page.texts["state"].startswith("updated"), page.texts["state"])
+        return page.texts
+
+    async def test_nearlyAllHits(self):
+        """
+        After 1999 hits of 2000 lookups of one object the page shows 99.95%
+        for the hit ratio and the byte hit ratio, not 100%; the bytes sent;
+        and which worker and process served it.
+        """
+        await self.nearlyAllHits(2000)
+        texts = await self.dumpDOM("nearly-all", "http://127.0.0.1:%d/_cachingproxy/" % self.port)
+        self.assertEqual(texts["requests"].strip(), "2000")
+        self.assertEqual(texts["hit-ratio"].strip(), "99.95%")
+        self.assertEqual(texts["hits-note"].strip(), "1999 of 2000 lookups")
+        self.assertEqual(texts["saved-note"].strip(), "99.95% of bytes sent")
+        self.assertRegex(texts["rps-note"].strip(), r"^\d+(\.\d)? (B|KiB|MiB) sent$")
+        self.assertEqual(texts["served-by"].strip(), "served by worker w1, pid %d" % os.getpid())
+
+    async def test_throughTheProxy(self):
+        """
+        A browser that sends even loopback traffic through the proxy
+        (C{--proxy-server} with loopback not bypassed) loads the status page
+        from the proxy itself, in absolute form, and the page draws itself.
+        """
+        await self.traffic()
+        url = "http://127.0.0.1:%d/_cachingproxy/" % self.port
+        texts = await self.dumpDOM(
+            "proxied", url,
+            "--proxy-server=http://127.0.0.1:%d" % self.port, "--proxy-bypass-list=<-loopback>")
+        # The browser asked the proxy for its own pages in absolute form.
+        asked = "".join(self.accessLines)
+        self.assertIn('"GET %s HTTP/1.1" 200' % url, asked)
+        self.assertIn('"GET %sstatus.json HTTP/1.1" 200' % url, asked)
+        self.assertIn(b"/_cachingproxy/status.json", self.fetched)
+        # Chromium's own background requests may go through the proxy too
+        # (and fail: no cache lookup), so there may be more requests.
+        self.assertGreaterEqual(int(texts["requests"]), 13)
+        self.assertEqual(texts["hits-note"].strip(), "9 of 13 lookups")
+        self.assertEqual(texts["hit-ratio"].strip(), "69.2%")
+        self.assertEqual(texts["served-by"].strip(), "served by worker w1, pid %d" % os.getpid())

@@ -159,28 +159,38 @@ class UnitFileTests(SynchronousTestCase):
 
     def test_verify(self):
         """
-        C{systemd-analyze verify} accepts both units without a warning
-        about them (ExecStart pointed at an executable that exists, as
-        verify requires).
+        The README's install steps, followed with C{/opt} and C{/etc} moved
+        under a temporary folder, give a virtual environment whose
+        C{bin/twistd} runs the proxy and a README copy where the units'
+        C{Documentation=} points; C{systemd-analyze verify} accepts the
+        units copied as the steps copy them, without a warning about them
+        (it requires ExecStart's executable to exist: it is the
+        environment's twistd).
         """
         analyze = shutil.which("systemd-analyze")
         if analyze is None:
             raise self.skipTest(
                 "systemd-analyze is not installed (Debian: apt-get install -y systemd)"
             )
-        directory = os.path.dirname(temporaryPath(self))
-        twistd = os.path.join(directory, "twistd")
-        with open(twistd, "w") as f:
-            f.write("#!/bin/sh\nexit 0\n")
-        os.chmod(twistd, 0o755)
+        root = os.path.dirname(temporaryPath(self))
+        units = followInstallSteps(self, root)
+        service = _unitSettings("cachingproxy.service")
+        [execStart] = service["ExecStart"]
+        self.assertTrue(os.access(root + execStart.split()[0], os.X_OK), execStart)
         for name in ("cachingproxy.service", "cachingproxy.socket"):
-            with open(os.path.join(UNITS, name)) as f:
+            for documentation in _unitSettings(name)["Documentation"]:
+                if documentation.startswith("file://"):
+                    self.assertTrue(os.path.isfile(root + documentation[len("file://"):]), documentation)
+            # The units as verify sees them: where the steps put them, with
+            # their paths moved to where the steps were followed.
+            path = os.path.join(units, name)
+            with open(path) as f:
                 text = f.read()
-            with open(os.path.join(directory, name), "w") as f:
-                f.write(text.replace("/usr/bin/twistd", twistd))
+            with open(path, "w") as f:
+                f.write(text.replace(INSTALL_PREFIX, root + INSTALL_PREFIX))
         result = subprocess.run(
             [analyze, "verify", "--man=no", "./cachingproxy.socket", "./cachingproxy.service"],
-            cwd=directory,
+            cwd=units,
             capture_output=True,
             text=True,
             timeout=120,
@@ -190,6 +200,33 @@ class UnitFileTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 0, output)
         about = [line for line in output.splitlines() if "cachingproxy" in line]
         self.assertEqual(about, [], output)
+
+    def test_installSteps(self):
+        """
+        The README's steps make the virtual environment the service runs:
+        python3-venv installed first, the environment made at the place
+        ExecStart names, the proxy installed with that environment's pip,
+        the README copied where C{Documentation=} points, then the units
+        copied and the socket enabled; no step installs into the system
+        Python.
+        """
+        steps = readmeInstallSteps()
+        [execStart] = _unitSettings("cachingproxy.service")["ExecStart"]
+        self.assertEqual(execStart.split()[0], INSTALL_PREFIX + "/bin/twistd")
+        expected = [
+            "apt-get install -y python3-venv",
+            "python3 -m venv " + INSTALL_PREFIX,
+            INSTALL_PREFIX + "/bin/pip install .",
+            "install -m 644 README.rst " + INSTALL_PREFIX + "/README.rst",
+            INSTALL_PREFIX + "/bin/twistd --help > /dev/null",
+            "cp contrib/systemd/cachingproxy.* /etc/systemd/system/",
+            "systemctl daemon-reload",
+            "systemctl enable --now cachingproxy.socket",
+        ]
+        self.assertEqual(steps, expected)
+        for name in ("cachingproxy.service", "cachingproxy.socket"):
+            self.assertIn("file://" + INSTALL_PREFIX + "/README.rst",
+                          _unitSettings(name)["Documentation"])
 
     def test_serviceShape(self):
         """
@@ -215,6 +252,77 @@ class UnitFileTests(SynchronousTestCase):
         """
         sockets = _unitSettings("cachingproxy.socket")
         self.assertEqual(sockets["ListenStream"], ["127.0.0.1:3128"])
+
+
+#: Where the README's steps install the proxy.
+INSTALL_PREFIX = "/opt/cachingproxy"
+
+
+def readmeInstallSteps():
+    """
+    @return: the commands of the README's install steps for systemd (the
+        literal block of C{sudo} lines in "Running it as a service"),
+        without C{sudo}.
+    """
+    with open(os.path.join(REPO, "README.rst")) as f:
+        text = f.read()
+    section = text.split("\nRunning it as a service\n", 1)[1].split("\nObservability\n", 1)[0]
+    return [line.strip()[len("sudo "):] for line in section.splitlines()
+            if line.startswith("    sudo ")]
+
+
+def followInstallSteps(testCase, root):
+    """
+    Follow the README's install steps with every path under C{root}: the
+    commands that change this machine's packages or services (apt-get,
+    systemctl) are left out, and the environment gets this checkout and
+    the dependencies this test runs with instead of a download from PyPI
+    (C{pip install .} with no network), its twistd written as pip writes a
+    console script, from Twisted's own entry point.
+
+    @return: the folder the units were copied to.
+    """
+    from importlib.metadata import entry_points
+
+    environment = root + INSTALL_PREFIX
+    units = root + "/etc/systemd/system"
+    os.makedirs(units)
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    for step in readmeInstallSteps():
+        command = step.replace(INSTALL_PREFIX, environment).replace("/etc/systemd/system", units)
+        if step.startswith(("apt-get ", "systemctl ")):
+            continue
+        if step.startswith("python3 -m venv "):
+            subprocess.run([sys.executable, "-m", "venv", "--without-pip", environment],
+                           check=True, timeout=120, env=env)
+        elif step.startswith(INSTALL_PREFIX + "/bin/pip install "):
+            [purelib] = subprocess.run(
+                [os.path.join(environment, "bin", "python"), "-c",
+                 "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                check=True, timeout=60, capture_output=True, text=True, env=env,
+            ).stdout.split()
+            dependencies = os.path.dirname(os.path.dirname(inspect.getfile(defer)))
+            with open(os.path.join(purelib, "cachingproxy-test.pth"), "w") as f:
+                f.write(REPO + "\n" + os.path.dirname(dependencies) + "\n")
+            [twistd] = entry_points(group="console_scripts", name="twistd")
+            module, function = twistd.value.split(":")
+            script = os.path.join(environment, "bin", "twistd")
+            with open(script, "w") as f:
+                f.write(f"#!{environment}/bin/python\nimport sys\nfrom {module} import {function}\n"
+                        f"sys.exit({function}())\n")
+            os.chmod(script, 0o755)
+        else:
+            done = subprocess.run(command, shell=True, cwd=REPO, timeout=120, env=env,
+                                  capture_output=True, text=True)
+            testCase.assertEqual(done.returncode, 0, f"{command}: {done.stdout}{done.stderr}")
+            if "twistd --help" in step:
+                listed = subprocess.run(
+                    [os.path.join(environment, "bin", "twistd"), "--help"], cwd=root,
+                    timeout=120, env=env, capture_output=True, text=True,
+                )
+                testCase.assertIn("cachingproxy", listed.stdout, listed.stderr)
+    return units
 
 
 def _tapSends(marker):

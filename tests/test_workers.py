@@ -732,6 +732,30 @@ class WorkersEndToEndTests(TestCase):
             await task.deferLater(reactor, 0.1, lambda: None)
         self.assertEqual(totals[-1], count, totals)
 
+    async def test_statusServedBy(self):
+        """
+        C{status.json} says which worker and process answered it: asked on
+        new connections, both workers answer in turn, each naming itself as
+        its health endpoint does, and each lists both workers.
+        """
+        process, transport, port = await self.startTwistd()
+        pids = await self.workerPids(port)
+        seen = {}
+        for _ in range(100):
+            response = await request(
+                port, b"GET /_cachingproxy/status.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            self.assertEqual(response.status, 200, response.body)
+            report = json.loads(response.body)
+            served = report["servedBy"]
+            self.assertIn(served["pid"], pids)
+            self.assertIn(served["worker"], ("1", "2"))
+            seen[served["pid"]] = served["worker"]
+            if len(seen) == 2 and len(report["workers"]) == 2:
+                break
+        self.assertEqual(set(seen), pids)
+        self.assertEqual(sorted(seen.values()), ["1", "2"])
+        self.assertEqual({w["pid"]: w["worker"] for w in report["workers"]}, seen)
+
     async def test_killedWorkerRestarted(self):
         """
         A worker killed with SIGKILL is replaced by a new process within two
