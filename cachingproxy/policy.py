@@ -1011,7 +1011,8 @@ def isCompleteResponse(
 def _date(headers: Headers, fallback: Optional[float]) -> Optional[float]:
     """
     The Date of a response, or C{fallback} (the time it was received) when
-    absent or invalid (RFC 9110 section 6.6.1).
+    absent or not a valid HTTP-date (RFC 9110 section 6.6.1: an invalid
+    Date is ignored, as if absent).
     """
     date = parseHTTPDate(headers.get(b"date"))
     return fallback if date is None else date
@@ -1066,7 +1067,8 @@ def _heuristicLifetime(
     """
     Section 4.2.2: only without explicit expiry (the caller's duty), only
     for a heuristically cacheable status or a C{public} response, and only
-    from Last-Modified: a fraction of the time since then, capped.
+    from a Last-Modified that is a valid HTTP-date: a fraction of the time
+    since then, capped.
     """
     if status not in HEURISTICALLY_CACHEABLE and not cc.public:
         return 0.0
@@ -1636,7 +1638,10 @@ def freshenEntry(
 
 
 def _hasValidator(headers: Headers) -> bool:
-    return _etagOf(headers) is not None or b"last-modified" in headers
+    # A Last-Modified that is not a valid HTTP-date validates nothing
+    # (RFC 9110 section 8.8.2).
+    return (_etagOf(headers) is not None
+            or parseHTTPDate(headers.get(b"last-modified")) is not None)
 
 
 def selectForUpdate(
@@ -1915,8 +1920,8 @@ def evaluatePreconditions(
          for GET and HEAD, else 412;
       4. else, for GET and HEAD only, If-Modified-Since (ignored if
          invalid): not modified since gives 304. Without a stored
-         Last-Modified the stored Date, else C{responseTime}, stands in
-         (RFC 9111 section 4.3.2).
+         Last-Modified that is a valid HTTP-date the stored Date, else
+         C{responseTime}, stands in (RFC 9111 section 4.3.2).
 
     Preconditions are ignored when the stored status is not 2xx (RFC 9110
     section 13.2.1). If-Range is separate: L{ifRangeAllows}.

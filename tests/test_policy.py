@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 from twisted.trial.unittest import SynchronousTestCase
 
 from cachingproxy import policy
-from cachingproxy.http.headers import Headers, formatHTTPDate
+from cachingproxy.http.headers import Headers, formatHTTPDate, parseHTTPDate
 from cachingproxy.http.message import RequestHead, ResponseHead
 from cachingproxy.policy import (
     DEFAULT_OPTIONS,
@@ -910,6 +910,138 @@ class CurrentAgeTests(SynchronousTestCase):
         """
         self.assertEqual(policy.currentAge(
             headers((b"Date", date(T0 + 500))), T0 + 5, T0, T0 - 100), 0)
+
+
+def invalidDates(when: float) -> Tuple[bytes, ...]:
+    """
+    C{when} written in forms a lenient date parser reads as that time but
+    that are not an HTTP-date (RFC 9110 section 5.6.7).
+    """
+    imf = date(when)  # e.g. b"Tue, 14 Nov 2023 22:13:20 GMT"
+    return (
+        imf[:-3] + b"+0000",
+        imf[:-3] + b"UTC",
+        imf[:12] + imf[14:],  # two-digit year
+        imf.replace(b",", b""),
+        imf.replace(b" ", b"  ", 1),
+        imf[:7] + b"-" + imf[8:11] + b"-" + imf[12:],  # dashes
+        imf.replace(b":", b"."),
+    )
+
+
+class InvalidDateTests(SynchronousTestCase):
+    """
+    What a date that is not a valid HTTP-date (RFC 9110 section 5.6.7)
+    means in each field the cache reads.
+    """
+
+    def lifetime(self, *fields: Field, status: int = 200) -> float:
+        return policy.freshnessLifetime(response(*fields, status=status),
+                                        responseTime=T0)
+
+    def test_invalidFormsAreInvalid(self) -> None:
+        """
+        RFC 9110 section 5.6.7: none of the forms used below parses; the
+        valid form of the same time does.
+        """
+        self.assertEqual(parseHTTPDate(date(T0)), T0)
+        for text in invalidDates(T0):
+            self.assertIsNone(parseHTTPDate(text), text)
+
+    def test_invalidExpiresIsExpired(self) -> None:
+        """
+        RFC 9111 section 5.3: an invalid Expires, C{0} included, means
+        already expired, even where a heuristic would give a lifetime; the
+        stored response is stale at once.
+        """
+        lastModified = (b"Last-Modified", date(T0 - 10000))
+        self.assertEqual(self.lifetime((b"Date", date(T0)), lastModified), 1000)
+        for text in (b"0", *invalidDates(T0 + 3600)):
+            fields = ((b"Date", date(T0)), (b"Expires", text), lastModified)
+            self.assertEqual(self.lifetime(*fields), 0, text)
+            self.assertIsInstance(
+                policy.decide(request(), [entry(*fields)], T0), Revalidate)
+        self.assertEqual(self.lifetime(
+            (b"Date", date(T0)), (b"Expires", date(T0 + 3600)), lastModified),
+            3600)
+
+    def test_invalidLastModifiedNoHeuristic(self) -> None:
+        """
+        RFC 9111 section 4.2.2: an invalid Last-Modified gives no heuristic
+        freshness.
+        """
+        self.assertEqual(self.lifetime(
+            (b"Date", date(T0)), (b"Last-Modified", date(T0 - 1000))), 100)
+        for text in invalidDates(T0 - 1000):
+            self.assertEqual(self.lifetime(
+                (b"Date", date(T0)), (b"Last-Modified", text)), 0, text)
+            self.assertEqual(self.lifetime(
+                (b"Date", date(T0)), (b"Last-Modified", text),
+                (b"Cache-Control", b"public"), status=302), 0, text)
+
+    def test_invalidLastModifiedNotAValidator(self) -> None:
+        """
+        RFC 9111 sections 4.3.1 and 4.3.4, RFC 9110 section 8.8.2: an
+        invalid Last-Modified is no validator: no If-Modified-Since is
+        built from it, so a stale response with nothing else is a miss,
+        and a 304 without validators may update it.
+        """
+        for text in invalidDates(T0 - 1000):
+            stored = entry((b"Last-Modified", text),
+                           (b"Cache-Control", b"max-age=10"))
+            self.assertEqual(len(policy.conditionalHeaders(stored)), 0, text)
+            decision = policy.decide(request(), [stored], T0 + 20)
+            self.assertIsInstance(decision, Miss, text)
+            self.assertEqual(policy.selectForUpdate([stored], Headers()),
+                             [stored], text)
+            self.assertEqual(policy.selectForUpdate(
+                [stored], headers((b"Last-Modified", text))), [stored], text)
+
+    def test_invalidLastModifiedNotComparedWithIfModifiedSince(self) -> None:
+        """
+        RFC 9110 section 13.1.3, RFC 9111 section 4.3.2: a client's
+        If-Modified-Since is not compared with an invalid stored
+        Last-Modified; the stored Date stands in for it.
+        """
+        since = (b"If-Modified-Since", date(T0 - 100))
+        valid = headers((b"Last-Modified", date(T0 - 100)), (b"Date", date(T0)))
+        self.assertEqual(policy.evaluatePreconditions(
+            headers(since), valid, b"GET"), 304)
+        for text in invalidDates(T0 - 100):
+            stored = headers((b"Last-Modified", text), (b"Date", date(T0)))
+            self.assertIsNone(policy.evaluatePreconditions(
+                headers(since), stored, b"GET"), text)
+            self.assertEqual(policy.evaluatePreconditions(
+                headers((b"If-Modified-Since", date(T0))), stored, b"GET"),
+                304, text)
+
+    def test_invalidIfModifiedSinceIgnored(self) -> None:
+        """
+        RFC 9110 section 13.1.3: an If-Modified-Since that is not a valid
+        HTTP-date is ignored.
+        """
+        stored = headers((b"Last-Modified", date(T0 - 100)), (b"Date", date(T0)))
+        self.assertEqual(policy.evaluatePreconditions(
+            headers((b"If-Modified-Since", date(T0))), stored, b"GET"), 304)
+        for text in invalidDates(T0):
+            self.assertIsNone(policy.evaluatePreconditions(
+                headers((b"If-Modified-Since", text)), stored, b"GET"), text)
+
+    def test_invalidDateIgnored(self) -> None:
+        """
+        RFC 9110 section 6.6.1, RFC 9111 sections 4.2.1 and 4.2.3: an
+        invalid Date is ignored as if absent: the time the response was
+        received is used for its age and with Expires.
+        """
+        self.assertEqual(self.lifetime(
+            (b"Date", date(T0 - 50)), (b"Expires", date(T0 + 30))), 80)
+        self.assertEqual(policy.currentAge(
+            headers((b"Date", date(T0 - 100))), T0, T0, T0 + 5), 105)
+        for text in invalidDates(T0 - 50):
+            self.assertEqual(self.lifetime(
+                (b"Date", text), (b"Expires", date(T0 + 30))), 30, text)
+            self.assertEqual(policy.currentAge(
+                headers((b"Date", text)), T0, T0, T0 + 5), 5, text)
 
 
 class AgeHeaderTests(SynchronousTestCase):
