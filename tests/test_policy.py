@@ -14,6 +14,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from cachingproxy import policy
 from cachingproxy.http.headers import Headers, formatHTTPDate, parseHTTPDate
 from cachingproxy.http.message import RequestHead, ResponseHead
+from cachingproxy.http.structured import (
+    DIRECTIVE_TYPES,
+    INTEGER,
+    TRUE,
+    TRUE_OR_STRING,
+)
 from cachingproxy.policy import (
     DEFAULT_OPTIONS,
     UNSATISFIABLE,
@@ -302,7 +308,10 @@ class TargetedCacheControlTests(SynchronousTestCase):
         Fields Dictionary is ignored, falling back to Cache-Control.
         """
         for bad in (b"max-age=60,", b"Max-Age=60", b"max-age=60 public",
-                    b'no-cache="unterminated', b"max-age=1.2345"):
+                    b'no-cache="unterminated', b"max-age=1.2345",
+                    b"max-age=60,,public", b"max-age=60;", b"public;",
+                    b"max-age=1234567890123456", b"max-age=60, \xe9t\xe9",
+                    b'x="tab\tinside"', b"max-age = 60"):
             parsed, name = policy.effectiveCacheControl(headers(
                 (b"Cache-Control", b"max-age=10"),
                 (b"CDN-Cache-Control", bad)))
@@ -340,17 +349,100 @@ class TargetedCacheControlTests(SynchronousTestCase):
 
     def test_structuredValues(self) -> None:
         """
-        RFC 9213 section 2.1: strings carry field lists, C{?0} leaves a
-        directive out, parameters are ignored.
+        RFC 9213 section 2.1: strings carry field lists, C{?0} leaves an
+        extension directive out, parameters are ignored.
         """
         parsed, _ = policy.effectiveCacheControl(headers((
             b"CDN-Cache-Control",
-            b'no-cache="set-cookie", no-store=?0, max-age=60;foo=bar, '
-            b"public=?1")))
+            b'no-cache="set-cookie", x-ext=?0, max-age=60;foo=bar, '
+            b"public=?1, private=\"authorization\"")))
         self.assertEqual(parsed.noCacheFields, frozenset([b"set-cookie"]))
-        self.assertFalse(parsed.noStore)
+        self.assertEqual(parsed.privateFields, frozenset([b"authorization"]))
+        self.assertNotIn(b"x-ext", parsed)
         self.assertEqual(parsed.maxAge, 60)
         self.assertTrue(parsed.public)
+        self.assertFalse(parsed.noCache)
+
+    def test_wrongTypeFallsBack(self) -> None:
+        """
+        RFC 9213 section 2.1: a known directive whose value is not of the
+        type RFC 9111 section 5.2.2 implies (an Integer for delta-seconds,
+        Boolean true for a directive without argument, true or a String of
+        field names for no-cache and private) makes the whole field
+        ignored, in the proxy's own field as in CDN-Cache-Control: the
+        cache falls back to Cache-Control.
+        """
+        anyItem = [b'"600"', b"1.5", b"tok", b":aGk=:", b"(a b)",
+                   b"@1659578233", b'%"x"']
+        wrongValues = {
+            INTEGER: anyItem + [b"?1", b"?0", b"-1", b"60.0"],
+            TRUE: anyItem + [b"1", b"?0"],
+            TRUE_OR_STRING: [b"1", b"?0", b"1.5", b"set-cookie", b":aGk=:",
+                             b'("set-cookie" "age")', b"@1659578233",
+                             b'%"set-cookie"'],
+        }
+        rightValues = {
+            INTEGER: [b"=600", b"=0", b"=600;p=1"],
+            TRUE: [b"", b"=?1", b";p=1"],
+            TRUE_OR_STRING: [b"", b"=?1", b'="set-cookie"', b'="a, b"'],
+        }
+        self.assertEqual(set(DIRECTIVE_TYPES), {
+            b"max-age", b"s-maxage", b"stale-while-revalidate",
+            b"stale-if-error", b"no-store", b"no-transform",
+            b"must-revalidate", b"proxy-revalidate", b"must-understand",
+            b"public", b"immutable", b"no-cache", b"private"})
+        wrong = []
+        for field in (b"CDN-Cache-Control", b"Cachingproxy-Cache-Control"):
+            for directive, kind in DIRECTIVE_TYPES.items():
+                for value in wrongValues[kind]:
+                    member = directive + b"=" + value
+                    parsed, name = policy.effectiveCacheControl(headers(
+                        (b"Cache-Control", b"max-age=10"), (field, member)))
+                    if (parsed.maxAge, name) != (10, None):
+                        wrong.append((field, member, "used"))
+                for value in rightValues[kind]:
+                    member = directive + value
+                    _, name = policy.effectiveCacheControl(headers(
+                        (b"Cache-Control", b"max-age=10"), (field, member)))
+                    if name != field.lower():
+                        wrong.append((field, member, "ignored"))
+        self.assertEqual(wrong, [])
+
+    def test_wrongTypeAmongValid(self) -> None:
+        """
+        RFC 9213 section 2.1: one wrongly typed directive makes the whole
+        field ignored, valid members included; the next field on the
+        target list is used.
+        """
+        parsed, name = policy.effectiveCacheControl(headers(
+            (b"Cache-Control", b"no-store"),
+            (b"Cachingproxy-Cache-Control", b"public, max-age=1.5"),
+            (b"CDN-Cache-Control", b"max-age=600")))
+        self.assertEqual((parsed.maxAge, parsed.public, name),
+                         (600, False, b"cdn-cache-control"))
+        parsed, name = policy.effectiveCacheControl(headers(
+            (b"Cache-Control", b"no-store"),
+            (b"CDN-Cache-Control", b'max-age=600, private=?0')))
+        self.assertEqual((parsed.maxAge, parsed.noStore, name),
+                         (None, True, None))
+
+    def test_extensionsAnyType(self) -> None:
+        """
+        RFC 9213 section 2.1: extension directives may have any type; the
+        field stays valid and their values are kept as arguments.
+        """
+        parsed, name = policy.effectiveCacheControl(headers((
+            b"CDN-Cache-Control",
+            b'max-age=60, x-a="s", x-b=tok, x-c=1.5, x-d=(1 2), x-e=:aGk=:, '
+            b"x-f=7, x-g")))
+        self.assertEqual(name, b"cdn-cache-control")
+        self.assertEqual(
+            [(n, parsed.get(n)) for n in (b"x-a", b"x-b", b"x-c", b"x-d",
+                                          b"x-e", b"x-f", b"x-g")],
+            [(b"x-a", b"s"), (b"x-b", b"tok"), (b"x-c", b"1.5"),
+             (b"x-d", b""), (b"x-e", b":aGk=:"), (b"x-f", b"7"),
+             (b"x-g", None)])
+        self.assertIn(b"x-g", parsed)
 
     def test_noStoreInTargetedField(self) -> None:
         """
