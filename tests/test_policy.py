@@ -325,6 +325,19 @@ class TargetedCacheControlTests(SynchronousTestCase):
             (b"Cache-Control", b"max-age=10"), (b"CDN-Cache-Control", b"")))
         self.assertEqual((parsed.maxAge, name), (10, None))
 
+    def test_validWithoutKnownDirectives(self) -> None:
+        """
+        RFC 9213 sections 2.2 and 3.1: a valid, non-empty field is used even
+        when it holds no directive this cache knows (C{none}, the RFC's
+        example, or an extension set to false): Cache-Control's no-store
+        does not apply.
+        """
+        for value in (b"none", b"x-ext=?0"):
+            parsed, name = policy.effectiveCacheControl(headers(
+                (b"Cache-Control", b"no-store"), (b"CDN-Cache-Control", value)))
+            self.assertEqual((parsed.noStore, name),
+                             (False, b"cdn-cache-control"), value)
+
     def test_expiresIgnored(self) -> None:
         """
         RFC 9213 section 2.2: with a targeted field in use, Expires is
