@@ -4,7 +4,8 @@ Header fields as they travel on the wire: ordered, repeatable, and looked up
 without regard to case (RFC 9110 section 5).
 
 Names and values are C{bytes} in ISO-8859-1, exactly as received; nothing in
-this module does I/O or imports Twisted.
+this module does I/O or imports Twisted, and the clock is read only to place
+the two-digit year of an obsolete RFC 850 date in its century.
 
 Usage::
 
@@ -314,22 +315,30 @@ def parseHTTPDate(
     value: Optional[bytes], now: Optional[float] = None
 ) -> Optional[float]:
     """
-    Parse an HTTP-date (see L{_parseHTTPDate}); results are remembered, as
-    the dates of stored responses are read again on every hit.
+    Parse an HTTP-date (see L{_parseHTTPDate}).
 
-    @param now: the time against which the two-digit year of an RFC 850
-        date is placed in a century; the clock when not given (the result
-        is then remembered).
+    @param now: the time at which the two-digit year of an RFC 850 date is
+        placed in a century; when not given, the clock's, and the result
+        is remembered, as the dates of stored responses are read again on
+        every hit.
     """
     if not value:
         return None
     if now is not None:
-        return _parseHTTPDate.__wrapped__(value, now)
-    return _parseHTTPDate(value)
+        return _parseHTTPDate(value, now)
+    return _rememberedHTTPDate(value)
 
 
 @functools.lru_cache(maxsize=4096)
-def _parseHTTPDate(value: bytes, now: Optional[float] = None) -> Optional[float]:
+def _rememberedHTTPDate(value: bytes) -> Optional[float]:
+    """
+    L{_parseHTTPDate} at the clock's time (which matters only to the
+    century of an RFC 850 year), remembered.
+    """
+    return _parseHTTPDate(value, time.time())
+
+
+def _parseHTTPDate(value: bytes, now: float) -> Optional[float]:
     """
     Parse an HTTP-date (RFC 9110 section 5.6.7): IMF-fixdate, and the
     obsolete RFC 850 and asctime forms a recipient must accept, exactly as
@@ -340,8 +349,8 @@ def _parseHTTPDate(value: bytes, now: Optional[float] = None) -> Optional[float]
     compared with the date: the grammar does not ask for it.
 
     @param now: see L{parseHTTPDate}.
-    @return: seconds since the epoch, or C{None} if C{value} is absent or
-        not a valid date.
+    @return: seconds since the epoch, or C{None} if C{value} is not a
+        valid date.
     """
     # Whitespace around a field value is not part of it (RFC 9110 5.5).
     value = value.strip(b" \t")
@@ -366,7 +375,7 @@ def _parseHTTPDate(value: bytes, now: Optional[float] = None) -> Optional[float]
         # most recent past year with the same last two digits; so the
         # year is the one with those digits in the hundred years that end
         # fifty years from now.
-        thisYear = time.gmtime(time.time() if now is None else now).tm_year
+        thisYear = time.gmtime(now).tm_year
         yearNumber = thisYear - thisYear % 100 + int(year)
         if yearNumber > thisYear + 50:
             yearNumber -= 100
