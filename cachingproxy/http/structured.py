@@ -94,7 +94,9 @@ def parseTargetedDirectives(value: bytes) -> Optional[Directives]:
     except ValueError:
         return None
     pairs = []
-    for key, member in members.items():
+    # Dictionary is a UserDict: its documented .data is the plain dict,
+    # several times quicker to walk than the Mapping views.
+    for key, member in members.data.items():
         name = key.encode("ascii")
         kind = DIRECTIVE_TYPES.get(name)
         if isinstance(member, InnerList):
