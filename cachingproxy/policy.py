@@ -50,6 +50,7 @@ from urllib.parse import urljoin, urlsplit
 
 from .http.headers import HOP_BY_HOP, Headers, connectionOptions, parseHTTPDate, splitList
 from .http.message import RequestHead, ResponseHead
+from .http.structured import parseTargetedDirectives
 
 __all__ = [
     "CacheControl",
@@ -593,209 +594,35 @@ def requestCacheControl(requestHeaders: Headers) -> CacheControl:
     return CacheControl()
 
 
-class _StructuredFieldError(ValueError):
-    """
-    A targeted field is not a valid Structured Fields Dictionary.
-    """
-
-
-#: A parsed inner list; its members do not matter to cache directives.
-_INNER_LIST = object()
-
-_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789"
-                   b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_KEYCHAR = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_-.*")
-_BASE64 = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                    b"0123456789+/=")
-
-
-class _StructuredParser:
-    """
-    Just enough of RFC 8941 section 4.2 to parse a Dictionary strictly, as
-    RFC 9213 section 2.1 requires of targeted fields. Values come back as
-    C{True}, C{False}, C{bytes} (integer, decimal, string, token or byte
-    sequence text) or L{_INNER_LIST}; parameters are dropped.
-    """
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def _peek(self) -> bytes:
-        return self.data[self.pos:self.pos + 1]
-
-    def _fail(self) -> "_StructuredFieldError":
-        return _StructuredFieldError(f"invalid at {self.pos}")
-
-    def _skip(self, characters: bytes) -> None:
-        while self.pos < len(self.data) and self.data[self.pos] in characters:
-            self.pos += 1
-
-    def dictionary(self) -> Dict[bytes, object]:
-        members: Dict[bytes, object] = {}
-        while self.pos < len(self.data):
-            key = self._key()
-            if self._peek() == b"=":
-                self.pos += 1
-                members[key] = self._itemOrInnerList()
-            else:
-                members[key] = True
-                self._parameters()
-            self._skip(b" \t")
-            if self.pos >= len(self.data):
-                break
-            if self._peek() != b",":
-                raise self._fail()
-            self.pos += 1
-            self._skip(b" \t")
-            if self.pos >= len(self.data):
-                raise self._fail()  # trailing comma
-        return members
-
-    def _key(self) -> bytes:
-        start = self.pos
-        first = self._peek()
-        if not (first == b"*" or (first.isalpha() and first.islower())):
-            raise self._fail()
-        self.pos += 1
-        while self.pos < len(self.data) and self.data[self.pos] in _KEYCHAR:
-            self.pos += 1
-        return self.data[start:self.pos]
-
-    def _parameters(self) -> None:
-        while self._peek() == b";":
-            self.pos += 1
-            self._skip(b" ")
-            self._key()
-            if self._peek() == b"=":
-                self.pos += 1
-                self._bareItem()
-
-    def _itemOrInnerList(self) -> object:
-        if self._peek() != b"(":
-            value = self._bareItem()
-            self._parameters()
-            return value
-        self.pos += 1
-        while True:
-            self._skip(b" ")
-            if self._peek() == b")":
-                self.pos += 1
-                self._parameters()
-                return _INNER_LIST
-            self._bareItem()
-            self._parameters()
-            if self._peek() not in (b" ", b")"):
-                raise self._fail()
-
-    def _bareItem(self) -> object:
-        first = self._peek()
-        if first == b"-" or first.isdigit():
-            return self._number()
-        if first == b'"':
-            return self._string()
-        if first == b"*" or first.isalpha():
-            start = self.pos
-            self.pos += 1
-            while self.pos < len(self.data) and (
-                self.data[self.pos] in _TCHAR or self.data[self.pos] in b":/"
-            ):
-                self.pos += 1
-            return self.data[start:self.pos]
-        if first == b":":
-            end = self.data.find(b":", self.pos + 1)
-            if end < 0 or any(c not in _BASE64 for c in self.data[self.pos + 1:end]):
-                raise self._fail()
-            value = self.data[self.pos:end + 1]
-            self.pos = end + 1
-            return value
-        if first == b"?":
-            flag = self.data[self.pos + 1:self.pos + 2]
-            if flag not in (b"0", b"1"):
-                raise self._fail()
-            self.pos += 2
-            return flag == b"1"
-        raise self._fail()
-
-    def _number(self) -> bytes:
-        start = self.pos
-        if self._peek() == b"-":
-            self.pos += 1
-        digitsStart = self.pos
-        dot = -1
-        while self.pos < len(self.data):
-            c = self._peek()
-            if c.isdigit():
-                self.pos += 1
-            elif c == b"." and dot < 0:
-                dot = self.pos
-                self.pos += 1
-            else:
-                break
-        integer = (dot if dot >= 0 else self.pos) - digitsStart
-        fraction = self.pos - dot - 1 if dot >= 0 else 0
-        if integer < 1 or (dot < 0 and integer > 15):
-            raise self._fail()
-        if dot >= 0 and (integer > 12 or not 1 <= fraction <= 3):
-            raise self._fail()
-        return self.data[start:self.pos]
-
-    def _string(self) -> bytes:
-        out = bytearray()
-        self.pos += 1
-        while self.pos < len(self.data):
-            c = self.data[self.pos]
-            self.pos += 1
-            if c == 0x5C:
-                following = self.data[self.pos:self.pos + 1]
-                if following not in (b'"', b"\\"):
-                    raise self._fail()
-                out += following
-                self.pos += 1
-            elif c == 0x22:
-                return bytes(out)
-            elif not 0x20 <= c <= 0x7E:
-                raise self._fail()
-            else:
-                out.append(c)
-        raise self._fail()
-
-
 def parseTargetedCacheControl(
     headers: Headers, fieldName: bytes
 ) -> Optional[CacheControl]:
     """
     Parse a targeted cache-control field such as CDN-Cache-Control (RFC
-    9213 section 2.1) strictly, as a Structured Fields Dictionary.
-
-    Directives map to Cache-Control semantics: a Boolean true is a
-    directive without argument, false leaves it out, integers, tokens and
-    strings are its argument, parameters are ignored.
+    9213 section 2.1) strictly, as a Structured Fields Dictionary whose
+    known directives have the types section 2.1 infers (see
+    L{cachingproxy.http.structured.parseTargetedDirectives}).
 
     @return: the L{CacheControl}, or C{None} when the field is absent,
-        empty or does not parse (RFC 9213 section 2.1: such a field is
-        ignored, as if absent).
+        empty, does not parse or has a directive of the wrong type (RFC
+        9213 section 2.1: such a field is ignored, as if absent).
     """
     combined = headers.getCombined(fieldName)
     if combined is None:
         return None
-    try:
-        members = _StructuredParser(combined.strip(b" \t")).dictionary()
-    except _StructuredFieldError:
+    return _targetedCacheControlOf(combined)
+
+
+@functools.lru_cache(maxsize=4096)
+def _targetedCacheControlOf(value: bytes) -> Optional[CacheControl]:
+    """
+    The parse of one combined targeted field value, remembered like
+    L{_cacheControlOf}: a stored response's value is read on every hit.
+    """
+    directives = parseTargetedDirectives(value)
+    if directives is None:
         return None
-    pairs = []
-    for name, value in members.items():
-        if value is False:
-            continue
-        if value is True:
-            pairs.append((name, None))
-        elif value is _INNER_LIST:
-            pairs.append((name, b""))
-        else:
-            pairs.append((name, value))
-    if not pairs:
-        return None
-    return _buildCacheControl(tuple(pairs))  # type: ignore[arg-type]
+    return _buildCacheControl(directives)
 
 
 def effectiveCacheControl(
@@ -1546,7 +1373,8 @@ def partialBodyOffset(entry: StoredEntry, position: int) -> int:
 def _date(headers: Headers, fallback: Optional[float]) -> Optional[float]:
     """
     The Date of a response, or C{fallback} (the time it was received) when
-    absent or invalid (RFC 9110 section 6.6.1).
+    absent or not a valid HTTP-date (RFC 9110 section 6.6.1: an invalid
+    Date is ignored, as if absent).
     """
     date = parseHTTPDate(headers.get(b"date"))
     return fallback if date is None else date
@@ -1643,9 +1471,10 @@ def _heuristicLifetime(
     """
     Section 4.2.2: only without explicit expiry (the caller's duty), only
     for a heuristically cacheable status or a C{public} response. Without
-    a C{rule}, only from Last-Modified: a fraction of the time since then,
-    capped. With one, that rule's percentage of the time since
-    Last-Modified, within its minimum and maximum.
+    a C{rule}, only from a Last-Modified that is a valid HTTP-date: a
+    fraction of the time since then, capped. With one, that rule's
+    percentage of the time since a valid Last-Modified, within its minimum
+    and maximum.
     """
     if status not in HEURISTICALLY_CACHEABLE and not cc.public:
         return 0.0
@@ -2279,7 +2108,10 @@ def _validatable(headers: Headers) -> bool:
 
 
 def _hasValidator(headers: Headers) -> bool:
-    return _etagOf(headers) is not None or b"last-modified" in headers
+    # A Last-Modified that is not a valid HTTP-date validates nothing
+    # (RFC 9110 section 8.8.2).
+    return (_etagOf(headers) is not None
+            or parseHTTPDate(headers.get(b"last-modified")) is not None)
 
 
 def selectForUpdate(
@@ -2587,8 +2419,8 @@ def evaluatePreconditions(
          for GET and HEAD, else 412;
       4. else, for GET and HEAD only, If-Modified-Since (ignored if
          invalid): not modified since gives 304. Without a stored
-         Last-Modified the stored Date, else C{responseTime}, stands in
-         (RFC 9111 section 4.3.2).
+         Last-Modified that is a valid HTTP-date the stored Date, else
+         C{responseTime}, stands in (RFC 9111 section 4.3.2).
 
     Preconditions are ignored when the stored status is not 2xx (RFC 9110
     section 13.2.1). If-Range is separate: L{ifRangeAllows}.
@@ -2786,6 +2618,10 @@ def invalidatedURIs(
 
 # ---------------------------------------------------------------------------
 # Cache-Status (RFC 9211)
+
+
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789"
+                   b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 def _sfString(value: bytes) -> bytes:

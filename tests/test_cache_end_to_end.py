@@ -1112,3 +1112,115 @@ class LeaderLeavesTests(CacheTestCase):
         self.assertEqual(origin.count, 1)
         self.assertEqual(len(self.store.entries(key)), 1)
         self.assertEqual(self.cache.stats.collapsed, 1)
+
+
+class _FieldsOrigin(Resource):
+    """
+    An origin answering each path with the fields C{fields[path]} gives
+    for the clock's time, and counting requests per path.
+    """
+
+    isLeaf = True
+
+    def __init__(self, clock, fields) -> None:
+        super().__init__()
+        self.clock = clock
+        self.fields = fields
+        self.counts = {}
+        self.requestHeaders = []
+
+    def render(self, request):
+        self.counts[request.path] = self.counts.get(request.path, 0) + 1
+        self.requestHeaders.append(request.requestHeaders)
+        now = self.clock.seconds()
+        request.setHeader(b"Date", formatHTTPDate(now))
+        for name, value in self.fields[request.path](now):
+            request.setHeader(name, value)
+        return b"%s #%d" % (request.path, self.counts[request.path])
+
+
+def _offZone(when: float) -> bytes:
+    """
+    C{when} as an IMF-fixdate but with a numeric zone, which is not an
+    HTTP-date (RFC 9110 section 5.6.7).
+    """
+    return formatHTTPDate(when)[:-3] + b"+0000"
+
+
+class StrictFieldTests(CacheTestCase):
+    """
+    Dates and targeted fields that are not valid are not obeyed, through
+    the whole proxy.
+    """
+
+    async def twice(self, fields) -> tuple:
+        """
+        Ask for each path of C{fields} twice, a second apart.
+
+        @return: the origin, and the two responses for each path.
+        """
+        origin = _FieldsOrigin(self.clock, fields)
+        _, originPort = listenOrigin(self, origin)
+        answers = {}
+        for path in fields:
+            request = b"GET http://127.0.0.1:%d%s HTTP/1.1\r\nHost: x\r\n\r\n" % (
+                originPort, path)
+            _, [first] = await exchange(self.port, self, request)
+            self.clock.advance(1)
+            _, [second] = await exchange(self.port, self, request)
+            answers[path] = (first, second)
+        return origin, answers
+
+    async def test_invalidExpiresIsExpired(self):
+        """
+        RFC 9111 section 5.3: an Expires that is not an HTTP-date, C{0} or
+        a date in another zone than GMT, means already expired: the second
+        request goes to the origin, where a valid one an hour ahead gives a
+        hit.
+        """
+        origin, answers = await self.twice({
+            b"/valid": lambda now: [(b"Expires", formatHTTPDate(now + 3600))],
+            b"/zone": lambda now: [(b"Expires", _offZone(now + 3600))],
+            b"/zero": lambda now: [(b"Expires", b"0")],
+        })
+        self.assertEqual(answers[b"/valid"][1].header(b"x-cache"), b"HIT")
+        self.assertEqual(origin.counts,
+                         {b"/valid": 1, b"/zone": 2, b"/zero": 2})
+        self.assertEqual(answers[b"/zone"][1].body, b"/zone #2")
+
+    async def test_invalidLastModified(self):
+        """
+        RFC 9111 sections 4.2.2 and 4.3.1: a Last-Modified that is not an
+        HTTP-date gives no heuristic freshness and is not sent back as
+        If-Modified-Since; a valid one a day old makes a hit.
+        """
+        origin, answers = await self.twice({
+            b"/valid": lambda now: [
+                (b"Last-Modified", formatHTTPDate(now - 86400))],
+            b"/zone": lambda now: [(b"Last-Modified", _offZone(now - 86400))],
+        })
+        self.assertEqual(answers[b"/valid"][1].header(b"x-cache"), b"HIT")
+        self.assertEqual(origin.counts, {b"/valid": 1, b"/zone": 2})
+        self.assertEqual(
+            [h.getRawHeaders(b"if-modified-since") for h in origin.requestHeaders],
+            [None, None, None])
+
+    async def test_wrongTypeTargetedFieldIgnored(self):
+        """
+        RFC 9213 section 2.1: a CDN-Cache-Control whose max-age is a String
+        or a Decimal is ignored and Cache-Control's no-store obeyed; a
+        valid one wins over it.
+        """
+        origin, answers = await self.twice({
+            b"/valid": lambda now: [(b"Cache-Control", b"no-store"),
+                                    (b"CDN-Cache-Control", b"max-age=600")],
+            b"/string": lambda now: [(b"Cache-Control", b"no-store"),
+                                     (b"CDN-Cache-Control", b'max-age="600"')],
+            b"/decimal": lambda now: [(b"Cache-Control", b"no-store"),
+                                      (b"CDN-Cache-Control", b"max-age=600.0")],
+        })
+        self.assertEqual(answers[b"/valid"][1].header(b"x-cache"), b"HIT")
+        self.assertEqual(origin.counts,
+                         {b"/valid": 1, b"/string": 2, b"/decimal": 2})
+        self.assertEqual(answers[b"/string"][1].header(b"cdn-cache-control"),
+                         b'max-age="600"')

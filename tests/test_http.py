@@ -85,35 +85,155 @@ class SplitListTests(SynchronousTestCase):
         self.assertEqual(splitList(b" gzip ,\tbr"), [b"gzip", b"br"])
 
 
+#: 1994-11-06 08:49:37 GMT, the example of RFC 9110 section 5.6.7.
+EXAMPLE = 784111777.0
+
+#: The time the RFC 850 rows are read at (2025-01-01 00:00:00 GMT).
+NOW = 1735689600.0
+
+#: C{(what the row checks, field value, seconds since the epoch or None)}
+#: for L{DateTests.test_table}: one row per form, valid or not.
+DATE_TABLE = [
+    # RFC 9110 section 5.6.7: the three forms.
+    ("IMF-fixdate", b"Sun, 06 Nov 1994 08:49:37 GMT", EXAMPLE),
+    ("RFC 850", b"Sunday, 06-Nov-94 08:49:37 GMT", EXAMPLE),
+    ("asctime, one-digit day padded with a space",
+     b"Sun Nov  6 08:49:37 1994", EXAMPLE),
+    ("asctime, two-digit day", b"Wed Nov 16 08:49:37 1994",
+     EXAMPLE + 10 * 86400),
+    ("asctime, one-digit day with a zero", b"Sun Nov 06 08:49:37 1994",
+     EXAMPLE),
+    ("whitespace around the value is not part of it",
+     b" \tSun, 06 Nov 1994 08:49:37 GMT\t ", EXAMPLE),
+    ("a leap second", b"Sun, 06 Nov 1994 23:59:60 GMT",
+     EXAMPLE - 8 * 3600 - 49 * 60 - 37 + 86400),
+    ("29 February of a leap year", b"Thu, 29 Feb 1996 00:00:00 GMT",
+     825552000.0),
+    ("the epoch", b"Thu, 01 Jan 1970 00:00:00 GMT", 0.0),
+    # RFC 9110 section 5.6.7: a two-digit year more than 50 years in the
+    # future is in the past century.
+    ("RFC 850 year 75 is 2075, 50 years ahead",
+     b"Tuesday, 01-Jan-75 00:00:00 GMT", 3313526400.0),
+    ("RFC 850 year 76 is 1976, 2076 being 51 years ahead",
+     b"Thursday, 01-Jan-76 00:00:00 GMT", 189302400.0),
+    ("RFC 850 year 25 is this year", b"Wednesday, 01-Jan-25 00:00:00 GMT",
+     NOW),
+    # Zones other than GMT.
+    ("numeric zone", b"Sun, 06 Nov 1994 08:49:37 +0000", None),
+    ("UTC", b"Sun, 06 Nov 1994 08:49:37 UTC", None),
+    ("PST", b"Sun, 06 Nov 1994 08:49:37 PST", None),
+    ("lower-case gmt", b"Sun, 06 Nov 1994 08:49:37 gmt", None),
+    ("no zone", b"Sun, 06 Nov 1994 08:49:37", None),
+    ("RFC 850 with a numeric zone", b"Sunday, 06-Nov-94 08:49:37 +0000",
+     None),
+    ("asctime with a zone", b"Sun Nov  6 08:49:37 1994 GMT", None),
+    # Shapes.
+    ("IMF-fixdate with a two-digit year", b"Sun, 06 Nov 94 08:49:37 GMT",
+     None),
+    ("RFC 850 with a four-digit year", b"Sunday, 06-Nov-1994 08:49:37 GMT",
+     None),
+    ("missing comma", b"Sun 06 Nov 1994 08:49:37 GMT", None),
+    ("missing comma in RFC 850", b"Sunday 06-Nov-94 08:49:37 GMT", None),
+    ("doubled space", b"Sun, 06 Nov  1994 08:49:37 GMT", None),
+    ("doubled space after the comma", b"Sun,  06 Nov 1994 08:49:37 GMT",
+     None),
+    ("asctime, one-digit day without padding", b"Sun Nov 6 08:49:37 1994",
+     None),
+    ("asctime, padding and a two-digit day", b"Sun Nov  16 08:49:37 1994",
+     None),
+    ("tab for a space", b"Sun,\t06 Nov 1994 08:49:37 GMT", None),
+    ("dashes in IMF-fixdate", b"Sun, 06-Nov-1994 08:49:37 GMT", None),
+    ("spaces in RFC 850", b"Sunday, 06 Nov 94 08:49:37 GMT", None),
+    ("dots in the time", b"Sun, 06 Nov 1994 08.49.37 GMT", None),
+    ("one-digit hour", b"Sun, 06 Nov 1994 8:49:37 GMT", None),
+    ("one-digit day", b"Sun, 6 Nov 1994 08:49:37 GMT", None),
+    ("fractional seconds", b"Sun, 06 Nov 1994 08:49:37.5 GMT", None),
+    ("no seconds", b"Sun, 06 Nov 1994 08:49 GMT", None),
+    ("ISO 8601", b"1994-11-06T08:49:37Z", None),
+    ("trailing text", b"Sun, 06 Nov 1994 08:49:37 GMT x", None),
+    ("two dates", b"Sun, 06 Nov 1994 08:49:37 GMT, "
+     b"Sun, 06 Nov 1994 08:49:37 GMT", None),
+    # Names.
+    ("long day name in IMF-fixdate", b"Sunday, 06 Nov 1994 08:49:37 GMT",
+     None),
+    ("short day name in RFC 850", b"Sun, 06-Nov-94 08:49:37 GMT", None),
+    ("unknown day name", b"Sno, 06 Nov 1994 08:49:37 GMT", None),
+    ("day name in lower case", b"sun, 06 Nov 1994 08:49:37 GMT", None),
+    ("long month name", b"Sun, 06 November 1994 08:49:37 GMT", None),
+    ("month name in upper case", b"Sun, 06 NOV 1994 08:49:37 GMT", None),
+    ("month as a number", b"Sun, 06 11 1994 08:49:37 GMT", None),
+    # Ranges.
+    ("hour 24", b"Sun, 06 Nov 1994 24:00:00 GMT", None),
+    ("minute 60", b"Sun, 06 Nov 1994 08:60:37 GMT", None),
+    ("second 61", b"Sun, 06 Nov 1994 08:49:61 GMT", None),
+    ("day 00", b"Sun, 00 Nov 1994 08:49:37 GMT", None),
+    ("day 32", b"Sun, 32 Oct 1994 08:49:37 GMT", None),
+    ("31 November", b"Sun, 31 Nov 1994 08:49:37 GMT", None),
+    ("29 February of a common year", b"Tue, 29 Feb 1994 08:49:37 GMT", None),
+    ("year 0000", b"Sat, 01 Jan 0000 00:00:00 GMT", None),
+    ("asctime day 32", b"Sun Nov 32 08:49:37 1994", None),
+    ("RFC 850 hour 25", b"Sunday, 06-Nov-94 25:49:37 GMT", None),
+    # Not dates at all.
+    ("absent", None, None),
+    ("empty", b"", None),
+    ("Expires: 0", b"0", None),
+    ("a negative number", b"-1", None),
+    ("a word", b"yesterday", None),
+    ("not ASCII", b"\xff\xfe", None),
+    ("non-ASCII in place of a space",
+     b"Sun,\xa006 Nov 1994 08:49:37 GMT", None),
+]
+
+
 class DateTests(SynchronousTestCase):
     """
     HTTP-date parsing and formatting (RFC 9110 section 5.6.7).
     """
 
-    def test_threeFormats(self):
+    def test_table(self):
         """
-        IMF-fixdate, RFC 850 and asctime forms all parse to the same time.
+        RFC 9110 section 5.6.7: IMF-fixdate, RFC 850 and asctime dates parse
+        exactly as the grammar has them (an RFC 850 year more than 50 years
+        ahead being in the past century); every other form is invalid.
         """
-        expected = 784111777.0
-        for text in [
-            b"Sun, 06 Nov 1994 08:49:37 GMT",
-            b"Sunday, 06-Nov-94 08:49:37 GMT",
-            b"Sun Nov  6 08:49:37 1994",
-        ]:
-            self.assertEqual(parseHTTPDate(text), expected, text)
+        wrong = [
+            (what, text, parseHTTPDate(text, now=NOW), expected)
+            for what, text, expected in DATE_TABLE
+            if parseHTTPDate(text, now=NOW) != expected
+        ]
+        self.assertEqual(wrong, [])
 
-    def test_invalid(self):
+    def test_remembered(self):
         """
-        Garbage, empty values and non-ASCII bytes are C{None}.
+        Without C{now}, each form parses to the same result as with it,
+        and again from the remembered result (RFC 9110 section 5.6.7).
         """
-        for text in [None, b"", b"yesterday", b"\xff\xfe", b"0"]:
-            self.assertIsNone(parseHTTPDate(text), text)
+        for what, text, expected in DATE_TABLE:
+            if not what.startswith("RFC 850 year"):
+                self.assertEqual(parseHTTPDate(text), expected, what)
+                self.assertEqual(parseHTTPDate(text), expected, what)
+
+    def test_rfc850Century(self):
+        """
+        RFC 9110 section 5.6.7: the century of an RFC 850 year follows the
+        clock, in the window that ends 50 years ahead.
+        """
+        value = b"Thursday, 01-Jan-70 00:00:00 GMT"
+        self.assertEqual(parseHTTPDate(value, now=EXAMPLE), 0.0)
+        in2070 = 3155760000.0
+        self.assertEqual(parseHTTPDate(value, now=NOW), in2070)
+        # Read in 2070, "05" is 2105 (35 years ahead), not 2005 (65 ago).
+        in2105 = 4260211200.0
+        self.assertEqual(
+            parseHTTPDate(b"Thursday, 01-Jan-05 00:00:00 GMT", now=in2070),
+            in2105)
 
     def test_format(self):
         """
-        formatHTTPDate writes IMF-fixdate, which parses back.
+        RFC 9110 section 5.6.7: formatHTTPDate writes IMF-fixdate, which
+        parses back.
         """
-        self.assertEqual(formatHTTPDate(784111777), b"Sun, 06 Nov 1994 08:49:37 GMT")
+        self.assertEqual(formatHTTPDate(EXAMPLE), b"Sun, 06 Nov 1994 08:49:37 GMT")
         self.assertEqual(parseHTTPDate(formatHTTPDate(1e9)), 1e9)
 
 

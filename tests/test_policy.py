@@ -13,8 +13,14 @@ from typing import Optional, Tuple
 from twisted.trial.unittest import SynchronousTestCase
 
 from cachingproxy import policy
-from cachingproxy.http.headers import Headers, formatHTTPDate
+from cachingproxy.http.headers import Headers, formatHTTPDate, parseHTTPDate
 from cachingproxy.http.message import RequestHead, ResponseHead
+from cachingproxy.http.structured import (
+    DIRECTIVE_TYPES,
+    INTEGER,
+    TRUE,
+    TRUE_OR_STRING,
+)
 from cachingproxy.policy import (
     DEFAULT_OPTIONS,
     UNSATISFIABLE,
@@ -304,7 +310,10 @@ class TargetedCacheControlTests(SynchronousTestCase):
         Fields Dictionary is ignored, falling back to Cache-Control.
         """
         for bad in (b"max-age=60,", b"Max-Age=60", b"max-age=60 public",
-                    b'no-cache="unterminated', b"max-age=1.2345"):
+                    b'no-cache="unterminated', b"max-age=1.2345",
+                    b"max-age=60,,public", b"max-age=60;", b"public;",
+                    b"max-age=1234567890123456", b"max-age=60, \xe9t\xe9",
+                    b'x="tab\tinside"', b"max-age = 60"):
             parsed, name = policy.effectiveCacheControl(headers(
                 (b"Cache-Control", b"max-age=10"),
                 (b"CDN-Cache-Control", bad)))
@@ -317,6 +326,19 @@ class TargetedCacheControlTests(SynchronousTestCase):
         parsed, name = policy.effectiveCacheControl(headers(
             (b"Cache-Control", b"max-age=10"), (b"CDN-Cache-Control", b"")))
         self.assertEqual((parsed.maxAge, name), (10, None))
+
+    def test_validWithoutKnownDirectives(self) -> None:
+        """
+        RFC 9213 sections 2.2 and 3.1: a valid, non-empty field is used even
+        when it holds no directive this cache knows (C{none}, the RFC's
+        example, or an extension set to false): Cache-Control's no-store
+        does not apply.
+        """
+        for value in (b"none", b"x-ext=?0"):
+            parsed, name = policy.effectiveCacheControl(headers(
+                (b"Cache-Control", b"no-store"), (b"CDN-Cache-Control", value)))
+            self.assertEqual((parsed.noStore, name),
+                             (False, b"cdn-cache-control"), value)
 
     def test_expiresIgnored(self) -> None:
         """
@@ -342,17 +364,100 @@ class TargetedCacheControlTests(SynchronousTestCase):
 
     def test_structuredValues(self) -> None:
         """
-        RFC 9213 section 2.1: strings carry field lists, C{?0} leaves a
-        directive out, parameters are ignored.
+        RFC 9213 section 2.1: strings carry field lists, C{?0} leaves an
+        extension directive out, parameters are ignored.
         """
         parsed, _ = policy.effectiveCacheControl(headers((
             b"CDN-Cache-Control",
-            b'no-cache="set-cookie", no-store=?0, max-age=60;foo=bar, '
-            b"public=?1")))
+            b'no-cache="set-cookie", x-ext=?0, max-age=60;foo=bar, '
+            b"public=?1, private=\"authorization\"")))
         self.assertEqual(parsed.noCacheFields, frozenset([b"set-cookie"]))
-        self.assertFalse(parsed.noStore)
+        self.assertEqual(parsed.privateFields, frozenset([b"authorization"]))
+        self.assertNotIn(b"x-ext", parsed)
         self.assertEqual(parsed.maxAge, 60)
         self.assertTrue(parsed.public)
+        self.assertFalse(parsed.noCache)
+
+    def test_wrongTypeFallsBack(self) -> None:
+        """
+        RFC 9213 section 2.1: a known directive whose value is not of the
+        type RFC 9111 section 5.2.2 implies (an Integer for delta-seconds,
+        Boolean true for a directive without argument, true or a String of
+        field names for no-cache and private) makes the whole field
+        ignored, in the proxy's own field as in CDN-Cache-Control: the
+        cache falls back to Cache-Control.
+        """
+        anyItem = [b'"600"', b"1.5", b"tok", b":aGk=:", b"(a b)",
+                   b"@1659578233", b'%"x"']
+        wrongValues = {
+            INTEGER: anyItem + [b"?1", b"?0", b"-1", b"60.0"],
+            TRUE: anyItem + [b"1", b"?0"],
+            TRUE_OR_STRING: [b"1", b"?0", b"1.5", b"set-cookie", b":aGk=:",
+                             b'("set-cookie" "age")', b"@1659578233",
+                             b'%"set-cookie"'],
+        }
+        rightValues = {
+            INTEGER: [b"=600", b"=0", b"=600;p=1"],
+            TRUE: [b"", b"=?1", b";p=1"],
+            TRUE_OR_STRING: [b"", b"=?1", b'="set-cookie"', b'="a, b"'],
+        }
+        self.assertEqual(set(DIRECTIVE_TYPES), {
+            b"max-age", b"s-maxage", b"stale-while-revalidate",
+            b"stale-if-error", b"no-store", b"no-transform",
+            b"must-revalidate", b"proxy-revalidate", b"must-understand",
+            b"public", b"immutable", b"no-cache", b"private"})
+        wrong = []
+        for field in (b"CDN-Cache-Control", b"Cachingproxy-Cache-Control"):
+            for directive, kind in DIRECTIVE_TYPES.items():
+                for value in wrongValues[kind]:
+                    member = directive + b"=" + value
+                    parsed, name = policy.effectiveCacheControl(headers(
+                        (b"Cache-Control", b"max-age=10"), (field, member)))
+                    if (parsed.maxAge, name) != (10, None):
+                        wrong.append((field, member, "used"))
+                for value in rightValues[kind]:
+                    member = directive + value
+                    _, name = policy.effectiveCacheControl(headers(
+                        (b"Cache-Control", b"max-age=10"), (field, member)))
+                    if name != field.lower():
+                        wrong.append((field, member, "ignored"))
+        self.assertEqual(wrong, [])
+
+    def test_wrongTypeAmongValid(self) -> None:
+        """
+        RFC 9213 section 2.1: one wrongly typed directive makes the whole
+        field ignored, valid members included; the next field on the
+        target list is used.
+        """
+        parsed, name = policy.effectiveCacheControl(headers(
+            (b"Cache-Control", b"no-store"),
+            (b"Cachingproxy-Cache-Control", b"public, max-age=1.5"),
+            (b"CDN-Cache-Control", b"max-age=600")))
+        self.assertEqual((parsed.maxAge, parsed.public, name),
+                         (600, False, b"cdn-cache-control"))
+        parsed, name = policy.effectiveCacheControl(headers(
+            (b"Cache-Control", b"no-store"),
+            (b"CDN-Cache-Control", b'max-age=600, private=?0')))
+        self.assertEqual((parsed.maxAge, parsed.noStore, name),
+                         (None, True, None))
+
+    def test_extensionsAnyType(self) -> None:
+        """
+        RFC 9213 section 2.1: extension directives may have any type; the
+        field stays valid and their values are kept as arguments.
+        """
+        parsed, name = policy.effectiveCacheControl(headers((
+            b"CDN-Cache-Control",
+            b'max-age=60, x-a="s", x-b=tok, x-c=1.5, x-d=(1 2), x-e=:aGk=:, '
+            b"x-f=7, x-g")))
+        self.assertEqual(name, b"cdn-cache-control")
+        self.assertEqual(
+            [(n, parsed.get(n)) for n in (b"x-a", b"x-b", b"x-c", b"x-d",
+                                          b"x-e", b"x-f", b"x-g")],
+            [(b"x-a", b"s"), (b"x-b", b"tok"), (b"x-c", b"1.5"),
+             (b"x-d", b""), (b"x-e", b":aGk=:"), (b"x-f", b"7"),
+             (b"x-g", None)])
+        self.assertIn(b"x-g", parsed)
 
     def test_noStoreInTargetedField(self) -> None:
         """
@@ -1358,6 +1463,138 @@ class CurrentAgeTests(SynchronousTestCase):
         """
         self.assertEqual(policy.currentAge(
             headers((b"Date", date(T0 + 500))), T0 + 5, T0, T0 - 100), 0)
+
+
+def invalidDates(when: float) -> Tuple[bytes, ...]:
+    """
+    C{when} written in forms a lenient date parser reads as that time but
+    that are not an HTTP-date (RFC 9110 section 5.6.7).
+    """
+    imf = date(when)  # e.g. b"Tue, 14 Nov 2023 22:13:20 GMT"
+    return (
+        imf[:-3] + b"+0000",
+        imf[:-3] + b"UTC",
+        imf[:12] + imf[14:],  # two-digit year
+        imf.replace(b",", b""),
+        imf.replace(b" ", b"  ", 1),
+        imf[:7] + b"-" + imf[8:11] + b"-" + imf[12:],  # dashes
+        imf.replace(b":", b"."),
+    )
+
+
+class InvalidDateTests(SynchronousTestCase):
+    """
+    What a date that is not a valid HTTP-date (RFC 9110 section 5.6.7)
+    means in each field the cache reads.
+    """
+
+    def lifetime(self, *fields: Field, status: int = 200) -> float:
+        return policy.freshnessLifetime(response(*fields, status=status),
+                                        responseTime=T0)
+
+    def test_invalidFormsAreInvalid(self) -> None:
+        """
+        RFC 9110 section 5.6.7: none of the forms used below parses; the
+        valid form of the same time does.
+        """
+        self.assertEqual(parseHTTPDate(date(T0)), T0)
+        for text in invalidDates(T0):
+            self.assertIsNone(parseHTTPDate(text), text)
+
+    def test_invalidExpiresIsExpired(self) -> None:
+        """
+        RFC 9111 section 5.3: an invalid Expires, C{0} included, means
+        already expired, even where a heuristic would give a lifetime; the
+        stored response is stale at once.
+        """
+        lastModified = (b"Last-Modified", date(T0 - 10000))
+        self.assertEqual(self.lifetime((b"Date", date(T0)), lastModified), 1000)
+        for text in (b"0", *invalidDates(T0 + 3600)):
+            fields = ((b"Date", date(T0)), (b"Expires", text), lastModified)
+            self.assertEqual(self.lifetime(*fields), 0, text)
+            self.assertIsInstance(
+                policy.decide(request(), [entry(*fields)], T0), Revalidate)
+        self.assertEqual(self.lifetime(
+            (b"Date", date(T0)), (b"Expires", date(T0 + 3600)), lastModified),
+            3600)
+
+    def test_invalidLastModifiedNoHeuristic(self) -> None:
+        """
+        RFC 9111 section 4.2.2: an invalid Last-Modified gives no heuristic
+        freshness.
+        """
+        self.assertEqual(self.lifetime(
+            (b"Date", date(T0)), (b"Last-Modified", date(T0 - 1000))), 100)
+        for text in invalidDates(T0 - 1000):
+            self.assertEqual(self.lifetime(
+                (b"Date", date(T0)), (b"Last-Modified", text)), 0, text)
+            self.assertEqual(self.lifetime(
+                (b"Date", date(T0)), (b"Last-Modified", text),
+                (b"Cache-Control", b"public"), status=302), 0, text)
+
+    def test_invalidLastModifiedNotAValidator(self) -> None:
+        """
+        RFC 9111 sections 4.3.1 and 4.3.4, RFC 9110 section 8.8.2: an
+        invalid Last-Modified is no validator: no If-Modified-Since is
+        built from it, so a stale response with nothing else is a miss,
+        and a 304 without validators may update it.
+        """
+        for text in invalidDates(T0 - 1000):
+            stored = entry((b"Last-Modified", text),
+                           (b"Cache-Control", b"max-age=10"))
+            self.assertEqual(len(policy.conditionalHeaders(stored)), 0, text)
+            decision = policy.decide(request(), [stored], T0 + 20)
+            self.assertIsInstance(decision, Miss, text)
+            self.assertEqual(policy.selectForUpdate([stored], Headers()),
+                             [stored], text)
+            self.assertEqual(policy.selectForUpdate(
+                [stored], headers((b"Last-Modified", text))), [stored], text)
+
+    def test_invalidLastModifiedNotComparedWithIfModifiedSince(self) -> None:
+        """
+        RFC 9110 section 13.1.3, RFC 9111 section 4.3.2: a client's
+        If-Modified-Since is not compared with an invalid stored
+        Last-Modified; the stored Date stands in for it.
+        """
+        since = (b"If-Modified-Since", date(T0 - 100))
+        valid = headers((b"Last-Modified", date(T0 - 100)), (b"Date", date(T0)))
+        self.assertEqual(policy.evaluatePreconditions(
+            headers(since), valid, b"GET"), 304)
+        for text in invalidDates(T0 - 100):
+            stored = headers((b"Last-Modified", text), (b"Date", date(T0)))
+            self.assertIsNone(policy.evaluatePreconditions(
+                headers(since), stored, b"GET"), text)
+            self.assertEqual(policy.evaluatePreconditions(
+                headers((b"If-Modified-Since", date(T0))), stored, b"GET"),
+                304, text)
+
+    def test_invalidIfModifiedSinceIgnored(self) -> None:
+        """
+        RFC 9110 section 13.1.3: an If-Modified-Since that is not a valid
+        HTTP-date is ignored.
+        """
+        stored = headers((b"Last-Modified", date(T0 - 100)), (b"Date", date(T0)))
+        self.assertEqual(policy.evaluatePreconditions(
+            headers((b"If-Modified-Since", date(T0))), stored, b"GET"), 304)
+        for text in invalidDates(T0):
+            self.assertIsNone(policy.evaluatePreconditions(
+                headers((b"If-Modified-Since", text)), stored, b"GET"), text)
+
+    def test_invalidDateIgnored(self) -> None:
+        """
+        RFC 9110 section 6.6.1, RFC 9111 sections 4.2.1 and 4.2.3: an
+        invalid Date is ignored as if absent: the time the response was
+        received is used for its age and with Expires.
+        """
+        self.assertEqual(self.lifetime(
+            (b"Date", date(T0 - 50)), (b"Expires", date(T0 + 30))), 80)
+        self.assertEqual(policy.currentAge(
+            headers((b"Date", date(T0 - 100))), T0, T0, T0 + 5), 105)
+        for text in invalidDates(T0 - 50):
+            self.assertEqual(self.lifetime(
+                (b"Date", text), (b"Expires", date(T0 + 30))), 30, text)
+            self.assertEqual(policy.currentAge(
+                headers((b"Date", text)), T0, T0, T0 + 5), 5, text)
 
 
 class AgeHeaderTests(SynchronousTestCase):

@@ -5,13 +5,15 @@ for any input, each tied to the RFC section that implies it.
 
 from __future__ import annotations
 
+import time
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from cachingproxy import policy
-from cachingproxy.http.headers import Headers, formatHTTPDate
+from cachingproxy.http.headers import Headers, formatHTTPDate, parseHTTPDate
 from cachingproxy.http.message import ResponseHead
 
 T0 = 1_700_000_000
@@ -160,3 +162,43 @@ class VaryPropertyTests(SynchronousTestCase):
         keyTwo = policy.secondaryKey(responseHeaders, new)
         matches = policy.varyMatches(stored, responseHeaders, new)
         self.assertEqual(matches, keyOne is not None and keyOne == keyTwo)
+
+
+class FieldParsingPropertyTests(SynchronousTestCase):
+    """
+    Dates and targeted fields as invariants of their parsers.
+    """
+
+    @_settings
+    @given(st.integers(min_value=0, max_value=253402300799))
+    def test_datesRoundTrip(self, when) -> None:
+        """
+        RFC 9110 section 5.6.7: any time from 1970 to 9999, written as
+        IMF-fixdate or asctime, parses back to itself.
+        """
+        imf = formatHTTPDate(when)
+        t = time.gmtime(when)
+        asctime = b"%s %s %2d %02d:%02d:%02d %04d" % (
+            imf[:3], imf[8:11], t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec,
+            t.tm_year)
+        self.assertEqual(parseHTTPDate(imf), when)
+        self.assertEqual(parseHTTPDate(asctime), when, asctime)
+
+    @_settings
+    @given(st.one_of(
+        st.binary(max_size=30),
+        st.lists(st.sampled_from([
+            b"max-age", b"no-cache", b"private", b"x", b"=", b",", b";",
+            b" ", b"?1", b"?0", b"60", b"1.5", b'"a, b"', b"(a b)", b":aGk=:",
+            b"tok", b"-1", b"@1", b'%"x"', b"\t", b"\xe9"]), max_size=8,
+        ).map(b"".join),
+    ))
+    def test_targetedNeverRaises(self, value) -> None:
+        """
+        RFC 9213 section 2.1: any targeted field value either parses or is
+        ignored; nothing raises.
+        """
+        parsed = policy.parseTargetedCacheControl(
+            Headers([(b"CDN-Cache-Control", value)]), b"cdn-cache-control")
+        self.assertTrue(parsed is None
+                        or isinstance(parsed, policy.CacheControl), value)

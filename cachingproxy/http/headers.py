@@ -4,7 +4,8 @@ Header fields as they travel on the wire: ordered, repeatable, and looked up
 without regard to case (RFC 9110 section 5).
 
 Names and values are C{bytes} in ISO-8859-1, exactly as received; nothing in
-this module does I/O or imports Twisted.
+this module does I/O or imports Twisted, and the clock is read only to place
+the two-digit year of an obsolete RFC 850 date in its century.
 
 Usage::
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import calendar
 import functools
-import email.utils
+import re
 import time
 from typing import Iterable, Iterator, List, Optional, Tuple
 
@@ -306,41 +307,119 @@ def splitList(value: bytes) -> List[bytes]:
     return members
 
 
-def parseHTTPDate(value: Optional[bytes]) -> Optional[float]:
+_DAY = rb"(Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_MONTH = rb"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+_TIME = rb"([0-9]{2}):([0-9]{2}):([0-9]{2})"
+
+#: The three forms of RFC 9110 section 5.6.7, exactly: case-sensitive
+#: names, single spaces (asctime pads a one-digit day with a second one),
+#: GMT and no other zone. Groups: day, month, year, hour, minute, second.
+_IMF_FIXDATE = re.compile(
+    _DAY + rb", ([0-9]{2}) " + _MONTH + rb" ([0-9]{4}) " + _TIME + rb" GMT"
+)
+_RFC850_DATE = re.compile(
+    rb"(Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), "
+    rb"([0-9]{2})-" + _MONTH + rb"-([0-9]{2}) " + _TIME + rb" GMT"
+)
+#: Groups: month, day, hour, minute, second, year.
+_ASCTIME_DATE = re.compile(
+    _DAY + rb" " + _MONTH + rb" ([0-9]{2}| [0-9]) " + _TIME + rb" ([0-9]{4})"
+)
+
+_MONTH_NUMBERS = {
+    name: number for number, name in enumerate(
+        [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun",
+         b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"], 1)
+}
+
+
+def parseHTTPDate(
+    value: Optional[bytes], now: Optional[float] = None
+) -> Optional[float]:
     """
-    Parse an HTTP-date (see L{_parseHTTPDate}); results are remembered, as
-    the dates of stored responses are read again on every hit.
+    Parse an HTTP-date (see L{_parseHTTPDate}).
+
+    @param now: the time at which the two-digit year of an RFC 850 date is
+        placed in a century; when not given, the clock's, and the result
+        is remembered, as the dates of stored responses are read again on
+        every hit.
     """
     if not value:
         return None
-    return _parseHTTPDate(value)
+    if now is not None:
+        return _parseHTTPDate(value, now)
+    return _rememberedHTTPDate(value)
 
 
 @functools.lru_cache(maxsize=4096)
-def _parseHTTPDate(value: bytes) -> Optional[float]:
+def _rememberedHTTPDate(value: bytes) -> Optional[float]:
+    """
+    L{_parseHTTPDate} at the clock's time (which matters only to the
+    century of an RFC 850 year), remembered.
+    """
+    return _parseHTTPDate(value, time.time())
+
+
+def _parseHTTPDate(value: bytes, now: float) -> Optional[float]:
     """
     Parse an HTTP-date (RFC 9110 section 5.6.7): IMF-fixdate, and the
-    obsolete RFC 850 and asctime forms a recipient must accept.
+    obsolete RFC 850 and asctime forms a recipient must accept, exactly as
+    the grammar has them. Anything else is invalid: another zone than GMT,
+    a two-digit year outside the RFC 850 form, a missing comma, extra
+    spaces, other separators, names in another case or spelling, fields
+    out of range (a leap second, C{60}, is allowed). The day name is not
+    compared with the date: the grammar does not ask for it.
 
-    @return: seconds since the epoch, or C{None} if C{value} is absent or
-        not a valid date.
+    @param now: see L{parseHTTPDate}.
+    @return: seconds since the epoch, or C{None} if C{value} is not a
+        valid date.
     """
-    if not value:
+    # Whitespace around a field value is not part of it (RFC 9110 5.5).
+    value = value.strip(b" \t")
+    if value[3:4] == b",":
+        match = _IMF_FIXDATE.fullmatch(value)
+        if match is None:
+            return None
+        _, day, month, year, hour, minute, second = match.groups()
+        yearNumber = int(year)
+    elif value[3:4] == b" ":
+        match = _ASCTIME_DATE.fullmatch(value)
+        if match is None:
+            return None
+        _, month, day, hour, minute, second, year = match.groups()
+        yearNumber = int(year)
+    else:
+        match = _RFC850_DATE.fullmatch(value)
+        if match is None:
+            return None
+        _, day, month, year, hour, minute, second = match.groups()
+        # RFC 9110 5.6.7: a year more than 50 years in the future is the
+        # most recent past year with the same last two digits; so the
+        # year is the one with those digits in the hundred years that end
+        # fifty years from now.
+        thisYear = time.gmtime(now).tm_year
+        yearNumber = thisYear - thisYear % 100 + int(year)
+        if yearNumber > thisYear + 50:
+            yearNumber -= 100
+        elif yearNumber <= thisYear - 50:
+            yearNumber += 100
+    monthNumber = _MONTH_NUMBERS[month]
+    dayNumber = int(day)
+    hourNumber = int(hour)
+    minuteNumber = int(minute)
+    secondNumber = int(second)
+    if (
+        yearNumber < 1
+        or not 1 <= dayNumber <= calendar.monthrange(yearNumber, monthNumber)[1]
+        or hourNumber > 23
+        or minuteNumber > 59
+        or secondNumber > 60
+    ):
         return None
-    try:
-        text = value.decode("ascii").strip()
-    except UnicodeDecodeError:
-        return None
-    try:
-        parsed = email.utils.parsedate_tz(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if parsed is None:
-        return None
-    try:
-        return float(calendar.timegm(parsed[:9]) - (parsed[9] or 0))
-    except (OverflowError, ValueError):
-        return None
+    return float(calendar.timegm(
+        (yearNumber, monthNumber, dayNumber,
+         hourNumber, minuteNumber, secondNumber)
+    ))
 
 
 _WEEKDAYS = [b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun"]
