@@ -21,6 +21,7 @@ the same name::
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -47,6 +48,14 @@ __all__ = [
 class Setting:
     """
     One setting: its option name, its kind, its default and what it does.
+
+    The command line (L{cachingproxy.tap.Options}), the environment and the
+    configuration file are all derived from this, so a setting added to
+    L{SETTINGS} exists in the three at once.
+
+    @ivar example: a value other than the default, as the command line
+        takes it (a string, a tuple of strings for a C{list}, C{True} for a
+        C{flag}); the tests set every setting to it from each source.
     """
 
     name: str
@@ -54,6 +63,7 @@ class Setting:
     default: object
     help: str
     aliases: Tuple[str, ...] = ()
+    example: object = None
 
     @property
     def attribute(self) -> str:
@@ -63,6 +73,22 @@ class Setting:
     @property
     def envName(self) -> str:
         return "CACHINGPROXY_" + self.name.upper().replace("-", "_")
+
+    @property
+    def defaultText(self) -> str:
+        """
+        The default as an operator would write it; empty when there is none.
+        """
+        default = self.default
+        if default is None or default == () or default == "":
+            return ""
+        if self.kind == "flag":
+            return "on" if default else "off"
+        if isinstance(default, tuple):
+            return " ".join(str(d) for d in default)
+        if isinstance(default, float) and default.is_integer():
+            return str(int(default))
+        return str(default)
 
 
 #: Every setting, in the order --help shows them.
@@ -74,6 +100,7 @@ SETTINGS = (
         "TOML configuration file: every setting under its option name "
         "(upstream-timeout = 5). The command line and the environment win "
         "over it.",
+        example="other.toml",
     ),
     Setting(
         "port",
@@ -83,6 +110,7 @@ SETTINGS = (
         "(tcp:3128:interface=127.0.0.1, ssl:..., unix:..., "
         "systemd:domain=INET:index=0). Repeatable.",
         aliases=("LISTEN_PORT",),
+        example=("20000", "unix:/run/cachingproxy.sock"),
     ),
     Setting(
         "upstream",
@@ -90,56 +118,65 @@ SETTINGS = (
         None,
         "Reverse proxy mode: send every request to this origin URL "
         "(http://host:port[/prefix] or https://...).",
+        example="http://127.0.0.1:9000/base",
     ),
-    Setting("connect-timeout", "float", 10.0, "Seconds to connect to an origin."),
+    Setting("connect-timeout", "float", 10.0, "Seconds to connect to an origin.", example="3"),
     Setting(
         "upstream-timeout",
         "float",
         10.0,
         "Seconds of silence tolerated from an origin while its response is awaited "
         "or streaming.",
+        example="7.5",
     ),
     Setting(
         "idle-timeout",
         "float",
         60.0,
         "Seconds a kept-alive client connection may wait for its next request.",
+        example="30",
     ),
     Setting(
         "header-timeout",
         "float",
         30.0,
         "Seconds from the first byte of a request head to its end (408 beyond).",
+        example="5",
     ),
     Setting(
         "max-request-line",
         "int",
         8192,
         "Longest request target accepted, in bytes (414 beyond).",
+        example="4096",
     ),
     Setting(
         "max-header-size",
         "int",
         65536,
         "Largest request header section accepted, in bytes (431 beyond).",
+        example="16384",
     ),
     Setting(
         "max-header-fields",
         "int",
         100,
         "Most header fields accepted in a request (431 beyond).",
+        example="50",
     ),
     Setting(
         "max-body-size",
         "size",
         "1G",
         "Largest request body accepted (K, M, G suffixes; 413 beyond).",
+        example="10M",
     ),
     Setting(
         "body-timeout",
         "float",
         300.0,
         "Seconds a client has to send a whole request body (408 beyond).",
+        example="60",
     ),
     Setting(
         "max-pipeline",
@@ -147,6 +184,7 @@ SETTINGS = (
         16,
         "Requests queued on one client connection behind the one being "
         "answered; beyond it the proxy stops reading that connection.",
+        example="4",
     ),
     Setting(
         "max-connections",
@@ -154,12 +192,14 @@ SETTINGS = (
         10000,
         "Client connections served at once; beyond it no new connection is "
         "accepted until one closes.",
+        example="500",
     ),
     Setting(
         "connect-ports",
         "str",
         "443",
         "Comma-separated ports that CONNECT may reach (403 otherwise).",
+        example="443,8443",
     ),
     Setting(
         "allow",
@@ -170,6 +210,7 @@ SETTINGS = (
         "127.0.0.0/8 ::1 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 fc00::/7 "
         "fe80::/10), loopback, or all for everyone. Repeatable or "
         "comma-separated; replaces the default.",
+        example=("10.0.0.0/8", "192.168.0.0/16"),
     ),
     Setting(
         "deny-dest",
@@ -179,6 +220,7 @@ SETTINGS = (
         "(names under it), .example.com (it and names under it), an address "
         "or a CIDR. Repeatable or comma-separated. Names are not resolved: "
         "list here the names that resolve to addresses to protect.",
+        example=("example.com", "*.internal"),
     ),
     Setting(
         "allow-dest",
@@ -188,6 +230,7 @@ SETTINGS = (
         "link-local and localhost destinations to clients not on this "
         "machine (same forms as deny-dest, which still wins). Repeatable or "
         "comma-separated.",
+        example=("localhost",),
     ),
     Setting(
         "admin-allow",
@@ -196,6 +239,7 @@ SETTINGS = (
         "Client address ranges allowed the proxy's own endpoints "
         "(/_cachingproxy/...) and PURGE: CIDRs, loopback (127.0.0.0/8 ::1), "
         "private, all or none. Repeatable or comma-separated.",
+        example=("private",),
     ),
     Setting(
         "auth-file",
@@ -205,18 +249,21 @@ SETTINGS = (
         "the users who may use the proxy, with Proxy-Authorization Basic "
         "credentials (407 otherwise; 429 after 10 failures in 60 s from one "
         "address). Read again when it changes.",
+        example="users.htpasswd",
     ),
     Setting(
         "upstream-max-idle",
         "int",
         64,
         "Idle keep-alive connections kept per origin.",
+        example="8",
     ),
     Setting(
         "upstream-idle-timeout",
         "float",
         60.0,
         "Seconds an idle upstream connection is kept.",
+        example="30",
     ),
     Setting(
         "ca-file",
@@ -224,6 +271,7 @@ SETTINGS = (
         None,
         "PEM file of CA certificates trusted for https origins (default: the "
         "system's trust store).",
+        example="ca.pem",
     ),
     Setting(
         "via-name",
@@ -231,54 +279,63 @@ SETTINGS = (
         None,
         "The name this proxy gives itself in Via (default: the host name); "
         "a request whose Via already names it is refused as a loop.",
+        example="edge1",
     ),
-    Setting("x-forwarded-for", "flag", False, "Append the client address to X-Forwarded-For."),
+    Setting("x-forwarded-for", "flag", False, "Append the client address to X-Forwarded-For.",
+            example=True),
     Setting("forwarded", "flag", False,
             "Add an RFC 7239 Forwarded element (for=, and host= and proto= with the "
-            "options below)."),
+            "options below).", example=True),
     Setting("x-forwarded-proto", "flag", False,
-            "Add X-Forwarded-Proto (the scheme the client used)."),
+            "Add X-Forwarded-Proto (the scheme the client used).", example=True),
     Setting("x-forwarded-host", "flag", False,
-            "Add X-Forwarded-Host (the Host the client asked for)."),
+            "Add X-Forwarded-Host (the Host the client asked for).", example=True),
     Setting("preserve-host", "flag", False,
-            "Reverse mode: send the client's Host upstream instead of the upstream's."),
+            "Reverse mode: send the client's Host upstream instead of the upstream's.",
+            example=True),
     Setting("no-rewrite-redirects", "flag", False,
             "Reverse mode: leave Location and Content-Location naming the upstream as "
-            "they are (by default they are rewritten to the proxy's own address)."),
+            "they are (by default they are rewritten to the proxy's own address).", example=True),
     Setting("compress", "str", "auto",
             "Compress responses on the fly for clients that accept gzip or br: on, off, "
-            "or auto (on in reverse mode, off in forward mode)."),
+            "or auto (on in reverse mode, off in forward mode).", example="off"),
     Setting("compress-types", "str", "",
             "Comma-separated media types to compress (text/* for a whole type); empty "
-            "for the built-in list of text types."),
+            "for the built-in list of text types.", example="text/html,application/json"),
     Setting("compress-min-size", "size", "1K",
-            "Responses known to be smaller are not compressed."),
+            "Responses known to be smaller are not compressed.", example="2K"),
     Setting("add-request-header", "list", (),
-            "'Name: value' appended to requests going upstream. Repeatable."),
+            "'Name: value' appended to requests going upstream. Repeatable.",
+            example=("X-Tenant: a", "X-Tenant: b")),
     Setting("set-request-header", "list", (),
-            "'Name: value' replacing that field on requests going upstream. Repeatable."),
+            "'Name: value' replacing that field on requests going upstream. Repeatable.",
+            example=("User-Agent: cachingproxy",)),
     Setting("remove-request-header", "list", (),
-            "A field removed from requests going upstream. Repeatable."),
+            "A field removed from requests going upstream. Repeatable.", example=("Cookie",)),
     Setting("add-response-header", "list", (),
-            "'Name: value' appended to responses to clients (never stored). Repeatable."),
+            "'Name: value' appended to responses to clients (never stored). Repeatable.",
+            example=("X-Served-By: edge1",)),
     Setting("set-response-header", "list", (),
-            "'Name: value' replacing that field on responses to clients. Repeatable."),
+            "'Name: value' replacing that field on responses to clients. Repeatable.",
+            example=("Server: cachingproxy",)),
     Setting("remove-response-header", "list", (),
-            "A field removed from responses to clients. Repeatable."),
+            "A field removed from responses to clients. Repeatable.", example=("X-Powered-By",)),
     Setting(
         "access-log",
         "str",
         "-",
         "Access log file (Combined Log Format plus seconds taken); '-' writes "
         "to the twistd log.",
+        example="/var/log/cachingproxy/access.log",
     ),
-    Setting("no-access-log", "flag", False, "Write no access log."),
+    Setting("no-access-log", "flag", False, "Write no access log.", example=True),
     Setting(
         "access-log-format",
         "str",
         "combined",
         "combined (Combined Log Format with cache result, origin seconds and "
         "seconds appended) or json (one JSON object a line).",
+        example="json",
     ),
     Setting(
         "cache-dir",
@@ -286,23 +343,27 @@ SETTINGS = (
         "cache",
         "Folder of the shared disk cache (created if missing; every worker "
         "process shares it); 'none' for no disk cache.",
+        example="/var/cache/cachingproxy",
     ),
-    Setting("cache-size", "size", "1G", "Disk cache limit (K, M, G suffixes); LRU beyond it."),
+    Setting("cache-size", "size", "1G", "Disk cache limit (K, M, G suffixes); LRU beyond it.",
+            example="10G"),
     Setting(
         "cache-memory",
         "size",
         "0",
         "Memory cache size: a hot tier in front of the disk cache, or the "
         "whole cache with --cache-dir none. 0 for none.",
+        example="64M",
     ),
-    Setting("max-object-size", "size", "256M", "Largest response body stored."),
-    Setting("no-cache", "flag", False, "Do not cache at all: forward only."),
+    Setting("max-object-size", "size", "256M", "Largest response body stored.", example="16M"),
+    Setting("no-cache", "flag", False, "Do not cache at all: forward only.", example=True),
     Setting(
         "min-uses",
         "int",
         1,
         "Store an object only from its Nth request on (2 keeps one-off "
         "objects off the disk).",
+        example="2",
     ),
     Setting(
         "stale-while-revalidate",
@@ -310,6 +371,7 @@ SETTINGS = (
         0.0,
         "Seconds a stale response may be served while it is revalidated in "
         "the background, when the response does not say (RFC 5861). 0: off.",
+        example="30",
     ),
     Setting(
         "stale-if-error",
@@ -317,13 +379,15 @@ SETTINGS = (
         0.0,
         "Seconds of staleness served when the origin fails, when the "
         "response does not say (RFC 5861). 0: off.",
+        example="600",
     ),
-    Setting("no-x-cache", "flag", False, "Do not add X-Cache (Cache-Status stays)."),
+    Setting("no-x-cache", "flag", False, "Do not add X-Cache (Cache-Status stays).", example=True),
     Setting(
         "no-collapse",
         "flag",
         False,
         "Send concurrent misses for one URL upstream separately.",
+        example=True,
     ),
     Setting(
         "workers",
@@ -331,6 +395,7 @@ SETTINGS = (
         "1",
         "Processes serving clients: a number, or 'auto' for one per CPU.",
         aliases=("NUM_WORKERS",),
+        example="2",
     ),
     Setting(
         "shutdown-grace",
@@ -338,6 +403,7 @@ SETTINGS = (
         10.0,
         "Seconds open requests get to finish after SIGTERM before their "
         "connections are closed.",
+        example="2.5",
     ),
 )
 
@@ -347,7 +413,12 @@ _BY_NAME = {s.name: s for s in SETTINGS}
 @dataclass(frozen=True)
 class Config:
     """
-    The validated settings; see L{SETTINGS} for what each one means.
+    The validated settings; see L{SETTINGS} for what each one means and its
+    default.
+
+    A setting whose attribute name (C{upstream-timeout}: C{upstreamTimeout})
+    is a field here is filled in by L{fromOptions} as its kind gives it; the
+    other fields are worked out from one or several settings.
     """
 
     port: Tuple[str, ...]
@@ -371,36 +442,36 @@ class Config:
     xForwardedFor: bool
     forwarded: bool
     accessLog: Optional[str]
-    accessLogFormat: str = "combined"
-    cacheDir: Optional[str] = None
-    cacheSize: int = 1024**3
-    cacheMemory: int = 0
-    maxObjectSize: int = 256 * 1024**2
-    cache: bool = True
-    minUses: int = 1
-    staleWhileRevalidate: float = 0.0
-    staleIfError: float = 0.0
-    xCache: bool = True
-    collapse: bool = True
-    workers: int = 1
-    shutdownGrace: float = 10.0
-    configFile: Optional[str] = None
-    allow: Tuple[str, ...] = ("private",)
-    denyDest: Tuple[str, ...] = ()
-    allowDest: Tuple[str, ...] = ()
-    adminAllow: Tuple[str, ...] = ("loopback",)
-    authFile: Optional[str] = None
-    maxBodySize: int = 1024**3
-    maxHeaderFields: int = 100
-    bodyTimeout: float = 300.0
-    maxPipeline: int = 16
-    xForwardedProto: bool = False
-    xForwardedHost: bool = False
-    preserveHost: bool = False
-    rewriteRedirects: bool = True
-    requestRules: object = None
-    responseRules: object = None
-    compression: object = None
+    accessLogFormat: str
+    cacheDir: Optional[str]
+    cacheSize: int
+    cacheMemory: int
+    maxObjectSize: int
+    cache: bool
+    minUses: int
+    staleWhileRevalidate: float
+    staleIfError: float
+    xCache: bool
+    collapse: bool
+    workers: int
+    shutdownGrace: float
+    configFile: Optional[str]
+    allow: Tuple[str, ...]
+    denyDest: Tuple[str, ...]
+    allowDest: Tuple[str, ...]
+    adminAllow: Tuple[str, ...]
+    authFile: Optional[str]
+    maxBodySize: int
+    maxHeaderFields: int
+    bodyTimeout: float
+    maxPipeline: int
+    xForwardedProto: bool
+    xForwardedHost: bool
+    preserveHost: bool
+    rewriteRedirects: bool
+    requestRules: object
+    responseRules: object
+    compression: object
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -831,59 +902,51 @@ def fromOptions(
     if accessLogFormat not in ("combined", "json"):
         raise usage.UsageError(f"{where}: expected combined or json, got {accessLogFormat!r}")
 
-    return Config(
-        port=values["port"][0],
+    fields = {f.name for f in dataclasses.fields(Config)}
+    known = {
+        setting.attribute: _typed(setting, values[setting.name][0])
+        for setting in SETTINGS
+        if setting.attribute in fields
+    }
+    known.update(
         upstream=upstream or None,
         upstreamScheme=scheme,
         upstreamHost=host,
         upstreamPort=port,
         upstreamPath=path,
-        connectTimeout=float(values["connect-timeout"][0]),
-        upstreamTimeout=float(values["upstream-timeout"][0]),
-        idleTimeout=float(values["idle-timeout"][0]),
-        headerTimeout=float(values["header-timeout"][0]),
-        maxRequestLine=int(values["max-request-line"][0]),
-        maxHeaderSize=int(values["max-header-size"][0]),
-        maxConnections=int(values["max-connections"][0]),
         connectPorts=frozenset(connectPorts),
-        upstreamMaxIdle=int(values["upstream-max-idle"][0]),
-        upstreamIdleTimeout=float(values["upstream-idle-timeout"][0]),
-        caFile=str(caFile) if caFile else None,
         viaName=str(viaName),
-        xForwardedFor=bool(values["x-forwarded-for"][0]),
-        forwarded=bool(values["forwarded"][0]),
-        xForwardedProto=bool(values["x-forwarded-proto"][0]),
-        xForwardedHost=bool(values["x-forwarded-host"][0]),
-        preserveHost=bool(values["preserve-host"][0]),
         rewriteRedirects=not values["no-rewrite-redirects"][0],
         requestRules=_rules(values, "request"),
         responseRules=_rules(values, "response"),
         compression=_compression(values, bool(upstream)),
         accessLog=str(accessLog) if accessLog else None,
-        accessLogFormat=str(accessLogFormat),
         cacheDir=None if str(values["cache-dir"][0]).lower() == "none" else str(values["cache-dir"][0]),
-        cacheSize=int(values["cache-size"][0]),
-        cacheMemory=int(values["cache-memory"][0]),
-        maxObjectSize=int(values["max-object-size"][0]),
         cache=not values["no-cache"][0],
         minUses=max(1, int(values["min-uses"][0])),
-        staleWhileRevalidate=float(values["stale-while-revalidate"][0]),
-        staleIfError=float(values["stale-if-error"][0]),
         xCache=not values["no-x-cache"][0],
         collapse=not values["no-collapse"][0],
         workers=_workers(*values["workers"]),
-        shutdownGrace=float(values["shutdown-grace"][0]),
         configFile=configPath,
-        allow=values["allow"][0],
-        denyDest=values["deny-dest"][0],
-        allowDest=values["allow-dest"][0],
-        adminAllow=values["admin-allow"][0],
         authFile=authFile,
-        maxBodySize=int(values["max-body-size"][0]),
-        maxHeaderFields=int(values["max-header-fields"][0]),
-        bodyTimeout=float(values["body-timeout"][0]),
-        maxPipeline=int(values["max-pipeline"][0]),
     )
+    return Config(**known)
+
+
+def _typed(setting: Setting, value: object) -> object:
+    """
+    @return: C{value}, already checked, as the type its setting's kind
+        gives it in L{Config}.
+    """
+    if setting.kind in ("int", "size"):
+        return int(value)  # type: ignore[call-overload]
+    if setting.kind == "float":
+        return float(value)  # type: ignore[arg-type]
+    if setting.kind == "flag":
+        return bool(value)
+    if setting.kind == "list":
+        return tuple(value)  # type: ignore[call-overload]
+    return None if value is None else str(value)
 
 
 def exitOnConfigError(error: usage.UsageError) -> NoReturn:
@@ -901,17 +964,9 @@ def exitOnConfigError(error: usage.UsageError) -> NoReturn:
 
 
 def _formatDefault(setting: Setting) -> str:
-    default = setting.default
-    if default is None or default == () or default == "":
-        return ""
-    if setting.kind == "flag":
-        return "off" if not default else "on"
-    if isinstance(default, tuple):
-        text = " ".join(str(d) for d in default)
-    elif isinstance(default, float) and default.is_integer():
-        text = str(int(default))
-    else:
-        text = str(default)
+    text = setting.defaultText
+    if not text or setting.kind == "flag":
+        return text
     return f"``{text}``"
 
 

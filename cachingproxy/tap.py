@@ -22,17 +22,50 @@ from . import __version__
 from . import systemd
 from ._dispatch import streamline
 from .accesslog import AccessLog, reopenOnSignal
-from .config import SETTINGS, Config, exitOnConfigError, fromOptions
+from .config import SETTINGS, Config, Setting, exitOnConfigError, fromOptions
 from .server import ProxyFactory, ProxySettings
 from .upstream import Origin, UpstreamPool, UpstreamSettings
 
 __all__ = ["Options", "makeService", "ProxyService", "buildFactory"]
 
 
+def optionHelp(setting: Setting) -> str:
+    """
+    @return: what C{--help} says of C{setting}: its help, its default and
+        the environment variables that set it.
+    """
+    text = setting.help
+    if setting.defaultText:
+        text += f" [default: {setting.defaultText}]"
+    return text + " [env {}]".format(", ".join((setting.envName,) + setting.aliases))
+
+
+def _appender(setting: Setting):
+    """
+    @return: the C{opt_} method of a repeatable setting: each use adds one
+        value.
+    """
+
+    def opt(self: usage.Options, value: str) -> None:
+        self[setting.name].append(value)
+
+    opt.__doc__ = optionHelp(setting)
+    opt.__name__ = "opt_" + setting.name.replace("-", "_")
+    return opt
+
+
 class Options(usage.Options):
     """
-    The command line of C{twistd cachingproxy}. Every option can also be
-    given as an environment variable C{CACHINGPROXY_<NAME>}.
+    The command line of C{twistd cachingproxy}, derived from
+    L{cachingproxy.config.SETTINGS}: a C{flag} setting is an option without
+    a value, a C{list} setting an option that may be repeated, any other
+    setting an option with a value. Every option can also be given as an
+    environment variable C{CACHINGPROXY_<NAME>} or in the configuration
+    file.
+
+    An option not given on the command line is left at C{None} (C{[]} for
+    a repeatable one): L{fromOptions} then takes it from the environment,
+    the configuration file or its default, in that order.
     """
 
     synopsis = "[options]"
@@ -45,65 +78,15 @@ class Options(usage.Options):
         "CACHINGPROXY_PORT. The command line wins over the environment."
     )
 
-    optFlags = [
-        [s.name, None, s.help + f" [env {s.envName}]"]
-        for s in SETTINGS
-        if s.kind == "flag"
-    ]
+    optFlags = [[s.name, None, optionHelp(s)] for s in SETTINGS if s.kind == "flag"]
     optParameters = [
-        [
-            s.name,
-            None,
-            None,
-            s.help + f" [default: {s.default}] [env {s.envName}]",
-        ]
-        for s in SETTINGS
-        if s.kind not in ("flag", "list")
+        [s.name, None, None, optionHelp(s)] for s in SETTINGS if s.kind not in ("flag", "list")
     ]
-
     def __init__(self) -> None:
         super().__init__()
         for setting in SETTINGS:
             if setting.kind == "list":
                 self[setting.name] = []
-
-    def opt_allow(self, value: str) -> None:
-        """
-        Client address ranges served: CIDRs, private (the default: loopback
-        and the private ranges), loopback, all. Repeatable.
-        [env CACHINGPROXY_ALLOW]
-        """
-        self["allow"].append(value)
-
-    def opt_deny_dest(self, value: str) -> None:
-        """
-        Destinations refused: host, *.domain, .domain, address, CIDR.
-        Repeatable. [env CACHINGPROXY_DENY_DEST]
-        """
-        self["deny-dest"].append(value)
-
-    def opt_allow_dest(self, value: str) -> None:
-        """
-        Destinations exempt from the refusal of loopback and link-local
-        destinations for non-local clients. Repeatable.
-        [env CACHINGPROXY_ALLOW_DEST]
-        """
-        self["allow-dest"].append(value)
-
-    def opt_admin_allow(self, value: str) -> None:
-        """
-        Client ranges allowed /_cachingproxy/ and PURGE (default loopback).
-        Repeatable. [env CACHINGPROXY_ADMIN_ALLOW]
-        """
-        self["admin-allow"].append(value)
-
-    def opt_port(self, port: str) -> None:
-        """
-        Where to listen: a port number or a Twisted server endpoint string
-        (tcp:3128:interface=127.0.0.1, ssl:..., unix:..., systemd:...).
-        Repeatable. [default: tcp:3128] [env CACHINGPROXY_PORT, LISTEN_PORT]
-        """
-        self["port"].append(port)
 
     def opt_version(self) -> None:
         """
@@ -132,6 +115,12 @@ class Options(usage.Options):
                 # usage dump.
                 exitOnConfigError(error)
             raise
+
+
+for _setting in SETTINGS:
+    if _setting.kind == "list":
+        setattr(Options, "opt_" + _setting.name.replace("-", "_"), _appender(_setting))
+del _setting
 
 
 def buildFactory(reactor, config: Config, accessLog=None) -> ProxyFactory:

@@ -537,3 +537,29 @@ class Twistd(ProcessProtocol):
         if not self.listening.called:
             self.listening.errback(RuntimeError(self.output.decode(errors="replace")))
         self.ended.callback(reason.value.exitCode if reason.value.signal is None else -reason.value.signal)
+
+
+async def twistdOutcome(*arguments: str, env: Optional[Dict[str, str]] = None,
+                        path: str = REPO) -> Tuple[int, str]:
+    """
+    Run C{twistd ARGUMENTS} from this checkout until it ends on its own (a
+    start-up that must fail, C{--help}).
+
+    @param env: variables added to this process's environment.
+    @param path: the working directory (where twistd writes its pid file).
+    @return: the exit status (minus the signal number if a signal ended
+        it) and everything it wrote to standard output and error.
+    """
+    import sys
+
+    process = Twistd()
+    process.listening.addErrback(lambda _: None)
+    reactor.spawnProcess(
+        process,
+        sys.executable,
+        [sys.executable, "-c", TWISTD, *arguments],
+        env=dict(os.environ, PYTHONPATH=REPO, **(env or {})),
+        path=path,
+    )
+    code = await process.ended
+    return code, process.output.decode(errors="replace")

@@ -3,6 +3,7 @@ The twistd plugin, its options and the environment, and the real
 C{twistd -n cachingproxy} process.
 """
 
+import json
 import os
 import signal
 import sys
@@ -14,9 +15,18 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from cachingproxy import tap
-from cachingproxy.config import fromOptions
+from cachingproxy.config import SETTINGS, fromOptions
 
-from .helpers import REPO, TWISTD, Twistd as _Twistd, exchange, listenOrigin, pattern, temporaryPath
+from .helpers import (
+    REPO,
+    TWISTD,
+    Twistd as _Twistd,
+    exchange,
+    listenOrigin,
+    pattern,
+    temporaryPath,
+    twistdOutcome,
+)
 
 
 
@@ -230,17 +240,53 @@ class TwistdTests(TestCase):
         A bad option value ends twistd with the option named, without a
         traceback.
         """
-        process = _Twistd()
-        reactor.spawnProcess(
-            process,
-            sys.executable,
-            [sys.executable, "-c", TWISTD, "-n", "--pidfile=",
-             "cachingproxy", "--upstream-timeout", "soon"],
-            env=dict(os.environ, PYTHONPATH=REPO),
-            path=REPO,
-        )
-        process.listening.addErrback(lambda _: None)
-        code = await process.ended
+        code, output = await twistdOutcome("-n", "--pidfile=", "cachingproxy",
+                                           "--upstream-timeout", "soon")
         self.assertNotEqual(code, 0)
-        self.assertIn(b"--upstream-timeout: expected a number", process.output)
-        self.assertNotIn(b"Traceback", process.output)
+        self.assertIn("--upstream-timeout: expected a number", output)
+        self.assertNotIn("Traceback", output)
+
+    async def test_everyOptionRecognised(self):
+        """
+        twistd takes every setting of L{SETTINGS} as an option: all of them
+        at once, set to their examples, are accepted up to C{--help}.
+        """
+        argv = []
+        for setting in SETTINGS:
+            if setting.kind == "flag":
+                argv.append(f"--{setting.name}")
+            elif setting.kind == "list":
+                for item in setting.example:
+                    argv += [f"--{setting.name}", item]
+            else:
+                argv.append(f"--{setting.name}={setting.example}")
+        code, output = await twistdOutcome("-n", "--pidfile=", "cachingproxy", *argv, "--help")
+        self.assertEqual(code, 0, output)
+        self.assertTrue(output.startswith("Usage: twistd [options] cachingproxy [options]"), output)
+
+    async def test_headerRulesFromCommandLine(self):
+        """
+        The six header rule options work on twistd's command line: what
+        reaches the origin and what reaches the client is changed by them.
+        """
+        origin, originPort = listenOrigin(self)
+        process, transport, port = await self.runTwistd(
+            "--add-request-header", "X-Tenant: a",
+            "--add-request-header", "X-Tenant: b",
+            "--set-request-header", "User-Agent: cachingproxy",
+            "--remove-request-header", "Cookie",
+            "--add-response-header", "X-Served-By: edge1",
+            "--set-response-header", "Server: cachingproxy",
+            "--remove-response-header", "Content-Type",
+        )
+        _, [response] = await exchange(
+            port, self,
+            b"GET http://127.0.0.1:%d/headers HTTP/1.1\r\nHost: x\r\n"
+            b"User-Agent: curl\r\nCookie: a=1\r\n\r\n" % originPort)
+        received = [(k.lower(), v) for k, v in json.loads(response.body)]
+        self.assertEqual([v for k, v in received if k == "x-tenant"], ["a", "b"])
+        self.assertEqual([v for k, v in received if k == "user-agent"], ["cachingproxy"])
+        self.assertNotIn("cookie", [k for k, v in received])
+        self.assertEqual([v for k, v in response.headers if k == b"x-served-by"], [b"edge1"])
+        self.assertEqual([v for k, v in response.headers if k == b"server"], [b"cachingproxy"])
+        self.assertNotIn(b"content-type", response.headerNames())
