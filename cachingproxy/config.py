@@ -37,6 +37,8 @@ __all__ = [
     "Config",
     "SETTINGS",
     "Setting",
+    "StartupError",
+    "cannotListen",
     "exitOnConfigError",
     "fromOptions",
     "readConfigFile",
@@ -540,11 +542,19 @@ def _number(setting: Setting, raw: object, where: str) -> object:
     return value
 
 
+#: The port number in a TCP or TLS endpoint string.
+_ENDPOINT_PORT = re.compile(r"^(?:haproxy:)?(?:tcp6?|ssl|tls):(?:[^:]*:)*?(?:port=)?(\d+)(?::|$)")
+
+
 def _portDescription(raw: str, where: str) -> str:
     raw = raw.strip()
+    number = raw if raw.isdigit() else None
+    match = _ENDPOINT_PORT.match(raw)
+    if match:
+        number = match.group(1)
+    if number is not None and not 0 <= int(number) < 65536:
+        raise usage.UsageError(f"{where}: port {number} is out of range (0 to 65535)")
     if raw.isdigit():
-        if not 0 <= int(raw) < 65536:
-            raise usage.UsageError(f"{where}: no such port {raw!r}")
         return f"tcp:{raw}"
     if ":" not in raw:
         raise usage.UsageError(
@@ -961,6 +971,58 @@ def exitOnConfigError(error: usage.UsageError) -> NoReturn:
     print(f"cachingproxy: {_oneLine(error)}", file=sys.stderr)
     sys.stderr.flush()
     raise SystemExit(2)
+
+
+class StartupError(Exception):
+    """
+    The proxy cannot start, for a reason its message gives in one line
+    (C{cannot listen on tcp:3128: address already in use}).
+
+    Raised from C{privilegedStartService}, it makes twistd remove its pid
+    file (and tell a daemon's parent) before the process ends with status
+    1; L{reportStartupErrors} makes that end print the message alone
+    instead of a traceback.
+    """
+
+
+def cannotListen(description: str, error: BaseException) -> StartupError:
+    """
+    @param error: what listening on C{description} raised (an L{OSError},
+        Twisted's C{CannotListenError} around one, or another exception).
+    @return: the L{StartupError} saying so in one line.
+    """
+    reason = getattr(error, "socketError", None) or error
+    if isinstance(reason, OSError) and reason.strerror:
+        text = reason.strerror
+    else:
+        text = str(reason) or type(reason).__name__
+    text = _oneLine(text).rstrip(".")
+    return StartupError(f"cannot listen on {description}: {text[:1].lower()}{text[1:]}")
+
+
+def reportStartupErrors() -> None:
+    """
+    Make a L{StartupError} that ends the process print
+    C{cachingproxy: <message>} on standard error rather than a traceback
+    (any other exception still gets its traceback).
+    """
+    previous = sys.excepthook
+    if getattr(previous, "reportsStartupErrors", False):
+        return
+
+    def hook(kind, value, traceback):
+        if isinstance(value, StartupError):
+            # twistd sends sys.stderr to its log; the operator reads the
+            # process's own standard error (a daemon's parent prints the
+            # message it was sent).
+            stream = sys.__stderr__ or sys.stderr
+            print(f"cachingproxy: {value}", file=stream)
+            stream.flush()
+        else:
+            previous(kind, value, traceback)
+
+    hook.reportsStartupErrors = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
 
 
 def _formatDefault(setting: Setting) -> str:

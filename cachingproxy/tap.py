@@ -9,7 +9,9 @@ factory and one listening service per C{--port}, in a L{MultiService}
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from typing import List, Optional
 
 from twisted.application import service
@@ -17,12 +19,21 @@ from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from . import __version__
 from . import systemd
 from ._dispatch import streamline
 from .accesslog import AccessLog, reopenOnSignal
-from .config import SETTINGS, Config, Setting, exitOnConfigError, fromOptions
+from .config import (
+    SETTINGS,
+    Config,
+    Setting,
+    cannotListen,
+    exitOnConfigError,
+    fromOptions,
+    reportStartupErrors,
+)
 from .server import ProxyFactory, ProxySettings
 from .upstream import Origin, UpstreamPool, UpstreamSettings
 
@@ -87,6 +98,34 @@ class Options(usage.Options):
         for setting in SETTINGS:
             if setting.kind == "list":
                 self[setting.name] = []
+
+    def parseOptions(self, options=None) -> None:
+        """
+        Parse the command line; when run by twistd, an unknown option or a
+        missing value ends the process with one line pointing to C{--help}
+        and exit status 2, as a bad value does, instead of the whole usage
+        text.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            if self.parent is None:
+                raise
+            exitOnConfigError(usage.UsageError(self._explain(str(error))))
+
+    def _explain(self, message: str) -> str:
+        """
+        @return: getopt's C{message} with a suggestion for a misspelt option
+            and where the options are listed.
+        """
+        hint = ""
+        unknown = re.match(r"option --?(\S+) not recognized", message)
+        if unknown:
+            names = [s.name for s in SETTINGS] + ["help", "version"]
+            close = difflib.get_close_matches(unknown.group(1), names, n=1)
+            if close:
+                hint = f"did you mean --{close[0]}? "
+        return f"{message} ({hint}twistd cachingproxy --help lists the options)"
 
     def opt_version(self) -> None:
         """
@@ -265,11 +304,33 @@ class ProxyService(service.Service):
         self.port = None
         self._listening: Optional[defer.Deferred] = None
 
+    def privilegedStartService(self) -> None:
+        """
+        Listen before twistd sheds its privileges (ports below 1024), as
+        Twisted's own C{StreamServerEndpointService} does for C{twistd
+        web}; a port that cannot be had stops the start here.
+
+        @raise StartupError: the port cannot be listened on.
+        """
+        super().privilegedStartService()
+        self._listen(failNow=True)
+
     def startService(self) -> None:
         super().startService()
         housekeeping = getattr(self.factory.cache, "housekeeping", None)
         if housekeeping is not None and not housekeeping.running:
             housekeeping.start(60, now=False)
+        if self._listening is None:
+            self._listen(failNow=False)
+
+    def _listen(self, failNow: bool) -> None:
+        """
+        Start listening on C{self.description}.
+
+        @param failNow: raise L{StartupError} when listening fails at once
+            (every endpoint of Twisted's binds at once); otherwise, and for
+            a failure that comes later, log it and stop the reactor.
+        """
         endpoint = serverFromString(self._reactor, self.description)
         self._listening = endpoint.listen(self.factory)
 
@@ -285,15 +346,20 @@ class ProxyService(service.Service):
             return port
 
         def failed(reason):
-            self._log.failure("cannot listen on {description}", reason,
-                              description=self.description)
+            self._log.critical("{problem}", problem=cannotListen(self.description, reason.value))
             from twisted.internet import reactor
 
             if reactor.running:
                 reactor.stop()
             return reason
 
-        self._listening.addCallbacks(listening, failed)
+        self._listening.addCallback(listening)
+        early = self._listening.result if self._listening.called else None
+        if failNow and isinstance(early, Failure):
+            # Nobody waits on it: the exception says it all.
+            self._listening.addErrback(lambda _: None)
+            raise cannotListen(self.description, early.value)
+        self._listening.addErrback(failed)
 
     def whenListening(self) -> defer.Deferred:
         """
@@ -346,6 +412,37 @@ class TopService(service.MultiService):
         return super().stopService()
 
 
+def checkEndpoint(reactor, description: str) -> None:
+    """
+    Check that C{description} makes an endpoint to listen on (without
+    listening yet).
+
+    @raise usage.UsageError: one line naming the C{--port} and the problem,
+        such as a C{systemd:} port when systemd passed no socket.
+    """
+    try:
+        serverFromString(reactor, description)
+    except (IndexError, KeyError) as error:
+        if not description.startswith("systemd:"):
+            raise usage.UsageError(f"--port {description}: {_oneLineOf(error)}")
+        count = os.environ.get("LISTEN_FDS")
+        if count is None:
+            problem = ("systemd passed no listening socket (LISTEN_FDS is not set): start "
+                       "it through its .socket unit, or give a port such as --port 3128")
+        elif isinstance(error, KeyError):
+            names = os.environ.get("LISTEN_FDNAMES", "")
+            problem = f"systemd passed no socket named {error.args[0]!r} (LISTEN_FDNAMES={names!r})"
+        else:
+            problem = f"systemd passed {count} listening socket(s), none at that index"
+        raise usage.UsageError(f"--port {description}: {problem}")
+    except Exception as error:
+        raise usage.UsageError(f"--port {description}: {_oneLineOf(error)}")
+
+
+def _oneLineOf(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 def makeService(options: Options, reactor=None) -> service.MultiService:
     """
     Build the proxy service from parsed L{Options}: the proxy itself, or
@@ -357,6 +454,10 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
 
         reactor = globalReactor
     config: Config = options.config
+    if options.parent is not None:
+        # Run by twistd: a port that cannot be listened on ends it with one
+        # line rather than a traceback.
+        reportStartupErrors()
     grace = float(config.shutdownGrace)
     top = TopService()
     workers = int(config.workers)
@@ -370,6 +471,13 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
         return top
     accessLog = (AccessLogFile(config.accessLog, config.accessLogFormat)
                  if config.accessLog else None)
+    for description in config.port:
+        try:
+            checkEndpoint(reactor, description)
+        except usage.UsageError as error:
+            if options.parent is not None:
+                exitOnConfigError(error)
+            raise
     factory = buildFactory(reactor, config, accessLog)
     streamline(reactor)
     reopenOnSignal(reactor, [accessLog])

@@ -432,10 +432,12 @@ class ExitTests(SynchronousTestCase):
         stderr = io.StringIO()
         with redirect_stderr(stderr):
             exit = self.assertRaises(
-                SystemExit, exitOnConfigError, usage.UsageError("--port: no such port '99999'")
+                SystemExit, exitOnConfigError,
+                usage.UsageError("--port: port 99999 is out of range (0 to 65535)")
             )
         self.assertEqual(exit.code, 2)
-        self.assertEqual(stderr.getvalue(), "cachingproxy: --port: no such port '99999'\n")
+        self.assertEqual(stderr.getvalue(),
+                         "cachingproxy: --port: port 99999 is out of range (0 to 65535)\n")
 
 
 class SettingsTableTests(SynchronousTestCase):

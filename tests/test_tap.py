@@ -6,6 +6,7 @@ C{twistd -n cachingproxy} process.
 import json
 import os
 import signal
+import socket
 import sys
 
 from twisted.application.service import IServiceMaker
@@ -240,8 +241,8 @@ class TwistdTests(TestCase):
         A bad option value ends twistd with the option named, without a
         traceback.
         """
-        code, output = await twistdOutcome("-n", "--pidfile=", "cachingproxy",
-                                           "--upstream-timeout", "soon")
+        code, output, _ = await twistdOutcome("-n", "--pidfile=", "cachingproxy",
+                                              "--upstream-timeout", "soon")
         self.assertNotEqual(code, 0)
         self.assertIn("--upstream-timeout: expected a number", output)
         self.assertNotIn("Traceback", output)
@@ -260,7 +261,7 @@ class TwistdTests(TestCase):
                     argv += [f"--{setting.name}", item]
             else:
                 argv.append(f"--{setting.name}={setting.example}")
-        code, output = await twistdOutcome("-n", "--pidfile=", "cachingproxy", *argv, "--help")
+        code, output, _ = await twistdOutcome("-n", "--pidfile=", "cachingproxy", *argv, "--help")
         self.assertEqual(code, 0, output)
         self.assertTrue(output.startswith("Usage: twistd [options] cachingproxy [options]"), output)
 
@@ -290,3 +291,96 @@ class TwistdTests(TestCase):
         self.assertEqual([v for k, v in response.headers if k == b"x-served-by"], [b"edge1"])
         self.assertEqual([v for k, v in response.headers if k == b"server"], [b"cachingproxy"])
         self.assertNotIn(b"content-type", response.headerNames())
+
+
+class StartupErrorTests(TestCase):
+    """
+    A start-up that cannot succeed ends twistd with one line on standard
+    error, a non-zero status and no pid file left behind.
+    """
+
+    timeout = 30
+
+    def busyPort(self):
+        """
+        @return: the number of a loopback port something else listens on.
+        """
+        busy = socket.socket()
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        return busy.getsockname()[1]
+
+    async def assertFailsToListen(self, *options):
+        """
+        twistd in a fresh folder, with its default pid file, on a busy port
+        and C{options}: exit status 1, one line, no pid file.
+        """
+        folder = os.path.dirname(temporaryPath(self))
+        description = "tcp:%d:interface=127.0.0.1" % self.busyPort()
+        code, output, errors = await twistdOutcome(
+            "-n", "cachingproxy", "--port", description, "--cache-dir", "none", *options,
+            path=folder)
+        self.assertEqual(
+            errors, f"cachingproxy: cannot listen on {description}: address already in use\n",
+            output)
+        self.assertEqual(code, 1, output)
+        self.assertNotIn("Traceback", output)
+        self.assertEqual(os.listdir(folder), [])
+
+    async def test_busyPort(self):
+        """
+        In one process, a port already in use ends twistd (it used to go on
+        listening on nothing).
+        """
+        await self.assertFailsToListen()
+
+    async def test_busyPortWorkers(self):
+        """
+        With workers, a port already in use ends the parent before any
+        worker starts, and its pid file is removed.
+        """
+        await self.assertFailsToListen("--workers", "2")
+
+    async def test_unknownOption(self):
+        """
+        An unknown option is one line pointing to --help, with a suggestion
+        when it is close to a real one, and exit status 2.
+        """
+        code, output, errors = await twistdOutcome(
+            "-n", "--pidfile=", "cachingproxy", "--add-respons-header", "X-A: 1")
+        self.assertEqual(
+            errors,
+            "cachingproxy: option --add-respons-header not recognized (did you mean "
+            "--add-response-header? twistd cachingproxy --help lists the options)\n")
+        self.assertEqual(code, 2, output)
+        self.assertNotIn("Usage:", output)
+
+    async def test_portOutOfRange(self):
+        """
+        A port number above 65535, bare or in an endpoint string, is one
+        line and exit status 2.
+        """
+        for port in ("99999", "tcp:99999:interface=127.0.0.1"):
+            code, output, errors = await twistdOutcome(
+                "-n", "--pidfile=", "cachingproxy", "--port", port)
+            self.assertEqual(errors,
+                             "cachingproxy: --port: port 99999 is out of range (0 to 65535)\n")
+            self.assertEqual(code, 2, output)
+
+    async def test_systemdWithoutSocket(self):
+        """
+        A systemd: port when systemd passed no socket is one line saying so
+        and exit status 2, not an IndexError.
+        """
+        code, output, errors = await twistdOutcome(
+            "-n", "--pidfile=", "cachingproxy", "--cache-dir", "none",
+            "--port", "systemd:domain=INET:index=0",
+            env={"LISTEN_FDS": None, "LISTEN_PID": None, "LISTEN_FDNAMES": None})
+        self.assertEqual(
+            errors,
+            "cachingproxy: --port systemd:domain=INET:index=0: systemd passed no listening "
+            "socket (LISTEN_FDS is not set): start it through its .socket unit, or give a "
+            "port such as --port 3128\n")
+        self.assertEqual(code, 2, output)
+        self.assertNotIn("IndexError", output)
