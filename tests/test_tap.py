@@ -384,3 +384,28 @@ class StartupErrorTests(TestCase):
             "port such as --port 3128\n")
         self.assertEqual(code, 2, output)
         self.assertNotIn("IndexError", output)
+
+
+class MainTests(SynchronousTestCase):
+    """
+    C{python -m cachingproxy}.
+    """
+
+    def test_withoutTwisted(self):
+        """
+        Run from the checkout's root by a Python without Twisted (simulated
+        with C{-S}: no site-packages), it says in one line what to do
+        instead of failing on C{twisted.scripts}, which the checkout's
+        C{twisted/plugins} folder hides.
+        """
+        import subprocess
+
+        result = subprocess.run([sys.executable, "-S", "-m", "cachingproxy", "--help"],
+                                cwd=REPO, capture_output=True, text=True, timeout=60,
+                                env=dict(os.environ, PYTHONPATH=""))
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertEqual(
+            result.stderr,
+            f"cachingproxy: Twisted is not installed for {sys.executable}: run ./run-proxy, "
+            "which installs the project into .venv, or use .venv/bin/python -m cachingproxy\n")
+        self.assertEqual(result.stdout, "")
