@@ -912,6 +912,9 @@ def fromOptions(
     if accessLogFormat not in ("combined", "json"):
         raise usage.UsageError(f"{where}: expected combined or json, got {accessLogFormat!r}")
 
+    # A setting named like a field of Config lands there as its kind gives
+    # it (a new setting needs no line here); the fields below are worked
+    # out from one or several settings.
     fields = {f.name for f in dataclasses.fields(Config)}
     known = {
         setting.attribute: _typed(setting, values[setting.name][0])
