@@ -93,6 +93,8 @@ class Options(usage.Options):
     optParameters = [
         [s.name, None, None, optionHelp(s)] for s in SETTINGS if s.kind not in ("flag", "list")
     ]
+    # The repeatable ones get their opt_ methods below the class.
+
     def __init__(self) -> None:
         super().__init__()
         for setting in SETTINGS:
