@@ -21,6 +21,7 @@ the same name::
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -36,6 +37,8 @@ __all__ = [
     "Config",
     "SETTINGS",
     "Setting",
+    "StartupError",
+    "cannotListen",
     "exitOnConfigError",
     "fromOptions",
     "parseDuration",
@@ -49,6 +52,14 @@ __all__ = [
 class Setting:
     """
     One setting: its option name, its kind, its default and what it does.
+
+    The command line (L{cachingproxy.tap.Options}), the environment and the
+    configuration file are all derived from this, so a setting added to
+    L{SETTINGS} exists in the three at once.
+
+    @ivar example: a value other than the default, as the command line
+        takes it (a string, a tuple of strings for a C{list}, C{True} for a
+        C{flag}); the tests set every setting to it from each source.
     """
 
     name: str
@@ -56,6 +67,7 @@ class Setting:
     default: object
     help: str
     aliases: Tuple[str, ...] = ()
+    example: object = None
 
     @property
     def attribute(self) -> str:
@@ -65,6 +77,22 @@ class Setting:
     @property
     def envName(self) -> str:
         return "CACHINGPROXY_" + self.name.upper().replace("-", "_")
+
+    @property
+    def defaultText(self) -> str:
+        """
+        The default as an operator would write it; empty when there is none.
+        """
+        default = self.default
+        if default is None or default == () or default == "":
+            return ""
+        if self.kind == "flag":
+            return "on" if default else "off"
+        if isinstance(default, tuple):
+            return " ".join(str(d) for d in default)
+        if isinstance(default, float) and default.is_integer():
+            return str(int(default))
+        return str(default)
 
 
 #: Every setting, in the order --help shows them.
@@ -76,6 +104,7 @@ SETTINGS = (
         "TOML configuration file: every setting under its option name "
         "(upstream-timeout = 5). The command line and the environment win "
         "over it.",
+        example="other.toml",
     ),
     Setting(
         "port",
@@ -85,6 +114,7 @@ SETTINGS = (
         "(tcp:3128:interface=127.0.0.1, ssl:..., unix:..., "
         "systemd:domain=INET:index=0). Repeatable.",
         aliases=("LISTEN_PORT",),
+        example=("20000", "unix:/run/cachingproxy.sock"),
     ),
     Setting(
         "upstream",
@@ -92,20 +122,23 @@ SETTINGS = (
         None,
         "Reverse proxy mode: send every request to this origin URL "
         "(http://host:port[/prefix] or https://...).",
+        example="http://127.0.0.1:9000/base",
     ),
-    Setting("connect-timeout", "float", 10.0, "Seconds to connect to an origin."),
+    Setting("connect-timeout", "float", 10.0, "Seconds to connect to an origin.", example="3"),
     Setting(
         "upstream-timeout",
         "float",
         10.0,
         "Seconds of silence tolerated from an origin while its response is awaited "
         "or streaming.",
+        example="7.5",
     ),
     Setting(
         "idle-timeout",
         "float",
         60.0,
         "Seconds a kept-alive client connection may wait for its next request.",
+        example="30",
     ),
     Setting(
         "header-timeout",
@@ -113,36 +146,42 @@ SETTINGS = (
         10.0,
         "Seconds from the first byte of a request head to its end (408 beyond); "
         "a client sending its head slowly cannot extend it.",
+        example="5",
     ),
     Setting(
         "max-request-line",
         "int",
         8192,
         "Longest request target accepted, in bytes (414 beyond).",
+        example="4096",
     ),
     Setting(
         "max-header-size",
         "int",
         65536,
         "Largest request header section accepted, in bytes (431 beyond).",
+        example="16384",
     ),
     Setting(
         "max-header-fields",
         "int",
         100,
         "Most header fields accepted in a request (431 beyond).",
+        example="50",
     ),
     Setting(
         "max-body-size",
         "size",
         "1G",
         "Largest request body accepted (K, M, G suffixes; 413 beyond).",
+        example="10M",
     ),
     Setting(
         "body-timeout",
         "float",
         300.0,
         "Seconds a client has to send a whole request body (408 beyond).",
+        example="60",
     ),
     Setting(
         "max-pipeline",
@@ -150,6 +189,7 @@ SETTINGS = (
         16,
         "Requests queued on one client connection behind the one being "
         "answered; beyond it the proxy stops reading that connection.",
+        example="4",
     ),
     Setting(
         "max-connections",
@@ -157,12 +197,14 @@ SETTINGS = (
         10000,
         "Client connections served at once; beyond it no new connection is "
         "accepted until one closes.",
+        example="500",
     ),
     Setting(
         "connect-ports",
         "str",
         "443",
         "Comma-separated ports that CONNECT may reach (403 otherwise).",
+        example="443,8443",
     ),
     Setting(
         "allow",
@@ -173,6 +215,7 @@ SETTINGS = (
         "127.0.0.0/8 ::1 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 fc00::/7 "
         "fe80::/10), loopback, or all for everyone. Repeatable or "
         "comma-separated; replaces the default.",
+        example=("10.0.0.0/8", "192.168.0.0/16"),
     ),
     Setting(
         "deny-dest",
@@ -182,6 +225,7 @@ SETTINGS = (
         "(names under it), .example.com (it and names under it), an address "
         "or a CIDR. Repeatable or comma-separated. Names are not resolved: "
         "list here the names that resolve to addresses to protect.",
+        example=("example.com", "*.internal"),
     ),
     Setting(
         "allow-dest",
@@ -191,6 +235,7 @@ SETTINGS = (
         "link-local and localhost destinations to clients not on this "
         "machine (same forms as deny-dest, which still wins). Repeatable or "
         "comma-separated.",
+        example=("localhost",),
     ),
     Setting(
         "admin-allow",
@@ -199,6 +244,7 @@ SETTINGS = (
         "Client address ranges allowed the proxy's own endpoints "
         "(/_cachingproxy/...) and PURGE: CIDRs, loopback (127.0.0.0/8 ::1), "
         "private, all or none. Repeatable or comma-separated.",
+        example=("private",),
     ),
     Setting(
         "auth-file",
@@ -208,18 +254,21 @@ SETTINGS = (
         "the users who may use the proxy, with Proxy-Authorization Basic "
         "credentials (407 otherwise; 429 after 10 failures in 60 s from one "
         "address). Read again when it changes.",
+        example="users.htpasswd",
     ),
     Setting(
         "upstream-max-idle",
         "int",
         64,
         "Idle keep-alive connections kept per origin.",
+        example="8",
     ),
     Setting(
         "upstream-idle-timeout",
         "float",
         60.0,
         "Seconds an idle upstream connection is kept.",
+        example="30",
     ),
     Setting(
         "ca-file",
@@ -227,6 +276,7 @@ SETTINGS = (
         None,
         "PEM file of CA certificates trusted for https origins (default: the "
         "system's trust store).",
+        example="ca.pem",
     ),
     Setting(
         "via-name",
@@ -234,18 +284,21 @@ SETTINGS = (
         None,
         "The name this proxy gives itself in Via (default: the host name); "
         "a request whose Via already names it is refused as a loop.",
+        example="edge1",
     ),
-    Setting("x-forwarded-for", "flag", False, "Append the client address to X-Forwarded-For."),
+    Setting("x-forwarded-for", "flag", False, "Append the client address to X-Forwarded-For.",
+            example=True),
     Setting("forwarded", "flag", False,
             "Add an RFC 7239 Forwarded element (for=, and host= and proto= with the "
-            "options below)."),
+            "options below).", example=True),
     Setting("x-forwarded-proto", "flag", False,
-            "Add X-Forwarded-Proto (the scheme the client used)."),
+            "Add X-Forwarded-Proto (the scheme the client used).", example=True),
     Setting("x-forwarded-host", "flag", False,
-            "Add X-Forwarded-Host (the Host the client asked for)."),
+            "Add X-Forwarded-Host (the Host the client asked for).", example=True),
     Setting("preserve-host", "flag", False,
             "Reverse mode: send the client's Host upstream instead of the upstream's "
-            "(the cache then keys responses on it)."),
+            "(the cache then keys responses on it).",
+            example=True),
     Setting(
         "trusted-proxies",
         "list",
@@ -255,44 +308,51 @@ SETTINGS = (
         "X-Forwarded-Server, X-Real-IP and Forwarded are passed upstream (and "
         "extended); from any other client they are dropped. Repeatable or "
         "comma-separated.",
+        example=("10.0.0.0/8", "192.168.1.5"),
     ),
     Setting("no-rewrite-redirects", "flag", False,
             "Reverse mode: leave Location and Content-Location naming the upstream as "
-            "they are (by default they are rewritten to the proxy's own address)."),
+            "they are (by default they are rewritten to the proxy's own address).", example=True),
     Setting("compress", "str", "auto",
             "Compress responses on the fly for clients that accept gzip or br: on, off, "
-            "or auto (on in reverse mode, off in forward mode)."),
+            "or auto (on in reverse mode, off in forward mode).", example="off"),
     Setting("compress-types", "str", "",
             "Comma-separated media types to compress (text/* for a whole type); empty "
-            "for the built-in list of text types."),
+            "for the built-in list of text types.", example="text/html,application/json"),
     Setting("compress-min-size", "size", "1K",
-            "Responses known to be smaller are not compressed."),
+            "Responses known to be smaller are not compressed.", example="2K"),
     Setting("add-request-header", "list", (),
-            "'Name: value' appended to requests going upstream. Repeatable."),
+            "'Name: value' appended to requests going upstream. Repeatable.",
+            example=("X-Tenant: a", "X-Tenant: b")),
     Setting("set-request-header", "list", (),
-            "'Name: value' replacing that field on requests going upstream. Repeatable."),
+            "'Name: value' replacing that field on requests going upstream. Repeatable.",
+            example=("User-Agent: cachingproxy",)),
     Setting("remove-request-header", "list", (),
-            "A field removed from requests going upstream. Repeatable."),
+            "A field removed from requests going upstream. Repeatable.", example=("Cookie",)),
     Setting("add-response-header", "list", (),
-            "'Name: value' appended to responses to clients (never stored). Repeatable."),
+            "'Name: value' appended to responses to clients (never stored). Repeatable.",
+            example=("X-Served-By: edge1",)),
     Setting("set-response-header", "list", (),
-            "'Name: value' replacing that field on responses to clients. Repeatable."),
+            "'Name: value' replacing that field on responses to clients. Repeatable.",
+            example=("Server: cachingproxy",)),
     Setting("remove-response-header", "list", (),
-            "A field removed from responses to clients. Repeatable."),
+            "A field removed from responses to clients. Repeatable.", example=("X-Powered-By",)),
     Setting(
         "access-log",
         "str",
         "-",
         "Access log file (Combined Log Format with fields appended, see below); "
         "'-' writes to the twistd log.",
+        example="/var/log/cachingproxy/access.log",
     ),
-    Setting("no-access-log", "flag", False, "Write no access log."),
+    Setting("no-access-log", "flag", False, "Write no access log.", example=True),
     Setting(
         "access-log-format",
         "str",
         "combined",
         "combined (Combined Log Format with cache result, origin seconds, "
         "seconds and bytes received appended) or json (one JSON object a line).",
+        example="json",
     ),
     Setting(
         "cache-dir",
@@ -300,17 +360,20 @@ SETTINGS = (
         "cache",
         "Folder of the shared disk cache (created if missing; every worker "
         "process shares it); 'none' for no disk cache.",
+        example="/var/cache/cachingproxy",
     ),
-    Setting("cache-size", "size", "1G", "Disk cache limit (K, M, G suffixes); LRU beyond it."),
+    Setting("cache-size", "size", "1G", "Disk cache limit (K, M, G suffixes); LRU beyond it.",
+            example="10G"),
     Setting(
         "cache-memory",
         "size",
         "0",
         "Memory cache size: a hot tier in front of the disk cache, or the "
         "whole cache with --cache-dir none. 0 for none.",
+        example="64M",
     ),
-    Setting("max-object-size", "size", "256M", "Largest response body stored."),
-    Setting("no-cache", "flag", False, "Do not cache at all: forward only."),
+    Setting("max-object-size", "size", "256M", "Largest response body stored.", example="16M"),
+    Setting("no-cache", "flag", False, "Do not cache at all: forward only.", example=True),
     Setting(
         "cache-set-cookie",
         "flag",
@@ -318,6 +381,7 @@ SETTINGS = (
         "Store responses that carry Set-Cookie, without it: the cookie goes "
         "only to the client whose request fetched the response. Off: such "
         "responses are not stored.",
+        example=True,
     ),
     Setting(
         "min-uses",
@@ -325,6 +389,7 @@ SETTINGS = (
         1,
         "Store an object only from its Nth request on (2 keeps one-off "
         "objects off the disk).",
+        example="2",
     ),
     Setting(
         "stale-while-revalidate",
@@ -332,6 +397,7 @@ SETTINGS = (
         0.0,
         "Seconds a stale response may be served while it is revalidated in "
         "the background, when the response does not say (RFC 5861). 0: off.",
+        example="30",
     ),
     Setting(
         "stale-if-error",
@@ -339,6 +405,7 @@ SETTINGS = (
         0.0,
         "Seconds of staleness served when the origin fails, when the "
         "response does not say (RFC 5861). 0: off.",
+        example="600",
     ),
     Setting(
         "refresh-rule",
@@ -354,13 +421,15 @@ SETTINGS = (
         "shorter explicit freshness too. The first matching rule wins. "
         "Repeatable; one a line in the environment; in the file, strings or "
         "tables (pattern, min, percent, max, types, ignore-case, override).",
+        example=(r"\.deb$ 1d 20 7d", r"-i \.iso$ 1h 10 1d"),
     ),
-    Setting("no-x-cache", "flag", False, "Do not add X-Cache (Cache-Status stays)."),
+    Setting("no-x-cache", "flag", False, "Do not add X-Cache (Cache-Status stays).", example=True),
     Setting(
         "no-collapse",
         "flag",
         False,
         "Send concurrent misses for one URL upstream separately.",
+        example=True,
     ),
     Setting(
         "workers",
@@ -368,6 +437,7 @@ SETTINGS = (
         "1",
         "Processes serving clients: a number, or 'auto' for one per CPU.",
         aliases=("NUM_WORKERS",),
+        example="2",
     ),
     Setting(
         "shutdown-grace",
@@ -375,6 +445,7 @@ SETTINGS = (
         10.0,
         "Seconds open requests get to finish after SIGTERM before their "
         "connections are closed.",
+        example="2.5",
     ),
 )
 
@@ -384,7 +455,12 @@ _BY_NAME = {s.name: s for s in SETTINGS}
 @dataclass(frozen=True)
 class Config:
     """
-    The validated settings; see L{SETTINGS} for what each one means.
+    The validated settings; see L{SETTINGS} for what each one means and its
+    default.
+
+    A setting whose attribute name (C{upstream-timeout}: C{upstreamTimeout})
+    is a field here is filled in by L{fromOptions} as its kind gives it; the
+    other fields are worked out from one or several settings.
     """
 
     port: Tuple[str, ...]
@@ -408,39 +484,39 @@ class Config:
     xForwardedFor: bool
     forwarded: bool
     accessLog: Optional[str]
-    accessLogFormat: str = "combined"
-    cacheDir: Optional[str] = None
-    cacheSize: int = 1024**3
-    cacheMemory: int = 0
-    maxObjectSize: int = 256 * 1024**2
-    cache: bool = True
-    minUses: int = 1
-    staleWhileRevalidate: float = 0.0
-    staleIfError: float = 0.0
-    xCache: bool = True
-    collapse: bool = True
-    workers: int = 1
-    shutdownGrace: float = 10.0
-    configFile: Optional[str] = None
-    allow: Tuple[str, ...] = ("private",)
-    denyDest: Tuple[str, ...] = ()
-    allowDest: Tuple[str, ...] = ()
-    adminAllow: Tuple[str, ...] = ("loopback",)
-    authFile: Optional[str] = None
-    maxBodySize: int = 1024**3
-    maxHeaderFields: int = 100
-    bodyTimeout: float = 300.0
-    maxPipeline: int = 16
-    xForwardedProto: bool = False
-    xForwardedHost: bool = False
-    preserveHost: bool = False
-    rewriteRedirects: bool = True
-    requestRules: object = None
-    responseRules: object = None
-    compression: object = None
-    refreshRules: Tuple[object, ...] = ()
-    trustedProxies: Tuple[str, ...] = ()
-    cacheSetCookie: bool = False
+    accessLogFormat: str
+    cacheDir: Optional[str]
+    cacheSize: int
+    cacheMemory: int
+    maxObjectSize: int
+    cache: bool
+    minUses: int
+    staleWhileRevalidate: float
+    staleIfError: float
+    xCache: bool
+    collapse: bool
+    workers: int
+    shutdownGrace: float
+    configFile: Optional[str]
+    allow: Tuple[str, ...]
+    denyDest: Tuple[str, ...]
+    allowDest: Tuple[str, ...]
+    adminAllow: Tuple[str, ...]
+    authFile: Optional[str]
+    maxBodySize: int
+    maxHeaderFields: int
+    bodyTimeout: float
+    maxPipeline: int
+    xForwardedProto: bool
+    xForwardedHost: bool
+    preserveHost: bool
+    rewriteRedirects: bool
+    requestRules: object
+    responseRules: object
+    compression: object
+    refreshRules: Tuple[object, ...]
+    trustedProxies: Tuple[str, ...]
+    cacheSetCookie: bool
 
 
 def _wholeItems(setting: Setting) -> bool:
@@ -658,11 +734,19 @@ def _number(setting: Setting, raw: object, where: str) -> object:
     return value
 
 
+#: The port number in a TCP or TLS endpoint string.
+_ENDPOINT_PORT = re.compile(r"^(?:haproxy:)?(?:tcp6?|ssl|tls):(?:[^:]*:)*?(?:port=)?(\d+)(?::|$)")
+
+
 def _portDescription(raw: str, where: str) -> str:
     raw = raw.strip()
+    number = raw if raw.isdigit() else None
+    match = _ENDPOINT_PORT.match(raw)
+    if match:
+        number = match.group(1)
+    if number is not None and not 0 <= int(number) < 65536:
+        raise usage.UsageError(f"{where}: port {number} is out of range (0 to 65535)")
     if raw.isdigit():
-        if not 0 <= int(raw) < 65536:
-            raise usage.UsageError(f"{where}: no such port {raw!r}")
         return f"tcp:{raw}"
     if ":" not in raw:
         raise usage.UsageError(
@@ -1029,62 +1113,55 @@ def fromOptions(
     if accessLogFormat not in ("combined", "json"):
         raise usage.UsageError(f"{where}: expected combined or json, got {accessLogFormat!r}")
 
-    return Config(
-        port=values["port"][0],
+    # A setting named like a field of Config lands there as its kind gives
+    # it (a new setting needs no line here); the fields below are worked
+    # out from one or several settings.
+    fields = {f.name for f in dataclasses.fields(Config)}
+    known = {
+        setting.attribute: _typed(setting, values[setting.name][0])
+        for setting in SETTINGS
+        if setting.attribute in fields
+    }
+    known.update(
         upstream=upstream or None,
         upstreamScheme=scheme,
         upstreamHost=host,
         upstreamPort=port,
         upstreamPath=path,
-        connectTimeout=float(values["connect-timeout"][0]),
-        upstreamTimeout=float(values["upstream-timeout"][0]),
-        idleTimeout=float(values["idle-timeout"][0]),
-        headerTimeout=float(values["header-timeout"][0]),
-        maxRequestLine=int(values["max-request-line"][0]),
-        maxHeaderSize=int(values["max-header-size"][0]),
-        maxConnections=int(values["max-connections"][0]),
         connectPorts=frozenset(connectPorts),
-        upstreamMaxIdle=int(values["upstream-max-idle"][0]),
-        upstreamIdleTimeout=float(values["upstream-idle-timeout"][0]),
-        caFile=str(caFile) if caFile else None,
         viaName=str(viaName),
-        xForwardedFor=bool(values["x-forwarded-for"][0]),
-        forwarded=bool(values["forwarded"][0]),
-        xForwardedProto=bool(values["x-forwarded-proto"][0]),
-        xForwardedHost=bool(values["x-forwarded-host"][0]),
-        preserveHost=bool(values["preserve-host"][0]),
         rewriteRedirects=not values["no-rewrite-redirects"][0],
         requestRules=_rules(values, "request"),
         responseRules=_rules(values, "response"),
         compression=_compression(values, bool(upstream)),
         refreshRules=_refreshRules(*values["refresh-rule"]),
         accessLog=str(accessLog) if accessLog else None,
-        accessLogFormat=str(accessLogFormat),
         cacheDir=None if str(values["cache-dir"][0]).lower() == "none" else str(values["cache-dir"][0]),
-        cacheSize=int(values["cache-size"][0]),
-        cacheMemory=int(values["cache-memory"][0]),
-        maxObjectSize=int(values["max-object-size"][0]),
         cache=not values["no-cache"][0],
         minUses=max(1, int(values["min-uses"][0])),
-        staleWhileRevalidate=float(values["stale-while-revalidate"][0]),
-        staleIfError=float(values["stale-if-error"][0]),
         xCache=not values["no-x-cache"][0],
         collapse=not values["no-collapse"][0],
         workers=_workers(*values["workers"]),
-        shutdownGrace=float(values["shutdown-grace"][0]),
         configFile=configPath,
-        allow=values["allow"][0],
-        denyDest=values["deny-dest"][0],
-        allowDest=values["allow-dest"][0],
-        adminAllow=values["admin-allow"][0],
         authFile=authFile,
-        maxBodySize=int(values["max-body-size"][0]),
-        maxHeaderFields=int(values["max-header-fields"][0]),
-        bodyTimeout=float(values["body-timeout"][0]),
-        maxPipeline=int(values["max-pipeline"][0]),
-        trustedProxies=values["trusted-proxies"][0],
-        cacheSetCookie=bool(values["cache-set-cookie"][0]),
     )
+    return Config(**known)
+
+
+def _typed(setting: Setting, value: object) -> object:
+    """
+    @return: C{value}, already checked, as the type its setting's kind
+        gives it in L{Config}.
+    """
+    if setting.kind in ("int", "size"):
+        return int(value)  # type: ignore[call-overload]
+    if setting.kind == "float":
+        return float(value)  # type: ignore[arg-type]
+    if setting.kind == "flag":
+        return bool(value)
+    if setting.kind == "list":
+        return tuple(value)  # type: ignore[call-overload]
+    return None if value is None else str(value)
 
 
 def exitOnConfigError(error: usage.UsageError) -> NoReturn:
@@ -1101,18 +1178,62 @@ def exitOnConfigError(error: usage.UsageError) -> NoReturn:
     raise SystemExit(2)
 
 
-def _formatDefault(setting: Setting) -> str:
-    default = setting.default
-    if default is None or default == () or default == "":
-        return ""
-    if setting.kind == "flag":
-        return "off" if not default else "on"
-    if isinstance(default, tuple):
-        text = " ".join(str(d) for d in default)
-    elif isinstance(default, float) and default.is_integer():
-        text = str(int(default))
+class StartupError(Exception):
+    """
+    The proxy cannot start, for a reason its message gives in one line
+    (C{cannot listen on tcp:3128: address already in use}).
+
+    Raised from C{privilegedStartService}, it makes twistd remove its pid
+    file (and tell a daemon's parent) before the process ends with status
+    1; L{reportStartupErrors} makes that end print the message alone
+    instead of a traceback.
+    """
+
+
+def cannotListen(description: str, error: BaseException) -> StartupError:
+    """
+    @param error: what listening on C{description} raised (an L{OSError},
+        Twisted's C{CannotListenError} around one, or another exception).
+    @return: the L{StartupError} saying so in one line.
+    """
+    reason = getattr(error, "socketError", None) or error
+    if isinstance(reason, OSError) and reason.strerror:
+        text = reason.strerror
     else:
-        text = str(default)
+        text = str(reason) or type(reason).__name__
+    text = _oneLine(text).rstrip(".")
+    return StartupError(f"cannot listen on {description}: {text[:1].lower()}{text[1:]}")
+
+
+def reportStartupErrors() -> None:
+    """
+    Make a L{StartupError} that ends the process print
+    C{cachingproxy: <message>} on standard error rather than a traceback
+    (any other exception still gets its traceback).
+    """
+    previous = sys.excepthook
+    if getattr(previous, "reportsStartupErrors", False):
+        return
+
+    def hook(kind, value, traceback):
+        if isinstance(value, StartupError):
+            # twistd sends sys.stderr to its log; the operator reads the
+            # process's own standard error (a daemon's parent prints the
+            # message it was sent).
+            stream = sys.__stderr__ or sys.stderr
+            print(f"cachingproxy: {value}", file=stream)
+            stream.flush()
+        else:
+            previous(kind, value, traceback)
+
+    hook.reportsStartupErrors = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
+
+
+def _formatDefault(setting: Setting) -> str:
+    text = setting.defaultText
+    if not text or setting.kind == "flag":
+        return text
     return f"``{text}``"
 
 

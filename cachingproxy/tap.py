@@ -9,7 +9,9 @@ factory and one listening service per C{--port}, in a L{MultiService}
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from typing import List, Optional
 
 from twisted.application import service
@@ -17,22 +19,64 @@ from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from . import __version__
 from . import systemd
 from ._dispatch import streamline
 from .accesslog import AccessLog, reopenOnSignal
-from .config import SETTINGS, Config, exitOnConfigError, fromOptions
+from .config import (
+    SETTINGS,
+    Config,
+    Setting,
+    cannotListen,
+    exitOnConfigError,
+    fromOptions,
+    reportStartupErrors,
+)
 from .server import ProxyFactory, ProxySettings
 from .upstream import Origin, UpstreamPool, UpstreamSettings
 
 __all__ = ["Options", "makeService", "ProxyService", "buildFactory"]
 
 
+def optionHelp(setting: Setting) -> str:
+    """
+    @return: what C{--help} says of C{setting}: its help, its default and
+        the environment variables that set it.
+    """
+    text = setting.help
+    if setting.defaultText:
+        text += f" [default: {setting.defaultText}]"
+    return text + " [env {}]".format(", ".join((setting.envName,) + setting.aliases))
+
+
+def _appender(setting: Setting):
+    """
+    @return: the C{opt_} method of a repeatable setting: each use adds one
+        value.
+    """
+
+    def opt(self: usage.Options, value: str) -> None:
+        self[setting.name].append(value)
+
+    opt.__doc__ = optionHelp(setting)
+    opt.__name__ = "opt_" + setting.name.replace("-", "_")
+    return opt
+
+
 class Options(usage.Options):
     """
-    The command line of C{twistd cachingproxy}. Every option can also be
-    given as an environment variable C{CACHINGPROXY_<NAME>}.
+    The command line of C{twistd cachingproxy}, derived from
+    L{cachingproxy.config.SETTINGS}: a C{flag} setting is an option without
+    a value, a C{list} setting an option that may be repeated, any other
+    setting an option with a value. Every option can also be given as an
+    environment variable C{CACHINGPROXY_<NAME>} or in the configuration
+    file.
+
+    An option not given on the command line is left at C{None} (C{[]} for
+    a repeatable one): L{fromOptions} then takes it from the environment,
+    the configuration file or its default, in that order.
     """
 
     synopsis = "[options]"
@@ -45,21 +89,11 @@ class Options(usage.Options):
         "CACHINGPROXY_PORT. The command line wins over the environment."
     )
 
-    optFlags = [
-        [s.name, None, s.help + f" [env {s.envName}]"]
-        for s in SETTINGS
-        if s.kind == "flag"
-    ]
+    optFlags = [[s.name, None, optionHelp(s)] for s in SETTINGS if s.kind == "flag"]
     optParameters = [
-        [
-            s.name,
-            None,
-            None,
-            s.help + f" [default: {s.default}] [env {s.envName}]",
-        ]
-        for s in SETTINGS
-        if s.kind not in ("flag", "list")
+        [s.name, None, None, optionHelp(s)] for s in SETTINGS if s.kind not in ("flag", "list")
     ]
+    # The repeatable ones get their opt_ methods below the class.
 
     def __init__(self) -> None:
         super().__init__()
@@ -67,59 +101,33 @@ class Options(usage.Options):
             if setting.kind == "list":
                 self[setting.name] = []
 
-    def opt_allow(self, value: str) -> None:
+    def parseOptions(self, options=None) -> None:
         """
-        Client address ranges served: CIDRs, private (the default: loopback
-        and the private ranges), loopback, all. Repeatable.
-        [env CACHINGPROXY_ALLOW]
+        Parse the command line; when run by twistd, an unknown option or a
+        missing value ends the process with one line pointing to C{--help}
+        and exit status 2, as a bad value does, instead of the whole usage
+        text.
         """
-        self["allow"].append(value)
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            if self.parent is None:
+                raise
+            exitOnConfigError(usage.UsageError(self._explain(str(error))))
 
-    def opt_deny_dest(self, value: str) -> None:
+    def _explain(self, message: str) -> str:
         """
-        Destinations refused: host, *.domain, .domain, address, CIDR.
-        Repeatable. [env CACHINGPROXY_DENY_DEST]
+        @return: getopt's C{message} with a suggestion for a misspelt option
+            and where the options are listed.
         """
-        self["deny-dest"].append(value)
-
-    def opt_allow_dest(self, value: str) -> None:
-        """
-        Destinations exempt from the refusal of loopback and link-local
-        destinations for non-local clients. Repeatable.
-        [env CACHINGPROXY_ALLOW_DEST]
-        """
-        self["allow-dest"].append(value)
-
-    def opt_admin_allow(self, value: str) -> None:
-        """
-        Client ranges allowed /_cachingproxy/ and PURGE (default loopback).
-        Repeatable. [env CACHINGPROXY_ADMIN_ALLOW]
-        """
-        self["admin-allow"].append(value)
-
-    def opt_refresh_rule(self, rule: str) -> None:
-        """
-        Freshness for responses that carry none, like Squid's
-        refresh_pattern: '[-i] REGEX MIN PERCENT MAX [type=TYPE,...]
-        [override]'. Repeatable; the first matching rule wins.
-        [env CACHINGPROXY_REFRESH_RULE, one a line]
-        """
-        self["refresh-rule"].append(rule)
-    def opt_trusted_proxies(self, value: str) -> None:
-        """
-        Proxies in front whose forwarding fields (X-Forwarded-*, X-Real-IP,
-        Forwarded) are passed on and extended; dropped from any other
-        client. Repeatable. [env CACHINGPROXY_TRUSTED_PROXIES]
-        """
-        self["trusted-proxies"].append(value)
-
-    def opt_port(self, port: str) -> None:
-        """
-        Where to listen: a port number or a Twisted server endpoint string
-        (tcp:3128:interface=127.0.0.1, ssl:..., unix:..., systemd:...).
-        Repeatable. [default: tcp:3128] [env CACHINGPROXY_PORT, LISTEN_PORT]
-        """
-        self["port"].append(port)
+        hint = ""
+        unknown = re.match(r"option --?(\S+) not recognized", message)
+        if unknown:
+            names = [s.name for s in SETTINGS] + ["help", "version"]
+            close = difflib.get_close_matches(unknown.group(1), names, n=1)
+            if close:
+                hint = f"did you mean --{close[0]}? "
+        return f"{message} ({hint}twistd cachingproxy --help lists the options)"
 
     def opt_version(self) -> None:
         """
@@ -148,6 +156,12 @@ class Options(usage.Options):
                 # usage dump.
                 exitOnConfigError(error)
             raise
+
+
+for _setting in SETTINGS:
+    if _setting.kind == "list":
+        setattr(Options, "opt_" + _setting.name.replace("-", "_"), _appender(_setting))
+del _setting
 
 
 def buildFactory(reactor, config: Config, accessLog=None) -> ProxyFactory:
@@ -308,11 +322,33 @@ class ProxyService(service.Service):
         self.port = None
         self._listening: Optional[defer.Deferred] = None
 
+    def privilegedStartService(self) -> None:
+        """
+        Listen before twistd sheds its privileges (ports below 1024), as
+        Twisted's own C{StreamServerEndpointService} does for C{twistd
+        web}; a port that cannot be had stops the start here.
+
+        @raise StartupError: the port cannot be listened on.
+        """
+        super().privilegedStartService()
+        self._listen(failNow=True)
+
     def startService(self) -> None:
         super().startService()
         housekeeping = getattr(self.factory.cache, "housekeeping", None)
         if housekeeping is not None and not housekeeping.running:
             housekeeping.start(60, now=False)
+        if self._listening is None:
+            self._listen(failNow=False)
+
+    def _listen(self, failNow: bool) -> None:
+        """
+        Start listening on C{self.description}.
+
+        @param failNow: raise L{StartupError} when listening fails at once
+            (every endpoint of Twisted's binds at once); otherwise, and for
+            a failure that comes later, log it and stop the reactor.
+        """
         endpoint = serverFromString(self._reactor, self.description)
         self._listening = endpoint.listen(self.factory)
 
@@ -328,15 +364,20 @@ class ProxyService(service.Service):
             return port
 
         def failed(reason):
-            self._log.failure("cannot listen on {description}", reason,
-                              description=self.description)
+            self._log.critical("{problem}", problem=cannotListen(self.description, reason.value))
             from twisted.internet import reactor
 
             if reactor.running:
                 reactor.stop()
             return reason
 
-        self._listening.addCallbacks(listening, failed)
+        self._listening.addCallback(listening)
+        early = self._listening.result if self._listening.called else None
+        if failNow and isinstance(early, Failure):
+            # Nobody waits on it: the exception says it all.
+            self._listening.addErrback(lambda _: None)
+            raise cannotListen(self.description, early.value)
+        self._listening.addErrback(failed)
 
     def whenListening(self) -> defer.Deferred:
         """
@@ -389,6 +430,37 @@ class TopService(service.MultiService):
         return super().stopService()
 
 
+def checkEndpoint(reactor, description: str) -> None:
+    """
+    Check that C{description} makes an endpoint to listen on (without
+    listening yet).
+
+    @raise usage.UsageError: one line naming the C{--port} and the problem,
+        such as a C{systemd:} port when systemd passed no socket.
+    """
+    try:
+        serverFromString(reactor, description)
+    except (IndexError, KeyError) as error:
+        if not description.startswith("systemd:"):
+            raise usage.UsageError(f"--port {description}: {_oneLineOf(error)}")
+        count = os.environ.get("LISTEN_FDS")
+        if count is None:
+            problem = ("systemd passed no listening socket (LISTEN_FDS is not set): start "
+                       "it through its .socket unit, or give a port such as --port 3128")
+        elif isinstance(error, KeyError):
+            names = os.environ.get("LISTEN_FDNAMES", "")
+            problem = f"systemd passed no socket named {error.args[0]!r} (LISTEN_FDNAMES={names!r})"
+        else:
+            problem = f"systemd passed {count} listening socket(s), none at that index"
+        raise usage.UsageError(f"--port {description}: {problem}")
+    except Exception as error:
+        raise usage.UsageError(f"--port {description}: {_oneLineOf(error)}")
+
+
+def _oneLineOf(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 def makeService(options: Options, reactor=None) -> service.MultiService:
     """
     Build the proxy service from parsed L{Options}: the proxy itself, or
@@ -400,6 +472,10 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
 
         reactor = globalReactor
     config: Config = options.config
+    if options.parent is not None:
+        # Run by twistd: a port that cannot be listened on ends it with one
+        # line rather than a traceback.
+        reportStartupErrors()
     grace = float(config.shutdownGrace)
     top = TopService()
     workers = int(config.workers)
@@ -413,6 +489,13 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
         return top
     accessLog = (AccessLogFile(config.accessLog, config.accessLogFormat)
                  if config.accessLog else None)
+    for description in config.port:
+        try:
+            checkEndpoint(reactor, description)
+        except usage.UsageError as error:
+            if options.parent is not None:
+                exitOnConfigError(error)
+            raise
     factory = buildFactory(reactor, config, accessLog)
     streamline(reactor)
     reopenOnSignal(reactor, [accessLog])

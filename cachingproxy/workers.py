@@ -55,7 +55,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from . import __version__
-from .config import SETTINGS
+from .config import SETTINGS, cannotListen
 from .metrics import ENVIRONMENT as METRICS_ENVIRONMENT
 from .metrics import countWorkerRestart, markProcessDead
 
@@ -741,12 +741,13 @@ class WorkersService(service.MultiService):
         for description in self.descriptions:
             try:
                 listener = self._listen(description)
-            except Exception:
-                self._log.failure("cannot listen on {description}", description=description)
+            except Exception as e:
                 for bound in self.listeners:
                     bound.close()
                 self.listeners = []
-                raise SystemExit(1)
+                # An exception (not SystemExit) from privilegedStartService
+                # makes twistd remove its pid file before it ends.
+                raise cannotListen(description, e)
             self.listeners.append(listener)
             self._log.info(
                 "cachingproxy {version} listening on {address} with {n} worker processes",

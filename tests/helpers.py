@@ -504,6 +504,7 @@ class Twistd(ProcessProtocol):
 
     def __init__(self):
         self.output = b""
+        self.errors = b""
         self.listening = defer.Deferred()
         self.ended = defer.Deferred()
         self._waiting = []
@@ -531,9 +532,41 @@ class Twistd(ProcessProtocol):
         if match and not self.listening.called:
             self.listening.callback(int(match.group(1)))
 
-    errReceived = outReceived
+    def errReceived(self, data):
+        self.errors += data
+        self.outReceived(data)
 
     def processEnded(self, reason):
         if not self.listening.called:
             self.listening.errback(RuntimeError(self.output.decode(errors="replace")))
         self.ended.callback(reason.value.exitCode if reason.value.signal is None else -reason.value.signal)
+
+
+async def twistdOutcome(*arguments: str, env: Optional[Dict[str, Optional[str]]] = None,
+                        path: str = REPO) -> Tuple[int, str, str]:
+    """
+    Run C{twistd ARGUMENTS} from this checkout until it ends on its own (a
+    start-up that must fail, C{--help}).
+
+    @param env: variables set (or, with C{None}, removed) in this process's
+        environment for it.
+    @param path: the working directory (where twistd writes its pid file).
+    @return: the exit status (minus the signal number if a signal ended
+        it), everything it wrote to standard output and error, and what it
+        wrote to standard error alone.
+    """
+    import sys
+
+    environ = dict(os.environ, PYTHONPATH=REPO)
+    for name, value in (env or {}).items():
+        if value is None:
+            environ.pop(name, None)
+        else:
+            environ[name] = value
+    process = Twistd()
+    process.listening.addErrback(lambda _: None)
+    reactor.spawnProcess(process, sys.executable, [sys.executable, "-c", TWISTD, *arguments],
+                         env=environ, path=path)
+    code = await process.ended
+    return (code, process.output.decode(errors="replace"),
+            process.errors.decode(errors="replace"))

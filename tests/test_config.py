@@ -4,8 +4,10 @@ aliases, the file's errors (each one line, naming the file and line), the
 exit on a configuration error, and the settings table.
 """
 
+import dataclasses
 import inspect
 import io
+import json
 import os
 import re
 import sys
@@ -17,7 +19,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from cachingproxy import policy, tap
 from cachingproxy.config import (
+    _BY_NAME,
     SETTINGS,
+    Config,
     exitOnConfigError,
     fromOptions,
     parseDuration,
@@ -536,10 +540,12 @@ class ExitTests(SynchronousTestCase):
         stderr = io.StringIO()
         with redirect_stderr(stderr):
             exit = self.assertRaises(
-                SystemExit, exitOnConfigError, usage.UsageError("--port: no such port '99999'")
+                SystemExit, exitOnConfigError,
+                usage.UsageError("--port: port 99999 is out of range (0 to 65535)")
             )
         self.assertEqual(exit.code, 2)
-        self.assertEqual(stderr.getvalue(), "cachingproxy: --port: no such port '99999'\n")
+        self.assertEqual(stderr.getvalue(),
+                         "cachingproxy: --port: port 99999 is out of range (0 to 65535)\n")
 
 
 class SettingsTableTests(SynchronousTestCase):
@@ -657,3 +663,153 @@ class TwistdConfigErrorTests(TestCase):
         test_badConfigFile.todo = (
             "needs tap.Options.postOptions to call config.exitOnConfigError"
         )
+
+
+#: Set in the same source under each example: compress-types and
+#: compress-min-size change nothing while compression is off (the default
+#: in forward mode).
+_BASE = {"compress": "on"}
+
+
+class EverySettingTests(SynchronousTestCase):
+    """
+    Every setting of L{SETTINGS} can be set from the command line, the
+    environment and the configuration file, to its C{example}, and the
+    three give the same L{Config}.
+    """
+
+    def setUp(self):
+        # The examples that name files name these, made in a fresh folder.
+        from .test_access import bcryptHash
+
+        self.folder = os.path.dirname(temporaryPath(self))
+        self.files = {
+            "other.toml": b"",
+            "users.htpasswd": b"user:" + bcryptHash(b"secret") + b"\n",
+            "ca.pem": b"",
+        }
+
+    def example(self, setting):
+        """
+        @return: C{setting}'s example, a file it names made in the folder.
+        """
+        example = setting.example
+        if isinstance(example, str) and example in self.files:
+            path = os.path.join(self.folder, example)
+            with open(path, "wb") as f:
+                f.write(self.files[example])
+            return path
+        return example
+
+    def parse(self, argv, environ):
+        from .test_tap import OptionsTests
+
+        return OptionsTests("parse").parse(argv, environ)
+
+    def fromCommandLine(self, values):
+        argv = []
+        for name, value in values.items():
+            kind = _BY_NAME[name].kind
+            if kind == "flag":
+                argv.append(f"--{name}")
+            elif kind == "list":
+                for item in value:
+                    argv += [f"--{name}", item]
+            else:
+                argv += [f"--{name}", value]
+        return self.parse(argv, {})
+
+    def fromEnvironment(self, values):
+        environ = {}
+        for name, value in values.items():
+            kind = _BY_NAME[name].kind
+            if kind == "flag":
+                value = "1"
+            elif kind == "list":
+                value = "\n".join(value)
+            environ[_BY_NAME[name].envName] = value
+        return self.parse([], environ)
+
+    def fromFile(self, values):
+        lines = []
+        for name, value in values.items():
+            kind = _BY_NAME[name].kind
+            if kind == "flag":
+                text = "true"
+            elif kind == "int":
+                text = str(int(value))
+            elif kind == "float":
+                text = repr(float(value))
+            else:
+                text = json.dumps(list(value) if kind == "list" else value)
+            lines.append(f"{name} = {text}\n")
+        config = self.parse(["--config", writeConfig(self, "".join(lines))], {})
+        # Compared with the other sources, which read no file.
+        return dataclasses.replace(config, configFile=None)
+
+    def test_everySettingHasAnExample(self):
+        """
+        Each setting gives an example value of its kind, different from its
+        default, for the tests below.
+        """
+        for setting in SETTINGS:
+            example = setting.example
+            self.assertIsNotNone(example, f"{setting.name} gives no example")
+            if setting.kind == "flag":
+                self.assertIs(example, True, setting.name)
+            elif setting.kind == "list":
+                self.assertIsInstance(example, tuple, setting.name)
+                self.assertTrue(example, setting.name)
+            else:
+                self.assertIsInstance(example, str, setting.name)
+            self.assertNotEqual(example, setting.default, setting.name)
+
+    def test_everySettingFromEachSource(self):
+        """
+        Each setting set to its example on the command line, in the
+        environment or in the configuration file changes the L{Config}
+        (the field of its name, when there is one), and the same way from
+        each source.
+        """
+        fields = {f.name for f in dataclasses.fields(Config)}
+        sources = [self.fromCommandLine, self.fromEnvironment, self.fromFile]
+        for setting in SETTINGS:
+            if setting.example is None:
+                self.fail(f"{setting.name} gives no example")
+            values = dict(_BASE)
+            values[setting.name] = self.example(setting)
+            configs = []
+            for source in sources:
+                if source == self.fromFile and setting.name == "config":
+                    # The file cannot name another file.
+                    continue
+                baseline = source(_BASE)
+                try:
+                    config = source(values)
+                except usage.UsageError as e:
+                    self.fail(f"{setting.name} through {source.__name__}: {e}")
+                self.assertNotEqual(config, baseline, f"{setting.name} through {source.__name__}")
+                if setting.attribute in fields:
+                    self.assertNotEqual(getattr(config, setting.attribute),
+                                        getattr(baseline, setting.attribute),
+                                        f"{setting.name} through {source.__name__}")
+                configs.append(config)
+            if setting.name != "config":
+                self.assertEqual(len(configs), len(sources))
+            for config in configs[1:]:
+                self.assertEqual(config, configs[0], setting.name)
+
+    def test_examplesReachTheirFields(self):
+        """
+        A few examples, checked against the value the L{Config} holds.
+        """
+        examples = {s.name: self.example(s) for s in SETTINGS}
+        config = self.fromCommandLine({name: examples[name] for name in (
+            "port", "max-body-size", "upstream-timeout", "add-response-header",
+            "no-cache", "workers")})
+        self.assertEqual(config.port, ("tcp:20000", "unix:/run/cachingproxy.sock"))
+        self.assertEqual(config.maxBodySize, 10 * 1024**2)
+        self.assertEqual(config.upstreamTimeout, 7.5)
+        self.assertEqual(config.responseRules.add, ((b"X-Served-By", b"edge1"),))
+        self.assertFalse(config.cache)
+        self.assertEqual(config.workers, 2)

@@ -3,8 +3,10 @@ The twistd plugin, its options and the environment, and the real
 C{twistd -n cachingproxy} process.
 """
 
+import json
 import os
 import signal
+import socket
 import sys
 
 from twisted.application.service import IServiceMaker
@@ -14,9 +16,18 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from cachingproxy import tap
-from cachingproxy.config import fromOptions
+from cachingproxy.config import SETTINGS, fromOptions
 
-from .helpers import REPO, TWISTD, Twistd as _Twistd, exchange, listenOrigin, pattern, temporaryPath
+from .helpers import (
+    REPO,
+    TWISTD,
+    Twistd as _Twistd,
+    exchange,
+    listenOrigin,
+    pattern,
+    temporaryPath,
+    twistdOutcome,
+)
 
 
 
@@ -286,17 +297,171 @@ class TwistdTests(TestCase):
         A bad option value ends twistd with the option named, without a
         traceback.
         """
-        process = _Twistd()
-        reactor.spawnProcess(
-            process,
-            sys.executable,
-            [sys.executable, "-c", TWISTD, "-n", "--pidfile=",
-             "cachingproxy", "--upstream-timeout", "soon"],
-            env=dict(os.environ, PYTHONPATH=REPO),
-            path=REPO,
-        )
-        process.listening.addErrback(lambda _: None)
-        code = await process.ended
+        code, output, _ = await twistdOutcome("-n", "--pidfile=", "cachingproxy",
+                                              "--upstream-timeout", "soon")
         self.assertNotEqual(code, 0)
-        self.assertIn(b"--upstream-timeout: expected a number", process.output)
-        self.assertNotIn(b"Traceback", process.output)
+        self.assertIn("--upstream-timeout: expected a number", output)
+        self.assertNotIn("Traceback", output)
+
+    async def test_everyOptionRecognised(self):
+        """
+        twistd takes every setting of L{SETTINGS} as an option: all of them
+        at once, set to their examples, are accepted up to C{--help}.
+        """
+        argv = []
+        for setting in SETTINGS:
+            if setting.kind == "flag":
+                argv.append(f"--{setting.name}")
+            elif setting.kind == "list":
+                for item in setting.example:
+                    argv += [f"--{setting.name}", item]
+            else:
+                argv.append(f"--{setting.name}={setting.example}")
+        code, output, _ = await twistdOutcome("-n", "--pidfile=", "cachingproxy", *argv, "--help")
+        self.assertEqual(code, 0, output)
+        self.assertTrue(output.startswith("Usage: twistd [options] cachingproxy [options]"), output)
+
+    async def test_headerRulesFromCommandLine(self):
+        """
+        The six header rule options work on twistd's command line: what
+        reaches the origin and what reaches the client is changed by them.
+        """
+        origin, originPort = listenOrigin(self)
+        process, transport, port = await self.runTwistd(
+            "--add-request-header", "X-Tenant: a",
+            "--add-request-header", "X-Tenant: b",
+            "--set-request-header", "User-Agent: cachingproxy",
+            "--remove-request-header", "Cookie",
+            "--add-response-header", "X-Served-By: edge1",
+            "--set-response-header", "Server: cachingproxy",
+            "--remove-response-header", "Content-Type",
+        )
+        _, [response] = await exchange(
+            port, self,
+            b"GET http://127.0.0.1:%d/headers HTTP/1.1\r\nHost: x\r\n"
+            b"User-Agent: curl\r\nCookie: a=1\r\n\r\n" % originPort)
+        received = [(k.lower(), v) for k, v in json.loads(response.body)]
+        self.assertEqual([v for k, v in received if k == "x-tenant"], ["a", "b"])
+        self.assertEqual([v for k, v in received if k == "user-agent"], ["cachingproxy"])
+        self.assertNotIn("cookie", [k for k, v in received])
+        self.assertEqual([v for k, v in response.headers if k == b"x-served-by"], [b"edge1"])
+        self.assertEqual([v for k, v in response.headers if k == b"server"], [b"cachingproxy"])
+        self.assertNotIn(b"content-type", response.headerNames())
+
+
+class StartupErrorTests(TestCase):
+    """
+    A start-up that cannot succeed ends twistd with one line on standard
+    error, a non-zero status and no pid file left behind.
+    """
+
+    timeout = 30
+
+    def busyPort(self):
+        """
+        @return: the number of a loopback port something else listens on.
+        """
+        busy = socket.socket()
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        return busy.getsockname()[1]
+
+    async def assertFailsToListen(self, *options):
+        """
+        twistd in a fresh folder, with its default pid file, on a busy port
+        and C{options}: exit status 1, one line, no pid file.
+        """
+        folder = os.path.dirname(temporaryPath(self))
+        description = "tcp:%d:interface=127.0.0.1" % self.busyPort()
+        code, output, errors = await twistdOutcome(
+            "-n", "cachingproxy", "--port", description, "--cache-dir", "none", *options,
+            path=folder)
+        self.assertEqual(
+            errors, f"cachingproxy: cannot listen on {description}: address already in use\n",
+            output)
+        self.assertEqual(code, 1, output)
+        self.assertNotIn("Traceback", output)
+        self.assertEqual(os.listdir(folder), [])
+
+    async def test_busyPort(self):
+        """
+        In one process, a port already in use ends twistd (it used to go on
+        listening on nothing).
+        """
+        await self.assertFailsToListen()
+
+    async def test_busyPortWorkers(self):
+        """
+        With workers, a port already in use ends the parent before any
+        worker starts, and its pid file is removed.
+        """
+        await self.assertFailsToListen("--workers", "2")
+
+    async def test_unknownOption(self):
+        """
+        An unknown option is one line pointing to --help, with a suggestion
+        when it is close to a real one, and exit status 2.
+        """
+        code, output, errors = await twistdOutcome(
+            "-n", "--pidfile=", "cachingproxy", "--add-respons-header", "X-A: 1")
+        self.assertEqual(
+            errors,
+            "cachingproxy: option --add-respons-header not recognized (did you mean "
+            "--add-response-header? twistd cachingproxy --help lists the options)\n")
+        self.assertEqual(code, 2, output)
+        self.assertNotIn("Usage:", output)
+
+    async def test_portOutOfRange(self):
+        """
+        A port number above 65535, bare or in an endpoint string, is one
+        line and exit status 2.
+        """
+        for port in ("99999", "tcp:99999:interface=127.0.0.1"):
+            code, output, errors = await twistdOutcome(
+                "-n", "--pidfile=", "cachingproxy", "--port", port)
+            self.assertEqual(errors,
+                             "cachingproxy: --port: port 99999 is out of range (0 to 65535)\n")
+            self.assertEqual(code, 2, output)
+
+    async def test_systemdWithoutSocket(self):
+        """
+        A systemd: port when systemd passed no socket is one line saying so
+        and exit status 2, not an IndexError.
+        """
+        code, output, errors = await twistdOutcome(
+            "-n", "--pidfile=", "cachingproxy", "--cache-dir", "none",
+            "--port", "systemd:domain=INET:index=0",
+            env={"LISTEN_FDS": None, "LISTEN_PID": None, "LISTEN_FDNAMES": None})
+        self.assertEqual(
+            errors,
+            "cachingproxy: --port systemd:domain=INET:index=0: systemd passed no listening "
+            "socket (LISTEN_FDS is not set): start it through its .socket unit, or give a "
+            "port such as --port 3128\n")
+        self.assertEqual(code, 2, output)
+        self.assertNotIn("IndexError", output)
+
+
+class MainTests(SynchronousTestCase):
+    """
+    C{python -m cachingproxy}.
+    """
+
+    def test_withoutTwisted(self):
+        """
+        Run from the checkout's root by a Python without Twisted (simulated
+        with C{-S}: no site-packages), it says in one line what to do
+        instead of failing on C{twisted.scripts}, which the checkout's
+        C{twisted/plugins} folder hides.
+        """
+        import subprocess
+
+        result = subprocess.run([sys.executable, "-S", "-m", "cachingproxy", "--help"],
+                                cwd=REPO, capture_output=True, text=True, timeout=60,
+                                env=dict(os.environ, PYTHONPATH=""))
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertEqual(
+            result.stderr,
+            f"cachingproxy: Twisted is not installed for {sys.executable}: run ./run-proxy, "
+            "which installs the project into .venv, or use .venv/bin/python -m cachingproxy\n")
+        self.assertEqual(result.stdout, "")

@@ -24,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from cachingproxy import tap
+from cachingproxy.config import StartupError
 from cachingproxy.worker import Worker, splitArguments
 from cachingproxy.workers import WorkerSupervisor, WorkersService, childArguments, parseListener
 
@@ -423,10 +424,10 @@ class ServiceTests(SynchronousTestCase):
 
     def test_cannotListen(self):
         """
-        A port that cannot be bound is logged and ends the parent (exit
-        status 1) before any worker is spawned; what was bound is closed.
+        A port that cannot be bound stops the parent's start with a
+        L{StartupError} naming it (twistd then removes its pid file and
+        ends) before any worker is spawned; what was bound is closed.
         """
-        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         processes = ProcessReactor()
         first = parseListener("tcp:0:interface=127.0.0.1")
         self.addCleanup(first.close)
@@ -439,12 +440,10 @@ class ServiceTests(SynchronousTestCase):
 
         parent = WorkersService(processes, ["tcp:0:interface=127.0.0.1", busy], 2,
                                 installSignalHandlers=False, listen=listen)
-        error = self.assertRaises(SystemExit, parent.privilegedStartService)
-        self.assertEqual(error.code, 1)
+        error = self.assertRaises(StartupError, parent.privilegedStartService)
+        self.assertEqual(str(error), f"cannot listen on {busy}: address already in use")
         self.assertEqual(processes.processes, [])
         self.assertIsNone(bound[0].socket)
-        self.assertIn("cannot listen on " + busy, [formatEvent(e) for e in events])
-        self.flushLoggedErrors(OSError)
 
     def test_parseListener(self):
         """
