@@ -339,6 +339,14 @@ SETTINGS = (
         "Seconds open requests get to finish after SIGTERM before their "
         "connections are closed.",
     ),
+    Setting(
+        "drain-idle-timeout",
+        "float",
+        2.0,
+        "Seconds an idle keep-alive connection stays open once the proxy "
+        "drains (SIGHUP reload, SIGTERM): a request that arrives meanwhile is "
+        "answered with Connection: close. At most the shutdown grace.",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -384,6 +392,7 @@ class Config:
     collapse: bool = True
     workers: int = 1
     shutdownGrace: float = 10.0
+    drainIdleTimeout: float = 2.0
     configFile: Optional[str] = None
     allow: Tuple[str, ...] = ("private",)
     denyDest: Tuple[str, ...] = ()
@@ -873,6 +882,7 @@ def fromOptions(
         collapse=not values["no-collapse"][0],
         workers=_workers(*values["workers"]),
         shutdownGrace=float(values["shutdown-grace"][0]),
+        drainIdleTimeout=float(values["drain-idle-timeout"][0]),
         configFile=configPath,
         allow=values["allow"][0],
         denyDest=values["deny-dest"][0],

@@ -230,6 +230,7 @@ def _proxySettings(config: Config, upstream) -> ProxySettings:
         viaName=config.viaName.encode("ascii", "replace"),
         connectPorts=config.connectPorts,
         idleTimeout=config.idleTimeout,
+        drainIdleTimeout=min(config.drainIdleTimeout, config.shutdownGrace),
         headerTimeout=config.headerTimeout,
         maxRequestLine=config.maxRequestLine,
         maxHeaderSize=config.maxHeaderSize,

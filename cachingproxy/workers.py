@@ -175,17 +175,13 @@ def _checkDescription(description: str) -> Tuple[str, List[str], Dict[str, str]]
 def _systemdDescriptors(environ: Mapping[str, str]) -> List[int]:
     """
     The descriptors systemd passed (3, 4, ...: C{LISTEN_FDS} of them, when
-    C{LISTEN_PID} is this process). Unlike Twisted's C{ListenFDs} this
-    leaves the environment alone, so several C{--port systemd:...} each
-    find theirs; the workers get an environment without these variables.
+    C{LISTEN_PID} is this process), also once Twisted has taken the
+    variables out of C{os.environ} (L{cachingproxy.systemd.inheritedDescriptors}).
+    The workers get an environment without these variables.
     """
-    if environ.get("LISTEN_PID") != str(os.getpid()):
-        return []
-    try:
-        count = int(environ.get("LISTEN_FDS", "0"))
-    except ValueError:
-        return []
-    return list(range(3, 3 + max(count, 0)))
+    from .systemd import inheritedDescriptors
+
+    return inheritedDescriptors(environ)
 
 
 def parseListener(description: str, environ: Mapping[str, str] = os.environ) -> Listener:
