@@ -162,6 +162,14 @@ class Worker:
         if self._stopping is not None:
             return self._stopping
         ports, self.ports = self.ports, []
+        # Stop accepting at once, so that once every process has closed
+        # the shared socket a new client is refused rather than left in a
+        # queue nobody serves; take what is queued first, since the last
+        # close resets it.
+        from ._io import acceptQueued
+
+        for port in ports:
+            acceptQueued(port)
         waits = [defer.maybeDeferred(port.stopListening) for port in ports]
         if self.factory is None:
             self._stopping = defer.succeed(None)

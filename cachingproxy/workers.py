@@ -780,18 +780,24 @@ class WorkersService(service.MultiService):
 
     def stopService(self) -> defer.Deferred:
         """
-        Stop the workers (they drain), then close the listening sockets.
+        Stop the workers (each stops accepting at once, then drains) and
+        close the parent's copy of the listening sockets right away, so
+        that new clients are refused as soon as the workers have let go
+        of theirs, rather than queued on a socket nobody accepts on any
+        more (and reset when it finally closes).
         """
         if self._previousHandler is not _NOT_INSTALLED:
             previous, self._previousHandler = self._previousHandler, _NOT_INSTALLED
             signal.signal(signal.SIGHUP, signal.SIG_DFL if previous is None else previous)
         _notify("STOPPING=1\nSTATUS=stopping the worker processes")
         d = defer.maybeDeferred(super().stopService)
+        # The workers have their own descriptors, and no worker is spawned
+        # any more.
+        for listener in self.listeners:
+            listener.close()
 
-        def closeListeners(result):
-            for listener in self.listeners:
-                listener.close()
+        def ended(result):
             self._log.info("all worker processes ended")
             return None
 
-        return d.addBoth(closeListeners)
+        return d.addBoth(ended)
