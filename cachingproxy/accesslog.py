@@ -112,7 +112,7 @@ class AccessLog:
         self.format = format
         if old is not None:
             old.close()
-        self._log.info("access log now {path} ({format})", path=path, format=format)
+        self._log.info("access log now {path} ({logFormat})", path=path, logFormat=format)
 
     def close(self) -> None:
         if self._file is not None:

@@ -56,9 +56,9 @@ _FIELD_SETTINGS: Dict[str, Sequence[str]] = {
     "collapse": ("no-collapse",),
     "rewriteRedirects": ("no-rewrite-redirects",),
     "configFile": ("config",),
-    "compression": ("compress", "compress-types", "compress-min-size"),
-    "requestRules": ("add-request-header", "set-request-header", "remove-request-header"),
-    "responseRules": ("add-response-header", "set-response-header", "remove-response-header"),
+    "compression": ("compression",),
+    "requestRules": ("request header rules",),
+    "responseRules": ("response header rules",),
 }
 
 
@@ -123,7 +123,7 @@ class ConfigReloader:
         except usage.UsageError as e:
             message = " ".join(str(e).split())
             self._log.error("SIGHUP: configuration not reloaded, keeping the running one: "
-                            "{message}", message=message)
+                            "{reason}", reason=message)
             return False
         except Exception:
             self._log.failure("SIGHUP: configuration not reloaded, keeping the running one")

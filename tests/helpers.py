@@ -537,3 +537,35 @@ class Twistd(ProcessProtocol):
         if not self.listening.called:
             self.listening.errback(RuntimeError(self.output.decode(errors="replace")))
         self.ended.callback(reason.value.exitCode if reason.value.signal is None else -reason.value.signal)
+
+
+async def startTwistd(testCase, *args, env: Optional[Dict[str, str]] = None):
+    """
+    Run C{twistd -n cachingproxy --port tcp:0:interface=127.0.0.1
+    --cache-dir none ARGS} from the checkout; the test's cleanup sends it
+    SIGTERM and waits for it to end.
+
+    @return: the L{Twistd}, its process transport and the port it listens
+        on.
+    """
+    import signal
+    import sys
+
+    process = Twistd()
+    transport = reactor.spawnProcess(
+        process,
+        sys.executable,
+        [sys.executable, "-c", TWISTD, "-n", "--pidfile=",
+         "cachingproxy", "--port", "tcp:0:interface=127.0.0.1", "--cache-dir", "none", *args],
+        env=dict(os.environ if env is None else env, PYTHONPATH=REPO),
+        path=REPO,
+    )
+
+    def stop():
+        if not process.ended.called:
+            transport.signalProcess(signal.SIGTERM)
+        return process.ended
+
+    testCase.addCleanup(stop)
+    port = await process.listening
+    return process, transport, port
