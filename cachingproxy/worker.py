@@ -13,11 +13,13 @@ Twisted's C{AdoptedStreamServerEndpoint} does (non-blocking, adopt, close its
 own copy), writes C{cachingproxy-worker-ready I PID} on the readiness pipe,
 and serves.
 
-On SIGTERM (or SIGINT, or when its parent goes away) it stops accepting
-(C{stopListening} on an adopted port closes the descriptor without shutting
-the shared socket down, so the other workers keep accepting), drains its
-connections within the shutdown grace, closes its upstream pool and exits
-with status 0.
+On SIGTERM (or SIGINT, or when its parent goes away) it accepts what the
+kernel has queued and stops accepting (C{stopListening} on an adopted port
+closes the descriptor without shutting the shared socket down, so the
+other workers keep accepting), drains its connections within the shutdown
+grace (idle keep-alive ones after the drain idle timeout, see
+L{cachingproxy.server.ProxyProtocol.drain}), closes its upstream pool and
+exits with status 0.
 """
 
 from __future__ import annotations

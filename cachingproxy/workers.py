@@ -17,10 +17,12 @@ C{ProcessMonitor}, with the reactor injected:
   - a worker that dies is restarted after C{minRestartDelay}, with the
     delay doubling (up to C{maxRestartDelay}) while it keeps dying within
     C{threshold} seconds of its start;
-  - stopping sends SIGTERM to every worker (each stops accepting, drains
-    its connections within the shutdown grace and exits) and SIGKILL to
-    any still alive C{killTime} seconds later; L{WorkerSupervisor.stopService}
-    fires once all have ended;
+  - stopping closes the parent's copy of the listening sockets at once and
+    sends SIGTERM to every worker (each takes what the kernel queued, stops
+    accepting, drains its connections within the shutdown grace and
+    exits), so new clients are refused rather than queued where nobody
+    accepts; SIGKILL goes to any worker still alive C{killTime} seconds
+    later; L{WorkerSupervisor.stopService} fires once all have ended;
   - L{WorkerSupervisor.reload} (SIGHUP to the parent) replaces the workers
     one at a time: spawn the replacement, wait until it says it is ready
     (one line, C{cachingproxy-worker-ready <id> <pid>}, on a pipe of its
