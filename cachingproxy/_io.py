@@ -99,7 +99,9 @@ def acceptQueued(port) -> int:
     @return: how many were accepted.
     """
     doRead = getattr(port, "doRead", None)
-    if doRead is None or not getattr(port, "connected", False):
+    if (doRead is None or not getattr(port, "connected", False)
+            or not isinstance(getattr(port, "sessionno", None), int)):
+        # Not a listening port of Twisted's (a wrapped one, or gone).
         return 0
     accepted = 0
     # Each call accepts up to the port's current batch size, until the

@@ -591,6 +591,48 @@ class AdoptionTests(TestCase):
         await second.stop()
 
 
+    async def test_acceptQueued(self):
+        """
+        L{acceptQueued} takes every connection waiting in the kernel's queue
+        (which closing the listening socket would reset), so that they are
+        served: here a port that has stopped reading has three queued, and
+        after L{acceptQueued} and C{stopListening} each of them still gets
+        its response, while a new connection is refused.
+        """
+        from twisted.internet.error import ConnectionRefusedError
+
+        from cachingproxy._io import acceptQueued
+        from .helpers import startProxy
+
+        factory, port, _ = startProxy(self)
+        listening = factory.port
+        listening.stopReading()
+        clients = []
+        for _ in range(3):
+            client = socket.create_connection(("127.0.0.1", port))
+            client.sendall(HEALTH)
+            self.addCleanup(client.close)
+            clients.append(client)
+        self.assertEqual(acceptQueued(listening), 3)
+        self.assertEqual(acceptQueued(listening), 0)
+        await listening.stopListening()
+        with self.assertRaises(ConnectionRefusedError):
+            await request(port, timeout=2.0)
+        for client in clients:
+            client.setblocking(False)
+        received = {id(c): b"" for c in clients}
+
+        def answered():
+            for client in clients:
+                try:
+                    received[id(client)] += client.recv(65536)
+                except BlockingIOError:
+                    pass
+            return all(data.startswith(b"HTTP/1.1 ") for data in received.values())
+
+        await until(answered, 10)
+
+
 # -- twistd --workers 2 end to end --------------------------------------------
 
 
