@@ -16,7 +16,7 @@ from __future__ import annotations
 from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
 
-__all__ = ["sendNow", "writeNow", "discardUnsent"]
+__all__ = ["sendNow", "writeNow", "discardUnsent", "acceptQueued"]
 
 _PLAIN_TCP = (tcp.Server, tcp.Client)
 
@@ -83,3 +83,33 @@ def discardUnsent(transport) -> None:
         transport = getattr(transport, "transport", None)
         if transport is None:
             return
+
+
+def acceptQueued(port) -> int:
+    """
+    Accept every connection the kernel has queued on a listening C{port}
+    (a C{tcp.Port}), before it stops listening.
+
+    When the last descriptor of a listening socket closes, the kernel
+    resets the connections still waiting in its accept queue: clients that
+    connected in time would see C{Connection reset by peer}. Taken now,
+    they are served like any other (a draining proxy answers their request
+    with C{Connection: close}).
+
+    @return: how many were accepted.
+    """
+    doRead = getattr(port, "doRead", None)
+    if (doRead is None or not getattr(port, "connected", False)
+            or not isinstance(getattr(port, "sessionno", None), int)):
+        # Not a listening port of Twisted's (a wrapped one, or gone).
+        return 0
+    accepted = 0
+    # Each call accepts up to the port's current batch size, until the
+    # queue is empty; stop once a call takes nothing.
+    for _ in range(1000):
+        before = port.sessionno
+        doRead()
+        if port.sessionno == before:
+            break
+        accepted += port.sessionno - before
+    return accepted

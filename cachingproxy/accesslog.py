@@ -96,6 +96,24 @@ class AccessLog:
         self._file = open(self.path, "a", buffering=1, encoding="utf-8")
         self._log.info("reopened the access log {path}", path=self.path)
 
+    def switch(self, path: str, format: str) -> None:
+        """
+        Write to C{path} in C{format} from now on (a configuration reload
+        changed them). The new file is opened before the old one is
+        closed, so a failure leaves the log as it was.
+        """
+        if format not in FORMATS:
+            raise ValueError(f"unknown access log format {format!r}")
+        new = None
+        if path != "-":
+            new = open(path, "a", buffering=1, encoding="utf-8")
+        old, self._file = self._file, new
+        self.path = path
+        self.format = format
+        if old is not None:
+            old.close()
+        self._log.info("access log now {path} ({logFormat})", path=path, logFormat=format)
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()

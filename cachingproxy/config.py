@@ -447,6 +447,15 @@ SETTINGS = (
         "connections are closed.",
         example="2.5",
     ),
+    Setting(
+        "drain-idle-timeout",
+        "float",
+        2.0,
+        "Seconds an idle keep-alive connection stays open once the proxy "
+        "drains (SIGHUP reload, SIGTERM): a request that arrives meanwhile is "
+        "answered with Connection: close. At most the shutdown grace.",
+        example="1.5",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -497,6 +506,7 @@ class Config:
     collapse: bool
     workers: int
     shutdownGrace: float
+    drainIdleTimeout: float
     configFile: Optional[str]
     allow: Tuple[str, ...]
     denyDest: Tuple[str, ...]

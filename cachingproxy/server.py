@@ -104,6 +104,9 @@ class ProxySettings:
     @ivar connectPorts: ports CONNECT may reach.
     @ivar idleTimeout: seconds a kept-alive client connection may wait for
         its next request.
+    @ivar drainIdleTimeout: once the proxy drains, seconds an idle
+        kept-alive connection stays open for a request already on its way
+        (answered with C{Connection: close}).
     @ivar headerTimeout: seconds from the first byte of a request head to
         its end.
     @ivar maxRequestLine: longest request target accepted (414 beyond).
@@ -138,6 +141,7 @@ class ProxySettings:
     viaName: bytes = b"cachingproxy"
     connectPorts: FrozenSet[int] = frozenset([443])
     idleTimeout: float = 60.0
+    drainIdleTimeout: float = 2.0
     headerTimeout: float = 10.0
     maxRequestLine: int = 8192
     maxHeaderSize: int = 65536
@@ -1022,6 +1026,9 @@ class ProxyProtocol(Protocol):
 
     @ivar reader: the L{ReaderState}.
     @ivar closing: the connection ends after the response being sent.
+    @ivar draining: the proxy is draining: the next response says
+        C{Connection: close}, and the connection closes once idle for
+        L{ProxySettings.drainIdleTimeout}.
     """
 
     _log = Logger()
@@ -1029,6 +1036,7 @@ class ProxyProtocol(Protocol):
     def __init__(self) -> None:
         self.reader = ReaderState.IDLE
         self.closing = False
+        self.draining = False
         self._queue: Deque[Exchange] = deque()
         self._reading: Optional[Exchange] = None
         self._pauses: set = set()
@@ -1059,7 +1067,7 @@ class ProxyProtocol(Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._resetHead()
         self.factory.connectionOpened(self)
-        self._armTimer(self.factory.settings.idleTimeout, ReaderState.IDLE)
+        self._armTimer(self._idleTimeout(), ReaderState.IDLE)
 
     def connectionLost(self, reason: Failure = None) -> None:
         self.reader = ReaderState.CLOSED
@@ -1397,7 +1405,7 @@ class ProxyProtocol(Protocol):
             # section 9.6).
             self._moveReader(ReaderState.CLOSED)
         elif not self._queue:
-            self._armTimer(self.factory.settings.idleTimeout, ReaderState.IDLE)
+            self._armTimer(self._idleTimeout(), ReaderState.IDLE)
 
     def _upgraded(self, rest: bytes) -> None:
         """
@@ -1477,7 +1485,13 @@ class ProxyProtocol(Protocol):
         if self._queue:
             self._queue[0].start()
         elif self.reader is ReaderState.IDLE:
-            self._armTimer(self.factory.settings.idleTimeout, ReaderState.IDLE)
+            self._armTimer(self._idleTimeout(), ReaderState.IDLE)
+
+    def _idleTimeout(self) -> float:
+        settings = self.factory.settings
+        if self.draining:
+            return min(settings.idleTimeout, settings.drainIdleTimeout)
+        return settings.idleTimeout
 
     def _exchangeAborted(self, exchange: Exchange) -> None:
         """
@@ -1580,16 +1594,30 @@ class ProxyProtocol(Protocol):
 
     def drain(self) -> None:
         """
-        The proxy is shutting down: close now if idle, else after the
-        response in progress (and read no further request).
+        The proxy is shutting down or being replaced: serve what has
+        started, tell the client to go elsewhere, and close without racing
+        its next request.
+
+        Closing an idle kept-alive connection at once would race with a
+        request the client may be sending at that very moment (it would
+        meet a reset and could not tell whether it was served). So a
+        connection idle now stays open for
+        L{ProxySettings.drainIdleTimeout}; a request arriving meanwhile is
+        answered in full with C{Connection: close}, and the connection
+        closes right after that response. A response under way whose head
+        already promised keep-alive is finished; the connection then waits
+        idle the same way.
         """
+        self.draining = True
         self.closing = True
-        if not self._queue and self.reader in (ReaderState.IDLE, ReaderState.CLOSED):
-            self.reader = ReaderState.CLOSED
-            self.transport.loseConnection()
+        if self.reader is ReaderState.CLOSED:
             return
-        if self._queue:
-            self._queue[-1]._closeAfter = True
+        queue = self._queue
+        if queue and queue[-1].state in (ExchangeState.QUEUED, ExchangeState.FORWARDING):
+            # Its head is not sent yet: it will say Connection: close.
+            queue[-1]._closeAfter = True
+        elif not queue and self.reader is ReaderState.IDLE:
+            self._armTimer(self._idleTimeout(), ReaderState.IDLE)
 
     def tunnelClosed(self) -> None:
         """

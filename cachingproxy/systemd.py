@@ -10,8 +10,11 @@ only (no libsystemd, no python-systemd):
     socket-activated service (C{LISTEN_FDS}, C{LISTEN_PID}, from fd 3 on).
     The proxy itself listens on them through Twisted's
     C{systemd:domain=INET:index=0} endpoint, which implements the same
-    protocol; this is the reference the tests and the worker supervisor
-    can use.
+    protocol; this is the reference the tests can use.
+  - L{inheritedDescriptors}: the same for the process itself, also after
+    Twisted has taken the variables out of the environment (which it does
+    when C{twisted.internet.endpoints} is imported); the parent of
+    C{--workers} takes its sockets from it.
 
 See C{contrib/systemd/} for the units.
 """
@@ -24,7 +27,8 @@ from typing import List, Mapping, Optional, Union
 
 from twisted.logger import Logger
 
-__all__ = ["notify", "listenFDs", "listenFDNames", "SD_LISTEN_FDS_START"]
+__all__ = ["notify", "listenFDs", "listenFDNames", "inheritedDescriptors",
+           "SD_LISTEN_FDS_START"]
 
 #: The first descriptor systemd passes (after stdin, stdout, stderr).
 SD_LISTEN_FDS_START = 3
@@ -122,3 +126,28 @@ def listenFDNames(environ: Mapping[str, str] = os.environ, pid: Optional[int] = 
     if len(names) != len(fds):
         names = ["unknown"] * len(fds)
     return names
+
+
+def inheritedDescriptors(environ: Mapping[str, str] = os.environ) -> List[int]:
+    """
+    The descriptors systemd passed to this process, also once Twisted has
+    taken the variables out of the environment.
+
+    Importing C{twisted.internet.endpoints} reads C{LISTEN_PID},
+    C{LISTEN_FDS} and C{LISTEN_FDNAMES} into a C{ListenFDs} object for its
+    C{systemd:} endpoint and deletes them from C{os.environ} (so that child
+    processes do not take the sockets for theirs); that object keeps no
+    descriptor when C{LISTEN_FDNAMES} is missing. So for the process's own
+    environment this answers from the copy the package took when it was
+    first imported, before any of that.
+
+    @param environ: where to look; for C{os.environ} (the default), the
+        package's copy is consulted when the variables are gone.
+    @return: the descriptor numbers, empty when systemd passed none.
+    """
+    fds = listenFDs(environ)
+    if fds or environ is not os.environ:
+        return fds
+    from . import _ACTIVATION
+
+    return listenFDs(_ACTIVATION)

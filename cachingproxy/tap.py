@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import signal
 from typing import List, Optional
 
 from twisted.application import service
@@ -148,6 +149,9 @@ class Options(usage.Options):
                     given[setting.name] = tuple(value)
             elif value is not None:
                 given[setting.name] = value
+        #: the settings given on the command line, for a reload to build
+        #: the configuration again the same way
+        self.given = given
         try:
             self.config = fromOptions(given, os.environ)
         except usage.UsageError as error:
@@ -262,6 +266,7 @@ def _proxySettings(config: Config, upstream) -> ProxySettings:
         viaName=config.viaName.encode("ascii", "replace"),
         connectPorts=config.connectPorts,
         idleTimeout=config.idleTimeout,
+        drainIdleTimeout=min(config.drainIdleTimeout, config.shutdownGrace),
         headerTimeout=config.headerTimeout,
         maxRequestLine=config.maxRequestLine,
         maxHeaderSize=config.maxHeaderSize,
@@ -395,6 +400,11 @@ class ProxyService(service.Service):
         super().stopService()
         waits: List[defer.Deferred] = []
         if self.port is not None:
+            # Connections the kernel queued are taken and drained (closing
+            # the socket would reset them); new ones are refused from now.
+            from ._io import acceptQueued
+
+            acceptQueued(self.port)
             waits.append(defer.maybeDeferred(self.port.stopListening))
             self.port = None
         housekeeping = getattr(self.factory.cache, "housekeeping", None)
@@ -412,10 +422,23 @@ class TopService(service.MultiService):
     The proxy's services. Tells systemd (C{Type=notify}) C{READY=1} once
     every L{ProxyService} listens, and C{STOPPING=1} when shutting down.
     (With workers, L{cachingproxy.workers.WorkersService} does it.)
+
+    @ivar reloader: a L{cachingproxy.reload.ConfigReloader} that SIGHUP
+        runs (a single-process proxy), or C{None}.
     """
+
+    reloader = None
+    _reactor = None
+    _handlerInstalled = False
+    _previousHandler = None
 
     def startService(self) -> None:
         super().startService()
+        if self.reloader is not None and self._reactor is not None:
+            reactor = self._reactor
+            self._previousHandler = signal.signal(
+                signal.SIGHUP, lambda *a: reactor.callFromThread(self._reloadOnSignal))
+            self._handlerInstalled = True
         waits = [child.whenListening() for child in self if isinstance(child, ProxyService)]
         if not waits:
             return
@@ -424,7 +447,18 @@ class TopService(service.MultiService):
         # A port that cannot listen was logged, and stops the reactor.
         ready.addErrback(lambda _: None)
 
+    def _reloadOnSignal(self) -> None:
+        systemd.notify(b"RELOADING=1")
+        try:
+            self.reloader.reload()
+        finally:
+            systemd.notify(b"READY=1")
+
     def stopService(self):
+        if self._handlerInstalled:
+            self._handlerInstalled = False
+            previous = self._previousHandler
+            signal.signal(signal.SIGHUP, signal.SIG_DFL if previous is None else previous)
         if any(isinstance(child, ProxyService) for child in self):
             systemd.notify(b"STOPPING=1")
         return super().stopService()
@@ -503,6 +537,14 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
 
     factory.metrics = Metrics.create(reactor, factory)
     MetricsService(factory.metrics).setServiceParent(top)
-    for description in config.port:
-        ProxyService(reactor, description, factory, grace).setServiceParent(top)
+    services = [ProxyService(reactor, description, factory, grace) for description in config.port]
+    for proxyService in services:
+        proxyService.setServiceParent(top)
+    given = getattr(options, "given", None)
+    if given is not None:
+        from .reload import ConfigReloader
+
+        top.reloader = ConfigReloader(
+            reactor, lambda: fromOptions(given, os.environ), config, factory, services)
+        top._reactor = reactor
     return top

@@ -13,11 +13,13 @@ Twisted's C{AdoptedStreamServerEndpoint} does (non-blocking, adopt, close its
 own copy), writes C{cachingproxy-worker-ready I PID} on the readiness pipe,
 and serves.
 
-On SIGTERM (or SIGINT, or when its parent goes away) it stops accepting
-(C{stopListening} on an adopted port closes the descriptor without shutting
-the shared socket down, so the other workers keep accepting), drains its
-connections within the shutdown grace, closes its upstream pool and exits
-with status 0.
+On SIGTERM (or SIGINT, or when its parent goes away) it accepts what the
+kernel has queued and stops accepting (C{stopListening} on an adopted port
+closes the descriptor without shutting the shared socket down, so the
+other workers keep accepting), drains its connections within the shutdown
+grace (idle keep-alive ones after the drain idle timeout, see
+L{cachingproxy.server.ProxyProtocol.drain}), closes its upstream pool and
+exits with status 0.
 """
 
 from __future__ import annotations
@@ -162,6 +164,14 @@ class Worker:
         if self._stopping is not None:
             return self._stopping
         ports, self.ports = self.ports, []
+        # Stop accepting at once, so that once every process has closed
+        # the shared socket a new client is refused rather than left in a
+        # queue nobody serves; take what is queued first, since the last
+        # close resets it.
+        from ._io import acceptQueued
+
+        for port in ports:
+            acceptQueued(port)
         waits = [defer.maybeDeferred(port.stopListening) for port in ports]
         if self.factory is None:
             self._stopping = defer.succeed(None)

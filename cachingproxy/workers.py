@@ -17,10 +17,12 @@ C{ProcessMonitor}, with the reactor injected:
   - a worker that dies is restarted after C{minRestartDelay}, with the
     delay doubling (up to C{maxRestartDelay}) while it keeps dying within
     C{threshold} seconds of its start;
-  - stopping sends SIGTERM to every worker (each stops accepting, drains
-    its connections within the shutdown grace and exits) and SIGKILL to
-    any still alive C{killTime} seconds later; L{WorkerSupervisor.stopService}
-    fires once all have ended;
+  - stopping closes the parent's copy of the listening sockets at once and
+    sends SIGTERM to every worker (each takes what the kernel queued, stops
+    accepting, drains its connections within the shutdown grace and
+    exits), so new clients are refused rather than queued where nobody
+    accepts; SIGKILL goes to any worker still alive C{killTime} seconds
+    later; L{WorkerSupervisor.stopService} fires once all have ended;
   - L{WorkerSupervisor.reload} (SIGHUP to the parent) replaces the workers
     one at a time: spawn the replacement, wait until it says it is ready
     (one line, C{cachingproxy-worker-ready <id> <pid>}, on a pipe of its
@@ -176,17 +178,13 @@ def _checkDescription(description: str) -> Tuple[str, List[str], Dict[str, str]]
 def _systemdDescriptors(environ: Mapping[str, str]) -> List[int]:
     """
     The descriptors systemd passed (3, 4, ...: C{LISTEN_FDS} of them, when
-    C{LISTEN_PID} is this process). Unlike Twisted's C{ListenFDs} this
-    leaves the environment alone, so several C{--port systemd:...} each
-    find theirs; the workers get an environment without these variables.
+    C{LISTEN_PID} is this process), also once Twisted has taken the
+    variables out of C{os.environ} (L{cachingproxy.systemd.inheritedDescriptors}).
+    The workers get an environment without these variables.
     """
-    if environ.get("LISTEN_PID") != str(os.getpid()):
-        return []
-    try:
-        count = int(environ.get("LISTEN_FDS", "0"))
-    except ValueError:
-        return []
-    return list(range(3, 3 + max(count, 0)))
+    from .systemd import inheritedDescriptors
+
+    return inheritedDescriptors(environ)
 
 
 def parseListener(description: str, environ: Mapping[str, str] = os.environ) -> Listener:
@@ -791,18 +789,24 @@ class WorkersService(service.MultiService):
 
     def stopService(self) -> defer.Deferred:
         """
-        Stop the workers (they drain), then close the listening sockets.
+        Stop the workers (each stops accepting at once, then drains) and
+        close the parent's copy of the listening sockets right away, so
+        that new clients are refused as soon as the workers have let go
+        of theirs, rather than queued on a socket nobody accepts on any
+        more (and reset when it finally closes).
         """
         if self._previousHandler is not _NOT_INSTALLED:
             previous, self._previousHandler = self._previousHandler, _NOT_INSTALLED
             signal.signal(signal.SIGHUP, signal.SIG_DFL if previous is None else previous)
         _notify("STOPPING=1\nSTATUS=stopping the worker processes")
         d = defer.maybeDeferred(super().stopService)
+        # The workers have their own descriptors, and no worker is spawned
+        # any more.
+        for listener in self.listeners:
+            listener.close()
 
-        def closeListeners(result):
-            for listener in self.listeners:
-                listener.close()
+        def ended(result):
             self._log.info("all worker processes ended")
             return None
 
-        return d.addBoth(closeListeners)
+        return d.addBoth(ended)

@@ -570,3 +570,35 @@ async def twistdOutcome(*arguments: str, env: Optional[Dict[str, Optional[str]]]
     code = await process.ended
     return (code, process.output.decode(errors="replace"),
             process.errors.decode(errors="replace"))
+
+
+async def startTwistd(testCase, *args, env: Optional[Dict[str, str]] = None):
+    """
+    Run C{twistd -n cachingproxy --port tcp:0:interface=127.0.0.1
+    --cache-dir none ARGS} from the checkout; the test's cleanup sends it
+    SIGTERM and waits for it to end.
+
+    @return: the L{Twistd}, its process transport and the port it listens
+        on.
+    """
+    import signal
+    import sys
+
+    process = Twistd()
+    transport = reactor.spawnProcess(
+        process,
+        sys.executable,
+        [sys.executable, "-c", TWISTD, "-n", "--pidfile=",
+         "cachingproxy", "--port", "tcp:0:interface=127.0.0.1", "--cache-dir", "none", *args],
+        env=dict(os.environ if env is None else env, PYTHONPATH=REPO),
+        path=REPO,
+    )
+
+    def stop():
+        if not process.ended.called:
+            transport.signalProcess(signal.SIGTERM)
+        return process.ended
+
+    testCase.addCleanup(stop)
+    port = await process.listening
+    return process, transport, port

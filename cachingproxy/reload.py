@@ -1,0 +1,229 @@
+# -*- test-case-name: tests.test_reload -*-
+"""
+SIGHUP in a single-process proxy: read the configuration again and apply
+what can change without a restart.
+
+The new L{Config} is built the way start-up built the first one (the same
+command line, the environment, the configuration file), so a setting keeps
+the source that wins for it. What can change while serving is rebuilt and
+swapped on the L{ProxyFactory}, its upstream pool and its cache: the
+proxy settings (timeouts, limits, header rules, forwarding headers,
+compression), the access policy (client ranges, destinations, admin
+ranges, the password file, read again), the upstream timeouts, the cache
+limits and options, the access log (reopened, or opened anew when its
+path or format changed) and the shutdown grace. New objects replace the
+old ones rather than being changed in place, so a request that already
+holds the old ones goes on with them.
+
+What needs a restart (the listening ports, the worker count, the cache
+folder and memory tier, the upstream origin, the CA file) is left as it
+was, with one log line per such setting that changed. A configuration
+that does not validate is logged on one line and the running one is kept.
+
+With C{--workers} above 1 the parent replaces its workers instead
+(L{cachingproxy.workers.WorkerSupervisor.reload}), and each new worker
+builds everything from the new configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Dict, List, Sequence
+
+from twisted.logger import Logger
+from twisted.python import usage
+
+from .config import SETTINGS, Config
+
+__all__ = ["RESTART_FIELDS", "changedFields", "settingNames", "ConfigReloader"]
+
+#: L{Config} fields that only a restart applies.
+RESTART_FIELDS = frozenset([
+    "port", "workers", "cacheDir", "cacheMemory", "cache", "upstream",
+    "upstreamScheme", "upstreamHost", "upstreamPort", "upstreamPath", "caFile",
+    "configFile",
+])
+
+#: L{Config} fields that several settings, or a setting of another name,
+#: feed.
+_FIELD_SETTINGS: Dict[str, Sequence[str]] = {
+    "upstreamScheme": ("upstream",),
+    "upstreamHost": ("upstream",),
+    "upstreamPort": ("upstream",),
+    "upstreamPath": ("upstream",),
+    "cache": ("no-cache",),
+    "xCache": ("no-x-cache",),
+    "collapse": ("no-collapse",),
+    "rewriteRedirects": ("no-rewrite-redirects",),
+    "configFile": ("config",),
+    "compression": ("compression",),
+    "requestRules": ("request header rules",),
+    "responseRules": ("response header rules",),
+}
+
+
+def changedFields(old: Config, new: Config) -> List[str]:
+    """
+    @return: the names of the L{Config} fields whose values differ, in
+        declaration order.
+    """
+    return [
+        field.name
+        for field in dataclasses.fields(Config)
+        if getattr(old, field.name) != getattr(new, field.name)
+    ]
+
+
+def settingNames(fields: Sequence[str]) -> List[str]:
+    """
+    @return: the option names (without C{--}) behind C{fields}, each once.
+    """
+    byAttribute = {s.attribute: s.name for s in SETTINGS}
+    names: List[str] = []
+    for field in fields:
+        for name in _FIELD_SETTINGS.get(field, (byAttribute.get(field, field),)):
+            if name not in names:
+                names.append(name)
+    return names
+
+
+class ConfigReloader:
+    """
+    Applies a configuration read again to a running single-process proxy.
+
+    @ivar config: the configuration in force.
+    @ivar factory: the L{cachingproxy.server.ProxyFactory} every listening
+        port shares.
+    @ivar services: the L{cachingproxy.tap.ProxyService}s (their shutdown
+        grace follows the configuration).
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor, readConfig: Callable[[], Config], config: Config,
+                 factory, services: Sequence = ()) -> None:
+        """
+        @param readConfig: builds the configuration again, as start-up did;
+            raises L{usage.UsageError} for an invalid one.
+        """
+        self._reactor = reactor
+        self._readConfig = readConfig
+        self.config = config
+        self.factory = factory
+        self.services = list(services)
+
+    def reload(self) -> bool:
+        """
+        Read the configuration again and apply it (what SIGHUP does).
+
+        @return: whether a new configuration was applied.
+        """
+        try:
+            new = self._readConfig()
+        except usage.UsageError as e:
+            message = " ".join(str(e).split())
+            self._log.error("SIGHUP: configuration not reloaded, keeping the running one: "
+                            "{reason}", reason=message)
+            return False
+        except Exception:
+            self._log.failure("SIGHUP: configuration not reloaded, keeping the running one")
+            return False
+        old = self.config
+        changed = changedFields(old, new)
+        restart = [f for f in changed if f in RESTART_FIELDS]
+        live = [f for f in changed if f not in RESTART_FIELDS]
+        try:
+            self._apply(new)
+        except Exception:
+            self._log.failure("SIGHUP: configuration not reloaded, keeping the running one")
+            return False
+        # What was not applied stays as it runs, so that a later reload
+        # still sees it as different and says so again.
+        self.config = dataclasses.replace(new, **{f: getattr(old, f) for f in restart})
+        for name in settingNames(restart):
+            self._log.warn("SIGHUP: --{name} changed; it takes effect only after a restart",
+                           name=name)
+        self._log.info("SIGHUP: configuration reloaded ({what})",
+                       what="changed: " + ", ".join(settingNames(live)) if live
+                       else "no change that applies while running")
+        return True
+
+    def _apply(self, new: Config) -> None:
+        """
+        Build what C{new} asks for, then swap it in (nothing is swapped if
+        building fails).
+        """
+        from .access import AccessPolicy
+        from .tap import AccessLogFile, _proxySettings
+
+        factory = self.factory
+        old = self.config
+        settings = _proxySettings(new, factory.settings.upstream)
+        access = AccessPolicy.fromConfig(dataclasses.replace(
+            new, upstream=old.upstream, upstreamScheme=old.upstreamScheme,
+            upstreamHost=old.upstreamHost, upstreamPort=old.upstreamPort), self._reactor)
+        pool = factory.pool
+        poolSettings = dataclasses.replace(
+            pool.settings,
+            connectTimeout=new.connectTimeout,
+            responseTimeout=new.upstreamTimeout,
+            maxIdlePerOrigin=new.upstreamMaxIdle,
+            idleTimeout=new.upstreamIdleTimeout,
+        )
+        cache = factory.cache
+        cacheSettings = None
+        if cache is not None:
+            cacheSettings = dataclasses.replace(
+                cache.settings,
+                options=dataclasses.replace(
+                    cache.settings.options,
+                    defaultStaleWhileRevalidate=new.staleWhileRevalidate,
+                    defaultStaleIfError=new.staleIfError,
+                ),
+                minUses=new.minUses,
+                xCache=new.xCache,
+                collapse=new.collapse,
+            )
+        accessLog = factory.accessLog
+        newLog = None
+        logChanged = (new.accessLog, new.accessLogFormat) != (old.accessLog, old.accessLogFormat)
+        if logChanged and new.accessLog and not hasattr(accessLog, "switch"):
+            newLog = AccessLogFile(new.accessLog, new.accessLogFormat)
+        elif logChanged and new.accessLog:
+            # Opens the new file, or fails before anything is swapped.
+            accessLog.switch(new.accessLog, new.accessLogFormat)
+
+        # Everything is built: swap.
+        factory.settings = settings
+        factory.access = access
+        pool.settings = poolSettings
+        if cache is not None:
+            cache.settings = cacheSettings
+            self._storeLimits(cache.store, new)
+        for service in self.services:
+            service.grace = float(new.shutdownGrace)
+        if not logChanged:
+            if hasattr(accessLog, "reopen"):
+                accessLog.reopen()
+        elif newLog is not None:
+            from .accesslog import reopenOnSignal
+
+            factory.accessLog = newLog
+            reopenOnSignal(self._reactor, [newLog])
+        elif not new.accessLog:
+            factory.accessLog = None
+            if hasattr(accessLog, "close"):
+                accessLog.close()
+
+    @staticmethod
+    def _storeLimits(store, new: Config) -> None:
+        """
+        The disk store's size limits (the memory tier's size is fixed at
+        start).
+        """
+        from .cache.disk import DiskStore
+
+        disk = getattr(store, "disk", store)
+        if isinstance(disk, DiskStore):
+            disk.maxSize = new.cacheSize
+            disk.maxObjectSize = min(new.maxObjectSize, new.cacheSize)
