@@ -517,6 +517,31 @@ class DiskStoreTests(DiskStoreTestsMixin, SynchronousTestCase):
             self.assertEqual(f.read(8), b"CPXCACHE")
         self.assertEqual(self.tempFiles(), [])
 
+    def test_bodyReadableAfterAnotherFreshened(self) -> None:
+        """
+        An entry looked up before another lookup of it was freshened by a
+        304 (RFC 9111 section 4.3.4; here through a second store on the
+        same folder, as another worker process would) still opens its body,
+        small or large: only the metadata around it changed. A body
+        replaced by another response's is not opened.
+        """
+        for size in (1000, 200_000):
+            body = os.urandom(size)
+            key = KEY + b"%d" % size
+            entry = self.put(body, key=key)
+            other = self.makeDisk(self.directory)
+            [seen] = other.entries(key)
+            fresher = dataclasses.replace(
+                seen, responseHeaders=Headers([(b"ETag", b'"1"'), (b"X-Freshened", b"a longer field")]),
+                responseTime=T0 + 100)
+            self.assertTrue(other.update(fresher))
+            self.assertEqual(self.body(entry), body)
+            self.assertEqual(self.body(entry, 10, 20), body[10:20])
+            # An update of the old handle finds the file changed: no write.
+            self.assertFalse(self.store.update(entry))
+            self.put(os.urandom(size), key=key, store=other)
+            self.assertIsNone(self.store.openBody(entry))
+
     def test_abortRemovesTemporary(self) -> None:
         """
         A writer's temporary file is removed by C{abort}, and by exceeding

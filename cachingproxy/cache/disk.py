@@ -229,6 +229,25 @@ def _parseHeader(header: bytes) -> Optional[Tuple[int, int, int, int]]:
     return metaLength, bodyLength, metaCRC, bodyCRC
 
 
+def _sizeIfSameBody(found: bytes, handle: "DiskHandle") -> Optional[int]:
+    """
+    Whether the file whose header is C{found} still holds the body that
+    C{handle} saw: the same file, or one rewritten since with new metadata
+    around the same body (a 304 freshened the entry, RFC 9111 section
+    4.3.4, in this or another process).
+
+    @return: the file's size as C{found} gives it, or C{None} when the
+        file is another response's (or damaged).
+    """
+    if found == handle.header:
+        return handle.size
+    parsed = _parseHeader(found)
+    wanted = _parseHeader(handle.header)
+    if parsed is None or wanted is None or (parsed[1], parsed[3]) != (wanted[1], wanted[3]):
+        return None
+    return _HSIZE + parsed[0] + parsed[1]
+
+
 class DiskHandle:
     """
     The C{id} of an entry read from a L{DiskStore}.
@@ -1084,10 +1103,11 @@ class DiskStore:
             self._forget(handle.path)
             return None
         try:
-            if os.pread(fd, _HSIZE, 0) != handle.header:
+            size = _sizeIfSameBody(os.pread(fd, _HSIZE, 0), handle)
+            if size is None:
                 os.close(fd)
                 return None
-            if os.fstat(fd).st_size != handle.size:
+            if os.fstat(fd).st_size != size:
                 self._removeDamaged(handle.path, fd, "size changed")
                 os.close(fd)
                 return None
@@ -1113,7 +1133,7 @@ class DiskStore:
                     return None
                 try:
                     data = os.pread(fd, _HSIZE + bodyLength, 0)
-                    if data[:_HSIZE] != handle.header:
+                    if _sizeIfSameBody(data[:_HSIZE], handle) is None:
                         return None
                     body = data[_HSIZE:]
                     if len(body) != bodyLength or zlib.crc32(body) != bodyCRC:
