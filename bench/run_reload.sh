@@ -23,6 +23,8 @@ bench_mktemp
 trap bench_cleanup EXIT
 
 head -c 1024 /dev/urandom | base64 -w 0 | head -c 1024 > "$BENCH_TMP/file.txt"
+# a day old: heuristically fresh for hours, so the load is cache hits
+touch -d '1 day ago' "$BENCH_TMP/file.txt"
 originPort="$(bench_free_port)"
 bench_start "$BENCH_TMP/origin.log" python3 -m http.server "$originPort" \
     --bind 127.0.0.1 --directory "$BENCH_TMP"

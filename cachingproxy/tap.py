@@ -13,11 +13,12 @@ import difflib
 import os
 import re
 import signal
+import socket
 from typing import List, Optional
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -25,6 +26,7 @@ from twisted.python.failure import Failure
 from . import __version__
 from . import systemd
 from ._dispatch import streamline
+from ._io import describeAddress
 from .accesslog import AccessLog, reopenOnSignal
 from .config import (
     SETTINGS,
@@ -354,7 +356,7 @@ class ProxyService(service.Service):
             (every endpoint of Twisted's binds at once); otherwise, and for
             a failure that comes later, log it and stop the reactor.
         """
-        endpoint = serverFromString(self._reactor, self.description)
+        endpoint = serverEndpoint(self._reactor, self.description)
         self._listening = endpoint.listen(self.factory)
 
         def listening(port):
@@ -364,7 +366,7 @@ class ProxyService(service.Service):
             self._log.info(
                 "cachingproxy {version} listening on {address}",
                 version=__version__,
-                address=port.getHost(),
+                address=describeAddress(port.getHost()),
             )
             return port
 
@@ -464,6 +466,32 @@ class TopService(service.MultiService):
         return super().stopService()
 
 
+def serverEndpoint(reactor, description: str):
+    """
+    The server endpoint C{description} names: Twisted's own parsers, and,
+    for a C{systemd:domain=...:index=N} port that Twisted cannot serve
+    because systemd passed no C{LISTEN_FDNAMES} (as
+    C{systemd-socket-activate} does), the Nth descriptor systemd passed,
+    adopted as Twisted's C{systemd:} endpoint would.
+
+    @raise Exception: what Twisted's parser raises for a description it
+        cannot make an endpoint of.
+    """
+    try:
+        return serverFromString(reactor, description)
+    except IndexError:
+        if not description.startswith("systemd:"):
+            raise
+        fields = dict(part.partition("=")[::2] for part in description.split(":")[1:])
+        fds = systemd.inheritedDescriptors()
+        index = fields.get("index", "")
+        domain = {"INET": socket.AF_INET, "INET6": socket.AF_INET6,
+                  "UNIX": socket.AF_UNIX}.get(fields.get("domain", ""))
+        if not index.isdigit() or int(index) >= len(fds) or domain is None:
+            raise
+        return AdoptedStreamServerEndpoint(reactor, fds[int(index)], domain)
+
+
 def checkEndpoint(reactor, description: str) -> None:
     """
     Check that C{description} makes an endpoint to listen on (without
@@ -473,12 +501,12 @@ def checkEndpoint(reactor, description: str) -> None:
         such as a C{systemd:} port when systemd passed no socket.
     """
     try:
-        serverFromString(reactor, description)
+        serverEndpoint(reactor, description)
     except (IndexError, KeyError) as error:
         if not description.startswith("systemd:"):
             raise usage.UsageError(f"--port {description}: {_oneLineOf(error)}")
-        count = os.environ.get("LISTEN_FDS")
-        if count is None:
+        count = len(systemd.inheritedDescriptors())
+        if not count:
             problem = ("systemd passed no listening socket (LISTEN_FDS is not set): start "
                        "it through its .socket unit, or give a port such as --port 3128")
         elif isinstance(error, KeyError):

@@ -140,8 +140,10 @@ class Worker:
             # The port holds its own duplicate now.
             os.close(fd)
             self.ports.append(port)
+            from ._io import describeAddress
+
             self._log.info("worker {worker} (pid {pid}) accepting on {address}",
-                           worker=self.workerId, pid=os.getpid(), address=port.getHost())
+                           worker=self.workerId, pid=os.getpid(), address=describeAddress(port.getHost()))
         self.fds = []
         if self.factory.port is None and self.ports:
             self.factory.port = self.ports[0]

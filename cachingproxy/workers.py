@@ -60,6 +60,7 @@ from . import __version__
 from .config import SETTINGS, cannotListen
 from .metrics import ENVIRONMENT as METRICS_ENVIRONMENT
 from .metrics import countWorkerRestart, markProcessDead
+from ._io import describeAddress
 
 __all__ = [
     "READY_MARKER",
@@ -749,7 +750,7 @@ class WorkersService(service.MultiService):
             self.listeners.append(listener)
             self._log.info(
                 "cachingproxy {version} listening on {address} with {n} worker processes",
-                version=__version__, address=listener.address, n=self.count)
+                version=__version__, address=describeAddress(listener.address), n=self.count)
         self.supervisor = WorkerSupervisor(
             self._reactor, self.count, [listener.fileno for listener in self.listeners],
             self.childArgs, self.grace, self.environ)

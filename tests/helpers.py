@@ -527,7 +527,7 @@ class Twistd(ProcessProtocol):
     def outReceived(self, data):
         self.output += data
         self._check()
-        match = re.search(rb"listening on IPv4Address\(type='TCP', host='127.0.0.1', port=(\d+)\)",
+        match = re.search(rb"listening on 127\.0\.0\.1:(\d+)",
                           self.output)
         if match and not self.listening.called:
             self.listening.callback(int(match.group(1)))

@@ -940,13 +940,16 @@ class WorkersEndToEndTests(TestCase):
         self.assertEqual((response.status, response.body), (200, b"delayed 3000"))
         self.assertEqual(await process.ended, -signal.SIGTERM)
 
-    async def test_socketActivatedWorkers(self):
+    async def _socketActivated(self, *arguments: str):
         """
-        Under systemd's socket activation (C{systemd-socket-activate}, which
-        passes descriptor 3 with C{LISTEN_FDS} and C{LISTEN_PID} but no
-        C{LISTEN_FDNAMES}), C{--port systemd:domain=INET:index=0 --workers 2}
-        starts, and requests are served by both workers, neither of which
-        is the parent.
+        Start C{twistd -n cachingproxy --port systemd:domain=INET:index=0
+        ARGUMENTS} under C{systemd-socket-activate}, which passes descriptor
+        3 with C{LISTEN_FDS} and C{LISTEN_PID} but no C{LISTEN_FDNAMES}, and
+        make the first request (the service starts on the first
+        connection, which waits in the socket's queue meanwhile).
+
+        @return: the process, its transport, the port and the pid that
+            answered the first request.
         """
         activate = shutil.which("systemd-socket-activate")
         if activate is None:
@@ -964,7 +967,7 @@ class WorkersEndToEndTests(TestCase):
             process, activate,
             [activate, "-l", f"127.0.0.1:{port}", sys.executable, "-c", TWISTD, "-n",
              "--pidfile=", "cachingproxy", "--port", "systemd:domain=INET:index=0",
-             "--workers", "2", "--cache-dir", "none", "--no-access-log"],
+             "--cache-dir", "none", "--no-access-log", *arguments],
             env=env, path=REPO)
 
         async def stop():
@@ -977,15 +980,33 @@ class WorkersEndToEndTests(TestCase):
 
         self.addCleanup(lambda: defer.Deferred.fromCoroutine(stop()))
         await process.waitForOutput(b"Listening on 127.0.0.1")
-        # The service starts on the first connection, which waits in the
-        # socket's queue until a worker accepts it.
         first = await self.health(port)
         self.assertEqual(await process.listening, port, process.output.decode(errors="replace"))
+        return process, transport, port, first
+
+    async def test_socketActivatedWorkers(self):
+        """
+        Under systemd's socket activation, C{--port
+        systemd:domain=INET:index=0 --workers 2} starts, and requests are
+        served by both workers, neither of which is the parent.
+        """
+        process, transport, port, first = await self._socketActivated("--workers", "2")
         pids = await self.workerPids(port)
         self.assertEqual(len(pids), 2)
         self.assertIn(first, pids)
         self.assertNotIn(transport.pid, pids)
         self.assertNotIn(b"systemd passed 0 descriptors", process.output)
+
+    async def test_socketActivatedSingleProcess(self):
+        """
+        Under systemd's socket activation without C{LISTEN_FDNAMES},
+        C{--port systemd:domain=INET:index=0} in one process serves on the
+        descriptor systemd passed (Twisted's own C{systemd:} endpoint finds
+        none without the names).
+        """
+        process, transport, port, first = await self._socketActivated()
+        self.assertEqual(first, transport.pid)
+        self.assertNotIn(b"systemd passed no listening socket", process.output)
 
     async def test_keepAliveLoadThroughReloads(self):
         """
