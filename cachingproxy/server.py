@@ -1876,7 +1876,8 @@ class ProxyFactory(Factory):
         origin-form target or as an absolute-form one naming this proxy (a
         browser that sends even loopback traffic through its proxy asks
         that way), and in forward mode the page that tells a visitor this
-        is a proxy (C{GET /}, and C{/_cachingproxy}, which redirects).
+        is a proxy (C{GET /}, and C{/_cachingproxy}, which redirects),
+        asked for either way too.
 
         @return: the path to answer (in origin form), or C{None}.
         """
@@ -1897,15 +1898,18 @@ class ProxyFactory(Factory):
         if not sep or scheme.lower() not in (b"http", b"https"):
             return None
         slash = rest.find(b"/")
-        if slash == -1 or not rest.startswith(ADMIN_PREFIX, slash):
+        path = rest[slash:] if slash != -1 else b"/"
+        if not path.startswith(ADMIN_PREFIX) and not (
+                head.method in (b"GET", b"HEAD") and path.split(b"?", 1)[0] in LANDING_PATHS):
             return None
         try:
-            origin = _parseAuthority(scheme.lower(), rest[:slash], requirePort=False)
+            origin = _parseAuthority(scheme.lower(), rest[:slash] if slash != -1 else rest,
+                                     requirePort=False)
         except BadRequest:
             return None
         if not isThisProxy(origin, exchange.protocol.localAddress()):
             return None
-        return rest[slash:]
+        return path
 
     def upstreamHead(self, exchange: Exchange, origin: Origin, path: bytes) -> RequestHead:
         """

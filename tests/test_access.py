@@ -916,8 +916,9 @@ class LoopbackTests(TestCase):
         A browser sending even loopback traffic through its proxy asks for
         the status page in absolute form, naming the proxy itself (by
         address or as C{localhost}): that is answered as the proxy's own
-        endpoints, by the same admin rule and without proxy credentials;
-        any other path at the proxy's address is still a loop (403), and
+        endpoints, by the same admin rule and without proxy credentials, and
+        so are its landing page and redirect; any other path at the
+        proxy's address is still a loop (403), and
         C{/_cachingproxy/} at another port goes to that origin.
         """
         path = writeFile(self, b"alice:" + bcryptHash(b"wonderland", b"$2y$") + b"\n")
@@ -939,9 +940,13 @@ class LoopbackTests(TestCase):
         self.assertIn(b"admin addresses only", refused.body)
 
         credentials = b"Proxy-Authorization: Basic %s\r\n" % base64.b64encode(b"alice:wonderland")
-        for other in (b"/size/10", b"/_cachingproxy", b"/", b"/x/_cachingproxy/health"):
+        for other in (b"/size/10", b"/x/_cachingproxy/health", b"/_cachingproxyx"):
             _, [loop] = await exchange(self.port, self, self.get(other, credentials, port=self.port))
             self.assertEqual(loop.status, 403, other)
+        # The landing page and its redirect, asked for the same way.
+        for landing, status in ((b"/", 200), (b"/_cachingproxy", 301)):
+            _, [page] = await exchange(self.port, self, self.get(landing, credentials, port=self.port))
+            self.assertEqual(page.status, status, landing)
             self.assertIn(b"a loop", loop.body)
 
         _, [forwarded] = await exchange(

@@ -97,6 +97,24 @@ class LandingTests(TestCase):
         self.assertEqual(head.header(b"content-length"), b"%d" % len(page.body))
         self.assertEqual(head.body, b"")
 
+    async def test_rootThroughTheProxy(self):
+        """
+        A browser set to use the proxy for every address asks for the
+        proxy's own C{/} in absolute form: it gets the same page, not a
+        loop refusal (other paths at the proxy's address stay loops:
+        L{tests.test_access.LoopbackTests.test_ownEndpointsAbsoluteForm}).
+        """
+        factory, port = self.proxy()
+        _, [page] = await exchange(
+            port, self, b"GET http://127.0.0.1:%d/ HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n"
+            % (port, port))
+        self.assertEqual(page.status, 200)
+        self.assertIn(b'href="/_cachingproxy/"', page.body)
+        _, [bare] = await exchange(
+            port, self, b"GET http://127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n"
+            % (port, port))
+        self.assertEqual(bare.status, 200)
+
     async def test_hostNotReflected(self):
         """
         A Host field that is not a plain host and port is not put in the
