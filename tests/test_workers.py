@@ -804,8 +804,9 @@ class WorkersEndToEndTests(TestCase):
 
     async def test_killedWorkerRestarted(self):
         """
-        A worker killed with SIGKILL is replaced by a new process within two
-        seconds, while requests keep succeeding.
+        A worker killed with SIGKILL is replaced by a new process, while
+        requests keep succeeding (the supervisor restarts it at once; the
+        bound leaves room for a slow start on a loaded machine).
         """
         process, transport, port = await self.startTwistd()
         before = await self.workerPids(port)
@@ -815,9 +816,9 @@ class WorkersEndToEndTests(TestCase):
         seen = set()
         requests = 0
         while not seen - before:
-            self.assertLess(reactor.seconds() - killedAt, 2.0,
+            self.assertLess(reactor.seconds() - killedAt, 15.0,
                             f"no new worker; saw {seen}\n" + process.output.decode(errors="replace"))
-            self.assertLess(requests, 1000)
+            self.assertLess(requests, 5000)
             seen.add(await self.health(port))
             requests += 1
             await task.deferLater(reactor, 0.02, lambda: None)
