@@ -29,7 +29,7 @@ from cachingproxy.config import (
 )
 
 from .helpers import temporaryPath
-from .test_tap import REPO, TWISTD, _Twistd
+from .helpers import REPO, TWISTD, Twistd as _Twistd
 
 
 def writeConfig(testCase, text, name="cachingproxy.toml"):

@@ -211,6 +211,25 @@ class _OriginView:
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
+def _bothModes(namespace, kind: str, check: str, nominations, doc: str) -> None:
+    """
+    Add to a class body's C{namespace} one test per nomination and mode
+    (forward and reverse), each calling the method C{check} with the
+    nomination and whether the proxy is in reverse mode.
+    """
+    for nominated in nominations:
+        for reverse in (False, True):
+            mode = "reverse" if reverse else "forward"
+
+            def test(self, nominated=nominated, reverse=reverse):
+                return getattr(self, check)(nominated, reverse)
+
+            slug = "".join(c if c.isalnum() else "_" for c in nominated.decode())
+            test.__name__ = f"test_{kind}_{slug}_{mode}"
+            test.__doc__ = doc.format(value=nominated.decode(), mode=mode)
+            namespace[test.__name__] = test
+
+
 class ConnectionNominationTests(TestCase):
     """
     Connection may nominate more hop-by-hop fields (RFC 9110 section
@@ -257,22 +276,12 @@ class ConnectionNominationTests(TestCase):
         self.assertEqual(fields[b"content-length"], b"%d" % len(SMUGGLED))
         self.assertIn(b"host", fields)
 
-    for _nominated in [b"Content-Length", b"content-length", b"close, Content-Length",
-                       b"Host", b"Transfer-Encoding", b"Content-Length, Host, X-A"]:
-        for _reverse in (False, True):
-            def _test(self, nominated=_nominated, reverse=_reverse):
-                return self._check(nominated, reverse)
-
-            _test.__name__ = "test_request_%s_%s" % (
-                "".join(c if c.isalnum() else "_" for c in _nominated.decode()),
-                "reverse" if _reverse else "forward")
-            _test.__doc__ = (
-                f"Connection: {_nominated.decode()} on a request with a body that is "
-                f"itself a request ({'reverse' if _reverse else 'forward'} mode): the "
-                "origin receives one request, framed by Content-Length, with that body "
-                "(RFC 9110 section 7.6.1, RFC 9112 section 6.3).")
-            locals()[_test.__name__] = _test
-    del _test, _nominated, _reverse
+    _bothModes(locals(), "request", "_check",
+               [b"Content-Length", b"content-length", b"close, Content-Length",
+                b"Host", b"Transfer-Encoding", b"Content-Length, Host, X-A"],
+               "Connection: {value} on a request with a body that is itself a request "
+               "({mode} mode): the origin receives one request, framed by Content-Length, "
+               "with that body (RFC 9110 section 7.6.1, RFC 9112 section 6.3).")
 
     async def test_requestChunkedNominated(self):
         """
@@ -350,21 +359,11 @@ class ConnectionNominationTests(TestCase):
         self.assertEqual(first.header(b"content-length"), b"5")
         self.assertEqual((second.status, second.body), (200, b"hello"))
 
-    for _nominated in [b"Content-Length", b"Transfer-Encoding", b"keep-alive, content-length"]:
-        for _reverse in (False, True):
-            def _test(self, nominated=_nominated, reverse=_reverse):
-                return self._checkResponse(nominated, reverse)
-
-            _test.__name__ = "test_response_%s_%s" % (
-                "".join(c if c.isalnum() else "_" for c in _nominated.decode()),
-                "reverse" if _reverse else "forward")
-            _test.__doc__ = (
-                f"An origin response with Connection: {_nominated.decode()} reaches the "
-                f"client framed by its Content-Length ({'reverse' if _reverse else 'forward'} "
-                "mode), and the next response on the connection is read as one "
-                "(RFC 9110 section 7.6.1, RFC 9112 section 6.3).")
-            locals()[_test.__name__] = _test
-    del _test, _nominated, _reverse
+    _bothModes(locals(), "response", "_checkResponse",
+               [b"Content-Length", b"Transfer-Encoding", b"keep-alive, content-length"],
+               "An origin response with Connection: {value} reaches the client framed by "
+               "its Content-Length ({mode} mode), and the next response on the connection "
+               "is read as one (RFC 9110 section 7.6.1, RFC 9112 section 6.3).")
 
     async def test_storedResponseKeepsFraming(self):
         """

@@ -22,7 +22,7 @@ from cachingproxy import systemd, tap
 from cachingproxy.config import SETTINGS
 
 from .helpers import exchange, listenOrigin, pattern, temporaryPath
-from .test_tap import REPO, TWISTD, _Twistd
+from .helpers import REPO, TWISTD, Twistd as _Twistd
 
 UNITS = os.path.join(REPO, "contrib", "systemd")
 

@@ -20,8 +20,7 @@ from cachingproxy.config import SETTINGS, fromOptions
 
 from .helpers import (
     REPO,
-    TWISTD,
-    Twistd as _Twistd,
+    startTwistd,
     exchange,
     listenOrigin,
     pattern,
@@ -221,27 +220,8 @@ class TwistdTests(TestCase):
 
     timeout = 60
 
-    async def runTwistd(self, *args):
-        process = _Twistd()
-        env = dict(os.environ, PYTHONPATH=REPO)
-        transport = reactor.spawnProcess(
-            process,
-            sys.executable,
-            [sys.executable, "-c", TWISTD, "-n", "--pidfile=",
-             "cachingproxy", "--port", "tcp:0:interface=127.0.0.1", "--cache-dir", "none",
-             *args],
-            env=env,
-            path=REPO,
-        )
-
-        def stop():
-            if not process.ended.called:
-                transport.signalProcess(signal.SIGTERM)
-            return process.ended
-
-        self.addCleanup(stop)
-        port = await process.listening
-        return process, transport, port
+    def runTwistd(self, *args):
+        return startTwistd(self, *args)
 
     async def test_forwardAndReverse(self):
         """
