@@ -1006,12 +1006,7 @@ class _Storer:
         self.exchange.requestBodyUnwanted()
 
     def _abortWriter(self) -> None:
-        writer, self.writer = self.writer, None
-        if writer is not None:
-            try:
-                writer.abort()
-            except Exception:
-                self._log.failure("aborting a store write failed")
+        _discardWriter(self)
 
     def clientGone(self) -> bool:
         """
@@ -1029,6 +1024,18 @@ class _Storer:
         if flight is not None:
             flight.leaderGone()
         return False
+
+
+def _discardWriter(handler) -> None:
+    """
+    Discard the half-written entry of C{handler} (its C{writer}), if any.
+    """
+    writer, handler.writer = handler.writer, None
+    if writer is not None:
+        try:
+            writer.abort()
+        except Exception:
+            handler._log.failure("aborting a store write failed")
 
 
 class _Invalidator:
@@ -1139,12 +1146,7 @@ class _Invalidator:
         @return: C{False}: the upstream fetch need not go on (as an
             C{onClientGone} answer).
         """
-        writer, self.writer = self.writer, None
-        if writer is not None:
-            try:
-                writer.abort()
-            except Exception:
-                self._log.failure("aborting a store write failed")
+        _discardWriter(self)
         return False
 
     def requestBodyUnwanted(self) -> None:

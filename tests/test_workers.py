@@ -676,6 +676,22 @@ class WorkersEndToEndTests(TestCase):
 
     timeout = 90
 
+    def _stopWhenDone(self, process, transport) -> None:
+        """
+        At the end of the test, stop the twistd C{process} with SIGTERM
+        and, whatever went wrong, leave no worker it started behind.
+        """
+
+        async def stop():
+            if not process.ended.called:
+                transport.signalProcess(signal.SIGTERM)
+            await process.ended
+            for pid in self.pidsSeen:
+                if _isWorker(pid):
+                    os.kill(pid, signal.SIGKILL)
+
+        self.addCleanup(lambda: defer.Deferred.fromCoroutine(stop()))
+
     async def startTwistd(self, *args):
         process = _Twistd()
         self.pidsSeen = set()
@@ -689,16 +705,7 @@ class WorkersEndToEndTests(TestCase):
             path=REPO,
         )
 
-        async def stop():
-            if not process.ended.called:
-                transport.signalProcess(signal.SIGTERM)
-            await process.ended
-            # Whatever went wrong, leave no worker behind.
-            for pid in self.pidsSeen:
-                if _isWorker(pid):
-                    os.kill(pid, signal.SIGKILL)
-
-        self.addCleanup(lambda: defer.Deferred.fromCoroutine(stop()))
+        self._stopWhenDone(process, transport)
         port = await process.listening
         # Connections made earlier would wait in the backlog until a
         # worker accepts; waiting for both lets both take some.
@@ -971,15 +978,7 @@ class WorkersEndToEndTests(TestCase):
              "--cache-dir", "none", "--no-access-log", *arguments],
             env=env, path=REPO)
 
-        async def stop():
-            if not process.ended.called:
-                transport.signalProcess(signal.SIGTERM)
-            await process.ended
-            for pid in self.pidsSeen:
-                if _isWorker(pid):
-                    os.kill(pid, signal.SIGKILL)
-
-        self.addCleanup(lambda: defer.Deferred.fromCoroutine(stop()))
+        self._stopWhenDone(process, transport)
         await process.waitForOutput(b"Listening on 127.0.0.1")
         first = await self.health(port)
         self.assertEqual(await process.listening, port, process.output.decode(errors="replace"))
