@@ -920,18 +920,12 @@ def _framedFields(fields, hopByHop, length: Optional[bytes]) -> list:
         kept, and with Content-Length only as C{length} says: whatever the
         fields said, the framing sent on is the one that was parsed.
     """
-    out = []
-    for field in fields:
-        lower = field[0]
-        if lower == b"content-length":
-            if length is None:
-                continue
-            # (the parser allows one Content-Length field only)
-            field = (lower, field[1], b"%d" % int(length))
-        elif lower in hopByHop:
-            continue
-        out.append(field)
-    return out
+    if length is None:
+        return [f for f in fields if f[0] not in hopByHop and f[0] != b"content-length"]
+    # (the parser allows one Content-Length field only)
+    value = b"%d" % int(length)
+    return [f if f[0] != b"content-length" else (f[0], f[1], value)
+            for f in fields if f[0] not in hopByHop or f[0] == b"content-length"]
 
 
 def _fieldLines(fields) -> bytes:
