@@ -361,16 +361,18 @@ class RequestForwardingTests(SynchronousTestCase):
 
     def test_upgradeNotForwarded(self):
         """
-        A request asking for a protocol upgrade is forwarded as a plain
-        request (Upgrade and Connection removed), and a request pipelined
-        behind it in the same read is still parsed and forwarded in turn.
+        A request asking for an upgrade to a protocol the proxy does not
+        carry (RFC 9110 section 7.8; h2c is not in the default
+        C{upgradeProtocols}) is forwarded as a plain request (Upgrade and
+        Connection removed), and a request pipelined behind it in the same
+        read is still parsed and forwarded in turn.
         """
         h = ProxyHarness()
         h.send(
             b"GET http://10.0.0.1:8080/ws HTTP/1.1\r\n"
             b"Host: 10.0.0.1:8080\r\n"
             b"Connection: Upgrade\r\n"
-            b"Upgrade: websocket\r\n"
+            b"Upgrade: h2c\r\n"
             b"\r\n" + GET_1
         )
         origin = h.origin()
