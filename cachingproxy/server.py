@@ -7,8 +7,8 @@ A connection is two small state machines, kept apart as h11 keeps its
 client and server roles apart:
 
   - the I{reader} (L{ReaderState}) follows the bytes the client sends:
-    waiting for a request head, reading a head, reading a body, tunnelling,
-    closed. It is moved only by L{ProxyProtocol._moveReader}.
+    waiting for a request head, reading a head, reading a body, holding
+    what follows a request to upgrade until its answer, tunnelling, closed. It is moved only by L{ProxyProtocol._moveReader}.
   - each request is an L{Exchange} (L{ExchangeState}): queued behind
     earlier pipelined requests, forwarding (waiting for upstream), responding
     (streaming the response back), done. It is moved only by
