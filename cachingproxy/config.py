@@ -207,6 +207,31 @@ SETTINGS = (
         example="443,8443",
     ),
     Setting(
+        "upgrade-protocols",
+        "list",
+        ("websocket",),
+        "Protocols a request may ask to upgrade to (Connection: Upgrade): such "
+        "a request is forwarded with its Upgrade field and never cached, and a "
+        "101 from the origin turns both connections into a tunnel. A request "
+        "asking only for others is forwarded without the upgrade. Repeatable.",
+        example=("websocket", "h2c"),
+    ),
+    Setting(
+        "upgrade-idle-timeout",
+        "float",
+        300.0,
+        "Seconds an upgraded connection (a WebSocket) may pass no byte either "
+        "way before it is closed.",
+        example="60",
+    ),
+    Setting(
+        "upgrade-timeout",
+        "float",
+        0.0,
+        "Seconds an upgraded connection may last in all; 0 for no limit.",
+        example="3600",
+    ),
+    Setting(
         "allow",
         "list",
         ("private",),
@@ -486,6 +511,9 @@ class Config:
     maxHeaderSize: int
     maxConnections: int
     connectPorts: frozenset
+    upgradeProtocols: Tuple[str, ...]
+    upgradeIdleTimeout: float
+    upgradeTimeout: float
     upstreamMaxIdle: int
     upstreamIdleTimeout: float
     caFile: Optional[str]
@@ -537,6 +565,11 @@ def _wholeItems(setting: Setting) -> bool:
     """
     return setting.name.endswith("-header") or setting.name == "refresh-rule"
 
+
+#: the characters of a token (RFC 9110 section 5.6.2), such as a protocol
+#: name in Upgrade
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789"
+                   "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -1073,6 +1106,11 @@ def fromOptions(
         if not item.isdigit() or not 0 < int(item) < 65536:
             raise usage.UsageError(f"{where}: {item!r} is not a port number")
         connectPorts.add(int(item))
+
+    protocols, where = values["upgrade-protocols"]
+    for item in protocols:
+        if not str(item) or not all(c in _TOKEN for c in str(item)):
+            raise usage.UsageError(f"{where}: {item!r} is not a protocol name")
 
     caFile, where = values["ca-file"]
     if caFile is not None and not os.path.isfile(str(caFile)):

@@ -7,8 +7,8 @@ A connection is two small state machines, kept apart as h11 keeps its
 client and server roles apart:
 
   - the I{reader} (L{ReaderState}) follows the bytes the client sends:
-    waiting for a request head, reading a head, reading a body, tunnelling,
-    closed. It is moved only by L{ProxyProtocol._moveReader}.
+    waiting for a request head, reading a head, reading a body, holding
+    what follows a request to upgrade until its answer, tunnelling, closed. It is moved only by L{ProxyProtocol._moveReader}.
   - each request is an L{Exchange} (L{ExchangeState}): queued behind
     earlier pipelined requests, forwarding (waiting for upstream), responding
     (streaming the response back), done. It is moved only by
@@ -134,6 +134,14 @@ class ProxySettings:
     @ivar responseRules: the same for responses going to clients.
     @ivar compression: L{cachingproxy.compress.CompressionSettings} to
         compress responses on the fly, or C{None}.
+    @ivar upgradeProtocols: the protocol names (lower case, without
+        version) a request may ask to upgrade to; such a request is
+        forwarded with its C{Upgrade} field, and a 101 turns the connection
+        into a tunnel (RFC 9110 section 7.8).
+    @ivar upgradeIdleTimeout: seconds an upgraded connection may carry no
+        byte either way before it is closed; 0 for no limit.
+    @ivar upgradeTimeout: seconds an upgraded connection may last in all;
+        0 for no limit.
     """
 
     upstream: Optional[Origin] = None
@@ -151,6 +159,9 @@ class ProxySettings:
     bodyTimeout: float = 300.0
     maxPipeline: int = 16
     compression: object = None
+    upgradeProtocols: FrozenSet[bytes] = frozenset([b"websocket"])
+    upgradeIdleTimeout: float = 300.0
+    upgradeTimeout: float = 0.0
     adminNetworks: Tuple = (
         ipaddress.ip_network("127.0.0.0/8"),
         ipaddress.ip_network("::1/128"),
@@ -174,7 +185,10 @@ class ReaderState(enum.Enum):
     @cvar HEAD: part of a request head has arrived; the header timeout
         runs.
     @cvar BODY: a head was parsed and its body is arriving.
-    @cvar TUNNEL: the bytes are no longer HTTP (after CONNECT).
+    @cvar UPGRADE: a request asking to upgrade was read; what follows it
+        waits for its answer: tunnel bytes after a 101, the next request
+        after any other.
+    @cvar TUNNEL: the bytes are no longer HTTP (after CONNECT or a 101).
     @cvar CLOSED: nothing more is read (the connection is closing, or a
         request asked for the connection to end).
     """
@@ -182,6 +196,7 @@ class ReaderState(enum.Enum):
     IDLE = "IDLE"
     HEAD = "HEAD"
     BODY = "BODY"
+    UPGRADE = "UPGRADE"
     TUNNEL = "TUNNEL"
     CLOSED = "CLOSED"
 
@@ -193,7 +208,13 @@ class ReaderState(enum.Enum):
 _READER_MOVES = {
     ReaderState.IDLE: {ReaderState.HEAD, ReaderState.CLOSED},
     ReaderState.HEAD: {ReaderState.BODY, ReaderState.CLOSED},
-    ReaderState.BODY: {ReaderState.IDLE, ReaderState.TUNNEL, ReaderState.CLOSED},
+    ReaderState.BODY: {
+        ReaderState.IDLE,
+        ReaderState.UPGRADE,
+        ReaderState.TUNNEL,
+        ReaderState.CLOSED,
+    },
+    ReaderState.UPGRADE: {ReaderState.IDLE, ReaderState.TUNNEL, ReaderState.CLOSED},
     ReaderState.TUNNEL: {ReaderState.CLOSED},
     ReaderState.CLOSED: set(),
 }
@@ -206,7 +227,8 @@ class ExchangeState(enum.Enum):
     @cvar QUEUED: parsed, waiting behind an earlier request.
     @cvar FORWARDING: being forwarded; no response head sent to the client.
     @cvar RESPONDING: the response head was sent; the body is streaming.
-    @cvar TUNNEL: CONNECT succeeded; the connection is a byte pipe.
+    @cvar TUNNEL: CONNECT succeeded, or the origin switched protocols; the
+        connection is a byte pipe.
     @cvar DONE: the response is complete (or the exchange was abandoned).
     """
 
@@ -333,6 +355,10 @@ class Exchange:
     #: sent anywhere
     ownEndpoint = False
     upstreamPath = b""
+    #: the Upgrade field value sent upstream with C{Connection: Upgrade}
+    #: (the protocols asked for that the proxy carries), or C{None} for a
+    #: request that does not ask to upgrade
+    upgrade: Optional[bytes] = None
 
     def __init__(self, protocol: "ProxyProtocol", head: RequestHead, keepAlive: bool):
         self.protocol = protocol
@@ -445,7 +471,13 @@ class Exchange:
                 self.respondError(refused)
                 return
         cache = factory.cache
-        if cache is not None:
+        if self.upgrade is not None:
+            # What answers an upgrade is a connection, not a representation:
+            # never looked up, never stored.
+            if cache is not None:
+                self.cacheResult = "PASS"
+            self.forward(origin, self.upstreamHead(), self)
+        elif cache is not None:
             cache.handle(self, origin, path)
         else:
             self.forward(origin, self.upstreamHead(), self)
@@ -580,6 +612,41 @@ class Exchange:
                                facts.length if knownLength else None)
         head.headers = Headers.fromLowered(fields)
         self._sendHead(head.status, head.reason, fields, knownLength, hold=True)
+
+    def responseUpgraded(self, head: ResponseHead, peer: TunnelPeer) -> None:
+        """
+        The origin answered 101 (RFC 9110 section 15.2.2): pass the head on
+        with C{Connection: Upgrade} and its Upgrade field, and join the two
+        connections into a tunnel.
+        """
+        protocol = self.protocol
+        if self.state is not ExchangeState.FORWARDING or protocol.reader is not ReaderState.UPGRADE:
+            peer.transport.loseConnection()
+            if self.state is ExchangeState.FORWARDING:
+                self.respondError(BadGateway("the origin switched protocols unasked"))
+            return
+        factory = protocol.factory
+        if self.forwardedAt is not None:
+            self.upstreamSeconds = factory.reactor.seconds() - self.forwardedAt
+        fields = head.headers.lowered()
+        fields = _framedFields(fields, _Facts(fields).hopByHop, None)
+        fields.append((b"connection", b"Connection", b"Upgrade"))
+        fields.append((b"upgrade", b"Upgrade", head.headers.get(b"upgrade") or self.upgrade))
+        fields = factory.downstreamFields(self, fields)
+        fields.append((b"via", b"Via", b"1.1 " + factory.settings.viaName))
+        self.status = 101
+        self.upstream = self.producer = self.handler = None
+        if self._registeredClientProducer:
+            self._registeredClientProducer = False
+            protocol.transport.unregisterProducer()
+        self._move(ExchangeState.TUNNEL)
+        protocol.transport.write(
+            b"HTTP/1.1 101 %s\r\n%s\r\n"
+            % (head.reason or REASONS.get(101, b"Switching Protocols"), _fieldLines(fields))
+        )
+        # What the client sent after its request is the first tunnel data.
+        self.bytesReceived += sum(len(data) for data in self.tunnelData)
+        protocol._startTunnel(self, peer, upgraded=True)
 
     def plainKeepAlive(self) -> bool:
         """
@@ -1045,6 +1112,10 @@ class ProxyProtocol(Protocol):
         self._destinationVerdicts: Optional[dict] = None
         self._timerPurpose: Optional[ReaderState] = None
         self._tunnelPeer: Optional[TunnelPeer] = None
+        #: the request asking to upgrade whose answer is awaited
+        self._upgrading: Optional[Exchange] = None
+        #: the total timeout of an upgraded connection
+        self._upgradeTimer = None
         self.clientHost = "-"
 
     # -- connection --------------------------------------------------------
@@ -1068,6 +1139,10 @@ class ProxyProtocol(Protocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self._upgradeTimer is not None and self._upgradeTimer.active():
+            self._upgradeTimer.cancel()
+        self._upgradeTimer = None
+        self._upgrading = None
         queue, self._queue = self._queue, deque()
         if queue and queue[0].state is not ExchangeState.QUEUED and queue[0].state is not ExchangeState.DONE:
             active = queue[0]
@@ -1137,6 +1212,11 @@ class ProxyProtocol(Protocol):
             self._protocolError(RequestTimeout("the request head did not arrive in time"))
         elif purpose is ReaderState.BODY:
             self._protocolError(RequestTimeout("the request body did not arrive in time"))
+        elif purpose is ReaderState.TUNNEL:
+            self._log.info("closing upgraded connection from {client}: idle for {seconds}s",
+                           client=self.clientHost,
+                           seconds=self.factory.settings.upgradeIdleTimeout)
+            self._closeTunnel()
 
     # -- flow control ------------------------------------------------------
 
@@ -1176,6 +1256,9 @@ class ProxyProtocol(Protocol):
         reader = self.reader
         if reader is ReaderState.TUNNEL:
             self._tunnelData(data)
+            return
+        if reader is ReaderState.UPGRADE:
+            self._upgradeData(data)
             return
         if reader is ReaderState.CLOSED:
             return
@@ -1358,6 +1441,11 @@ class ProxyProtocol(Protocol):
             # body or not: the body it skips would be read as the next
             # request, and the origin would wait for it.
             exchange.error = BadRequest("a request asking to upgrade cannot carry a body")
+        elif (exchange.error is None and method != b"CONNECT" and not exchange.hasBody
+                and head.version == (1, 1) and parser.should_upgrade()):
+            exchange.upgrade = self.factory.upgradeAsked(head)
+            if exchange.upgrade is not None:
+                self._upgrading = exchange
         if exchange.hasBody:
             settings = self.factory.settings
             if (not facts.chunked and exchange.error is None
@@ -1391,6 +1479,14 @@ class ProxyProtocol(Protocol):
             # What follows is the tunnel, dealt with by _upgraded.
             exchange.requestBodyEnd()
             return
+        if exchange is not None and exchange is self._upgrading:
+            if exchange.state is not ExchangeState.DONE:
+                # What follows waits for the answer (see _upgraded).
+                self._moveReader(ReaderState.UPGRADE)
+                exchange.requestBodyEnd()
+                return
+            # Answered already (refused before forwarding): HTTP goes on.
+            self._upgrading = None
         self._moveReader(ReaderState.IDLE)
         if exchange is not None:
             exchange.requestBodyEnd()
@@ -1404,10 +1500,16 @@ class ProxyProtocol(Protocol):
     def _upgraded(self, rest: bytes) -> None:
         """
         llhttp stopped after a request that asks to leave HTTP: a CONNECT
-        (the rest is tunnel data) or a request carrying Upgrade (which this
-        proxy does not forward, so HTTP goes on with a fresh parser).
+        (the rest is tunnel data), a request to upgrade to a protocol this
+        proxy carries (the rest waits for the answer: L{_upgradeRefused} or
+        L{_startTunnel}), or one that it does not (forwarded as a plain
+        request, so HTTP goes on with a fresh parser).
         """
         if self.reader is ReaderState.CLOSED:
+            return
+        if self.reader is ReaderState.UPGRADE:
+            if rest:
+                self._upgradeData(rest)
             return
         queue = self._queue
         last = queue[-1] if queue else None
@@ -1467,6 +1569,9 @@ class ProxyProtocol(Protocol):
         self.factory.logAccess(exchange, self)
         if self._queue and self._queue[0] is exchange:
             self._queue.popleft()
+        refused = exchange is self._upgrading
+        if refused:
+            self._upgrading = None
         if exchange._closeAfter:
             self.closing = True
             self.reader = ReaderState.CLOSED
@@ -1474,6 +1579,9 @@ class ProxyProtocol(Protocol):
                 queued.clientGone()
             self._queue.clear()
             self.transport.loseConnection()
+            return
+        if refused and self.reader is ReaderState.UPGRADE:
+            self._upgradeRefused(exchange)
             return
         self._resumeReading("pipeline")
         if self._queue:
@@ -1496,15 +1604,79 @@ class ProxyProtocol(Protocol):
         self.reader = ReaderState.CLOSED
         self.transport.loseConnection()
 
+    # -- upgrades ----------------------------------------------------------
+
+    def _upgradeData(self, data: bytes) -> None:
+        """
+        Bytes after a request asking to upgrade, before its answer: held
+        (tunnel data after a 101, the next requests after anything else).
+        """
+        self._upgrading.tunnelData.append(data)
+        self._buffered(len(data))
+
+    def _upgradeRefused(self, exchange: Exchange) -> None:
+        """
+        The answer to a request asking to upgrade was not a 101: the
+        connection stays HTTP, and what the client sent after that request
+        is parsed as its next requests.
+        """
+        pending, exchange.tunnelData = exchange.tunnelData, []
+        held = sum(len(data) for data in pending)
+        if held:
+            self._unbuffered(held)
+        self._parser = httptools.HttpRequestParser(self)
+        self._moveReader(ReaderState.IDLE)
+        self._resumeReading("pipeline")
+        self._armTimer(self._idleTimeout(), ReaderState.IDLE)
+        if pending:
+            self.dataReceived(b"".join(pending))
+
+    def _tunnelActivity(self) -> None:
+        """
+        A byte went through an upgraded connection, one way or the other:
+        its idle timeout starts again.
+        """
+        self._armTimer(self.factory.settings.upgradeIdleTimeout, ReaderState.TUNNEL)
+
+    def _upgradeExpired(self) -> None:
+        self._upgradeTimer = None
+        if self.reader is ReaderState.TUNNEL:
+            self._log.info("closing upgraded connection from {client}: it lasted "
+                           "{seconds}s", client=self.clientHost,
+                           seconds=self.factory.settings.upgradeTimeout)
+            self._closeTunnel()
+
+    def _closeTunnel(self) -> None:
+        peer = self._tunnelPeer
+        if peer is not None and peer.transport is not None:
+            peer.transport.loseConnection()
+        self.transport.loseConnection()
+
     # -- tunnels -----------------------------------------------------------
 
-    def _startTunnel(self, exchange: Exchange, peer: TunnelPeer) -> None:
+    def _startTunnel(self, exchange: Exchange, peer: TunnelPeer,
+                     upgraded: bool = False) -> None:
+        """
+        Join this connection and C{peer}'s into a byte pipe: after a
+        CONNECT, or with C{upgraded} after a 101, which also starts the
+        upgraded connection's idle and total timeouts.
+        """
         self._tunnelPeer = peer
         self._pauses.clear()
         self._bufferedBytes = 0
-        if self.reader is not ReaderState.TUNNEL:
+        if upgraded:
+            self._upgrading = None
+            self._moveReader(ReaderState.TUNNEL)
+        elif self.reader is not ReaderState.TUNNEL:
             self.reader = ReaderState.TUNNEL
         self._timerPurpose = None
+        settings = self.factory.settings
+        if upgraded and settings.upgradeIdleTimeout > 0:
+            peer.onActivity = self._tunnelActivity
+            self._tunnelActivity()
+        if upgraded and settings.upgradeTimeout > 0:
+            self._upgradeTimer = self.factory.reactor.callLater(
+                settings.upgradeTimeout, self._upgradeExpired)
         joinTunnel(self, peer)
         pending, exchange.tunnelData = exchange.tunnelData, []
         for data in pending:
@@ -1518,6 +1690,8 @@ class ProxyProtocol(Protocol):
         peer = self._tunnelPeer
         if peer is not None and peer.transport is not None:
             peer.transport.write(data)
+            if peer.onActivity is not None:
+                peer.onActivity()
         elif self._queue:
             self._queue[-1].tunnelData.append(data)
             self._buffered(len(data))
@@ -1905,6 +2079,26 @@ class ProxyFactory(Factory):
             return None
         return path
 
+    def upgradeAsked(self, head: RequestHead) -> Optional[bytes]:
+        """
+        Whether a request carrying C{Connection: upgrade} and Upgrade
+        (RFC 9110 section 7.8) names a protocol this proxy carries
+        (L{ProxySettings.upgradeProtocols}).
+
+        @return: the Upgrade field value to send upstream, the protocols
+            carried in the client's order, or C{None} when there is none
+            (the request is then forwarded without the upgrade).
+        """
+        if not head.headers.hasToken(b"connection", b"upgrade"):
+            return None
+        allowed = self.settings.upgradeProtocols
+        kept = [
+            member
+            for member in splitList(head.headers.getCombined(b"upgrade") or b"")
+            if member.split(b"/", 1)[0].strip().lower() in allowed
+        ]
+        return b", ".join(kept) if kept else None
+
     def upstreamHead(self, exchange: Exchange, origin: Origin, path: bytes) -> RequestHead:
         """
         Build the request to send upstream: origin-form C{path}, the
@@ -1971,6 +2165,11 @@ class ProxyFactory(Factory):
                 if settings.xForwardedProto:
                     element += b";proto=" + proto
                 _appendField(headers, b"Forwarded", element)
+        if exchange.upgrade is not None:
+            # Hop-by-hop, but carried on purpose: the upgrade is asked of
+            # the origin (RFC 9110 section 7.8).
+            headers.add(b"Connection", b"Upgrade")
+            headers.add(b"Upgrade", exchange.upgrade)
         rules = settings.requestRules
         if rules:
             headers = Headers.fromLowered(rules.apply(headers.lowered()))

@@ -3,7 +3,8 @@
 CONNECT tunnels: after the proxy answers 200 to a CONNECT request, the
 client connection and the connection to the requested authority become one
 byte pipe, with flow control both ways (the shape of Twisted's
-C{twisted.protocols.portforward}).
+C{twisted.protocols.portforward}). The same pipe carries a connection
+upgraded by a 101 (RFC 9110 section 7.8).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class TunnelPeer(Protocol):
         self.client = None
         self._pending = []
         self.bytesFromDestination = 0
+        #: called with no argument whenever bytes pass (either way), for
+        #: an idle timeout; C{None} when nobody watches
+        self.onActivity = None
 
     def dataReceived(self, data: bytes) -> None:
         self.bytesFromDestination += len(data)
@@ -36,6 +40,8 @@ class TunnelPeer(Protocol):
             self._pending.append(data)
         else:
             self.client.transport.write(data)
+        if self.onActivity is not None:
+            self.onActivity()
 
     def connectionLost(self, reason=None) -> None:
         client, self.client = self.client, None

@@ -17,6 +17,12 @@ caller streams a request body (C{write}, C{finish}) and applies flow control
 to the response (C{pauseProducing}, C{resumeProducing}); C{abort} abandons
 the request and closes its connection.
 
+A request that asks to upgrade (it carries an C{Upgrade} field) and is
+answered 101 takes its connection out of the pool for good: the handler's
+C{responseUpgraded} is given the 101 head and a L{TunnelPeer} that
+receives what the origin sends from then on, the bytes that followed the
+head included.
+
 A request that fails on a reused connection before any byte of its response
 arrived is sent once more on a fresh connection, if its method is idempotent
 and it has no body (RFC 9110 section 9.2.2). The Deferred fails (it never
@@ -48,6 +54,7 @@ from ._io import writeNow
 from .errors import BadGateway, GatewayTimeout, UpstreamClosed
 from .http.headers import Headers
 from .http.message import RequestHead, ResponseHead
+from .tunnel import TunnelPeer
 
 __all__ = [
     "IResponseHandler",
@@ -120,7 +127,9 @@ class IResponseHandler(TypingProtocol):
     What an upstream request reports to, in this order: any number of
     C{responseInterim}, then C{responseHead}, any number of
     C{responseBody}, then C{responseEnd}; or C{responseFailed} at any point
-    (after which nothing else is called).
+    (after which nothing else is called). A request that asked to upgrade
+    may instead end with C{responseUpgraded}: the connection is then a
+    byte pipe, and nothing else is called.
     """
 
     def responseInterim(self, head: ResponseHead) -> None: ...
@@ -134,6 +143,8 @@ class IResponseHandler(TypingProtocol):
     def responseFailed(self, reason: Failure, receivedAnything: bool) -> None: ...
 
     def requestBodyUnwanted(self) -> None: ...
+
+    def responseUpgraded(self, head: ResponseHead, peer: TunnelPeer) -> None: ...
 
 
 class _HeadDone(Exception):
@@ -194,6 +205,12 @@ class UpstreamProtocol(Protocol):
         #: called once the bytes being parsed now are all handled (see
         #: L{UpstreamRequest.afterRead}); C{None} when not parsing
         self._afterRead: Optional[List[Callable[[], None]]] = None
+        #: the request carries Upgrade: a 101 is an answer, not an error
+        self._upgradeAsked = False
+        #: the 101 head awaiting the parser's report of the switch
+        self._switchHead: Optional[ResponseHead] = None
+        #: once switched, where the origin's bytes go
+        self._tunnel: Optional[TunnelPeer] = None
 
     # -- wiring --------------------------------------------------------
 
@@ -226,6 +243,8 @@ class UpstreamProtocol(Protocol):
         self._reusable = True
         self._headerFields: List = []
         self._reason = b""
+        self._upgradeAsked = b"upgrade" in head.headers
+        self._switchHead = None
         request._protocol = self
         writeNow(self.transport, head.toWire())
         self._armTimer()
@@ -301,6 +320,10 @@ class UpstreamProtocol(Protocol):
     # -- receiving -----------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        tunnel = self._tunnel
+        if tunnel is not None:
+            tunnel.dataReceived(data)
+            return
         if self.state is not UpstreamState.BUSY:
             # Bytes nobody asked for: the connection cannot be trusted.
             self.state = UpstreamState.CLOSED
@@ -330,9 +353,11 @@ class UpstreamProtocol(Protocol):
                 origin=self.origin,
             )
             self._fail(Failure(BadGateway("invalid response")), closeTransport=True)
-        except httptools.HttpParserUpgrade:
-            # We never ask for an upgrade (Upgrade is removed going
-            # upstream), so a 101 or similar is a broken origin.
+        except httptools.HttpParserUpgrade as e:
+            if self._switchHead is not None:
+                self._switched(data[e.args[0]:])
+                return
+            # A switch nobody asked for is a broken origin.
             self._fail(
                 Failure(BadGateway("unexpected protocol switch")), closeTransport=True
             )
@@ -372,6 +397,11 @@ class UpstreamProtocol(Protocol):
             Headers.fromLowered(self._headerFields),
         )
         self._headerFields = []
+        if status == 101 and self._upgradeAsked:
+            # RFC 9110 section 15.2.2: the answer to the upgrade; the
+            # parser reports the switch once the head is complete.
+            self._switchHead = head
+            return
         if 100 <= status < 200:
             if self._handler is not None:
                 self._handler.responseInterim(head)
@@ -396,7 +426,7 @@ class UpstreamProtocol(Protocol):
             self._handler.responseBody(data)
 
     def on_message_complete(self) -> None:
-        if not self._finalHeadSeen:
+        if not self._finalHeadSeen or self._switchHead is not None:
             # The end of an interim (1xx) response.
             return
         self._responseComplete = True
@@ -439,6 +469,34 @@ class UpstreamProtocol(Protocol):
             if not requestDone and handler is not None:
                 handler.requestBodyUnwanted()
 
+    def _switched(self, rest: bytes) -> None:
+        """
+        The origin switched protocols (RFC 9110 section 7.8): this
+        connection leaves the pool for good and becomes one end of a
+        tunnel; C{rest}, what followed the 101 head, is its first data.
+        """
+        head, self._switchHead = self._switchHead, None
+        handler = self._handler
+        request = self._request
+        self._handler = None
+        self._request = None
+        self.state = UpstreamState.CLOSED
+        self._dropTimer()
+        self._pool._forget(self)
+        if request is not None:
+            request._protocol = None
+            if request._paused:
+                self.transport.resumeProducing()
+        peer = TunnelPeer()
+        peer.makeConnection(self.transport)
+        self._tunnel = peer
+        if rest:
+            peer.dataReceived(rest)
+        if handler is None:
+            self.transport.loseConnection()
+            return
+        handler.responseUpgraded(head, peer)
+
     # -- failures ------------------------------------------------------
 
     def _fail(self, reason: Failure, closeTransport: bool) -> None:
@@ -479,6 +537,10 @@ class UpstreamProtocol(Protocol):
                 d.callback(None)
 
     def _connectionLost(self, reason: Failure) -> None:
+        tunnel, self._tunnel = self._tunnel, None
+        if tunnel is not None:
+            tunnel.connectionLost(reason)
+            return
         self._dropTimer()
         state = self.state
         self.state = UpstreamState.CLOSED

@@ -356,7 +356,7 @@ class RawClient(Protocol):
     Sends raw bytes and parses what comes back with httptools.
 
     @ivar responses: the complete responses so far (interim ones included).
-    @ivar raw: every byte received.
+    @ivar raw: every byte received (after a 101, the only record).
     @ivar closed: fires with C{raw} when the connection closes.
     """
 
@@ -378,12 +378,19 @@ class RawClient(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.raw += data
+        if self._parser is None:
+            # Switched protocols: only C{raw} keeps what follows.
+            self._checkConditions()
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as e:
             if not isinstance(e.__context__, _StopAfterHead):
                 raise
             self._reset()
+        except httptools.HttpParserUpgrade:
+            # After a 101 the bytes are no longer HTTP.
+            self._parser = None
         self._checkConditions()
 
     def whenTrue(self, predicate: Callable[["RawClient"], bool]) -> defer.Deferred:

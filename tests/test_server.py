@@ -361,16 +361,18 @@ class RequestForwardingTests(SynchronousTestCase):
 
     def test_upgradeNotForwarded(self):
         """
-        A request asking for a protocol upgrade is forwarded as a plain
-        request (Upgrade and Connection removed), and a request pipelined
-        behind it in the same read is still parsed and forwarded in turn.
+        A request asking for an upgrade to a protocol the proxy does not
+        carry (RFC 9110 section 7.8; h2c is not in the default
+        C{upgradeProtocols}) is forwarded as a plain request (Upgrade and
+        Connection removed), and a request pipelined behind it in the same
+        read is still parsed and forwarded in turn.
         """
         h = ProxyHarness()
         h.send(
             b"GET http://10.0.0.1:8080/ws HTTP/1.1\r\n"
             b"Host: 10.0.0.1:8080\r\n"
             b"Connection: Upgrade\r\n"
-            b"Upgrade: websocket\r\n"
+            b"Upgrade: h2c\r\n"
             b"\r\n" + GET_1
         )
         origin = h.origin()
@@ -381,6 +383,38 @@ class RequestForwardingTests(SynchronousTestCase):
         origin.transport.clear()
         origin.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
         self.assertEqual(origin.received(), FORWARDED_GET_1)
+
+    def test_upgradeIdleTimeoutRestartsOnTraffic(self):
+        """
+        RFC 9110 section 7.8: after a 101 the connection is a tunnel whose
+        idle timeout starts again with every byte, either way, and closes
+        both connections once it runs out.
+        """
+        h = ProxyHarness(ProxySettings(upgradeIdleTimeout=10))
+        h.send(
+            b"GET http://10.0.0.1:8080/ws HTTP/1.1\r\n"
+            b"Host: 10.0.0.1:8080\r\n"
+            b"Connection: Upgrade\r\n"
+            b"Upgrade: websocket\r\n"
+            b"\r\n"
+        )
+        origin = h.origin()
+        self.assertIn(b"\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n", origin.received())
+        origin.send(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                    b"Upgrade: websocket\r\n\r\n")
+        self.assertTrue(h.received().startswith(b"HTTP/1.1 101 Switching Protocols\r\n"))
+        self.assertIs(h.proto.reader, ReaderState.TUNNEL)
+        h.reactor.advance(8)
+        h.send(b"up")
+        h.reactor.advance(8)
+        origin.send(b"down")
+        h.reactor.advance(8)
+        self.assertFalse(h.transport.disconnecting)
+        self.assertTrue(origin.received().endswith(b"\r\n\r\nup"))
+        self.assertTrue(h.received().endswith(b"\r\n\r\ndown"))
+        h.reactor.advance(2.5)
+        self.assertTrue(h.transport.disconnecting)
+        self.assertTrue(origin.transport.disconnecting)
 
     def test_viaAppendedToRequest(self):
         """

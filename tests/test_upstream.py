@@ -648,6 +648,37 @@ class ResponseParsingTests(PoolTestCase):
         self.assertIsInstance(handler.events[-1][1], BadGateway)
         self.assertTrue(origin.transport.disconnected)
 
+    def test_switchingProtocolsAsked(self):
+        """
+        RFC 9110 section 7.8: a 101 to a request carrying Upgrade hands the
+        handler the 101 head and a tunnel end holding the bytes that
+        followed it; the connection leaves the pool for good, and what the
+        origin sends next goes to the tunnel, not to the parser.
+        """
+        upgraded = []
+
+        class Upgrading(RecordingHandler):
+            def responseUpgraded(self, head, peer):
+                upgraded.append((head, peer))
+
+        handler = Upgrading()
+        head = get(fields=[(b"Host", b"10.0.0.1:8080"), (b"Connection", b"Upgrade"),
+                           (b"Upgrade", b"websocket")])
+        self.pool.request(ORIGIN, head, handler, False).addCallback(lambda r: r.finish())
+        origin = self.origin()
+        origin.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\n\r\nfirst")
+        self.assertEqual(handler.events, [])
+        [(switched, peer)] = upgraded
+        self.assertEqual(switched.status, 101)
+        self.assertEqual(switched.headers.get(b"upgrade"), b"websocket")
+        self.assertEqual(peer._pending, [b"first"])
+        origin.send(b"HTTP/1.1 200 OK\r\n\r\n")
+        self.assertEqual(peer.bytesFromDestination, len(b"first") + 19)
+        self.assertEqual(self.pool.idleCount(), 0)
+        self.assertNotIn(origin.protocol, self.pool._all)
+        self.assertFalse(origin.transport.disconnected)
+
     def test_closeDelimitedBody(self):
         """
         A response without Content-Length or chunked framing ends normally
