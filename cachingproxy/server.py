@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import re
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ from ._io import discardUnsent, sendNow
 from .forwarding import FORWARDING_FIELDS, Disagreement, forwardedParameters, toldTarget
 from .compress import compressWhole, compressor, negotiate, noTransform, weakenETag
 from .access import isThisProxy
+from .accesslog import _Clock
 from .admin import ADMIN_PREFIX, LANDING_PATHS
 from .tunnel import TunnelPeer, joinTunnel
 from .upstream import Origin, UpstreamPool, UpstreamRequest, _QuietFactory, connectError
@@ -2063,9 +2065,10 @@ class ProxyFactory(Factory):
         """
         head = exchange.head
         elapsed = (exchange.finished or self.reactor.seconds()) - exchange.started
-        when = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(exchange.wallStarted))
-        referer = head.headers.get(b"referer", b"-")
-        agent = head.headers.get(b"user-agent", b"-")
+        when = _clfTime(exchange.wallStarted)
+        headers = head.headers
+        referer = headers.get(b"referer", b"-")
+        agent = headers.get(b"user-agent", b"-")
         upstream = exchange.upstreamSeconds
         return '%s - - [%s] "%s %s HTTP/%d.%d" %d %d "%s" "%s" %s %s %.4f %d' % (
             protocol.clientHost,
@@ -2173,7 +2176,17 @@ def _rewriteLocations(fields: list, upstream: Origin, clientHost: bytes, scheme:
     return out
 
 
+#: The Combined Log Format time of a second, made once a second.
+_clfTime = _Clock(lambda second: time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(second)))
+
+#: A byte an access log line shows escaped.
+_UNPRINTABLE = re.compile(rb'[^\x20\x21\x23-\x7e]')
+
+
 def _printable(value: bytes) -> str:
+    if _UNPRINTABLE.search(value) is None:
+        # Nearly every value: nothing to escape.
+        return value.decode("ascii")
     text = value.decode("latin-1")
     return "".join(c if 32 <= ord(c) < 127 and c != '"' else "\\x%02x" % ord(c) for c in text)
 
