@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from typing import List, Optional
@@ -80,6 +81,38 @@ def _isText(stream) -> bool:
     from twisted.python.compat import ioType
 
     return ioType(stream) is str
+
+
+#: What C{json.dumps} would escape in a string (and DEL, left to it).
+_JSON_ESCAPED_BYTES = re.compile(rb'[^\x20\x21\x23-\x5b\x5d-\x7e]')
+_JSON_ESCAPED = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')
+
+
+def _jsonBytes(value: bytes) -> str:
+    """
+    @return: C{value} read as Latin-1, as a JSON string.
+    """
+    if _JSON_ESCAPED_BYTES.search(value) is None:
+        return '"%s"' % value.decode("ascii")
+    return json.dumps(value.decode("latin-1"))
+
+
+def _jsonString(value) -> str:
+    """
+    @return: C{value} (a string or C{None}) in JSON.
+    """
+    if value.__class__ is str and _JSON_ESCAPED.search(value) is None:
+        return '"%s"' % value
+    return json.dumps(value)
+
+
+def _jsonNumber(value) -> str:
+    """
+    @return: C{value} (a number or C{None}) in JSON.
+    """
+    if value.__class__ is int:
+        return "%d" % value
+    return json.dumps(value)
 
 
 class _Clock:
@@ -158,7 +191,9 @@ class AccessLog:
 
     def jsonLine(self, exchange, protocol) -> str:
         """
-        @return: one JSON object describing a finished request.
+        @return: one JSON object describing a finished request: what
+            C{json.dumps} makes of the fields, in order and compact, put
+            together here since nearly every value needs no escaping.
         """
         head = exchange.head
         headers = head.headers
@@ -166,24 +201,26 @@ class AccessLog:
         upstream = exchange.upstreamSeconds
         referer = headers.get(b"referer")
         agent = headers.get(b"user-agent")
-        return json.dumps(
-            {
-                "time": self._jsonTime(exchange.wallStarted),
-                "client": protocol.clientHost,
-                "method": head.method.decode("latin-1"),
-                "target": head.target.decode("latin-1"),
-                "version": "HTTP/%d.%d" % head.version,
-                "status": exchange.status,
-                "bytes": exchange.bytesSent,
-                "bytes_in": exchange.bytesReceived,
-                "referer": referer.decode("latin-1") if referer else None,
-                "user_agent": agent.decode("latin-1") if agent else None,
-                "cache": exchange.cacheResult,
-                "upstream_seconds": None if upstream is None else round(upstream, 6),
-                "seconds": round(finished - exchange.started, 6),
-                "pid": self._pid,
-            },
-            separators=(",", ":"),
+        return (
+            '{"time":"%s","client":%s,"method":%s,"target":%s,"version":"HTTP/%d.%d",'
+            '"status":%s,"bytes":%s,"bytes_in":%s,"referer":%s,"user_agent":%s,"cache":%s,'
+            '"upstream_seconds":%s,"seconds":%r,"pid":%d}' % (
+                self._jsonTime(exchange.wallStarted),
+                _jsonString(protocol.clientHost),
+                _jsonBytes(head.method),
+                _jsonBytes(head.target),
+                head.version[0],
+                head.version[1],
+                _jsonNumber(exchange.status),
+                _jsonNumber(exchange.bytesSent),
+                _jsonNumber(exchange.bytesReceived),
+                _jsonBytes(referer) if referer else "null",
+                _jsonBytes(agent) if agent else "null",
+                _jsonString(exchange.cacheResult),
+                "null" if upstream is None else repr(round(upstream, 6)),
+                round(finished - exchange.started, 6),
+                self._pid,
+            )
         )
 
     def __call__(self, line: str) -> None:

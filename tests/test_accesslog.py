@@ -398,3 +398,35 @@ class LossTests(TestCase):
                                              for n in range(100, 130)))
         self.assertEqual(sorted(new), sorted("http://127.0.0.1:%d/size/%d" % (originPort, n)
                                              for n in range(200, 230)))
+
+
+class JSONEscapingTests(SynchronousTestCase):
+    """
+    JSON lines are put together by hand: values that need escaping are
+    escaped as C{json.dumps} would.
+    """
+
+    def test_escaped(self):
+        """
+        Quotes, backslashes, control and non-ASCII bytes in the target and
+        the fields come back exactly from C{json.loads}, as do missing
+        fields and times.
+        """
+        from types import SimpleNamespace
+
+        from cachingproxy.http.headers import Headers
+
+        headers = Headers()
+        headers.add(b"user-agent", b'a"b\\c\t\x01\x7f\xe9')
+        exchange = SimpleNamespace(
+            head=SimpleNamespace(method=b"GET", target=b'/x"\\\xff\x00', version=(1, 1),
+                                 headers=headers),
+            started=100.0, finished=100.25, upstreamSeconds=None, wallStarted=0.5,
+            status=499, bytesSent=0, bytesReceived=7, cacheResult="-")
+        line = AccessLog(os.devnull, "json").jsonLine(exchange, SimpleNamespace(clientHost="::1"))
+        self.assertNotIn("\n", line)
+        self.assertEqual(json.loads(line), {
+            "time": "1970-01-01T00:00:00Z", "client": "::1", "method": "GET",
+            "target": '/x"\\\xff\x00', "version": "HTTP/1.1", "status": 499, "bytes": 0,
+            "bytes_in": 7, "referer": None, "user_agent": 'a"b\\c\t\x01\x7f\xe9', "cache": "-",
+            "upstream_seconds": None, "seconds": 0.25, "pid": os.getpid()})
