@@ -88,6 +88,11 @@ _JSON_ESCAPED_BYTES = re.compile(rb'[^\x20\x21\x23-\x5b\x5d-\x7e]')
 _JSON_ESCAPED = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')
 
 
+#: The JSON text of the usual methods.
+_JSON_METHODS = {m: '"%s"' % m.decode("ascii") for m in (
+    b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE")}
+
+
 def _jsonBytes(value: bytes) -> str:
     """
     @return: C{value} read as Latin-1, as a JSON string.
@@ -201,21 +206,31 @@ class AccessLog:
         upstream = exchange.upstreamSeconds
         referer = headers.get(b"referer")
         agent = headers.get(b"user-agent")
+        # A connection's requests mostly come from one client program:
+        # the JSON text of the client and its fields is kept from the
+        # connection's last line.
+        said = getattr(protocol, "_jsonSaid", None)
+        if said is None or said[0] != referer or said[1] != agent:
+            said = (referer, agent, _jsonString(protocol.clientHost),
+                    _jsonBytes(referer) if referer else "null",
+                    _jsonBytes(agent) if agent else "null")
+            protocol._jsonSaid = said
+        method = head.method
         return (
             '{"time":"%s","client":%s,"method":%s,"target":%s,"version":"HTTP/%d.%d",'
             '"status":%s,"bytes":%s,"bytes_in":%s,"referer":%s,"user_agent":%s,"cache":%s,'
             '"upstream_seconds":%s,"seconds":%r,"pid":%d}' % (
                 self._jsonTime(exchange.wallStarted),
-                _jsonString(protocol.clientHost),
-                _jsonBytes(head.method),
+                said[2],
+                _JSON_METHODS.get(method) or _jsonBytes(method),
                 _jsonBytes(head.target),
                 head.version[0],
                 head.version[1],
                 _jsonNumber(exchange.status),
                 _jsonNumber(exchange.bytesSent),
                 _jsonNumber(exchange.bytesReceived),
-                _jsonBytes(referer) if referer else "null",
-                _jsonBytes(agent) if agent else "null",
+                said[3],
+                said[4],
                 _jsonString(exchange.cacheResult),
                 "null" if upstream is None else repr(round(upstream, 6)),
                 round(finished - exchange.started, 6),

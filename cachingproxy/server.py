@@ -1054,6 +1054,11 @@ class ProxyProtocol(Protocol):
         self._timerPurpose: Optional[ReaderState] = None
         self._tunnelPeer: Optional[TunnelPeer] = None
         self.clientHost = "-"
+        #: The Referer and User-Agent of the last access line, and their
+        #: text: C{(referer, agent, text)}, or C{None}.
+        self._loggedAgent: Optional[tuple] = None
+        #: The same for JSON lines (L{cachingproxy.accesslog}).
+        self._jsonSaid: Optional[tuple] = None
 
     # -- connection --------------------------------------------------------
 
@@ -2065,22 +2070,26 @@ class ProxyFactory(Factory):
         """
         head = exchange.head
         elapsed = (exchange.finished or self.reactor.seconds()) - exchange.started
-        when = _clfTime(exchange.wallStarted)
         headers = head.headers
         referer = headers.get(b"referer", b"-")
         agent = headers.get(b"user-agent", b"-")
+        # A connection's requests mostly tell the same Referer and
+        # User-Agent: their escaped text is kept from its last line.
+        said = protocol._loggedAgent
+        if said is None or said[0] != referer or said[1] != agent:
+            said = protocol._loggedAgent = (
+                referer, agent, '"%s" "%s"' % (_printable(referer), _printable(agent)))
+        method = head.method
         upstream = exchange.upstreamSeconds
-        return '%s - - [%s] "%s %s HTTP/%d.%d" %d %d "%s" "%s" %s %s %.4f %d' % (
+        return '%s - - [%s] "%s %s %s" %d %d %s %s %s %.4f %d' % (
             protocol.clientHost,
-            when,
-            _printable(head.method),
+            _clfTime(exchange.wallStarted),
+            _METHOD_TEXT.get(method) or _printable(method),
             _printable(head.target),
-            head.version[0],
-            head.version[1],
+            _VERSION_TEXT.get(head.version) or "HTTP/%d.%d" % head.version,
             exchange.status,
             exchange.bytesSent,
-            _printable(referer),
-            _printable(agent),
+            said[2],
             exchange.cacheResult,
             "-" if upstream is None else "%.4f" % upstream,
             elapsed,
@@ -2178,6 +2187,11 @@ def _rewriteLocations(fields: list, upstream: Origin, clientHost: bytes, scheme:
 
 #: The Combined Log Format time of a second, made once a second.
 _clfTime = _Clock(lambda second: time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(second)))
+
+#: The access log text of the usual methods and versions.
+_METHOD_TEXT = {m: m.decode("ascii") for m in (
+    b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE")}
+_VERSION_TEXT = {(1, 0): "HTTP/1.0", (1, 1): "HTTP/1.1"}
 
 #: A byte an access log line shows escaped.
 _UNPRINTABLE = re.compile(rb'[^\x20\x21\x23-\x7e]')
