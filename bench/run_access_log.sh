@@ -17,6 +17,9 @@
 #                      none: --no-access-log; file: --access-log FILE;
 #                      stdout: the default (the twistd log, stdout under -n);
 #                      *-json: the same with --access-log-format json
+#   BASELINE=DIR       also run every mode from the checkout DIR (e.g. an
+#                      export of an older commit), as rows MODE@base,
+#                      interleaved with this checkout's
 #   PROFILE=1          run each mode once under twistd's cProfile instead,
 #                      and print the top entries by internal time
 #   BENCH_NO_PIN=1     do not pin (proxy on CPU 0, wrk and origin on CPU 1)
@@ -76,16 +79,20 @@ mode_args() {
 # run MODE SLUG: start the proxy, make the object a hit, warm up, measure.
 run() {
     local mode="$1" slug="$2" port log="$T/$2.out" pid url out before after total rps
-    mode_args "$mode" "$slug"
+    local root="$REPO_ROOT"
+    case "$mode" in *@base) root="$BASELINE" ;; esac
+    mode_args "${mode%@base}" "$slug"
     port="$(bench_free_port)"
     local profile=()
     [ "$PROFILE" = 1 ] && profile=(--profile "$T/$slug.prof" --profiler cprofile --savestats)
     # As bench_cachingproxy_cmd, without its --no-access-log (which would
     # win over --access-log).
-    local cmd=(env PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$VENV/bin/twistd" -n
+    local cmd=(env PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" "$VENV/bin/twistd" -n
         --pidfile= ${profile[@]+"${profile[@]}"} cachingproxy
         --port "tcp:$port:interface=127.0.0.1" --upstream "http://127.0.0.1:$ORIGIN_PORT")
-    bench_start "$log" "${PIN_PROXY[@]}" "${cmd[@]}" --cache-memory 64M "${MODE_ARGS[@]}"
+    # From the checkout's directory, where twistd finds its plugin.
+    bench_start "$log" "${PIN_PROXY[@]}" env -C "$root" "${cmd[@]}" --cache-memory 64M \
+        "${MODE_ARGS[@]}"
     pid="$BENCH_LAST_PID"
     url="http://127.0.0.1:$port/1k.bin"
     bench_wait_http "$url" "$pid" "$log" 30 || bench_die "$slug: proxy did not start"
@@ -119,6 +126,13 @@ s.sort_stats("cumulative").print_stats("accesslog|logger|accessLine|_printable|s
     fi
 }
 
+if [ -n "${BASELINE:-}" ]; then
+    [ -d "$BASELINE/cachingproxy" ] || bench_die "BASELINE=$BASELINE has no cachingproxy package"
+    BASELINE="$(cd "$BASELINE" && pwd)"
+    all=""
+    for mode in $MODES; do all="$all $mode@base $mode"; done
+    MODES="${all# }"
+fi
 rounds="$ROUNDS"
 [ "$PROFILE" = 1 ] && rounds=1
 for round in $(seq "$rounds"); do
@@ -140,12 +154,13 @@ function median(list,   n, a, i, j, t) {
 }
 { rps[$1] = rps[$1] " " $2; us[$1] = us[$1] " " $3 }
 END {
-    printf "%-12s %12s %14s %12s  %s\n", "mode", "req/s", "CPU us/req", "vs none", "runs (req/s | us/req)"
-    base = ("none" in us) ? median(us["none"]) : 0
+    printf "%-18s %9s %11s %8s  %s\n", "mode", "req/s", "CPU us/req", "vs none", "runs (req/s | us/req)"
     n = split(modes, m, " ")
     for (i = 1; i <= n; i++) {
         k = m[i]
+        none = (k ~ /@base$/) ? "none@base" : "none"
+        base = (none in us) ? median(us[none]) : 0
         ratio = base ? sprintf("%.2fx", median(us[k]) / base) : "n/a"
-        printf "%-12s %12.0f %14.1f %12s  %s |%s\n", k, median(rps[k]), median(us[k]), ratio, rps[k], us[k]
+        printf "%-18s %9.0f %11.1f %8s %s |%s\n", k, median(rps[k]), median(us[k]), ratio, rps[k], us[k]
     }
 }' "$RESULTS"
