@@ -7,7 +7,7 @@
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$BENCH_DIR/.." && pwd)"
-VENV="$REPO_ROOT/.venv"
+VENV="${BENCH_VENV:-$REPO_ROOT/.venv}"
 PY="$VENV/bin/python"
 # Debian puts nginx and squid in /usr/sbin, which is not always on PATH.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"

@@ -4,6 +4,15 @@ The access log: one line per finished request, in Combined Log Format
 (with the cache result, the origin's time and the total time appended) or
 as JSON lines, to a file or to the twistd log.
 
+Lines are written in batches: at the latest L{FLUSH_SECONDS} after they
+were logged, at once when L{FLUSH_SIZE} characters are waiting, and before
+the file is reopened or switched and when the reactor shuts down, so that a
+clean stop loses nothing. To the twistd log a batch is written straight to
+the stream twistd's text log observer writes to (stdout with C{twistd -n},
+else C{twistd.log}), each line with the prefix that observer would have
+given it: the per-line cost of the logging system's event formatting is
+what made the twistd log the dearest destination.
+
 A file is reopened on SIGUSR1, so that logrotate can move it away and
 signal the proxy (every worker process listens for it).
 """
@@ -12,35 +21,168 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from typing import List, Optional
 
-from twisted.logger import Logger
+from twisted.logger import FileLogObserver, Logger, formatTime, globalLogPublisher
 
-__all__ = ["AccessLog", "FORMATS", "reopenOnSignal"]
+__all__ = ["AccessLog", "FORMATS", "FLUSH_SECONDS", "FLUSH_SIZE", "reopenOnSignal", "writeLogTo"]
 
 #: The formats C{--access-log-format} accepts.
 FORMATS = ("combined", "json")
+
+#: The longest a logged line waits before it is written.
+FLUSH_SECONDS = 1.0
+
+#: The characters waiting that make a batch be written at once.
+FLUSH_SIZE = 64 * 1024
+
+#: The log system text of an access line in the twistd log.
+_SYSTEM = "cachingproxy.access#info"
+
+#: Where access lines for the twistd log go when the process set it up
+#: itself (a worker): C{(stream, system)}, else C{None} (found from
+#: twistd's observer).
+_registered = None
+
+
+def writeLogTo(stream, system: str) -> None:
+    """
+    Write the access lines meant for the twistd log to C{stream} (which
+    the process's text log observer writes to), each with C{system} in its
+    prefix as that observer would write it.
+    """
+    global _registered
+    _registered = (stream, system)
+
+
+def _logStream():
+    """
+    @return: C{(stream, system, encoding)} for access lines meant for the
+        twistd log, or C{None} when no text file observer is known (a
+        custom observer, syslog): then each line is logged as an event.
+    """
+    if _registered is not None:
+        stream, system = _registered
+        return stream, system, None if _isText(stream) else "utf-8"
+    for observer in getattr(globalLogPublisher, "_observers", ()):
+        # textFileLogObserver's formatter, and no other: a JSON observer
+        # is a FileLogObserver too.
+        if (isinstance(observer, FileLogObserver)
+                and getattr(observer.formatEvent, "__qualname__", "").startswith(
+                    "textFileLogObserver.")):
+            return observer._outFile, _SYSTEM, observer._encoding
+    return None
+
+
+def _isText(stream) -> bool:
+    from twisted.python.compat import ioType
+
+    return ioType(stream) is str
+
+
+#: What C{json.dumps} would escape in a string (and DEL, left to it).
+_JSON_ESCAPED_BYTES = re.compile(rb'[^\x20\x21\x23-\x5b\x5d-\x7e]')
+_JSON_ESCAPED = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')
+
+
+#: The JSON text of the usual methods.
+_JSON_METHODS = {m: '"%s"' % m.decode("ascii") for m in (
+    b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE")}
+
+
+def _jsonBytes(value: bytes) -> str:
+    """
+    @return: C{value} read as Latin-1, as a JSON string.
+    """
+    if _JSON_ESCAPED_BYTES.search(value) is None:
+        return '"%s"' % value.decode("ascii")
+    return json.dumps(value.decode("latin-1"))
+
+
+def _jsonString(value) -> str:
+    """
+    @return: C{value} (a string or C{None}) in JSON.
+    """
+    if value.__class__ is str and _JSON_ESCAPED.search(value) is None:
+        return '"%s"' % value
+    return json.dumps(value)
+
+
+def _jsonNumber(value) -> str:
+    """
+    @return: C{value} (a number or C{None}) in JSON.
+    """
+    if value.__class__ is int:
+        return "%d" % value
+    return json.dumps(value)
+
+
+class _Clock:
+    """
+    Text that changes once a second, made once a second.
+    """
+
+    __slots__ = ("second", "text", "_make")
+
+    def __init__(self, make) -> None:
+        self.second = None
+        self.text = ""
+        self._make = make
+
+    def __call__(self, when: float) -> str:
+        second = int(when)
+        if second != self.second:
+            self.text = self._make(second)
+            self.second = second
+        return self.text
 
 
 class AccessLog:
     """
     @ivar path: the file, or C{-} for the twistd log.
     @ivar format: one of L{FORMATS}.
+    @ivar reactor: times the batches; C{None} writes each line at once.
     """
 
     _log = Logger(namespace="cachingproxy.access")
 
-    def __init__(self, path: str, format: str = "combined") -> None:
+    def __init__(self, path: str, format: str = "combined", reactor=None,
+                 flushSize: int = FLUSH_SIZE) -> None:
         if format not in FORMATS:
             raise ValueError(f"unknown access log format {format!r}")
         self.path = path
         self.format = format
+        self.reactor = reactor
+        self.flushSize = flushSize
         self._file = None
         self._pid = os.getpid()
+        self._lines: List[str] = []
+        self._size = 0
+        self._timer = None
+        # The stream and prefix of the batch being gathered for the twistd
+        # log (found when it starts).
+        self._stream = None
+        self._system = _SYSTEM
+        self._encoding = None
+        self._shutdownTrigger = None
+        self._jsonTime = _Clock(
+            lambda second: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second)))
+        self._logTime = _Clock(lambda second: formatTime(float(second)))
         if path != "-":
-            self._file = open(path, "a", buffering=1, encoding="utf-8")
+            self._file = self._open(path)
+        if reactor is not None:
+            # Lines logged while connections are cut at shutdown come after
+            # every service stopped.
+            self._shutdownTrigger = reactor.addSystemEventTrigger(
+                "after", "shutdown", self.flush)
+
+    def _open(self, path: str):
+        if self.reactor is None:
+            return open(path, "a", buffering=1, encoding="utf-8")
+        return open(path, "a", encoding="utf-8")
 
     def record(self, exchange, protocol) -> None:
         """
@@ -54,59 +196,128 @@ class AccessLog:
 
     def jsonLine(self, exchange, protocol) -> str:
         """
-        @return: one JSON object describing a finished request.
+        @return: one JSON object describing a finished request: what
+            C{json.dumps} makes of the fields, in order and compact, put
+            together here since nearly every value needs no escaping.
         """
         head = exchange.head
+        headers = head.headers
         finished = exchange.finished or exchange.started
         upstream = exchange.upstreamSeconds
-        return json.dumps(
-            {
-                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(exchange.wallStarted)),
-                "client": protocol.clientHost,
-                "method": head.method.decode("latin-1"),
-                "target": head.target.decode("latin-1"),
-                "version": "HTTP/%d.%d" % head.version,
-                "status": exchange.status,
-                "bytes": exchange.bytesSent,
-                "bytes_in": exchange.bytesReceived,
-                "referer": (head.headers.get(b"referer") or b"").decode("latin-1") or None,
-                "user_agent": (head.headers.get(b"user-agent") or b"").decode("latin-1") or None,
-                "cache": exchange.cacheResult,
-                "upstream_seconds": None if upstream is None else round(upstream, 6),
-                "seconds": round(finished - exchange.started, 6),
-                "pid": self._pid,
-            },
-            separators=(",", ":"),
+        referer = headers.get(b"referer")
+        agent = headers.get(b"user-agent")
+        # A connection's requests mostly come from one client program:
+        # the JSON text of the client and its fields is kept from the
+        # connection's last line.
+        said = getattr(protocol, "_jsonSaid", None)
+        if said is None or said[0] != referer or said[1] != agent:
+            said = (referer, agent, _jsonString(protocol.clientHost),
+                    _jsonBytes(referer) if referer else "null",
+                    _jsonBytes(agent) if agent else "null")
+            protocol._jsonSaid = said
+        method = head.method
+        return (
+            '{"time":"%s","client":%s,"method":%s,"target":%s,"version":"HTTP/%d.%d",'
+            '"status":%s,"bytes":%s,"bytes_in":%s,"referer":%s,"user_agent":%s,"cache":%s,'
+            '"upstream_seconds":%s,"seconds":%r,"pid":%d}' % (
+                self._jsonTime(exchange.wallStarted),
+                said[2],
+                _JSON_METHODS.get(method) or _jsonBytes(method),
+                _jsonBytes(head.target),
+                head.version[0],
+                head.version[1],
+                _jsonNumber(exchange.status),
+                _jsonNumber(exchange.bytesSent),
+                _jsonNumber(exchange.bytesReceived),
+                said[3],
+                said[4],
+                _jsonString(exchange.cacheResult),
+                "null" if upstream is None else repr(round(upstream, 6)),
+                round(finished - exchange.started, 6),
+                self._pid,
+            )
         )
 
     def __call__(self, line: str) -> None:
+        if self.reactor is None:
+            self._writeNow(line)
+            return
+        if not self._lines:
+            if self._file is None:
+                found = _logStream()
+                if found is None:
+                    self._log.info("{line}", line=line)
+                    return
+                self._stream, self._system, self._encoding = found
+            self._timer = self.reactor.callLater(FLUSH_SECONDS, self._timedFlush)
+        if self._file is None:
+            line = "%s [%s] %s\n" % (self._logTime(time.time()), self._system, line)
+        else:
+            line += "\n"
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size >= self.flushSize:
+            self.flush()
+
+    def _writeNow(self, line: str) -> None:
         if self._file is None:
             self._log.info("{line}", line=line)
         else:
             self._file.write(line + "\n")
 
+    def _timedFlush(self) -> None:
+        self._timer = None
+        self.flush()
+
+    def flush(self) -> None:
+        """
+        Write the lines waiting, in one write.
+        """
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+        if not self._lines:
+            return
+        text = "".join(self._lines)
+        self._lines = []
+        self._size = 0
+        out = self._file
+        if out is None:
+            out, self._stream = self._stream, None
+            if self._encoding is not None:
+                text = text.encode(self._encoding)
+        try:
+            out.write(text)
+            out.flush()
+        except Exception:
+            self._log.failure("writing the access log failed")
+
     def reopen(self) -> None:
         """
         Close the file and open it again by name (after logrotate moved
-        it).
+        it), once what was logged before is written to the old one.
         """
+        self.flush()
         if self._file is None:
             return
         self._file.close()
-        self._file = open(self.path, "a", buffering=1, encoding="utf-8")
+        self._file = self._open(self.path)
         self._log.info("reopened the access log {path}", path=self.path)
 
     def switch(self, path: str, format: str) -> None:
         """
         Write to C{path} in C{format} from now on (a configuration reload
         changed them). The new file is opened before the old one is
-        closed, so a failure leaves the log as it was.
+        closed, so a failure leaves the log as it was; what was logged
+        before goes to the old one.
         """
         if format not in FORMATS:
             raise ValueError(f"unknown access log format {format!r}")
         new = None
         if path != "-":
-            new = open(path, "a", buffering=1, encoding="utf-8")
+            new = self._open(path)
+        self.flush()
         old, self._file = self._file, new
         self.path = path
         self.format = format
@@ -115,6 +326,13 @@ class AccessLog:
         self._log.info("access log now {path} ({logFormat})", path=path, logFormat=format)
 
     def close(self) -> None:
+        """
+        Write what is waiting and close the file.
+        """
+        self.flush()
+        if self._shutdownTrigger is not None:
+            self.reactor.removeSystemEventTrigger(self._shutdownTrigger)
+            self._shutdownTrigger = None
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -188,7 +188,7 @@ class ConfigReloader:
         newLog = None
         logChanged = (new.accessLog, new.accessLogFormat) != (old.accessLog, old.accessLogFormat)
         if logChanged and new.accessLog and not hasattr(accessLog, "switch"):
-            newLog = AccessLogFile(new.accessLog, new.accessLogFormat)
+            newLog = AccessLogFile(new.accessLog, new.accessLogFormat, self._reactor)
         elif logChanged and new.accessLog:
             # Opens the new file, or fails before anything is swapped.
             accessLog.switch(new.accessLog, new.accessLogFormat)

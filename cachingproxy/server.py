@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import re
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ from ._io import discardUnsent, sendNow
 from .forwarding import FORWARDING_FIELDS, Disagreement, forwardedParameters, toldTarget
 from .compress import compressWhole, compressor, negotiate, noTransform, weakenETag
 from .access import isThisProxy
+from .accesslog import _Clock
 from .admin import ADMIN_PREFIX, LANDING_PATHS
 from .tunnel import TunnelPeer, joinTunnel
 from .upstream import Origin, UpstreamPool, UpstreamRequest, _QuietFactory, connectError
@@ -1117,6 +1119,11 @@ class ProxyProtocol(Protocol):
         #: the total timeout of an upgraded connection
         self._upgradeTimer = None
         self.clientHost = "-"
+        #: The Referer and User-Agent of the last access line, and their
+        #: text: C{(referer, agent, text)}, or C{None}.
+        self._loggedAgent: Optional[tuple] = None
+        #: The same for JSON lines (L{cachingproxy.accesslog}).
+        self._jsonSaid: Optional[tuple] = None
 
     # -- connection --------------------------------------------------------
 
@@ -2260,21 +2267,26 @@ class ProxyFactory(Factory):
         """
         head = exchange.head
         elapsed = (exchange.finished or self.reactor.seconds()) - exchange.started
-        when = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(exchange.wallStarted))
-        referer = head.headers.get(b"referer", b"-")
-        agent = head.headers.get(b"user-agent", b"-")
+        headers = head.headers
+        referer = headers.get(b"referer", b"-")
+        agent = headers.get(b"user-agent", b"-")
+        # A connection's requests mostly tell the same Referer and
+        # User-Agent: their escaped text is kept from its last line.
+        said = protocol._loggedAgent
+        if said is None or said[0] != referer or said[1] != agent:
+            said = protocol._loggedAgent = (
+                referer, agent, '"%s" "%s"' % (_printable(referer), _printable(agent)))
+        method = head.method
         upstream = exchange.upstreamSeconds
-        return '%s - - [%s] "%s %s HTTP/%d.%d" %d %d "%s" "%s" %s %s %.4f %d' % (
+        return '%s - - [%s] "%s %s %s" %d %d %s %s %s %.4f %d' % (
             protocol.clientHost,
-            when,
-            _printable(head.method),
+            _clfTime(exchange.wallStarted),
+            _METHOD_TEXT.get(method) or _printable(method),
             _printable(head.target),
-            head.version[0],
-            head.version[1],
+            _VERSION_TEXT.get(head.version) or "HTTP/%d.%d" % head.version,
             exchange.status,
             exchange.bytesSent,
-            _printable(referer),
-            _printable(agent),
+            said[2],
             exchange.cacheResult,
             "-" if upstream is None else "%.4f" % upstream,
             elapsed,
@@ -2370,7 +2382,22 @@ def _rewriteLocations(fields: list, upstream: Origin, clientHost: bytes, scheme:
     return out
 
 
+#: The Combined Log Format time of a second, made once a second.
+_clfTime = _Clock(lambda second: time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(second)))
+
+#: The access log text of the usual methods and versions.
+_METHOD_TEXT = {m: m.decode("ascii") for m in (
+    b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE")}
+_VERSION_TEXT = {(1, 0): "HTTP/1.0", (1, 1): "HTTP/1.1"}
+
+#: A byte an access log line shows escaped.
+_UNPRINTABLE = re.compile(rb'[^\x20\x21\x23-\x7e]')
+
+
 def _printable(value: bytes) -> str:
+    if _UNPRINTABLE.search(value) is None:
+        # Nearly every value: nothing to escape.
+        return value.decode("ascii")
     text = value.decode("latin-1")
     return "".join(c if 32 <= ord(c) < 127 and c != '"' else "\\x%02x" % ord(c) for c in text)
 

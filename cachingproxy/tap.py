@@ -306,11 +306,12 @@ def _trustedProxies(config: Config):
     return networks if networks.everyone or networks.networks else None
 
 
-def AccessLogFile(path: str, format: str = "combined") -> AccessLog:
+def AccessLogFile(path: str, format: str = "combined", reactor=None) -> AccessLog:
     """
-    The access log for C{path} (C{-}: the twistd log) in C{format}.
+    The access log for C{path} (C{-}: the twistd log) in C{format}, written
+    in batches timed by C{reactor} (each line at once without one).
     """
-    return AccessLog(path, format)
+    return AccessLog(path, format, reactor)
 
 
 class ProxyService(service.Service):
@@ -552,7 +553,7 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
         WorkersService(reactor, config.port, workers, childArguments(options),
                        grace).setServiceParent(top)
         return top
-    accessLog = (AccessLogFile(config.accessLog, config.accessLogFormat)
+    accessLog = (AccessLogFile(config.accessLog, config.accessLogFormat, reactor)
                  if config.accessLog else None)
     for description in config.port:
         try:

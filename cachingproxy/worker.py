@@ -119,7 +119,7 @@ class Worker:
         if self.factory is None:
             if self.config.accessLog:
                 self._accessLog = tap.AccessLogFile(self.config.accessLog,
-                                                    self.config.accessLogFormat)
+                                                    self.config.accessLogFormat, self._reactor)
                 from .accesslog import reopenOnSignal
 
                 reopenOnSignal(self._reactor, [self._accessLog])
@@ -273,8 +273,13 @@ def _startLogging(workerId: str, out=None) -> None:
     """
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    observer = textFileLogObserver(out or sys.stdout)
+    from .accesslog import writeLogTo
+
+    out = out or sys.stdout
+    observer = textFileLogObserver(out)
     prefix = f"worker {workerId} pid {os.getpid()}"
+    # Access lines skip the observer, but not its stream or its prefix.
+    writeLogTo(out, f"{prefix}|cachingproxy.access#info")
 
     def tagged(event):
         system = event.get("log_system")

@@ -2,17 +2,21 @@
 The access log: Combined Log Format or JSON lines, reopened on SIGUSR1.
 """
 
+import io
 import json
 import os
 import re
 import signal
 
-from twisted.trial.unittest import TestCase
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher, textFileLogObserver
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from cachingproxy.accesslog import AccessLog
+from cachingproxy import accesslog
+from cachingproxy.accesslog import FLUSH_SECONDS, FLUSH_SIZE, AccessLog, writeLogTo
 from cachingproxy.server import ProxySettings
 
-from .helpers import exchange, listenOrigin, startProxy, temporaryPath, until
+from .helpers import exchange, listenOrigin, startProxy, startTwistd, temporaryPath, until
 
 #: Combined Log Format, then the cache result, the origin's seconds (or -),
 #: the seconds taken and the bytes received from the client.
@@ -103,3 +107,326 @@ class ReopenTests(TestCase):
         self.assertIn("/size/1 ", old)
         self.assertNotIn("/size/2 ", old)
         self.assertIn("/size/2 ", new)
+
+
+class _TriggerClock(Clock):
+    """
+    A L{Clock} that also keeps system event triggers, to fire by hand.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.triggers = {}
+
+    def addSystemEventTrigger(self, phase, eventType, callable, *args, **kw):
+        key = object()
+        self.triggers[key] = (phase, eventType, callable, args, kw)
+        return key
+
+    def removeSystemEventTrigger(self, key):
+        del self.triggers[key]
+
+    def fire(self, phase, eventType):
+        for when, event, callable, args, kw in list(self.triggers.values()):
+            if (when, event) == (phase, eventType):
+                callable(*args, **kw)
+
+
+class BatchTests(SynchronousTestCase):
+    """
+    Lines are written in batches: within a second, at once when the batch
+    is full, and before a reopen, a close or the end of the reactor.
+    """
+
+    def setUp(self):
+        self.clock = _TriggerClock()
+        self.path = temporaryPath(self, "access.log")
+
+    def _log(self, **kw):
+        log = AccessLog(self.path, "combined", self.clock, **kw)
+        self.addCleanup(log.close)
+        return log
+
+    def _written(self, path=None):
+        with open(path or self.path) as f:
+            return f.read().splitlines()
+
+    def test_timer(self):
+        """
+        A line is not written at once, and is written when the timer fires,
+        L{FLUSH_SECONDS} (at most a second) later.
+        """
+        log = self._log()
+        log("one")
+        self.clock.advance(0.5)
+        log("two")
+        self.assertEqual(self._written(), [])
+        self.assertLessEqual(FLUSH_SECONDS, 1.0)
+        self.clock.advance(FLUSH_SECONDS - 0.5)
+        self.assertEqual(self._written(), ["one", "two"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_full(self):
+        """
+        The line that fills the batch has it written at once, without the
+        timer.
+        """
+        log = self._log(flushSize=100)
+        for i in range(9):
+            log("%09d" % i)
+        self.assertEqual(self._written(), [])
+        log("%09d" % 9)
+        self.assertEqual(self._written(), ["%09d" % i for i in range(10)])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_defaultSize(self):
+        """
+        By default a batch is written once L{FLUSH_SIZE} characters wait.
+        """
+        log = self._log()
+        line = "x" * 1023
+        for _ in range(FLUSH_SIZE // 1024 - 1):
+            log(line)
+        self.assertEqual(self._written(), [])
+        log(line)
+        self.assertEqual(len(self._written()), FLUSH_SIZE // 1024)
+
+    def test_shutdown(self):
+        """
+        What waits is written after the reactor's shutdown (once every
+        service stopped and every connection was cut).
+        """
+        log = self._log()
+        log("last")
+        self.clock.fire("before", "shutdown")
+        self.assertEqual(self._written(), [])
+        self.clock.fire("after", "shutdown")
+        self.assertEqual(self._written(), ["last"])
+
+    def test_reopen(self):
+        """
+        Lines logged before a reopen go to the file as it was (moved away),
+        those after to the new one.
+        """
+        log = self._log()
+        log("before")
+        os.rename(self.path, self.path + ".1")
+        log.reopen()
+        log("after")
+        log.close()
+        self.assertEqual(self._written(self.path + ".1"), ["before"])
+        self.assertEqual(self._written(), ["after"])
+
+    def test_switch(self):
+        """
+        Lines logged before a reload switches the file go to the old one.
+        """
+        log = self._log()
+        other = temporaryPath(self, "other.log")
+        log("before")
+        log.switch(other, "json")
+        log("after")
+        self.clock.advance(FLUSH_SECONDS)
+        self.assertEqual(self._written(), ["before"])
+        self.assertEqual(self._written(other), ["after"])
+
+    def test_close(self):
+        """
+        Closing writes what waits, and leaves no timer or trigger behind.
+        """
+        log = AccessLog(self.path, "combined", self.clock)
+        log("only")
+        log.close()
+        self.assertEqual(self._written(), ["only"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.clock.triggers, {})
+
+    def test_twistdLog(self):
+        """
+        To the twistd log, a batch goes to the stream its text observer
+        writes to, each line prefixed as that observer would, in one write.
+        """
+        stream = io.StringIO()
+        writes = []
+        write = stream.write
+        stream.write = lambda text: (writes.append(text), write(text))[1]
+        self.patch(accesslog, "_registered", None)
+        writeLogTo(stream, "worker 1 pid 7|cachingproxy.access#info")
+        log = AccessLog("-", "combined", self.clock)
+        log("one")
+        log("two")
+        self.assertEqual(stream.getvalue(), "")
+        self.clock.advance(FLUSH_SECONDS)
+        lines = stream.getvalue().splitlines()
+        self.assertEqual(len(writes), 1)
+        self.assertEqual([line.split("] ", 1)[1] for line in lines], ["one", "two"])
+        for line in lines:
+            self.assertRegex(
+                line, r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} "
+                      r"\[worker 1 pid 7\|cachingproxy\.access#info\] ")
+
+    def test_twistdLogObserver(self):
+        """
+        Without a stream set up by the process, the stream of twistd's text
+        file observer is found among the global log observers.
+        """
+        stream = io.StringIO()
+        observer = textFileLogObserver(stream)
+        self.patch(accesslog, "_registered", None)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        log = AccessLog("-", "combined", self.clock)
+        log("line")
+        self.clock.advance(FLUSH_SECONDS)
+        self.assertIn(" [cachingproxy.access#info] line\n", stream.getvalue())
+        self.assertEqual(stream.getvalue().count("line"), 1)
+
+
+#: A request to the test origin for C{/size/N}.
+_REQUEST = b"GET http://127.0.0.1:%d/size/%d HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def _accessLines(text):
+    """
+    @return: the access lines in C{text}, a file's or twistd's output (then
+        without the twistd log prefix), parsed.
+    """
+    found = []
+    for line in text.splitlines():
+        if "cachingproxy.access#info] " in line:
+            line = line.split("cachingproxy.access#info] ", 1)[1]
+        match = COMBINED.match(line)
+        if match is not None:
+            found.append(match)
+    return found
+
+
+class LossTests(TestCase):
+    """
+    Through twistd: a clean stop, and a logrotate reopen, lose no line.
+    """
+
+    timeout = 90
+
+    async def _serve(self, port, originPort, sizes, perConnection=5):
+        """
+        Request C{/size/N} for every N of C{sizes}, C{perConnection}
+        pipelined on each connection, each connection closed once
+        answered.
+        """
+        sizes = list(sizes)
+        for start in range(0, len(sizes), perConnection):
+            chunk = sizes[start:start + perConnection]
+            client, responses = await exchange(
+                port, self, b"".join(_REQUEST % (originPort, n) for n in chunk), len(chunk))
+            self.assertEqual([r.status for r in responses], [200] * len(chunk))
+            # Closed by the client, so that the proxy stops at once rather
+            # than after waiting for idle clients to go: the last lines
+            # are then written by the stop, not by the timer.
+            client.transport.loseConnection()
+            await client.closed
+
+    async def _stopLosesNothing(self, toFile, *args):
+        origin, originPort = listenOrigin(self)
+        path = temporaryPath(self, "access.log")
+        process, transport, port = await startTwistd(
+            self, "--access-log", path if toFile else "-", *args)
+        if "--workers" in args:
+            await until(lambda: process.output.count(b") ready") >= 2, 20)
+        sizes = range(100, 160)
+        await self._serve(port, originPort, sizes)
+        transport.signalProcess(signal.SIGTERM)
+        await process.ended
+        if toFile:
+            with open(path) as f:
+                text = f.read()
+        else:
+            text = process.output.decode()
+        targets = sorted(match["target"] for match in _accessLines(text))
+        self.assertEqual(targets, sorted("http://127.0.0.1:%d/size/%d" % (originPort, n)
+                                         for n in sizes))
+
+    async def test_stopFile(self):
+        """
+        SIGTERM right after the last response: every request has its line
+        in the file.
+        """
+        await self._stopLosesNothing(True)
+
+    async def test_stopTwistdLog(self):
+        """
+        SIGTERM right after the last response: every request has its line
+        in the twistd log (stdout).
+        """
+        await self._stopLosesNothing(False)
+
+    async def test_stopFileWorkers(self):
+        """
+        With two worker processes, SIGTERM to the parent right after the
+        last response: every request has its line in the file.
+        """
+        await self._stopLosesNothing(True, "--workers", "2")
+
+    async def test_stopTwistdLogWorkers(self):
+        """
+        With two worker processes, SIGTERM to the parent right after the
+        last response: every request has its line on stdout.
+        """
+        await self._stopLosesNothing(False, "--workers", "2")
+
+    async def test_rotate(self):
+        """
+        logrotate's way: the file is renamed, SIGUSR1, more requests. The
+        renamed file holds every line logged before the signal, the new
+        one every line after, and none is lost.
+        """
+        origin, originPort = listenOrigin(self)
+        path = temporaryPath(self, "access.log")
+        process, transport, port = await startTwistd(self, "--access-log", path)
+        await self._serve(port, originPort, range(100, 130))
+        os.rename(path, path + ".1")
+        transport.signalProcess(signal.SIGUSR1)
+        await process.waitForOutput(b"reopened the access log")
+        await self._serve(port, originPort, range(200, 230))
+        transport.signalProcess(signal.SIGTERM)
+        await process.ended
+        with open(path + ".1") as f:
+            old = [match["target"] for match in _accessLines(f.read())]
+        with open(path) as f:
+            new = [match["target"] for match in _accessLines(f.read())]
+        self.assertEqual(sorted(old), sorted("http://127.0.0.1:%d/size/%d" % (originPort, n)
+                                             for n in range(100, 130)))
+        self.assertEqual(sorted(new), sorted("http://127.0.0.1:%d/size/%d" % (originPort, n)
+                                             for n in range(200, 230)))
+
+
+class JSONEscapingTests(SynchronousTestCase):
+    """
+    JSON lines are put together by hand: values that need escaping are
+    escaped as C{json.dumps} would.
+    """
+
+    def test_escaped(self):
+        """
+        Quotes, backslashes, control and non-ASCII bytes in the target and
+        the fields come back exactly from C{json.loads}, as do missing
+        fields and times.
+        """
+        from types import SimpleNamespace
+
+        from cachingproxy.http.headers import Headers
+
+        headers = Headers()
+        headers.add(b"user-agent", b'a"b\\c\t\x01\x7f\xe9')
+        exchange = SimpleNamespace(
+            head=SimpleNamespace(method=b"GET", target=b'/x"\\\xff\x00', version=(1, 1),
+                                 headers=headers),
+            started=100.0, finished=100.25, upstreamSeconds=None, wallStarted=0.5,
+            status=499, bytesSent=0, bytesReceived=7, cacheResult="-")
+        line = AccessLog(os.devnull, "json").jsonLine(exchange, SimpleNamespace(clientHost="::1"))
+        self.assertNotIn("\n", line)
+        self.assertEqual(json.loads(line), {
+            "time": "1970-01-01T00:00:00Z", "client": "::1", "method": "GET",
+            "target": '/x"\\\xff\x00', "version": "HTTP/1.1", "status": 499, "bytes": 0,
+            "bytes_in": 7, "referer": None, "user_agent": 'a"b\\c\t\x01\x7f\xe9', "cache": "-",
+            "upstream_seconds": None, "seconds": 0.25, "pid": os.getpid()})
