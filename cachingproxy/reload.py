@@ -203,7 +203,7 @@ class ConfigReloader:
 
         # Certificates whose files cannot be used (a renewal half copied,
         # a key of another certificate) leave every listener as it was.
-        from .tlsport import loadTLS
+        from .tlsport import CertificateError, loadTLS
 
         certificates = []
         for service in self.services:
@@ -211,7 +211,7 @@ class ConfigReloader:
             if server is not None:
                 try:
                     certificates.append((server, loadTLS(server.description)))
-                except ValueError as e:
+                except CertificateError as e:
                     raise usage.UsageError(f"--port {server.description}: {e}")
 
         # Everything is built: swap.

@@ -34,7 +34,14 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from zope.interface import implementer
 
-__all__ = ["isTLS", "checkTLS", "ServerTLS", "tcpEndpoint"]
+__all__ = ["CertificateError", "isTLS", "checkTLS", "loadTLS", "ServerTLS", "tcpEndpoint"]
+
+
+class CertificateError(ValueError):
+    """
+    A TLS listener's certificate or key cannot be used; the message says
+    why in one line.
+    """
 
 #: The endpoint types whose listeners speak TLS.
 _TLS_KINDS = ("ssl", "tls")
@@ -103,7 +110,7 @@ def _checkOptions(options, where: str, keyWhere: str, now: datetime.datetime) ->
     @param options: a C{CertificateOptions} with a certificate and a key.
     @param where: the file the certificate came from, for the message.
     @param keyWhere: the file the key came from.
-    @raise ValueError: the key does not belong to the certificate, or the
+    @raise CertificateError: the key does not belong to the certificate, or the
         certificate has expired.
     """
     from OpenSSL import SSL
@@ -111,14 +118,14 @@ def _checkOptions(options, where: str, keyWhere: str, now: datetime.datetime) ->
     certificate = options.certificate.to_cryptography()
     notAfter = certificate.not_valid_after_utc
     if notAfter <= now:
-        raise ValueError(
+        raise CertificateError(
             f"the certificate in {where} expired on {notAfter:%Y-%m-%d %H:%M:%S} UTC")
     try:
         # Builds the OpenSSL context, which checks that the key belongs to
         # the certificate (and caches it for the connections to come).
         options.getContext()
     except SSL.Error:
-        raise ValueError(f"the private key in {keyWhere} does not match the certificate "
+        raise CertificateError(f"the private key in {keyWhere} does not match the certificate "
                          f"in {where}")
 
 
@@ -132,12 +139,12 @@ def _loadSSL(description: str, args: List[str], kwargs: Dict[str, str], now):
     try:
         (_, _, options), _ = endpoints._parseSSL(None, *args, **kwargs)
     except OSError as e:
-        raise ValueError(f"cannot read {e.filename or privateKey}: {e.strerror or e}")
+        raise CertificateError(f"cannot read {e.filename or privateKey}: {e.strerror or e}")
     except Exception as e:
         if "not match" in str(e) or "mismatch" in str(e):
-            raise ValueError(f"the private key in {privateKey} does not match the "
+            raise CertificateError(f"the private key in {privateKey} does not match the "
                              f"certificate in {certKey}")
-        raise ValueError(f"cannot load the certificate in {certKey} and the private key "
+        raise CertificateError(f"cannot load the certificate in {certKey} and the private key "
                          f"in {privateKey}: {e}")
     _checkOptions(options, certKey, privateKey, now)
     return options
@@ -159,13 +166,13 @@ def _loadFolder(folder: str, now):
     from twisted.python.filepath import FilePath
 
     if not os.path.isdir(folder) or not os.access(folder, os.R_OK | os.X_OK):
-        raise ValueError(f"cannot read the folder {folder}")
+        raise CertificateError(f"cannot read the folder {folder}")
     try:
         mapping = PEMObjects.fromDirectory(FilePath(folder)).inferDomainMapping()
     except OSError as e:
-        raise ValueError(f"cannot read {e.filename or folder}: {e.strerror or e}")
+        raise CertificateError(f"cannot read {e.filename or folder}: {e.strerror or e}")
     if not mapping:
-        raise ValueError(f"no certificate with its private key in {folder}")
+        raise CertificateError(f"no certificate with its private key in {folder}")
     for name, options in mapping.items():
         _checkOptions(options, f"{folder} (for {name})", folder, now)
     return SNIConnectionCreator(autoReloadingDirectoryOfPEMs(FilePath(folder)))
@@ -176,7 +183,7 @@ def loadTLS(description: str, now: Optional[datetime.datetime] = None):
     Read the certificate(s) and key(s) a TLS description names.
 
     @return: a server connection creator (C{IOpenSSLServerConnectionCreator}).
-    @raise ValueError: one line saying what is wrong with them.
+    @raise CertificateError: one line saying what is wrong with them.
     """
     if now is None:
         now = datetime.datetime.now(datetime.timezone.utc)
@@ -184,7 +191,7 @@ def loadTLS(description: str, now: Optional[datetime.datetime] = None):
     if kind == "ssl":
         return _loadSSL(description, args, kwargs, now)
     if not args:
-        raise ValueError("expected tls:FOLDER[:port=PORT]")
+        raise CertificateError("expected tls:FOLDER[:port=PORT]")
     return _loadFolder(args[0], now)
 
 
@@ -213,7 +220,7 @@ class ServerTLS:
 
     def __init__(self, description: str) -> None:
         """
-        @raise ValueError: the certificate or key cannot be used.
+        @raise CertificateError: the certificate or key cannot be used.
         """
         self.description = description
         self.current = loadTLS(description)
@@ -223,7 +230,7 @@ class ServerTLS:
         Read the certificate and key again; new connections get them, and
         nothing changes if they cannot be used.
 
-        @raise ValueError: they cannot be used (the old ones stay).
+        @raise CertificateError: they cannot be used (the old ones stay).
         """
         self.current = loadTLS(self.description)
 

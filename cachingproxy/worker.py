@@ -386,8 +386,15 @@ def main(argv: Optional[Sequence[str]] = None, reactor=None) -> int:
     streamline(reactor)
 
     def start():
+        from .tlsport import CertificateError
+
         try:
             worker.start()
+        except CertificateError as e:
+            # A renewal that went wrong: one line, the old workers serve on.
+            Worker._log.error("worker {worker} cannot start: {why}", worker=workerId, why=str(e))
+            worker.exitCode = 1
+            reactor.stop()
         except Exception:
             Worker._log.failure("worker {worker} cannot start", worker=workerId)
             worker.exitCode = 1
