@@ -231,14 +231,14 @@ def parseListener(description: str, environ: Mapping[str, str] = os.environ) -> 
         sock.setblocking(False)
         return Listener(description, sock)
     interface = kwargs.get("interface", "::" if kind == "tcp6" else "")
-    backlog = int(kwargs.get("backlog", 50))
-    port = int(args[0]) if args else 0
     if kind in ("ssl", "tls"):
         # The TCP socket under it, where Twisted's endpoint would listen
         # (ssl: on IPv4, tls: on :: unless interface= says otherwise).
         from .tlsport import listeningAddress
 
         interface, port, backlog = listeningAddress(description)
+    else:
+        port, backlog = int(args[0]), int(kwargs.get("backlog", 50))
     family = socket.AF_INET
     if kind == "tcp6":
         family = socket.AF_INET6
