@@ -1108,14 +1108,17 @@ class TLSWorkersTests(TestCase):
             paths.append(path)
         return folder, paths[0], paths[1]
 
-    async def startTLS(self, certPath: str, keyPath: str):
+    async def startTLS(self, certPath: str, keyPath: str, description: str = None):
         """
-        Start the proxy with a plain and an C{ssl:} listener.
+        Start the proxy with a plain and a TLS listener (C{ssl:} with
+        C{certPath} and C{keyPath}, unless C{description} is given).
 
         @return: the L{_Twistd}, its transport and the TLS port.
         """
+        if description is None:
+            description = f"ssl:0:interface=127.0.0.1:privateKey={keyPath}:certKey={certPath}"
         process, transport, _ = await WorkersEndToEndTests.startTwistd(
-            self, "--port", f"ssl:0:interface=127.0.0.1:privateKey={keyPath}:certKey={certPath}")
+            self, "--port", description)
         ports = re.findall(rb"listening on 127\.0\.0\.1:(\d+)", process.output)
         # One line per --port, in their order: the plain one, then TLS.
         self.assertEqual(len(ports), 2, process.output.decode(errors="replace"))
@@ -1124,7 +1127,8 @@ class TLSWorkersTests(TestCase):
     async def connect(self, port: int) -> RawClient:
         """
         @return: a client on a new TLS connection that trusts only the
-            test CA and checks the name C{localhost}.
+            test CA, checks the name C{localhost} and offers ALPN as a
+            browser does.
         """
         from twisted.internet.endpoints import wrapClientTLS
         from twisted.internet.ssl import optionsForClientTLS
@@ -1132,7 +1136,9 @@ class TLSWorkersTests(TestCase):
         from .tlshelpers import trustRoot
 
         client = RawClient()
-        endpoint = wrapClientTLS(optionsForClientTLS("localhost", trustRoot(self.ca[0])),
+        options = optionsForClientTLS("localhost", trustRoot(self.ca[0]),
+                                      acceptableProtocols=[b"h2", b"http/1.1"])
+        endpoint = wrapClientTLS(options,
                                  TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10))
         await connectProtocol(endpoint, client)
 
@@ -1197,6 +1203,25 @@ class TLSWorkersTests(TestCase):
         certPEM, keyPEM = makeServerCert(self.ca)
         folder, certPath, keyPath = self.certificateFiles(certPEM, keyPEM)
         process, transport, port = await self.startTLS(certPath, keyPath)
+        pids = await self.workerPids(port, certPEM)
+        self.assertEqual(len(pids), 2)
+        self.assertNotIn(transport.pid, pids)
+
+    async def test_tlsFolderServedByBothWorkers(self):
+        """
+        A C{tls:FOLDER} listener (a PEM file holding a certificate and its
+        key) is shared by both workers too, and answers a client that
+        offers ALPN.
+        """
+        from .tlshelpers import makeServerCert
+
+        certPEM, keyPEM = makeServerCert(self.ca)
+        folder = temporaryPath(self)
+        os.mkdir(folder)
+        with open(os.path.join(folder, "localhost.pem"), "wb") as f:
+            f.write(certPEM + keyPEM)
+        process, transport, port = await self.startTLS(
+            None, None, f"tls:{folder}:port=0:interface=127.0.0.1")
         pids = await self.workerPids(port, certPEM)
         self.assertEqual(len(pids), 2)
         self.assertNotIn(transport.pid, pids)
