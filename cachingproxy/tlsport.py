@@ -110,8 +110,8 @@ def _checkOptions(options, where: str, keyWhere: str, now: datetime.datetime) ->
     @param options: a C{CertificateOptions} with a certificate and a key.
     @param where: the file the certificate came from, for the message.
     @param keyWhere: the file the key came from.
-    @raise CertificateError: the key does not belong to the certificate, or the
-        certificate has expired.
+    @raise CertificateError: the key does not belong to the certificate,
+        or the certificate has expired.
     """
     from OpenSSL import SSL
 
@@ -125,8 +125,8 @@ def _checkOptions(options, where: str, keyWhere: str, now: datetime.datetime) ->
         # the certificate (and caches it for the connections to come).
         options.getContext()
     except SSL.Error:
-        raise CertificateError(f"the private key in {keyWhere} does not match the certificate "
-                         f"in {where}")
+        raise CertificateError(f"the private key in {keyWhere} does not match the "
+                               f"certificate in {where}")
 
 
 def _loadSSL(description: str, args: List[str], kwargs: Dict[str, str], now):
