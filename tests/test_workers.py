@@ -992,6 +992,9 @@ class WorkersEndToEndTests(TestCase):
         served by both workers, neither of which is the parent.
         """
         process, transport, port, first = await self._socketActivated("--workers", "2")
+        # The first request was answered by whichever worker was ready
+        # first; on a loaded machine the other may still be starting.
+        await until(lambda: process.output.count(b") ready") >= 2 or process.ended.called, 20)
         pids = await self.workerPids(port)
         self.assertEqual(len(pids), 2)
         self.assertIn(first, pids)
