@@ -11,7 +11,10 @@ proxy settings (timeouts, limits, header rules, forwarding headers,
 compression), the access policy (client ranges, destinations, admin
 ranges, the password file, read again), the upstream timeouts, the cache
 limits and options, the access log (reopened, or opened anew when its
-path or format changed) and the shutdown grace. New objects replace the
+path or format changed), the shutdown grace, and the certificates and
+keys of the TLS listeners (read again from their files, so a renewed
+certificate is served to new connections without a restart; connections
+already open keep the one they began with). New objects replace the
 old ones rather than being changed in place, so a request that already
 holds the old ones goes on with them.
 
@@ -134,6 +137,11 @@ class ConfigReloader:
         live = [f for f in changed if f not in RESTART_FIELDS]
         try:
             self._apply(new)
+        except usage.UsageError as e:
+            message = " ".join(str(e).split())
+            self._log.error("SIGHUP: configuration not reloaded, keeping the running one: "
+                            "{reason}", reason=message)
+            return False
         except Exception:
             self._log.failure("SIGHUP: configuration not reloaded, keeping the running one")
             return False
@@ -193,6 +201,19 @@ class ConfigReloader:
             # Opens the new file, or fails before anything is swapped.
             accessLog.switch(new.accessLog, new.accessLogFormat)
 
+        # Certificates whose files cannot be used (a renewal half copied,
+        # a key of another certificate) leave every listener as it was.
+        from .tlsport import CertificateError, loadTLS
+
+        certificates = []
+        for service in self.services:
+            server = getattr(service, "tls", None)
+            if server is not None:
+                try:
+                    certificates.append((server, loadTLS(server.description)))
+                except CertificateError as e:
+                    raise usage.UsageError(f"--port {server.description}: {e}")
+
         # Everything is built: swap.
         factory.settings = settings
         factory.access = access
@@ -202,6 +223,8 @@ class ConfigReloader:
             self._storeLimits(cache.store, new)
         for service in self.services:
             service.grace = float(new.shutdownGrace)
+        for server, creator in certificates:
+            server.current = creator
         if not logChanged:
             if hasattr(accessLog, "reopen"):
                 accessLog.reopen()

@@ -34,7 +34,7 @@ from typing import Callable, Deque, FrozenSet, List, Optional, Sequence, Tuple
 import httptools
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IPushProducer, ISSLTransport
+from twisted.internet.interfaces import IProtocolNegotiationFactory, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -1809,6 +1809,7 @@ class ProxyProtocol(Protocol):
         self.transport.loseConnection()
 
 
+@implementer(IProtocolNegotiationFactory)
 class ProxyFactory(Factory):
     """
     What the client connections share: settings, the upstream pool, the
@@ -1822,6 +1823,14 @@ class ProxyFactory(Factory):
     """
 
     protocol = ProxyProtocol
+
+    def acceptableProtocols(self):
+        """
+        What a TLS listener offers in ALPN: HTTP/1.1 only. Said outright
+        because Twisted's C{tls:} listener fails the handshake of a client
+        that offers ALPN (curl, browsers) when the factory names nothing.
+        """
+        return [b"http/1.1"]
     noisy = False
     _log = Logger()
 

@@ -320,7 +320,11 @@ class ProxyService(service.Service):
     stops listening and closes the upstream pool.
 
     @ivar port: the listening port once started (tests read its address).
+    @ivar tls: the L{cachingproxy.tlsport.ServerTLS} of a TLS listener
+        (C{None} for a plain one).
     """
+
+    tls = None
 
     _log = Logger()
 
@@ -360,8 +364,22 @@ class ProxyService(service.Service):
             (every endpoint of Twisted's binds at once); otherwise, and for
             a failure that comes later, log it and stop the reactor.
         """
-        endpoint = serverEndpoint(self._reactor, self.description)
-        self._listening = endpoint.listen(self.factory)
+        from .tlsport import ServerTLS, isTLS, tcpEndpoint
+
+        if isTLS(self.description):
+            # TLS set up here rather than by Twisted's ssl:/tls: endpoint,
+            # so that a reload can hand new connections a renewed
+            # certificate (L{cachingproxy.reload}).
+            try:
+                self.tls = ServerTLS(self.description)
+                endpoint = tcpEndpoint(self._reactor, self.description)
+            except Exception as e:
+                self._listening = defer.fail(e)
+            else:
+                self._listening = endpoint.listen(self.tls.wrap(self.factory))
+        else:
+            endpoint = serverEndpoint(self._reactor, self.description)
+            self._listening = endpoint.listen(self.factory)
 
         def listening(port):
             self.port = port
@@ -502,8 +520,14 @@ def checkEndpoint(reactor, description: str) -> None:
     listening yet).
 
     @raise usage.UsageError: one line naming the C{--port} and the problem,
-        such as a C{systemd:} port when systemd passed no socket.
+        such as a C{systemd:} port when systemd passed no socket, or a TLS
+        port whose key cannot be read, does not match its certificate or
+        whose certificate has expired.
     """
+    from .tlsport import checkTLS, isTLS
+
+    if isTLS(description):
+        checkTLS(description)
     try:
         serverEndpoint(reactor, description)
     except (IndexError, KeyError) as error:
@@ -548,10 +572,22 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     if workers > 1:
         # This process only owns the sockets and supervises the workers,
         # which build their own factories (cachingproxy.workers).
+        from .tlsport import checkTLS, isTLS
         from .workers import WorkersService, childArguments
 
-        WorkersService(reactor, config.port, workers, childArguments(options),
-                       grace).setServiceParent(top)
+        try:
+            # Each worker reads the certificates again; checked here, a bad
+            # one stops the start before any worker is spawned.
+            for description in config.port:
+                if isTLS(description):
+                    checkTLS(description)
+            parent = WorkersService(reactor, config.port, workers, childArguments(options),
+                                    grace)
+        except usage.UsageError as error:
+            if options.parent is not None:
+                exitOnConfigError(error)
+            raise
+        parent.setServiceParent(top)
         return top
     accessLog = (AccessLogFile(config.accessLog, config.accessLogFormat, reactor)
                  if config.accessLog else None)

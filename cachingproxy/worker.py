@@ -4,14 +4,19 @@ One worker process of C{--workers N}, started by
 L{cachingproxy.workers.WorkerSupervisor}::
 
     python -m cachingproxy.worker --inherit-fd FD [--inherit-fd FD ...]
-        --worker-id I [--ready-fd R] [cachingproxy options]
+        [--tls-port FD=DESCRIPTION ...] --worker-id I [--ready-fd R]
+        [cachingproxy options]
 
 The worker parses the cachingproxy options itself (with the environment and
 any configuration file, so a replacement picks up changed settings), adopts
 each inherited listening descriptor with C{reactor.adoptStreamPort} as
 Twisted's C{AdoptedStreamServerEndpoint} does (non-blocking, adopt, close its
 own copy), writes C{cachingproxy-worker-ready I PID} on the readiness pipe,
-and serves.
+and serves. A descriptor named by C{--tls-port} serves TLS: the worker
+reads the certificate and key its C{ssl:}/C{tls:} description names
+(L{cachingproxy.tlsport.ServerTLS}) before it adopts anything, so a
+replacement started by a reload serves a renewed certificate, and one
+that cannot use it never says it is ready.
 
 On SIGTERM (or SIGINT, or when its parent goes away) it accepts what the
 kernel has queued and stops accepting (C{stopListening} on an adopted port
@@ -29,7 +34,7 @@ import signal
 import socket
 import stat
 import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from twisted.internet import defer, fdesc, task
 from twisted.internet.error import ConnectionDone, ConnectionLost, ReactorNotRunning
@@ -38,7 +43,37 @@ from twisted.logger import Logger
 from twisted.python import usage
 from zope.interface import implementer
 
-__all__ = ["Worker", "splitArguments", "main"]
+__all__ = ["Worker", "splitArguments", "splitTLSArguments", "main"]
+
+
+def splitTLSArguments(argv: Sequence[str]) -> Tuple[Dict[int, str], List[str]]:
+    """
+    Take the C{--tls-port FD=DESCRIPTION} options out of C{argv}.
+
+    @return: the TLS listeners (descriptor to C{--port} description) and
+        the remaining arguments.
+    @raise usage.UsageError: for a malformed value.
+    """
+    tls: Dict[int, str] = {}
+    rest: List[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        name, equals, value = items[i].partition("=")
+        if name == "--tls-port":
+            if not equals:
+                if i + 1 >= len(items):
+                    raise usage.UsageError(f"{name}: a value is needed")
+                i += 1
+                value = items[i]
+            fd, _, description = value.partition("=")
+            if not fd.isdigit() or not description:
+                raise usage.UsageError(f"{name}: expected FD=DESCRIPTION, got {value!r}")
+            tls[int(fd)] = description
+        else:
+            rest.append(items[i])
+        i += 1
+    return tls, rest
 
 
 def splitArguments(argv: Sequence[str]) -> Tuple[List[int], str, Optional[int], List[str]]:
@@ -89,6 +124,8 @@ class Worker:
         connection accepted just before the stop gets its request read
         (rather than closed as idle) and answered.
     @ivar ports: the adopted listening ports.
+    @ivar tls: the descriptors among C{fds} that serve TLS, with their
+        C{--port} descriptions.
     @ivar exitCode: what the process should exit with.
     """
 
@@ -96,11 +133,13 @@ class Worker:
     _log = Logger()
 
     def __init__(self, reactor, config, workerId: str, fds: Sequence[int],
-                 readyFD: Optional[int] = None, factory=None) -> None:
+                 readyFD: Optional[int] = None, factory=None,
+                 tls: Optional[Mapping[int, str]] = None) -> None:
         self._reactor = reactor
         self.config = config
         self.workerId = workerId
         self.fds = list(fds)
+        self.tls = dict(tls or {})
         self.readyFD = readyFD
         self.factory = factory
         self.grace = float(config.shutdownGrace)
@@ -131,12 +170,18 @@ class Worker:
             self.factory.metrics = Metrics.create(self._reactor, self.factory,
                                                   workerId=self.workerId)
         self.factory.metrics.start()
+        from .tlsport import ServerTLS
+
+        # Every certificate is read before any descriptor is adopted: a
+        # worker that cannot serve one of them serves none.
+        servers = {fd: ServerTLS(description) for fd, description in self.tls.items()}
         for fd in self.fds:
             probe = socket.socket(fileno=fd)
             family = probe.family
             probe.detach()
             fdesc.setNonBlocking(fd)
-            port = self._reactor.adoptStreamPort(fd, family, self.factory)
+            factory = servers[fd].wrap(self.factory) if fd in servers else self.factory
+            port = self._reactor.adoptStreamPort(fd, family, factory)
             # The port holds its own duplicate now.
             os.close(fd)
             self.ports.append(port)
@@ -331,6 +376,7 @@ def main(argv: Optional[Sequence[str]] = None, reactor=None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     try:
+        tls, argv = splitTLSArguments(argv)
         fds, workerId, readyFD, rest = splitArguments(argv)
         options = Options()
         options.parseOptions(rest)
@@ -341,12 +387,19 @@ def main(argv: Optional[Sequence[str]] = None, reactor=None) -> int:
         from twisted.internet import reactor
     workerId = workerId or str(os.getpid())
     _startLogging(workerId)
-    worker = Worker(reactor, options.config, workerId, fds, readyFD)
+    worker = Worker(reactor, options.config, workerId, fds, readyFD, tls=tls)
     streamline(reactor)
 
     def start():
+        from .tlsport import CertificateError
+
         try:
             worker.start()
+        except CertificateError as e:
+            # A renewal that went wrong: one line, the old workers serve on.
+            Worker._log.error("worker {worker} cannot start: {why}", worker=workerId, why=str(e))
+            worker.exitCode = 1
+            reactor.stop()
         except Exception:
             Worker._log.failure("worker {worker} cannot start", worker=workerId)
             worker.exitCode = 1

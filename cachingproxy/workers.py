@@ -33,9 +33,13 @@ C{ProcessMonitor}, with the reactor injected:
 A worker that loses its parent (SIGKILL to the parent) sees end of file on
 its standard input pipe and stops gracefully, so no orphan keeps serving.
 
-Only C{tcp:}, C{tcp6:} and C{systemd:domain=INET|INET6} listeners can be
-shared: Twisted's adopted UNIX ports unlink their path when one worker
-stops, and a TLS listener would need its wrapping rebuilt in each worker.
+Only C{tcp:}, C{tcp6:}, C{ssl:}, C{tls:} and C{systemd:domain=INET|INET6}
+listeners can be shared: Twisted's adopted UNIX ports unlink their path
+when one worker stops. For a TLS listener (C{ssl:}, C{tls:}) the parent
+binds the TCP port and checks the certificate and key; each worker reads
+them itself and sets TLS up on the adopted socket
+(L{cachingproxy.tlsport}), so the workers a reload starts serve a renewed
+certificate.
 """
 
 from __future__ import annotations
@@ -131,10 +135,15 @@ class Listener:
         number.
     @ivar family: C{AF_INET} or C{AF_INET6}.
     @ivar address: where it listens, as an L{IPv4Address} or L{IPv6Address}.
+    @ivar tls: whether it is a TLS listener (C{ssl:} or C{tls:}).
     """
 
     def __init__(self, description: str, sock: socket.socket) -> None:
+        from .tlsport import isTLS
+
         self.description = description
+        #: whether the workers set TLS up on it
+        self.tls = isTLS(description)
         self.socket: Optional[socket.socket] = sock
         self.fileno = sock.fileno()
         self.family = sock.family
@@ -155,12 +164,22 @@ class Listener:
 
 def _checkDescription(description: str) -> Tuple[str, List[str], Dict[str, str]]:
     kind, args, kwargs = _splitDescription(description)
-    if kind not in ("tcp", "tcp6", "systemd"):
+    if kind not in ("tcp", "tcp6", "ssl", "tls", "systemd"):
         raise usage.UsageError(
-            f"--port: with --workers above 1 only tcp:, tcp6: and "
+            f"--port: with --workers above 1 only tcp:, tcp6:, ssl:, tls: and "
             f"systemd:domain=INET listeners can be shared by the workers, "
             f"got {description!r}"
         )
+    if kind in ("ssl", "tls"):
+        from .tlsport import listeningAddress
+
+        try:
+            listeningAddress(description)
+        except (ValueError, IndexError):
+            raise usage.UsageError(
+                f"--port: expected ssl:PORT:privateKey=... or tls:FOLDER:port=PORT, "
+                f"got {description!r}")
+        return kind, args, kwargs
     if kind == "systemd":
         if kwargs.get("domain", "INET") not in ("INET", "INET6"):
             raise usage.UsageError(
@@ -192,8 +211,9 @@ def parseListener(description: str, environ: Mapping[str, str] = os.environ) -> 
     """
     Bind (or, for C{systemd:}, take over) the listening socket that
     C{description} names: C{tcp:PORT[:interface=ADDR][:backlog=N]},
-    C{tcp6:...}, or C{systemd:domain=INET:index=N} (descriptor 3+N of
-    C{LISTEN_FDS}).
+    C{tcp6:...}, the TCP port of C{ssl:PORT:...} or C{tls:FOLDER:port=PORT}
+    (the workers set TLS up), or C{systemd:domain=INET:index=N} (descriptor
+    3+N of C{LISTEN_FDS}).
 
     @raise usage.UsageError: for a listener that cannot be shared.
     @raise OSError: if it cannot be bound.
@@ -211,6 +231,14 @@ def parseListener(description: str, environ: Mapping[str, str] = os.environ) -> 
         sock.setblocking(False)
         return Listener(description, sock)
     interface = kwargs.get("interface", "::" if kind == "tcp6" else "")
+    if kind in ("ssl", "tls"):
+        # The TCP socket under it, where Twisted's endpoint would listen
+        # (ssl: on IPv4, tls: on :: unless interface= says otherwise).
+        from .tlsport import listeningAddress
+
+        interface, port, backlog = listeningAddress(description)
+    else:
+        port, backlog = int(args[0]), int(kwargs.get("backlog", 50))
     family = socket.AF_INET
     if kind == "tcp6":
         family = socket.AF_INET6
@@ -225,8 +253,8 @@ def parseListener(description: str, environ: Mapping[str, str] = os.environ) -> 
         # As Twisted's tcp.Port does on POSIX: a restart may bind again at
         # once, without waiting for TIME_WAIT connections to expire.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((interface, int(args[0])))
-        sock.listen(int(kwargs.get("backlog", 50)))
+        sock.bind((interface, port))
+        sock.listen(backlog)
         # Non-blocking is a property of the open file, which every worker
         # shares: an accept that loses the race to another worker must not
         # block.
@@ -435,6 +463,9 @@ class WorkerSupervisor(service.Service):
     @ivar readyTimeout: how long a reload waits for a replacement to be
         ready before giving up (the old workers keep serving).
     @ivar readyFD: the worker's descriptor of its readiness pipe.
+    @ivar tlsListeners: the TLS listeners among C{listeningFDs}: their
+        descriptor and C{--port} description, from which each worker reads
+        the certificate and key.
     """
 
     threshold = 1.0
@@ -453,10 +484,12 @@ class WorkerSupervisor(service.Service):
         grace: float = 10.0,
         environ: Optional[Mapping[str, str]] = None,
         executable: str = sys.executable,
+        tlsListeners: Optional[Mapping[int, str]] = None,
     ) -> None:
         self._reactor = reactor
         self.count = count
         self.listeningFDs = list(listeningFDs)
+        self.tlsListeners = dict(tlsListeners or {})
         self.childArgs = list(childArgs)
         #: the worker has C{grace} to drain, then time to close its pool
         #: and exit
@@ -485,6 +518,8 @@ class WorkerSupervisor(service.Service):
         argv += ["-m", "cachingproxy.worker"]
         for fd in self.listeningFDs:
             argv += ["--inherit-fd", str(fd)]
+            if fd in self.tlsListeners:
+                argv += ["--tls-port", f"{fd}={self.tlsListeners[fd]}"]
         argv += ["--worker-id", str(workerId), "--ready-fd", str(self.readyFD)]
         return argv + self.childArgs
 
@@ -753,7 +788,9 @@ class WorkersService(service.MultiService):
                 version=__version__, address=describeAddress(listener.address), n=self.count)
         self.supervisor = WorkerSupervisor(
             self._reactor, self.count, [listener.fileno for listener in self.listeners],
-            self.childArgs, self.grace, self.environ)
+            self.childArgs, self.grace, self.environ,
+            tlsListeners={listener.fileno: listener.description
+                          for listener in self.listeners if listener.tls})
         self.supervisor.setServiceParent(self)
 
     def privilegedStartService(self) -> None:

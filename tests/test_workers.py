@@ -361,7 +361,8 @@ class ServiceTests(SynchronousTestCase):
         Listeners the workers cannot share are refused with the option
         named.
         """
-        for description in ["unix:/tmp/x.sock", "ssl:443", "systemd:domain=UNIX:index=0"]:
+        for description in ["unix:/tmp/x.sock", "ssl:https", "tls:/etc/certs:port=x",
+                            "systemd:domain=UNIX:index=0"]:
             error = self.assertRaises(
                 usage.UsageError, WorkersService, None, [description], 2)
             self.assertIn("--port", str(error))
@@ -991,6 +992,9 @@ class WorkersEndToEndTests(TestCase):
         served by both workers, neither of which is the parent.
         """
         process, transport, port, first = await self._socketActivated("--workers", "2")
+        # The first request was answered by whichever worker was ready
+        # first; on a loaded machine the other may still be starting.
+        await until(lambda: process.output.count(b") ready") >= 2 or process.ended.called, 20)
         pids = await self.workerPids(port)
         self.assertEqual(len(pids), 2)
         self.assertIn(first, pids)
@@ -1060,3 +1064,312 @@ class WorkersEndToEndTests(TestCase):
                                 process.output.decode(errors="replace"))
         new = await self.workerPids(port, exclude=old)
         self.assertEqual(new & old, set())
+
+
+# -- TLS listeners shared by the workers --------------------------------------
+
+
+#: A draining worker's health check says 503 (for load balancers); its
+#: status page is served as any request is.
+KEEP_ALIVE_STATUS = b"GET /_cachingproxy/status.json HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+class TLSWorkersTests(TestCase):
+    """
+    C{twistd -n cachingproxy --workers 2} with an C{ssl:} listener: the
+    parent binds the port, each worker sets TLS up with the certificate
+    and key it reads, a reload serves a renewed certificate, and a
+    certificate that cannot be served stops the start.
+    """
+
+    timeout = 90
+
+    _stopWhenDone = WorkersEndToEndTests._stopWhenDone
+
+    @classmethod
+    def setUpClass(cls):
+        from .tlshelpers import makeCA
+
+        cls.ca = makeCA()
+
+    def certificateFiles(self, certPEM: bytes, keyPEM: bytes, folder: str = None):
+        """
+        Write a certificate and its key where an C{ssl:} listener reads
+        them (atomically, as a renewal tool does).
+
+        @return: the folder, the certificate's and the key's paths.
+        """
+        if folder is None:
+            folder = temporaryPath(self)
+            os.mkdir(folder)
+        paths = []
+        for name, pem in (("cert.pem", certPEM), ("key.pem", keyPEM)):
+            path = os.path.join(folder, name)
+            with open(path + ".new", "wb") as f:
+                f.write(pem)
+            os.replace(path + ".new", path)
+            paths.append(path)
+        return folder, paths[0], paths[1]
+
+    async def startTLS(self, certPath: str, keyPath: str, description: str = None):
+        """
+        Start the proxy with a plain and a TLS listener (C{ssl:} with
+        C{certPath} and C{keyPath}, unless C{description} is given).
+
+        @return: the L{_Twistd}, its transport and the TLS port.
+        """
+        if description is None:
+            description = f"ssl:0:interface=127.0.0.1:privateKey={keyPath}:certKey={certPath}"
+        process, transport, _ = await WorkersEndToEndTests.startTwistd(
+            self, "--port", description)
+        ports = re.findall(rb"listening on 127\.0\.0\.1:(\d+)", process.output)
+        # One line per --port, in their order: the plain one, then TLS.
+        self.assertEqual(len(ports), 2, process.output.decode(errors="replace"))
+        return process, transport, int(ports[1])
+
+    async def connect(self, port: int) -> RawClient:
+        """
+        @return: a client on a new TLS connection that trusts only the
+            test CA, checks the name C{localhost} and offers ALPN as a
+            browser does.
+        """
+        from twisted.internet.endpoints import wrapClientTLS
+        from twisted.internet.ssl import optionsForClientTLS
+
+        from .tlshelpers import trustRoot
+
+        client = RawClient()
+        options = optionsForClientTLS("localhost", trustRoot(self.ca[0]),
+                                      acceptableProtocols=[b"h2", b"http/1.1"])
+        endpoint = wrapClientTLS(options,
+                                 TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10))
+        await connectProtocol(endpoint, client)
+
+        def close():
+            if not client.closed.called:
+                client.transport.abortConnection()
+            return client.closed
+
+        self.addCleanup(close)
+        return client
+
+    async def ask(self, client: RawClient, data: bytes = KEEP_ALIVE_STATUS):
+        """
+        Send one request for the health or status of the worker on
+        C{client}'s connection.
+
+        @return: the response, and the PEM of the certificate the server
+            presented.
+        @raise ConnectionError: the connection closed without a response.
+        """
+        from .tlshelpers import certificatePEM
+
+        before = len(client.finalResponses())
+        client.transport.write(data)
+        call = reactor.callLater(10, client.transport.abortConnection)
+        try:
+            finals = await client.waitFor(before + 1)
+        finally:
+            if call.active():
+                call.cancel()
+        if len(finals) <= before:
+            raise ConnectionError(f"closed without a response: {client.raw[-200:]!r}")
+        response = finals[before]
+        self.assertEqual(response.status, 200, response.body)
+        report = json.loads(response.body)
+        self.pidsSeen.add(report["servedBy"]["pid"] if "servedBy" in report else report["pid"])
+        return response, certificatePEM(client.transport.getPeerCertificate())
+
+    async def workerPids(self, port: int, expectedCertificate: bytes):
+        """
+        @return: both worker pids, from health requests on new TLS
+            connections, each of which presented C{expectedCertificate}.
+        """
+        pids = set()
+        for _ in range(200):
+            client = await self.connect(port)
+            response, certificate = await self.ask(client, HEALTH)
+            self.assertEqual(certificate, expectedCertificate)
+            pids.add(json.loads(response.body)["pid"])
+            if len(pids) == 2:
+                return pids
+        self.fail(f"only saw worker pids {pids}")
+
+    async def test_tlsServedByBothWorkers(self):
+        """
+        With C{--workers 2} and an C{ssl:} listener, HTTPS requests on new
+        connections are answered by both workers, each presenting the
+        configured certificate; the parent serves none.
+        """
+        from .tlshelpers import makeServerCert
+
+        certPEM, keyPEM = makeServerCert(self.ca)
+        folder, certPath, keyPath = self.certificateFiles(certPEM, keyPEM)
+        process, transport, port = await self.startTLS(certPath, keyPath)
+        pids = await self.workerPids(port, certPEM)
+        self.assertEqual(len(pids), 2)
+        self.assertNotIn(transport.pid, pids)
+
+    async def test_tlsFolderServedByBothWorkers(self):
+        """
+        A C{tls:FOLDER} listener (a PEM file holding a certificate and its
+        key) is shared by both workers too, and answers a client that
+        offers ALPN.
+        """
+        from .tlshelpers import makeServerCert
+
+        certPEM, keyPEM = makeServerCert(self.ca)
+        folder = temporaryPath(self)
+        os.mkdir(folder)
+        with open(os.path.join(folder, "localhost.pem"), "wb") as f:
+            f.write(certPEM + keyPEM)
+        process, transport, port = await self.startTLS(
+            None, None, f"tls:{folder}:port=0:interface=127.0.0.1")
+        pids = await self.workerPids(port, certPEM)
+        self.assertEqual(len(pids), 2)
+        self.assertNotIn(transport.pid, pids)
+
+    async def test_tlsCertificateRenewedOnReload(self):
+        """
+        The certificate files are replaced by a new certificate (same CA,
+        new key and serial), then the parent gets SIGHUP while clients
+        keep sending HTTPS requests on keep-alive connections (a new
+        connection whenever the server closes one after a response): not
+        one request fails, and once the reload is over new connections
+        see the new certificate from both new workers.
+        """
+        from .tlshelpers import makeServerCert
+
+        oldPEM, oldKey = makeServerCert(self.ca)
+        newPEM, newKey = makeServerCert(self.ca)
+        self.assertNotEqual(oldPEM, newPEM)
+        folder, certPath, keyPath = self.certificateFiles(oldPEM, oldKey)
+        process, transport, port = await self.startTLS(certPath, keyPath)
+        old = await self.workerPids(port, oldPEM)
+        reloaded = process.waitForOutput(b"reload complete")
+        failures: List[str] = []
+        counts = []
+        certificates = set()
+
+        async def client():
+            done = 0
+            connection = None
+            while done < 30 or (not reloaded.called and done < 2000):
+                try:
+                    if connection is None or connection.closed.called:
+                        connection = await self.connect(port)
+                    response, certificate = await self.ask(connection)
+                    certificates.add(certificate)
+                    if (b"connection", b"close") in [
+                            (name, value.lower()) for name, value in response.headers]:
+                        # The draining worker said so: the next request
+                        # goes on a new connection.
+                        await connection.closed
+                        connection = None
+                except Exception as e:
+                    failures.append(repr(e))
+                    connection = None
+                done += 1
+                await task.deferLater(reactor, 0.01, lambda: None)
+            counts.append(done)
+
+        clients = [defer.Deferred.fromCoroutine(client()) for _ in range(3)]
+        await task.deferLater(reactor, 0.2, lambda: None)
+        self.certificateFiles(newPEM, newKey, folder)
+        transport.signalProcess(signal.SIGHUP)
+        await defer.gatherResults(clients)
+        self.assertTrue(reloaded.called, process.output.decode(errors="replace"))
+        self.assertEqual(failures, [])
+        self.assertGreaterEqual(sum(counts), 90)
+        self.assertIn(oldPEM, certificates)
+
+        new = await self.workerPids(port, newPEM)
+        self.assertEqual(new & old, set())
+        await until(lambda: all(_gone(pid) for pid in old), 10)
+
+    async def test_tlsStartErrors(self):
+        """
+        A key file that cannot be read, a key that is not the
+        certificate's and an expired certificate each end the start with
+        one line naming the file and the problem, and exit status 2, in
+        one process and with C{--workers 2} (checked by the parent, before
+        any worker starts).
+        """
+        import datetime
+
+        from .helpers import twistdOutcome
+        from .tlshelpers import makeServerCert
+
+        certPEM, keyPEM = makeServerCert(self.ca)
+        otherPEM, otherKey = makeServerCert(self.ca)
+        expiredPEM, expiredKey = makeServerCert(
+            self.ca, notAfter=datetime.datetime.now(datetime.timezone.utc)
+            - datetime.timedelta(days=1))
+        folder, certPath, keyPath = self.certificateFiles(certPEM, keyPEM)
+        _, expiredPath, expiredKeyPath = self.certificateFiles(expiredPEM, expiredKey)
+        _, _, otherKeyPath = self.certificateFiles(otherPEM, otherKey)
+        missing = os.path.join(folder, "missing.pem")
+        cases = [
+            (missing, certPath, f"cannot read {missing}: no such file or directory"),
+            (otherKeyPath, certPath,
+             f"the private key in {otherKeyPath} does not match the certificate in {certPath}"),
+            (expiredKeyPath, expiredPath, f"the certificate in {expiredPath} expired on "),
+        ]
+        for key, cert, problem in cases:
+            description = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+            for workers in ("1", "2"):
+                code, output, errors = await twistdOutcome(
+                    "-n", "--pidfile=", "cachingproxy", "--port", description,
+                    "--workers", workers, "--cache-dir", "none")
+                self.assertEqual(code, 2, output)
+                lines = errors.strip().splitlines()
+                self.assertEqual(len(lines), 1, errors)
+                self.assertTrue(lines[0].startswith(f"cachingproxy: --port {description}: "),
+                                errors)
+                self.assertIn(problem.lower(), lines[0].lower())
+                self.assertNotIn("worker", output)
+                self.assertNotIn("listening on", output)
+
+    async def test_tlsCertificateRenewedSingleProcess(self):
+        """
+        In one process, SIGHUP after the certificate files were replaced
+        reads them again: a keep-alive connection opened before goes on
+        with the old certificate, new connections get the new one. Files
+        that cannot be used (a key of another certificate) are logged on
+        one line and the running certificate stays.
+        """
+        from .helpers import startTwistd
+        from .tlshelpers import makeServerCert
+
+        oldPEM, oldKey = makeServerCert(self.ca)
+        newPEM, newKey = makeServerCert(self.ca)
+        otherPEM, otherKey = makeServerCert(self.ca)
+        folder, certPath, keyPath = self.certificateFiles(oldPEM, oldKey)
+        self.pidsSeen = set()
+        process, transport, _ = await startTwistd(
+            self, "--no-access-log",
+            "--port", f"ssl:0:interface=127.0.0.1:privateKey={keyPath}:certKey={certPath}")
+        pattern = rb"listening on 127\.0\.0\.1:(\d+)"
+        await until(lambda: len(re.findall(pattern, process.output)) == 2, 20)
+        port = int(re.findall(pattern, process.output)[1])
+        before = await self.connect(port)
+        response, certificate = await self.ask(before)
+        self.assertEqual(certificate, oldPEM)
+
+        self.certificateFiles(newPEM, newKey, folder)
+        reloaded = process.waitForOutput(b"SIGHUP: configuration reloaded")
+        transport.signalProcess(signal.SIGHUP)
+        await reloaded
+        response, certificate = await self.ask(before)
+        self.assertEqual(certificate, oldPEM)
+        response, certificate = await self.ask(await self.connect(port))
+        self.assertEqual(certificate, newPEM)
+
+        # A new certificate with the old key: refused, the new one stays.
+        self.certificateFiles(otherPEM, newKey, folder)
+        refused = process.waitForOutput(b"configuration not reloaded")
+        transport.signalProcess(signal.SIGHUP)
+        await refused
+        await process.waitForOutput(b"does not match the certificate")
+        response, certificate = await self.ask(await self.connect(port))
+        self.assertEqual(certificate, newPEM)

@@ -112,6 +112,7 @@ def makeServerCert(
     ca,
     hostnames: Sequence[str] = ("localhost",),
     ips: Sequence[str] = ("127.0.0.1",),
+    notAfter: Optional[datetime.datetime] = None,
 ) -> Tuple[bytes, bytes]:
     """
     Make a server certificate issued by C{ca}.
@@ -119,6 +120,8 @@ def makeServerCert(
     @param ca: C{(caCertPEM, caKey)} as returned by L{makeCA}.
     @param hostnames: DNS names for the subjectAltName.
     @param ips: IP addresses for the subjectAltName.
+    @param notAfter: when it expires (in 30 days unless given; a time in
+        the past makes an expired certificate).
 
     @return: C{(certPEM, keyPEM)}, both PEM bytes (the key unencrypted).
     """
@@ -129,14 +132,16 @@ def makeServerCert(
     names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
     commonName = hostnames[0] if hostnames else (ips[0] if ips else "server")
     now = datetime.datetime.now(datetime.timezone.utc)
+    if notAfter is None:
+        notAfter = now + 30 * _ONE_DAY
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(commonName))
         .issuer_name(caCert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _ONE_DAY)
-        .not_valid_after(now + 30 * _ONE_DAY)
+        .not_valid_before(min(now, notAfter) - _ONE_DAY)
+        .not_valid_after(notAfter)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
