@@ -591,7 +591,7 @@ def requestCacheControl(requestHeaders: Headers) -> CacheControl:
         return parseCacheControl(requestHeaders)
     if requestHeaders.hasToken(b"pragma", b"no-cache"):
         return CacheControl(directives=((b"no-cache", None),), noCache=True)
-    return CacheControl()
+    return _EMPTY_CACHE_CONTROL
 
 
 def parseTargetedCacheControl(
