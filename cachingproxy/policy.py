@@ -589,7 +589,7 @@ def requestCacheControl(requestHeaders: Headers) -> CacheControl:
     """
     if b"cache-control" in requestHeaders:
         return parseCacheControl(requestHeaders)
-    if requestHeaders.hasToken(b"pragma", b"no-cache"):
+    if b"pragma" in requestHeaders and requestHeaders.hasToken(b"pragma", b"no-cache"):
         return CacheControl(directives=((b"no-cache", None),), noCache=True)
     return _EMPTY_CACHE_CONTROL
 

@@ -836,20 +836,23 @@ class _Storer:
             return
         if self.request.method == b"HEAD":
             self._freshenWithHead(head)
-        # What is stored is the response as the origin sent it.
-        stored = ResponseHead(head.status, head.reason, head.version, head.headers.copy())
-        self.response = stored
         detail = None
         if self.store and self.exchange.head.method != b"HEAD":
-            self.writer, detail = resource.writerOrDetail(self.key, self.request, stored)
+            self.writer, detail = resource.writerOrDetail(self.key, self.request, head)
             if self.writer is None:
                 resource.notStored(self.key)
+        if self.writer is None:
+            # Nothing of it is stored: no copy, no framing to work out.
+            stored = self.response = head
+        else:
+            # What is stored is the response as the origin sent it.
+            stored = ResponseHead(head.status, head.reason, head.version, head.headers.copy())
+            self.response = stored
             length = stored.headers.get(b"content-length")
             if (length is not None and length.strip().isdigit()
                     and not stored.headers.hasToken(b"transfer-encoding", b"chunked")):
                 self.expected = int(length.strip())
-            if self.writer is not None:
-                self._prepareParts(stored)
+            self._prepareParts(stored)
             if self.expected == 0 and self.writer is not None:
                 self._commit()
         if self.flight is not None:
