@@ -636,11 +636,21 @@ def effectiveCacheControl(
 
     @return: C{(directives, name of the targeted field used or None)}.
     """
-    for name in options.targetedFields:
-        targeted = parseTargetedCacheControl(responseHeaders, name)
-        if targeted is not None:
-            return targeted, name
+    names = options.targetedFields
+    if names and responseHeaders.hasAny(_nameSet(names)):
+        for name in names:
+            targeted = parseTargetedCacheControl(responseHeaders, name)
+            if targeted is not None:
+                return targeted, name
     return parseCacheControl(responseHeaders), None
+
+
+@functools.lru_cache(maxsize=64)
+def _nameSet(names: Tuple[bytes, ...]) -> FrozenSet[bytes]:
+    """
+    C{names} as a set, for one scan of a head for any of them.
+    """
+    return frozenset(names)
 
 
 def targetedFieldsToStrip(

@@ -748,9 +748,9 @@ def _stripTargeted(head: ResponseHead, options: policy.CacheOptions) -> None:
     Remove the targeted Cache-Control fields meant for this cache alone
     (RFC 9213 section 2.2) from a response going downstream.
     """
-    for name in policy.targetedFieldsToStrip(options):
-        if name in head.headers:
-            head.headers.remove(name)
+    names = policy.targetedFieldsToStrip(options)
+    if names and head.headers.hasAny(names):
+        head.headers.removeMany(names)
 
 
 class _Storer:
