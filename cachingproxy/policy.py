@@ -589,9 +589,9 @@ def requestCacheControl(requestHeaders: Headers) -> CacheControl:
     """
     if b"cache-control" in requestHeaders:
         return parseCacheControl(requestHeaders)
-    if requestHeaders.hasToken(b"pragma", b"no-cache"):
+    if b"pragma" in requestHeaders and requestHeaders.hasToken(b"pragma", b"no-cache"):
         return CacheControl(directives=((b"no-cache", None),), noCache=True)
-    return CacheControl()
+    return _EMPTY_CACHE_CONTROL
 
 
 def parseTargetedCacheControl(
@@ -636,11 +636,21 @@ def effectiveCacheControl(
 
     @return: C{(directives, name of the targeted field used or None)}.
     """
-    for name in options.targetedFields:
-        targeted = parseTargetedCacheControl(responseHeaders, name)
-        if targeted is not None:
-            return targeted, name
+    names = options.targetedFields
+    if names and responseHeaders.hasAny(_nameSet(names)):
+        for name in names:
+            targeted = parseTargetedCacheControl(responseHeaders, name)
+            if targeted is not None:
+                return targeted, name
     return parseCacheControl(responseHeaders), None
+
+
+@functools.lru_cache(maxsize=64)
+def _nameSet(names: Tuple[bytes, ...]) -> FrozenSet[bytes]:
+    """
+    C{names} as a set, for one scan of a head for any of them.
+    """
+    return frozenset(names)
 
 
 def targetedFieldsToStrip(

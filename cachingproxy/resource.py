@@ -70,6 +70,12 @@ _PER_HIT = frozenset([b"age", b"cache-status", b"x-cache"])
 _HOT_ENTRIES = 10000
 _HOT_BYTES = 32 * 1024 * 1024
 
+#: How many keys are remembered as answered with responses not stored.
+_UNSTORED_KEYS = 10000
+
+#: L{policy.decide} for a plain GET with nothing stored.
+_ABSENT_MISS = policy.Miss("nothing stored for the URI", "uri-miss")
+
 
 class _Hot:
     """
@@ -113,6 +119,15 @@ def _primaryKey(scheme: bytes, authority: bytes, target: bytes) -> bytes:
     and again.
     """
     return policy.primaryKey(scheme, authority, target)
+
+
+@functools.lru_cache(maxsize=1024)
+def _missStatus(*args) -> bytes:
+    """
+    L{policy.cacheStatus} without a C{ttl} (a miss or a pass), remembered:
+    few combinations recur.
+    """
+    return policy.cacheStatus(*args)
 
 
 @dataclass(frozen=True)
@@ -172,6 +187,10 @@ class CacheResource:
         #: key -> L{_Hot}: fresh responses remembered for plain GETs
         self._hot: "OrderedDict[bytes, _Hot]" = OrderedDict()
         self._hotBytes = 0
+        self._plainMiss = b"GET" in settings.options.cacheableMethods
+        #: keys whose latest response was not stored (least recent first):
+        #: their misses go upstream at once, not collapsed
+        self._unstored: "OrderedDict[bytes, None]" = OrderedDict()
 
     # -- entry point ---------------------------------------------------------
 
@@ -229,7 +248,12 @@ class CacheResource:
                 entries = []
         exchange.cacheEntries = entries
         now = self.reactor.seconds()
-        decision = policy.decide(head, entries, now, self.settings.options)
+        if stamp == "absent" and self._plainMiss:
+            # A plain GET (see L{_stampFor}) and nothing stored: what the
+            # policy would say.
+            decision = _ABSENT_MISS
+        else:
+            decision = policy.decide(head, entries, now, self.settings.options)
         kind = type(decision)
         if kind is policy.Fresh:
             self.stats.hits += 1
@@ -509,9 +533,13 @@ class CacheResource:
                       collapsed: bool = False, detail: Optional[bytes] = None):
         settings = self.settings
         if settings.cacheStatus:
-            value = policy.cacheStatus(settings.name, hit=hit, fwd=fwd, fwdStatus=fwdStatus,
-                                       ttl=ttl, stored=stored, collapsed=collapsed,
-                                       detail=detail)
+            if ttl is None:
+                value = _missStatus(settings.name, hit, fwd, fwdStatus, None, stored,
+                                    collapsed, None, detail)
+            else:
+                value = policy.cacheStatus(settings.name, hit=hit, fwd=fwd,
+                                           fwdStatus=fwdStatus, ttl=ttl, stored=stored,
+                                           collapsed=collapsed, detail=detail)
             fields.append((b"cache-status", b"Cache-Status", value))
         if settings.xCache:
             fields.append((b"x-cache", b"X-Cache", xcache))
@@ -548,10 +576,13 @@ class CacheResource:
         admitted = self._countUse(key)
         conditional = head.headers.hasAny(policy.PRECONDITION_FIELDS)
         if conditional or not admitted or head.method != b"GET" \
-                or not self.settings.collapse:
+                or not self.settings.collapse or key in self._unstored:
             # A range request's answer is stored too: a 206 as an
             # incomplete response, a 200 as a complete one (RFC 9111
-            # section 3.3).
+            # section 3.3). A key whose last response was not stored is
+            # not collapsed (the waiters would each go upstream after its
+            # head anyway), and what it answers now is still stored if
+            # the policy allows.
             store = admitted and head.method == b"GET" and (
                 not conditional or policy.isRangeRequest(head.headers))
             handler = _Storer(self, exchange, head, key, fwd, store=store)
@@ -645,9 +676,20 @@ class CacheResource:
         """
         @return: a writer for C{response} if it may be stored, else C{None}.
         """
+        return self.writerOrDetail(key, request, response)[0]
+
+    def writerOrDetail(self, key: bytes, request: RequestHead, response: ResponseHead):
+        """
+        @return: C{(writer, None)} if C{response} may be stored, C{(None,
+            detail)} with the policy's reason for Cache-Status if not, or
+            C{(None, None)} if the store declined.
+        """
         allowed, why = policy.mayStore(request, response, self.settings.options, key)
         if not allowed:
-            return None
+            return None, why.encode("ascii", "replace")
+        return self._openWriter(key, request, response), None
+
+    def _openWriter(self, key: bytes, request: RequestHead, response: ResponseHead):
         try:
             variant = policy.secondaryKey(response.headers, request.headers)
         except Exception:
@@ -659,15 +701,6 @@ class CacheResource:
         except Exception:
             self._log.failure("cannot start storing {key}", key=logText(key))
             return None
-
-    def notStoredDetail(self, request: RequestHead, response: ResponseHead) -> Optional[bytes]:
-        """
-        @return: for Cache-Status, the policy's reason for not storing
-            C{response}, or C{None} when the policy allowed it (the store
-            declined).
-        """
-        allowed, why = policy.mayStore(request, response, self.settings.options)
-        return None if allowed else why.encode("ascii", "replace")
 
     def commit(self, writer, key: bytes, request: RequestHead, response: ResponseHead,
                requestTime: float, responseTime: float, length: Optional[int],
@@ -695,7 +728,19 @@ class CacheResource:
             ok = False
         if ok:
             self.stats.stored += 1
+            self._unstored.pop(key, None)
         return ok
+
+    def notStored(self, key: bytes) -> None:
+        """
+        The response just fetched for C{key} is not being stored: its next
+        misses are not collapsed (see L{_fetch}).
+        """
+        unstored = self._unstored
+        unstored[key] = None
+        unstored.move_to_end(key)
+        if len(unstored) > _UNSTORED_KEYS:
+            unstored.popitem(last=False)
 
 
 def _stripTargeted(head: ResponseHead, options: policy.CacheOptions) -> None:
@@ -703,9 +748,9 @@ def _stripTargeted(head: ResponseHead, options: policy.CacheOptions) -> None:
     Remove the targeted Cache-Control fields meant for this cache alone
     (RFC 9213 section 2.2) from a response going downstream.
     """
-    for name in policy.targetedFieldsToStrip(options):
-        if name in head.headers:
-            head.headers.remove(name)
+    names = policy.targetedFieldsToStrip(options)
+    if names and head.headers.hasAny(names):
+        head.headers.removeMany(names)
 
 
 class _Storer:
@@ -791,26 +836,29 @@ class _Storer:
             return
         if self.request.method == b"HEAD":
             self._freshenWithHead(head)
-        # What is stored is the response as the origin sent it.
-        stored = ResponseHead(head.status, head.reason, head.version, head.headers.copy())
-        self.response = stored
+        detail = None
         if self.store and self.exchange.head.method != b"HEAD":
-            self.writer = resource.openWriter(self.key, self.request, stored)
+            self.writer, detail = resource.writerOrDetail(self.key, self.request, head)
+            if self.writer is None:
+                resource.notStored(self.key)
+        if self.writer is None:
+            # Nothing of it is stored: no copy, no framing to work out.
+            stored = self.response = head
+        else:
+            # What is stored is the response as the origin sent it.
+            stored = ResponseHead(head.status, head.reason, head.version, head.headers.copy())
+            self.response = stored
             length = stored.headers.get(b"content-length")
             if (length is not None and length.strip().isdigit()
                     and not stored.headers.hasToken(b"transfer-encoding", b"chunked")):
                 self.expected = int(length.strip())
-            if self.writer is not None:
-                self._prepareParts(stored)
+            self._prepareParts(stored)
             if self.expected == 0 and self.writer is not None:
                 self._commit()
         if self.flight is not None:
             self.flight.headArrived(self, stored, self.writer is not None)
         _stripTargeted(head, resource.settings.options)
         fields = head.headers.lowered()
-        detail = None
-        if self.writer is None and self.store and self.exchange.head.method != b"HEAD":
-            detail = resource.notStoredDetail(self.request, stored)
         resource._statusFields(fields, False, self.fwd, head.status, None, b"MISS",
                                stored=self.writer is not None, detail=detail)
         self.exchange.cacheResult = "MISS"

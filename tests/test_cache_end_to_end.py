@@ -1224,3 +1224,177 @@ class StrictFieldTests(CacheTestCase):
                          {b"/valid": 1, b"/string": 2, b"/decimal": 2})
         self.assertEqual(answers[b"/string"][1].header(b"cdn-cache-control"),
                          b'max-age="600"')
+
+
+class _SlowUnstored(_SlowCacheable):
+    """
+    Holds its answers until L{finish}; they say C{Cache-Control: no-store}
+    while L{cacheControl} is unchanged.
+    """
+
+    cacheControl = b"no-store"
+
+    def render(self, request):
+        from twisted.web.server import NOT_DONE_YET
+
+        self.count += 1
+        request.setHeader(b"Cache-Control", self.cacheControl)
+        self.pending.append(request)
+        if not self.requested.called:
+            self.requested.callback(None)
+        return NOT_DONE_YET
+
+
+class UnstoredMissTests(CacheTestCase):
+    """
+    Misses for keys whose responses are not stored, with the disk store:
+    the store remembers that nothing is stored for the key and the cache
+    stops collapsing its misses, and neither changes what is served.
+    """
+
+    def setUp(self):
+        super().setUp()
+        import os
+
+        from cachingproxy.cache.disk import DiskStore
+
+        from .helpers import temporaryPath
+
+        self.folder = temporaryPath(self, "cache")
+        os.makedirs(self.folder)
+        self.store = self.cache.store = DiskStore(self.folder, maxSize=1 << 30,
+                                                  maxObjectSize=1 << 26)
+
+    def other(self):
+        """
+        @return: another store on the same folder, as another worker
+            process has.
+        """
+        from cachingproxy.cache.disk import DiskStore
+
+        return DiskStore(self.folder, maxSize=1 << 30, maxObjectSize=1 << 26)
+
+    def storeThrough(self, store, path: bytes, body: bytes) -> None:
+        """
+        Store a fresh response for C{path} through C{store}.
+        """
+        from cachingproxy.http.headers import Headers
+        from cachingproxy.policy import StoredEntry
+
+        now = self.clock.seconds()
+        entry = StoredEntry(
+            key=self.url(path), requestMethod=b"GET", requestHeaders=Headers(), status=200,
+            responseHeaders=Headers([(b"Cache-Control", b"max-age=600"),
+                                     (b"Date", formatHTTPDate(now))]),
+            requestTime=now, responseTime=now, bodyLength=len(body),
+        )
+        writer = store.writer(self.url(path), b"")
+        writer.write(body)
+        self.assertTrue(writer.commit(entry))
+
+    async def test_storedByAnotherProcessFoundAtOnce(self):
+        """
+        A key remembered as having nothing stored, then stored by another
+        process: the next request is a hit on what that process stored.
+        """
+        first = await self.get(b"/no-store/a")
+        second = await self.get(b"/no-store/a")
+        self.assertEqual((first.header(b"x-cache"), second.header(b"x-cache")),
+                         (b"MISS", b"MISS"))
+        self.assertIn(self.url(b"/no-store/a"), self.store._absent)
+        self.storeThrough(self.other(), b"/no-store/a", b"stored elsewhere")
+        hit = await self.get(b"/no-store/a")
+        self.assertEqual((hit.header(b"x-cache"), hit.body), (b"HIT", b"stored elsewhere"))
+        self.assertEqual(self.origin.counts[b"/no-store/a"], 2)
+
+    async def test_purgeHonoured(self):
+        """
+        After misses for a key, an entry stored by another process and
+        purged through this one: the next request goes to the origin, and
+        is not answered with the purged entry.
+        """
+        await self.get(b"/no-store/p")
+        await self.get(b"/no-store/p")
+        self.storeThrough(self.other(), b"/no-store/p", b"to be purged")
+        hit = await self.get(b"/no-store/p")
+        self.assertEqual(hit.body, b"to be purged")
+        purged = await self.get(b"/no-store/p", method=b"PURGE")
+        self.assertEqual(purged.status, 200)
+        again = await self.get(b"/no-store/p")
+        self.assertEqual((again.header(b"x-cache"), again.body),
+                         (b"MISS", b"/no-store/p #3"))
+
+    async def test_sameAnswerAsWithoutMemo(self):
+        """
+        A miss answered after the key was remembered as having nothing
+        stored carries the same fields as the first one.
+        """
+        first = await self.get(b"/no-store/same")
+        second = await self.get(b"/no-store/same")
+        self.assertEqual(sorted(first.headerNames()), sorted(second.headerNames()))
+        for name in first.headerNames():
+            if name != b"date":
+                self.assertEqual(first.header(name), second.header(name), name)
+        self.assertIn(b"detail=", second.header(b"cache-status"))
+
+    async def _concurrent(self, origin, originPort, n):
+        """
+        Send C{n} requests for C{/slow} at once, each on its own connection.
+
+        @return: the clients.
+        """
+        request = b"GET http://127.0.0.1:%d/slow HTTP/1.1\r\nHost: x\r\n\r\n" % originPort
+        clients = []
+        for _ in range(n):
+            client = await connectClient(self.port, self)
+            client.transport.write(request)
+            clients.append(client)
+        return clients
+
+    async def test_notCollapsedOnceNotStored(self):
+        """
+        Once a key's response was not stored, concurrent misses for it go
+        upstream at once, each on its own (no waiting for one head), and
+        each gets its own answer.
+        """
+        slow = _SlowUnstored()
+        _, originPort = listenOrigin(self, slow)
+        [client] = await self._concurrent(slow, originPort, 1)
+        await slow.requested
+        slow.finish()
+        [response] = await client.waitFor(1)
+        self.assertEqual(response.header(b"x-cache"), b"MISS")
+        slow.pending = []
+        clients = await self._concurrent(slow, originPort, 3)
+        await until(lambda: slow.count == 4)
+        self.assertEqual(self.cache.stats.collapsed, 0)
+        slow.finish()
+        for client in clients:
+            [response] = await client.waitFor(1)
+            self.assertEqual(response.body, b"slow body")
+
+    async def test_storedWhenCacheableAgain(self):
+        """
+        A key whose response was not stored is stored again once the
+        origin allows it, and its misses are collapsed again.
+        """
+        slow = _SlowUnstored()
+        _, originPort = listenOrigin(self, slow)
+        key = b"http://127.0.0.1:%d/slow" % originPort
+        [client] = await self._concurrent(slow, originPort, 1)
+        await slow.requested
+        slow.finish()
+        await client.waitFor(1)
+        self.assertIn(key, self.cache._unstored)
+        slow.pending = []
+        slow.cacheControl = b"max-age=600"
+        [client] = await self._concurrent(slow, originPort, 1)
+        await until(lambda: slow.count == 2)
+        slow.finish()
+        [response] = await client.waitFor(1)
+        self.assertEqual(response.header(b"x-cache"), b"MISS")
+        self.assertNotIn(key, self.cache._unstored)
+        [client] = await self._concurrent(slow, originPort, 1)
+        [hit] = await client.waitFor(1)
+        self.assertEqual((hit.header(b"x-cache"), hit.body), (b"HIT", b"slow body"))
+        self.assertEqual(slow.count, 2)

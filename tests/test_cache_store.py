@@ -1292,6 +1292,52 @@ class DiskStampTests(SynchronousTestCase):
         self.assertTrue(os.path.exists(os.path.join(self.directory, "tokens")))
         self.assertNotEqual(check(), stamp)
 
+    def test_absentRemembered(self):
+        """
+        A key with nothing stored asked for again and again: the folder is
+        looked at once, the answer remembered while its token holds, and
+        again once a C{recheckInterval} has passed.
+        """
+        before = self.folderReads
+        for _ in range(100):
+            self.assertEqual(self.ours.stamp(b"k"), "absent")
+        self.assertEqual(self.folderReads - before, 1)
+        self.monotonic.advance(self.ours.recheckInterval)
+        self.assertEqual(self.ours.stamp(b"k"), "absent")
+        self.assertEqual(self.folderReads - before, 2)
+
+    def test_absentForgottenWhenAnotherProcessStores(self):
+        """
+        A key remembered as having nothing stored, then stored through the
+        other store: the next stamp sees it at once, and a lookup finds the
+        entry; removed again, the key is absent again.
+        """
+        self.assertEqual(self.ours.stamp(b"k"), "absent")
+        self.assertEqual(self.ours.stamp(b"k"), "absent")
+        self.put(self.theirs, b"k", b"one")
+        stamp = self.ours.stamp(b"k")
+        self.assertNotIn(stamp, ("absent", None))
+        self.assertEqual([e.bodyLength for e in self.ours.entries(b"k")], [3])
+        self.theirs.remove(b"k")
+        self.assertEqual(self.ours.stamp(b"k"), "absent")
+
+    def test_absentForgottenWhenThisProcessStores(self):
+        """
+        The store's own commits change the token too.
+        """
+        self.assertEqual(self.ours.stamp(b"k"), "absent")
+        self.put(self.ours, b"k", b"one")
+        self.assertNotIn(self.ours.stamp(b"k"), ("absent", None))
+
+    def test_absentMemoBounded(self):
+        """
+        The keys remembered as absent are bounded, least recent dropped.
+        """
+        self.patch(disk, "_ABSENT_MEMO", 3)
+        for i in range(5):
+            self.ours.stamp(b"k%d" % i)
+        self.assertEqual(list(self.ours._absent), [b"k2", b"k3", b"k4"])
+
     def test_withoutTokens(self):
         """
         When the tokens file cannot be made, stamps are the folder's time,

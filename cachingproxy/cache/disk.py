@@ -134,6 +134,8 @@ _MAX_META = 1 << 24
 #: Bodies up to this size are read in one piece at openBody, CRC checked.
 _SMALL = 1 << 16
 _NAME_LEN = 32
+#: How many keys L{DiskStore.stamp} remembers as having nothing stored.
+_ABSENT_MEMO = 10000
 _HEXDIGITS = frozenset("0123456789abcdef")
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -605,6 +607,9 @@ class DiskStore:
             except OSError as e:
                 self._logError("open", e)
         self._tokensPath = os.path.join(self.directory, "tokens")
+        #: key -> (token reader, token, monotonic time): keys L{stamp}
+        #: found nothing stored for (see there), least recent first
+        self._absent: "OrderedDict[bytes, tuple]" = OrderedDict()
         self._tokens: Optional[_Tokens] = None
         self._tokensChecked = monotonic()
         self._openTokens()
@@ -617,6 +622,7 @@ class DiskStore:
             self._logError("open the change tokens", e)
             return
         old, self._tokens = self._tokens, tokens
+        self._absent.clear()
         if old is not None:
             old.retire()
 
@@ -659,14 +665,37 @@ class DiskStore:
         gives C{None} (no stamp to trust yet), so that a later change can
         never carry the stamp a caller remembered.
 
+        An C{"absent"} answer is remembered (L{_ABSENT_MEMO} keys at most)
+        with the token read before it: while the folder's token is the
+        same, and for at most a L{recheckInterval}, the answer is given
+        again without asking the file system (a key asked for again and
+        again whose responses are never stored, say). Any change through a
+        store, in any process, changes the token.
+
         @return: the stamp, C{"absent"} if nothing is stored, or C{None}.
         """
         self._checkTokens()
-        folder = self._keyDir(key)
         tokens = self._tokens
-        token = tokens.read(os.path.basename(folder)) if tokens is not None else None
+        absent = self._absent
+        if tokens is not None:
+            known = absent.get(key)
+            if known is not None:
+                read, token, checked = known
+                if read() == token and self._monotonic() - checked < self.recheckInterval:
+                    return "absent"
+                del absent[key]
+        folder = self._keyDir(key)
+        if tokens is None:
+            return _folderTime(folder)
+        read = tokens.reader(os.path.basename(folder))
+        token = read()
         mtime = _folderTime(folder)
-        if mtime is None or mtime == "absent" or tokens is None:
+        if mtime == "absent":
+            absent[key] = (read, token, self._monotonic())
+            if len(absent) > _ABSENT_MEMO:
+                absent.popitem(last=False)
+            return mtime
+        if mtime is None:
             return mtime
         return (token, mtime)
 
