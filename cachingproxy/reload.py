@@ -123,28 +123,16 @@ class ConfigReloader:
         """
         try:
             new = self._readConfig()
-        except usage.UsageError as e:
-            message = " ".join(str(e).split())
-            self._log.error("SIGHUP: configuration not reloaded, keeping the running one: "
-                            "{reason}", reason=message)
-            return False
-        except Exception:
-            self._log.failure("SIGHUP: configuration not reloaded, keeping the running one")
-            return False
+        except Exception as e:
+            return self._notReloaded(e)
         old = self.config
         changed = changedFields(old, new)
         restart = [f for f in changed if f in RESTART_FIELDS]
         live = [f for f in changed if f not in RESTART_FIELDS]
         try:
             self._apply(new)
-        except usage.UsageError as e:
-            message = " ".join(str(e).split())
-            self._log.error("SIGHUP: configuration not reloaded, keeping the running one: "
-                            "{reason}", reason=message)
-            return False
-        except Exception:
-            self._log.failure("SIGHUP: configuration not reloaded, keeping the running one")
-            return False
+        except Exception as e:
+            return self._notReloaded(e)
         # What was not applied stays as it runs, so that a later reload
         # still sees it as different and says so again.
         self.config = dataclasses.replace(new, **{f: getattr(old, f) for f in restart})
@@ -155,6 +143,20 @@ class ConfigReloader:
                        what="changed: " + ", ".join(settingNames(live)) if live
                        else "no change that applies while running")
         return True
+
+    def _notReloaded(self, error: Exception) -> bool:
+        """
+        Log why the configuration was not reloaded (called while handling
+        C{error}): one line for a bad setting, the traceback otherwise.
+
+        @return: C{False}, as L{reload} returns then.
+        """
+        if isinstance(error, usage.UsageError):
+            self._log.error("SIGHUP: configuration not reloaded, keeping the running one: "
+                            "{reason}", reason=" ".join(str(error).split()))
+        else:
+            self._log.failure("SIGHUP: configuration not reloaded, keeping the running one")
+        return False
 
     def _apply(self, new: Config) -> None:
         """
