@@ -609,3 +609,33 @@ async def startTwistd(testCase, *args, env: Optional[Dict[str, str]] = None):
     testCase.addCleanup(stop)
     port = await process.listening
     return process, transport, port
+
+
+def isWorker(pid: int) -> bool:
+    """
+    @return: whether C{pid} is a live cachingproxy worker process.
+    """
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"cachingproxy.worker" in f.read()
+    except OSError:
+        return False
+
+
+def stopWhenDone(testCase, process, transport, pids) -> None:
+    """
+    At the end of C{testCase}, stop the twistd C{process} with SIGTERM and,
+    whatever went wrong, kill any worker among C{pids} (a set the test
+    fills as it meets them) that is still running.
+    """
+    import signal
+
+    async def stop():
+        if not process.ended.called:
+            transport.signalProcess(signal.SIGTERM)
+        await process.ended
+        for pid in pids:
+            if isWorker(pid):
+                os.kill(pid, signal.SIGKILL)
+
+    testCase.addCleanup(lambda: defer.Deferred.fromCoroutine(stop()))

@@ -15,16 +15,26 @@ from .helpers import (connectClient, exchange, listenOrigin, listenScripted, pat
                       startProxy, until)
 
 
+def adminProxy(testCase, **kwargs):
+    """
+    Start a proxy with C{ProxySettings(**kwargs)} and its own endpoints
+    (worker C{w1}).
+
+    @return: the factory and the port.
+    """
+    kwargs.setdefault("viaName", b"test-proxy")
+    factory, port, _ = startProxy(testCase, ProxySettings(**kwargs))
+    factory.admin = AdminResource(factory, "w1")
+    return factory, port
+
+
 class HealthTests(TestCase):
     """
     C{/_cachingproxy/health}.
     """
 
     def proxy(self, **kwargs):
-        kwargs.setdefault("viaName", b"test-proxy")
-        factory, port, lines = startProxy(self, ProxySettings(**kwargs))
-        factory.admin = AdminResource(factory, "w1")
-        return factory, port
+        return adminProxy(self, **kwargs)
 
     async def test_healthForward(self):
         """
@@ -71,10 +81,7 @@ class LandingTests(TestCase):
     """
 
     def proxy(self, **kwargs):
-        kwargs.setdefault("viaName", b"test-proxy")
-        factory, port, lines = startProxy(self, ProxySettings(**kwargs))
-        factory.admin = AdminResource(factory, "w1")
-        return factory, port
+        return adminProxy(self, **kwargs)
 
     async def test_root(self):
         """

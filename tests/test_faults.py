@@ -17,7 +17,7 @@ import shutil
 import signal
 import time
 
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 
@@ -464,7 +464,7 @@ class KilledWorkerTests(TestCase):
     async def _startTwistd(self, folder):
         import sys
 
-        from .test_workers import REPO, TWISTD, _isWorker, _Twistd
+        from .helpers import REPO, TWISTD, Twistd as _Twistd, stopWhenDone
 
         process = _Twistd()
         self.pidsSeen: set = set()
@@ -478,15 +478,7 @@ class KilledWorkerTests(TestCase):
             path=REPO,
         )
 
-        async def stop():
-            if not process.ended.called:
-                transport.signalProcess(signal.SIGTERM)
-            await process.ended
-            for pid in self.pidsSeen:
-                if _isWorker(pid):
-                    os.kill(pid, signal.SIGKILL)
-
-        self.addCleanup(lambda: defer.Deferred.fromCoroutine(stop()))
+        stopWhenDone(self, process, transport, self.pidsSeen)
         port = await process.listening
         await until(lambda: process.output.count(b") ready") >= 2 or process.ended.called, 20)
         return process, transport, port

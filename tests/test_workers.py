@@ -31,7 +31,8 @@ from cachingproxy.config import StartupError
 from cachingproxy.worker import Worker, splitArguments
 from cachingproxy.workers import WorkerSupervisor, WorkersService, childArguments, parseListener
 
-from .helpers import REPO, TWISTD, RawClient, listenOrigin, temporaryPath, until
+from .helpers import (REPO, TWISTD, RawClient, isWorker, listenOrigin, stopWhenDone,
+                      temporaryPath, until)
 from .helpers import Twistd as _Twistd
 
 HEALTH = b"GET /_cachingproxy/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
@@ -654,14 +655,6 @@ class AdoptionTests(TestCase):
 # -- twistd --workers 2 end to end --------------------------------------------
 
 
-def _isWorker(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"cachingproxy.worker" in f.read()
-    except OSError:
-        return False
-
-
 def _gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -678,20 +671,7 @@ class WorkersEndToEndTests(TestCase):
     timeout = 90
 
     def _stopWhenDone(self, process, transport) -> None:
-        """
-        At the end of the test, stop the twistd C{process} with SIGTERM
-        and, whatever went wrong, leave no worker it started behind.
-        """
-
-        async def stop():
-            if not process.ended.called:
-                transport.signalProcess(signal.SIGTERM)
-            await process.ended
-            for pid in self.pidsSeen:
-                if _isWorker(pid):
-                    os.kill(pid, signal.SIGKILL)
-
-        self.addCleanup(lambda: defer.Deferred.fromCoroutine(stop()))
+        stopWhenDone(self, process, transport, self.pidsSeen)
 
     async def startTwistd(self, *args):
         process = _Twistd()
@@ -906,7 +886,7 @@ class WorkersEndToEndTests(TestCase):
         pids = await self.workerPids(port)
         transport.signalProcess(signal.SIGKILL)
         self.assertEqual(await process.ended, -signal.SIGKILL)
-        await until(lambda: all(not _isWorker(pid) for pid in pids), 10)
+        await until(lambda: all(not isWorker(pid) for pid in pids), 10)
 
     async def test_sigtermRefusesNewClients(self):
         """
