@@ -23,9 +23,9 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport  # noqa
 
 from cachingproxy.cache.disk import DiskStore  # noqa: E402
 from cachingproxy.cache.memory import MemoryStore, TieredStore  # noqa: E402
-from cachingproxy.resource import CacheResource, CacheSettings  # noqa: E402
-from cachingproxy.server import ProxyFactory, ProxySettings  # noqa: E402
-from cachingproxy.upstream import Origin, UpstreamPool, UpstreamProtocol, UpstreamSettings  # noqa: E402
+from cachingproxy.cache.layer import CacheResource, CacheSettings  # noqa: E402
+from cachingproxy.proxy.server import ProxyFactory, ProxySettings  # noqa: E402
+from cachingproxy.proxy.upstream import Origin, UpstreamPool, UpstreamProtocol, UpstreamSettings  # noqa: E402
 
 REQUEST = (
     b"GET /1k.bin HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: wrk\r\n"

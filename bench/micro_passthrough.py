@@ -20,8 +20,8 @@ sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
 from twisted.internet.address import IPv4Address  # noqa: E402
 from twisted.internet.testing import MemoryReactorClock, StringTransport  # noqa: E402
 
-from cachingproxy.server import ProxyFactory, ProxySettings  # noqa: E402
-from cachingproxy.upstream import (  # noqa: E402
+from cachingproxy.proxy.server import ProxyFactory, ProxySettings  # noqa: E402
+from cachingproxy.proxy.upstream import (  # noqa: E402
     Origin,
     UpstreamPool,
     UpstreamProtocol,
@@ -47,7 +47,7 @@ def run(n: int, store=None) -> float:
     pool = UpstreamPool(reactor, UpstreamSettings())
     factory = ProxyFactory(reactor, ProxySettings(upstream=origin, viaName=b"bench"), pool, None)
     if store is not None:
-        from cachingproxy.resource import CacheResource
+        from cachingproxy.cache.layer import CacheResource
 
         factory.cache = CacheResource(store, reactor, pool)
     upstream = UpstreamProtocol(pool, origin)

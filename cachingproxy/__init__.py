@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 #: first imported. Importing C{twisted.internet.endpoints} (which C{tap}
 #: does) deletes them from the environment, and Twisted keeps the
 #: descriptors only when C{LISTEN_FDNAMES} is set too, which
-#: C{systemd-socket-activate} leaves out; L{cachingproxy.systemd} reads
+#: C{systemd-socket-activate} leaves out; L{cachingproxy.service.systemd} reads
 #: this copy.
 _ACTIVATION = {
     name: _os.environ[name]

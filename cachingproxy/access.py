@@ -670,12 +670,12 @@ class AccessPolicy:
     @classmethod
     def fromConfig(cls, config, reactor) -> "AccessPolicy":
         """
-        @param config: a L{cachingproxy.config.Config}.
+        @param config: a L{cachingproxy.service.config.Config}.
         @param reactor: the clock for failure windows and the cache.
         """
         upstream = None
         if getattr(config, "upstream", None):
-            from .upstream import Origin
+            from .proxy.upstream import Origin
 
             upstream = Origin(config.upstreamScheme, config.upstreamHost, config.upstreamPort)
         return cls(

@@ -5,7 +5,7 @@ section 12.5.3, weights honoured), whether a response may be compressed,
 and streaming compressors that flush per chunk so a slow origin's bytes
 reach the client as they come, in bounded memory.
 
-Nothing here does I/O; L{cachingproxy.server} decides where it applies.
+Nothing here does I/O; L{cachingproxy.proxy.server} decides where it applies.
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from cachingproxy.server import ProxyFactory, ProxySettings
-from cachingproxy.upstream import UpstreamPool, UpstreamSettings
+from cachingproxy.proxy.server import ProxyFactory, ProxySettings
+from cachingproxy.proxy.upstream import UpstreamPool, UpstreamSettings
 
 
 class OriginResource(Resource):
@@ -617,7 +617,7 @@ def isWorker(pid: int) -> bool:
     """
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"cachingproxy.worker" in f.read()
+            return b"cachingproxy.service.child" in f.read()
     except OSError:
         return False
 

@@ -27,12 +27,12 @@ from cachingproxy.access import (
     readPasswordFile,
     shaCrypt,
 )
-from cachingproxy.admin import AdminResource
-from cachingproxy.config import fromOptions
+from cachingproxy.ops.admin import AdminResource
+from cachingproxy.service.config import fromOptions
 from cachingproxy.errors import Forbidden
 from cachingproxy.http.headers import Headers
-from cachingproxy.server import ProxySettings
-from cachingproxy.upstream import Origin
+from cachingproxy.proxy.server import ProxySettings
+from cachingproxy.proxy.upstream import Origin
 
 from .helpers import RawClient, exchange, listenOrigin, startProxy, temporaryPath
 
@@ -604,7 +604,7 @@ class AuthenticationTests(SynchronousTestCase):
 
 class ConfigTests(SynchronousTestCase):
     """
-    The settings in L{cachingproxy.config}, validated at start-up, and
+    The settings in L{cachingproxy.service.config}, validated at start-up, and
     L{AccessPolicy.fromConfig}.
     """
 

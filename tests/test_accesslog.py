@@ -12,9 +12,9 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher, textFileLogObserver
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from cachingproxy import accesslog
-from cachingproxy.accesslog import FLUSH_SECONDS, FLUSH_SIZE, AccessLog, writeLogTo
-from cachingproxy.server import ProxySettings
+from cachingproxy.ops import accesslog
+from cachingproxy.ops.accesslog import FLUSH_SECONDS, FLUSH_SIZE, AccessLog, writeLogTo
+from cachingproxy.proxy.server import ProxySettings
 
 from .helpers import exchange, listenOrigin, startProxy, startTwistd, temporaryPath, until
 

@@ -7,9 +7,9 @@ import json
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from cachingproxy.admin import AdminResource
-from cachingproxy.server import ProxySettings
-from cachingproxy.upstream import Origin
+from cachingproxy.ops.admin import AdminResource
+from cachingproxy.proxy.server import ProxySettings
+from cachingproxy.proxy.upstream import Origin
 
 from .helpers import (connectClient, exchange, listenOrigin, listenScripted, pattern,
                       startProxy, until)

@@ -14,10 +14,10 @@ from twisted.web.resource import Resource
 
 from cachingproxy.cache.memory import MemoryStore
 from cachingproxy.http.headers import formatHTTPDate
-from cachingproxy.policy import CacheOptions, RefreshRule
-from cachingproxy.resource import CacheResource, CacheSettings
-from cachingproxy.server import ProxySettings
-from cachingproxy.upstream import Origin
+from cachingproxy.cache.policy import CacheOptions, RefreshRule
+from cachingproxy.cache.layer import CacheResource, CacheSettings
+from cachingproxy.proxy.server import ProxySettings
+from cachingproxy.proxy.upstream import Origin
 
 from .helpers import (
     connectClient,
@@ -1279,7 +1279,7 @@ class UnstoredMissTests(CacheTestCase):
         Store a fresh response for C{path} through C{store}.
         """
         from cachingproxy.http.headers import Headers
-        from cachingproxy.policy import StoredEntry
+        from cachingproxy.cache.policy import StoredEntry
 
         now = self.clock.seconds()
         entry = StoredEntry(

@@ -1,6 +1,6 @@
 """
 Tests for the cache stores (L{cachingproxy.cache.memory},
-L{cachingproxy.cache.disk}): the rules of L{cachingproxy.cache.base} checked
+L{cachingproxy.cache.disk}): the rules of L{cachingproxy.cache.store} checked
 against every backend through one mixin, then what is particular to the
 disk (several processes on one folder, damaged files, temporary files,
 failing folders, a writer killed mid-body) and to the memory tier in front
@@ -27,11 +27,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from cachingproxy.cache import disk
-from cachingproxy.cache.base import IBodyReader, IEntryWriter, IStore, StoreFull
+from cachingproxy.cache.store import IBodyReader, IEntryWriter, IStore, StoreFull
 from cachingproxy.cache.disk import DiskHandle, DiskStore, _HSIZE
 from cachingproxy.cache.memory import MemoryStore, TieredStore
 from cachingproxy.http.headers import Headers
-from cachingproxy.policy import StoredEntry
+from cachingproxy.cache.policy import StoredEntry
 
 KEY = b"http://example.com/a"
 T0 = 1_700_000_000.0
@@ -983,7 +983,7 @@ class DiskStoreTests(DiskStoreTestsMixin, SynchronousTestCase):
             import sys, time
             from cachingproxy.cache.disk import DiskStore
             from cachingproxy.http.headers import Headers
-            from cachingproxy.policy import StoredEntry
+            from cachingproxy.cache.policy import StoredEntry
             store = DiskStore(sys.argv[1])
             w = store.writer(b"http://done/", b"")
             w.write(b"d" * 1000)

@@ -17,8 +17,9 @@ from twisted.internet import reactor
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from cachingproxy import policy, tap
-from cachingproxy.config import (
+from cachingproxy.cache import policy
+from cachingproxy.service import tap
+from cachingproxy.service.config import (
     _BY_NAME,
     SETTINGS,
     Config,

@@ -13,8 +13,8 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from cachingproxy.access import parseNetworks
-from cachingproxy.server import ProxySettings
-from cachingproxy.upstream import Origin, UpstreamSettings
+from cachingproxy.proxy.server import ProxySettings
+from cachingproxy.proxy.upstream import Origin, UpstreamSettings
 
 from .helpers import (
     connectClient,

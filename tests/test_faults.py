@@ -22,9 +22,9 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 
 from cachingproxy.cache.disk import DiskStore
-from cachingproxy.resource import CacheResource, CacheSettings
-from cachingproxy.server import ProxySettings
-from cachingproxy.upstream import UpstreamSettings
+from cachingproxy.cache.layer import CacheResource, CacheSettings
+from cachingproxy.proxy.server import ProxySettings
+from cachingproxy.proxy.upstream import UpstreamSettings
 
 from .helpers import (
     connectClient,

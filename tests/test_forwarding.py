@@ -1,11 +1,11 @@
 """
-L{cachingproxy.forwarding}: what forwarding fields tell an origin, as plain
+L{cachingproxy.proxy.forwarding}: what forwarding fields tell an origin, as plain
 asserts.
 """
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from cachingproxy.forwarding import Disagreement, forwardedParameters, toldTarget
+from cachingproxy.proxy.forwarding import Disagreement, forwardedParameters, toldTarget
 from cachingproxy.http.headers import Headers
 
 

@@ -21,9 +21,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cachingproxy.cache.memory import MemoryStore
 from cachingproxy.http.headers import formatHTTPDate
-from cachingproxy.resource import CacheResource, CacheSettings
-from cachingproxy.server import ProxyFactory, ProxySettings
-from cachingproxy.upstream import Origin, UpstreamPool, UpstreamProtocol, UpstreamSettings
+from cachingproxy.cache.layer import CacheResource, CacheSettings
+from cachingproxy.proxy.server import ProxyFactory, ProxySettings
+from cachingproxy.proxy.upstream import Origin, UpstreamPool, UpstreamProtocol, UpstreamSettings
 
 ORIGIN = Origin(b"http", "127.0.0.1", 9000)
 

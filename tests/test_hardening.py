@@ -6,7 +6,7 @@ them (nor anything sent after them) reaches the origin.
 
 from twisted.trial.unittest import TestCase
 
-from cachingproxy.server import ProxySettings
+from cachingproxy.proxy.server import ProxySettings
 
 from .helpers import connectClient, listenOrigin, listenScripted, startProxy
 
@@ -246,7 +246,7 @@ class ConnectionNominationTests(TestCase):
 
         @return: the client's responses and what the origin parsed.
         """
-        from cachingproxy.upstream import Origin
+        from cachingproxy.proxy.upstream import Origin
 
         reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
         origin, originPort = listenScripted(self, [reply])
@@ -317,7 +317,7 @@ class ConnectionNominationTests(TestCase):
 
         @return: the two responses the client parsed.
         """
-        from cachingproxy.upstream import Origin
+        from cachingproxy.proxy.upstream import Origin
 
         from twisted.internet import reactor
         from twisted.internet.protocol import Factory, Protocol
@@ -375,7 +375,7 @@ class ConnectionNominationTests(TestCase):
         from twisted.internet import reactor
 
         from cachingproxy.cache.memory import MemoryStore
-        from cachingproxy.resource import CacheResource, CacheSettings
+        from cachingproxy.cache.layer import CacheResource, CacheSettings
 
         reply = (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\n"
                  b"Connection: Content-Length\r\n\r\nhello")

@@ -1,5 +1,5 @@
 """
-L{cachingproxy.metrics}: counting requests, Prometheus's multiprocess mode
+L{cachingproxy.ops.metrics}: counting requests, Prometheus's multiprocess mode
 across real processes, and C{/_cachingproxy/metrics} through a loopback
 proxy.
 """
@@ -20,11 +20,11 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from cachingproxy import metrics as metricsModule
-from cachingproxy.admin import AdminResource
-from cachingproxy.metrics import ENVIRONMENT, Metrics, MetricsService, countWorkerRestart, markProcessDead
-from cachingproxy.server import ProxySettings
-from cachingproxy.upstream import Origin
+from cachingproxy.ops import metrics as metricsModule
+from cachingproxy.ops.admin import AdminResource
+from cachingproxy.ops.metrics import ENVIRONMENT, Metrics, MetricsService, countWorkerRestart, markProcessDead
+from cachingproxy.proxy.server import ProxySettings
+from cachingproxy.proxy.upstream import Origin
 
 from .helpers import exchange, listenOrigin, startProxy
 
@@ -429,8 +429,8 @@ WORKER = textwrap.dedent(
     import os, sys
     sys.path.insert(0, {root!r})
     from twisted.internet.task import Clock
-    from cachingproxy.metrics import Metrics
-    from cachingproxy.upstream import Origin
+    from cachingproxy.ops.metrics import Metrics
+    from cachingproxy.proxy.upstream import Origin
 
     class Head:
         method = b"GET"

@@ -15,12 +15,12 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from cachingproxy import policy
+from cachingproxy.cache import policy
 from cachingproxy.access import parseNetworks
 from cachingproxy.cache.memory import MemoryStore
-from cachingproxy.resource import CacheResource, CacheSettings
-from cachingproxy.server import ProxySettings
-from cachingproxy.upstream import Origin
+from cachingproxy.cache.layer import CacheResource, CacheSettings
+from cachingproxy.proxy.server import ProxySettings
+from cachingproxy.proxy.upstream import Origin
 
 from .helpers import (
     RawClient,

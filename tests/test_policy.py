@@ -1,5 +1,5 @@
 """
-Tests for L{cachingproxy.policy}: RFC 9111 for a shared cache, one
+Tests for L{cachingproxy.cache.policy}: RFC 9111 for a shared cache, one
 TestCase per topic, one test per rule; each docstring names its section
 (RFC 9111 unless another document is named).
 """
@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from cachingproxy import policy
+from cachingproxy.cache import policy
 from cachingproxy.http.headers import Headers, formatHTTPDate, parseHTTPDate
 from cachingproxy.http.message import RequestHead, ResponseHead
 from cachingproxy.http.structured import (
@@ -21,7 +21,7 @@ from cachingproxy.http.structured import (
     TRUE,
     TRUE_OR_STRING,
 )
-from cachingproxy.policy import (
+from cachingproxy.cache.policy import (
     DEFAULT_OPTIONS,
     UNSATISFIABLE,
     CacheControl,

@@ -1,5 +1,5 @@
 """
-Property tests for L{cachingproxy.policy} (hypothesis): invariants that hold
+Property tests for L{cachingproxy.cache.policy} (hypothesis): invariants that hold
 for any input, each tied to the RFC section that implies it.
 """
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from cachingproxy import policy
+from cachingproxy.cache import policy
 from cachingproxy.http.headers import Headers, formatHTTPDate, parseHTTPDate
 from cachingproxy.http.message import ResponseHead
 

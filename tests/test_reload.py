@@ -1,5 +1,5 @@
 """
-SIGHUP in a single-process proxy: L{cachingproxy.reload}.
+SIGHUP in a single-process proxy: L{cachingproxy.service.reload}.
 """
 
 import dataclasses
@@ -11,9 +11,9 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from cachingproxy import tap
-from cachingproxy.config import fromOptions
-from cachingproxy.reload import ConfigReloader, changedFields, settingNames
+from cachingproxy.service import tap
+from cachingproxy.service.config import fromOptions
+from cachingproxy.service.reload import ConfigReloader, changedFields, settingNames
 
 from .helpers import exchange, listenOrigin, startTwistd, temporaryPath
 

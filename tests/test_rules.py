@@ -9,10 +9,10 @@ from twisted.web.resource import Resource
 
 from cachingproxy.access import parseNetworks
 from cachingproxy.cache.memory import MemoryStore
-from cachingproxy.resource import CacheResource
+from cachingproxy.cache.layer import CacheResource
 from cachingproxy.rules import HeaderRules
-from cachingproxy.server import ProxySettings
-from cachingproxy.upstream import Origin
+from cachingproxy.proxy.server import ProxySettings
+from cachingproxy.proxy.upstream import Origin
 
 from .helpers import exchange, listenOrigin, startProxy
 

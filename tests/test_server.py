@@ -1,5 +1,5 @@
 """
-Tests for L{cachingproxy.server}: one client connection (L{ProxyProtocol})
+Tests for L{cachingproxy.proxy.server}: one client connection (L{ProxyProtocol})
 driven byte by byte, with its upstream connections completed by hand from a
 L{MemoryReactorClock} (STYLE.md section D, levels 2 and 3).
 
@@ -30,14 +30,14 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from cachingproxy.access import parseNetworks
-from cachingproxy.server import (
+from cachingproxy.proxy.server import (
     ExchangeState,
     ProxyFactory,
     ProxyProtocol,
     ProxySettings,
     ReaderState,
 )
-from cachingproxy.upstream import Origin, UpstreamPool, UpstreamSettings, UpstreamState
+from cachingproxy.proxy.upstream import Origin, UpstreamPool, UpstreamSettings, UpstreamState
 
 
 CLIENT = IPv4Address("TCP", "127.0.0.1", 5555)
@@ -53,7 +53,7 @@ class FakeOrigin:
 
     @ivar wrapper: the endpoint's C{_WrappingProtocol}, which the reactor
         would drive.
-    @ivar protocol: the L{cachingproxy.upstream.UpstreamProtocol} inside it.
+    @ivar protocol: the L{cachingproxy.proxy.upstream.UpstreamProtocol} inside it.
     @ivar transport: the L{StringTransport} the proxy writes to.
     """
 
@@ -1718,7 +1718,7 @@ class TimeoutTests(SynchronousTestCase):
         the default header time, which the settings table and the proxy
         agree on and which is well under 20 seconds.
         """
-        from cachingproxy.config import SETTINGS
+        from cachingproxy.service.config import SETTINGS
 
         [setting] = [s for s in SETTINGS if s.name == "header-timeout"]
         default = ProxySettings().headerTimeout

@@ -26,12 +26,12 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.server import Site
 
-from cachingproxy.admin import AdminResource
+from cachingproxy.ops.admin import AdminResource
 from cachingproxy.cache.memory import MemoryStore
-from cachingproxy import metrics as metricsModule
-from cachingproxy.metrics import ENVIRONMENT, Metrics
-from cachingproxy.resource import CacheResource, CacheSettings
-from cachingproxy.server import ProxySettings
+from cachingproxy.ops import metrics as metricsModule
+from cachingproxy.ops.metrics import ENVIRONMENT, Metrics
+from cachingproxy.cache.layer import CacheResource, CacheSettings
+from cachingproxy.proxy.server import ProxySettings
 
 from .helpers import _trackServerConnections, connectClient, exchange, startProxy
 from .test_cache_end_to_end import CountingOrigin

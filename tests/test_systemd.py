@@ -1,6 +1,6 @@
 """
 systemd: the notify and socket-activation protocols of
-L{cachingproxy.systemd}, the unit files of C{contrib/systemd}, and a real
+L{cachingproxy.service.systemd}, the unit files of C{contrib/systemd}, and a real
 C{twistd -n cachingproxy} taking its listening socket from "systemd".
 """
 
@@ -18,8 +18,8 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from cachingproxy import systemd, tap
-from cachingproxy.config import SETTINGS
+from cachingproxy.service import systemd, tap
+from cachingproxy.service.config import SETTINGS
 
 from .helpers import exchange, listenOrigin, pattern, temporaryPath
 from .helpers import REPO, TWISTD, Twistd as _Twistd

@@ -15,8 +15,8 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from cachingproxy import tap
-from cachingproxy.config import SETTINGS, fromOptions
+from cachingproxy.service import tap
+from cachingproxy.service.config import SETTINGS, fromOptions
 
 from .helpers import (
     REPO,
@@ -38,11 +38,11 @@ class PluginTests(SynchronousTestCase):
     def test_discovered(self):
         """
         C{getPlugins(IServiceMaker)} yields a maker called cachingproxy that
-        points at L{cachingproxy.tap}.
+        points at L{cachingproxy.service.tap}.
         """
         makers = [p for p in getPlugins(IServiceMaker) if p.tapname == "cachingproxy"]
         self.assertTrue(makers)
-        self.assertEqual(makers[0].module, "cachingproxy.tap")
+        self.assertEqual(makers[0].module, "cachingproxy.service.tap")
 
 
 class OptionsTests(SynchronousTestCase):
@@ -135,7 +135,7 @@ class OptionsTests(SynchronousTestCase):
         makeService builds one listening service per --port (beside the
         metrics service), not started.
         """
-        from cachingproxy.metrics import MetricsService
+        from cachingproxy.ops.metrics import MetricsService
 
         options = tap.Options()
         options.parseOptions(["--port", "tcp:0", "--port", "tcp:0:interface=127.0.0.1",

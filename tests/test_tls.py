@@ -14,10 +14,10 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
-from cachingproxy import tap
-from cachingproxy.server import ProxyProtocol, ProxySettings
-from cachingproxy.tunnel import TunnelPeer
-from cachingproxy.upstream import Origin, UpstreamSettings
+from cachingproxy.service import tap
+from cachingproxy.proxy.server import ProxyProtocol, ProxySettings
+from cachingproxy.proxy.tunnel import TunnelPeer
+from cachingproxy.proxy.upstream import Origin, UpstreamSettings
 
 from .helpers import _trackServerConnections, exchange, pattern, startProxy, temporaryPath
 from .tlshelpers import (

@@ -24,8 +24,8 @@ from wsproto.events import (
     TextMessage,
 )
 
-from cachingproxy.server import ProxySettings
-from cachingproxy.upstream import Origin
+from cachingproxy.proxy.server import ProxySettings
+from cachingproxy.proxy.upstream import Origin
 
 from .helpers import (
     _trackServerConnections,
@@ -402,7 +402,7 @@ class UpgradeNotCachedTests(TestCase):
         a cacheable answer to it is not stored.
         """
         from cachingproxy.cache.memory import MemoryStore
-        from cachingproxy.resource import CacheResource, CacheSettings
+        from cachingproxy.cache.layer import CacheResource, CacheSettings
 
         origins, originPort = listenScripted(self, [
             b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 2\r\n"

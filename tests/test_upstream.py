@@ -1,5 +1,5 @@
 """
-Tests for L{cachingproxy.upstream}: the L{UpstreamPool} and the
+Tests for L{cachingproxy.proxy.upstream}: the L{UpstreamPool} and the
 L{UpstreamProtocol} it runs on each origin connection, driven from a
 L{MemoryReactorClock} whose connection attempts are completed by hand with
 L{StringTransport}s (STYLE.md section D, level 2). No sockets.
@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from cachingproxy.errors import BadGateway, GatewayTimeout, UpstreamClosed
 from cachingproxy.http.headers import Headers
 from cachingproxy.http.message import RequestHead
-from cachingproxy.upstream import (
+from cachingproxy.proxy.upstream import (
     Origin,
     UpstreamPool,
     UpstreamRequest,

@@ -26,10 +26,10 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from cachingproxy import tap
-from cachingproxy.config import StartupError
-from cachingproxy.worker import Worker, splitArguments
-from cachingproxy.workers import WorkerSupervisor, WorkersService, childArguments, parseListener
+from cachingproxy.service import tap
+from cachingproxy.service.config import StartupError
+from cachingproxy.service.child import Worker, splitArguments
+from cachingproxy.service.supervisor import WorkerSupervisor, WorkersService, childArguments, parseListener
 
 from .helpers import (REPO, TWISTD, RawClient, isWorker, listenOrigin, stopWhenDone,
                       temporaryPath, until)
@@ -122,7 +122,7 @@ class SupervisorTests(SynchronousTestCase):
 
     def test_spawnArguments(self):
         """
-        Starting spawns one worker per slot: C{-m cachingproxy.worker} with
+        Starting spawns one worker per slot: C{-m cachingproxy.service.child} with
         the listening descriptor inherited at its number, the worker id, a
         readiness pipe on a free descriptor, and the child arguments; the
         environment is the parent's minus systemd's variables, with this
@@ -134,7 +134,7 @@ class SupervisorTests(SynchronousTestCase):
         args = [a for a in first.args if a != "-P"]
         self.assertEqual(
             args,
-            ["/usr/bin/python3", "-m", "cachingproxy.worker", "--inherit-fd", "5",
+            ["/usr/bin/python3", "-m", "cachingproxy.service.child", "--inherit-fd", "5",
              "--worker-id", "1", "--ready-fd", "6", "--cache-dir=none"])
         self.assertIn("2", second.args[second.args.index("--worker-id") + 1])
         self.assertEqual(first.childFDs, {0: "w", 1: 1, 2: 2, 5: 5, 6: "r"})
@@ -508,7 +508,7 @@ class ServiceTests(SynchronousTestCase):
 
 class WorkerSideTests(SynchronousTestCase):
     """
-    L{cachingproxy.worker.Worker} with a memory reactor.
+    L{cachingproxy.service.child.Worker} with a memory reactor.
     """
 
     def test_adoptAndStop(self):
@@ -620,7 +620,7 @@ class AdoptionTests(TestCase):
         """
         from twisted.internet.error import ConnectionRefusedError
 
-        from cachingproxy._io import acceptQueued
+        from cachingproxy._twistedinternals import acceptQueued
         from .helpers import startProxy
 
         factory, port, _ = startProxy(self)

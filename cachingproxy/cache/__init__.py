@@ -1,4 +1,5 @@
 """
-Cache stores: the interface (L{base}) and its backends (L{memory},
-L{disk}). No HTTP rules live here; those are in L{cachingproxy.policy}.
+The shared HTTP cache: RFC 9111 as pure functions (L{policy}), the layer
+that applies it to each exchange (L{layer}), the store interface
+(L{store}) and its backends (L{memory}, L{disk}).
 """

@@ -115,8 +115,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..http.headers import Headers
-from ..policy import StoredEntry as _StoredEntry
-from .base import IBodyReader, IEntryWriter, IStore, StoreFull
+from .policy import StoredEntry as _StoredEntry
+from .store import IBodyReader, IEntryWriter, IStore, StoreFull
 
 __all__ = ["DiskStore", "DiskHandle", "DiskEntryWriter", "FORMAT_VERSION"]
 

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .base import IEntryWriter, IStore, StoreFull
+from .store import IEntryWriter, IStore, StoreFull
 from .disk import _NAME_LEN, BytesReader, DiskHandle, DiskStore
 
 __all__ = ["MemoryStore", "TieredStore"]
@@ -124,7 +124,7 @@ class MemoryStore:
         """
         A token that differs after any change to C{key}'s variants (store,
         replace, update, removal), for callers that remember what a lookup
-        found (see L{cachingproxy.cache.base.IStore.stamp}).
+        found (see L{cachingproxy.cache.store.IStore.stamp}).
         """
         return (self._epoch, self._stamps.get(key, 0))
 

@@ -148,6 +148,6 @@ def inheritedDescriptors(environ: Mapping[str, str] = os.environ) -> List[int]:
     fds = listenFDs(environ)
     if fds or environ is not os.environ:
         return fds
-    from . import _ACTIVATION
+    from .. import _ACTIVATION
 
     return listenFDs(_ACTIVATION)

@@ -48,9 +48,9 @@ from typing import (
 )
 from urllib.parse import urljoin, urlsplit
 
-from .http.headers import HOP_BY_HOP, Headers, connectionOptions, parseHTTPDate, splitList
-from .http.message import RequestHead, ResponseHead
-from .http.structured import parseTargetedDirectives
+from ..http.headers import HOP_BY_HOP, Headers, connectionOptions, parseHTTPDate, splitList
+from ..http.message import RequestHead, ResponseHead
+from ..http.structured import parseTargetedDirectives
 
 __all__ = [
     "CacheControl",

@@ -53,7 +53,7 @@ class Setting:
     """
     One setting: its option name, its kind, its default and what it does.
 
-    The command line (L{cachingproxy.tap.Options}), the environment and the
+    The command line (L{cachingproxy.service.tap.Options}), the environment and the
     configuration file are all derived from this, so a setting added to
     L{SETTINGS} exists in the three at once.
 
@@ -678,10 +678,10 @@ def parseRefreshRule(text: str):
     """
     Parse C{'[-i] REGEX MIN PERCENT MAX [type=TYPE,...] [override]'}.
 
-    @return: a L{cachingproxy.policy.RefreshRule}.
+    @return: a L{cachingproxy.cache.policy.RefreshRule}.
     @raise ValueError: saying what is wrong.
     """
-    from .policy import RefreshRule
+    from ..cache.policy import RefreshRule
 
     words = str(text).split()
     ignoreCase = bool(words) and words[0] == "-i"
@@ -721,10 +721,10 @@ def _refreshRuleFromTable(table: Mapping[str, object]):
     C{max} (required), C{types} (a string or an array), C{ignore-case} and
     C{override} (booleans).
 
-    @return: a L{cachingproxy.policy.RefreshRule}.
+    @return: a L{cachingproxy.cache.policy.RefreshRule}.
     @raise ValueError: saying what is wrong.
     """
-    from .policy import RefreshRule
+    from ..cache.policy import RefreshRule
 
     for key in table:
         if key not in _RULE_KEYS:
@@ -750,7 +750,7 @@ def _refreshRuleFromTable(table: Mapping[str, object]):
 
 def _refreshRules(raw: object, where: str) -> Tuple[object, ...]:
     """
-    @return: the L{cachingproxy.policy.RefreshRule}s of the setting, in
+    @return: the L{cachingproxy.cache.policy.RefreshRule}s of the setting, in
         order.
     @raise usage.UsageError: naming the rule that is malformed.
     """
@@ -974,7 +974,7 @@ def _compression(values, reverse: bool):
     @return: the L{CompressionSettings}, or C{None} when compression is off.
     @raise usage.UsageError: for a bad value.
     """
-    from .compress import DEFAULT_TYPES, CompressionSettings
+    from ..compress import DEFAULT_TYPES, CompressionSettings
 
     mode, where = values["compress"]
     mode = str(mode).strip().lower()
@@ -1000,7 +1000,7 @@ def _rules(values, direction: str):
     @return: the L{HeaderRules} for C{direction} ("request" or "response").
     @raise usage.UsageError: naming the rule that is malformed.
     """
-    from .rules import HeaderRules
+    from ..rules import HeaderRules
 
     parts = {}
     for verb in ("add", "set", "remove"):
@@ -1120,7 +1120,7 @@ def fromOptions(
     if any(c.isspace() or c in ",()" for c in str(viaName)):
         raise usage.UsageError(f"{values['via-name'][1]}: must be one token, got {viaName!r}")
 
-    from . import access
+    from .. import access
 
     for name, parse in (
         ("allow", access.parseNetworks),

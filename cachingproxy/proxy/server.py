@@ -40,7 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .errors import (
+from ..errors import (
     BadGateway,
     BadRequest,
     ContentTooLarge,
@@ -55,14 +55,14 @@ from .errors import (
     URITooLong,
     VersionNotSupported,
 )
-from .http.headers import HOP_BY_HOP, Headers, connectionOptions, formatHTTPDate, splitList
-from .http.message import REASONS, RequestHead, ResponseHead, logText
-from ._io import discardUnsent, sendNow
+from ..http.headers import HOP_BY_HOP, Headers, connectionOptions, formatHTTPDate, splitList
+from ..http.message import REASONS, RequestHead, ResponseHead, logText
+from .._twistedinternals import discardUnsent, sendNow
 from .forwarding import FORWARDING_FIELDS, Disagreement, forwardedParameters, toldTarget
-from .compress import compressWhole, compressor, negotiate, noTransform, weakenETag
-from .access import isThisProxy
-from .accesslog import _Clock
-from .admin import ADMIN_PREFIX, LANDING_PATHS
+from ..compress import compressWhole, compressor, negotiate, noTransform, weakenETag
+from ..access import isThisProxy
+from ..ops.accesslog import _Clock
+from ..ops.admin import ADMIN_PREFIX, LANDING_PATHS
 from .tunnel import TunnelPeer, joinTunnel
 from .upstream import Origin, UpstreamPool, UpstreamRequest, _QuietFactory, connectError
 
@@ -302,7 +302,7 @@ class Exchange:
     """
     One request and its response.
 
-    Provides L{cachingproxy.upstream.IResponseHandler} for the upstream
+    Provides L{cachingproxy.proxy.upstream.IResponseHandler} for the upstream
     response it forwards.
     """
 
@@ -677,7 +677,7 @@ class Exchange:
         """
         Answer from the cache: C{fields} (lowered triples, without framing
         fields) and a body of C{length} bytes, given either as C{bytes} or as
-        an L{cachingproxy.cache.base.IBodyReader} streamed with flow control.
+        an L{cachingproxy.cache.store.IBodyReader} streamed with flow control.
         """
         if self.state is not ExchangeState.FORWARDING:
             if not isinstance(body, bytes) and body is not None:
@@ -1122,7 +1122,7 @@ class ProxyProtocol(Protocol):
         #: The Referer and User-Agent of the last access line, and their
         #: text: C{(referer, agent, text)}, or C{None}.
         self._loggedAgent: Optional[tuple] = None
-        #: The same for JSON lines (L{cachingproxy.accesslog}).
+        #: The same for JSON lines (L{cachingproxy.ops.accesslog}).
         self._jsonSaid: Optional[tuple] = None
 
     # -- connection --------------------------------------------------------
@@ -1845,7 +1845,7 @@ class ProxyFactory(Factory):
         self.settings = settings
         self.pool = pool
         self.accessLog = accessLog
-        #: the L{cachingproxy.resource.CacheResource}, or C{None} for a
+        #: the L{cachingproxy.cache.layer.CacheResource}, or C{None} for a
         #: proxy that only forwards
         self.cache = None
         #: told about every finished request (C{requestDone(exchange)}), or
@@ -1854,7 +1854,7 @@ class ProxyFactory(Factory):
         #: who may use the proxy and reach what
         #: (L{cachingproxy.access.AccessPolicy}), or C{None}: anyone, anywhere
         self.access = None
-        #: the proxy's own endpoints (L{cachingproxy.admin.AdminResource})
+        #: the proxy's own endpoints (L{cachingproxy.ops.admin.AdminResource})
         self.admin = None
         self.port = None
         self.openConnections = 0
@@ -2198,7 +2198,7 @@ class ProxyFactory(Factory):
         section 2): those of the target URI the origin builds from the
         request as it reaches it (RFC 9110 section 7.1), that is from the
         Host sent and the scheme and host the forwarding fields tell
-        (L{cachingproxy.forwarding.toldTarget}). In forward mode the key
+        (L{cachingproxy.proxy.forwarding.toldTarget}). In forward mode the key
         is the target URI, and a request telling the origin of another
         one is not cached.
 

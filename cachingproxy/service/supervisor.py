@@ -6,9 +6,9 @@ The parent process (C{twistd cachingproxy --workers N}) owns the listening
 sockets and never accepts on them: L{WorkersService} binds each C{--port}
 (or takes it from systemd socket activation), logs where it listens, and
 hands the descriptors to L{WorkerSupervisor}, which spawns N copies of
-C{python -m cachingproxy.worker} with the descriptors inherited at the same
+C{python -m cachingproxy.service.child} with the descriptors inherited at the same
 numbers. Each worker adopts them with C{reactor.adoptStreamPort} (see
-L{cachingproxy.worker}); the kernel spreads new connections over the
+L{cachingproxy.service.child}); the kernel spreads new connections over the
 processes that accept.
 
 Supervision has the shape of Twisted's C{runner/procmon.py}
@@ -38,7 +38,7 @@ listeners can be shared: Twisted's adopted UNIX ports unlink their path
 when one worker stops. For a TLS listener (C{ssl:}, C{tls:}) the parent
 binds the TCP port and checks the certificate and key; each worker reads
 them itself and sets TLS up on the adopted socket
-(L{cachingproxy.tlsport}), so the workers a reload starts serve a renewed
+(L{cachingproxy.service.tlsport}), so the workers a reload starts serve a renewed
 certificate.
 """
 
@@ -60,11 +60,11 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python import usage
 
-from . import __version__
+from .. import __version__
 from .config import SETTINGS, cannotListen
-from .metrics import ENVIRONMENT as METRICS_ENVIRONMENT
-from .metrics import countWorkerRestart, markProcessDead
-from ._io import describeAddress
+from ..ops.metrics import ENVIRONMENT as METRICS_ENVIRONMENT
+from ..ops.metrics import countWorkerRestart, markProcessDead
+from .addresses import describeAddress
 
 __all__ = [
     "READY_MARKER",
@@ -199,7 +199,7 @@ def _systemdDescriptors(environ: Mapping[str, str]) -> List[int]:
     """
     The descriptors systemd passed (3, 4, ...: C{LISTEN_FDS} of them, when
     C{LISTEN_PID} is this process), also once Twisted has taken the
-    variables out of C{os.environ} (L{cachingproxy.systemd.inheritedDescriptors}).
+    variables out of C{os.environ} (L{cachingproxy.service.systemd.inheritedDescriptors}).
     The workers get an environment without these variables.
     """
     from .systemd import inheritedDescriptors
@@ -273,14 +273,14 @@ def childArguments(options) -> List[str]:
     The cachingproxy command line a worker gets: every option the parent
     was given, except C{--port} and C{--workers}.
 
-    It is rebuilt from the parsed L{cachingproxy.tap.Options} (its
+    It is rebuilt from the parsed L{cachingproxy.service.tap.Options} (its
     C{optFlags} and C{optParameters}) rather than read from C{sys.argv}:
     C{makeService} may be called without any command line (tests, other
     entry points), and the parsed values are exactly what the parent
     validated. The environment is inherited as a whole, so settings that
     come from it keep their place below the command line.
 
-    @param options: parsed L{cachingproxy.tap.Options}.
+    @param options: parsed L{cachingproxy.service.tap.Options}.
     """
     arguments: List[str] = []
     for flag in options.optFlags:
@@ -301,7 +301,9 @@ def childArguments(options) -> List[str]:
 
 
 def _packageRoot() -> str:
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    import cachingproxy
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(cachingproxy.__file__)))
 
 
 def workerEnvironment(environ: Mapping[str, str]) -> Dict[str, str]:
@@ -515,7 +517,7 @@ class WorkerSupervisor(service.Service):
             # Not the working directory first on sys.path: the worker
             # imports the package from where the parent did (PYTHONPATH).
             argv.append("-P")
-        argv += ["-m", "cachingproxy.worker"]
+        argv += ["-m", "cachingproxy.service.child"]
         for fd in self.listeningFDs:
             argv += ["--inherit-fd", str(fd)]
             if fd in self.tlsListeners:

@@ -24,7 +24,7 @@ was, with one log line per such setting that changed. A configuration
 that does not validate is logged on one line and the running one is kept.
 
 With C{--workers} above 1 the parent replaces its workers instead
-(L{cachingproxy.workers.WorkerSupervisor.reload}), and each new worker
+(L{cachingproxy.service.supervisor.WorkerSupervisor.reload}), and each new worker
 builds everything from the new configuration.
 """
 
@@ -95,9 +95,9 @@ class ConfigReloader:
     Applies a configuration read again to a running single-process proxy.
 
     @ivar config: the configuration in force.
-    @ivar factory: the L{cachingproxy.server.ProxyFactory} every listening
+    @ivar factory: the L{cachingproxy.proxy.server.ProxyFactory} every listening
         port shares.
-    @ivar services: the L{cachingproxy.tap.ProxyService}s (their shutdown
+    @ivar services: the L{cachingproxy.service.tap.ProxyService}s (their shutdown
         grace follows the configuration).
     """
 
@@ -163,7 +163,7 @@ class ConfigReloader:
         Build what C{new} asks for, then swap it in (nothing is swapped if
         building fails).
         """
-        from .access import AccessPolicy
+        from ..access import AccessPolicy
         from .tap import AccessLogFile, _proxySettings
 
         factory = self.factory
@@ -231,7 +231,7 @@ class ConfigReloader:
             if hasattr(accessLog, "reopen"):
                 accessLog.reopen()
         elif newLog is not None:
-            from .accesslog import reopenOnSignal
+            from ..ops.accesslog import reopenOnSignal
 
             factory.accessLog = newLog
             reopenOnSignal(self._reactor, [newLog])
@@ -246,7 +246,7 @@ class ConfigReloader:
         The disk store's size limits (the memory tier's size is fixed at
         start).
         """
-        from .cache.disk import DiskStore
+        from ..cache.disk import DiskStore
 
         disk = getattr(store, "disk", store)
         if isinstance(disk, DiskStore):

@@ -23,11 +23,11 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from . import __version__
+from .. import __version__
 from . import systemd
-from ._dispatch import streamline
-from ._io import describeAddress
-from .accesslog import AccessLog, reopenOnSignal
+from .._twistedinternals import streamline
+from .addresses import describeAddress
+from ..ops.accesslog import AccessLog, reopenOnSignal
 from .config import (
     SETTINGS,
     Config,
@@ -37,8 +37,8 @@ from .config import (
     fromOptions,
     reportStartupErrors,
 )
-from .server import ProxyFactory, ProxySettings
-from .upstream import Origin, UpstreamPool, UpstreamSettings
+from ..proxy.server import ProxyFactory, ProxySettings
+from ..proxy.upstream import Origin, UpstreamPool, UpstreamSettings
 
 __all__ = ["Options", "makeService", "ProxyService", "buildFactory"]
 
@@ -71,7 +71,7 @@ def _appender(setting: Setting):
 class Options(usage.Options):
     """
     The command line of C{twistd cachingproxy}, derived from
-    L{cachingproxy.config.SETTINGS}: a C{flag} setting is an option without
+    L{cachingproxy.service.config.SETTINGS}: a C{flag} setting is an option without
     a value, a C{list} setting an option that may be repeated, any other
     setting an option with a value. Every option can also be given as an
     environment variable C{CACHINGPROXY_<NAME>} or in the configuration
@@ -201,10 +201,10 @@ def buildFactory(reactor, config: Config, accessLog=None) -> ProxyFactory:
         upstream = Origin(config.upstreamScheme, config.upstreamHost, config.upstreamPort)
     factory = ProxyFactory(reactor, _proxySettings(config, upstream), pool, accessLog)
     factory.cache = buildCache(reactor, config, pool)
-    from .admin import AdminResource
+    from ..ops.admin import AdminResource
 
     factory.admin = AdminResource(factory)
-    from .access import AccessPolicy
+    from ..access import AccessPolicy
 
     factory.access = AccessPolicy.fromConfig(config, reactor)
     return factory
@@ -216,23 +216,23 @@ def buildCache(reactor, config: Config, pool):
     """
     if not config.cache or (config.cacheDir is None and not config.cacheMemory):
         return None
-    from . import policy
-    from .resource import CacheResource, CacheSettings
+    from ..cache import policy
+    from ..cache.layer import CacheResource, CacheSettings
 
     store = None
     memory = None
     if config.cacheMemory:
-        from .cache.memory import MemoryStore
+        from ..cache.memory import MemoryStore
 
         memory = MemoryStore(config.cacheMemory, min(config.maxObjectSize, config.cacheMemory))
     if config.cacheDir is not None:
-        from .cache.disk import DiskStore
+        from ..cache.disk import DiskStore
 
         os.makedirs(config.cacheDir, exist_ok=True)
         store = DiskStore(config.cacheDir, maxSize=config.cacheSize,
                           maxObjectSize=config.maxObjectSize)
         if memory is not None:
-            from .cache.memory import TieredStore
+            from ..cache.memory import TieredStore
 
             store = TieredStore(memory, store)
     else:
@@ -300,7 +300,7 @@ def _trustedProxies(config: Config):
     """
     if not config.trustedProxies:
         return None
-    from .access import parseNetworks
+    from ..access import parseNetworks
 
     networks = parseNetworks(config.trustedProxies)
     return networks if networks.everyone or networks.networks else None
@@ -320,7 +320,7 @@ class ProxyService(service.Service):
     stops listening and closes the upstream pool.
 
     @ivar port: the listening port once started (tests read its address).
-    @ivar tls: the L{cachingproxy.tlsport.ServerTLS} of a TLS listener
+    @ivar tls: the L{cachingproxy.service.tlsport.ServerTLS} of a TLS listener
         (C{None} for a plain one).
     """
 
@@ -369,7 +369,7 @@ class ProxyService(service.Service):
         if isTLS(self.description):
             # TLS set up here rather than by Twisted's ssl:/tls: endpoint,
             # so that a reload can hand new connections a renewed
-            # certificate (L{cachingproxy.reload}).
+            # certificate (L{cachingproxy.service.reload}).
             try:
                 self.tls = ServerTLS(self.description)
                 endpoint = tcpEndpoint(self._reactor, self.description)
@@ -426,7 +426,7 @@ class ProxyService(service.Service):
         if self.port is not None:
             # Connections the kernel queued are taken and drained (closing
             # the socket would reset them); new ones are refused from now.
-            from ._io import acceptQueued
+            from .._twistedinternals import acceptQueued
 
             acceptQueued(self.port)
             waits.append(defer.maybeDeferred(self.port.stopListening))
@@ -445,9 +445,9 @@ class TopService(service.MultiService):
     """
     The proxy's services. Tells systemd (C{Type=notify}) C{READY=1} once
     every L{ProxyService} listens, and C{STOPPING=1} when shutting down.
-    (With workers, L{cachingproxy.workers.WorkersService} does it.)
+    (With workers, L{cachingproxy.service.supervisor.WorkersService} does it.)
 
-    @ivar reloader: a L{cachingproxy.reload.ConfigReloader} that SIGHUP
+    @ivar reloader: a L{cachingproxy.service.reload.ConfigReloader} that SIGHUP
         runs (a single-process proxy), or C{None}.
     """
 
@@ -555,7 +555,7 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     """
     Build the proxy service from parsed L{Options}: the proxy itself, or
     with C{--workers} above 1 the parent of that many worker processes
-    sharing the listening sockets (L{cachingproxy.workers}).
+    sharing the listening sockets (L{cachingproxy.service.supervisor}).
     """
     if reactor is None:
         from twisted.internet import reactor as globalReactor
@@ -571,9 +571,9 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     workers = int(config.workers)
     if workers > 1:
         # This process only owns the sockets and supervises the workers,
-        # which build their own factories (cachingproxy.workers).
+        # which build their own factories (cachingproxy.service.supervisor).
         from .tlsport import checkTLS, isTLS
-        from .workers import WorkersService, childArguments
+        from .supervisor import WorkersService, childArguments
 
         try:
             # Each worker reads the certificates again; checked here, a bad
@@ -601,7 +601,7 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     factory = buildFactory(reactor, config, accessLog)
     streamline(reactor)
     reopenOnSignal(reactor, [accessLog])
-    from .metrics import Metrics, MetricsService
+    from ..ops.metrics import Metrics, MetricsService
 
     factory.metrics = Metrics.create(reactor, factory)
     MetricsService(factory.metrics).setServiceParent(top)

@@ -1,9 +1,9 @@
 # -*- test-case-name: tests.test_workers -*-
 """
 One worker process of C{--workers N}, started by
-L{cachingproxy.workers.WorkerSupervisor}::
+L{cachingproxy.service.supervisor.WorkerSupervisor}::
 
-    python -m cachingproxy.worker --inherit-fd FD [--inherit-fd FD ...]
+    python -m cachingproxy.service.child --inherit-fd FD [--inherit-fd FD ...]
         [--tls-port FD=DESCRIPTION ...] --worker-id I [--ready-fd R]
         [cachingproxy options]
 
@@ -14,7 +14,7 @@ Twisted's C{AdoptedStreamServerEndpoint} does (non-blocking, adopt, close its
 own copy), writes C{cachingproxy-worker-ready I PID} on the readiness pipe,
 and serves. A descriptor named by C{--tls-port} serves TLS: the worker
 reads the certificate and key its C{ssl:}/C{tls:} description names
-(L{cachingproxy.tlsport.ServerTLS}) before it adopts anything, so a
+(L{cachingproxy.service.tlsport.ServerTLS}) before it adopts anything, so a
 replacement started by a reload serves a renewed certificate, and one
 that cannot use it never says it is ready.
 
@@ -23,7 +23,7 @@ kernel has queued and stops accepting (C{stopListening} on an adopted port
 closes the descriptor without shutting the shared socket down, so the
 other workers keep accepting), drains its connections within the shutdown
 grace (idle keep-alive ones after the drain idle timeout, see
-L{cachingproxy.server.ProxyProtocol.drain}), closes its upstream pool and
+L{cachingproxy.proxy.server.ProxyProtocol.drain}), closes its upstream pool and
 exits with status 0.
 """
 
@@ -153,18 +153,18 @@ class Worker:
         Build the factory, adopt the descriptors, say ready.
         """
         from . import tap
-        from .admin import AdminResource
+        from ..ops.admin import AdminResource
 
         if self.factory is None:
             if self.config.accessLog:
                 self._accessLog = tap.AccessLogFile(self.config.accessLog,
                                                     self.config.accessLogFormat, self._reactor)
-                from .accesslog import reopenOnSignal
+                from ..ops.accesslog import reopenOnSignal
 
                 reopenOnSignal(self._reactor, [self._accessLog])
             self.factory = tap.buildFactory(self._reactor, self.config, self._accessLog)
         self.factory.admin = AdminResource(self.factory, self.workerId)
-        from .metrics import Metrics
+        from ..ops.metrics import Metrics
 
         if self.factory.metrics is None:
             self.factory.metrics = Metrics.create(self._reactor, self.factory,
@@ -185,7 +185,7 @@ class Worker:
             # The port holds its own duplicate now.
             os.close(fd)
             self.ports.append(port)
-            from ._io import describeAddress
+            from .addresses import describeAddress
 
             self._log.info("worker {worker} (pid {pid}) accepting on {address}",
                            worker=self.workerId, pid=os.getpid(), address=describeAddress(port.getHost()))
@@ -215,7 +215,7 @@ class Worker:
         # the shared socket a new client is refused rather than left in a
         # queue nobody serves; take what is queued first, since the last
         # close resets it.
-        from ._io import acceptQueued
+        from .._twistedinternals import acceptQueued
 
         for port in ports:
             acceptQueued(port)
@@ -318,7 +318,7 @@ def _startLogging(workerId: str, out=None) -> None:
     """
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    from .accesslog import writeLogTo
+    from ..ops.accesslog import writeLogTo
 
     out = out or sys.stdout
     observer = textFileLogObserver(out)
@@ -371,7 +371,7 @@ def main(argv: Optional[Sequence[str]] = None, reactor=None) -> int:
 
     @return: the exit status.
     """
-    from ._dispatch import streamline
+    from .._twistedinternals import streamline
     from .tap import Options
 
     argv = sys.argv[1:] if argv is None else argv
@@ -419,7 +419,7 @@ def main(argv: Optional[Sequence[str]] = None, reactor=None) -> int:
 
 if __name__ == "__main__":
     # Run the module's own copy, so log namespaces read
-    # cachingproxy.worker rather than __main__.
-    from cachingproxy.worker import main as _main
+    # cachingproxy.service.child rather than __main__.
+    from cachingproxy.service.child import main as _main
 
     sys.exit(_main())

@@ -59,7 +59,7 @@ METHODS = frozenset(
     (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"CONNECT", b"TRACE", b"PURGE")
 )
 
-#: Counters kept by L{cachingproxy.resource.CacheResource.stats}.
+#: Counters kept by L{cachingproxy.cache.layer.CacheResource.stats}.
 CACHE_EVENTS = ("hits", "misses", "revalidated", "stale", "passed", "stored", "collapsed", "purged")
 
 #: A worker's status file counts as live while it is younger than this.
@@ -213,7 +213,7 @@ class Metrics:
     Counts finished requests (L{requestDone}, for every request) and reports
     them with the proxy's state (L{render}, L{status}).
 
-    @ivar factory: the L{cachingproxy.server.ProxyFactory} whose connections,
+    @ivar factory: the L{cachingproxy.proxy.server.ProxyFactory} whose connections,
         upstream pool and cache are reported, or C{None}.
     @ivar directory: the multiprocess folder.
     """

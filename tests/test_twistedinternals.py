@@ -1,5 +1,5 @@
 """
-L{cachingproxy._dispatch.streamline} on a private epoll reactor (never the
+L{cachingproxy._twistedinternals.streamline} on a private epoll reactor (never the
 one the tests run on), with a real socket pair as the ready descriptor.
 """
 
@@ -13,7 +13,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import log
 from twisted.trial.unittest import SynchronousTestCase
 
-from cachingproxy._dispatch import streamline
+from cachingproxy._twistedinternals import streamline
 
 
 class Reader:

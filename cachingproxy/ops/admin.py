@@ -28,7 +28,7 @@ import time
 
 from twisted.logger import Logger
 
-from . import __version__
+from .. import __version__
 
 __all__ = ["ADMIN_PREFIX", "AdminResource", "LANDING_PATHS"]
 
@@ -45,7 +45,7 @@ _AUTHORITY = re.compile(rb"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[
 
 class AdminResource:
     """
-    @ivar factory: the L{cachingproxy.server.ProxyFactory} being reported on.
+    @ivar factory: the L{cachingproxy.proxy.server.ProxyFactory} being reported on.
     @ivar started: when this process started serving (wall clock).
     """
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Optional, Tuple
 
-from .http.headers import Headers, splitList
+from ..http.headers import Headers, splitList
 
 __all__ = ["FORWARDING_FIELDS", "Disagreement", "forwardedParameters", "toldTarget"]
 

@@ -3,7 +3,7 @@
 What a cache store is: a small key-based interface with no HTTP rules in it.
 
 An entry is one stored response (one variant of one URL): the
-L{cachingproxy.policy.StoredEntry} the policy reads (its C{id} is the
+L{cachingproxy.cache.policy.StoredEntry} the policy reads (its C{id} is the
 store's handle), plus the body.
 
 An entry may be an incomplete response (RFC 9111 section 3.3): its
@@ -13,8 +13,8 @@ like any other entry (the same visibility and replacement rules) and
 returns both attributes as they were committed or updated; what it may
 answer is the policy's business.
 
-Entries are grouped by primary key (the URL, L{cachingproxy.policy.primaryKey})
-and told apart by variant key (L{cachingproxy.policy.secondaryKey}: C{b""}
+Entries are grouped by primary key (the URL, L{cachingproxy.cache.policy.primaryKey})
+and told apart by variant key (L{cachingproxy.cache.policy.secondaryKey}: C{b""}
 when the response has no Vary).
 
 The rules every backend keeps:
@@ -85,7 +85,7 @@ class IEntryWriter(Interface):
     def commit(entry) -> bool:
         """
         Make the entry visible, with C{entry} (a
-        L{cachingproxy.policy.StoredEntry} whose C{bodyLength} must equal
+        L{cachingproxy.cache.policy.StoredEntry} whose C{bodyLength} must equal
         the bytes written) as its metadata.
 
         @return: whether it is now visible.
@@ -104,7 +104,7 @@ class IStore(Interface):
 
     def entries(key: bytes) -> List[object]:
         """
-        @return: the L{cachingproxy.policy.StoredEntry} of every committed
+        @return: the L{cachingproxy.cache.policy.StoredEntry} of every committed
             variant stored under primary key C{key} (any order).
         """
 

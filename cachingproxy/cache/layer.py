@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_cache_end_to_end -*-
 """
 The cache in front of the upstream: L{CacheResource} asks
-L{cachingproxy.policy} what to do with each request and does it with the
+L{cachingproxy.cache.policy} what to do with each request and does it with the
 store and the upstream pool.
 
 For every request the connection hands over (L{CacheResource.handle}):
@@ -34,12 +34,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import policy
-from .cache.base import IStore, StoreFull
-from .errors import BadGateway, GatewayTimeout, ProxyError, UpstreamClosed
-from .http.message import RequestHead, ResponseHead, logText
-from .compress import compressWhole, negotiate
-from .server import ExchangeState, compressedFields, compressionPlan
-from .upstream import Origin
+from .store import IStore, StoreFull
+from ..errors import BadGateway, GatewayTimeout, ProxyError, UpstreamClosed
+from ..http.message import RequestHead, ResponseHead, logText
+from ..compress import compressWhole, negotiate
+from ..proxy.server import ExchangeState, compressedFields, compressionPlan
+from ..proxy.upstream import Origin
 
 __all__ = ["CacheResource", "CacheSettings"]
 
@@ -655,7 +655,7 @@ class CacheResource:
         # business: one answer for PURGE and the admin endpoints.
         allowed = exchange.protocol.factory.isAdmin(exchange.protocol.clientHost)
         if not allowed:
-            from .errors import MethodNotAllowed
+            from ..errors import MethodNotAllowed
 
             exchange.respondError(MethodNotAllowed("PURGE is for admin addresses only"))
             return

@@ -50,10 +50,10 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ._io import writeNow
-from .errors import BadGateway, GatewayTimeout, UpstreamClosed
-from .http.headers import Headers
-from .http.message import RequestHead, ResponseHead
+from .._twistedinternals import writeNow
+from ..errors import BadGateway, GatewayTimeout, UpstreamClosed
+from ..http.headers import Headers
+from ..http.message import RequestHead, ResponseHead
 from .tunnel import TunnelPeer
 
 __all__ = [
