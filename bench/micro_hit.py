@@ -24,7 +24,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport  # noqa
 from cachingproxy.cache.disk import DiskStore  # noqa: E402
 from cachingproxy.cache.memory import MemoryStore, TieredStore  # noqa: E402
 from cachingproxy.cache.layer import CacheResource, CacheSettings  # noqa: E402
-from cachingproxy.proxy.server import ProxyFactory, ProxySettings  # noqa: E402
+from cachingproxy.proxy.factory import ProxyFactory
+from cachingproxy.proxy.settings import ProxySettings# noqa: E402
 from cachingproxy.proxy.upstream import Origin, UpstreamPool, UpstreamProtocol, UpstreamSettings  # noqa: E402
 
 REQUEST = (

@@ -20,7 +20,8 @@ sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
 from twisted.internet.address import IPv4Address  # noqa: E402
 from twisted.internet.testing import MemoryReactorClock, StringTransport  # noqa: E402
 
-from cachingproxy.proxy.server import ProxyFactory, ProxySettings  # noqa: E402
+from cachingproxy.proxy.factory import ProxyFactory
+from cachingproxy.proxy.settings import ProxySettings# noqa: E402
 from cachingproxy.proxy.upstream import (  # noqa: E402
     Origin,
     UpstreamPool,

@@ -5,7 +5,7 @@ section 12.5.3, weights honoured), whether a response may be compressed,
 and streaming compressors that flush per chunk so a slow origin's bytes
 reach the client as they come, in bounded memory.
 
-Nothing here does I/O; L{cachingproxy.proxy.server} decides where it applies.
+Nothing here does I/O; L{cachingproxy.proxy} decides where it applies.
 """
 
 from __future__ import annotations
@@ -176,3 +176,66 @@ def noTransform(cacheControl: Optional[bytes]) -> bool:
         member.strip().split(b"=", 1)[0].strip().lower() == b"no-transform"
         for member in cacheControl.split(b",")
     )
+
+
+def compressionPlan(settings, fields: list, knownLength: bool,
+                    acceptEncoding: Optional[bytes]) -> Tuple[list, Optional[str], bool]:
+    """
+    Whether a 200 response (to anything but HEAD) is compressed for a
+    client: never with a Content-Encoding already, a Content-Range,
+    C{no-transform} (RFC 9111 section 5.2.2.6), a type not listed or a
+    known length under the minimum. A compressible response gets
+    C{Vary: Accept-Encoding} whatever this client accepts, so caches
+    further down keep the variants apart.
+
+    @return: the fields (Vary added if compressible), the coding for
+        this client (or C{None} for identity), and whether the response is
+        compressible at all.
+    """
+    contentType = length = None
+    for lower, _, value in fields:
+        if lower == b"content-encoding" or lower == b"content-range":
+            return fields, None, False
+        if lower == b"cache-control" and noTransform(value):
+            return fields, None, False
+        if lower == b"content-type":
+            contentType = value
+        elif lower == b"content-length":
+            length = value
+    if not settings.compressibleType(contentType):
+        return fields, None, False
+    if knownLength and length is not None and length.strip().isdigit() \
+            and int(length) < settings.minSize:
+        return fields, None, False
+    fields = _addVary(fields, b"Accept-Encoding")
+    return fields, negotiate(acceptEncoding, settings.codings), True
+
+
+def compressedFields(fields: list, coding: str) -> list:
+    """
+    @return: C{fields} for the compressed representation: no
+        Content-Length (the framing says where it ends, or the caller sets
+        it), C{Content-Encoding}, and a weak ETag (RFC 9110 section 8.8.1).
+    """
+    out = []
+    for field in fields:
+        if field[0] == b"content-length":
+            continue
+        if field[0] == b"etag":
+            field = (field[0], field[1], weakenETag(field[2]))
+        out.append(field)
+    out.append((b"content-encoding", b"Content-Encoding", coding.encode("ascii")))
+    return out
+
+
+def _addVary(fields: list, name: bytes) -> list:
+    lower = name.lower()
+    for index, (fieldLower, fieldName, value) in enumerate(fields):
+        if fieldLower == b"vary":
+            members = [m.strip().lower() for m in value.split(b",")]
+            if lower in members or b"*" in members:
+                return fields
+            fields = list(fields)
+            fields[index] = (fieldLower, fieldName, value + b", " + name)
+            return fields
+    return fields + [(b"vary", b"Vary", name)]

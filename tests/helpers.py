@@ -24,7 +24,8 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from cachingproxy.proxy.server import ProxyFactory, ProxySettings
+from cachingproxy.proxy.factory import ProxyFactory
+from cachingproxy.proxy.settings import ProxySettings
 from cachingproxy.proxy.upstream import UpstreamPool, UpstreamSettings
 
 

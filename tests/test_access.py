@@ -31,7 +31,7 @@ from cachingproxy.ops.admin import AdminResource
 from cachingproxy.service.config import fromOptions
 from cachingproxy.errors import Forbidden
 from cachingproxy.http.headers import Headers
-from cachingproxy.proxy.server import ProxySettings
+from cachingproxy.proxy.settings import ProxySettings
 from cachingproxy.proxy.upstream import Origin
 
 from .helpers import RawClient, exchange, listenOrigin, startProxy, temporaryPath

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from cachingproxy.ops import accesslog
 from cachingproxy.ops.accesslog import FLUSH_SECONDS, FLUSH_SIZE, AccessLog, writeLogTo
-from cachingproxy.proxy.server import ProxySettings
+from cachingproxy.proxy.settings import ProxySettings
 
 from .helpers import exchange, listenOrigin, startProxy, startTwistd, temporaryPath, until
 

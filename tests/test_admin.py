@@ -8,7 +8,7 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from cachingproxy.ops.admin import AdminResource
-from cachingproxy.proxy.server import ProxySettings
+from cachingproxy.proxy.settings import ProxySettings
 from cachingproxy.proxy.upstream import Origin
 
 from .helpers import (connectClient, exchange, listenOrigin, listenScripted, pattern,

@@ -16,7 +16,7 @@ from cachingproxy.cache.memory import MemoryStore
 from cachingproxy.http.headers import formatHTTPDate
 from cachingproxy.cache.policy import CacheOptions, RefreshRule
 from cachingproxy.cache.layer import CacheResource, CacheSettings
-from cachingproxy.proxy.server import ProxySettings
+from cachingproxy.proxy.settings import ProxySettings
 from cachingproxy.proxy.upstream import Origin
 
 from .helpers import (

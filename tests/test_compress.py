@@ -14,7 +14,7 @@ from twisted.web.resource import Resource
 from cachingproxy.cache.memory import MemoryStore
 from cachingproxy.compress import CompressionSettings, negotiate, weakenETag
 from cachingproxy.cache.layer import CacheResource
-from cachingproxy.proxy.server import ProxySettings
+from cachingproxy.proxy.settings import ProxySettings
 from cachingproxy.proxy.upstream import Origin
 
 from .helpers import exchange, listenOrigin, startProxy

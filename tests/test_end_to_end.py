@@ -13,7 +13,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from cachingproxy.access import parseNetworks
-from cachingproxy.proxy.server import ProxySettings
+from cachingproxy.proxy.settings import ProxySettings
 from cachingproxy.proxy.upstream import Origin, UpstreamSettings
 
 from .helpers import (

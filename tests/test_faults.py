@@ -23,7 +23,7 @@ from twisted.web.resource import Resource
 
 from cachingproxy.cache.disk import DiskStore
 from cachingproxy.cache.layer import CacheResource, CacheSettings
-from cachingproxy.proxy.server import ProxySettings
+from cachingproxy.proxy.settings import ProxySettings
 from cachingproxy.proxy.upstream import UpstreamSettings
 
 from .helpers import (

@@ -22,7 +22,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from cachingproxy.cache.memory import MemoryStore
 from cachingproxy.http.headers import formatHTTPDate
 from cachingproxy.cache.layer import CacheResource, CacheSettings
-from cachingproxy.proxy.server import ProxyFactory, ProxySettings
+from cachingproxy.proxy.factory import ProxyFactory
+from cachingproxy.proxy.settings import ProxySettings
 from cachingproxy.proxy.upstream import Origin, UpstreamPool, UpstreamProtocol, UpstreamSettings
 
 ORIGIN = Origin(b"http", "127.0.0.1", 9000)

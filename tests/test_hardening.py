@@ -6,7 +6,7 @@ them (nor anything sent after them) reaches the origin.
 
 from twisted.trial.unittest import TestCase
 
-from cachingproxy.proxy.server import ProxySettings
+from cachingproxy.proxy.settings import ProxySettings
 
 from .helpers import connectClient, listenOrigin, listenScripted, startProxy
 

@@ -7,7 +7,7 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import TestCase
 
-from cachingproxy.proxy.server import ProxySettings
+from cachingproxy.proxy.settings import ProxySettings
 
 from .helpers import RawClient, connectClient, exchange, listenOrigin, startProxy, until
 

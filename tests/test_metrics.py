@@ -23,7 +23,7 @@ from twisted.trial.unittest import TestCase
 from cachingproxy.ops import metrics as metricsModule
 from cachingproxy.ops.admin import AdminResource
 from cachingproxy.ops.metrics import ENVIRONMENT, Metrics, MetricsService, countWorkerRestart, markProcessDead
-from cachingproxy.proxy.server import ProxySettings
+from cachingproxy.proxy.settings import ProxySettings
 from cachingproxy.proxy.upstream import Origin
 
 from .helpers import exchange, listenOrigin, startProxy

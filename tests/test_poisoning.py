@@ -19,7 +19,7 @@ from cachingproxy.cache import policy
 from cachingproxy.access import parseNetworks
 from cachingproxy.cache.memory import MemoryStore
 from cachingproxy.cache.layer import CacheResource, CacheSettings
-from cachingproxy.proxy.server import ProxySettings
+from cachingproxy.proxy.settings import ProxySettings
 from cachingproxy.proxy.upstream import Origin
 
 from .helpers import (

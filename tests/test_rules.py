@@ -11,7 +11,7 @@ from cachingproxy.access import parseNetworks
 from cachingproxy.cache.memory import MemoryStore
 from cachingproxy.cache.layer import CacheResource
 from cachingproxy.rules import HeaderRules
-from cachingproxy.proxy.server import ProxySettings
+from cachingproxy.proxy.settings import ProxySettings
 from cachingproxy.proxy.upstream import Origin
 
 from .helpers import exchange, listenOrigin, startProxy

@@ -1,5 +1,5 @@
 """
-Tests for L{cachingproxy.proxy.server}: one client connection (L{ProxyProtocol})
+Tests for L{cachingproxy.proxy}: one client connection (L{ProxyProtocol})
 driven byte by byte, with its upstream connections completed by hand from a
 L{MemoryReactorClock} (STYLE.md section D, levels 2 and 3).
 
@@ -30,13 +30,10 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from cachingproxy.access import parseNetworks
-from cachingproxy.proxy.server import (
-    ExchangeState,
-    ProxyFactory,
-    ProxyProtocol,
-    ProxySettings,
-    ReaderState,
-)
+from cachingproxy.proxy.states import ExchangeState, ReaderState
+from cachingproxy.proxy.factory import ProxyFactory
+from cachingproxy.proxy.connection import ProxyProtocol
+from cachingproxy.proxy.settings import ProxySettings
 from cachingproxy.proxy.upstream import Origin, UpstreamPool, UpstreamSettings, UpstreamState
 
 

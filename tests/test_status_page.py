@@ -31,7 +31,7 @@ from cachingproxy.cache.memory import MemoryStore
 from cachingproxy.ops import metrics as metricsModule
 from cachingproxy.ops.metrics import ENVIRONMENT, Metrics
 from cachingproxy.cache.layer import CacheResource, CacheSettings
-from cachingproxy.proxy.server import ProxySettings
+from cachingproxy.proxy.settings import ProxySettings
 
 from .helpers import _trackServerConnections, connectClient, exchange, startProxy
 from .test_cache_end_to_end import CountingOrigin

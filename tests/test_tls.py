@@ -15,7 +15,8 @@ from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
 from cachingproxy.service import tap
-from cachingproxy.proxy.server import ProxyProtocol, ProxySettings
+from cachingproxy.proxy.connection import ProxyProtocol
+from cachingproxy.proxy.settings import ProxySettings
 from cachingproxy.proxy.tunnel import TunnelPeer
 from cachingproxy.proxy.upstream import Origin, UpstreamSettings
 

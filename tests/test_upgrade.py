@@ -24,7 +24,7 @@ from wsproto.events import (
     TextMessage,
 )
 
-from cachingproxy.proxy.server import ProxySettings
+from cachingproxy.proxy.settings import ProxySettings
 from cachingproxy.proxy.upstream import Origin
 
 from .helpers import (

@@ -38,7 +38,8 @@ from .store import IStore, StoreFull
 from ..errors import BadGateway, GatewayTimeout, ProxyError, UpstreamClosed
 from ..http.message import RequestHead, ResponseHead, logText
 from ..compress import compressWhole, negotiate
-from ..proxy.server import ExchangeState, compressedFields, compressionPlan
+from ..proxy.states import ExchangeState
+from ..compress import compressedFields, compressionPlan
 from ..proxy.upstream import Origin
 
 __all__ = ["CacheResource", "CacheSettings"]

@@ -45,7 +45,7 @@ _AUTHORITY = re.compile(rb"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[
 
 class AdminResource:
     """
-    @ivar factory: the L{cachingproxy.proxy.server.ProxyFactory} being reported on.
+    @ivar factory: the L{cachingproxy.proxy.factory.ProxyFactory} being reported on.
     @ivar started: when this process started serving (wall clock).
     """
 

@@ -213,7 +213,7 @@ class Metrics:
     Counts finished requests (L{requestDone}, for every request) and reports
     them with the proxy's state (L{render}, L{status}).
 
-    @ivar factory: the L{cachingproxy.proxy.server.ProxyFactory} whose connections,
+    @ivar factory: the L{cachingproxy.proxy.factory.ProxyFactory} whose connections,
         upstream pool and cache are reported, or C{None}.
     @ivar directory: the multiprocess folder.
     """

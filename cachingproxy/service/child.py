@@ -23,7 +23,7 @@ kernel has queued and stops accepting (C{stopListening} on an adopted port
 closes the descriptor without shutting the shared socket down, so the
 other workers keep accepting), drains its connections within the shutdown
 grace (idle keep-alive ones after the drain idle timeout, see
-L{cachingproxy.proxy.server.ProxyProtocol.drain}), closes its upstream pool and
+L{cachingproxy.proxy.connection.ProxyProtocol.drain}), closes its upstream pool and
 exits with status 0.
 """
 

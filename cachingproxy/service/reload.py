@@ -95,7 +95,7 @@ class ConfigReloader:
     Applies a configuration read again to a running single-process proxy.
 
     @ivar config: the configuration in force.
-    @ivar factory: the L{cachingproxy.proxy.server.ProxyFactory} every listening
+    @ivar factory: the L{cachingproxy.proxy.factory.ProxyFactory} every listening
         port shares.
     @ivar services: the L{cachingproxy.service.tap.ProxyService}s (their shutdown
         grace follows the configuration).

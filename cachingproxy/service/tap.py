@@ -37,7 +37,8 @@ from .config import (
     fromOptions,
     reportStartupErrors,
 )
-from ..proxy.server import ProxyFactory, ProxySettings
+from ..proxy.factory import ProxyFactory
+from ..proxy.settings import ProxySettings
 from ..proxy.upstream import Origin, UpstreamPool, UpstreamSettings
 
 __all__ = ["Options", "makeService", "ProxyService", "buildFactory"]
