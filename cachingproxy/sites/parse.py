@@ -125,54 +125,63 @@ class _Locator:
             return self.text.count("\n", 0, found.start()) + 1
         return None
 
-    def _section(self, line: Optional[int], prefix: Tuple[str, ...], key: Optional[str],
-                 start: int = 0, end: int = 0, stop: Optional[int] = None) -> Optional[int]:
+    def _locate(self, index: Optional[int], keys: Sequence[str], stop: Optional[int] = None) -> Optional[int]:
         """
-        @return: the line of C{key} in the section at C{start:end}, or in a
-            sub-table header C{[prefix.key]} before C{stop}, or C{line}.
+        @param index: the position in C{self.headers} of the section the
+            keys are in, or C{None} when it has no header.
+        @param keys: a path of keys from that section down: each is looked
+            for as a sub-table header C{[section.key]} (before the header
+            at position C{stop}), then as a C{key = ...} line.
+        @return: the line of the deepest key found, or of the section.
         """
-        if key is None or line is None:
-            return line
-        found = self._keyIn(start, end, key)
-        if found:
-            return found
-        for hline, _, _, name, _ in self.headers:
-            if hline > line and (stop is None or hline < stop) and name == prefix + (key,):
-                return hline
+        if index is None:
+            return None
+        line, start, end, path, _ = self.headers[index]
+        limit = len(self.headers) if stop is None else stop
+        for key in keys:
+            sub = next(
+                (j for j in range(index + 1, limit) if self.headers[j][3] == path + (key,)),
+                None,
+            )
+            if sub is not None:
+                index = sub
+                line, start, end, path, _ = self.headers[sub]
+                continue
+            found = self._keyIn(start, end, key)
+            if found:
+                line = found
+            break
         return line
 
-    def group(self, name: str, key: Optional[str] = None) -> str:
-        line = None
-        for hline, start, end, dotted, array in self.headers:
-            if dotted == ("groups", name) and not array:
-                line = self._section(hline, dotted, key, start, end)
-                break
-        else:
-            if self.text is not None:
-                # groups.NAME = {...} or NAME = {...} under [groups].
-                line = _config._lineOf(self.text, name, False)
-        return self._at(line, f"groups.{name}" + (f".{key}" if key else ""))
+    def group(self, name: str, *keys: str) -> str:
+        index = next(
+            (i for i, h in enumerate(self.headers) if h[3] == ("groups", name) and not h[4]),
+            None,
+        )
+        line = self._locate(index, keys)
+        if index is None and self.text is not None:
+            # groups.NAME = {...}, or NAME = {...} under [groups].
+            line = _config._lineOf(self.text, name, False)
+        return self._at(line, ".".join(("groups", name) + keys))
 
-    def route(self, index: int, key: Optional[str] = None) -> str:
+    def route(self, index: int, *keys: str) -> str:
+        routes = [i for i, h in enumerate(self.headers) if h[3] == ("routes",) and h[4]]
         line = None
-        routes = [h for h in self.headers if h[3] == ("routes",) and h[4]]
         if index < len(routes):
-            hline, start, end, dotted, _ = routes[index]
-            stop = routes[index + 1][0] if index + 1 < len(routes) else None
-            line = self._section(hline, dotted, key, start, end, stop)
+            stop = routes[index + 1] if index + 1 < len(routes) else None
+            line = self._locate(routes[index], keys, stop)
         elif self.text is not None:
             line = _config._lineOf(self.text, "routes", False)
-        return self._at(line, f"routes[{index}]" + (f".{key}" if key else ""))
+        return self._at(line, f"routes[{index}]" + "".join(f".{k}" for k in keys))
 
-    def top(self, key: str, sub: Optional[str] = None) -> str:
+    def top(self, key: str, *keys: str) -> str:
         line = None
         if self.text is not None:
             line = _config._lineOf(self.text, key, True)
-            for hline, start, end, dotted, _ in self.headers:
-                if dotted == (key,):
-                    line = self._section(hline, dotted, sub, start, end)
-                    break
-        return self._at(line, key + (f".{sub}" if sub else ""))
+            index = next((i for i, h in enumerate(self.headers) if h[3] == (key,)), None)
+            if index is not None:
+                line = self._locate(index, keys)
+        return self._at(line, ".".join((key,) + keys))
 
     def _at(self, line: Optional[int], key: str) -> str:
         return f"{self.source}:{line}: {key}" if line else f"{self.source}: {key}"
@@ -196,7 +205,10 @@ def _checkKeys(table: Mapping[str, object], known: Sequence[str], where) -> None
         if key not in known:
             close = difflib.get_close_matches(key.replace("_", "-"), known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f" (expected {', '.join(known)})"
-            raise _fail(where(key), f"unknown key {key!r}{hint}")
+            at = where(key)
+            if at.endswith(f".{key}"):
+                at = at[: -len(key) - 1]  # the key's line, the table's name
+            raise _fail(at, f"unknown key {key!r}{hint}")
 
 
 def _table(value: object, where: str) -> Mapping[str, object]:
@@ -354,13 +366,14 @@ def _passive(value: object, where) -> Optional[PassiveCheck]:
 
 def _sub(where, key: str):
     """
-    @return: a callable from a key of the sub-table C{key} to its location.
+    @return: a callable from a key of the sub-table C{key} (or C{None}) to
+        its location.
     """
-    return lambda k: where(key) + (f".{k}" if k else "")
+    return lambda k=None: where(key, k) if k else where(key)
 
 
 def _group(name: str, value: object, at: _Locator) -> Group:
-    where = lambda key=None: at.group(name, key)  # noqa: E731
+    where = lambda *keys: at.group(name, *(k for k in keys if k))  # noqa: E731
     table = _table(value, where())
     _checkKeys(table, _GROUP_KEYS, where)
     if "servers" not in table:
@@ -540,12 +553,12 @@ def parseSites(document: Mapping[str, object], text: Optional[str] = None,
         raise _expect(at.top("routes"), "an array of tables [[routes]]", rawRoutes)
     routes = []
     for index, table in enumerate(rawRoutes):
-        where = (lambda i: lambda key=None: at.route(i, key))(index)
+        where = (lambda i: lambda *keys: at.route(i, *(k for k in keys if k)))(index)
         routes.append(_route(table, where, groups, f"routes[{index}]"))
 
     if "default-route" in document:
         raw = document["default-route"]
-        where = lambda key=None: at.top("default-route", key)  # noqa: E731
+        where = lambda *keys: at.top("default-route", *(k for k in keys if k))  # noqa: E731
         if isinstance(raw, str):
             raw = {"group": raw}
         elif not isinstance(raw, dict):
