@@ -134,19 +134,23 @@ class _Discard(Protocol):
             self.done.callback(self.status)
 
 
-def agentChecker(reactor, contextFactory=None) -> Checker:
+def agentChecker(reactor, contextFactory=None, agent=None) -> Checker:
     """
+    @param contextFactory: the TLS policy for https servers (an
+        L{IPolicyForHTTPS}), or C{None} for Twisted's default.
+    @param agent: an L{IAgent} to use instead of the one built here.
     @return: a checker that sends C{GET path} to a server with a
         L{twisted.web.client.Agent} whose connections are not kept, and
         fires with the response's status once its body was read.
     """
     from twisted.web.client import Agent, HTTPConnectionPool
 
-    pool = HTTPConnectionPool(reactor, persistent=False)
-    if contextFactory is None:
-        agent = Agent(reactor, pool=pool)
-    else:
-        agent = Agent(reactor, contextFactory, pool=pool)
+    if agent is None:
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        if contextFactory is None:
+            agent = Agent(reactor, pool=pool)
+        else:
+            agent = Agent(reactor, contextFactory, pool=pool)
     headers = Headers({b"user-agent": [b"cachingproxy health check"]})
 
     def check(server: Server, health: HealthCheck) -> defer.Deferred:
