@@ -7,7 +7,7 @@ shows what L{Health} finds.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint
