@@ -184,6 +184,16 @@ class ParseRoutesTests(SynchronousTestCase):
         sites = parse('[groups.a]\nservers = ["http://a"]\n[[routes]]\nhosts = ["*"]\ngroup = "a"\n')
         self.assertEqual(sites.routes[0].hosts, ())
 
+    def test_normalised(self) -> None:
+        """
+        Paths are normalised as request paths are; international host
+        names become their ASCII form.
+        """
+        sites = parse('[groups.a]\nservers = ["http://a"]\n[[routes]]\ngroup = "a"\n'
+                      'hosts = ["B\u00fccher.example", "*.b\u00fccher.example"]\npath = "/x/./%61//"\n')
+        self.assertEqual(sites.routes[0].path, b"/x/a/")
+        self.assertEqual(sites.routes[0].hosts, ("xn--bcher-kva.example", "*.xn--bcher-kva.example"))
+
     def test_defaultRouteTable(self) -> None:
         """
         C{default-route} may be a table with per-route settings.

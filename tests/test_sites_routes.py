@@ -9,7 +9,7 @@ from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from cachingproxy.sites.model import Route
-from cachingproxy.sites.routes import RouteTable, hostOf, pathMatches
+from cachingproxy.sites.routes import RouteTable, hostOf, normalizePath, pathMatches
 
 
 def route(name: str, hosts=(), path: bytes = b"/", group: str = "g") -> Route:
@@ -35,6 +35,51 @@ class HostOfTests(SynchronousTestCase):
         """
         self.assertEqual(hostOf(b"[::1]:8080"), "[::1]")
         self.assertEqual(hostOf(b"[2001:DB8::1]"), "[2001:db8::1]")
+
+
+class NormalizePathTests(SynchronousTestCase):
+    """
+    L{normalizePath}: what routes compare.
+    """
+
+    def test_unreserved(self) -> None:
+        """
+        Escapes of unreserved characters are decoded; others are kept, in
+        upper case.
+        """
+        self.assertEqual(normalizePath(b"/%61dmin/%7euser"), b"/admin/~user")
+        self.assertEqual(normalizePath(b"/a%2fb%3f"), b"/a%2Fb%3F")
+
+    def test_dotSegments(self) -> None:
+        """
+        C{.} and C{..} segments are removed, never above the root; encoded
+        dots too.
+        """
+        self.assertEqual(normalizePath(b"/static/../admin"), b"/admin")
+        self.assertEqual(normalizePath(b"/a/%2e%2E/b"), b"/b")
+        self.assertEqual(normalizePath(b"/../../etc"), b"/etc")
+        self.assertEqual(normalizePath(b"/a/./b/."), b"/a/b/")
+        self.assertEqual(normalizePath(b"/a/..b"), b"/a/..b")
+
+    def test_slashes(self) -> None:
+        """
+        Runs of slashes are merged; an empty path is C{/}.
+        """
+        self.assertEqual(normalizePath(b"//admin///x"), b"/admin/x")
+        self.assertEqual(normalizePath(b""), b"/")
+
+    @given(st.lists(st.sampled_from(["a", "b", ".", "..", "", "%2e", "%61", "%2F"]), max_size=8))
+    def test_idempotent(self, segments) -> None:
+        """
+        Normalising twice changes nothing, and the result has no dot
+        segment and no empty segment but a trailing one.
+        """
+        once = normalizePath(("/" + "/".join(segments)).encode())
+        self.assertEqual(normalizePath(once), once)
+        parts = once.split(b"/")[1:]
+        self.assertNotIn(b".", parts)
+        self.assertNotIn(b"..", parts)
+        self.assertNotIn(b"", parts[:-1])
 
 
 class PathMatchesTests(SynchronousTestCase):
@@ -148,6 +193,15 @@ class RouteTableTests(SynchronousTestCase):
         self.assertEqual(self.name(b"api.example", b"/v1/?a=b"), "api-v1")
         self.assertIsNone(self.name(b"x.test", b"/adminx?/admin"))
         self.assertEqual(self.name(b"x.test", b"/admin?x=1"), "any-admin")
+
+    def test_normalised(self) -> None:
+        """
+        Encoded and dotted paths take the route of the path they mean.
+        """
+        self.assertEqual(self.name(b"x.test", b"/%61dmin/users"), "any-admin")
+        self.assertEqual(self.name(b"x.test", b"/public/../admin"), "any-admin")
+        self.assertEqual(self.name(b"x.test", b"//admin"), "any-admin")
+        self.assertEqual(self.name(b"api.example", b"/v1/../v2"), "api")
 
     def test_noMatch(self) -> None:
         """

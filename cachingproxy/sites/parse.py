@@ -42,6 +42,7 @@ from .. import config as _config
 from ..access import parseNetworks
 from ..rules import HeaderRules
 from ..upstream import Origin
+from .routes import normalizePath
 from .model import (
     BALANCE_METHODS,
     Group,
@@ -419,6 +420,11 @@ def _host(raw: str, where: str) -> Optional[str]:
         return host
     if ":" in host:
         raise _fail(where, f"{raw!r}: a host takes no port (the port of Host is not compared)")
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise _fail(where, f"{raw!r} is not a valid international host name")
     labels = host[2:].split(".") if host.startswith("*.") else host.split(".")
     if not labels or not all(_LABEL.match(label) for label in labels):
         raise _fail(where, f"expected a host name such as api.example or *.example, got {raw!r}")
@@ -455,7 +461,7 @@ def _route(table: Mapping[str, object], where, groups: Mapping[str, Group],
     if not isinstance(path, str) or not path.startswith("/") or any(c.isspace() for c in path):
         raise _expect(where("path"), 'a path prefix such as "/api/"', path)
     try:
-        pathBytes = path.encode("ascii")
+        pathBytes = normalizePath(path.encode("ascii"))
     except UnicodeEncodeError:
         raise _fail(where("path"), f"not ASCII (percent-encode it): {path!r}")
 

@@ -14,17 +14,67 @@ that does not end with C{/} matches on a segment boundary: C{/api} matches
 C{/api}, C{/api/} and C{/api/v1} but not C{/apiary}. The query is not part
 of the path.
 
+The path is normalised before it is compared (L{normalizePath}), as
+nginx does before it looks for a C{location}: percent-encoded unreserved
+characters are decoded, other escapes keep their meaning (C{%2F} is not a
+C{/}), C{.} and C{..} segments are removed and runs of C{/} are merged.
+C{/%61dmin} and C{/static/../admin} therefore take the route of C{/admin}
+and cannot slip past its access list.
+
 The first route that matches wins, in configured order (the
 C{default-route} is last); no match means the proxy answers 404.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .model import Route
 
-__all__ = ["RouteTable", "hostOf", "pathMatches"]
+__all__ = ["RouteTable", "hostOf", "normalizePath", "pathMatches"]
+
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
+_SLASHES = re.compile(rb"/{2,}")
+
+
+def _unescape(match: "re.Match[bytes]") -> bytes:
+    value = int(match.group(1), 16)
+    if value in _UNRESERVED:
+        return bytes((value,))
+    return b"%" + match.group(1).upper()
+
+
+def normalizePath(path: bytes) -> bytes:
+    """
+    @param path: a request path, without its query.
+    @return: the path with unreserved characters decoded (RFC 3986 section
+        6.2.2.2), other escapes in upper case, runs of C{/} merged and dot
+        segments removed (section 5.2.4); always starting with C{/}.
+    """
+    if b"%" in path:
+        path = _ESCAPE.sub(_unescape, path)
+    if b"//" in path:
+        path = _SLASHES.sub(b"/", path)
+    if b"." not in path:
+        return path if path.startswith(b"/") else b"/" + path
+    out: List[bytes] = []
+    segments = path.split(b"/")
+    for i, segment in enumerate(segments):
+        last = i == len(segments) - 1
+        if segment == b".":
+            if last:
+                out.append(b"")
+        elif segment == b"..":
+            if len(out) > 1:
+                out.pop()
+            if last:
+                out.append(b"")
+        else:
+            out.append(segment)
+    result = b"/".join(out)
+    return result if result.startswith(b"/") else b"/" + result
 
 
 def hostOf(host: bytes) -> str:
@@ -86,11 +136,12 @@ class RouteTable:
     def match(self, host: Optional[bytes], path: bytes) -> Optional[Route]:
         """
         @param host: the request's Host field value, or C{None}.
-        @param path: the request target's path (a query is ignored).
+        @param path: the request target's path (a query is ignored), as
+            sent: it is normalised here.
         @return: the first route that matches, or C{None}.
         """
         name = hostOf(host) if host else ""
-        path = path.split(b"?", 1)[0] or b"/"
+        path = normalizePath(path.split(b"?", 1)[0])
         candidates = self._exact.get(name, [])
         if candidates:
             candidates = sorted(dict(candidates + self._others).items())
