@@ -14,7 +14,9 @@ The pieces, each usable on its own:
   - L{health}: L{Health} runs active and passive checks, and says which
     servers are up;
   - L{ratelimit}: L{RateLimiter}, token buckets per route and client;
-  - L{metrics}: L{SitesMetrics}, Prometheus figures per group and server.
+  - L{metrics}: L{SitesMetrics}, Prometheus figures per group and server;
+  - L{service}: L{SitesService}, all of the above for one configuration,
+    swapped on reload: the object the proxy calls.
 
 None of this touches the request path yet: the proxy calls it.
 """
