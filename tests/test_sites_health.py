@@ -368,6 +368,24 @@ class ReconfigureTests(SynchronousTestCase):
         self.assertEqual(sorted(checker.calls), [a.url, c.url])
         self.assertIs(health.state(a), DOWN)
 
+    def test_checksRemoved(self) -> None:
+        """
+        A server down by active checks comes up when its group stops
+        having them: nothing else would bring it back.
+        """
+        clock = Clock()
+        checker = Checker()
+        a, = servers(1)
+        health = Health(clock, [Group("g", (a,), health=HealthCheck(fall=1))], checker=checker)
+        health.startService()
+        self.addCleanup(health.stopService)
+        checker.results[a.url] = 500
+        clock.advance(0)
+        self.assertIs(health.state(a), DOWN)
+        health.reconfigure([Group("g", (a,))])
+        self.assertIs(health.state(a), UP)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
     def test_keepsCooldown(self) -> None:
         """
         A server cooling keeps cooling, and comes out on time, when the

@@ -427,6 +427,39 @@ class ErrorTests(SynchronousTestCase):
             "remove-response-header, compress, preserve-host, access, rate)",
         )
 
+    def test_unreachable(self) -> None:
+        """
+        A route after one that matches every request is an error, the
+        default route included.
+        """
+        self.assertError(
+            '[groups.a]\nservers = ["http://a"]\n[[routes]]\ngroup = "a"\n[[routes]]\nhosts = ["b"]\ngroup = "a"\n',
+            "sites.toml:5: routes[1]: never used: routes[0] before it matches every request",
+        )
+        self.assertError(
+            'default-route = "a"\n[groups.a]\nservers = ["http://a"]\n[[routes]]\nhosts = ["*"]\ngroup = "a"\n',
+            "sites.toml:1: default-route: never used: routes[0] before it matches every request",
+        )
+
+    def test_sameName(self) -> None:
+        """
+        Two routes may not have the same name.
+        """
+        self.assertError(
+            '[groups.a]\nservers = ["http://a"]\n[[routes]]\nname = "x"\nhosts = ["a"]\ngroup = "a"\n'
+            '[[routes]]\nname = "x"\nhosts = ["b"]\ngroup = "a"\n',
+            "sites.toml:8: routes[1].name: 'x' names an earlier route too",
+        )
+
+    def test_weightLimit(self) -> None:
+        """
+        Weights are capped.
+        """
+        self.assertError(
+            '[groups.a]\nservers = [{url = "http://a", weight = 101}]\n',
+            "sites.toml:2: groups.a.servers[0].weight: must be 100 or less, got 101",
+        )
+
     def test_routesWithoutGroups(self) -> None:
         """
         Routes without any group.

@@ -257,6 +257,9 @@ class Health(service.Service):
                     if changed:
                         record.stopChecks()
                         record.successes = record.failures = 0
+                        if record.state is ServerState.DOWN and group.health is None:
+                            # Nothing would bring it back.
+                            self._fire(record, Event.ROSE, "active checks removed")
                 new[server.url] = record
         self._servers = new
         return {url: r for url, r in old.items() if url not in new}

@@ -66,6 +66,10 @@ __all__ = [
 #: The name of the group L{implicitGroup} makes.
 IMPLICIT_GROUP = "upstream"
 
+#: The largest weight of a server (a consistent-hash ring has
+#: L{cachingproxy.sites.balance.VIRTUAL_NODES} points per unit of weight).
+MAX_WEIGHT = 100
+
 _GROUP_KEYS = ("servers", "balance", "health", "passive")
 _SERVER_KEYS = ("url", "weight")
 _HEALTH_KEYS = ("path", "interval", "timeout", "expect", "fall", "rise")
@@ -224,11 +228,13 @@ def _bool(value: object, where: str) -> bool:
     return value
 
 
-def _integer(value: object, where: str, minimum: int) -> int:
+def _integer(value: object, where: str, minimum: int, maximum: Optional[int] = None) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise _expect(where, "an integer", value)
     if value < minimum:
         raise _fail(where, f"must be {minimum} or more, got {value}")
+    if maximum is not None and value > maximum:
+        raise _fail(where, f"must be {maximum} or less, got {value}")
     return value
 
 
@@ -285,7 +291,7 @@ def _server(item: object, where: str) -> Server:
         _checkKeys(item, _SERVER_KEYS, lambda k: f"{where}.{k}")
         if "url" not in item:
             raise _fail(where, "url is missing")
-        weight = _integer(item.get("weight", 1), f"{where}.weight", 1)
+        weight = _integer(item.get("weight", 1), f"{where}.weight", 1, MAX_WEIGHT)
         return parseServerURL(item["url"], f"{where}.url", weight)
     if isinstance(item, str):
         return parseServerURL(item, where)
@@ -538,6 +544,20 @@ def _rate(value: object, where) -> RateLimit:
     return RateLimit(float(perSecond), burst, _bool(table.get("count-hits", True), where("count-hits")))
 
 
+def _reachable(routes: List[Route], where) -> None:
+    """
+    Check the last of C{routes} against those before it: its name must be
+    new (rate limits are kept by route name), and no route before it may
+    match every request (it would never be used).
+    """
+    route = routes[-1]
+    for before in routes[:-1]:
+        if before.name == route.name:
+            raise _fail(where("name"), f"{route.name!r} names an earlier route too")
+        if before.matchesEverything:
+            raise _fail(where(), f"never used: {before.name} before it matches every request")
+
+
 def parseSites(document: Mapping[str, object], text: Optional[str] = None,
                source: str = "--config") -> Sites:
     """
@@ -557,10 +577,11 @@ def parseSites(document: Mapping[str, object], text: Optional[str] = None,
     rawRoutes = document.get("routes", [])
     if not isinstance(rawRoutes, list) or not all(isinstance(r, dict) for r in rawRoutes):
         raise _expect(at.top("routes"), "an array of tables [[routes]]", rawRoutes)
-    routes = []
+    routes: List[Route] = []
     for index, table in enumerate(rawRoutes):
         where = (lambda i: lambda *keys: at.route(i, *(k for k in keys if k)))(index)
         routes.append(_route(table, where, groups, f"routes[{index}]"))
+        _reachable(routes, where)
 
     if "default-route" in document:
         raw = document["default-route"]
@@ -570,6 +591,7 @@ def parseSites(document: Mapping[str, object], text: Optional[str] = None,
         elif not isinstance(raw, dict):
             raise _expect(where(), "a group name or a table", raw)
         routes.append(_route(raw, where, groups, "default-route", default=True))
+        _reachable(routes, where)
     if routes and not groups:
         raise _fail(at.top("routes"), "routes need [groups.NAME] tables")
     return Sites(groups=groups, routes=tuple(routes))
