@@ -518,9 +518,20 @@ class _Endpoints:
 
 
 class _Healthz(Resource):
+    """
+    Answers C{status} and records the Host of each request.
+    """
+
     isLeaf = True
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.status = 200
+        self.hosts: List[bytes] = []
+
     def render_GET(self, request):
+        self.hosts.append(request.getHeader(b"host"))
+        request.setResponseCode(self.status)
         return b"ok\n"
 
 
@@ -541,12 +552,13 @@ class LoopbackTests(TestCase):
         from twisted.internet import reactor
 
         tracker = _Tracker()
-        site = _TrackedSite(_Healthz(), tracker)
-        ports = [reactor.listenTCP(0, site, interface="127.0.0.1") for _ in range(3)]
+        resources = [_Healthz() for _ in range(3)]
+        sites = [_TrackedSite(resource, tracker) for resource in resources]
+        ports = [reactor.listenTCP(0, site, interface="127.0.0.1") for site in sites]
         live = list(ports)
 
         check = HealthCheck(path=b"/healthz", interval=0.5, timeout=0.5,
-                            expect=frozenset([200]), fall=1, rise=1)
+                            expect=frozenset([200]), fall=1, rise=1, host=b"health.example")
         group = Group("web", tuple(parseServerURL(f"http://127.0.0.1:{p.getHost().port}", "test")
                                    for p in ports), health=check)
         agent = Agent.usingEndpointFactory(reactor, _Endpoints(reactor, tracker),
@@ -592,8 +604,19 @@ class LoopbackTests(TestCase):
         self.assertFalse(health.isUp(stopped))
 
         up = waitFor(stopped, UP)
-        again = reactor.listenTCP(number, site, interface="127.0.0.1")
+        again = reactor.listenTCP(number, sites[1], interface="127.0.0.1")
         live.append(again)
         yield up
         self.assertTrue(all(health.isUp(s) for s in group.servers))
         self.assertEqual(seen, [(stopped.url, DOWN), (stopped.url, UP)])
+
+        # A status not expected marks a server down as well.
+        failing = group.servers[2]
+        down = waitFor(failing, DOWN)
+        resources[2].status = 503
+        yield down
+        up = waitFor(failing, UP)
+        resources[2].status = 200
+        yield up
+        self.assertEqual(seen[2:], [(failing.url, DOWN), (failing.url, UP)])
+        self.assertEqual(set(resources[0].hosts), {b"health.example"})

@@ -32,6 +32,7 @@ timeout = 3
 expect = [200, "3xx", "404-405"]
 fall = 2
 rise = 4
+host = "www.example:8080"
 
 [groups.static]
 servers = ["https://Static.Example"]
@@ -106,6 +107,7 @@ class ParseGroupsTests(SynchronousTestCase):
         health = self.sites.groups["web"].health
         self.assertEqual(health.path, b"/healthz")
         self.assertEqual((health.interval, health.timeout, health.fall, health.rise), (10.0, 3.0, 2, 4))
+        self.assertEqual(health.host, b"www.example:8080")
         self.assertEqual(health.expect, frozenset([200, 404, 405, *range(300, 400)]))
         self.assertEqual(self.sites.groups["static"].health, HealthCheck())
         self.assertIsNone(parse('[groups.a]\nservers = ["http://a"]\n').groups["a"].health)
@@ -297,6 +299,16 @@ class ErrorTests(SynchronousTestCase):
             '[groups.a]\nservers = ["http://a"]\n[groups.a.health]\nexpect = ["6xx"]\n',
             "sites.toml:4: groups.a.health.expect: expected statuses such as 200, \"2xx\" or "
             "\"200-399\", or an array of them, got a string '6xx'",
+        )
+
+    def test_healthHost(self) -> None:
+        """
+        The Host of active checks must be a host, with a port or not.
+        """
+        self.assertError(
+            '[groups.a]\nservers = ["http://a"]\nhealth = {host = "*.example"}\n',
+            'sites.toml:3: groups.a.health.host: expected a Host value such as "api.example" or '
+            '"api.example:8080", got a string \'*.example\'',
         )
 
     def test_healthTimeout(self) -> None:

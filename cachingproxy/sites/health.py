@@ -155,7 +155,11 @@ def agentChecker(reactor, contextFactory=None, agent=None) -> Checker:
 
     def check(server: Server, health: HealthCheck) -> defer.Deferred:
         url = server.url.encode("ascii") + health.path
-        d = agent.request(b"GET", url, headers)
+        fields = headers
+        if health.host is not None:
+            fields = headers.copy()
+            fields.setRawHeaders(b"host", [health.host])
+        d = agent.request(b"GET", url, fields)
 
         def got(response):
             body = _Discard(response.code)

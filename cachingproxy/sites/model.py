@@ -68,6 +68,8 @@ class HealthCheck:
     @ivar expect: response statuses that count as a success.
     @ivar fall: consecutive failures that mark an up server down.
     @ivar rise: consecutive successes that mark a down server up.
+    @ivar host: the Host field of the check, or C{None} for the server's
+        own authority.
     """
 
     path: bytes = b"/"
@@ -76,6 +78,7 @@ class HealthCheck:
     expect: FrozenSet[int] = frozenset(range(200, 400))
     fall: int = 3
     rise: int = 2
+    host: Optional[bytes] = None
 
 
 @dataclass(frozen=True)

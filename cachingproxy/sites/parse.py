@@ -6,7 +6,7 @@ Reading routes and origin groups from a TOML document::
     servers = ["http://10.0.0.1:8080", {url = "http://10.0.0.2:8080", weight = 2}]
     balance = "round-robin"          # or "least-outstanding", "consistent-hash"
     health = {path = "/healthz", interval = "5s", timeout = "2s",
-              expect = [200, "3xx"], fall = 3, rise = 2}
+              expect = [200, "3xx"], fall = 3, rise = 2, host = "www.example"}
     passive = {failures = 5, window = "10s", cooldown = "30s"}
 
     [[routes]]
@@ -72,7 +72,7 @@ MAX_WEIGHT = 100
 
 _GROUP_KEYS = ("servers", "balance", "health", "passive")
 _SERVER_KEYS = ("url", "weight")
-_HEALTH_KEYS = ("path", "interval", "timeout", "expect", "fall", "rise")
+_HEALTH_KEYS = ("path", "interval", "timeout", "expect", "fall", "rise", "host")
 _PASSIVE_KEYS = ("failures", "window", "cooldown")
 _RATE_KEYS = ("per-second", "burst", "count-hits")
 _HEADER_KEYS = tuple(
@@ -354,7 +354,27 @@ def _health(value: object, where) -> Optional[HealthCheck]:
         expect=_statuses(value["expect"], where("expect")) if "expect" in value else default.expect,
         fall=_integer(value.get("fall", default.fall), where("fall"), 1),
         rise=_integer(value.get("rise", default.rise), where("rise"), 1),
+        host=_checkHost(value["host"], where("host")) if "host" in value else None,
     )
+
+
+_HOST_FIELD = re.compile(r"^(?:\[[0-9a-f:.]+\]|[a-z0-9_-]+(?:\.[a-z0-9_-]+)*)(?::[0-9]{1,5})?$")
+
+
+def _checkHost(value: object, where: str) -> bytes:
+    """
+    @return: a Host field value for active checks.
+    """
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if not text.isascii():
+            try:
+                text = text.encode("idna").decode("ascii")
+            except UnicodeError:
+                text = ""
+        if _HOST_FIELD.match(text):
+            return text.encode("ascii")
+    raise _expect(where, 'a Host value such as "api.example" or "api.example:8080"', value)
 
 
 def _passive(value: object, where) -> Optional[PassiveCheck]:
