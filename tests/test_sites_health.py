@@ -386,6 +386,27 @@ class ReconfigureTests(SynchronousTestCase):
         self.assertIs(health.state(a), UP)
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_passiveRemoved(self) -> None:
+        """
+        A server cooling when its group stops having passive checks is
+        probed with requests at once, and a failed probe does not stick.
+        """
+        clock = Clock()
+        a, = servers(1)
+        health = Health(clock, [Group("g", (a,), passive=PassiveCheck(failures=1, cooldown=60.0))],
+                        checker=Checker())
+        health.startService()
+        self.addCleanup(health.stopService)
+        health.requestFinished(a, ok=False)
+        health.reconfigure([Group("g", (a,), passive=None)])
+        self.assertIs(health.state(a), PROBING)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        health.requestFinished(a, ok=False)
+        clock.advance(0)
+        self.assertIs(health.state(a), PROBING)
+        health.requestFinished(a, ok=True)
+        self.assertIs(health.state(a), UP)
+
     def test_keepsCooldown(self) -> None:
         """
         A server cooling keeps cooling, and comes out on time, when the

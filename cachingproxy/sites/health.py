@@ -258,6 +258,12 @@ class Health(service.Service):
                 else:
                     changed = record.group.health != group.health
                     record.server, record.group = server, group
+                    if record.state is ServerState.COOLING and group.passive is None:
+                        # Passive checks removed: the cooldown ends now.
+                        if record.cooldown is not None and record.cooldown.active():
+                            record.cooldown.cancel()
+                        record.cooldown = None
+                        self._fire(record, Event.COOLED, "passive checks removed, probing")
                     if changed:
                         record.stopChecks()
                         record.successes = record.failures = 0
@@ -331,7 +337,8 @@ class Health(service.Service):
         record.successes = record.failures = 0
         if new is ServerState.COOLING:
             record.passiveFailures.clear()
-            record.cooldown = self.reactor.callLater(record.passive.cooldown, self._cooled, record)
+            cooldown = record.passive.cooldown if record.passive is not None else 0.0
+            record.cooldown = self.reactor.callLater(cooldown, self._cooled, record)
         elif record.cooldown is not None and record.cooldown.active():
             record.cooldown.cancel()
         self._log.info(
@@ -353,7 +360,7 @@ class Health(service.Service):
         connect or was answered 5xx (not C{ok}).
         """
         record = self._servers.get(server.url)
-        if record is None or record.passive is None:
+        if record is None:
             return
         if record.state is ServerState.PROBING and record.check is None:
             if ok:
@@ -361,7 +368,7 @@ class Health(service.Service):
             else:
                 self._fire(record, Event.FELL, "a request failed")
             return
-        if ok or record.state is ServerState.COOLING:
+        if ok or record.passive is None or record.state is ServerState.COOLING:
             return
         now = self.reactor.seconds()
         failures = record.passiveFailures
@@ -379,6 +386,7 @@ class Health(service.Service):
 
     def _startChecks(self, record: _Server) -> None:
         if record.state is ServerState.COOLING and record.cooldown is None:
+            # Stopped or reconfigured while cooling: a whole cooldown again.
             cooldown = record.passive.cooldown if record.passive is not None else 0.0
             record.cooldown = self.reactor.callLater(cooldown, self._cooled, record)
         if record.check is None or record.nextCheck is not None or record.inFlight is not None:
