@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from cachingproxy.sites.model import RateLimit
-from cachingproxy.sites.ratelimit import RateLimiter, Verdict
+from cachingproxy.sites.ratelimit import RateLimiter, Verdict, clientKey
 
 
 class RateLimiterTests(SynchronousTestCase):
@@ -131,3 +131,31 @@ class RateLimiterTests(SynchronousTestCase):
             else:
                 self.assertGreaterEqual(verdict.retryAfter, 1)
         self.assertLessEqual(allowed, burst + clock.seconds() * perSecond + 1e-6)
+
+
+class ClientKeyTests(SynchronousTestCase):
+    """
+    L{clientKey}: what a client's bucket is kept by.
+    """
+
+    def test_ipv4(self) -> None:
+        """
+        An IPv4 address is its own key, mapped or not.
+        """
+        self.assertEqual(clientKey("192.0.2.7"), "192.0.2.7")
+        self.assertEqual(clientKey("::ffff:192.0.2.7"), "192.0.2.7")
+
+    def test_ipv6(self) -> None:
+        """
+        IPv6 addresses of one /64 share a key; another /64 has its own.
+        """
+        self.assertEqual(clientKey("2001:db8:1:2::1"), "2001:db8:1:2::/64")
+        self.assertEqual(clientKey("2001:db8:1:2:ffff::9"), clientKey("2001:db8:1:2::1"))
+        self.assertNotEqual(clientKey("2001:db8:1:3::1"), clientKey("2001:db8:1:2::1"))
+        self.assertEqual(clientKey("fe80::1%eth0"), "fe80::/64")
+
+    def test_other(self) -> None:
+        """
+        What is not an address is kept as it is.
+        """
+        self.assertEqual(clientKey("/run/proxy.sock"), "/run/proxy.sock")

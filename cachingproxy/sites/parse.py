@@ -33,6 +33,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from types import MappingProxyType
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
@@ -614,7 +615,7 @@ def parseSites(document: Mapping[str, object], text: Optional[str] = None,
         _reachable(routes, where)
     if routes and not groups:
         raise _fail(at.top("routes"), "routes need [groups.NAME] tables")
-    return Sites(groups=groups, routes=tuple(routes))
+    return Sites(groups=MappingProxyType(groups), routes=tuple(routes))
 
 
 def readSites(path: str) -> Sites:

@@ -5,7 +5,7 @@ Rate limits per route and client address: a token bucket each.
 Usage::
 
     limiter = RateLimiter(reactor)
-    verdict = limiter.take(route.name, clientAddress, route.rate)
+    verdict = limiter.take(route.name, clientKey(clientAddress), route.rate)
     if not verdict.allowed:
         # answer 429 with Retry-After: verdict.retryAfter
 
@@ -24,6 +24,7 @@ to an origin.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from typing import Hashable, List
 
 from .model import RateLimit
 
-__all__ = ["MAX_BUCKETS", "RateLimiter", "Verdict"]
+__all__ = ["MAX_BUCKETS", "RateLimiter", "Verdict", "clientKey"]
 
 #: Buckets kept at most, by default.
 MAX_BUCKETS = 100_000
@@ -50,6 +51,25 @@ class Verdict:
 
 
 _ALLOWED = Verdict(True)
+
+
+def clientKey(host: str) -> str:
+    """
+    @param host: a client's address as the transport gives it.
+    @return: what its bucket is kept by: an IPv4 address as it is (an
+        IPv4-mapped IPv6 address as its IPv4 form), an IPv6 address as its
+        /64 network (one subscriber usually has a whole /64 to rotate
+        through), anything else (a UNIX socket's peer) as it is.
+    """
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 class RateLimiter:

@@ -35,7 +35,7 @@ from .balance import Balancer, makeBalancer
 from .health import Checker, Health
 from .metrics import SitesMetrics
 from .model import Group, Route, Server, Sites
-from .ratelimit import MAX_BUCKETS, RateLimiter, Verdict
+from .ratelimit import MAX_BUCKETS, RateLimiter, Verdict, clientKey
 from .routes import RouteTable
 
 __all__ = ["ARRIVAL", "SitesService", "UPSTREAM"]
@@ -118,11 +118,14 @@ class SitesService(service.Service):
         the route's C{count-hits} says: at L{ARRIVAL} when hits count, at
         L{UPSTREAM} when they do not. Call it at both stages; the other one
         is always allowed.
+
+        @param client: the client's address (IPv6 addresses share the
+            bucket of their /64, L{clientKey}).
         """
         rate = route.rate
         if rate is None or (stage == ARRIVAL) != rate.countHits:
             return _ALLOWED
-        return self.limiter.take(route.name, client, rate)
+        return self.limiter.take(route.name, clientKey(client), rate)
 
     def pick(self, route: Route, key: bytes = b"", exclude: Iterable[Server] = ()) -> Optional[Server]:
         """
