@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Tuple
 
+from hypothesis import given, settings, strategies as st
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory
@@ -102,6 +103,50 @@ class TransitionTableTests(SynchronousTestCase):
                         reached.add(target)
                         frontier.append(target)
             self.assertIn(UP, reached, start)
+
+
+class RandomDriveTests(SynchronousTestCase):
+    """
+    Any mix of check results, request outcomes and time keeps the states
+    consistent.
+    """
+
+    @given(st.booleans(), st.booleans(),
+           st.lists(st.tuples(st.sampled_from(["ok", "fail", "check-ok", "check-503", "check-hang"]),
+                              st.floats(0, 12)), max_size=40))
+    @settings(max_examples=60, deadline=None)
+    def test_invariants(self, active, passive, steps) -> None:
+        """
+        No event meets a state it has no move for; a server cooling has a
+        cooldown pending; only C{UP} (or C{PROBING} without active checks)
+        takes requests; stopping leaves no timer.
+        """
+        clock = Clock()
+        checker = Checker()
+        a, = servers(1)
+        group = Group("g", (a,),
+                      health=HealthCheck(interval=5.0, timeout=1.0, fall=2, rise=2) if active else None,
+                      passive=PassiveCheck(failures=2, window=10.0, cooldown=15.0) if passive else None)
+        health = Health(clock, [group], checker=checker)
+        health.startService()
+        results = {"check-ok": 200, "check-503": 503, "check-hang": None}
+        for what, delay in steps:
+            if what in results:
+                checker.results[a.url] = results[what]
+            else:
+                health.requestFinished(a, ok=what == "ok")
+            clock.advance(delay)
+            state = health.state(a)
+            record = health._servers[a.url]
+            if state is COOLING:
+                self.assertTrue(record.cooldown is not None and record.cooldown.active())
+            self.assertEqual(health.isUp(a), state is UP or (state is PROBING and not active))
+            if not active:
+                self.assertIsNot(state, DOWN)
+            if not passive:
+                self.assertIn(state, (UP, DOWN))
+        health.stopService()
+        self.assertEqual(clock.getDelayedCalls(), [])
 
 
 class ActiveCheckTests(SynchronousTestCase):
