@@ -5,6 +5,9 @@ and the one-line errors that name the file, the line and the key.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import tomllib
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -493,7 +496,9 @@ class ErrorTests(SynchronousTestCase):
         """
         L{readSites} reads a file and names it in errors.
         """
-        path = self.mktemp()
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        path = os.path.join(folder, "sites.toml")
         with open(path, "w") as f:
             f.write('[groups.a]\nservers = ["http://a"]\n[[routes]]\ngroup = "a"\ncompress = 1\n')
         with self.assertRaises(SitesError) as raised:
