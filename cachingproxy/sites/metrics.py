@@ -1,0 +1,106 @@
+# -*- test-case-name: tests.test_sites_health -*-
+"""
+Prometheus figures per group and per server of the groups.
+
+Usage::
+
+    figures = SitesMetrics(registry)              # or registry=None, as
+    figures.watch(health, sites.groups.values())  # cachingproxy.metrics does
+    ...
+    figures.requestDone(group, server, ok=True, latency=0.012)
+
+The families (all labelled with C{group} and C{server}, the server's URL):
+
+  - C{cachingproxy_group_requests_total}: requests sent to a server;
+  - C{cachingproxy_group_failures_total}: those that failed to connect or
+    were answered 5xx;
+  - C{cachingproxy_group_upstream_seconds}: how long they took (the buckets
+    of L{cachingproxy.metrics.LATENCY_BUCKETS});
+  - C{cachingproxy_group_server_state}: one series per state
+    (C{state="up"}, C{"down"}, C{"cooling"}, C{"probing"}), 1 for the
+    server's current state and 0 for the others. In multiprocess mode the
+    largest value of the live processes is taken, so a server counts as
+    down when any worker sees it down.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Optional
+
+from ..metrics import LATENCY_BUCKETS
+from .health import Health, ServerState
+from .model import Group, Server
+
+__all__ = ["SitesMetrics"]
+
+
+class SitesMetrics:
+    """
+    The Prometheus families of routes and groups, registered in one
+    registry.
+    """
+
+    def __init__(self, registry=None) -> None:
+        """
+        @param registry: a L{prometheus_client.CollectorRegistry}, or
+            C{None} for none (multiprocess mode collects from files).
+        """
+        from prometheus_client import Counter, Gauge, Histogram
+
+        labels = ("group", "server")
+        self.requests = Counter(
+            "cachingproxy_group_requests_total", "Requests sent to a server of a group.",
+            labels, registry=registry,
+        )
+        self.failures = Counter(
+            "cachingproxy_group_failures_total",
+            "Requests to a server of a group that failed to connect or were answered 5xx.",
+            labels, registry=registry,
+        )
+        self.latency = Histogram(
+            "cachingproxy_group_upstream_seconds", "Seconds a server of a group took to answer.",
+            labels, buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.state = Gauge(
+            "cachingproxy_group_server_state",
+            "1 for the state a server of a group is in (up, down, cooling, probing), else 0.",
+            labels + ("state",), multiprocess_mode="livemax", registry=registry,
+        )
+        self._groupsOf: Dict[str, List[str]] = {}
+        self._watching: Optional[Health] = None
+
+    def requestDone(self, group: Group, server: Server, ok: bool, latency: Optional[float]) -> None:
+        """
+        Count a request sent to C{server} of C{group}.
+
+        @param latency: seconds until the response head, or C{None} when
+            there was none.
+        """
+        self.requests.labels(group.name, server.url).inc()
+        if not ok:
+            self.failures.labels(group.name, server.url).inc()
+        if latency is not None:
+            self.latency.labels(group.name, server.url).observe(latency)
+
+    def watch(self, health: Health, groups: Iterable[Group]) -> None:
+        """
+        Show the states of the servers of C{groups}, now and as L{Health}
+        changes them. Call again with the new groups after a reload.
+        """
+        groupsOf: Dict[str, List[str]] = {}
+        for group in groups:
+            for server in group.servers:
+                groupsOf.setdefault(server.url, []).append(group.name)
+                self._show(group.name, server.url, health.state(server))
+        self._groupsOf = groupsOf
+        if self._watching is not health:
+            self._watching = health
+            health.subscribe(self._changed)
+
+    def _changed(self, server: Server, old: ServerState, new: ServerState) -> None:
+        for name in self._groupsOf.get(server.url, ()):
+            self._show(name, server.url, new)
+
+    def _show(self, group: str, url: str, current: ServerState) -> None:
+        for state in ServerState:
+            self.state.labels(group, url, state.value).set(1 if state is current else 0)
