@@ -18,7 +18,7 @@ from cachingproxy.sites.balance import (
     makeBalancer,
 )
 from cachingproxy.sites.model import Group, Server
-from cachingproxy.upstream import Origin
+from cachingproxy.proxy.upstream import Origin
 
 
 def group(weights: Sequence[int], balance: str = "round-robin") -> Group:

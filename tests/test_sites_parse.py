@@ -13,11 +13,11 @@ import tomllib
 from twisted.trial.unittest import SynchronousTestCase
 
 from cachingproxy.access import Networks
-from cachingproxy.policy import RefreshRule
+from cachingproxy.cache.policy import RefreshRule
 from cachingproxy.rules import HeaderRules
 from cachingproxy.sites.model import HealthCheck, PassiveCheck, RateLimit
 from cachingproxy.sites.parse import SitesError, implicitGroup, parseSites, readSites
-from cachingproxy.upstream import Origin
+from cachingproxy.proxy.upstream import Origin
 
 FULL = """\
 # routes and groups

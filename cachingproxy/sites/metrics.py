@@ -5,7 +5,7 @@ Prometheus figures per group and per server of the groups.
 Usage::
 
     figures = SitesMetrics(registry)              # or registry=None, as
-    figures.watch(health, sites.groups.values())  # cachingproxy.metrics does
+    figures.watch(health, sites.groups.values())  # cachingproxy.ops.metrics does
     ...
     figures.requestDone(group, server, ok=True, latency=0.012)
 
@@ -15,7 +15,7 @@ The families (all labelled with C{group} and C{server}, the server's URL):
   - C{cachingproxy_group_failures_total}: those that failed to connect or
     were answered 5xx;
   - C{cachingproxy_group_upstream_seconds}: how long they took (the buckets
-    of L{cachingproxy.metrics.LATENCY_BUCKETS});
+    of L{cachingproxy.ops.metrics.LATENCY_BUCKETS});
   - C{cachingproxy_group_server_state}: one series per state
     (C{state="up"}, C{"down"}, C{"cooling"}, C{"probing"}), 1 for the
     server's current state and 0 for the others. In multiprocess mode the
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, List, Optional
 
-from ..metrics import LATENCY_BUCKETS
+from ..ops.metrics import LATENCY_BUCKETS
 from .health import Health, ServerState
 from .model import Group, Server
 

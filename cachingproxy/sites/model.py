@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import FrozenSet, Mapping, Optional, Tuple
 
-from ..upstream import Origin
+from ..proxy.upstream import Origin
 
 __all__ = [
     "BALANCE_METHODS",
@@ -153,7 +153,7 @@ class Route:
     @ivar cache: whether responses are cached, or C{None}.
     @ivar minUses: C{--min-uses} for this route, or C{None}.
     @ivar maxObjectSize: C{--max-object-size} in bytes, or C{None}.
-    @ivar refreshRules: L{cachingproxy.policy.RefreshRule}s, or C{None}.
+    @ivar refreshRules: L{cachingproxy.cache.policy.RefreshRule}s, or C{None}.
     @ivar requestHeaders: L{cachingproxy.rules.HeaderRules} for requests
         going upstream, or C{None}.
     @ivar responseHeaders: the same for responses to clients, or C{None}.

@@ -24,7 +24,7 @@ and what was expected. L{implicitGroup} turns several C{--upstream} URLs
 into one round-robin group with default active checks.
 
 Per-route settings reuse the parsers of the proxy's own settings:
-L{cachingproxy.config.parseRefreshRule} (and its table form),
+L{cachingproxy.service.config.parseRefreshRule} (and its table form),
 L{cachingproxy.rules.HeaderRules} and L{cachingproxy.access.parseNetworks}.
 """
 
@@ -39,10 +39,10 @@ from urllib.parse import urlsplit
 
 from twisted.python import usage
 
-from .. import config as _config
+from ..service import config as _config
 from ..access import parseNetworks
 from ..rules import HeaderRules
-from ..upstream import Origin
+from ..proxy.upstream import Origin
 from .routes import normalizePath
 from .model import (
     BALANCE_METHODS,
