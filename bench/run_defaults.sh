@@ -1,0 +1,630 @@
+#!/usr/bin/env bash
+# Defaults against defaults, in one run: cachingproxy as users start it
+# (access log on, disk cache on) and with its access log variants, against
+# Squid, Varnish and nginx proxy_cache as installed, each with its own
+# default logging, on cache hits and on pass-through, in interleaved rounds.
+#
+#   wrk -> server under test -> nginx origin (1 KiB file)
+#     hit   /hit/1k.bin   Cache-Control: public, max-age=3600
+#     pass  /pass/1k.bin  Cache-Control: no-store
+#
+# Section 1 (pinned): every process and thread of the server on CPU 0, wrk
+# (-t1) and the origin (1 worker) on CPU 1.  Per row and path: req/s and the
+# server's CPU microseconds per request (utime + stime of ALL its processes:
+# the twistd process, squid's master, kid and log daemon, nginx's master and
+# worker, varnishd's manager and child), medians over the rounds, and the
+# ratios to Squid and to Varnish (medians of the per-round ratios).
+#
+# Section 2 (WORKERS=1, unpinned, wrk -t2, origin with 2 workers): cachingproxy
+# --workers 2 against --workers 1, squid "workers 2", nginx
+# "worker_processes 2"; req/s medians and ratios.
+#
+# Usage: bench/run_defaults.sh
+# Environment:
+#   ROUNDS=3           rounds; the row order rotates by one every round and
+#                      the path order (hit, pass) alternates
+#   DURATION=8         seconds of measured load per row, path and round
+#   WARMUP=2           seconds of unmeasured warm-up load before each
+#   CONNECTIONS=50     wrk connections (keep-alive)
+#   ROWS="cp-defaults cp-log-file cp-log-json cp-no-log squid varnish nginx"
+#                      section 1 rows, in first-round order
+#   WORKERS=1          run section 2 (0: skip it)
+#   WORKER_ROWS="cp-w2 cp-w1 squid-w2 nginx-w2"
+#   BENCH_NO_INSTALL=1 never call apt-get
+#   BENCH_KEEP_TMP=1   keep the temp dir (configs, logs, raw wrk output)
+#
+# The cachingproxy is this checkout's (PYTHONPATH=checkout, as lib.sh does),
+# run with twistd --logfile FILE: the twistd log is a file, as under
+# systemd's journal, and the default access log ("--access-log -") goes to it.
+# Read the ratios, not the absolute numbers: the machine may be noisy.
+set -euo pipefail
+
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+ROUNDS="${ROUNDS:-3}"
+DURATION="${DURATION:-8}"
+WARMUP="${WARMUP:-2}"
+CONNECTIONS="${CONNECTIONS:-50}"
+ROWS="${ROWS:-cp-defaults cp-log-file cp-log-json cp-no-log squid varnish nginx}"
+WORKERS="${WORKERS:-1}"
+WORKER_ROWS="${WORKER_ROWS:-cp-w2 cp-w1 squid-w2 nginx-w2}"
+
+for v in ROUNDS DURATION WARMUP CONNECTIONS; do
+    if ! [[ "${!v}" =~ ^[0-9]+$ ]] || [ "${!v}" -eq 0 ]; then
+        bench_die "$v must be a positive integer (got '${!v}')"
+    fi
+done
+case "$WORKERS" in 0|1) ;; *) bench_die "WORKERS must be 0 or 1 (got '$WORKERS')" ;; esac
+
+# row_label ROW: the name printed in the report.
+row_label() {
+    case "$1" in
+        cp-defaults) echo "cachingproxy defaults" ;;
+        cp-log-file) echo "cachingproxy --access-log FILE" ;;
+        cp-log-json) echo "cachingproxy --access-log FILE json" ;;
+        cp-no-log) echo "cachingproxy --no-access-log" ;;
+        squid) echo "squid" ;;
+        varnish) echo "varnish" ;;
+        nginx) echo "nginx proxy_cache" ;;
+        cp-w2) echo "cachingproxy --workers 2" ;;
+        cp-w1) echo "cachingproxy --workers 1" ;;
+        squid-w2) echo "squid workers 2" ;;
+        nginx-w2) echo "nginx worker_processes 2" ;;
+        *) return 1 ;;
+    esac
+}
+for r in $ROWS; do
+    case "$r" in cp-w1|cp-w2|squid-w2|nginx-w2) bench_die "$r is a WORKER_ROWS row, not a ROWS row" ;; esac
+    row_label "$r" >/dev/null || bench_die "unknown row in ROWS: $r"
+done
+if [ "$WORKERS" = 1 ]; then
+    for r in $WORKER_ROWS; do
+        case "$r" in cp-w1|cp-w2|squid-w2|nginx-w2) ;; *) bench_die "unknown row in WORKER_ROWS: $r (use cp-w2 cp-w1 squid-w2 nginx-w2)" ;; esac
+    done
+fi
+[ -n "${ROWS// }" ] || bench_die "ROWS is empty"
+
+# --- processes -----------------------------------------------------------------
+# tree_pids ROOT: ROOT and all its descendants, one pid a line.
+tree_pids() {
+    ps -e -o pid=,ppid= | awk -v root="$1" '
+        { kids[$2] = kids[$2] " " $1; alive[$1] = 1 }
+        END {
+            if (!(root in alive)) exit
+            n = 1; q[1] = root
+            for (i = 1; i <= n; i++) {
+                print q[i]
+                m = split(kids[q[i]], k, " ")
+                for (j = 1; j <= m; j++) q[++n] = k[j]
+            }
+        }'
+}
+
+# stop_tree ROOT: SIGTERM ROOT (as bench_stop does), then SIGKILL whatever
+# is left of the processes that were its descendants.
+stop_tree() {
+    local root="$1" pids p
+    pids="$(tree_pids "$root")"
+    bench_stop "$root"
+    for _ in $(seq 30); do
+        local left=0
+        for p in $pids; do kill -0 "$p" 2>/dev/null && left=1; done
+        [ "$left" = 0 ] && return 0
+        sleep 0.1
+    done
+    for p in $pids; do kill -KILL "$p" 2>/dev/null || true; done
+}
+
+defaults_cleanup() {
+    local pid
+    for pid in "${BENCH_PIDS[@]}"; do
+        stop_tree "$pid"
+    done
+    bench_cleanup
+}
+trap defaults_cleanup EXIT
+# Anything that fails without its own message still says where.
+set -E
+trap 'bench_log "ERROR: line $LINENO failed: $BASH_COMMAND"' ERR
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# cpu_ticks ROOT: utime + stime of ROOT and all its descendants, clock ticks.
+cpu_ticks() {
+    local p
+    for p in $(tree_pids "$1"); do
+        cat "/proc/$p/stat" 2>/dev/null || true
+    done | awk '{ sub(/^.*\) /, ""); n += $12 + $13 } END { print n + 0 }'
+}
+
+# check_pinned ROOT LABEL: every thread of every process of the server may
+# run on CPU 0 only.
+check_pinned() {
+    local p t cpus bad=""
+    for p in $(tree_pids "$1"); do
+        for t in /proc/"$p"/task/*; do
+            cpus="$(awk '/^Cpus_allowed_list:/ {print $2}' "$t/status" 2>/dev/null || true)"
+            [ -z "$cpus" ] || [ "$cpus" = 0 ] || bad="$bad ${t#/proc/}:$cpus"
+        done
+    done
+    [ -z "$bad" ] || bench_die "$2: not all of its threads are pinned to CPU 0:$bad"
+}
+
+# --- prerequisites ---------------------------------------------------------
+_defaults_disable_varnish_services() {
+    local svc
+    for svc in varnish varnishncsa; do
+        if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+            _bench_sudo systemctl disable --now "$svc" >/dev/null 2>&1 || true
+        else
+            if command -v update-rc.d >/dev/null 2>&1; then
+                _bench_sudo update-rc.d "$svc" disable >/dev/null 2>&1 || true
+            fi
+            if [ -x "/etc/init.d/$svc" ]; then
+                _bench_sudo "/etc/init.d/$svc" stop >/dev/null 2>&1 || true
+            fi
+        fi
+    done
+}
+had_varnish=1
+command -v varnishd >/dev/null 2>&1 || had_varnish=0
+bench_ensure_packages wrk:wrk nginx:nginx squid:squid varnishd:varnish curl:curl taskset:util-linux ps:procps
+if [ "$had_varnish" = 0 ] && command -v varnishd >/dev/null 2>&1; then
+    _defaults_disable_varnish_services
+fi
+for c in wrk nginx curl ps; do
+    command -v "$c" >/dev/null 2>&1 || bench_die "$c is not installed"
+done
+wanted=" $ROWS "
+[ "$WORKERS" = 1 ] && wanted="$wanted $WORKER_ROWS "
+case "$wanted" in *" squid"*) command -v squid >/dev/null 2>&1 || bench_die "squid is not installed (drop it from ROWS/WORKER_ROWS)" ;; esac
+case "$wanted" in *" varnish "*) command -v varnishd >/dev/null 2>&1 || bench_die "varnishd is not installed (drop it from ROWS)" ;; esac
+bench_ensure_venv
+cd "$REPO_ROOT"
+bench_cachingproxy_available || bench_die "twistd cachingproxy --help fails with this checkout"
+
+bench_pin_setup
+[ "${#PIN_PROXY[@]}" -gt 0 ] || bench_die "section 1 needs 2 CPUs and taskset (and no BENCH_NO_PIN): $PIN_NOTE"
+bench_mktemp
+T="$BENCH_TMP"
+RESULTS="$T/results.txt"
+: >"$RESULTS"
+: >"$T/access-samples.txt"
+TICK="$(getconf CLK_TCK)"
+RUN_USER=""
+if [ "$(id -u)" -eq 0 ]; then
+    # Squid keeps its kids off root: they run as cache_effective_user.
+    RUN_USER=proxy
+    id -u "$RUN_USER" >/dev/null 2>&1 || RUN_USER=nobody
+fi
+
+nginx_temp_paths() {
+    local d="$1"
+    cat <<EOF
+    client_body_temp_path $d/client_body;
+    proxy_temp_path $d/proxy;
+    fastcgi_temp_path $d/fastcgi;
+    uwsgi_temp_path $d/uwsgi;
+    scgi_temp_path $d/scgi;
+EOF
+}
+
+# --- origins: nginx, 1 KiB file under /hit/ (cacheable) and /pass/ (no-store)
+# The origin logs the /hit/ requests it serves: a server that really serves
+# hits sends it (almost) none during the measured run.
+mkdir -p "$T/www/hit" "$T/www/pass"
+head -c 1024 /dev/urandom >"$T/www/hit/1k.bin"
+cp "$T/www/hit/1k.bin" "$T/www/pass/1k.bin"
+
+# start_origin NAME NWORKERS PIN...: sets ORIGIN_PORT.
+start_origin() {
+    local name="$1" nworkers="$2" d="$T/origin-$1"
+    shift 2
+    mkdir -p "$d"
+    ORIGIN_PORT="$(bench_free_port)"
+    cat >"$d/nginx.conf" <<EOF
+worker_processes $nworkers;
+daemon off;
+master_process on;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_timeout 65s;
+    keepalive_requests 1000000;
+    default_type application/octet-stream;
+$(nginx_temp_paths "$d")
+    server {
+        listen 127.0.0.1:$ORIGIN_PORT;
+        root $T/www;
+        location /hit/ {
+            access_log $d/hit.log;
+            add_header Cache-Control "public, max-age=3600" always;
+        }
+        location /pass/ {
+            add_header Cache-Control "no-store" always;
+        }
+    }
+}
+EOF
+    nginx -q -t -p "$d" -c "$d/nginx.conf" >"$d/test.log" 2>&1 \
+        || { cat "$d/test.log" >&2; bench_die "origin $name: nginx config test failed"; }
+    bench_start "$d/stdout.log" "$@" nginx -p "$d" -c "$d/nginx.conf"
+    bench_wait_http "http://127.0.0.1:$ORIGIN_PORT/hit/1k.bin" "$BENCH_LAST_PID" "$d/error.log" 30 \
+        || bench_die "origin $name did not start"
+    curl -s -m 5 -D - -o /dev/null "http://127.0.0.1:$ORIGIN_PORT/hit/1k.bin" \
+        | grep -qi '^cache-control: public, max-age=3600' || bench_die "origin $name: /hit/ lacks max-age=3600"
+    curl -s -m 5 -D - -o /dev/null "http://127.0.0.1:$ORIGIN_PORT/pass/1k.bin" \
+        | grep -qi '^cache-control: no-store' || bench_die "origin $name: /pass/ lacks no-store"
+}
+start_origin pinned 1 "${PIN_LOAD[@]}"
+PINNED_ORIGIN_PORT="$ORIGIN_PORT"
+if [ "$WORKERS" = 1 ]; then
+    start_origin unpinned 2
+    UNPINNED_ORIGIN_PORT="$ORIGIN_PORT"
+fi
+
+# --- servers -------------------------------------------------------------------
+# start_server ROW SLUG ORIGIN_PORT PIN...: start ROW on a fresh port with a
+# fresh config and cache; sets SRV_PID, SRV_PORT, SRV_KIND (for the hit
+# check), SRV_LOG (its startup/error log) and SRV_ACCESS (the file its access
+# log goes to, empty for none).
+start_server() {
+    local row="$1" slug="$2" oport="$3" d="$T/$2"
+    shift 3
+    mkdir -p "$d"
+    SRV_PORT="$(bench_free_port)"
+    SRV_ACCESS=""
+    case "$row" in
+        cp-*)
+            local args=()
+            case "$row" in
+                cp-defaults|cp-w1) args=(--workers 1); SRV_ACCESS="$d/twistd.log" ;;
+                # The worker processes write their log, access lines
+                # included, to twistd's stdout, not to --logfile.
+                cp-w2) args=(--workers 2); SRV_ACCESS="$d/stdout.log" ;;
+                cp-log-file) args=(--access-log "$d/access.log"); SRV_ACCESS="$d/access.log" ;;
+                cp-log-json) args=(--access-log "$d/access.log" --access-log-format json); SRV_ACCESS="$d/access.log" ;;
+                cp-no-log) args=(--no-access-log) ;;
+            esac
+            # --cache-dir: the default disk cache, only not in ./cache.
+            SRV_KIND=cachingproxy
+            SRV_LOG="$d/twistd.log"
+            bench_start "$d/stdout.log" "$@" env PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" \
+                "$VENV/bin/twistd" -n --pidfile= --logfile "$d/twistd.log" cachingproxy \
+                --port "tcp:$SRV_PORT:interface=127.0.0.1" --upstream "http://127.0.0.1:$oport" \
+                --cache-dir "$d/cache" "${args[@]}"
+            ;;
+        squid|squid-w2)
+            local nworkers=1 user_line=""
+            [ "$row" = squid-w2 ] && nworkers=2
+            if [ -n "$RUN_USER" ]; then
+                user_line="cache_effective_user $RUN_USER"
+                chown "$RUN_USER" "$d"
+            fi
+            # Squid's defaults otherwise (cache_mem 256 MB, no cache_dir, its
+            # default access log: daemon module, "squid" logformat), as an
+            # accelerator in front of the origin.
+            cat >"$d/squid.conf" <<EOF
+workers $nworkers
+$user_line
+http_port 127.0.0.1:$SRV_PORT accel defaultsite=127.0.0.1:$oport no-vhost
+cache_peer 127.0.0.1 parent $oport 0 no-query originserver name=origin
+cache_peer_access origin allow all
+never_direct allow all
+http_access allow all
+access_log daemon:$d/access.log squid
+cache_log $d/cache.log
+pid_filename $d/squid.pid
+coredump_dir $d
+visible_hostname localhost
+dns_nameservers 127.0.0.1
+pinger_enable off
+shutdown_lifetime 0 seconds
+EOF
+            squid -k parse -f "$d/squid.conf" >"$d/parse.log" 2>&1 \
+                || { tail -n 20 "$d/parse.log" >&2; bench_die "$row: squid -k parse failed"; }
+            SRV_KIND=squid
+            SRV_LOG="$d/cache.log"
+            SRV_ACCESS="$d/access.log"
+            # --foreground: the master stays in the foreground and forks its
+            # kid(s) as it does as a daemon (-N would run a single process).
+            # -n: a service name of our own (shared memory, IPC sockets).
+            bench_start "$d/stdout.log" "$@" squid --foreground -n "cpbench$$" -f "$d/squid.conf"
+            ;;
+        varnish)
+            # -F: manager in the foreground, its child is the cache process;
+            # -n: private work dir; no -s, no -p: the installed defaults.
+            # No varnishncsa: Varnish only writes its shared-memory log.
+            SRV_KIND=varnish
+            SRV_LOG="$d/stdout.log"
+            bench_start "$d/stdout.log" "$@" varnishd -F -n "$d/work" -T none \
+                -a "127.0.0.1:$SRV_PORT" -b "127.0.0.1:$oport"
+            ;;
+        nginx|nginx-w2)
+            local nworkers=1
+            [ "$row" = nginx-w2 ] && nworkers=2
+            mkdir -p "$d/cache"
+            # Debian's nginx.conf (sendfile, tcp_nopush, the combined access
+            # log to a file) plus what proxying needs; the upstream keepalive
+            # pool and keepalive_requests are set as in the other bench
+            # scripts (nginx's defaults: a new upstream connection per
+            # request, 1000 requests per client connection).
+            cat >"$d/nginx.conf" <<EOF
+worker_processes $nworkers;
+daemon off;
+master_process on;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log $d/access.log combined;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+$(nginx_temp_paths "$d")
+    proxy_cache_path $d/cache levels=1:2 keys_zone=bench:10m;
+    upstream origin {
+        server 127.0.0.1:$oport;
+        keepalive 32;
+    }
+    server {
+        listen 127.0.0.1:$SRV_PORT;
+        location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache bench;
+            add_header X-Cache-Status \$upstream_cache_status always;
+        }
+    }
+}
+EOF
+            nginx -q -t -p "$d" -c "$d/nginx.conf" >"$d/test.log" 2>&1 \
+                || { cat "$d/test.log" >&2; bench_die "$row: nginx config test failed"; }
+            SRV_KIND=nginx
+            SRV_LOG="$d/error.log"
+            SRV_ACCESS="$d/access.log"
+            bench_start "$d/stdout.log" "$@" nginx -p "$d" -c "$d/nginx.conf"
+            ;;
+        *) bench_die "unknown row $row" ;;
+    esac
+    SRV_PID="$BENCH_LAST_PID"
+    bench_wait_http "http://127.0.0.1:$SRV_PORT/pass/1k.bin" "$SRV_PID" "$SRV_LOG" 60 \
+        || bench_die "$row ($slug) did not become ready (log: $SRV_LOG)"
+}
+
+# --- hit check -----------------------------------------------------------------
+# is_hit KIND HEADERFILE: does this response head say "served from cache"?
+is_hit() {
+    local kind="$1" h="$2"
+    case "$kind" in
+        cachingproxy)
+            grep -qiE '^x-cache:[[:space:]]*hit([[:space:]]|$)' "$h" \
+                || grep -qiE '^cache-status:.*;[[:space:]]*hit([[:space:]]*[;,]|[[:space:]]*$)' "$h" ;;
+        squid)
+            grep -qiE '^x-cache:[[:space:]]*hit([[:space:]]|$)' "$h" ;;
+        varnish)
+            grep -qiE '^x-varnish:[[:space:]]*[0-9]+[[:space:]]+[0-9]+' "$h" \
+                || grep -qiE '^age:[[:space:]]*[1-9][0-9]*' "$h" ;;
+        nginx)
+            grep -qiE '^x-cache-status:[[:space:]]*hit([[:space:]]|$)' "$h" ;;
+        *) return 1 ;;
+    esac
+}
+cache_headers() {
+    grep -iE '^(x-cache|x-cache-status|cache-status|x-varnish|age):' "$1" \
+        | tr -d '\r' | paste -sd ';' - || true
+}
+
+# check_path LABEL KIND URL PATH: fetch URL three times; every body must be
+# the origin's bytes, and the last response a hit (PATH hit) or not (pass).
+check_path() {
+    local label="$1" kind="$2" url="$3" path="$4" i h b
+    for i in 1 2 3; do
+        h="$T/check.head"
+        b="$T/check.bin"
+        curl -s -m 5 -D "$h" -o "$b" "$url" || bench_die "$label: request to $url failed"
+        head -n 1 "$h" | grep -q ' 200' || bench_die "$label: $url answered $(head -n 1 "$h" | tr -d '\r')"
+        cmp -s "$b" "$T/www/hit/1k.bin" \
+            || bench_die "$label: wrong body from $url ($(stat -c %s "$b") bytes)"
+    done
+    if [ "$path" = hit ]; then
+        is_hit "$kind" "$h" || bench_die "$label: $url is not a cache hit ($(cache_headers "$h"))"
+    else
+        ! is_hit "$kind" "$h" || bench_die "$label: the no-store $url was served from cache ($(cache_headers "$h"))"
+    fi
+}
+
+log_lines() {
+    [ -n "$1" ] || { echo 0; return; }
+    { cat "$1" "$1".[0-9]* 2>/dev/null || true; } | wc -l
+}
+
+# measure SECTION ROW PATH ROUND THREADS ORIGIN_DIR LOAD_PIN...: one wrk run
+# against the running server (SRV_*); appends to RESULTS and adds the
+# requests wrk completed to MEASURED.
+measure() {
+    local section="$1" row="$2" path="$3" round="$4" threads="$5" odir="$6"
+    shift 6
+    local label url out
+    label="$(row_label "$row") [$path, round $round]"
+    url="http://127.0.0.1:$SRV_PORT/$path/1k.bin"
+    out="$T/wrk-$section-$row-$path-$round.txt"
+    check_path "$label" "$SRV_KIND" "$url" "$path"
+    timeout $((WARMUP + 30)) "$@" wrk -t"$threads" -c"$CONNECTIONS" -d"${WARMUP}s" "$url" \
+        >"$out.warmup" 2>&1 || { cat "$out.warmup" >&2; bench_die "$label: wrk warm-up failed"; }
+    local before after obefore oafter
+    obefore="$(log_lines "$odir/hit.log")"
+    before="$(cpu_ticks "$SRV_PID")"
+    timeout $((DURATION + 30)) "$@" wrk -t"$threads" -c"$CONNECTIONS" -d"${DURATION}s" "$url" \
+        >"$out" 2>&1 || { cat "$out" >&2; bench_die "$label: wrk failed"; }
+    after="$(cpu_ticks "$SRV_PID")"
+    oafter="$(log_lines "$odir/hit.log")"
+    kill -0 "$SRV_PID" 2>/dev/null || bench_die "$label: the server died during the run (log: $SRV_LOG)"
+    local rps total non2xx sockerr us
+    rps="$(awk '/^Requests\/sec:/ {print $2}' "$out")"
+    total="$(awk '/requests in/ {print $1}' "$out")"
+    non2xx="$(awk '/Non-2xx or 3xx responses:/ {n += $NF} END {print n + 0}' "$out")"
+    sockerr="$(awk '/Socket errors:/ {gsub(",", ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$out")"
+    if [ -z "$rps" ] || [ "${total:-0}" -eq 0 ]; then
+        cat "$out" >&2
+        bench_die "$label: no requests completed"
+    fi
+    if [ "$non2xx" != 0 ] || [ "$sockerr" != 0 ]; then
+        cat "$out" >&2
+        bench_die "$label: $non2xx non-2xx responses and $sockerr socket errors"
+    fi
+    if [ "$path" = hit ] && [ $(((oafter - obefore) * 100)) -gt "$total" ]; then
+        bench_die "$label: the origin served $((oafter - obefore)) of $total requests: not hits"
+    fi
+    [ "$path" = hit ] && check_path "$label, after the run" "$SRV_KIND" "$url" hit
+    us="$(awk -v t="$((after - before))" -v n="$total" -v hz="$TICK" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')"
+    printf '%s %s %s %s %s %s\n' "$section" "$row" "$path" "$round" "$rps" "$us" >>"$RESULTS"
+    MEASURED=$((MEASURED + total + $(awk '/requests in/ {print $1}' "$out.warmup")))
+    bench_log "round $round $(row_label "$row") $path: $rps req/s, $us CPU us/request"
+}
+
+# run_row SECTION ROW ROUND: start ROW, measure both paths (hit first in odd
+# rounds), stop it, check its access log saw the requests.
+run_row() {
+    local section="$1" row="$2" round="$3" slug="$1-$2-$3" paths=(hit pass)
+    local threads oport odir pin=() load=()
+    [ $((round % 2)) = 1 ] || paths=(pass hit)
+    if [ "$section" = pinned ]; then
+        threads=1 oport="$PINNED_ORIGIN_PORT" odir="$T/origin-pinned"
+        pin=("${PIN_PROXY[@]}") load=("${PIN_LOAD[@]}")
+    else
+        threads=2 oport="$UNPINNED_ORIGIN_PORT" odir="$T/origin-unpinned"
+    fi
+    start_server "$row" "$slug" "$oport" ${pin[@]+"${pin[@]}"}
+    [ "$section" = pinned ] && check_pinned "$SRV_PID" "$(row_label "$row")"
+    bench_log "$(row_label "$row") (round $round): processes $(tree_pids "$SRV_PID" | paste -sd, -)"
+    MEASURED=0
+    local path
+    for path in "${paths[@]}"; do
+        measure "$section" "$row" "$path" "$round" "$threads" "$odir" ${load[@]+"${load[@]}"}
+    done
+    [ "$section" = pinned ] && check_pinned "$SRV_PID" "$(row_label "$row")"
+    stop_tree "$SRV_PID"
+    if [ -n "$SRV_ACCESS" ]; then
+        local lines
+        lines="$(log_lines "$SRV_ACCESS")"
+        [ "$lines" -ge "$MEASURED" ] \
+            || bench_die "$(row_label "$row"): $lines lines in its access log $SRV_ACCESS for $MEASURED requests"
+        printf '%s %s %s\n' "$row" "$lines" "$( (grep -h -m1 -E 'GET |"GET"' "$SRV_ACCESS" || true) | cut -c1-150)" >>"$T/access-samples.txt"
+    fi
+    # The logs and caches of a finished row are no longer needed (they grow
+    # by tens of MB a row).
+    if [ "${BENCH_KEEP_TMP:-0}" != 1 ]; then
+        rm -rf "$T/$slug/cache" "$T/$slug/access.log" "$T/$slug"/twistd.log* "$T/$slug/stdout.log"
+    fi
+}
+
+# rotate N WORDS...: WORDS rotated left by N.
+rotate() {
+    local n="$1"; shift
+    local a=("$@") i
+    local k=${#a[@]}
+    for ((i = 0; i < k; i++)); do printf '%s\n' "${a[$(((i + n) % k))]}"; done
+}
+
+read -r -a rows <<<"$ROWS"
+read -r -a wrows <<<"$WORKER_ROWS"
+for round in $(seq "$ROUNDS"); do
+    for row in $(rotate $((round - 1)) "${rows[@]}"); do
+        run_row pinned "$row" "$round"
+    done
+done
+if [ "$WORKERS" = 1 ]; then
+    for round in $(seq "$ROUNDS"); do
+        for row in $(rotate $((round - 1)) "${wrows[@]}"); do
+            run_row unpinned "$row" "$round"
+        done
+    done
+fi
+
+# --- report ------------------------------------------------------------------
+twisted_version="$("$PY" -c 'import twisted; print(twisted.__version__)' 2>/dev/null || echo '?')"
+squid_version="$( (squid -v 2>/dev/null || true) | awk 'NR == 1 {print $NF}')"
+nginx_version="$(nginx -v 2>&1 | awk -F/ '{print $2}')"
+varnish_version="$( (varnishd -V 2>&1 || true) | awk -F'[- ]' 'NR == 1 {print $3}')"
+
+# report SECTION BASE1 BASE2 ROWS...: per path, medians and the medians of the
+# per-round ratios to the rows BASE1 and BASE2 (req/s: row/base, higher is
+# faster; CPU: row/base, lower is cheaper).
+report() {
+    local section="$1" b1="$2" b2="$3" row labels=""
+    shift 3
+    for row in "$@"; do labels="$labels$row=$(row_label "$row")|"; done
+    awk -v section="$section" -v b1="$b1" -v b2="$b2" -v order="$*" -v labels="$labels" '
+function median(a, n,    i, j, t) {
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+# ratio_median(KIND, ROW, BASE, PATH): median over rounds of ROW/BASE.
+function ratio_median(kind, row, base, path,    r, n, a) {
+    n = 0
+    for (r = 1; r <= rounds; r++)
+        if ((row, path, r) in rps && (base, path, r) in rps)
+            a[++n] = kind == "rps" ? rps[row, path, r] / rps[base, path, r] : us[row, path, r] / us[base, path, r]
+    return n ? sprintf("%.2f", median(a, n)) : "-"
+}
+function col(row, path, kind,    r, n, a) {
+    n = 0
+    for (r = 1; r <= rounds; r++) if ((row, path, r) in rps) a[++n] = kind == "rps" ? rps[row, path, r] : us[row, path, r]
+    return n ? median(a, n) : ""
+}
+$1 == section { rps[$2, $3, $4] = $5; us[$2, $3, $4] = $6; if ($4 > rounds) rounds = $4 }
+END {
+    m = split(labels, lp, "|")
+    for (i = 1; i < m; i++) { split(lp[i], kv, "="); name[kv[1]] = kv[2] }
+    n = split(order, rows, " ")
+    npath = split("hit pass", paths, " ")
+    f = "%-36s %9s %8s   %7s %7s   %7s %7s\n"
+    for (p = 1; p <= npath; p++) {
+        path = paths[p]
+        printf "%s (%s)\n", path == "hit" ? "HIT" : "PASS-THROUGH", path == "hit" ? "Cache-Control: public, max-age=3600" : "Cache-Control: no-store"
+        printf f, "", "req/s", "CPU us", "req/s /", "", "CPU /", ""
+        printf f, "row", "", "/req", b1, b2, b1, b2
+        for (i = 1; i <= n; i++) {
+            row = rows[i]
+            if (col(row, path, "rps") == "") continue
+            printf f, name[row], sprintf("%.0f", col(row, path, "rps")), sprintf("%.1f", col(row, path, "us")),
+                ratio_median("rps", row, b1, path), ratio_median("rps", row, b2, path),
+                ratio_median("us", row, b1, path), ratio_median("us", row, b2, path)
+        }
+        printf "\n"
+    }
+}' "$RESULTS"
+}
+
+echo
+echo "Defaults against defaults: GET 1 KiB through each server to an nginx origin"
+echo "$ROUNDS interleaved rounds (row order rotated each round), wrk -c$CONNECTIONS -d${DURATION}s (+${WARMUP}s warm-up) a path; medians over rounds"
+echo "nginx ${nginx_version:-?}, squid ${squid_version:-n/a}, varnish ${varnish_version:-n/a}, Twisted $twisted_version, $("$PY" -V 2>&1), $NCPU CPUs, $(uname -r)"
+echo "cachingproxy $(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO_ROOT" diff --quiet HEAD 2>/dev/null || echo ' (modified)'): disk cache on; twistd --logfile FILE (as under systemd's journal)"
+echo
+echo "== 1. pinned: server (all processes and threads) on CPU 0, wrk -t1 + origin on CPU 1"
+echo "   ratios: median of the per-round ratios; req/s ratio > 1 is faster, CPU ratio < 1 is cheaper"
+echo
+report pinned squid varnish "${rows[@]}"
+if [ "$WORKERS" = 1 ]; then
+    echo "== 2. workers: nothing pinned, wrk -t2, origin with 2 workers"
+    echo
+    report unpinned squid-w2 cp-w1 "${wrows[@]}"
+fi
+echo "Rows: cachingproxy defaults = no logging option: the access log goes to the twistd log file;"
+echo "  squid = its default access log (daemon module, logformat squid, to a file), cache_mem default;"
+echo "  varnish = varnishd as installed (default storage and VCL, no varnishncsa);"
+echo "  nginx = proxy_cache with the default combined access log to a file, upstream keepalive 32."
+echo "  cachingproxy --workers 2: the workers write their access lines to twistd's stdout (a file"
+echo "  here too), not to the --logfile file, where --workers 1 writes them."
+echo "Every run: 0 non-2xx, 0 socket errors; hits checked before and after the run and by the origin's log."
+echo "Access log lines per row (round 1; both paths, warm-ups and checks), first access line:"
+awk '!seen[$1]++ { print "    " $0 }' "$T/access-samples.txt"
