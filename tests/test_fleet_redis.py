@@ -108,6 +108,43 @@ class PureTests(SynchronousTestCase):
         p.dataReceived(b"$1\r\nA\r\n")
         self.failureResultOf(p.execute([b"GET", b"c"]), FleetConnectionLost)
 
+    def test_shorterDeadlineBehindLonger(self):
+        """
+        A command with a short deadline sent behind one with a long deadline
+        still fails on time.
+        """
+        clock = Clock()
+        p = RedisProtocol(clock, timeout=5.0)
+        p.makeConnection(StringTransport())
+        slow = p.execute([b"GET", b"a"])
+        quick = p.execute([b"GET", b"b"], timeout=0.1)
+        clock.advance(0.1)
+        self.failureResultOf(quick, FleetTimeout)
+        self.failureResultOf(slow, FleetTimeout)
+
+    def test_writesCoalesced(self):
+        """
+        Commands sent by reply callbacks are written once, after the
+        replies of one read are dispatched, in order.
+        """
+        clock = Clock()
+        p = RedisProtocol(clock, timeout=1)
+        t = StringTransport()
+        p.makeConnection(t)
+        d1, d2 = p.execute([b"GET", b"1"]), p.execute([b"GET", b"2"])
+        t.clear()
+        writes = []
+        original = t.write
+        t.write = lambda data: (writes.append(data), original(data))
+        later = []
+        d1.addCallback(lambda _: later.append(p.execute([b"GET", b"3"])))
+        d2.addCallback(lambda _: later.append(p.execute([b"GET", b"4"])))
+        p.dataReceived(b"$1\r\nA\r\n$1\r\nB\r\n")
+        self.assertEqual(len(writes), 1)
+        self.assertEqual(t.value(), b"*2\r\n$3\r\nGET\r\n$1\r\n3\r\n*2\r\n$3\r\nGET\r\n$1\r\n4\r\n")
+        p.dataReceived(b":3\r\n:4\r\n")
+        self.assertEqual([self.successResultOf(d) for d in later], [3, 4])
+
     def test_repliesInOrder(self):
         """
         Pipelined replies go to their commands in order, also when split

@@ -25,9 +25,7 @@ slot routes the command (by default C{args[1]}).
 
 from __future__ import annotations
 
-import binascii
 import hashlib
-import os
 import random
 from collections import deque
 from dataclasses import dataclass, replace
@@ -42,7 +40,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from cachingproxy.fleet.breaker import Breaker
+from cachingproxy.fleet.breaker import Breaker, BreakerState
 
 __all__ = [
     "FleetError",
@@ -118,11 +116,6 @@ class ReplyError(FleetError):
         return str(self.args[0]).split(" ", 1)[0] if self.args else ""
 
 
-# Failures that say the node is unhealthy (they feed the breaker); a reply
-# error is an answer, so the node is fine.
-_NODE_FAILURES = (FleetTimeout, FleetConnectionLost, FleetUnavailable, ierror.ConnectError)
-
-
 # ---------------------------------------------------------------- addresses
 
 
@@ -194,10 +187,8 @@ def encodeCommand(args: Sequence) -> bytes:
     """
     out = [b"*%d\r\n" % len(args)]
     for a in args:
-        b = _bytes(a)
-        out.append(b"$%d\r\n" % len(b))
-        out.append(b)
-        out.append(b"\r\n")
+        b = a if type(a) is bytes else _bytes(a)
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
     return b"".join(out)
 
 
@@ -266,6 +257,12 @@ class RedisProtocol(Protocol):
         self._closed = False
         self._lostCallbacks: List[Callable[["RedisProtocol"], None]] = []
         self._closedCallbacks: List[Callable[["RedisProtocol"], None]] = []
+        # called with True when replies come, False on a deadline miss or a
+        # loss with commands waiting (the node's breaker listens)
+        self.healthCallback: Callable[[bool], None] = lambda ok: None
+        # while replies are dispatched, commands their callbacks send are
+        # gathered here and written once at the end
+        self._outgoing: Optional[List[bytes]] = None
         self.connected = False
 
     @property
@@ -306,7 +303,15 @@ class RedisProtocol(Protocol):
             L{FleetConnectionLost} or L{FleetBusy}. Cancelling it discards
             the reply when it comes.
         """
-        return self.executeMany([args], timeout)[0]
+        if self._closed:
+            return fail(FleetConnectionLost("connection closed"))
+        if len(self._pending) >= self.maxInFlight:
+            return fail(FleetBusy(f"{self.maxInFlight} commands in flight"))
+        d = Deferred()
+        deadline = self._clock.seconds() + (self.timeout if timeout is None else timeout)
+        self._pending.append((d, deadline))
+        self._send(encodeCommand(args), deadline)
+        return d
 
     def executeMany(self, commands: Sequence[Sequence], timeout: Optional[float] = None) -> List[Deferred]:
         """
@@ -321,23 +326,35 @@ class RedisProtocol(Protocol):
         ds = []
         for args in commands:
             d = Deferred()
-            self._pending.append([d, deadline])
+            self._pending.append((d, deadline))
             ds.append(d)
-        self.transport.write(b"".join(encodeCommand(args) for args in commands))
-        if self._timer is None:
-            self._timer = self._clock.callLater(max(0.0, deadline - self._clock.seconds()), self._checkDeadline)
+        self._send(b"".join([encodeCommand(args) for args in commands]), deadline)
         return ds
 
+    def _send(self, data: bytes, deadline: float) -> None:
+        if self._outgoing is not None:
+            self._outgoing.append(data)
+        else:
+            self.transport.write(data)
+        timer = self._timer
+        if timer is None:
+            self._timer = self._clock.callLater(max(0.0, deadline - self._clock.seconds()), self._checkDeadline)
+        elif timer.getTime() > deadline:
+            timer.reset(max(0.0, deadline - self._clock.seconds()))
+
     def _checkDeadline(self) -> None:
+        # commands may have different deadlines: look at every one (this
+        # runs about once per deadline, not per command)
         self._timer = None
         if not self._pending or self._closed:
             return
         now = self._clock.seconds()
-        deadline = self._pending[0][1]
-        if now + 1e-9 >= deadline:
-            self._abort(FleetTimeout(f"no reply within {self.timeout}s; connection closed"))
+        earliest = min(deadline for _, deadline in self._pending)
+        if now + 1e-9 >= earliest:
+            self.healthCallback(False)
+            self._abort(FleetTimeout("no reply within its deadline; connection closed"))
         else:
-            self._timer = self._clock.callLater(deadline - now, self._checkDeadline)
+            self._timer = self._clock.callLater(earliest - now, self._checkDeadline)
 
     def _abort(self, reason: Exception) -> None:
         """
@@ -366,26 +383,36 @@ class RedisProtocol(Protocol):
         reader = self._reader
         reader.feed(data)
         pending = self._pending
-        while True:
-            try:
-                reply = reader.gets()
-            except hiredis.ProtocolError as e:
-                self._abort(FleetConnectionLost(f"protocol error: {e}"))
-                return
-            if reply is False:
-                return
-            if not pending:
-                self._abort(FleetConnectionLost("a reply came with no command waiting"))
-                return
-            d = pending.popleft()[0]
-            if d.called:  # cancelled: the reply is discarded by its position
-                continue
-            if isinstance(reply, ReplyError):
-                d.errback(Failure(reply))
-            else:
-                d.callback(reply)
-            if self._closed:
-                return
+        self._outgoing = outgoing = []
+        replied = False
+        try:
+            while True:
+                try:
+                    reply = reader.gets()
+                except hiredis.ProtocolError as e:
+                    self._abort(FleetConnectionLost(f"protocol error: {e}"))
+                    return
+                if reply is False:
+                    return
+                if not pending:
+                    self._abort(FleetConnectionLost("a reply came with no command waiting"))
+                    return
+                replied = True
+                d = pending.popleft()[0]
+                if d.called:  # cancelled: the reply is discarded by its position
+                    continue
+                if type(reply) is ReplyError:
+                    d.errback(Failure(reply))
+                else:
+                    d.callback(reply)
+                if self._closed:
+                    return
+        finally:
+            self._outgoing = None
+            if outgoing and not self._closed:
+                self.transport.write(b"".join(outgoing))
+            if replied:
+                self.healthCallback(True)
 
     def close(self) -> None:
         """
@@ -396,6 +423,8 @@ class RedisProtocol(Protocol):
 
     def connectionLost(self, reason=None) -> None:
         self.connected = False
+        if self._pending and not self._closed:
+            self.healthCallback(False)
         self._closed = True
         self._runClosed()
         self._failPending(FleetConnectionLost(f"connection lost: {reason.getErrorMessage() if reason else ''}"))
@@ -513,6 +542,7 @@ class NodePool:
                 raise FleetUnavailable("pool closed")
             self._connections.append(p)
             p.notifyClosed(self._lost)
+            p.healthCallback = self._health
             waiters, self._waiters = self._waiters, []
             for w in waiters:
                 w.callback(p)
@@ -520,6 +550,9 @@ class NodePool:
 
         def failed(f):
             self._connecting = None
+            self.breaker.failure()
+            if f.check(ierror.ConnectError):
+                f = Failure(FleetUnavailable(f"{self.address.host}:{self.address.port}: {f.getErrorMessage()}"))
             waiters, self._waiters = self._waiters, []
             for w in waiters:
                 w.errback(f)
@@ -545,23 +578,21 @@ class NodePool:
             self._connect()
         return w
 
-    def _outcome(self, result):
-        if isinstance(result, Failure):
-            if result.check(*_NODE_FAILURES):
-                self.breaker.failure()
-                if result.check(ierror.ConnectError):
-                    return Failure(FleetUnavailable(f"{self.address.host}:{self.address.port}: {result.getErrorMessage()}"))
-            else:
-                self.breaker.success()
-        else:
+    def _health(self, ok: bool) -> None:
+        if ok:
             self.breaker.success()
-        return result
+        else:
+            self.breaker.failure()
 
     def execute(self, *args, timeout: Optional[float] = None) -> Deferred:
         """
         Send one command to this node.
         """
-        return self.executeMany([args], timeout)[-1]
+        if self.breaker.state is BreakerState.CLOSED:
+            proto = self._pick()
+            if proto is not None:
+                return proto.execute(args, timeout)
+        return self.executeMany([args], timeout)[0]
 
     def executeMany(self, commands: Sequence[Sequence], timeout: Optional[float] = None) -> List[Deferred]:
         """
@@ -588,7 +619,6 @@ class NodePool:
                     mine.errback(f)
 
             conn.addCallbacks(send, notSent)
-        ds[-1].addBoth(self._outcome)
         return ds
 
     def close(self) -> Deferred:
