@@ -25,11 +25,12 @@ from cachingproxy.fleet.redis import (
     RedisProtocol,
     ReplyError,
     Script,
+    TooManyRedirects,
     Subscriber,
     keySlot,
     parseURL,
 )
-from tests.fleetredis import RedisCluster, RedisServer, needRedis
+from tests.fleetredis import RedisCluster, RedisServer, freePort, needRedis
 
 
 def _until(predicate, timeout=10.0, step=0.02):
@@ -401,6 +402,66 @@ class AuthTests(TestCase):
         self.assertIn(e.code, ("WRONGPASS", "ERR"))
 
 
+class TLSTests(TestCase):
+    """
+    rediss:// through Twisted's TLS, verifying the server's certificate.
+    """
+
+    skip = needRedis
+    timeout = 30
+
+    def setUp(self):
+        from tests.tlshelpers import makeCA, makeServerCert
+
+        self.ca = makeCA()
+        cert, key = makeServerCert(self.ca, hostnames=["localhost"])
+        self.tmp = tempfile.mkdtemp()
+        paths = {}
+        for name, pem in [("cert", cert), ("key", key), ("ca", self.ca[0])]:
+            paths[name] = os.path.join(self.tmp, name + ".pem")
+            with open(paths[name], "wb") as f:
+                f.write(pem)
+        self.tlsPort = freePort()
+        self.server = RedisServer(
+            "--tls-port", str(self.tlsPort),
+            "--tls-cert-file", paths["cert"],
+            "--tls-key-file", paths["key"],
+            "--tls-ca-cert-file", paths["ca"],
+            "--tls-auth-clients", "no",
+        ).start()
+        self.addCleanup(self.server.stop)
+
+    @inlineCallbacks
+    def test_verified(self):
+        """
+        With the CA trusted, commands go over TLS (the server counts a TLS
+        client).
+        """
+        from twisted.internet.ssl import optionsForClientTLS
+
+        from tests.tlshelpers import trustRoot
+
+        address = parseURL(f"rediss://localhost:{self.tlsPort}")
+        client = RedisClient(reactor, address, timeout=2.0, tlsOptions=optionsForClientTLS("localhost", trustRoot(self.ca[0])))
+        self.addCleanup(client.close)
+        yield client.execute(b"SET", b"k", b"over tls")
+        self.assertEqual(self.server.command("GET", "k"), b"over tls")
+        clients = yield client.execute(b"CLIENT", b"LIST")
+        self.assertIn(b"laddr=127.0.0.1:%d" % self.tlsPort, clients)
+
+    @inlineCallbacks
+    def test_untrusted(self):
+        """
+        A certificate from an unknown CA is refused: the command fails, no
+        data is exchanged.
+        """
+        address = parseURL(f"rediss://localhost:{self.tlsPort}")
+        client = RedisClient(reactor, address, timeout=2.0)
+        self.addCleanup(client.close)
+        yield self.assertFailure(client.execute(b"SET", b"k", b"v"), FleetConnectionLost, FleetUnavailable)
+        self.assertIsNone(self.server.command("GET", "k"))
+
+
 class ClusterTests(TestCase):
     """
     Slot routing and redirections on a real 3-master cluster.
@@ -460,3 +521,19 @@ class ClusterTests(TestCase):
         self.assertEqual(self.client.slotOwner(stay), ("127.0.0.1", target.port))
         self.assertEqual((yield self.client.execute(b"GET", moved)), b"m")
         self.assertEqual(self.client.redirects, 2)
+
+    @inlineCallbacks
+    def test_redirectsBounded(self):
+        """
+        A slot left MIGRATING on its owner with no node IMPORTING it sends
+        the client back and forth (ASK, then MOVED): it gives up after
+        maxRedirects with TooManyRedirects instead of looping.
+        """
+        key = b"{loop}k"
+        slot = keySlot(key)
+        yield self.client.execute(b"PING", key=key)
+        source = self.cluster.nodeFor(slot)
+        target = next(n for n in self.cluster.nodes if n is not source)
+        source.command("CLUSTER", "SETSLOT", str(slot), "MIGRATING", self.cluster.nodeId(target))
+        yield self.assertFailure(self.client.execute(b"GET", key), TooManyRedirects)
+        self.assertEqual(self.client.redirects, self.client.maxRedirects)
