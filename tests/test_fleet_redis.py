@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from cachingproxy.fleet.breaker import Breaker, BreakerState, WriteQueue
 from cachingproxy.fleet.redis import (
     ClusterClient,
+    FleetBusy,
     FleetConnectionLost,
     FleetTimeout,
     FleetUnavailable,
@@ -145,6 +146,20 @@ class PureTests(SynchronousTestCase):
         self.assertEqual(t.value(), b"*2\r\n$3\r\nGET\r\n$1\r\n3\r\n*2\r\n$3\r\nGET\r\n$1\r\n4\r\n")
         p.dataReceived(b":3\r\n:4\r\n")
         self.assertEqual([self.successResultOf(d) for d in later], [3, 4])
+
+    def test_boundedInFlight(self):
+        """
+        Beyond maxInFlight commands waiting, a command fails at once with
+        FleetBusy and nothing is written for it.
+        """
+        p = RedisProtocol(Clock(), timeout=1, maxInFlight=2)
+        t = StringTransport()
+        p.makeConnection(t)
+        p.execute([b"GET", b"1"])
+        p.execute([b"GET", b"2"])
+        t.clear()
+        self.failureResultOf(p.execute([b"GET", b"3"]), FleetBusy)
+        self.assertEqual(t.value(), b"")
 
     def test_repliesInOrder(self):
         """

@@ -9,13 +9,15 @@ import hashlib
 import os
 
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults, inlineCallbacks
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
 
+from cachingproxy.fleet.breaker import WriteQueue
 from cachingproxy.fleet.redis import ClusterClient, RedisClient, keySlot, parseURL
 from cachingproxy.fleet.store import FillOutcome, FleetStore, PurgeLogFollower, WaitOutcome, hashTag
 from tests.fleetredis import RedisCluster, RedisServer, needRedis
+from tests.test_fleet_redis import _until
 
 URL = b"https://example.com/a?b=1"
 
@@ -216,11 +218,56 @@ class SingleNodeStoreTests(StoreMixin, TestCase):
     @inlineCallbacks
     def test_waitTimesOut(self):
         """
-        A wait is bounded.
+        A wait is bounded (on the store's clock), and its poll timers are
+        gone once it has ended.
         """
-        yield self.store.beginFill(URL)
-        self.store.pollInterval = 0.05
-        self.assertIs((yield self.store.waitForFill(URL, maxWait=0.3)), WaitOutcome.TIMEOUT)
+        clock = Clock()
+        store = FleetStore(self.client, reactor, clock=clock, pollInterval=0.5)
+        self.addCleanup(store.stop)
+        yield store.beginFill(URL)
+        waiting = store.waitForFill(URL, maxWait=3.0)
+        clock.advance(2.9)
+        self.assertNoResult(waiting)
+        clock.advance(0.1)
+        self.assertIs(self.successResultOf(waiting), WaitOutcome.TIMEOUT)
+        self.assertEqual([c for c in clock.getDelayedCalls() if "Fill" not in repr(c.func)], [])
+        self.assertEqual(store._waiters, {})
+
+    @inlineCallbacks
+    def test_renewalOnClock(self):
+        """
+        The lease is renewed every third of it on the store's clock: after a
+        renewal the lock's TTL is back to the full lease; after the commit
+        nothing is scheduled any more.
+        """
+        clock = Clock()
+        store = FleetStore(self.client, reactor, clock=clock, lease=30.0)
+        self.addCleanup(store.stop)
+        f = (yield store.beginFill(URL)).fill
+        lock = store.keysOf(URL)["lock"]
+        self.server.command("PEXPIRE", lock, 5000)
+        clock.advance(10.0)
+        yield _until(lambda: self.server.command("PTTL", lock) > 20000)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        f.write(b"x")
+        self.assertTrue((yield f.commit(b"", b"H", 60)))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    @inlineCallbacks
+    def test_writeQueue(self):
+        """
+        Writes beyond the bounded queue are dropped and counted.
+        """
+        store = FleetStore(self.client, reactor, writeQueue=WriteQueue(concurrency=1, maxPending=1))
+        gate = Deferred()
+        first = store.submitWrite(lambda: gate)
+        second = store.submitWrite(lambda: self.client.execute(b"SET", b"w", b"2"))
+        self.assertIsNone(store.submitWrite(lambda: self.client.execute(b"SET", b"w", b"3")))
+        self.assertEqual(store.droppedWrites, 1)
+        gate.callback(None)
+        yield first
+        yield second
+        self.assertEqual(self.server.command("GET", "w"), b"2")
 
     @inlineCallbacks
     def test_expiredLeaseCannotCommit(self):

@@ -538,8 +538,15 @@ class NodePool:
             self._connecting = None
             self.connectionsOpened += 1
             if self._stopped:
+                waiters, self._waiters = self._waiters, []
+
+                def gone(_):
+                    for w in waiters:
+                        w.errback(Failure(FleetUnavailable("pool closed")))
+
+                p.notifyLost(gone)
                 p.close()
-                raise FleetUnavailable("pool closed")
+                return None
             self._connections.append(p)
             p.notifyClosed(self._lost)
             p.healthCallback = self._health
@@ -638,10 +645,10 @@ class NodePool:
             ds.append(lost)
         self._connections = []
         if self._connecting is not None:
+            # ready() closes it and fails the waiters once it is connected
             w = Deferred()
             self._waiters.append(w)
-            w.addErrback(lambda f: None)
-            ds.append(w.addCallback(lambda p: p.close()))
+            ds.append(w.addErrback(lambda f: None))
         return DeferredList(ds)
 
 
