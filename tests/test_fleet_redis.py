@@ -552,3 +552,25 @@ class ClusterTests(TestCase):
         source.command("CLUSTER", "SETSLOT", str(slot), "MIGRATING", self.cluster.nodeId(target))
         yield self.assertFailure(self.client.execute(b"GET", key), TooManyRedirects)
         self.assertEqual(self.client.redirects, self.client.maxRedirects)
+
+    @inlineCallbacks
+    def test_nodeDown(self):
+        """
+        kill -9 of one master: commands for its slots fail within their
+        deadline; the other masters' slots keep working.
+        """
+        keys = [b"down:%d" % i for i in range(40)]
+        yield gatherResults([self.client.execute(b"SET", k, k) for k in keys])
+        dead = self.cluster.nodes[1]
+        dead.kill()
+        onDead = [k for k in keys if self.client.slotOwner(k)[1] == dead.port]
+        alive = [k for k in keys if k not in onDead]
+        self.assertTrue(onDead and alive)
+        for k in alive:
+            self.assertEqual((yield self.client.execute(b"GET", k, timeout=0.5)), k)
+        start = reactor.seconds()
+        for k in onDead[:3]:
+            yield self.assertFailure(
+                self.client.execute(b"GET", k, timeout=0.5), FleetConnectionLost, FleetUnavailable, FleetTimeout
+            )
+        self.assertLess(reactor.seconds() - start, 3 * 1.0)

@@ -588,3 +588,29 @@ class ClusterStoreTests(StoreMixin, TestCase):
         f.write(b"x")
         yield f.commit(b"", b"H", 60)
         self.assertIs((yield waiting), WaitOutcome.WOKEN)
+
+    @inlineCallbacks
+    def test_wakeUpAfterSubscriberNodeDies(self):
+        """
+        When the node the wake-up subscription is on dies, the subscriber
+        moves to another node and wake-ups still arrive.
+        """
+        yield self.client.refresh()
+        yield self.store.start()
+        first = self.cluster.nodes[0]
+        self.assertEqual(self.store._subscriber.address.port, first.port)
+        first.kill()
+        yield _until(lambda: self.store._subscriber.connected and self.store._subscriber.address.port != first.port)
+        # the entry and its host index both on live nodes
+        key = next(
+            k
+            for k in (b"https://h%d.example/s" % i for i in range(200))
+            if self.client.slotOwner(b"{" + hashTag(k) + b"}")[1] != first.port
+            and self.client.slotOwner(self.store.hostIndexKey(k))[1] != first.port
+        )
+        f = (yield self.store.beginFill(key)).fill
+        self.store.pollInterval = 30.0
+        waiting = self.store.waitForFill(key, maxWait=10.0)
+        f.write(b"x")
+        self.assertTrue((yield f.commit(b"", b"H", 60)))
+        self.assertIs((yield waiting), WaitOutcome.WOKEN)

@@ -934,8 +934,9 @@ class Subscriber:
     """
     Receives pub/sub messages on C{channels} from one node, reconnecting
     (with a growing delay up to C{maxDelay}) and resubscribing when the
-    connection drops. In Redis Cluster, PUBLISH reaches every node, so one
-    node is enough.
+    connection drops. C{address} may be a list of nodes: each failed
+    attempt moves to the next one. In Redis Cluster, PUBLISH reaches every
+    node, so one node is enough.
 
     C{onMessage(channel, data)} gets each message; C{onReconnect()} is
     called after each resubscription, since messages sent meanwhile are
@@ -958,7 +959,9 @@ class Subscriber:
         tlsOptions=None,
     ):
         self._reactor = reactor
-        self.address = address
+        self._addresses = list(address) if isinstance(address, (list, tuple)) else [address]
+        self._next = 0
+        self.address = self._addresses[0]
         self.channels = list(channels)
         self._onMessage = onMessage
         self._onReconnect = onReconnect
@@ -988,6 +991,7 @@ class Subscriber:
         if self._stopped:
             return
         proto = _SubscriberProtocol(self._onMessage, self._lost)
+        self.address = self._addresses[self._next % len(self._addresses)]
         endpoint = _endpoint(self._reactor, self.address, self.connectTimeout, self._tlsOptions)
         d = connectProtocol(endpoint, proto)
 
@@ -1017,12 +1021,17 @@ class Subscriber:
     def _scheduleRetry(self) -> None:
         if self._stopped or self._retry is not None:
             return
+        if not self.connected:
+            self._next += 1
         self._retry = self._reactor.callLater(self._delay * (0.5 + random.random()), self._attempt)
         self._delay = min(self.maxDelay, self._delay * 2)
 
     def _lost(self) -> None:
-        self.connected = False
         self._proto = None
+        if self.connected:
+            # a live subscription dropped: first try the same node again
+            self.connected = False
+            self._next -= 1
         self._scheduleRetry()
 
     def stop(self) -> Deferred:

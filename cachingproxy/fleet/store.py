@@ -30,7 +30,10 @@ metadata and the lock, so a fill that started before it cannot store. A
 body read back is checked against its length and SHA-256: a missing chunk
 or a bad digest is a miss, never a partial body.
 
-Purges are appended to the purge log, which every process follows with
+Purges are appended to the purge log once the entries are gone (a second
+script, on the log's slot: in Redis Cluster one script cannot touch both an
+entry's slot and the log's), and a purge succeeds only when both are
+confirmed. Every process follows the log with
 L{PurgeLogFollower}; a gap in what it could read (log trimmed past its
 position, log recreated after a restart) is reported so that the process
 drops everything its local tiers took from the fleet.
@@ -627,11 +630,15 @@ class FleetStore:
 
     def start(self, address=None) -> Deferred:
         """
-        Subscribe to wake-up messages (on C{address}, by default the first
-        node). Without it, waiters rely on their polls.
+        Subscribe to wake-up messages (on C{address}, by default the nodes
+        known, one at a time, moving on when one fails). Without it, waiters
+        rely on their polls.
         """
         if address is None:
-            address = self._client.pools()[0].address if not self._client.isCluster else self._client._seeds[0]
+            if self._client.isCluster:
+                address = list(self._client._seeds) + [p.address for p in self._client.pools()]
+            else:
+                address = self._client.pools()[0].address
         self._subscriber = Subscriber(self._reactor, address, [self.channel], self._message, self._resubscribed)
         return self._subscriber.start()
 
