@@ -84,6 +84,7 @@ class RedisServer:
         self.port = port or freePort(clusterBus=cluster)
         self.dir = tempfile.mkdtemp(prefix="fleet-redis-")
         self.process: Optional[subprocess.Popen] = None
+        self._started = False
 
     @property
     def url(self) -> str:
@@ -110,9 +111,30 @@ class RedisServer:
                 "--cluster-require-full-coverage", "no",
             ]
         args += self.extra
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _poll(lambda: self.command("PING") == b"PONG", f"redis-server on {self.port}")
-        return self
+        # a port found free may be taken before redis binds it (other tests
+        # run on this machine): the first start then moves to another port;
+        # a restart keeps its port
+        for attempt in range(5):
+            portArgs = list(args)
+            portArgs[portArgs.index("--port") + 1] = str(self.port)
+            self.process = subprocess.Popen(
+                portArgs, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+
+            def up():
+                if self.process.poll() is not None:
+                    return "exited"
+                return self.command("PING") == b"PONG"
+
+            if _poll(up, f"redis-server on {self.port}") is True:
+                self._started = True
+                return self
+            self.process.wait()
+            self.process = None
+            if self._started:
+                break
+            self.port = freePort(clusterBus=self.cluster)
+        raise RuntimeError(f"redis-server did not start (see {self.dir}/redis.log)")
 
     def command(self, *args, timeout: float = 5.0):
         """
