@@ -24,7 +24,7 @@ trap bench_cleanup EXIT
 bench_ensure_packages redis-server:redis-server
 bench_ensure_venv
 "$PY" -c 'import hiredis, txredisapi, redis' 2>/dev/null \
-    || "$VENV/bin/pip" install -q hiredis txredisapi redis >&2
+    || "$VENV/bin/pip" install -q -e "$REPO_ROOT[bench]" >&2
 bench_mktemp
 
 pin() {

@@ -211,6 +211,23 @@ class BreakerTests(SynchronousTestCase):
         self.assertIs(b.state, BreakerState.CLOSED)
         self.assertEqual((b.opened, b.rejected), (2, 2))
 
+    def test_lostTrialReplaced(self):
+        """
+        A half-open trial whose outcome never comes does not keep the
+        breaker shut for ever: after a cooldown another trial is allowed.
+        """
+        clock = Clock()
+        b = Breaker(clock, threshold=1, cooldown=1.0)
+        b.failure()
+        clock.advance(1.0)
+        self.assertTrue(b.allow())
+        clock.advance(0.5)
+        self.assertFalse(b.allow())
+        clock.advance(0.5)
+        self.assertTrue(b.allow())
+        b.success()
+        self.assertIs(b.state, BreakerState.CLOSED)
+
     def test_successResetsCount(self):
         """
         Failures must be in a row to open the breaker.

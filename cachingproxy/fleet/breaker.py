@@ -72,6 +72,7 @@ class Breaker:
         self._failures = 0
         self._openedAt = 0.0
         self._trialInFlight = False
+        self._trialAt = 0.0
         self.opened = 0
         self.rejected = 0
 
@@ -103,12 +104,15 @@ class Breaker:
             if self._clock.seconds() - self._openedAt >= self.cooldown:
                 self._transition(_Event.COOLED)
                 self._trialInFlight = True
+                self._trialAt = self._clock.seconds()
                 return True
             self.rejected += 1
             return False
-        # HALF_OPEN
-        if not self._trialInFlight:
+        # HALF_OPEN: one trial at a time; a trial whose outcome never came
+        # (it was refused before being sent) is replaced after a cooldown
+        if not self._trialInFlight or self._clock.seconds() - self._trialAt >= self.cooldown:
             self._trialInFlight = True
+            self._trialAt = self._clock.seconds()
             return True
         self.rejected += 1
         return False

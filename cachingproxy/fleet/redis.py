@@ -34,7 +34,7 @@ from urllib.parse import unquote, urlsplit
 
 import hiredis
 from twisted.internet import error as ierror
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, gatherResults, succeed
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -526,7 +526,6 @@ class NodePool:
             if not commands:
                 return p
             ds = p.executeMany(commands, max(self.timeout, self.connectTimeout))
-            from twisted.internet.defer import gatherResults
 
             def loginFailed(f):
                 p.close()
@@ -635,7 +634,6 @@ class NodePool:
         @return: a Deferred that fires once they are all closed.
         """
         self._stopped = True
-        from twisted.internet.defer import DeferredList
 
         ds = []
         for c in list(self._connections):
@@ -848,8 +846,6 @@ class ClusterClient:
         return self._send([args], newSlot, timeout, redirects + 1, hp)[0]
 
     def close(self) -> Deferred:
-        from twisted.internet.defer import DeferredList
-
         return DeferredList([p.close() for p in self._pools.values()])
 
 
