@@ -161,6 +161,21 @@ class PureTests(SynchronousTestCase):
         self.failureResultOf(p.execute([b"GET", b"3"]), FleetBusy)
         self.assertEqual(t.value(), b"")
 
+    def test_boundedBytesInFlight(self):
+        """
+        Beyond maxBytesInFlight bytes of commands waiting, a command fails
+        at once with FleetBusy; a reply frees its bytes. A single command
+        bigger than the bound still goes when nothing else waits.
+        """
+        p = RedisProtocol(Clock(), timeout=1, maxBytesInFlight=1000)
+        p.makeConnection(StringTransport())
+        first = p.execute([b"SET", b"a", b"x" * 600])
+        self.failureResultOf(p.execute([b"SET", b"b", b"y" * 600]), FleetBusy)
+        p.dataReceived(b"+OK\r\n")
+        self.assertEqual(self.successResultOf(first), b"OK")
+        p.execute([b"SET", b"b", b"y" * 2000])
+        self.assertEqual(p.pending, 1)
+
     def test_repliesInOrder(self):
         """
         Pipelined replies go to their commands in order, also when split

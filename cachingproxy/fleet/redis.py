@@ -6,7 +6,8 @@ A Redis client on Twisted, for the fleet tier.
     parsed by C{hiredis.Reader}. Every command has a deadline; when one is
     missed the connection is closed and every command still on it fails
     with L{FleetTimeout}: a late reply can never be handed to another
-    command. At most C{maxInFlight} commands wait on a connection.
+    command. At most C{maxInFlight} commands, and C{maxBytesInFlight}
+    bytes of them, wait on a connection.
   - L{NodePool}: a few connections to one node, with AUTH and SELECT on
     connect and a L{Breaker} in front.
   - L{RedisClient}: one node (C{redis://host:port/db}, C{rediss://} for
@@ -92,8 +93,8 @@ class FleetUnavailable(FleetError):
 
 class FleetBusy(FleetError):
     """
-    Every connection to the node already has C{maxInFlight} commands
-    waiting.
+    Every connection to the node already has C{maxInFlight} commands (or
+    C{maxBytesInFlight} bytes of commands) waiting.
     """
 
 
@@ -246,13 +247,15 @@ class RedisProtocol(Protocol):
 
     _log = Logger()
 
-    def __init__(self, clock, timeout: float = 0.05, maxInFlight: int = 1024):
+    def __init__(self, clock, timeout: float = 0.05, maxInFlight: int = 1024, maxBytesInFlight: int = 16 * 1024 * 1024):
         self._clock = clock
         self.timeout = timeout
         self.maxInFlight = maxInFlight
+        self.maxBytesInFlight = maxBytesInFlight
         self._reader = hiredis.Reader(replyError=ReplyError)
-        # (deferred, deadline), in the order the commands were sent
-        self._pending: Deque[list] = deque()
+        # (deferred, deadline, bytes sent), in the order the commands were sent
+        self._pending: Deque[tuple] = deque()
+        self._bytesInFlight = 0
         self._timer = None
         self._closed = False
         self._lostCallbacks: List[Callable[["RedisProtocol"], None]] = []
@@ -307,10 +310,14 @@ class RedisProtocol(Protocol):
             return fail(FleetConnectionLost("connection closed"))
         if len(self._pending) >= self.maxInFlight:
             return fail(FleetBusy(f"{self.maxInFlight} commands in flight"))
+        data = encodeCommand(args)
+        if self._bytesInFlight + len(data) > self.maxBytesInFlight and self._pending:
+            return fail(FleetBusy(f"{self._bytesInFlight} bytes in flight"))
         d = Deferred()
         deadline = self._clock.seconds() + (self.timeout if timeout is None else timeout)
-        self._pending.append((d, deadline))
-        self._send(encodeCommand(args), deadline)
+        self._pending.append((d, deadline, len(data)))
+        self._bytesInFlight += len(data)
+        self._send(data, deadline)
         return d
 
     def executeMany(self, commands: Sequence[Sequence], timeout: Optional[float] = None) -> List[Deferred]:
@@ -322,13 +329,18 @@ class RedisProtocol(Protocol):
             return [fail(FleetConnectionLost("connection closed")) for _ in commands]
         if len(self._pending) + len(commands) > self.maxInFlight:
             return [fail(FleetBusy(f"{self.maxInFlight} commands in flight")) for _ in commands]
+        encoded = [encodeCommand(args) for args in commands]
+        size = sum(len(e) for e in encoded)
+        if self._bytesInFlight + size > self.maxBytesInFlight and self._pending:
+            return [fail(FleetBusy(f"{self._bytesInFlight} bytes in flight")) for _ in commands]
         deadline = self._clock.seconds() + (self.timeout if timeout is None else timeout)
         ds = []
-        for args in commands:
+        for e in encoded:
             d = Deferred()
-            self._pending.append((d, deadline))
+            self._pending.append((d, deadline, len(e)))
             ds.append(d)
-        self._send(b"".join([encodeCommand(args) for args in commands]), deadline)
+        self._bytesInFlight += size
+        self._send(b"".join(encoded), deadline)
         return ds
 
     def _send(self, data: bytes, deadline: float) -> None:
@@ -349,7 +361,7 @@ class RedisProtocol(Protocol):
         if not self._pending or self._closed:
             return
         now = self._clock.seconds()
-        earliest = min(deadline for _, deadline in self._pending)
+        earliest = min(entry[1] for entry in self._pending)
         if now + 1e-9 >= earliest:
             self.healthCallback(False)
             self._abort(FleetTimeout("no reply within its deadline; connection closed"))
@@ -373,7 +385,8 @@ class RedisProtocol(Protocol):
             self._timer.cancel()
         self._timer = None
         pending, self._pending = self._pending, deque()
-        for d, _ in pending:
+        self._bytesInFlight = 0
+        for d, _, _ in pending:
             if not d.called:
                 d.errback(Failure(reason))
 
@@ -398,7 +411,8 @@ class RedisProtocol(Protocol):
                     self._abort(FleetConnectionLost("a reply came with no command waiting"))
                     return
                 replied = True
-                d = pending.popleft()[0]
+                d, _, size = pending.popleft()
+                self._bytesInFlight -= size
                 if d.called:  # cancelled: the reply is discarded by its position
                     continue
                 if type(reply) is ReplyError:
@@ -477,6 +491,7 @@ class NodePool:
         timeout: float = 0.05,
         connectTimeout: float = 1.0,
         maxInFlight: int = 1024,
+        maxBytesInFlight: int = 16 * 1024 * 1024,
         clock=None,
         breaker: Optional[Breaker] = None,
         tlsOptions=None,
@@ -488,6 +503,7 @@ class NodePool:
         self.timeout = timeout
         self.connectTimeout = connectTimeout
         self.maxInFlight = maxInFlight
+        self.maxBytesInFlight = maxBytesInFlight
         self._tlsOptions = tlsOptions
         self.breaker = breaker or Breaker(self._clock, name=f"{address.host}:{address.port}")
         self._connections: List[RedisProtocol] = []
@@ -516,7 +532,7 @@ class NodePool:
     def _connect(self) -> Deferred:
         if self._connecting is not None:
             return self._connecting
-        proto = RedisProtocol(self._clock, self.timeout, self.maxInFlight)
+        proto = RedisProtocol(self._clock, self.timeout, self.maxInFlight, self.maxBytesInFlight)
         endpoint = _endpoint(self._reactor, self.address, self.connectTimeout, self._tlsOptions)
         d = connectProtocol(endpoint, proto)
         self._connecting = d

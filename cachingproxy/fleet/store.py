@@ -530,7 +530,7 @@ class FleetStore:
         clock=None,
         prefix: bytes = b"cp:",
         chunkSize: int = 256 * 1024,
-        maxObjectSize: int = 64 * 1024 * 1024,
+        maxObjectSize: int = 8 * 1024 * 1024,
         lease: float = 5.0,
         grace: float = 60.0,
         passTTL: float = 5.0,
