@@ -27,16 +27,15 @@ bench_ensure_venv
     || "$VENV/bin/pip" install -q -e "$REPO_ROOT[bench]" >&2
 bench_mktemp
 
-pin() {
-    if [ "${BENCH_NO_PIN:-0}" != 1 ] && command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -ge 2 ]; then
-        taskset -c "$1" "${@:2}"
-    else
-        "${@:2}"
-    fi
-}
+# CPU pinning as a command prefix (not a shell function), so that the pid
+# bench_start records is redis-server's own and bench_cleanup stops it
+PIN0=() PIN1=()
+if [ "${BENCH_NO_PIN:-0}" != 1 ] && command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -ge 2 ]; then
+    PIN0=(taskset -c 0) PIN1=(taskset -c 1)
+fi
 
 PORT="$(bench_free_port)"
-bench_start "$BENCH_TMP/redis.log" pin 1 redis-server --port "$PORT" --bind 127.0.0.1 \
+bench_start "$BENCH_TMP/redis.log" "${PIN1[@]}" redis-server --port "$PORT" --bind 127.0.0.1 \
     --save '' --appendonly no --dir "$BENCH_TMP"
 for _ in $(seq 100); do
     redis-cli -p "$PORT" ping 2>/dev/null | grep -q PONG && break
@@ -46,5 +45,5 @@ redis-cli -p "$PORT" ping | grep -q PONG || bench_die "redis-server did not star
 bench_log "redis-server $(redis-server --version | awk '{print $3}') on port $PORT"
 
 cd "$REPO_ROOT"
-PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" pin 0 "$PY" bench/redis_clients.py all \
+PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "${PIN0[@]}" "$PY" bench/redis_clients.py all \
     --port "$PORT" --rounds "$ROUNDS" --duration "$DURATION"

@@ -126,7 +126,12 @@ class RedisServer:
                     return "exited"
                 return self.command("PING") == b"PONG"
 
-            if _poll(up, f"redis-server on {self.port}") is True:
+            try:
+                started = _poll(up, f"redis-server on {self.port}")
+            except BaseException:
+                self.kill()
+                raise
+            if started is True:
                 self._started = True
                 return self
             self.process.wait()
@@ -205,6 +210,13 @@ class RedisCluster:
         return [n.url for n in self.nodes]
 
     def start(self) -> "RedisCluster":
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> "RedisCluster":
         for n in self.nodes:
             n.start()
         subprocess.run(
