@@ -426,6 +426,23 @@ class SingleNodeStoreTests(StoreMixin, TestCase):
         self.assertEqual(gaps, [])
 
     @inlineCallbacks
+    def test_purgeLogRun(self):
+        """
+        A running follower polls on its clock and hands each purge over.
+        """
+        clock = Clock()
+        got = []
+        follower = PurgeLogFollower(self.store, lambda k, v: got.append(v), lambda: None)
+        yield follower.start()
+        follower.run(1.0, clock)
+        self.addCleanup(follower.stop)
+        yield self.store.purgeKey(URL)
+        clock.advance(1.0)
+        yield _until(lambda: got)
+        self.assertEqual(got, [URL])
+        self.assertEqual(follower.errors, 0)
+
+    @inlineCallbacks
     def test_purgeLogTrimmedGap(self):
         """
         When the log is trimmed past the follower's position, the follower

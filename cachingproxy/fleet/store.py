@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, inlineCallbacks, succeed
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from cachingproxy.fleet.breaker import WriteQueue
@@ -962,6 +963,7 @@ class PurgeLogFollower:
         # the log's entries-added count when it was at self.position
         self._added = 0
         self.gaps = 0
+        self.errors = 0
         self._loop = None
 
     def _read(self, withEntries: bool) -> Deferred:
@@ -1044,3 +1046,28 @@ class PurgeLogFollower:
         if newEpoch is not None:
             self.epoch = newEpoch
         return n
+
+    def run(self, interval: float = 1.0, clock=None) -> None:
+        """
+        Poll every C{interval} seconds (on C{clock}, the store's by default)
+        until L{stop}; a failed poll is counted in C{errors} and retried at
+        the next tick.
+        """
+        def tick():
+            return self.poll().addErrback(failed)
+
+        def failed(f):
+            self.errors += 1
+            _log.warn("fleet purge log: {error}", error=f.getErrorMessage())
+
+        self._loop = LoopingCall(tick)
+        self._loop.clock = clock if clock is not None else self._store._clock
+        self._loop.start(interval, now=True)
+
+    def stop(self) -> None:
+        """
+        Stop polling.
+        """
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
