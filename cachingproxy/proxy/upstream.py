@@ -508,15 +508,16 @@ class UpstreamProtocol(Protocol):
                 # A slow client paused this connection's reading; a
                 # pooled connection must read again for its next request.
                 self.transport.resumeProducing()
-        if self._reusable and requestDone:
+        if self._reusable and requestDone and self._state is UpstreamState.BUSY:
             self._move(UpstreamState.IDLE)
             self.reused = True
             self._finalHeadSeen = False
             self._responseHead = None
             self._pool._release(self)
         else:
-            self._move(UpstreamState.CLOSED)
-            self.transport.loseConnection()
+            # (a connection abandoned or closed by the pool while this
+            # response was being read stays closed: never pooled)
+            self.close()
             if not requestDone and handler is not None:
                 handler.requestBodyUnwanted()
 
