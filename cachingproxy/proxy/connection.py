@@ -53,7 +53,7 @@ from .tunnel import TunnelPeer, joinTunnel
 from .upstream import Origin
 from .exchange import _UNKNOWN, Exchange, _Facts
 from . import states
-from .states import READER, _READER_MOVES, ExchangeState, IllegalTransition, ReaderState
+from .states import EXCHANGE, READER, _READER_MOVES, ExchangeState, IllegalTransition, ReaderState
 
 __all__ = ["ProxyProtocol", "ReaderState"]
 
@@ -627,9 +627,12 @@ class ProxyProtocol(Protocol):
     # -- the queue ---------------------------------------------------------
 
     def _exchangeDone(self, exchange: Exchange) -> None:
+        queue = self._queue
+        if not queue or queue[0] is not exchange:
+            # Requests are answered in order: only the first one can end.
+            raise EXCHANGE.illegalEvent(exchange.state, "an answer out of turn", self)
+        queue.popleft()
         self.factory.logAccess(exchange, self)
-        if self._queue and self._queue[0] is exchange:
-            self._queue.popleft()
         refused = exchange is self._upgrading
         if refused:
             self._upgrading = None

@@ -30,7 +30,7 @@ from ..compress import compressWhole, compressor
 from .tunnel import TunnelPeer
 from .upstream import Origin, UpstreamRequest, _QuietFactory, connectError
 from ..compress import compressedFields, compressionPlan
-from .states import EXCHANGE, _EXCHANGE_MOVES, ExchangeState, ReaderState
+from .states import EXCHANGE, _EXCHANGE_MOVES, ExchangeState, IllegalTransition, ReaderState
 
 if TYPE_CHECKING:
     from .connection import ProxyProtocol
@@ -155,6 +155,15 @@ class Exchange:
         if new not in _EXCHANGE_MOVES[self._state]:
             raise EXCHANGE.illegalMove(self._state, new, self.protocol)
         self._state = new
+
+    def _illegal(self, reason: Failure) -> None:
+        """
+        An L{IllegalTransition} out of a callback of the connection to the
+        origin: the client connection's entry point for it (logged, and the
+        connection aborted, as L{ProxyProtocol.dataReceived} does).
+        """
+        reason.trap(IllegalTransition)
+        self.protocol._illegal(reason.value)
 
     def _unexpected(self, event: str) -> None:
         """
@@ -295,6 +304,7 @@ class Exchange:
         d = pool.request(origin, head, handler, self.hasBody)
         self._upstreamDeferred = d
         d.addCallbacks(self._upstreamReady, self._upstreamUnreachable)
+        d.addErrback(self._illegal)
 
     def _upstreamReady(self, upstream: UpstreamRequest) -> None:
         self._upstreamDeferred = None
@@ -362,6 +372,7 @@ class Exchange:
                 self.respondError(connectError(reason, origin))
 
         d.addCallbacks(connected, failed)
+        d.addErrback(self._illegal)
 
     # -- IResponseHandler --------------------------------------------------
 
