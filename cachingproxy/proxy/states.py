@@ -37,6 +37,7 @@ __all__ = [
     "ReaderState",
     "UPSTREAM",
     "UpstreamState",
+    "abortOther",
     "refuse",
     "strict",
 ]
