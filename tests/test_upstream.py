@@ -218,6 +218,48 @@ class PoolReuseTests(PoolTestCase):
         self.request()
         self.assertEqual(len(self.reactor.tcpClients), 2)
 
+    def test_secondResponseInOneReadClosesConnection(self):
+        """
+        A second response in the same read as the one asked for is bytes
+        nobody asked for: the connection is closed, pooled once at most,
+        and not used again.
+        """
+        handler, origin, _ = self.exchangeOnNew(OK + OK)
+        self.assertEqual(handler.names(), ["head", "body", "end"])
+        self.assertTrue(origin.transport.disconnecting)
+        self.assertEqual(origin.protocol.state, UpstreamState.CLOSED)
+        self.assertLessEqual(self.pool.idleCount(), 1)
+        self.request()
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+
+    def test_abandonedMidReadNotPooled(self):
+        """
+        A request abandoned while its response is being read (here when its
+        head arrives) leaves its connection closed, even when the rest of
+        the response is in the same read: it is never pooled.
+        """
+        handler, d = self.request()
+        origin = self.origin()
+        request = self.successResultOf(d)
+        handler.responseHead = lambda head: request.abort()
+        origin.send(OK)
+        self.assertTrue(origin.transport.disconnected)
+        self.assertEqual(origin.protocol.state, UpstreamState.CLOSED)
+        self.assertEqual(self.pool.idleCount(), 0)
+
+    def test_closedByPoolMidReadNotPooled(self):
+        """
+        A connection the pool closes while its response is being read stays
+        closed when the response ends in the same read: it is never pooled.
+        """
+        handler, d = self.request()
+        origin = self.origin()
+        handler.responseHead = lambda head: self.pool.closeCachedConnections()
+        origin.send(OK)
+        self.assertTrue(origin.transport.disconnecting)
+        self.assertEqual(origin.protocol.state, UpstreamState.CLOSED)
+        self.assertEqual(self.pool.idleCount(), 0)
+
     def test_connectionCloseNotPooled(self):
         """
         A response with C{Connection: close} ends its connection.

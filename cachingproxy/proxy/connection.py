@@ -7,11 +7,16 @@ client and server roles apart:
 
   - the I{reader} (L{ReaderState}) follows the bytes the client sends:
     waiting for a request head, reading a head, reading a body, holding
-    what follows a request to upgrade until its answer, tunnelling, closed. It is moved only by L{ProxyProtocol._moveReader}.
+    what follows a request to upgrade until its answer, tunnelling, closed.
+    It is moved only by L{ProxyProtocol._moveReader}.
   - each request is an L{Exchange} (L{ExchangeState}): queued behind
     earlier pipelined requests, forwarding (waiting for upstream), responding
     (streaming the response back), done. It is moved only by
     L{Exchange._move}.
+
+Both tables are in L{cachingproxy.proxy.states}. A move they forbid raises
+L{IllegalTransition}; the event entry points (L{ProxyProtocol.dataReceived},
+L{ProxyProtocol.connectionLost}) log it and abort the connection.
 
 Requests are answered strictly in order; requests pipelined behind the one
 being answered are parsed and held (their bodies buffered up to a bound,
@@ -23,6 +28,7 @@ Parsing is done by httptools (llhttp) with every leniency off.
 from __future__ import annotations
 
 from collections import deque
+from operator import attrgetter
 from typing import Deque, List, Optional, Tuple
 
 import httptools
@@ -46,7 +52,8 @@ from .._twistedinternals import discardUnsent
 from .tunnel import TunnelPeer, joinTunnel
 from .upstream import Origin
 from .exchange import _UNKNOWN, Exchange, _Facts
-from .states import _READER_MOVES, ExchangeState, ReaderState
+from . import states
+from .states import EXCHANGE, READER, _READER_MOVES, ExchangeState, IllegalTransition, ReaderState
 
 __all__ = ["ProxyProtocol", "ReaderState"]
 
@@ -92,7 +99,7 @@ class ProxyProtocol(Protocol):
     """
     One client connection.
 
-    @ivar reader: the L{ReaderState}.
+    @ivar reader: the L{ReaderState} (read-only: L{_moveReader} moves it).
     @ivar closing: the connection ends after the response being sent.
     @ivar draining: the proxy is draining: the next response says
         C{Connection: close}, and the connection closes once idle for
@@ -101,8 +108,12 @@ class ProxyProtocol(Protocol):
 
     _log = Logger()
 
+    reader = property(attrgetter("_reader"))
+    #: an illegal move was logged; the connection is being aborted
+    _broken = False
+
     def __init__(self) -> None:
-        self.reader = ReaderState.IDLE
+        self._reader = ReaderState.IDLE
         self.closing = False
         self.draining = False
         self._queue: Deque[Exchange] = deque()
@@ -147,7 +158,26 @@ class ProxyProtocol(Protocol):
         self._armTimer(self._idleTimeout(), ReaderState.IDLE)
 
     def connectionLost(self, reason: Failure = None) -> None:
-        self.reader = ReaderState.CLOSED
+        try:
+            self._connectionLost()
+        except IllegalTransition as e:
+            self._illegal(e)
+        finally:
+            self._reading = None
+            peer, self._tunnelPeer = self._tunnelPeer, None
+            if peer is not None and peer.transport is not None:
+                peer.transport.loseConnection()
+            # What the client did not take stays queued in the transport
+            # until this protocol is garbage collected: let go of it now.
+            discardUnsent(self.transport)
+            # The parser calls back into this protocol: without it, nothing
+            # keeps a closed connection's objects in a cycle.
+            self._parser = None
+            self.factory.connectionClosed(self)
+
+    def _connectionLost(self) -> None:
+        if self._reader is not ReaderState.CLOSED:
+            self._moveReader(ReaderState.CLOSED)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -168,25 +198,31 @@ class ProxyProtocol(Protocol):
             exchange.clientGone()
         if self._reading is not None and self._reading not in queue:
             self._reading.clientGone()
-        self._reading = None
-        peer, self._tunnelPeer = self._tunnelPeer, None
-        if peer is not None and peer.transport is not None:
-            peer.transport.loseConnection()
-        # What the client did not take stays queued in the transport until
-        # this protocol is garbage collected: let go of it now.
-        discardUnsent(self.transport)
-        # The parser calls back into this protocol: without it, nothing
-        # keeps a closed connection's objects in a cycle.
-        self._parser = None
-        self.factory.connectionClosed(self)
 
     def _moveReader(self, new: ReaderState) -> None:
-        if new not in _READER_MOVES[self.reader]:
-            raise RuntimeError(
-                f"client {self.clientHost} reader cannot move from "
-                f"{self.reader.name} to {new.name}"
-            )
-        self.reader = new
+        """
+        The reader's only mover: L{READER}'s table says where it may go.
+
+        @raise IllegalTransition: if the table forbids the move.
+        """
+        if new not in _READER_MOVES[self._reader]:
+            raise READER.illegalMove(self._reader, new, self)
+        self._reader = new
+
+    def _illegal(self, error: IllegalTransition) -> None:
+        """
+        An event entry point caught C{error}: log it (once per connection)
+        and abort the connection, unless the tests asked for it to be
+        raised (L{states.strict}).
+        """
+        if not self._broken:
+            self._broken = True
+            states.refuse(self._log, error, f"client {self.clientHost}")
+        states.abortOther(error, self)
+        if self._reader is not ReaderState.CLOSED:
+            self._moveReader(ReaderState.CLOSED)
+        if self.transport is not None:
+            self.transport.abortConnection()
 
     # -- timers ------------------------------------------------------------
 
@@ -214,11 +250,11 @@ class ProxyProtocol(Protocol):
             self._timer = reactor.callLater(early, self._timedOut)
             return
         purpose = self._timerPurpose
-        if purpose is not self.reader:
+        if purpose is not self._reader:
             return
         if purpose is ReaderState.IDLE and not self._queue:
             self._log.debug("closing idle connection from {client}", client=self.clientHost)
-            self.reader = ReaderState.CLOSED
+            self._moveReader(ReaderState.CLOSED)
             self.transport.loseConnection()
         elif purpose is ReaderState.HEAD:
             self._protocolError(RequestTimeout("the request head did not arrive in time"))
@@ -265,7 +301,13 @@ class ProxyProtocol(Protocol):
         self._methodPrefix = b""
 
     def dataReceived(self, data: bytes) -> None:
-        reader = self.reader
+        try:
+            self._dataReceived(data)
+        except IllegalTransition as e:
+            self._illegal(e)
+
+    def _dataReceived(self, data: bytes) -> None:
+        reader = self._reader
         if reader is ReaderState.TUNNEL:
             self._tunnelData(data)
             return
@@ -273,6 +315,11 @@ class ProxyProtocol(Protocol):
             self._upgradeData(data)
             return
         if reader is ReaderState.CLOSED:
+            if self._parser is None and not self._broken:
+                # (the transport reports bytes after reporting the end)
+                raise READER.illegalEvent(reader, "data after the connection was lost", self)
+            # RFC 9112 section 9.6: nothing after a request asking to
+            # close (or after an answer that closes) is processed.
             return
         if reader is ReaderState.IDLE and self._method is None:
             data = self._substituteMethod(data)
@@ -290,6 +337,8 @@ class ProxyProtocol(Protocol):
             cause = e.__context__
             if isinstance(cause, _StopReading):
                 return
+            if isinstance(cause, IllegalTransition):
+                raise cause
             if isinstance(cause, ProxyError):
                 self._protocolError(cause)
             else:
@@ -306,7 +355,7 @@ class ProxyProtocol(Protocol):
             self._protocolError(BadRequest(f"malformed request: {e}"))
         else:
             if (
-                self.reader is ReaderState.HEAD
+                self._reader is ReaderState.HEAD
                 and self._headSize
                 > self.factory.settings.maxHeaderSize + self.factory.settings.maxRequestLine
             ):
@@ -325,7 +374,7 @@ class ProxyProtocol(Protocol):
 
         @return: whether parsing went on.
         """
-        if self.reader is ReaderState.CLOSED:
+        if self._reader is ReaderState.CLOSED:
             return False
         target = self._completedInRead
         counter = _CompletionCounter()
@@ -344,9 +393,9 @@ class ProxyProtocol(Protocol):
         # The failed parser had begun the next request (its head state);
         # nothing of it was used. Start that request again.
         self._parser = httptools.HttpRequestParser(self)
-        self.reader = ReaderState.IDLE
+        self._moveReader(ReaderState.IDLE)
         self._resetHead()
-        self.dataReceived(data[boundary:])
+        self._dataReceived(data[boundary:])
         return True
 
     def _parsedMethod(self) -> bytes:
@@ -354,7 +403,7 @@ class ProxyProtocol(Protocol):
         @return: the method of the request being read, if the parser got
             that far, for log lines about requests that failed mid-head.
         """
-        if self.reader is not ReaderState.HEAD or not self._url:
+        if self._reader is not ReaderState.HEAD or not self._url:
             # (before the target, llhttp's method is its first, DELETE,
             # whatever the bytes were: garbage or a TLS handshake)
             return b"-"
@@ -393,7 +442,7 @@ class ProxyProtocol(Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
-        if self.reader is ReaderState.CLOSED:
+        if self._reader is ReaderState.CLOSED:
             # The connection is ending (an answer said so while the rest of
             # this read was being parsed): nothing after it is read.
             raise _StopReading()
@@ -406,7 +455,7 @@ class ProxyProtocol(Protocol):
             raise URITooLong("the request target is too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.reader is not ReaderState.HEAD:
+        if self._reader is not ReaderState.HEAD:
             # Trailer fields of a chunked request body are not forwarded.
             return
         self._headSize = 0
@@ -485,7 +534,7 @@ class ProxyProtocol(Protocol):
     def on_message_complete(self) -> None:
         self._completedInRead += 1
         exchange, self._reading = self._reading, None
-        if self.reader is ReaderState.CLOSED:
+        if self._reader is ReaderState.CLOSED:
             return
         if exchange is not None and exchange.head.method == b"CONNECT":
             # What follows is the tunnel, dealt with by _upgraded.
@@ -517,9 +566,9 @@ class ProxyProtocol(Protocol):
         L{_startTunnel}), or one that it does not (forwarded as a plain
         request, so HTTP goes on with a fresh parser).
         """
-        if self.reader is ReaderState.CLOSED:
+        if self._reader is ReaderState.CLOSED:
             return
-        if self.reader is ReaderState.UPGRADE:
+        if self._reader is ReaderState.UPGRADE:
             if rest:
                 self._upgradeData(rest)
             return
@@ -532,20 +581,20 @@ class ProxyProtocol(Protocol):
                 last.bytesReceived += len(rest)
             return
         self._parser = httptools.HttpRequestParser(self)
-        if self.reader is ReaderState.BODY:
+        if self._reader is ReaderState.BODY:
             self._moveReader(ReaderState.IDLE)
         if rest:
-            self.dataReceived(rest)
+            self._dataReceived(rest)
 
     def _protocolError(self, error: ProxyError) -> None:
         """
         The client broke the protocol or a limit: answer (after the
         requests before it) and close.
         """
-        if self.reader is ReaderState.CLOSED:
+        if self._reader is ReaderState.CLOSED:
             return
         method = self._method or self._parsedMethod()
-        self.reader = ReaderState.CLOSED
+        self._moveReader(ReaderState.CLOSED)
         self.closing = True
         reading, self._reading = self._reading, None
         if reading is not None and reading.state is ExchangeState.QUEUED:
@@ -578,27 +627,31 @@ class ProxyProtocol(Protocol):
     # -- the queue ---------------------------------------------------------
 
     def _exchangeDone(self, exchange: Exchange) -> None:
+        queue = self._queue
+        if not queue or queue[0] is not exchange:
+            # Requests are answered in order: only the first one can end.
+            raise EXCHANGE.illegalEvent(exchange.state, "an answer out of turn", self)
+        queue.popleft()
         self.factory.logAccess(exchange, self)
-        if self._queue and self._queue[0] is exchange:
-            self._queue.popleft()
         refused = exchange is self._upgrading
         if refused:
             self._upgrading = None
         if exchange._closeAfter:
             self.closing = True
-            self.reader = ReaderState.CLOSED
+            if self._reader is not ReaderState.CLOSED:
+                self._moveReader(ReaderState.CLOSED)
             for queued in self._queue:
                 queued.clientGone()
             self._queue.clear()
             self.transport.loseConnection()
             return
-        if refused and self.reader is ReaderState.UPGRADE:
+        if refused and self._reader is ReaderState.UPGRADE:
             self._upgradeRefused(exchange)
             return
         self._resumeReading("pipeline")
         if self._queue:
             self._queue[0].start()
-        elif self.reader is ReaderState.IDLE:
+        elif self._reader is ReaderState.IDLE:
             self._armTimer(self._idleTimeout(), ReaderState.IDLE)
 
     def _idleTimeout(self) -> float:
@@ -613,7 +666,8 @@ class ProxyProtocol(Protocol):
         without ending the message.
         """
         self.factory.logAccess(exchange, self)
-        self.reader = ReaderState.CLOSED
+        if self._reader is not ReaderState.CLOSED:
+            self._moveReader(ReaderState.CLOSED)
         self.transport.loseConnection()
 
     # -- upgrades ----------------------------------------------------------
@@ -641,7 +695,7 @@ class ProxyProtocol(Protocol):
         self._resumeReading("pipeline")
         self._armTimer(self._idleTimeout(), ReaderState.IDLE)
         if pending:
-            self.dataReceived(b"".join(pending))
+            self._dataReceived(b"".join(pending))
 
     def _tunnelActivity(self) -> None:
         """
@@ -652,7 +706,7 @@ class ProxyProtocol(Protocol):
 
     def _upgradeExpired(self) -> None:
         self._upgradeTimer = None
-        if self.reader is ReaderState.TUNNEL:
+        if self._reader is ReaderState.TUNNEL:
             self._log.info("closing upgraded connection from {client}: it lasted "
                            "{seconds}s", client=self.clientHost,
                            seconds=self.factory.settings.upgradeTimeout)
@@ -679,8 +733,8 @@ class ProxyProtocol(Protocol):
         if upgraded:
             self._upgrading = None
             self._moveReader(ReaderState.TUNNEL)
-        elif self.reader is not ReaderState.TUNNEL:
-            self.reader = ReaderState.TUNNEL
+        elif self._reader is not ReaderState.TUNNEL:
+            self._moveReader(ReaderState.TUNNEL)
         self._timerPurpose = None
         settings = self.factory.settings
         if upgraded and settings.upgradeIdleTimeout > 0:
@@ -790,13 +844,13 @@ class ProxyProtocol(Protocol):
         """
         self.draining = True
         self.closing = True
-        if self.reader is ReaderState.CLOSED:
+        if self._reader is ReaderState.CLOSED:
             return
         queue = self._queue
         if queue and queue[-1].state in (ExchangeState.QUEUED, ExchangeState.FORWARDING):
             # Its head is not sent yet: it will say Connection: close.
             queue[-1]._closeAfter = True
-        elif not queue and self.reader is ReaderState.IDLE:
+        elif not queue and self._reader is ReaderState.IDLE:
             self._armTimer(self._idleTimeout(), ReaderState.IDLE)
 
     def tunnelClosed(self) -> None:
@@ -808,7 +862,8 @@ class ProxyProtocol(Protocol):
             exchange = self._queue[0]
             if peer is not None:
                 exchange.bytesSent = peer.bytesFromDestination
-            exchange.state = ExchangeState.DONE
+            if exchange.state is not ExchangeState.DONE:
+                exchange._move(ExchangeState.DONE)
             self.factory.logAccess(exchange, self)
             self._queue.clear()
         self.transport.loseConnection()

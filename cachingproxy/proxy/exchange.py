@@ -1,12 +1,14 @@
 # -*- test-case-name: tests.test_server -*-
 """
 One request and its answer: an L{Exchange}, moved by its state machine
-(L{ExchangeState}).
+(L{ExchangeState}, whose table is L{cachingproxy.proxy.states.EXCHANGE})
+through L{Exchange._move} only.
 """
 
 from __future__ import annotations
 
 import time
+from operator import attrgetter
 from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
 
 from twisted.internet import defer
@@ -28,7 +30,7 @@ from ..compress import compressWhole, compressor
 from .tunnel import TunnelPeer
 from .upstream import Origin, UpstreamRequest, _QuietFactory, connectError
 from ..compress import compressedFields, compressionPlan
-from .states import _EXCHANGE_MOVES, ExchangeState, ReaderState
+from .states import EXCHANGE, _EXCHANGE_MOVES, ExchangeState, IllegalTransition, ReaderState
 
 if TYPE_CHECKING:
     from .connection import ProxyProtocol
@@ -66,9 +68,13 @@ class Exchange:
 
     Provides L{cachingproxy.proxy.upstream.IResponseHandler} for the upstream
     response it forwards.
+
+    @ivar state: the L{ExchangeState} (read-only: L{_move} moves it).
     """
 
     _log = Logger()
+
+    state = property(attrgetter("_state"))
 
     # Defaults shared by every exchange until one sets its own (most
     # requests change few of them; this keeps creating one cheap).
@@ -127,7 +133,7 @@ class Exchange:
     def __init__(self, protocol: "ProxyProtocol", head: RequestHead, keepAlive: bool):
         self.protocol = protocol
         self.head = head
-        self.state = ExchangeState.QUEUED
+        self._state = ExchangeState.QUEUED
         self.keepAlive = keepAlive
         self.started = protocol.factory.reactor.seconds()
         self.wallStarted = time.time()
@@ -141,12 +147,36 @@ class Exchange:
         self.handler = None
 
     def _move(self, new: ExchangeState) -> None:
-        if new not in _EXCHANGE_MOVES[self.state]:
-            raise RuntimeError(
-                f"exchange {self.head.method!r} {self.head.target!r} "
-                f"cannot move from {self.state.name} to {new.name}"
-            )
-        self.state = new
+        """
+        The exchange's only mover: L{EXCHANGE}'s table says where it may go.
+
+        @raise IllegalTransition: if the table forbids the move.
+        """
+        if new not in _EXCHANGE_MOVES[self._state]:
+            raise EXCHANGE.illegalMove(self._state, new, self.protocol)
+        self._state = new
+
+    def _illegal(self, reason: Failure) -> None:
+        """
+        An L{IllegalTransition} out of a callback of the connection to the
+        origin: the client connection's entry point for it (logged, and the
+        connection aborted, as L{ProxyProtocol.dataReceived} does).
+        """
+        reason.trap(IllegalTransition)
+        self.protocol._illegal(reason.value)
+
+    def _unexpected(self, event: str) -> None:
+        """
+        C{event} arrived outside the state it belongs to: dropped once the
+        exchange is over (a cache layer may keep a fetch going for other
+        clients after this one left, or the exchange was answered and its
+        fetch abandoned); anywhere else it is a bug.
+
+        @raise IllegalTransition: unless the exchange is L{DONE
+            <ExchangeState.DONE>}.
+        """
+        if self._state is not ExchangeState.DONE:
+            raise EXCHANGE.illegalEvent(self._state, event, self.protocol)
 
     # -- request body ----------------------------------------------------
 
@@ -274,10 +304,11 @@ class Exchange:
         d = pool.request(origin, head, handler, self.hasBody)
         self._upstreamDeferred = d
         d.addCallbacks(self._upstreamReady, self._upstreamUnreachable)
+        d.addErrback(self._illegal)
 
     def _upstreamReady(self, upstream: UpstreamRequest) -> None:
         self._upstreamDeferred = None
-        if self.state is ExchangeState.DONE or self._abandoned:
+        if self._state is ExchangeState.DONE or self._abandoned:
             upstream.abort()
             return
         self.upstream = upstream
@@ -301,7 +332,7 @@ class Exchange:
 
     def _upstreamUnreachable(self, reason: Failure) -> None:
         self._upstreamDeferred = None
-        if self.state is ExchangeState.DONE or self._abandoned:
+        if self._state is ExchangeState.DONE or self._abandoned:
             return
         if self.handler is not None:
             # A cache layer decides (it may serve stale content).
@@ -325,7 +356,7 @@ class Exchange:
 
         def connected(peer: TunnelPeer) -> None:
             self._upstreamDeferred = None
-            if self.state is ExchangeState.DONE or self._abandoned:
+            if self._state is ExchangeState.DONE or self._abandoned:
                 peer.transport.loseConnection()
                 return
             self.status = 200
@@ -337,15 +368,17 @@ class Exchange:
 
         def failed(reason: Failure) -> None:
             self._upstreamDeferred = None
-            if self.state is not ExchangeState.DONE and not self._abandoned:
+            if self._state is not ExchangeState.DONE and not self._abandoned:
                 self.respondError(connectError(reason, origin))
 
         d.addCallbacks(connected, failed)
+        d.addErrback(self._illegal)
 
     # -- IResponseHandler --------------------------------------------------
 
     def responseInterim(self, head: ResponseHead) -> None:
-        if self.state is not ExchangeState.FORWARDING:
+        if self._state is not ExchangeState.FORWARDING:
+            self._unexpected("an interim response head")
             return
         if head.status == 100:
             if not self.expectContinue:
@@ -362,7 +395,8 @@ class Exchange:
         )
 
     def responseHead(self, head: ResponseHead) -> None:
-        if self.state is not ExchangeState.FORWARDING:
+        if self._state is not ExchangeState.FORWARDING:
+            self._unexpected("a response head")
             return
         if self.forwardedAt is not None:
             self.upstreamSeconds = self.protocol.factory.reactor.seconds() - self.forwardedAt
@@ -384,10 +418,12 @@ class Exchange:
         connections into a tunnel.
         """
         protocol = self.protocol
-        if self.state is not ExchangeState.FORWARDING or protocol.reader is not ReaderState.UPGRADE:
+        if self._state is not ExchangeState.FORWARDING or protocol.reader is not ReaderState.UPGRADE:
             peer.transport.loseConnection()
-            if self.state is ExchangeState.FORWARDING:
+            if self._state is ExchangeState.FORWARDING:
                 self.respondError(BadGateway("the origin switched protocols unasked"))
+            else:
+                self._unexpected("a switch of protocols")
             return
         factory = protocol.factory
         if self.forwardedAt is not None:
@@ -421,7 +457,7 @@ class Exchange:
             self.head.version == (1, 1)
             and not self._closeAfter
             and not self.hasBody
-            and self.state is ExchangeState.FORWARDING
+            and self._state is ExchangeState.FORWARDING
         )
 
     def serveBytes(self, status: int, data: bytes, bodyLength: int) -> None:
@@ -441,9 +477,10 @@ class Exchange:
         fields) and a body of C{length} bytes, given either as C{bytes} or as
         an L{cachingproxy.cache.store.IBodyReader} streamed with flow control.
         """
-        if self.state is not ExchangeState.FORWARDING:
+        if self._state is not ExchangeState.FORWARDING:
             if not isinstance(body, bytes) and body is not None:
                 body.close()
+            self._unexpected("a stored response")
             return
         noBody = self.head.method == b"HEAD" or status in (204, 304)
         if status not in (204, 304) and not (100 <= status < 200):
@@ -519,7 +556,7 @@ class Exchange:
             self._write(wire)
 
     def _flushHeld(self) -> None:
-        if self._held and self.state is ExchangeState.RESPONDING:
+        if self._held and self._state is ExchangeState.RESPONDING:
             self._write(b"")
 
     def _write(self, data: bytes) -> None:
@@ -541,7 +578,10 @@ class Exchange:
             transport.write(rest)
 
     def responseBody(self, data: bytes) -> None:
-        if self.state is not ExchangeState.RESPONDING or self._noBody:
+        if self._state is not ExchangeState.RESPONDING:
+            self._unexpected("response body")
+            return
+        if self._noBody:
             return
         compressor = self._compressor
         if compressor is not None:
@@ -565,15 +605,16 @@ class Exchange:
             self._write(b"0\r\n\r\n")
 
     def responseEnd(self) -> None:
-        if self.state is not ExchangeState.RESPONDING:
+        if self._state is not ExchangeState.RESPONDING:
+            self._unexpected("the end of a response")
             return
         self._bodyEnd()
         self._finish()
 
     def responseFailed(self, reason: Failure, receivedAnything: bool) -> None:
-        if self.state is ExchangeState.DONE:
+        if self._state is ExchangeState.DONE:
             return
-        if self.state is ExchangeState.RESPONDING:
+        if self._state is ExchangeState.RESPONDING:
             # Part of the response is out: the only honest thing left is to
             # end the connection without a false end of message.
             self._log.info(
@@ -601,10 +642,10 @@ class Exchange:
         Answer with C{error}'s status and a short text body, unless the
         response has already started, in which case the connection ends.
         """
-        if self.state is ExchangeState.RESPONDING:
+        if self._state is ExchangeState.RESPONDING:
             self.responseFailed(Failure(error), True)
             return
-        if self.state is ExchangeState.QUEUED:
+        if self._state is ExchangeState.QUEUED:
             self._move(ExchangeState.FORWARDING)
         self._abandonUpstream()
         protocol = self.protocol
@@ -681,9 +722,9 @@ class Exchange:
         pooled), unless the cache layer keeps the fetch going for other
         clients sharing it (its C{onClientGone} says so).
         """
-        if self.state is ExchangeState.DONE:
+        if self._state is ExchangeState.DONE:
             return
-        self.state = ExchangeState.DONE
+        self._move(ExchangeState.DONE)
         if self._bodyBuffered:
             self.protocol._unbuffered(self._bodyBuffered)
             self._bodyBuffered = 0

@@ -32,8 +32,8 @@ made.
 
 from __future__ import annotations
 
-import enum
 import functools
+from operator import attrgetter
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Protocol as TypingProtocol
 
@@ -54,6 +54,8 @@ from .._twistedinternals import writeNow
 from ..errors import BadGateway, GatewayTimeout, UpstreamClosed
 from ..http.headers import Headers
 from ..http.message import RequestHead, ResponseHead
+from . import states
+from .states import UPSTREAM, _UPSTREAM_MOVES, IllegalTransition, UpstreamState
 from .tunnel import TunnelPeer
 
 __all__ = [
@@ -63,6 +65,7 @@ __all__ = [
     "UpstreamProtocol",
     "UpstreamRequest",
     "UpstreamSettings",
+    "UpstreamState",
 ]
 
 _IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"])
@@ -147,6 +150,13 @@ class IResponseHandler(TypingProtocol):
     def responseUpgraded(self, head: ResponseHead, peer: TunnelPeer) -> None: ...
 
 
+class _Unasked(Exception):
+    """
+    Raised from the parser's message-begin callback when a response starts
+    on a connection that has no request waiting for one.
+    """
+
+
 class _HeadDone(Exception):
     """
     Raised from the parser's headers-complete callback to end a response
@@ -155,25 +165,12 @@ class _HeadDone(Exception):
     """
 
 
-class UpstreamState(enum.Enum):
-    """
-    The states of an L{UpstreamProtocol}.
-
-    @cvar IDLE: connected, no request; waiting in the pool.
-    @cvar BUSY: a request was sent (its body may still be streaming) and its
-        response has not ended.
-    @cvar CLOSED: the connection is gone or going; it is never reused.
-    """
-
-    IDLE = "IDLE"
-    BUSY = "BUSY"
-    CLOSED = "CLOSED"
-
-
 class UpstreamProtocol(Protocol):
     """
     One connection to an origin, carrying one request at a time.
 
+    @ivar state: the L{UpstreamState} (read-only: L{_move} moves it, on its
+        own or when the pool asks with L{close}).
     @ivar _requestDone: the request (head and body) has been sent in full.
     @ivar _responseStarted: at least one byte of the response arrived.
     @ivar _reusable: the connection may go back to the pool after this
@@ -182,10 +179,12 @@ class UpstreamProtocol(Protocol):
 
     _log = Logger()
 
+    state = property(attrgetter("_state"))
+
     def __init__(self, pool: "UpstreamPool", origin: Origin) -> None:
         self._pool = pool
         self.origin = origin
-        self.state = UpstreamState.IDLE
+        self._state = UpstreamState.IDLE
         self.reused = False
         self._handler: Optional[IResponseHandler] = None
         self._request: Optional[UpstreamRequest] = None
@@ -212,6 +211,44 @@ class UpstreamProtocol(Protocol):
         #: once switched, where the origin's bytes go
         self._tunnel: Optional[TunnelPeer] = None
 
+    def _move(self, new: UpstreamState) -> None:
+        """
+        The connection's only mover: L{UPSTREAM}'s table says where it may
+        go.
+
+        @raise IllegalTransition: if the table forbids the move.
+        """
+        if new not in _UPSTREAM_MOVES[self._state]:
+            raise UPSTREAM.illegalMove(self._state, new, self)
+        self._state = new
+
+    def close(self) -> None:
+        """
+        Close this connection (the pool asks, for one it will not reuse):
+        it moves to L{UpstreamState.CLOSED}, if it is not there already.
+        """
+        if self._state is not UpstreamState.CLOSED:
+            self._move(UpstreamState.CLOSED)
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _illegal(self, error: IllegalTransition) -> None:
+        """
+        An event entry point caught C{error}: log it and abort this
+        connection (and the client connection whose machine broke, if it
+        was one of those), unless the tests asked for it to be raised
+        (L{states.strict}).
+        """
+        states.refuse(self._log, error, f"upstream {self.origin}")
+        states.abortOther(error, self)
+        self._handler = None
+        self._request = None
+        if self._state is not UpstreamState.CLOSED:
+            self._move(UpstreamState.CLOSED)
+        self._dropTimer()
+        if self.transport is not None:
+            self.transport.abortConnection()
+
     # -- wiring --------------------------------------------------------
 
     def connectionMade(self) -> None:
@@ -230,8 +267,7 @@ class UpstreamProtocol(Protocol):
         """
         Send C{head} and start awaiting its response.
         """
-        assert self.state is UpstreamState.IDLE, self.state
-        self.state = UpstreamState.BUSY
+        self._move(UpstreamState.BUSY)
         self._handler = handler
         self._request = request
         self._method = head.method
@@ -252,12 +288,12 @@ class UpstreamProtocol(Protocol):
             self.transport.pauseProducing()
 
     def writeBody(self, data: bytes) -> None:
-        if self.state is UpstreamState.BUSY and not self._requestDone:
+        if self._state is UpstreamState.BUSY and not self._requestDone:
             writeNow(self.transport, data)
             self._lastActivity = self._pool.reactor.seconds()
 
     def finishBody(self) -> None:
-        if self.state is not UpstreamState.BUSY or self._requestDone:
+        if self._state is not UpstreamState.BUSY or self._requestDone:
             return
         self._requestDone = True
         self._lastActivity = self._pool.reactor.seconds()
@@ -266,9 +302,9 @@ class UpstreamProtocol(Protocol):
         """
         Abandon the current request: the connection is closed, never pooled.
         """
-        if self.state is UpstreamState.CLOSED:
+        if self._state is UpstreamState.CLOSED:
             return
-        self.state = UpstreamState.CLOSED
+        self._move(UpstreamState.CLOSED)
         self._handler = None
         self._dropTimer()
         self.transport.abortConnection()
@@ -298,7 +334,7 @@ class UpstreamProtocol(Protocol):
 
     def _checkTimeout(self) -> None:
         self._timer = None
-        if self.state is not UpstreamState.BUSY or not self._timerWanted:
+        if self._state is not UpstreamState.BUSY or not self._timerWanted:
             return
         timeout = self._pool.settings.responseTimeout
         quiet = self._pool.reactor.seconds() - self._lastActivity
@@ -324,20 +360,26 @@ class UpstreamProtocol(Protocol):
         if tunnel is not None:
             tunnel.dataReceived(data)
             return
-        if self.state is not UpstreamState.BUSY:
-            # Bytes nobody asked for: the connection cannot be trusted.
-            self.state = UpstreamState.CLOSED
-            self.transport.loseConnection()
+        if self._state is not UpstreamState.BUSY:
+            # Bytes nobody asked for (or the rest of a response abandoned,
+            # read before the close took effect): the connection cannot be
+            # trusted.
+            self.close()
             return
         self._lastActivity = self._pool.reactor.seconds()
         self._responseStarted = True
         self._afterRead = []
         try:
             self._feed(data)
+        except IllegalTransition as e:
+            self._illegal(e)
         finally:
             hooks, self._afterRead = self._afterRead, None
-            for hook in hooks:
-                hook()
+            try:
+                for hook in hooks:
+                    hook()
+            except IllegalTransition as e:
+                self._illegal(e)
 
     def _feed(self, data: bytes) -> None:
         try:
@@ -346,6 +388,12 @@ class UpstreamProtocol(Protocol):
             if isinstance(e.__context__, _HeadDone):
                 self._parser = httptools.HttpResponseParser(self)
                 self.on_message_complete()
+                return
+            if isinstance(e.__context__, IllegalTransition):
+                raise e.__context__
+            if isinstance(e.__context__, _Unasked):
+                # Bytes nobody asked for: the connection cannot be trusted.
+                self.close()
                 return
             self._log.failure(
                 "response handling failed for {origin}",
@@ -373,6 +421,9 @@ class UpstreamProtocol(Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
+        if self._state is not UpstreamState.BUSY:
+            # A response after the one asked for, in the same read.
+            raise _Unasked()
         self._headerFields = []
         self._reason = b""
         self._responseComplete = False
@@ -457,15 +508,16 @@ class UpstreamProtocol(Protocol):
                 # A slow client paused this connection's reading; a
                 # pooled connection must read again for its next request.
                 self.transport.resumeProducing()
-        if self._reusable and requestDone:
-            self.state = UpstreamState.IDLE
+        if self._reusable and requestDone and self._state is UpstreamState.BUSY:
+            self._move(UpstreamState.IDLE)
             self.reused = True
             self._finalHeadSeen = False
             self._responseHead = None
             self._pool._release(self)
         else:
-            self.state = UpstreamState.CLOSED
-            self.transport.loseConnection()
+            # (a connection abandoned or closed by the pool while this
+            # response was being read stays closed: never pooled)
+            self.close()
             if not requestDone and handler is not None:
                 handler.requestBodyUnwanted()
 
@@ -480,7 +532,7 @@ class UpstreamProtocol(Protocol):
         request = self._request
         self._handler = None
         self._request = None
-        self.state = UpstreamState.CLOSED
+        self._move(UpstreamState.CLOSED)
         self._dropTimer()
         self._pool._forget(self)
         if request is not None:
@@ -505,7 +557,8 @@ class UpstreamProtocol(Protocol):
         started = self._responseStarted
         self._handler = None
         self._request = None
-        self.state = UpstreamState.CLOSED
+        if self._state is not UpstreamState.CLOSED:
+            self._move(UpstreamState.CLOSED)
         self._dropTimer()
         if closeTransport:
             self.transport.abortConnection()
@@ -526,6 +579,8 @@ class UpstreamProtocol(Protocol):
         waiters, self._lostWaiters = self._lostWaiters, []
         try:
             self._connectionLost(reason)
+        except IllegalTransition as e:
+            self._illegal(e)
         finally:
             # The parser calls back into this protocol, and the request
             # points at it: a closed connection lets go of both, so that
@@ -542,8 +597,9 @@ class UpstreamProtocol(Protocol):
             tunnel.connectionLost(reason)
             return
         self._dropTimer()
-        state = self.state
-        self.state = UpstreamState.CLOSED
+        state = self._state
+        if state is not UpstreamState.CLOSED:
+            self._move(UpstreamState.CLOSED)
         self._pool._forget(self)
         if state is not UpstreamState.BUSY or self._handler is None:
             return
@@ -820,16 +876,13 @@ class UpstreamPool:
             protocol = idle.pop()
             if protocol.state is UpstreamState.IDLE and protocol.idleSince > oldest:
                 return protocol
-            protocol.state = UpstreamState.CLOSED
-            if protocol.transport is not None:
-                protocol.transport.loseConnection()
+            protocol.close()
         return None
 
     def _release(self, protocol: UpstreamProtocol) -> None:
         idle = self._idle.setdefault(protocol.origin, [])
         if len(idle) >= self.settings.maxIdlePerOrigin:
-            protocol.state = UpstreamState.CLOSED
-            protocol.transport.loseConnection()
+            protocol.close()
             return
         protocol.idleSince = self.reactor.seconds()
         idle.append(protocol)
@@ -851,8 +904,7 @@ class UpstreamPool:
                 if protocol.state is UpstreamState.IDLE and protocol.idleSince > oldest:
                     keep.append(protocol)
                 else:
-                    protocol.state = UpstreamState.CLOSED
-                    protocol.transport.loseConnection()
+                    protocol.close()
             if keep:
                 self._idle[origin] = keep
                 remaining += len(keep)
@@ -893,8 +945,7 @@ class UpstreamPool:
             if protocol.transport is None:
                 continue
             waits.append(protocol.whenClosed())
-            protocol.state = UpstreamState.CLOSED
-            protocol.transport.loseConnection()
+            protocol.close()
         return defer.gatherResults(waits).addCallback(lambda _: None)
 
 
