@@ -1,10 +1,10 @@
 # -*- test-case-name: tests.test_cache_end_to_end -*-
 """
-The cache in front of the upstream: L{CacheResource} asks
+The cache in front of the upstream: L{CacheLayer} asks
 L{cachingproxy.cache.policy} what to do with each request and does it with the
 store and the upstream pool.
 
-For every request the connection hands over (L{CacheResource.handle}):
+For every request the connection hands over (L{CacheLayer.handle}):
 
   - PURGE removes stored responses (admin clients only);
   - GET and HEAD are looked up; L{policy.decide} answers with a decision,
@@ -42,7 +42,7 @@ from ..proxy.states import ExchangeState
 from ..compress import compressedFields, compressionPlan
 from ..proxy.upstream import Origin
 
-__all__ = ["CacheResource", "CacheSettings"]
+__all__ = ["CacheLayer", "CacheSettings"]
 
 #: Bodies up to this size are read whole and sent with their head (and are
 #: what the hot path remembers, each coding compressed once).
@@ -166,7 +166,7 @@ class _Stats:
         self.purged = 0
 
 
-class CacheResource:
+class CacheLayer:
     """
     Composes the policy, a store and the upstream pool.
 
@@ -425,7 +425,7 @@ class CacheResource:
             fields = [(n.lower(), n, v) for n, v in policy.notModifiedHeaders(stored).items()]
         elif precondition == 412:
             self._log.info("412 from cache for {target}", target=logText(request.target))
-            exchange.serveStored(412, b"", self._statusFields([], hit, fwd, fwdStatus, ttl,
+            exchange.respondWithBody(412, b"", self._statusFields([], hit, fwd, fwdStatus, ttl,
                                                                  b"HIT"), b"", 0)
             return
         else:
@@ -438,7 +438,7 @@ class CacheResource:
             ranges = policy.rangeForStoredResponse(request, entry)
             if ranges == policy.UNSATISFIABLE:
                 length = entry.bodyLength or 0
-                exchange.serveStored(
+                exchange.respondWithBody(
                     416, b"",
                     self._statusFields([(b"content-range", b"Content-Range",
                                          b"bytes */%d" % length)], hit, fwd, fwdStatus, ttl,
@@ -471,7 +471,7 @@ class CacheResource:
         fields.extend(extra)
         fields = self._statusFields(fields, hit, fwd, fwdStatus, ttl, xcache)
         if status == 304 or request.method == b"HEAD":
-            exchange.serveStored(status, b"", fields, None, end - start)
+            exchange.respondWithBody(status, b"", fields, None, end - start)
             return
         length = end - start
         reader = self.store.openBody(entry, start, end)
@@ -494,9 +494,9 @@ class CacheResource:
             if status == 200 and hit and fwd is None and request.method == b"GET":
                 self._remember(exchange, entry, [f for f in fields if f[0] not in _PER_HIT],
                                body)
-            exchange.serveStored(status, b"", fields, body, length)
+            exchange.respondWithBody(status, b"", fields, body, length)
         else:
-            exchange.serveStored(status, b"", fields, reader, length)
+            exchange.respondWithBody(status, b"", fields, reader, length)
 
     def _serveMultipart(self, exchange, entry, fields, ranges, age, hit, fwd, fwdStatus, ttl,
                         xcache) -> None:
@@ -527,7 +527,7 @@ class CacheResource:
                        b"multipart/byteranges; boundary=" + boundary))
         fields.append((b"age", b"Age", policy.ageHeaderValue(age)))
         fields = self._statusFields(fields, hit, fwd, fwdStatus, ttl, xcache)
-        exchange.serveStored(206, b"", fields, body, len(body))
+        exchange.respondWithBody(206, b"", fields, body, len(body))
 
     def _statusFields(self, fields, hit: bool, fwd: Optional[str], fwdStatus: Optional[int],
                       ttl: Optional[float], xcache: bytes, stored: bool = False,
@@ -586,7 +586,7 @@ class CacheResource:
             # the policy allows.
             store = admitted and head.method == b"GET" and (
                 not conditional or policy.isRangeRequest(head.headers))
-            handler = _Storer(self, exchange, head, key, fwd, store=store)
+            handler = _Fill(self, exchange, head, key, fwd, store=store)
             exchange.forward(origin, head, handler)
             return
         flight = self._flights.get(key)
@@ -596,7 +596,7 @@ class CacheResource:
             return
         flight = _Flight(self, key, head)
         self._flights[key] = flight
-        handler = _Storer(self, exchange, head, key, fwd, store=True, flight=flight)
+        handler = _Fill(self, exchange, head, key, fwd, store=True, flight=flight)
         exchange.forward(origin, head, handler)
 
     def _revalidate(self, exchange, origin: Origin, head: RequestHead, key: bytes,
@@ -668,7 +668,7 @@ class CacheResource:
         self._log.info("purged {n} entries for {key}", n=removed, key=logText(key))
         body = b"purged %d\n" % removed
         status = 200 if removed else 404
-        exchange.serveStored(status, b"", [(b"content-type", b"Content-Type",
+        exchange.respondWithBody(status, b"", [(b"content-type", b"Content-Type",
                                             b"text/plain")], body, len(body))
 
     # -- storing --------------------------------------------------------------
@@ -754,7 +754,7 @@ def _stripTargeted(head: ResponseHead, options: policy.CacheOptions) -> None:
         head.headers.removeMany(names)
 
 
-class _Storer:
+class _Fill:
     """
     Passes an upstream response to the client and, when the policy allows,
     tees its body into the store. Leads a flight of collapsed waiters.
@@ -762,9 +762,9 @@ class _Storer:
 
     _log = Logger()
 
-    def __init__(self, resource: CacheResource, exchange, request: RequestHead, key: bytes,
+    def __init__(self, layer: CacheLayer, exchange, request: RequestHead, key: bytes,
                  fwd: str, store: bool, flight: Optional["_Flight"] = None) -> None:
-        self.resource = resource
+        self.layer = layer
         self.exchange = exchange
         self.request = request
         self.key = key
@@ -773,7 +773,7 @@ class _Storer:
         self.flight = flight
         self.writer = None
         self.length = 0
-        self.requestTime = resource.reactor.seconds()
+        self.requestTime = layer.reactor.seconds()
         self.response: Optional[ResponseHead] = None
         self._discard = False
         #: the declared body length, when the response has one
@@ -800,17 +800,17 @@ class _Storer:
         entries = getattr(self.exchange, "cacheEntries", None)
         if not entries or self.flight is not None and self.flight.streaming:
             return False
-        resource = self.resource
-        stale = policy.staleOnError(self.request, entries, resource.reactor.seconds(),
-                                    resource.settings.options, disconnected=status is None)
+        layer = self.layer
+        stale = policy.staleOnError(self.request, entries, layer.reactor.seconds(),
+                                    layer.settings.options, disconnected=status is None)
         if stale is None:
             return False
-        resource.stats.stale += 1
+        layer.stats.stale += 1
         self._discard = True
         if self.flight is not None:
             self.flight.failed(Failure(BadGateway("origin error")), False)
             self.flight = None
-        resource._serve(self.exchange, self.request, stale.entry, stale.age, stale.ttl,
+        layer._serve(self.exchange, self.request, stale.entry, stale.age, stale.ttl,
                         hit=True, xcache=b"STALE", fwd=self.fwd, fwdStatus=status)
         return True
 
@@ -822,26 +822,26 @@ class _Storer:
         entries = getattr(self.exchange, "cacheEntries", None)
         if not entries:
             return
-        resource = self.resource
+        layer = self.layer
         update = policy.freshenWithHead(entries, self.request.headers, head, self.requestTime,
-                                        self.responseTime, resource.settings.options)
+                                        self.responseTime, layer.settings.options)
         for entry in update.updated:
-            resource.store.update(entry)
+            layer.store.update(entry)
         if update.invalidated:
-            resource.store.remove(self.key)
+            layer.store.remove(self.key)
 
     def responseHead(self, head: ResponseHead) -> None:
-        resource = self.resource
-        self.responseTime = resource.reactor.seconds()
+        layer = self.layer
+        self.responseTime = layer.reactor.seconds()
         if head.status in (500, 502, 503, 504) and self._servedStale(head.status):
             return
         if self.request.method == b"HEAD":
             self._freshenWithHead(head)
         detail = None
         if self.store and self.exchange.head.method != b"HEAD":
-            self.writer, detail = resource.writerOrDetail(self.key, self.request, head)
+            self.writer, detail = layer.writerOrDetail(self.key, self.request, head)
             if self.writer is None:
-                resource.notStored(self.key)
+                layer.notStored(self.key)
         if self.writer is None:
             # Nothing of it is stored: no copy, no framing to work out.
             stored = self.response = head
@@ -858,9 +858,9 @@ class _Storer:
                 self._commit()
         if self.flight is not None:
             self.flight.headArrived(self, stored, self.writer is not None)
-        _stripTargeted(head, resource.settings.options)
+        _stripTargeted(head, layer.settings.options)
         fields = head.headers.lowered()
-        resource._statusFields(fields, False, self.fwd, head.status, None, b"MISS",
+        layer._statusFields(fields, False, self.fwd, head.status, None, b"MISS",
                                stored=self.writer is not None, detail=detail)
         self.exchange.cacheResult = "MISS"
         self.exchange.responseHead(head)
@@ -894,7 +894,7 @@ class _Storer:
             return
         part = self.part
         if part is None:
-            self.resource.commit(writer, self.key, self.request, self.response,
+            self.layer.commit(writer, self.key, self.request, self.response,
                                  self.requestTime, self.responseTime, self.length)
             return
         start, end, total = part
@@ -944,7 +944,7 @@ class _Storer:
         @return: whether C{writer} is still usable (else it was aborted).
         """
         previous = self.previous
-        store = self.resource.store
+        store = self.layer.store
         for first, last in previous.ranges:
             first, last = max(first, start), min(last, end)
             if first >= last:
@@ -981,7 +981,7 @@ class _Storer:
         """
         if self.previous is not None and not self._copyPrevious(writer, end, total):
             return
-        self.resource.commit(writer, self.key, self.request, self.response,
+        self.layer.commit(writer, self.key, self.request, self.response,
                              self.requestTime, self.responseTime, None,
                              ranges=self.copied + [(start, end)], completeLength=total,
                              previous=self.previous)
@@ -1097,15 +1097,15 @@ class _Invalidator:
 
     _log = Logger()
 
-    def __init__(self, resource: CacheResource, exchange, request: RequestHead,
+    def __init__(self, layer: CacheLayer, exchange, request: RequestHead,
                  key: bytes, detail: Optional[bytes] = None) -> None:
-        self.resource = resource
+        self.layer = layer
         self.exchange = exchange
         self.request = request
         self.key = key
         #: why a GET or HEAD is passed, for Cache-Status
         self.detail = detail
-        self.requestTime = resource.reactor.seconds()
+        self.requestTime = layer.reactor.seconds()
         self.writer = None
         self.length = 0
         self.watching = False
@@ -1118,15 +1118,15 @@ class _Invalidator:
         if method not in policy.SAFE_METHODS:
             uri = self.key.split(b" ", 1)[-1]
             uris = policy.invalidatedURIs(method, uri, head.status, head.headers)
-            self.resource.invalidate(uris)
+            self.layer.invalidate(uris)
             if method == b"POST":
                 # After the invalidation: what remains for the URI is this
                 # response.
                 self._storeAsGet(uri, head)
-        _stripTargeted(head, self.resource.settings.options)
+        _stripTargeted(head, self.layer.settings.options)
         fields = head.headers.lowered()
         self.exchange.cacheResult = "PASS"
-        self.resource._statusFields(fields, False, "method" if method not in (
+        self.layer._statusFields(fields, False, "method" if method not in (
             b"GET", b"HEAD") else "request", head.status, None, b"PASS",
             stored=self.writer is not None, detail=self.detail)
         self.exchange.responseHead(head)
@@ -1136,9 +1136,9 @@ class _Invalidator:
         Start storing C{head} and its body under the GET key C{uri}, if the
         policy allows it.
         """
-        resource = self.resource
+        layer = self.layer
         allowed, _ = policy.mayStorePostResponse(self.request, head, uri,
-                                                 resource.settings.options)
+                                                 layer.settings.options)
         if not allowed:
             return
         request = self.request
@@ -1146,9 +1146,9 @@ class _Invalidator:
         # What is stored is the response as the origin sent it.
         self.response = ResponseHead(head.status, head.reason, head.version,
                                      head.headers.copy())
-        self.responseTime = resource.reactor.seconds()
+        self.responseTime = layer.reactor.seconds()
         self.storeKey = uri
-        self.writer = resource.openWriter(uri, self.asGet, self.response)
+        self.writer = layer.openWriter(uri, self.asGet, self.response)
         if self.writer is not None:
             # A client that leaves mid-body leaves nothing half-written.
             self.exchange.onClientGone = self._abortWriter
@@ -1172,14 +1172,14 @@ class _Invalidator:
         self._unwatch()
         writer, self.writer = self.writer, None
         if writer is not None:
-            self.resource.commit(writer, self.storeKey, self.asGet, self.response,
+            self.layer.commit(writer, self.storeKey, self.asGet, self.response,
                                  self.requestTime, self.responseTime, self.length)
         self.exchange.responseEnd()
 
     def responseFailed(self, reason: Failure, receivedAnything: bool) -> None:
         self._unwatch()
         self._abortWriter()
-        _Storer._failExchange(self, reason)
+        _Fill._failExchange(self, reason)
 
     def _unwatch(self) -> None:
         # The exchange and this handler point at each other: an ended
@@ -1211,56 +1211,56 @@ class _Revalidator:
 
     _log = Logger()
 
-    def __init__(self, resource: CacheResource, exchange, request: RequestHead, key: bytes,
+    def __init__(self, layer: CacheLayer, exchange, request: RequestHead, key: bytes,
                  decision: policy.Revalidate, entries) -> None:
-        self.resource = resource
+        self.layer = layer
         self.exchange = exchange
         self.request = request
         self.key = key
         self.decision = decision
         self.entries = entries
-        self.requestTime = resource.reactor.seconds()
-        self.passThrough: Optional[_Storer] = None
+        self.requestTime = layer.reactor.seconds()
+        self.passThrough: Optional[_Fill] = None
         self.discard = False
 
     def responseInterim(self, head: ResponseHead) -> None:
         pass
 
     def _outcome(self, response: Optional[ResponseHead]):
-        resource = self.resource
-        now = resource.reactor.seconds()
+        layer = self.layer
+        now = layer.reactor.seconds()
         return policy.afterRevalidation(
             self.request, self.decision.entry, response, self.requestTime, now, now,
-            resource.settings.options, self.entries,
+            layer.settings.options, self.entries,
         )
 
     def responseHead(self, head: ResponseHead) -> None:
-        resource = self.resource
+        layer = self.layer
         outcome = self._outcome(head)
         kind = type(outcome)
         if kind is policy.Freshened:
-            resource.stats.revalidated += 1
+            layer.stats.revalidated += 1
             for entry in outcome.updated:
                 try:
-                    resource.store.update(entry)
+                    layer.store.update(entry)
                 except Exception:
-                    resource._log.failure("updating {key} failed", key=logText(self.key))
+                    layer._log.failure("updating {key} failed", key=logText(self.key))
             self.discard = True
-            resource._serve(self.exchange, self.request, outcome.entry, outcome.age,
-                            _ttl(outcome.entry, outcome.age, resource), hit=True,
+            layer._serve(self.exchange, self.request, outcome.entry, outcome.age,
+                            _ttl(outcome.entry, outcome.age, layer), hit=True,
                             xcache=b"REVALIDATED", fwd=self.decision.fwd, fwdStatus=304)
         elif kind is policy.Stale:
-            resource.stats.stale += 1
+            layer.stats.stale += 1
             self.discard = True
-            resource._serve(self.exchange, self.request, outcome.entry, outcome.age,
+            layer._serve(self.exchange, self.request, outcome.entry, outcome.age,
                             outcome.ttl, hit=True, xcache=b"STALE",
                             fwd=self.decision.fwd, fwdStatus=head.status)
         elif kind is policy.Refetch:
             self.discard = True
-            resource._fetch(self.exchange, self.exchange.cacheOrigin, self.request, self.key,
+            layer._fetch(self.exchange, self.exchange.cacheOrigin, self.request, self.key,
                             "stale")
         else:
-            self.passThrough = _Storer(resource, self.exchange, self.request, self.key,
+            self.passThrough = _Fill(layer, self.exchange, self.request, self.key,
                                        self.decision.fwd, store=head.status != 304)
             self.passThrough.requestTime = self.requestTime
             self.passThrough.responseHead(head)
@@ -1281,13 +1281,13 @@ class _Revalidator:
             return
         outcome = self._outcome(None)
         if type(outcome) is policy.Stale:
-            self.resource.stats.stale += 1
+            self.layer.stats.stale += 1
             self.discard = True
-            self.resource._serve(self.exchange, self.request, outcome.entry, outcome.age,
+            self.layer._serve(self.exchange, self.request, outcome.entry, outcome.age,
                                  outcome.ttl, hit=True, xcache=b"STALE",
                                  fwd=self.decision.fwd)
             return
-        _Storer._failExchange(self, reason)
+        _Fill._failExchange(self, reason)
 
     def requestBodyUnwanted(self) -> None:
         pass
@@ -1301,9 +1301,9 @@ class _BackgroundRefresh:
 
     _log = Logger()
 
-    def __init__(self, resource: CacheResource, request: RequestHead, key: bytes,
+    def __init__(self, layer: CacheLayer, request: RequestHead, key: bytes,
                  entry: policy.StoredEntry, entries) -> None:
-        self.resource = resource
+        self.layer = layer
         self.request = request
         self.key = key
         self.entry = entry
@@ -1318,22 +1318,22 @@ class _BackgroundRefresh:
         pass
 
     def responseHead(self, head: ResponseHead) -> None:
-        resource = self.resource
-        now = resource.reactor.seconds()
+        layer = self.layer
+        now = layer.reactor.seconds()
         self.responseTime = now
         outcome = policy.afterRevalidation(self.request, self.entry, head, self.requestTime,
-                                           now, now, resource.settings.options, self.entries)
+                                           now, now, layer.settings.options, self.entries)
         if type(outcome) is policy.Freshened:
-            resource.stats.revalidated += 1
+            layer.stats.revalidated += 1
             for entry in outcome.updated:
-                resource.store.update(entry)
+                layer.store.update(entry)
         elif head.status == 200 or head.status == 206 and self.entry.ranges is not None:
             # An incomplete entry is refreshed for the client's range: a
             # 206 is a new part of a changed representation (RFC 9111
             # section 3.4: it replaces the old parts).
             self.response = ResponseHead(head.status, head.reason, head.version,
                                          head.headers.copy())
-            self.writer = resource.openWriter(self.key, self.request, self.response)
+            self.writer = layer.openWriter(self.key, self.request, self.response)
             if head.status == 206:
                 self.part = policy.storablePart(self.response)
 
@@ -1346,23 +1346,23 @@ class _BackgroundRefresh:
                 self.writer = None
 
     def responseEnd(self) -> None:
-        self.resource._refreshing.discard(self.key)
+        self.layer._refreshing.discard(self.key)
         writer, self.writer = self.writer, None
         if writer is None:
             return
         part = self.part
         if part is None:
-            self.resource.commit(writer, self.key, self.request, self.response,
+            self.layer.commit(writer, self.key, self.request, self.response,
                                  self.requestTime, self.responseTime, self.length)
         elif self.length == part[1] - part[0]:
-            self.resource.commit(writer, self.key, self.request, self.response,
+            self.layer.commit(writer, self.key, self.request, self.response,
                                  self.requestTime, self.responseTime, None,
                                  ranges=[part[:2]], completeLength=part[2])
         else:
             writer.abort()
 
     def responseFailed(self, reason: Failure, receivedAnything: bool) -> None:
-        self.resource._refreshing.discard(self.key)
+        self.layer._refreshing.discard(self.key)
         writer, self.writer = self.writer, None
         if writer is not None:
             writer.abort()
@@ -1371,8 +1371,8 @@ class _BackgroundRefresh:
         pass
 
 
-def _ttl(entry: policy.StoredEntry, age: float, resource: CacheResource) -> float:
-    lifetime = policy.freshnessLifetime(entry.responseHead, resource.settings.options,
+def _ttl(entry: policy.StoredEntry, age: float, layer: CacheLayer) -> float:
+    lifetime = policy.freshnessLifetime(entry.responseHead, layer.settings.options,
                                         entry.responseTime, entry.key)
     return lifetime - age
 
@@ -1396,14 +1396,14 @@ class _Flight:
     and only until its head).
     """
 
-    def __init__(self, resource: CacheResource, key: bytes, request: RequestHead) -> None:
-        self.resource = resource
+    def __init__(self, layer: CacheLayer, key: bytes, request: RequestHead) -> None:
+        self.layer = layer
         self.key = key
         self.request = request
         self.waiters: List = []
         self.streaming: List = []
         self.head: Optional[ResponseHead] = None
-        self.leader: Optional[_Storer] = None
+        self.leader: Optional[_Fill] = None
         self._paused: set = set()
 
     def accepts(self, request: RequestHead) -> bool:
@@ -1429,10 +1429,10 @@ class _Flight:
             self._maybeResume()
 
     def _done(self) -> None:
-        if self.resource._flights.get(self.key) is self:
-            del self.resource._flights[self.key]
+        if self.layer._flights.get(self.key) is self:
+            del self.layer._flights[self.key]
 
-    def headArrived(self, leader: _Storer, head: ResponseHead, storing: bool) -> None:
+    def headArrived(self, leader: _Fill, head: ResponseHead, storing: bool) -> None:
         self.leader = leader
         self.head = head
         self._done()
@@ -1449,14 +1449,14 @@ class _Flight:
             leader.exchange.producer = _WaiterPauser(self, leader.exchange)
         # The waiters get what a hit would give them: not the fields meant
         # for the leader's client alone (its cookie).
-        unshared = policy.unsharedFields(head.headers, self.resource.settings.options)
+        unshared = policy.unsharedFields(head.headers, self.layer.settings.options)
         for exchange in waiters:
             if exchange.state is not ExchangeState.FORWARDING:
                 continue
             copy = ResponseHead(head.status, head.reason, head.version, head.headers.copy())
             copy.headers.removeMany(unshared)
             fields = copy.headers.lowered()
-            self.resource._statusFields(fields, False, "miss", head.status, None, b"MISS",
+            self.layer._statusFields(fields, False, "miss", head.status, None, b"MISS",
                                         collapsed=True)
             exchange.cacheResult = "MISS"
             self.streaming.append(exchange)
@@ -1466,7 +1466,7 @@ class _Flight:
     def _goAlone(self, exchange) -> None:
         if exchange.state is not ExchangeState.FORWARDING:
             return
-        handler = _Storer(self.resource, exchange, exchange.cacheHead, self.key, "miss",
+        handler = _Fill(self.layer, exchange, exchange.cacheHead, self.key, "miss",
                           store=False)
         exchange.forward(exchange.cacheOrigin, exchange.cacheHead, handler)
 

@@ -435,7 +435,7 @@ class Exchange:
         self._write(data)
         self._finish()
 
-    def serveStored(self, status: int, reason: bytes, fields: list, body, length: int) -> None:
+    def respondWithBody(self, status: int, reason: bytes, fields: list, body, length: int) -> None:
         """
         Answer from the cache: C{fields} (lowered triples, without framing
         fields) and a body of C{length} bytes, given either as C{bytes} or as

@@ -153,7 +153,7 @@ class Worker:
         Build the factory, adopt the descriptors, say ready.
         """
         from . import tap
-        from ..ops.admin import AdminResource
+        from ..ops.admin import AdminPages
 
         if self.factory is None:
             if self.config.accessLog:
@@ -163,7 +163,7 @@ class Worker:
 
                 reopenOnSignal(self._reactor, [self._accessLog])
             self.factory = tap.buildFactory(self._reactor, self.config, self._accessLog)
-        self.factory.admin = AdminResource(self.factory, self.workerId)
+        self.factory.admin = AdminPages(self.factory, self.workerId)
         from ..ops.metrics import Metrics
 
         if self.factory.metrics is None:

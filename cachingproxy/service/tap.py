@@ -202,9 +202,9 @@ def buildFactory(reactor, config: Config, accessLog=None) -> ProxyFactory:
         upstream = Origin(config.upstreamScheme, config.upstreamHost, config.upstreamPort)
     factory = ProxyFactory(reactor, _proxySettings(config, upstream), pool, accessLog)
     factory.cache = buildCache(reactor, config, pool)
-    from ..ops.admin import AdminResource
+    from ..ops.admin import AdminPages
 
-    factory.admin = AdminResource(factory)
+    factory.admin = AdminPages(factory)
     from ..access import AccessPolicy
 
     factory.access = AccessPolicy.fromConfig(config, reactor)
@@ -213,12 +213,12 @@ def buildFactory(reactor, config: Config, accessLog=None) -> ProxyFactory:
 
 def buildCache(reactor, config: Config, pool):
     """
-    @return: the L{CacheResource} C{config} asks for, or C{None}.
+    @return: the L{CacheLayer} C{config} asks for, or C{None}.
     """
     if not config.cache or (config.cacheDir is None and not config.cacheMemory):
         return None
     from ..cache import policy
-    from ..cache.layer import CacheResource, CacheSettings
+    from ..cache.layer import CacheLayer, CacheSettings
 
     store = None
     memory = None
@@ -250,7 +250,7 @@ def buildCache(reactor, config: Config, pool):
         xCache=config.xCache,
         collapse=config.collapse,
     )
-    cache = CacheResource(store, reactor, pool, settings)
+    cache = CacheLayer(store, reactor, pool, settings)
     rescan = getattr(store, "rescan", None)
     if rescan is not None:
         # The disk store's size accounting walks the folder a bit at a
