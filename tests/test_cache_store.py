@@ -27,7 +27,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from cachingproxy.cache import disk
-from cachingproxy.cache.store import IBodyReader, IEntryWriter, IStore, StoreFull
+from cachingproxy.cache.store import ABSENT, IBodyReader, IEntryWriter, IStore, StoreFull
 from cachingproxy.cache.disk import DiskHandle, DiskStore, _HSIZE
 from cachingproxy.cache.memory import MemoryStore, TieredStore
 from cachingproxy.http.headers import Headers
@@ -1261,7 +1261,7 @@ class DiskStampTests(SynchronousTestCase):
         shutil.rmtree(self.ours._keyDir(b"k"))
         self.assertEqual(check(), stamp)
         self.monotonic.advance(self.ours.recheckInterval)
-        self.assertEqual(check(), "absent")
+        self.assertEqual(check(), ABSENT)
 
     def test_evictionChangesToken(self):
         """
@@ -1300,10 +1300,10 @@ class DiskStampTests(SynchronousTestCase):
         """
         before = self.folderReads
         for _ in range(100):
-            self.assertEqual(self.ours.stamp(b"k"), "absent")
+            self.assertEqual(self.ours.stamp(b"k"), ABSENT)
         self.assertEqual(self.folderReads - before, 1)
         self.monotonic.advance(self.ours.recheckInterval)
-        self.assertEqual(self.ours.stamp(b"k"), "absent")
+        self.assertEqual(self.ours.stamp(b"k"), ABSENT)
         self.assertEqual(self.folderReads - before, 2)
 
     def test_absentForgottenWhenAnotherProcessStores(self):
@@ -1312,22 +1312,22 @@ class DiskStampTests(SynchronousTestCase):
         other store: the next stamp sees it at once, and a lookup finds the
         entry; removed again, the key is absent again.
         """
-        self.assertEqual(self.ours.stamp(b"k"), "absent")
-        self.assertEqual(self.ours.stamp(b"k"), "absent")
+        self.assertEqual(self.ours.stamp(b"k"), ABSENT)
+        self.assertEqual(self.ours.stamp(b"k"), ABSENT)
         self.put(self.theirs, b"k", b"one")
         stamp = self.ours.stamp(b"k")
-        self.assertNotIn(stamp, ("absent", None))
+        self.assertNotIn(stamp, (ABSENT, None))
         self.assertEqual([e.bodyLength for e in self.ours.entries(b"k")], [3])
         self.theirs.remove(b"k")
-        self.assertEqual(self.ours.stamp(b"k"), "absent")
+        self.assertEqual(self.ours.stamp(b"k"), ABSENT)
 
     def test_absentForgottenWhenThisProcessStores(self):
         """
         The store's own commits change the token too.
         """
-        self.assertEqual(self.ours.stamp(b"k"), "absent")
+        self.assertEqual(self.ours.stamp(b"k"), ABSENT)
         self.put(self.ours, b"k", b"one")
-        self.assertNotIn(self.ours.stamp(b"k"), ("absent", None))
+        self.assertNotIn(self.ours.stamp(b"k"), (ABSENT, None))
 
     def test_absentMemoBounded(self):
         """

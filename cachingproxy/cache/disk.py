@@ -116,7 +116,7 @@ from zope.interface import implementer
 
 from ..http.headers import Headers
 from .policy import StoredEntry as _StoredEntry
-from .store import IBodyReader, IEntryWriter, IStore, StoreFull
+from .store import ABSENT, IBodyReader, IEntryWriter, IStore, StoreFull
 
 __all__ = ["DiskStore", "DiskHandle", "DiskEntryWriter", "FORMAT_VERSION"]
 
@@ -665,14 +665,14 @@ class DiskStore:
         gives C{None} (no stamp to trust yet), so that a later change can
         never carry the stamp a caller remembered.
 
-        An C{"absent"} answer is remembered (L{_ABSENT_MEMO} keys at most)
+        An L{ABSENT} answer is remembered (L{_ABSENT_MEMO} keys at most)
         with the token read before it: while the folder's token is the
         same, and for at most a L{recheckInterval}, the answer is given
         again without asking the file system (a key asked for again and
         again whose responses are never stored, say). Any change through a
         store, in any process, changes the token.
 
-        @return: the stamp, C{"absent"} if nothing is stored, or C{None}.
+        @return: the stamp, L{ABSENT} if nothing is stored, or C{None}.
         """
         self._checkTokens()
         tokens = self._tokens
@@ -682,7 +682,7 @@ class DiskStore:
             if known is not None:
                 read, token, checked = known
                 if read() == token and self._monotonic() - checked < self.recheckInterval:
-                    return "absent"
+                    return ABSENT
                 del absent[key]
         folder = self._keyDir(key)
         if tokens is None:
@@ -690,7 +690,7 @@ class DiskStore:
         read = tokens.reader(os.path.basename(folder))
         token = read()
         mtime = _folderTime(folder)
-        if mtime == "absent":
+        if mtime is ABSENT:
             absent[key] = (read, token, self._monotonic())
             if len(absent) > _ABSENT_MEMO:
                 absent.popitem(last=False)
@@ -723,7 +723,7 @@ class DiskStore:
                 last[0] = _folderTime(folder)
                 last[1] = now
             mtime = last[0]
-            if mtime is None or mtime == "absent":
+            if mtime is None or mtime is ABSENT:
                 return mtime
             return (token, mtime)
 
@@ -1323,14 +1323,14 @@ class DiskStore:
 
 def _folderTime(folder: str) -> object:
     """
-    A key folder's modification time in ns; C{"absent"} if there is no
+    A key folder's modification time in ns; L{ABSENT} if there is no
     such folder, C{None} if it cannot be read or changed in the last 50 ms
     (see L{DiskStore.stamp}).
     """
     try:
         mtime = os.stat(folder).st_mtime_ns
     except FileNotFoundError:
-        return "absent"
+        return ABSENT
     except OSError:
         return None
     if time.time_ns() - mtime < 50_000_000:

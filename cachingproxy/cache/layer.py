@@ -29,12 +29,13 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import policy
-from .store import IStore, StoreFull
+from .store import ABSENT, IStore, StoreFull
 from ..errors import BadGateway, GatewayTimeout, ProxyError, UpstreamClosed
 from ..http.message import RequestHead, ResponseHead, logText
 from ..compress import compressWhole, negotiate
@@ -172,9 +173,13 @@ class CacheLayer:
 
     @ivar store: the L{IStore}.
     @ivar stats: counters.
+    @ivar housekeeping: the store's housekeeping (a
+        L{twisted.internet.task.LoopingCall} of L{IStore.rescan}) that the
+        service starts and stops with the listening port, or C{None}.
     """
 
     _log = Logger()
+    housekeeping: Optional[LoopingCall] = None
 
     def __init__(self, store: IStore, reactor, pool, settings: CacheSettings = CacheSettings()):
         self.store = store
@@ -238,7 +243,7 @@ class CacheLayer:
             exchange.forward(origin, head, _Invalidator(self, exchange, head, key))
             return
         stamp = exchange.cacheStamp = self._stampFor(exchange, head, key)
-        if stamp == "absent":
+        if stamp is ABSENT:
             # The store said, just now, that nothing is stored for the key.
             entries = []
         else:
@@ -249,7 +254,7 @@ class CacheLayer:
                 entries = []
         exchange.cacheEntries = entries
         now = self.reactor.seconds()
-        if stamp == "absent" and self._plainMiss:
+        if stamp is ABSENT and self._plainMiss:
             # A plain GET (see L{_stampFor}) and nothing stored: what the
             # policy would say.
             decision = _ABSENT_MISS
@@ -300,15 +305,13 @@ class CacheLayer:
         finds may be remembered for the hot path (a plain GET on a
         kept-alive HTTP/1.1 connection), else C{None}.
         """
-        stamp = getattr(self.store, "stamp", None)
         if (
-            stamp is None
-            or head.method != b"GET"
+            head.method != b"GET"
             or not exchange.plainKeepAlive()
             or head.headers.hasAny(_NOT_PLAIN)
         ):
             return None
-        return stamp(key)
+        return self.store.stamp(key)
 
     def _serveHot(self, exchange, head: RequestHead, key: bytes, hot: "_Hot") -> bool:
         """
@@ -349,7 +352,7 @@ class CacheLayer:
         After serving a fresh hit the slow way: remember it for the hot
         path when that is sound (see L{_stampFor}; no Vary, a 200).
         """
-        stamp = getattr(exchange, "cacheStamp", None)
+        stamp = exchange.cacheStamp
         if stamp is None or entry.status != 200 or b"vary" in entry.responseHeaders:
             return
         options = self.settings.options
@@ -358,12 +361,9 @@ class CacheLayer:
         initial = policy.currentAge(entry.responseHeaders, entry.requestTime,
                                     entry.responseTime, entry.responseTime)
         ageBase = initial - entry.responseTime
-        stamper = getattr(self.store, "stamper", None)
-        if stamper is None:
-            return
         hot = _Hot()
         hot.stamp = stamp
-        hot.check = stamper(entry.key)
+        hot.check = self.store.stamper(entry.key)
         hot.freshUntil = lifetime - ageBase
         hot.ageBase = ageBase
         hot.lifetime = lifetime
@@ -797,7 +797,7 @@ class _Fill:
         The origin failed (C{status} 5xx, or C{None}: unreachable): serve a
         stored stale response instead where stale-if-error allows.
         """
-        entries = getattr(self.exchange, "cacheEntries", None)
+        entries = self.exchange.cacheEntries
         if not entries or self.flight is not None and self.flight.streaming:
             return False
         layer = self.layer
@@ -819,7 +819,7 @@ class _Fill:
         RFC 9111 section 4.3.5: a HEAD response updates the stored GET
         responses it matches; those it contradicts are dropped.
         """
-        entries = getattr(self.exchange, "cacheEntries", None)
+        entries = self.exchange.cacheEntries
         if not entries:
             return
         layer = self.layer
@@ -913,7 +913,7 @@ class _Fill:
         the new part are written now, those after it when the new part
         ends. A 206 never replaces a complete stored response.
         """
-        entries = getattr(self.exchange, "cacheEntries", None) or ()
+        entries = self.exchange.cacheEntries
         replaced = self.replaced = policy.replacedEntry(entries, self.request, response)
         if response.status == 206:
             self.part = policy.storablePart(response)

@@ -134,6 +134,12 @@ class MemoryStore:
         """
         return lambda: self.stamp(key)
 
+    def rescan(self, limit: Optional[int] = None) -> bool:
+        """
+        Nothing to learn: this store is this process's alone.
+        """
+        return True
+
     # -- records (also used by TieredStore) -----------------------------------
 
     def _put(self, key: bytes, variantKey: bytes, entry, body: bytes, tag=None,

@@ -35,11 +35,31 @@ producer), as C{twisted.web.static.File} does.
 
 from __future__ import annotations
 
-from typing import Iterable, List, Optional
+from typing import Callable, Iterable, List, Optional
 
 from zope.interface import Attribute, Interface
 
-__all__ = ["IStore", "IEntryWriter", "IBodyReader", "StoreFull"]
+__all__ = ["ABSENT", "Absent", "IStore", "IEntryWriter", "IBodyReader", "StoreFull"]
+
+
+class Absent:
+    """
+    The type of L{ABSENT}, the stamp of a key with nothing stored under
+    it (see L{IStore.stamp}). There is one instance; it compares by
+    identity.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+    def __reduce__(self) -> str:
+        return "ABSENT"
+
+
+#: L{IStore.stamp} for a key with nothing stored.
+ABSENT = Absent()
 
 
 class StoreFull(Exception):
@@ -146,12 +166,31 @@ class IStore(Interface):
 
     def stamp(key: bytes) -> object:
         """
-        Optional: a cheap token that differs after any change to C{key}'s
-        variants made by any process sharing the store. A caller that
-        remembers what a lookup found may use it again while the stamp
-        read I{before} that lookup is unchanged.
+        A cheap token that differs after any change to C{key}'s variants
+        made by any process sharing the store. A caller that remembers what
+        a lookup found may use it again while the stamp read I{before} that
+        lookup is unchanged.
 
-        @return: the token, or C{None} when no token can be trusted now.
+        @return: the token; L{ABSENT} when nothing is stored under C{key}
+            (a store that cannot tell cheaply returns a token instead); or
+            C{None} when no token can be trusted now.
+        """
+
+    def stamper(key: bytes) -> Callable[[], object]:
+        """
+        @return: a function of no argument returning what L{stamp}C{(key)}
+            would, for callers that check it on every hit (a store may
+            make the repeated checks cheaper than L{stamp}).
+        """
+
+    def rescan(limit: Optional[int] = None) -> bool:
+        """
+        Housekeeping, called about once a minute: learn a bounded part
+        (C{limit} entries; C{None} for all) of what other processes stored
+        and bring the size accounting back under the limit. A store with
+        nothing to learn returns C{True} at once.
+
+        @return: whether a whole pass is complete.
         """
 
     def stats() -> dict:

@@ -102,6 +102,9 @@ class Exchange:
     cacheHead: Optional[RequestHead] = None
     #: the stored responses found for this request (for stale-if-error)
     cacheEntries: Sequence = ()
+    #: the store's stamp for the request's key read before the lookup (see
+    #: L{cachingproxy.cache.store.IStore.stamp}), or C{None}
+    cacheStamp: object = None
     facts: Optional["_Facts"] = None
     _abandoned = False
     _upstreamHead: Optional[RequestHead] = None
@@ -633,7 +636,7 @@ class Exchange:
             b"Content-Length: %d\r\n" % len(body),
             b"Via: 1.1 %s\r\n" % protocol.factory.settings.viaName,
         ]
-        for name, value in getattr(error, "headers", ()):
+        for name, value in error.headers:
             headers.append(name + b": " + value + b"\r\n")
         if self._closeAfter:
             headers.append(b"Connection: close\r\n")

@@ -251,14 +251,12 @@ def buildCache(reactor, config: Config, pool):
         collapse=config.collapse,
     )
     cache = CacheLayer(store, reactor, pool, settings)
-    rescan = getattr(store, "rescan", None)
-    if rescan is not None:
-        # The disk store's size accounting walks the folder a bit at a
-        # time (it also learns what other processes stored).
-        from twisted.internet.task import LoopingCall
+    # The disk store's size accounting walks the folder a bit at a time
+    # (it also learns what other processes stored).
+    from twisted.internet.task import LoopingCall
 
-        cache.housekeeping = LoopingCall(rescan, 2000)
-        cache.housekeeping.clock = reactor
+    cache.housekeeping = LoopingCall(store.rescan, 2000)
+    cache.housekeeping.clock = reactor
     return cache
 
 
@@ -351,7 +349,8 @@ class ProxyService(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        housekeeping = getattr(self.factory.cache, "housekeeping", None)
+        cache = self.factory.cache
+        housekeeping = cache.housekeeping if cache is not None else None
         if housekeeping is not None and not housekeeping.running:
             housekeeping.start(60, now=False)
         if self._listening is None:
@@ -432,7 +431,8 @@ class ProxyService(service.Service):
             acceptQueued(self.port)
             waits.append(defer.maybeDeferred(self.port.stopListening))
             self.port = None
-        housekeeping = getattr(self.factory.cache, "housekeeping", None)
+        cache = self.factory.cache
+        housekeeping = cache.housekeeping if cache is not None else None
         if housekeeping is not None and housekeeping.running:
             housekeeping.stop()
         if not self.factory.draining:
