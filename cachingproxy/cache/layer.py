@@ -39,6 +39,7 @@ from .store import ABSENT, IStore, StoreFull
 from ..errors import BadGateway, GatewayTimeout, ProxyError, UpstreamClosed
 from ..http.message import RequestHead, ResponseHead, logText
 from ..compress import compressWhole, negotiate
+from ..proxy.interfaces import ICacheExchange
 from ..proxy.states import ExchangeState
 from ..compress import compressedFields, compressionPlan
 from ..proxy.upstream import Origin
@@ -200,26 +201,24 @@ class CacheLayer:
 
     # -- entry point ---------------------------------------------------------
 
-    def handle(self, exchange, origin: Origin, path: bytes) -> None:
+    def handle(self, exchange: ICacheExchange, origin: Origin, path: bytes) -> None:
         """
         Answer C{exchange}, whose request goes to C{origin} for C{path}
         (C{exchange.upstreamHead()} builds the whole request when needed).
         """
         method = exchange.head.method
-        factory = exchange.protocol.factory
-        if factory.keyFromHead:
-            # The origin may be told another host or scheme than its own:
-            # the key is the target URI it builds (RFC 9110 section 7.1).
+        target = exchange.cacheTarget(origin)
+        if target is None:
+            # Another target URI than the origin's own, which the key
+            # cannot name (RFC 9110 section 7.1).
             head = exchange.upstreamHead()
-            target = factory.cacheTarget(origin, head)
-            scheme, authority = target or (origin.scheme, origin.authority())
-            key = _primaryKey(scheme, authority, path)
-            if target is None and method in (b"GET", b"HEAD"):
+            key = _primaryKey(origin.scheme, origin.authority(), path)
+            if method in (b"GET", b"HEAD"):
                 self._pass(exchange, origin, head, key, b"forwarding fields disagree")
                 return
         else:
             head = None
-            key = _primaryKey(origin.scheme, origin.authority(), path)
+            key = _primaryKey(target[0], target[1], path)
         if exchange.hasBody and method in (b"GET", b"HEAD"):
             # The key says nothing of content, which the origin may answer
             # differently (RFC 9110 sections 9.3.1 and 9.3.2 give it no
@@ -286,7 +285,7 @@ class CacheLayer:
             self.stats.passed += 1
             exchange.forward(origin, head, _Invalidator(self, exchange, head, key))
 
-    def _pass(self, exchange, origin: Origin, head: RequestHead, key: bytes,
+    def _pass(self, exchange: ICacheExchange, origin: Origin, head: RequestHead, key: bytes,
               detail: bytes) -> None:
         """
         Forward a GET or HEAD the cache must not answer and whose response
@@ -299,7 +298,7 @@ class CacheLayer:
 
     # -- the hot path -----------------------------------------------------
 
-    def _stampFor(self, exchange, head: RequestHead, key: bytes) -> object:
+    def _stampFor(self, exchange: ICacheExchange, head: RequestHead, key: bytes) -> object:
         """
         Before a lookup: the store's stamp for C{key} if what the lookup
         finds may be remembered for the hot path (a plain GET on a
@@ -313,7 +312,8 @@ class CacheLayer:
             return None
         return self.store.stamp(key)
 
-    def _serveHot(self, exchange, head: RequestHead, key: bytes, hot: "_Hot") -> bool:
+    def _serveHot(self, exchange: ICacheExchange, head: RequestHead, key: bytes,
+                  hot: "_Hot") -> bool:
         """
         Answer a plain GET from a remembered fresh response without asking
         the policy again: valid while the store's stamp for the key is the
@@ -347,7 +347,8 @@ class CacheLayer:
         exchange.serveBytes(200, variant.wire, len(variant.body))
         return True
 
-    def _remember(self, exchange, entry: policy.StoredEntry, fields, body: bytes) -> None:
+    def _remember(self, exchange: ICacheExchange, entry: policy.StoredEntry, fields,
+                  body: bytes) -> None:
         """
         After serving a fresh hit the slow way: remember it for the hot
         path when that is sound (see L{_stampFor}; no Vary, a 200).
@@ -367,16 +368,12 @@ class CacheLayer:
         hot.freshUntil = lifetime - ageBase
         hot.ageBase = ageBase
         hot.lifetime = lifetime
-        factory = exchange.protocol.factory
-        settings = factory.settings
-        if settings.upstream is not None and settings.rewriteRedirects and any(
-                f[0] == b"location" or f[0] == b"content-location" for f in fields):
+        fields = exchange.sharedFields(fields)
+        if fields is None:
             # Rewritten to the Host of the client served: a head for that
             # client only.
             return
-        fields = factory.downstreamFields(exchange, list(fields))
-        via = factory.settings.viaName
-        compression = factory.settings.compression
+        via, compression = exchange.hotFacts()
         hot.codings = ()
         if compression is not None:
             fields, _, compressible = compressionPlan(compression, fields, True, None)
@@ -402,8 +399,8 @@ class CacheLayer:
 
     # -- serving stored responses ---------------------------------------------
 
-    def _serve(self, exchange, request: RequestHead, entry: policy.StoredEntry, age: float,
-               ttl: float, hit: bool, xcache: bytes,
+    def _serve(self, exchange: ICacheExchange, request: RequestHead, entry: policy.StoredEntry,
+               age: float, ttl: float, hit: bool, xcache: bytes,
                fwd: Optional[str] = None, fwdStatus: Optional[int] = None) -> None:
         """
         Answer from C{entry}: the client's own preconditions (RFC 9110
@@ -498,8 +495,8 @@ class CacheLayer:
         else:
             exchange.respondWithBody(status, b"", fields, reader, length)
 
-    def _serveMultipart(self, exchange, entry, fields, ranges, age, hit, fwd, fwdStatus, ttl,
-                        xcache) -> None:
+    def _serveMultipart(self, exchange: ICacheExchange, entry, fields, ranges, age, hit, fwd,
+                        fwdStatus, ttl, xcache) -> None:
         """
         Several ranges: a multipart/byteranges body (RFC 9110 section
         14.6), built in memory (ranges of one stored body, bounded in
@@ -546,7 +543,7 @@ class CacheLayer:
             fields.append((b"x-cache", b"X-Cache", xcache))
         return fields
 
-    def _fetchAgain(self, exchange, key: bytes) -> None:
+    def _fetchAgain(self, exchange: ICacheExchange, key: bytes) -> None:
         """
         A stored body vanished or was damaged between lookup and read:
         answer as a miss.
@@ -569,7 +566,8 @@ class CacheLayer:
             self._uses.popitem(last=False)
         return uses >= need
 
-    def _fetch(self, exchange, origin: Origin, head: RequestHead, key: bytes, fwd: str) -> None:
+    def _fetch(self, exchange: ICacheExchange, origin: Origin, head: RequestHead, key: bytes,
+               fwd: str) -> None:
         """
         A miss: fetch, and store what may be stored. Concurrent misses for
         the same key wait for the first one.
@@ -599,7 +597,7 @@ class CacheLayer:
         handler = _Fill(self, exchange, head, key, fwd, store=True, flight=flight)
         exchange.forward(origin, head, handler)
 
-    def _revalidate(self, exchange, origin: Origin, head: RequestHead, key: bytes,
+    def _revalidate(self, exchange: ICacheExchange, origin: Origin, head: RequestHead, key: bytes,
                     decision: policy.Revalidate, entries) -> None:
         """
         Validate the stored response upstream (RFC 9111 section 4.3).
@@ -651,11 +649,10 @@ class CacheLayer:
             if removed:
                 self._log.debug("invalidated {uri}", uri=logText(uri))
 
-    def _purge(self, exchange, key: bytes) -> None:
+    def _purge(self, exchange: ICacheExchange, key: bytes) -> None:
         # Who is an admin is the connection's (and the access policy's)
         # business: one answer for PURGE and the admin endpoints.
-        allowed = exchange.protocol.factory.isAdmin(exchange.protocol.clientHost)
-        if not allowed:
+        if not exchange.fromAdmin():
             from ..errors import MethodNotAllowed
 
             exchange.respondError(MethodNotAllowed("PURGE is for admin addresses only"))
@@ -762,8 +759,8 @@ class _Fill:
 
     _log = Logger()
 
-    def __init__(self, layer: CacheLayer, exchange, request: RequestHead, key: bytes,
-                 fwd: str, store: bool, flight: Optional["_Flight"] = None) -> None:
+    def __init__(self, layer: CacheLayer, exchange: ICacheExchange, request: RequestHead,
+                 key: bytes, fwd: str, store: bool, flight: Optional["_Flight"] = None) -> None:
         self.layer = layer
         self.exchange = exchange
         self.request = request
@@ -1097,7 +1094,7 @@ class _Invalidator:
 
     _log = Logger()
 
-    def __init__(self, layer: CacheLayer, exchange, request: RequestHead,
+    def __init__(self, layer: CacheLayer, exchange: ICacheExchange, request: RequestHead,
                  key: bytes, detail: Optional[bytes] = None) -> None:
         self.layer = layer
         self.exchange = exchange
@@ -1211,8 +1208,8 @@ class _Revalidator:
 
     _log = Logger()
 
-    def __init__(self, layer: CacheLayer, exchange, request: RequestHead, key: bytes,
-                 decision: policy.Revalidate, entries) -> None:
+    def __init__(self, layer: CacheLayer, exchange: ICacheExchange, request: RequestHead,
+                 key: bytes, decision: policy.Revalidate, entries) -> None:
         self.layer = layer
         self.exchange = exchange
         self.request = request
@@ -1416,11 +1413,11 @@ class _Flight:
             self.request.headers.items()
         ) and request.method == self.request.method
 
-    def join(self, exchange) -> None:
+    def join(self, exchange: ICacheExchange) -> None:
         self.waiters.append(exchange)
         exchange.onClientGone = lambda: self._waiterGone(exchange)
 
-    def _waiterGone(self, exchange) -> None:
+    def _waiterGone(self, exchange: ICacheExchange) -> None:
         if exchange in self.waiters:
             self.waiters.remove(exchange)
         if exchange in self.streaming:
@@ -1463,7 +1460,7 @@ class _Flight:
             exchange.producer = _WaiterPauser(self, exchange)
             exchange.responseHead(copy)
 
-    def _goAlone(self, exchange) -> None:
+    def _goAlone(self, exchange: ICacheExchange) -> None:
         if exchange.state is not ExchangeState.FORWARDING:
             return
         handler = _Fill(self.layer, exchange, exchange.cacheHead, self.key, "miss",
@@ -1526,14 +1523,14 @@ class _Flight:
 
     # flow control across waiters
 
-    def waiterPaused(self, exchange) -> None:
+    def waiterPaused(self, exchange: ICacheExchange) -> None:
         if not self._paused and self.leader is not None:
             producer = self.leader.exchange.upstream
             if producer is not None:
                 producer.pauseProducing()
         self._paused.add(exchange)
 
-    def waiterResumed(self, exchange) -> None:
+    def waiterResumed(self, exchange: ICacheExchange) -> None:
         self._paused.discard(exchange)
         self._maybeResume()
 
@@ -1551,7 +1548,7 @@ class _WaiterPauser:
     fetch.
     """
 
-    def __init__(self, flight: _Flight, exchange) -> None:
+    def __init__(self, flight: _Flight, exchange: ICacheExchange) -> None:
         self._flight = flight
         self._exchange = exchange
 
