@@ -23,6 +23,7 @@ import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.task import Cooperator
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -73,6 +74,15 @@ def readAll(reader, chunk: int = 1 << 16) -> bytes:
         parts.append(data)
     reader.close()
     return b"".join(parts)
+
+
+def syncCooperator() -> Cooperator:
+    """
+    A cooperator that runs every step at once: a store's walks finish
+    before the call that starts them returns.
+    """
+    return Cooperator(terminationPredicateFactory=lambda: lambda: False,
+                      scheduler=lambda step: step())
 
 
 class FakeClock:
@@ -269,7 +279,7 @@ class StoreTestsMixin:
         for key in keys:
             self.put(b"body", key=key)
         self.put(b"body", key=keys[0], variant=b"v2")
-        self.assertEqual(self.store.removePrefix(b"http://a.example/"), 3)
+        self.assertEqual(self.successResultOf(self.store.removePrefix(b"http://a.example/")), 3)
         self.assertEqual(self.store.entries(keys[0]), [])
         self.assertEqual(self.store.entries(keys[1]), [])
         self.assertEqual(len(self.store.entries(keys[2])), 1)
@@ -472,6 +482,7 @@ class DiskStoreTestsMixin(StoreTestsMixin):
         if directory is None:
             directory = getattr(self, "directory", None) or _tempDir(self)
         self.directory = directory
+        kw.setdefault("cooperator", syncCooperator())
         return DiskStore(directory, maxSize=maxSize, maxObjectSize=maxObjectSize,
                          clock=self.clock, **kw)
 
@@ -589,7 +600,7 @@ class DiskStoreTests(DiskStoreTestsMixin, SynchronousTestCase):
         self.assertIsNone(a.openBody(now))
 
         self.put(b"p", key=b"http://p.example/1", store=a)
-        self.assertEqual(b.removePrefix(b"http://p.example/"), 1)
+        self.assertEqual(self.successResultOf(b.removePrefix(b"http://p.example/")), 1)
         self.assertEqual(a.entries(b"http://p.example/1"), [])
 
     def corrupt(self, path: str, offset: int, length: int = 1) -> None:
@@ -1088,7 +1099,7 @@ class TieredStoreTests(DiskStoreTestsMixin, SynchronousTestCase):
         self.assertEqual(a.memory.stats()["entries"], 0)
 
         entry = self.put(b"y" * 1000, store=a)
-        b.removePrefix(b"http://")
+        self.successResultOf(b.removePrefix(b"http://"))
         self.assertIsNone(a.openBody(entry))
 
     def test_otherProcessReplaces(self) -> None:

@@ -7,13 +7,14 @@ hands to C{forward}, driven by the test.
 
 from typing import List, Optional
 
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, Cooperator
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from cachingproxy.cache import policy
 from cachingproxy.cache.layer import CacheLayer, CacheSettings
+from cachingproxy.cache.disk import DiskStore
 from cachingproxy.cache.memory import MemoryStore
 from cachingproxy.errors import MethodNotAllowed, ProxyError
 from cachingproxy.http.headers import Headers
@@ -318,6 +319,33 @@ class LayerTests(SynchronousTestCase):
             respond(self.request(target=path), fields=[(b"Cache-Control", b"max-age=60")])
         purge = self.request(b"PURGE", target=b"/p/*", admin=True)
         assert (purge.status, purge.body) == (200, b"purged 2\n")
+        assert self.request(target=b"/q").forwarded == []
+
+    def test_purgePrefixInSteps(self) -> None:
+        """
+        A prefix PURGE on the disk store walks the store a key folder at a
+        time: other requests are answered meanwhile, and the PURGE when the
+        walk is done.
+        """
+        # One step of the walk a second on this clock.
+        steps = Clock()
+        cooperator = Cooperator(terminationPredicateFactory=lambda: lambda: True,
+                                scheduler=lambda step: steps.callLater(1, step))
+        self.store = DiskStore(self.mktemp(), cooperator=cooperator)
+        self.layer = CacheLayer(self.store, self.clock, None, CacheSettings())
+        for n in range(40):
+            respond(self.request(target=b"/p/%d" % n), fields=[(b"Cache-Control", b"max-age=60")])
+        respond(self.request(target=b"/q"), fields=[(b"Cache-Control", b"max-age=60")])
+        purge = self.request(b"PURGE", target=b"/p/*", admin=True)
+        steps.advance(1)
+        assert purge.status is None
+        hit = self.request(target=b"/q")
+        assert (hit.status, hit.body, hit.forwarded) == (200, b"hello", [])
+        assert purge.status is None
+        for _ in range(100):
+            steps.advance(1)
+        assert (purge.status, purge.body) == (200, b"purged 40\n")
+        assert len(self.request(target=b"/p/1").forwarded) == 1
         assert self.request(target=b"/q").forwarded == []
 
     def test_purgeNotAdmin(self) -> None:

@@ -111,6 +111,8 @@ import zlib
 from collections import OrderedDict
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Cooperator, coiterate
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -563,6 +565,7 @@ class DiskStore:
         scanStep: int = 2000,
         recheckInterval: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
+        cooperator: Optional[Cooperator] = None,
     ) -> None:
         """
         @param clock: the time used for mtimes (recency); temporary files
@@ -575,7 +578,10 @@ class DiskStore:
         @param recheckInterval: a L{stamper}'s function, while the change
             tokens are usable, asks the file system at most this often.
         @param monotonic: the clock for C{recheckInterval}.
+        @param cooperator: runs long walks (L{removePrefix}) a step at a
+            time; by default Twisted's global one, on the reactor.
         """
+        self._coiterate = cooperator.coiterate if cooperator is not None else coiterate
         self.directory = os.path.abspath(directory)
         self.maxSize = maxSize
         self.maxObjectSize = min(maxObjectSize, maxSize)
@@ -1267,18 +1273,29 @@ class DiskStore:
             pass
         return removed
 
-    def removePrefix(self, prefix: bytes) -> int:
+    def removePrefix(self, prefix: bytes) -> Deferred:
         """
         Walk every key folder and read one entry's primary key from it (the
         folders are named by hash): proportional to the number of keys
-        stored, meant for administration.
+        stored, meant for administration. The walk goes one key folder a
+        step, with the store's cooperator, so that the reactor serves other
+        requests meanwhile.
         """
-        removed = 0
+        removed = [0]
+        d = self._coiterate(self._prefixWalk(prefix, removed))
+        d.addCallback(lambda _: removed[0])
+        return d
+
+    def _prefixWalk(self, prefix: bytes, removed: List[int]) -> Iterator[None]:
+        """
+        The steps of L{removePrefix}: each one a key folder, counting the
+        entries removed into C{removed[0]}.
+        """
         try:
             fans = os.listdir(self._dataDir)
         except OSError as e:
             self._logError("remove", e)
-            return 0
+            return
         for fan in fans:
             fanDir = os.path.join(self._dataDir, fan)
             try:
@@ -1289,8 +1306,8 @@ class DiskStore:
                 keyDir = os.path.join(fanDir, keyName)
                 key = self._folderKey(keyDir)
                 if key is not None and key.startswith(prefix):
-                    removed += self._removeFolder(keyDir)
-        return removed
+                    removed[0] += self._removeFolder(keyDir)
+                yield None
 
     def _folderKey(self, keyDir: str) -> Optional[bytes]:
         try:

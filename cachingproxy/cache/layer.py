@@ -28,6 +28,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from twisted.internet.defer import succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -658,15 +659,24 @@ class CacheLayer:
             exchange.respondError(MethodNotAllowed("PURGE is for admin addresses only"))
             return
         if key.endswith(b"*"):
-            removed = self.store.removePrefix(key[:-1])
+            # A walk of the whole store, in steps: answered when done.
+            d = self.store.removePrefix(key[:-1])
         else:
-            removed = self.store.remove(key)
-        self.stats.purged += removed
-        self._log.info("purged {n} entries for {key}", n=removed, key=logText(key))
-        body = b"purged %d\n" % removed
-        status = 200 if removed else 404
-        exchange.respondWithBody(status, b"", [(b"content-type", b"Content-Type",
-                                            b"text/plain")], body, len(body))
+            d = succeed(self.store.remove(key))
+
+        def purged(removed: int) -> None:
+            self.stats.purged += removed
+            self._log.info("purged {n} entries for {key}", n=removed, key=logText(key))
+            body = b"purged %d\n" % removed
+            status = 200 if removed else 404
+            exchange.respondWithBody(status, b"", [(b"content-type", b"Content-Type",
+                                                    b"text/plain")], body, len(body))
+
+        def failed(reason: Failure) -> None:
+            self._log.failure("purging {key} failed", reason, key=logText(key))
+            exchange.respondError(ProxyError("the purge failed"))
+
+        d.addCallbacks(purged, failed)
 
     # -- storing --------------------------------------------------------------
 

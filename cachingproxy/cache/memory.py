@@ -12,6 +12,7 @@ import os
 from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -255,11 +256,11 @@ class MemoryStore:
             self._drop(record)
         return len(records)
 
-    def removePrefix(self, prefix: bytes) -> int:
+    def removePrefix(self, prefix: bytes) -> Deferred:
         removed = 0
         for key in [k for k in self._byKey if k.startswith(prefix)]:
             removed += self.remove(key)
-        return removed
+        return succeed(removed)
 
     def stats(self) -> dict:
         return {
@@ -481,7 +482,7 @@ class TieredStore:
         self.memory.remove(key)
         return self.disk.remove(key)
 
-    def removePrefix(self, prefix: bytes) -> int:
+    def removePrefix(self, prefix: bytes) -> Deferred:
         self.memory.removePrefix(prefix)
         return self.disk.removePrefix(prefix)
 

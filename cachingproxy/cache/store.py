@@ -30,13 +30,15 @@ The rules every backend keeps:
 
 The calls are synchronous: local disk and memory are fast enough to be used
 from the reactor thread in bounded pieces (bodies are read in chunks by a
-producer), as C{twisted.web.static.File} does.
+producer), as C{twisted.web.static.File} does. The one call whose work
+grows with the whole store, L{IStore.removePrefix}, returns a L{Deferred}.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Iterable, List, Optional
 
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 __all__ = ["ABSENT", "Absent", "IStore", "IEntryWriter", "IBodyReader", "StoreFull"]
@@ -157,11 +159,13 @@ class IStore(Interface):
         @return: how many entries were removed.
         """
 
-    def removePrefix(prefix: bytes) -> int:
+    def removePrefix(prefix: bytes) -> Deferred:
         """
-        Remove every entry whose primary key starts with C{prefix}.
+        Remove every entry whose primary key starts with C{prefix}. A store
+        that must walk much to find them does so in steps, off the
+        reactor's way (other requests are served meanwhile).
 
-        @return: how many entries were removed.
+        @return: a L{Deferred} firing with how many entries were removed.
         """
 
     def stamp(key: bytes) -> object:
