@@ -22,7 +22,8 @@ from twisted.internet.address import IPv4Address  # noqa: E402
 from twisted.internet.testing import MemoryReactorClock, StringTransport  # noqa: E402
 
 from cachingproxy.cache.disk import DiskStore  # noqa: E402
-from cachingproxy.cache.memory import MemoryStore, TieredStore  # noqa: E402
+from cachingproxy.cache.memory import MemoryStore  # noqa: E402
+from cachingproxy.cache.tiered import TieredStore  # noqa: E402
 from cachingproxy.cache.layer import CacheLayer, CacheSettings  # noqa: E402
 from cachingproxy.proxy.factory import ProxyFactory
 from cachingproxy.proxy.settings import ProxySettings# noqa: E402

@@ -30,7 +30,8 @@ from zope.interface.verify import verifyObject
 from cachingproxy.cache import disk
 from cachingproxy.cache.store import ABSENT, IBodyReader, IEntryWriter, IStore, StoreFull
 from cachingproxy.cache.disk import DiskHandle, DiskStore, _HSIZE
-from cachingproxy.cache.memory import MemoryStore, TieredStore
+from cachingproxy.cache.memory import MemoryStore
+from cachingproxy.cache.tiered import TieredStore
 from cachingproxy.http.headers import Headers
 from cachingproxy.cache.policy import StoredEntry
 
@@ -470,6 +471,18 @@ class MemoryStoreTests(StoreTestsMixin, SynchronousTestCase):
 
     def makeStore(self, maxSize: int = 1 << 22, maxObjectSize: int = 1 << 20):
         return MemoryStore(maxSize, maxObjectSize)
+
+
+class TieredOverMemoryTests(StoreTestsMixin, SynchronousTestCase):
+    """
+    L{TieredStore} in front of any L{IStore} (here a L{MemoryStore}): it
+    needs nothing of the shared store but the interface.
+    """
+
+    test_anyBodyAnyRange = anyBodyAnyRange()
+
+    def makeStore(self, maxSize: int = 1 << 22, maxObjectSize: int = 1 << 20):
+        return TieredStore(MemoryStore(1 << 22, 1 << 17), MemoryStore(maxSize, maxObjectSize))
 
 
 class DiskStoreTestsMixin(StoreTestsMixin):

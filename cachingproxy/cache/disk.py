@@ -118,7 +118,7 @@ from zope.interface import implementer
 
 from ..http.headers import Headers
 from .policy import StoredEntry as _StoredEntry
-from .store import ABSENT, IBodyReader, IEntryWriter, IStore, StoreFull
+from .store import ABSENT, BytesReader, IBodyReader, IEntryWriter, IStore, StoreFull
 
 __all__ = ["DiskStore", "DiskHandle", "DiskEntryWriter", "FORMAT_VERSION"]
 
@@ -289,33 +289,6 @@ class _Damaged(Exception):
 
 
 @implementer(IBodyReader)
-class BytesReader:
-    """
-    A body (or a range of it) already in memory.
-    """
-
-    __slots__ = ("_data", "_pos", "length")
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._pos = 0
-        self.length = len(data)
-
-    def read(self, size: int) -> bytes:
-        pos = self._pos
-        if pos == 0 and size >= self.length:
-            self._pos = self.length
-            return self._data
-        chunk = self._data[pos:pos + size]
-        self._pos = pos + len(chunk)
-        return chunk
-
-    def close(self) -> None:
-        self._data = b""
-        self._pos = self.length
-
-
-@implementer(IBodyReader)
 class _FileReader:
     """
     A range of a large body, read from an open file with C{pread}; the
@@ -386,8 +359,8 @@ class DiskEntryWriter:
         self._written = 0
         self._crc = 0
         self._done = False
-        #: the handle of the committed entry (for L{TieredStore}).
-        self.handle: Optional[DiskHandle] = None
+        #: the handle of the committed entry
+        self.committedId: Optional[DiskHandle] = None
 
     def _open(self) -> None:
         store = self._store
@@ -457,7 +430,7 @@ class DiskEntryWriter:
             return False
         self._done = True
         self._tmpPath = None
-        self.handle = DiskHandle(final, self._key, self._variantKey, header, size)
+        self.committedId = DiskHandle(final, self._key, self._variantKey, header, size)
         store._stored(final, size, now)
         return True
 
@@ -1016,6 +989,55 @@ class DiskStore:
         except Exception as e:
             self._logError("lookup", e)
             return []
+
+    def versions(self, key: bytes) -> Dict[bytes, object]:
+        """
+        A slot is an entry file's name, a version its fixed header (both
+        lengths and both CRC-32s, of the body and of the metadata, which
+        holds the response time): a file replaced or updated (with
+        C{os.replace}, always a new file) has another header, except with a
+        probability of about 2**-64.
+        """
+        try:
+            folder = self._keyDir(key)
+            try:
+                names = os.listdir(folder)
+            except FileNotFoundError:
+                return {}
+            found = {}
+            for name in names:
+                if len(name) != _NAME_LEN:
+                    continue
+                header = self._peek(os.path.join(folder, name))
+                if header is not None:
+                    found[name.encode("ascii")] = header
+            return found
+        except Exception as e:
+            self._logError("lookup", e)
+            return {}
+
+    def load(self, key: bytes, slot: bytes):
+        try:
+            return self._load(os.path.join(self._keyDir(key), slot.decode("ascii")), key)
+        except Exception as e:
+            self._logError("lookup", e)
+            return None
+
+    def versionOf(self, entry) -> Optional[Tuple[bytes, object]]:
+        handle = entry.id
+        if not isinstance(handle, DiskHandle):
+            return None
+        return os.path.basename(handle.path).encode("ascii"), handle.header
+
+    def currentVersion(self, entry) -> Optional[object]:
+        handle = entry.id
+        if not isinstance(handle, DiskHandle):
+            return None
+        try:
+            return self._peek(handle.path, touch=False)
+        except Exception as e:
+            self._logError("read", e)
+            return None
 
     def _load(self, path: str, key: Optional[bytes]):
         """

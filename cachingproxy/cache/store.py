@@ -36,12 +36,12 @@ grows with the whole store, L{IStore.removePrefix}, returns a L{Deferred}.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred
-from zope.interface import Attribute, Interface
+from zope.interface import Attribute, Interface, implementer
 
-__all__ = ["ABSENT", "Absent", "IStore", "IEntryWriter", "IBodyReader", "StoreFull"]
+__all__ = ["ABSENT", "Absent", "BytesReader", "IStore", "IEntryWriter", "IBodyReader", "StoreFull"]
 
 
 class Absent:
@@ -118,6 +118,10 @@ class IEntryWriter(Interface):
         Discard what was written; nothing becomes visible.
         """
 
+    committedId = Attribute(
+        "After a successful L{commit}: the C{id} the entry has in the store "
+        "(what L{IStore.entries} would give it); C{None} before.")
+
 
 class IStore(Interface):
     """
@@ -142,6 +146,33 @@ class IStore(Interface):
     def writer(key: bytes, variantKey: bytes) -> IEntryWriter:
         """
         Start writing a new entry.
+        """
+
+    def versions(key: bytes) -> Dict[bytes, object]:
+        """
+        What is stored under C{key}, cheaply: without decoding any
+        metadata, C{{slot: version}} for each committed variant. A slot
+        names the place of one variant key under C{key}; a version is a
+        token that differs after the variant is replaced or updated (by any
+        process sharing the store). A lookup: it counts as a use.
+        """
+
+    def load(key: bytes, slot: bytes) -> Optional[object]:
+        """
+        @return: the entry in C{slot} under C{key} (see L{versions}),
+            decoded, or C{None} if it is gone or damaged.
+        """
+
+    def versionOf(entry) -> Optional[Tuple[bytes, object]]:
+        """
+        @return: C{(slot, version)} of C{entry} as it was read (from its
+            C{id}, without I/O), or C{None} if C{entry} is not of this store.
+        """
+
+    def currentVersion(entry) -> Optional[object]:
+        """
+        @return: the version stored now in C{entry}'s slot, or C{None} if
+            nothing is; not a use.
         """
 
     def update(entry) -> bool:
@@ -207,6 +238,33 @@ class IStore(Interface):
         """
         Release everything (files, timers).
         """
+
+
+@implementer(IBodyReader)
+class BytesReader:
+    """
+    A body (or a range of it) already in memory.
+    """
+
+    __slots__ = ("_data", "_pos", "length")
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0
+        self.length = len(data)
+
+    def read(self, size: int) -> bytes:
+        pos = self._pos
+        if pos == 0 and size >= self.length:
+            self._pos = self.length
+            return self._data
+        chunk = self._data[pos:pos + size]
+        self._pos = pos + len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        self._data = b""
+        self._pos = self.length
 
 
 def variantsOf(store: IStore, keys: Iterable[bytes]) -> List[object]:

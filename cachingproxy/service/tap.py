@@ -233,7 +233,7 @@ def buildCache(reactor, config: Config, pool):
         store = DiskStore(config.cacheDir, maxSize=config.cacheSize,
                           maxObjectSize=config.maxObjectSize)
         if memory is not None:
-            from ..cache.memory import TieredStore
+            from ..cache.tiered import TieredStore
 
             store = TieredStore(memory, store)
     else:
