@@ -5,6 +5,8 @@ L{MemoryStore}, a L{Clock}; the upstream is whatever handler the layer
 hands to C{forward}, driven by the test.
 """
 
+import shutil
+import tempfile
 from typing import List, Optional
 
 from twisted.internet.task import Clock, Cooperator
@@ -331,7 +333,9 @@ class LayerTests(SynchronousTestCase):
         steps = Clock()
         cooperator = Cooperator(terminationPredicateFactory=lambda: lambda: True,
                                 scheduler=lambda step: steps.callLater(1, step))
-        self.store = DiskStore(self.mktemp(), cooperator=cooperator)
+        folder = tempfile.mkdtemp(prefix="cachingproxy-layer-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        self.store = DiskStore(folder, cooperator=cooperator)
         self.layer = CacheLayer(self.store, self.clock, None, CacheSettings())
         for n in range(40):
             respond(self.request(target=b"/p/%d" % n), fields=[(b"Cache-Control", b"max-age=60")])
