@@ -22,8 +22,9 @@ from twisted.internet.address import IPv4Address  # noqa: E402
 from twisted.internet.testing import MemoryReactorClock, StringTransport  # noqa: E402
 
 from cachingproxy.cache.disk import DiskStore  # noqa: E402
-from cachingproxy.cache.memory import MemoryStore, TieredStore  # noqa: E402
-from cachingproxy.cache.layer import CacheResource, CacheSettings  # noqa: E402
+from cachingproxy.cache.memory import MemoryStore  # noqa: E402
+from cachingproxy.cache.tiered import TieredStore  # noqa: E402
+from cachingproxy.cache.layer import CacheLayer, CacheSettings  # noqa: E402
 from cachingproxy.proxy.factory import ProxyFactory
 from cachingproxy.proxy.settings import ProxySettings# noqa: E402
 from cachingproxy.proxy.upstream import Origin, UpstreamPool, UpstreamProtocol, UpstreamSettings  # noqa: E402
@@ -49,7 +50,7 @@ def run(store, n: int) -> float:
     origin = Origin(b"http", "127.0.0.1", 9000)
     pool = UpstreamPool(reactor, UpstreamSettings())
     factory = ProxyFactory(reactor, ProxySettings(upstream=origin, viaName=b"bench"), pool, None)
-    factory.cache = CacheResource(store, reactor, pool, CacheSettings())
+    factory.cache = CacheLayer(store, reactor, pool, CacheSettings())
     upstream = UpstreamProtocol(pool, origin)
     upstreamTransport = StringTransport()
     upstream.makeConnection(upstreamTransport)

@@ -48,9 +48,9 @@ def run(n: int, store=None) -> float:
     pool = UpstreamPool(reactor, UpstreamSettings())
     factory = ProxyFactory(reactor, ProxySettings(upstream=origin, viaName=b"bench"), pool, None)
     if store is not None:
-        from cachingproxy.cache.layer import CacheResource
+        from cachingproxy.cache.layer import CacheLayer
 
-        factory.cache = CacheResource(store, reactor, pool)
+        factory.cache = CacheLayer(store, reactor, pool)
     upstream = UpstreamProtocol(pool, origin)
     upstreamTransport = StringTransport()
     upstream.makeConnection(upstreamTransport)

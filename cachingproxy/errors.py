@@ -9,6 +9,8 @@ violations by the client) a closed connection.
 
 from __future__ import annotations
 
+from typing import Sequence, Tuple
+
 __all__ = [
     "ProxyError",
     "BadRequest",
@@ -34,10 +36,13 @@ class ProxyError(Exception):
     @cvar status: the status code sent to the client.
     @cvar closeConnection: whether the client connection must be closed after
         the response (framing can no longer be trusted).
+    @ivar headers: extra fields sent with the response, as C{(name, value)}
+        pairs of bytes (C{Retry-After}, say); none by default.
     """
 
     status = 500
     closeConnection = False
+    headers: Sequence[Tuple[bytes, bytes]] = ()
 
     def __init__(self, message: str = "") -> None:
         super().__init__(message)

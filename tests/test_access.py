@@ -27,7 +27,7 @@ from cachingproxy.access import (
     readPasswordFile,
     shaCrypt,
 )
-from cachingproxy.ops.admin import AdminResource
+from cachingproxy.ops.admin import AdminPages
 from cachingproxy.service.config import fromOptions
 from cachingproxy.errors import Forbidden
 from cachingproxy.http.headers import Headers
@@ -760,7 +760,7 @@ class LoopbackTests(TestCase):
         settings.setdefault("viaName", b"test-proxy")
         self.factory, self.port, self.lines = startProxy(self, ProxySettings(**settings))
         self.factory.access = policy if policy is not None else AccessPolicy(clock=reactor)
-        self.factory.admin = AdminResource(self.factory, "w1")
+        self.factory.admin = AdminPages(self.factory, "w1")
 
     def get(self, path: bytes, headers: bytes = b"", host: str = "127.0.0.1", port=None) -> bytes:
         port = self.originPort if port is None else port

@@ -7,7 +7,7 @@ import json
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from cachingproxy.ops.admin import AdminResource
+from cachingproxy.ops.admin import AdminPages
 from cachingproxy.proxy.settings import ProxySettings
 from cachingproxy.proxy.upstream import Origin
 
@@ -24,7 +24,7 @@ def adminProxy(testCase, **kwargs):
     """
     kwargs.setdefault("viaName", b"test-proxy")
     factory, port, _ = startProxy(testCase, ProxySettings(**kwargs))
-    factory.admin = AdminResource(factory, "w1")
+    factory.admin = AdminPages(factory, "w1")
     return factory, port
 
 
@@ -196,7 +196,7 @@ class DrainTests(TestCase):
         origin, originPort = listenOrigin(self)
         factory, port, _ = startProxy(
             self, ProxySettings(viaName=b"test-proxy", drainIdleTimeout=0.3))
-        factory.admin = AdminResource(factory)
+        factory.admin = AdminPages(factory)
         idle, _ = await exchange(
             port, self, b"GET http://127.0.0.1:%d/size/1 HTTP/1.1\r\nHost: x\r\n\r\n" % originPort
         )

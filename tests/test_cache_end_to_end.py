@@ -15,7 +15,7 @@ from twisted.web.resource import Resource
 from cachingproxy.cache.memory import MemoryStore
 from cachingproxy.http.headers import formatHTTPDate
 from cachingproxy.cache.policy import CacheOptions, RefreshRule
-from cachingproxy.cache.layer import CacheResource, CacheSettings
+from cachingproxy.cache.layer import CacheLayer, CacheSettings
 from cachingproxy.proxy.settings import ProxySettings
 from cachingproxy.proxy.upstream import Origin
 
@@ -189,7 +189,7 @@ class CacheTestCase(TestCase):
         upstream = Origin(b"http", "127.0.0.1", self.originPort) if self.reverse else None
         self.factory, self.port, self.lines = startProxy(
             self, ProxySettings(viaName=b"test-proxy", upstream=upstream))
-        self.cache = CacheResource(self.store, self.clock, self.factory.pool, self.settings())
+        self.cache = CacheLayer(self.store, self.clock, self.factory.pool, self.settings())
         self.factory.cache = self.cache
 
     def settings(self):
@@ -484,7 +484,7 @@ class _AptMirror:
         neither freshness nor a validator, so it is not stored and both
         downloads reach the origin.
         """
-        self.factory.cache = CacheResource(self.store, self.clock, self.factory.pool,
+        self.factory.cache = CacheLayer(self.store, self.clock, self.factory.pool,
                                            CacheSettings())
         first = await self.apt(DEB)
         second = await self.apt(DEB)
@@ -562,7 +562,7 @@ class StaleTests(CacheTestCase):
         be reached at all.
         """
         store = MemoryStore(1 << 20, 1 << 20)
-        cache = CacheResource(store, self.clock, self.factory.pool, CacheSettings())
+        cache = CacheLayer(store, self.clock, self.factory.pool, CacheSettings())
         self.factory.cache = cache
         await self.get(b"/sie/down")
         self.clock.advance(5)
@@ -890,7 +890,7 @@ class CorruptEntryTests(TestCase):
         os.makedirs(folder)
         store = DiskStore(folder, maxSize=1 << 30, maxObjectSize=1 << 26)
         factory, proxyPort, _ = startProxy(self, ProxySettings(viaName=b"test-proxy"))
-        factory.cache = CacheResource(store, clock, factory.pool, CacheSettings())
+        factory.cache = CacheLayer(store, clock, factory.pool, CacheSettings())
         request = b"GET http://127.0.0.1:%d/big/20000 HTTP/1.1\r\nHost: x\r\n\r\n" % (
             originPort)
         await exchange(proxyPort, self, request)

@@ -13,7 +13,7 @@ from twisted.web.resource import Resource
 
 from cachingproxy.cache.memory import MemoryStore
 from cachingproxy.compress import CompressionSettings, negotiate, weakenETag
-from cachingproxy.cache.layer import CacheResource
+from cachingproxy.cache.layer import CacheLayer
 from cachingproxy.proxy.settings import ProxySettings
 from cachingproxy.proxy.upstream import Origin
 
@@ -109,7 +109,7 @@ class CompressionTests(TestCase):
         clock = Clock()
         clock.advance(time.time())
         self.store = MemoryStore(64 << 20, 16 << 20)
-        self.factory.cache = CacheResource(self.store, clock, self.factory.pool)
+        self.factory.cache = CacheLayer(self.store, clock, self.factory.pool)
 
     async def get(self, path=b"/text", headers=b"", method=b"GET"):
         _, [response] = await exchange(

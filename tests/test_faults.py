@@ -22,7 +22,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 
 from cachingproxy.cache.disk import DiskStore
-from cachingproxy.cache.layer import CacheResource, CacheSettings
+from cachingproxy.cache.layer import CacheLayer, CacheSettings
 from cachingproxy.proxy.settings import ProxySettings
 from cachingproxy.proxy.upstream import UpstreamSettings
 
@@ -96,7 +96,7 @@ class FaultTestCase(TestCase):
         self.store = DiskStore(self.folder, maxSize=1 << 30, maxObjectSize=1 << 26)
         self.factory, self.port, self.lines = startProxy(
             self, self.proxySettings(), self.upstreamSettings())
-        self.cache = CacheResource(self.store, reactor, self.factory.pool, CacheSettings())
+        self.cache = CacheLayer(self.store, reactor, self.factory.pool, CacheSettings())
         self.factory.cache = self.cache
 
     def request(self, originPort: int, path: bytes) -> bytes:

@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cachingproxy.cache.memory import MemoryStore
 from cachingproxy.http.headers import formatHTTPDate
-from cachingproxy.cache.layer import CacheResource, CacheSettings
+from cachingproxy.cache.layer import CacheLayer, CacheSettings
 from cachingproxy.proxy.factory import ProxyFactory
 from cachingproxy.proxy.settings import ProxySettings
 from cachingproxy.proxy.upstream import Origin, UpstreamPool, UpstreamProtocol, UpstreamSettings
@@ -53,7 +53,7 @@ class Rig:
             self.reactor, ProxySettings(upstream=ORIGIN, viaName=b"test"), self.pool, None)
         self.store = MemoryStore(1 << 20, 1 << 16) if cache else None
         if cache:
-            self.factory.cache = CacheResource(self.store, self.reactor, self.pool,
+            self.factory.cache = CacheLayer(self.store, self.reactor, self.pool,
                                                CacheSettings())
 
     def origin(self) -> Tuple[UpstreamProtocol, StringTransport]:

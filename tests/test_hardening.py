@@ -375,13 +375,13 @@ class ConnectionNominationTests(TestCase):
         from twisted.internet import reactor
 
         from cachingproxy.cache.memory import MemoryStore
-        from cachingproxy.cache.layer import CacheResource, CacheSettings
+        from cachingproxy.cache.layer import CacheLayer, CacheSettings
 
         reply = (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\n"
                  b"Connection: Content-Length\r\n\r\nhello")
         origin, originPort = listenScripted(self, [reply])
         factory, port, _ = startProxy(self, ProxySettings(viaName=b"test-proxy"))
-        factory.cache = CacheResource(MemoryStore(1 << 20, 1 << 20), reactor, factory.pool,
+        factory.cache = CacheLayer(MemoryStore(1 << 20, 1 << 20), reactor, factory.pool,
                                       CacheSettings())
         client = await connectClient(port, self)
         request = b"GET http://127.0.0.1:%d/s HTTP/1.1\r\nHost: x\r\n\r\n" % originPort

@@ -21,7 +21,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from cachingproxy.ops import metrics as metricsModule
-from cachingproxy.ops.admin import AdminResource
+from cachingproxy.ops.admin import AdminPages
 from cachingproxy.ops.metrics import ENVIRONMENT, Metrics, MetricsService, countWorkerRestart, markProcessDead
 from cachingproxy.proxy.settings import ProxySettings
 from cachingproxy.proxy.upstream import Origin
@@ -513,7 +513,7 @@ class LoopbackTests(TestCase):
         factory, port, _ = startProxy(self, ProxySettings(viaName=b"test-proxy"))
         factory.metrics = Metrics(reactor, factory, directory=directory)
         self.addCleanup(factory.metrics.stop)
-        factory.admin = AdminResource(factory)
+        factory.admin = AdminPages(factory)
         n = 12
         for i in range(n):
             _, [response] = await exchange(
@@ -538,6 +538,6 @@ class LoopbackTests(TestCase):
         Without metrics the endpoint is a 404.
         """
         factory, port, _ = startProxy(self, ProxySettings(viaName=b"test-proxy"))
-        factory.admin = AdminResource(factory)
+        factory.admin = AdminPages(factory)
         _, [response] = await exchange(port, self, b"GET /_cachingproxy/metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertEqual(response.status, 404)

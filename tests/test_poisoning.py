@@ -18,7 +18,7 @@ from twisted.web.server import NOT_DONE_YET
 from cachingproxy.cache import policy
 from cachingproxy.access import parseNetworks
 from cachingproxy.cache.memory import MemoryStore
-from cachingproxy.cache.layer import CacheResource, CacheSettings
+from cachingproxy.cache.layer import CacheLayer, CacheSettings
 from cachingproxy.proxy.settings import ProxySettings
 from cachingproxy.proxy.upstream import Origin
 
@@ -108,7 +108,7 @@ class PoisoningTestCase(TestCase):
             kwargs["upstream"] = Origin(b"http", "127.0.0.1", self.originPort)
         kwargs.setdefault("viaName", b"test-proxy")
         self.factory, self.port, _ = startProxy(self, ProxySettings(**kwargs))
-        self.factory.cache = CacheResource(MemoryStore(1 << 24, 1 << 20), reactor,
+        self.factory.cache = CacheLayer(MemoryStore(1 << 24, 1 << 20), reactor,
                                            self.factory.pool, CacheSettings(options=options))
         self.reverse = reverse
 

@@ -9,7 +9,7 @@ from twisted.web.resource import Resource
 
 from cachingproxy.access import parseNetworks
 from cachingproxy.cache.memory import MemoryStore
-from cachingproxy.cache.layer import CacheResource
+from cachingproxy.cache.layer import CacheLayer
 from cachingproxy.rules import HeaderRules
 from cachingproxy.proxy.settings import ProxySettings
 from cachingproxy.proxy.upstream import Origin
@@ -98,7 +98,7 @@ class RulesEndToEndTests(TestCase):
                                   remove=["Cache-Control"])
         factory, port, _ = startProxy(self, ProxySettings(viaName=b"p", responseRules=rules))
         store = MemoryStore(1 << 20, 1 << 20)
-        factory.cache = CacheResource(store, clock, factory.pool)
+        factory.cache = CacheLayer(store, clock, factory.pool)
         request = b"GET http://127.0.0.1:%d/max-age/60/r HTTP/1.1\r\nHost: x\r\n\r\n" % originPort
         responses = []
         for _ in range(3):

@@ -26,11 +26,11 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.server import Site
 
-from cachingproxy.ops.admin import AdminResource
+from cachingproxy.ops.admin import AdminPages
 from cachingproxy.cache.memory import MemoryStore
 from cachingproxy.ops import metrics as metricsModule
 from cachingproxy.ops.metrics import ENVIRONMENT, Metrics
-from cachingproxy.cache.layer import CacheResource, CacheSettings
+from cachingproxy.cache.layer import CacheLayer, CacheSettings
 from cachingproxy.proxy.settings import ProxySettings
 
 from .helpers import _trackServerConnections, connectClient, exchange, startProxy
@@ -212,7 +212,7 @@ class StatusProxyCase(TestCase):
         self.store = MemoryStore(4 * 1024 * 1024, 1024 * 1024)
         self.factory, self.port, self.accessLines = startProxy(
             self, ProxySettings(viaName=b"test-proxy"))
-        self.factory.cache = CacheResource(self.store, self.clock, self.factory.pool, CacheSettings())
+        self.factory.cache = CacheLayer(self.store, self.clock, self.factory.pool, CacheSettings())
         metricsFolder = os.path.join(self.output, "metrics")
         os.mkdir(metricsFolder)
         self.addCleanup(shutil.rmtree, metricsFolder, True)
@@ -220,7 +220,7 @@ class StatusProxyCase(TestCase):
         self.factory.metrics = Metrics(reactor, self.factory, directory=metricsFolder)
         self.factory.metrics.start()
         self.addCleanup(self.factory.metrics.stop)
-        self.factory.admin = AdminResource(self.factory, "w1")
+        self.factory.admin = AdminPages(self.factory, "w1")
         self.fetched: List[bytes] = []
         handle = self.factory.admin.handle
 
@@ -329,7 +329,7 @@ class StatusEndpointTests(StatusProxyCase):
         """
         import json
 
-        self.factory.admin = AdminResource(self.factory)
+        self.factory.admin = AdminPages(self.factory)
         report = json.loads((await self.admin(b"status.json")).body)
         self.assertEqual(report["servedBy"], {"worker": None, "pid": os.getpid()})
 

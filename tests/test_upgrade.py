@@ -402,14 +402,14 @@ class UpgradeNotCachedTests(TestCase):
         a cacheable answer to it is not stored.
         """
         from cachingproxy.cache.memory import MemoryStore
-        from cachingproxy.cache.layer import CacheResource, CacheSettings
+        from cachingproxy.cache.layer import CacheLayer, CacheSettings
 
         origins, originPort = listenScripted(self, [
             b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 2\r\n"
             b"Connection: close\r\n\r\nok", None])
         factory, port, lines = startProxy(self, ProxySettings(
             viaName=b"test-proxy", upstream=Origin(b"http", "127.0.0.1", originPort)))
-        factory.cache = CacheResource(MemoryStore(1 << 20, 1 << 20), reactor, factory.pool,
+        factory.cache = CacheLayer(MemoryStore(1 << 20, 1 << 20), reactor, factory.pool,
                                       CacheSettings())
 
         async def get(path: bytes, headers: bytes = b"") -> None:

@@ -111,12 +111,14 @@ import zlib
 from collections import OrderedDict
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Cooperator, coiterate
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..http.headers import Headers
 from .policy import StoredEntry as _StoredEntry
-from .store import IBodyReader, IEntryWriter, IStore, StoreFull
+from .store import ABSENT, BytesReader, IBodyReader, IEntryWriter, IStore, StoreFull
 
 __all__ = ["DiskStore", "DiskHandle", "DiskEntryWriter", "FORMAT_VERSION"]
 
@@ -287,33 +289,6 @@ class _Damaged(Exception):
 
 
 @implementer(IBodyReader)
-class BytesReader:
-    """
-    A body (or a range of it) already in memory.
-    """
-
-    __slots__ = ("_data", "_pos", "length")
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._pos = 0
-        self.length = len(data)
-
-    def read(self, size: int) -> bytes:
-        pos = self._pos
-        if pos == 0 and size >= self.length:
-            self._pos = self.length
-            return self._data
-        chunk = self._data[pos:pos + size]
-        self._pos = pos + len(chunk)
-        return chunk
-
-    def close(self) -> None:
-        self._data = b""
-        self._pos = self.length
-
-
-@implementer(IBodyReader)
 class _FileReader:
     """
     A range of a large body, read from an open file with C{pread}; the
@@ -384,8 +359,8 @@ class DiskEntryWriter:
         self._written = 0
         self._crc = 0
         self._done = False
-        #: the handle of the committed entry (for L{TieredStore}).
-        self.handle: Optional[DiskHandle] = None
+        #: the handle of the committed entry
+        self.committedId: Optional[DiskHandle] = None
 
     def _open(self) -> None:
         store = self._store
@@ -455,7 +430,7 @@ class DiskEntryWriter:
             return False
         self._done = True
         self._tmpPath = None
-        self.handle = DiskHandle(final, self._key, self._variantKey, header, size)
+        self.committedId = DiskHandle(final, self._key, self._variantKey, header, size)
         store._stored(final, size, now)
         return True
 
@@ -563,6 +538,7 @@ class DiskStore:
         scanStep: int = 2000,
         recheckInterval: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
+        cooperator: Optional[Cooperator] = None,
     ) -> None:
         """
         @param clock: the time used for mtimes (recency); temporary files
@@ -575,7 +551,10 @@ class DiskStore:
         @param recheckInterval: a L{stamper}'s function, while the change
             tokens are usable, asks the file system at most this often.
         @param monotonic: the clock for C{recheckInterval}.
+        @param cooperator: runs long walks (L{removePrefix}) a step at a
+            time; by default Twisted's global one, on the reactor.
         """
+        self._coiterate = cooperator.coiterate if cooperator is not None else coiterate
         self.directory = os.path.abspath(directory)
         self.maxSize = maxSize
         self.maxObjectSize = min(maxObjectSize, maxSize)
@@ -665,14 +644,14 @@ class DiskStore:
         gives C{None} (no stamp to trust yet), so that a later change can
         never carry the stamp a caller remembered.
 
-        An C{"absent"} answer is remembered (L{_ABSENT_MEMO} keys at most)
+        An L{ABSENT} answer is remembered (L{_ABSENT_MEMO} keys at most)
         with the token read before it: while the folder's token is the
         same, and for at most a L{recheckInterval}, the answer is given
         again without asking the file system (a key asked for again and
         again whose responses are never stored, say). Any change through a
         store, in any process, changes the token.
 
-        @return: the stamp, C{"absent"} if nothing is stored, or C{None}.
+        @return: the stamp, L{ABSENT} if nothing is stored, or C{None}.
         """
         self._checkTokens()
         tokens = self._tokens
@@ -682,7 +661,7 @@ class DiskStore:
             if known is not None:
                 read, token, checked = known
                 if read() == token and self._monotonic() - checked < self.recheckInterval:
-                    return "absent"
+                    return ABSENT
                 del absent[key]
         folder = self._keyDir(key)
         if tokens is None:
@@ -690,7 +669,7 @@ class DiskStore:
         read = tokens.reader(os.path.basename(folder))
         token = read()
         mtime = _folderTime(folder)
-        if mtime == "absent":
+        if mtime is ABSENT:
             absent[key] = (read, token, self._monotonic())
             if len(absent) > _ABSENT_MEMO:
                 absent.popitem(last=False)
@@ -723,7 +702,7 @@ class DiskStore:
                 last[0] = _folderTime(folder)
                 last[1] = now
             mtime = last[0]
-            if mtime is None or mtime == "absent":
+            if mtime is None or mtime is ABSENT:
                 return mtime
             return (token, mtime)
 
@@ -1011,6 +990,55 @@ class DiskStore:
             self._logError("lookup", e)
             return []
 
+    def versions(self, key: bytes) -> Dict[bytes, object]:
+        """
+        A slot is an entry file's name, a version its fixed header (both
+        lengths and both CRC-32s, of the body and of the metadata, which
+        holds the response time): a file replaced or updated (with
+        C{os.replace}, always a new file) has another header, except with a
+        probability of about 2**-64.
+        """
+        try:
+            folder = self._keyDir(key)
+            try:
+                names = os.listdir(folder)
+            except FileNotFoundError:
+                return {}
+            found = {}
+            for name in names:
+                if len(name) != _NAME_LEN:
+                    continue
+                header = self._peek(os.path.join(folder, name))
+                if header is not None:
+                    found[name.encode("ascii")] = header
+            return found
+        except Exception as e:
+            self._logError("lookup", e)
+            return {}
+
+    def load(self, key: bytes, slot: bytes):
+        try:
+            return self._load(os.path.join(self._keyDir(key), slot.decode("ascii")), key)
+        except Exception as e:
+            self._logError("lookup", e)
+            return None
+
+    def versionOf(self, entry) -> Optional[Tuple[bytes, object]]:
+        handle = entry.id
+        if not isinstance(handle, DiskHandle):
+            return None
+        return os.path.basename(handle.path).encode("ascii"), handle.header
+
+    def currentVersion(self, entry) -> Optional[object]:
+        handle = entry.id
+        if not isinstance(handle, DiskHandle):
+            return None
+        try:
+            return self._peek(handle.path, touch=False)
+        except Exception as e:
+            self._logError("read", e)
+            return None
+
     def _load(self, path: str, key: Optional[bytes]):
         """
         @return: the entry stored at C{path} (refreshing its recency), or
@@ -1267,18 +1295,29 @@ class DiskStore:
             pass
         return removed
 
-    def removePrefix(self, prefix: bytes) -> int:
+    def removePrefix(self, prefix: bytes) -> Deferred:
         """
         Walk every key folder and read one entry's primary key from it (the
         folders are named by hash): proportional to the number of keys
-        stored, meant for administration.
+        stored, meant for administration. The walk goes one key folder a
+        step, with the store's cooperator, so that the reactor serves other
+        requests meanwhile.
         """
-        removed = 0
+        removed = [0]
+        d = self._coiterate(self._prefixWalk(prefix, removed))
+        d.addCallback(lambda _: removed[0])
+        return d
+
+    def _prefixWalk(self, prefix: bytes, removed: List[int]) -> Iterator[None]:
+        """
+        The steps of L{removePrefix}: each one a key folder, counting the
+        entries removed into C{removed[0]}.
+        """
         try:
             fans = os.listdir(self._dataDir)
         except OSError as e:
             self._logError("remove", e)
-            return 0
+            return
         for fan in fans:
             fanDir = os.path.join(self._dataDir, fan)
             try:
@@ -1289,8 +1328,8 @@ class DiskStore:
                 keyDir = os.path.join(fanDir, keyName)
                 key = self._folderKey(keyDir)
                 if key is not None and key.startswith(prefix):
-                    removed += self._removeFolder(keyDir)
-        return removed
+                    removed[0] += self._removeFolder(keyDir)
+                yield None
 
     def _folderKey(self, keyDir: str) -> Optional[bytes]:
         try:
@@ -1323,14 +1362,14 @@ class DiskStore:
 
 def _folderTime(folder: str) -> object:
     """
-    A key folder's modification time in ns; C{"absent"} if there is no
+    A key folder's modification time in ns; L{ABSENT} if there is no
     such folder, C{None} if it cannot be read or changed in the last 50 ms
     (see L{DiskStore.stamp}).
     """
     try:
         mtime = os.stat(folder).st_mtime_ns
     except FileNotFoundError:
-        return "absent"
+        return ABSENT
     except OSError:
         return None
     if time.time_ns() - mtime < 50_000_000:

@@ -1,10 +1,10 @@
 # -*- test-case-name: tests.test_cache_end_to_end -*-
 """
-The cache in front of the upstream: L{CacheResource} asks
+The cache in front of the upstream: L{CacheLayer} asks
 L{cachingproxy.cache.policy} what to do with each request and does it with the
 store and the upstream pool.
 
-For every request the connection hands over (L{CacheResource.handle}):
+For every request the connection hands over (L{CacheLayer.handle}):
 
   - PURGE removes stored responses (admin clients only);
   - GET and HEAD are looked up; L{policy.decide} answers with a decision,
@@ -16,9 +16,10 @@ For every request the connection hands over (L{CacheResource.handle}):
     invalidates what it may have changed (RFC 9111 section 4.4).
 
 Concurrent misses for one key make one upstream request (collapsed
-forwarding): the others wait for its response head, then stream the same
-body as it arrives when it turns out storable, or each go upstream on their
-own at once when it does not.
+forwarding, L{cachingproxy.cache.collapse}).
+
+The layer sees an exchange only through
+L{cachingproxy.proxy.interfaces.ICacheExchange}.
 """
 
 from __future__ import annotations
@@ -28,21 +29,23 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.defer import succeed
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from . import policy
-from .store import IStore, StoreFull
+from .collapse import Flight
+from .store import ABSENT, IStore, StoreFull
 from ..errors import BadGateway, GatewayTimeout, ProxyError, UpstreamClosed
 from ..http.message import RequestHead, ResponseHead, logText
 from ..compress import compressWhole, negotiate
+from ..proxy.interfaces import ICacheExchange
 from ..proxy.states import ExchangeState
 from ..compress import compressedFields, compressionPlan
 from ..proxy.upstream import Origin
 
-__all__ = ["CacheResource", "CacheSettings"]
+__all__ = ["CacheLayer", "CacheSettings"]
 
 #: Bodies up to this size are read whole and sent with their head (and are
 #: what the hot path remembers, each coding compressed once).
@@ -166,15 +169,19 @@ class _Stats:
         self.purged = 0
 
 
-class CacheResource:
+class CacheLayer:
     """
     Composes the policy, a store and the upstream pool.
 
     @ivar store: the L{IStore}.
     @ivar stats: counters.
+    @ivar housekeeping: the store's housekeeping (a
+        L{twisted.internet.task.LoopingCall} of L{IStore.rescan}) that the
+        service starts and stops with the listening port, or C{None}.
     """
 
     _log = Logger()
+    housekeeping: Optional[LoopingCall] = None
 
     def __init__(self, store: IStore, reactor, pool, settings: CacheSettings = CacheSettings()):
         self.store = store
@@ -182,7 +189,7 @@ class CacheResource:
         self.pool = pool
         self.settings = settings
         self.stats = _Stats()
-        self._flights: Dict[bytes, "_Flight"] = {}
+        self._flights: Dict[bytes, Flight] = {}
         self._refreshing: set = set()
         self._uses: "OrderedDict[bytes, int]" = OrderedDict()
         #: key -> L{_Hot}: fresh responses remembered for plain GETs
@@ -195,26 +202,24 @@ class CacheResource:
 
     # -- entry point ---------------------------------------------------------
 
-    def handle(self, exchange, origin: Origin, path: bytes) -> None:
+    def handle(self, exchange: ICacheExchange, origin: Origin, path: bytes) -> None:
         """
         Answer C{exchange}, whose request goes to C{origin} for C{path}
         (C{exchange.upstreamHead()} builds the whole request when needed).
         """
         method = exchange.head.method
-        factory = exchange.protocol.factory
-        if factory.keyFromHead:
-            # The origin may be told another host or scheme than its own:
-            # the key is the target URI it builds (RFC 9110 section 7.1).
+        target = exchange.cacheTarget(origin)
+        if target is None:
+            # Another target URI than the origin's own, which the key
+            # cannot name (RFC 9110 section 7.1).
             head = exchange.upstreamHead()
-            target = factory.cacheTarget(origin, head)
-            scheme, authority = target or (origin.scheme, origin.authority())
-            key = _primaryKey(scheme, authority, path)
-            if target is None and method in (b"GET", b"HEAD"):
+            key = _primaryKey(origin.scheme, origin.authority(), path)
+            if method in (b"GET", b"HEAD"):
                 self._pass(exchange, origin, head, key, b"forwarding fields disagree")
                 return
         else:
             head = None
-            key = _primaryKey(origin.scheme, origin.authority(), path)
+            key = _primaryKey(target[0], target[1], path)
         if exchange.hasBody and method in (b"GET", b"HEAD"):
             # The key says nothing of content, which the origin may answer
             # differently (RFC 9110 sections 9.3.1 and 9.3.2 give it no
@@ -238,7 +243,7 @@ class CacheResource:
             exchange.forward(origin, head, _Invalidator(self, exchange, head, key))
             return
         stamp = exchange.cacheStamp = self._stampFor(exchange, head, key)
-        if stamp == "absent":
+        if stamp is ABSENT:
             # The store said, just now, that nothing is stored for the key.
             entries = []
         else:
@@ -249,7 +254,7 @@ class CacheResource:
                 entries = []
         exchange.cacheEntries = entries
         now = self.reactor.seconds()
-        if stamp == "absent" and self._plainMiss:
+        if stamp is ABSENT and self._plainMiss:
             # A plain GET (see L{_stampFor}) and nothing stored: what the
             # policy would say.
             decision = _ABSENT_MISS
@@ -281,7 +286,7 @@ class CacheResource:
             self.stats.passed += 1
             exchange.forward(origin, head, _Invalidator(self, exchange, head, key))
 
-    def _pass(self, exchange, origin: Origin, head: RequestHead, key: bytes,
+    def _pass(self, exchange: ICacheExchange, origin: Origin, head: RequestHead, key: bytes,
               detail: bytes) -> None:
         """
         Forward a GET or HEAD the cache must not answer and whose response
@@ -294,23 +299,22 @@ class CacheResource:
 
     # -- the hot path -----------------------------------------------------
 
-    def _stampFor(self, exchange, head: RequestHead, key: bytes) -> object:
+    def _stampFor(self, exchange: ICacheExchange, head: RequestHead, key: bytes) -> object:
         """
         Before a lookup: the store's stamp for C{key} if what the lookup
         finds may be remembered for the hot path (a plain GET on a
         kept-alive HTTP/1.1 connection), else C{None}.
         """
-        stamp = getattr(self.store, "stamp", None)
         if (
-            stamp is None
-            or head.method != b"GET"
+            head.method != b"GET"
             or not exchange.plainKeepAlive()
             or head.headers.hasAny(_NOT_PLAIN)
         ):
             return None
-        return stamp(key)
+        return self.store.stamp(key)
 
-    def _serveHot(self, exchange, head: RequestHead, key: bytes, hot: "_Hot") -> bool:
+    def _serveHot(self, exchange: ICacheExchange, head: RequestHead, key: bytes,
+                  hot: "_Hot") -> bool:
         """
         Answer a plain GET from a remembered fresh response without asking
         the policy again: valid while the store's stamp for the key is the
@@ -344,12 +348,13 @@ class CacheResource:
         exchange.serveBytes(200, variant.wire, len(variant.body))
         return True
 
-    def _remember(self, exchange, entry: policy.StoredEntry, fields, body: bytes) -> None:
+    def _remember(self, exchange: ICacheExchange, entry: policy.StoredEntry, fields,
+                  body: bytes) -> None:
         """
         After serving a fresh hit the slow way: remember it for the hot
         path when that is sound (see L{_stampFor}; no Vary, a 200).
         """
-        stamp = getattr(exchange, "cacheStamp", None)
+        stamp = exchange.cacheStamp
         if stamp is None or entry.status != 200 or b"vary" in entry.responseHeaders:
             return
         options = self.settings.options
@@ -358,25 +363,18 @@ class CacheResource:
         initial = policy.currentAge(entry.responseHeaders, entry.requestTime,
                                     entry.responseTime, entry.responseTime)
         ageBase = initial - entry.responseTime
-        stamper = getattr(self.store, "stamper", None)
-        if stamper is None:
-            return
         hot = _Hot()
         hot.stamp = stamp
-        hot.check = stamper(entry.key)
+        hot.check = self.store.stamper(entry.key)
         hot.freshUntil = lifetime - ageBase
         hot.ageBase = ageBase
         hot.lifetime = lifetime
-        factory = exchange.protocol.factory
-        settings = factory.settings
-        if settings.upstream is not None and settings.rewriteRedirects and any(
-                f[0] == b"location" or f[0] == b"content-location" for f in fields):
+        fields = exchange.sharedFields(fields)
+        if fields is None:
             # Rewritten to the Host of the client served: a head for that
             # client only.
             return
-        fields = factory.downstreamFields(exchange, list(fields))
-        via = factory.settings.viaName
-        compression = factory.settings.compression
+        via, compression = exchange.hotFacts()
         hot.codings = ()
         if compression is not None:
             fields, _, compressible = compressionPlan(compression, fields, True, None)
@@ -402,8 +400,8 @@ class CacheResource:
 
     # -- serving stored responses ---------------------------------------------
 
-    def _serve(self, exchange, request: RequestHead, entry: policy.StoredEntry, age: float,
-               ttl: float, hit: bool, xcache: bytes,
+    def _serve(self, exchange: ICacheExchange, request: RequestHead, entry: policy.StoredEntry,
+               age: float, ttl: float, hit: bool, xcache: bytes,
                fwd: Optional[str] = None, fwdStatus: Optional[int] = None) -> None:
         """
         Answer from C{entry}: the client's own preconditions (RFC 9110
@@ -425,7 +423,7 @@ class CacheResource:
             fields = [(n.lower(), n, v) for n, v in policy.notModifiedHeaders(stored).items()]
         elif precondition == 412:
             self._log.info("412 from cache for {target}", target=logText(request.target))
-            exchange.serveStored(412, b"", self._statusFields([], hit, fwd, fwdStatus, ttl,
+            exchange.respondWithBody(412, b"", self._statusFields([], hit, fwd, fwdStatus, ttl,
                                                                  b"HIT"), b"", 0)
             return
         else:
@@ -438,7 +436,7 @@ class CacheResource:
             ranges = policy.rangeForStoredResponse(request, entry)
             if ranges == policy.UNSATISFIABLE:
                 length = entry.bodyLength or 0
-                exchange.serveStored(
+                exchange.respondWithBody(
                     416, b"",
                     self._statusFields([(b"content-range", b"Content-Range",
                                          b"bytes */%d" % length)], hit, fwd, fwdStatus, ttl,
@@ -471,7 +469,7 @@ class CacheResource:
         fields.extend(extra)
         fields = self._statusFields(fields, hit, fwd, fwdStatus, ttl, xcache)
         if status == 304 or request.method == b"HEAD":
-            exchange.serveStored(status, b"", fields, None, end - start)
+            exchange.respondWithBody(status, b"", fields, None, end - start)
             return
         length = end - start
         reader = self.store.openBody(entry, start, end)
@@ -494,12 +492,12 @@ class CacheResource:
             if status == 200 and hit and fwd is None and request.method == b"GET":
                 self._remember(exchange, entry, [f for f in fields if f[0] not in _PER_HIT],
                                body)
-            exchange.serveStored(status, b"", fields, body, length)
+            exchange.respondWithBody(status, b"", fields, body, length)
         else:
-            exchange.serveStored(status, b"", fields, reader, length)
+            exchange.respondWithBody(status, b"", fields, reader, length)
 
-    def _serveMultipart(self, exchange, entry, fields, ranges, age, hit, fwd, fwdStatus, ttl,
-                        xcache) -> None:
+    def _serveMultipart(self, exchange: ICacheExchange, entry, fields, ranges, age, hit, fwd,
+                        fwdStatus, ttl, xcache) -> None:
         """
         Several ranges: a multipart/byteranges body (RFC 9110 section
         14.6), built in memory (ranges of one stored body, bounded in
@@ -527,7 +525,7 @@ class CacheResource:
                        b"multipart/byteranges; boundary=" + boundary))
         fields.append((b"age", b"Age", policy.ageHeaderValue(age)))
         fields = self._statusFields(fields, hit, fwd, fwdStatus, ttl, xcache)
-        exchange.serveStored(206, b"", fields, body, len(body))
+        exchange.respondWithBody(206, b"", fields, body, len(body))
 
     def _statusFields(self, fields, hit: bool, fwd: Optional[str], fwdStatus: Optional[int],
                       ttl: Optional[float], xcache: bytes, stored: bool = False,
@@ -546,7 +544,7 @@ class CacheResource:
             fields.append((b"x-cache", b"X-Cache", xcache))
         return fields
 
-    def _fetchAgain(self, exchange, key: bytes) -> None:
+    def _fetchAgain(self, exchange: ICacheExchange, key: bytes) -> None:
         """
         A stored body vanished or was damaged between lookup and read:
         answer as a miss.
@@ -569,7 +567,8 @@ class CacheResource:
             self._uses.popitem(last=False)
         return uses >= need
 
-    def _fetch(self, exchange, origin: Origin, head: RequestHead, key: bytes, fwd: str) -> None:
+    def _fetch(self, exchange: ICacheExchange, origin: Origin, head: RequestHead, key: bytes,
+               fwd: str) -> None:
         """
         A miss: fetch, and store what may be stored. Concurrent misses for
         the same key wait for the first one.
@@ -586,7 +585,7 @@ class CacheResource:
             # the policy allows.
             store = admitted and head.method == b"GET" and (
                 not conditional or policy.isRangeRequest(head.headers))
-            handler = _Storer(self, exchange, head, key, fwd, store=store)
+            handler = _Fill(self, exchange, head, key, fwd, store=store)
             exchange.forward(origin, head, handler)
             return
         flight = self._flights.get(key)
@@ -594,12 +593,20 @@ class CacheResource:
             self.stats.collapsed += 1
             flight.join(exchange)
             return
-        flight = _Flight(self, key, head)
+        flight = Flight(self, key, head)
         self._flights[key] = flight
-        handler = _Storer(self, exchange, head, key, fwd, store=True, flight=flight)
+        handler = _Fill(self, exchange, head, key, fwd, store=True, flight=flight)
         exchange.forward(origin, head, handler)
 
-    def _revalidate(self, exchange, origin: Origin, head: RequestHead, key: bytes,
+    def _fetchUnshared(self, exchange: ICacheExchange, key: bytes) -> None:
+        """
+        A waiter of a collapsed fetch whose response is not shared: fetch
+        on its own, storing nothing.
+        """
+        handler = _Fill(self, exchange, exchange.cacheHead, key, "miss", store=False)
+        exchange.forward(exchange.cacheOrigin, exchange.cacheHead, handler)
+
+    def _revalidate(self, exchange: ICacheExchange, origin: Origin, head: RequestHead, key: bytes,
                     decision: policy.Revalidate, entries) -> None:
         """
         Validate the stored response upstream (RFC 9111 section 4.3).
@@ -651,25 +658,33 @@ class CacheResource:
             if removed:
                 self._log.debug("invalidated {uri}", uri=logText(uri))
 
-    def _purge(self, exchange, key: bytes) -> None:
+    def _purge(self, exchange: ICacheExchange, key: bytes) -> None:
         # Who is an admin is the connection's (and the access policy's)
         # business: one answer for PURGE and the admin endpoints.
-        allowed = exchange.protocol.factory.isAdmin(exchange.protocol.clientHost)
-        if not allowed:
+        if not exchange.fromAdmin():
             from ..errors import MethodNotAllowed
 
             exchange.respondError(MethodNotAllowed("PURGE is for admin addresses only"))
             return
         if key.endswith(b"*"):
-            removed = self.store.removePrefix(key[:-1])
+            # A walk of the whole store, in steps: answered when done.
+            d = self.store.removePrefix(key[:-1])
         else:
-            removed = self.store.remove(key)
-        self.stats.purged += removed
-        self._log.info("purged {n} entries for {key}", n=removed, key=logText(key))
-        body = b"purged %d\n" % removed
-        status = 200 if removed else 404
-        exchange.serveStored(status, b"", [(b"content-type", b"Content-Type",
-                                            b"text/plain")], body, len(body))
+            d = succeed(self.store.remove(key))
+
+        def purged(removed: int) -> None:
+            self.stats.purged += removed
+            self._log.info("purged {n} entries for {key}", n=removed, key=logText(key))
+            body = b"purged %d\n" % removed
+            status = 200 if removed else 404
+            exchange.respondWithBody(status, b"", [(b"content-type", b"Content-Type",
+                                                    b"text/plain")], body, len(body))
+
+        def failed(reason: Failure) -> None:
+            self._log.failure("purging {key} failed", reason, key=logText(key))
+            exchange.respondError(ProxyError("the purge failed"))
+
+        d.addCallbacks(purged, failed)
 
     # -- storing --------------------------------------------------------------
 
@@ -754,7 +769,7 @@ def _stripTargeted(head: ResponseHead, options: policy.CacheOptions) -> None:
         head.headers.removeMany(names)
 
 
-class _Storer:
+class _Fill:
     """
     Passes an upstream response to the client and, when the policy allows,
     tees its body into the store. Leads a flight of collapsed waiters.
@@ -762,9 +777,9 @@ class _Storer:
 
     _log = Logger()
 
-    def __init__(self, resource: CacheResource, exchange, request: RequestHead, key: bytes,
-                 fwd: str, store: bool, flight: Optional["_Flight"] = None) -> None:
-        self.resource = resource
+    def __init__(self, layer: CacheLayer, exchange: ICacheExchange, request: RequestHead,
+                 key: bytes, fwd: str, store: bool, flight: Optional[Flight] = None) -> None:
+        self.layer = layer
         self.exchange = exchange
         self.request = request
         self.key = key
@@ -773,7 +788,7 @@ class _Storer:
         self.flight = flight
         self.writer = None
         self.length = 0
-        self.requestTime = resource.reactor.seconds()
+        self.requestTime = layer.reactor.seconds()
         self.response: Optional[ResponseHead] = None
         self._discard = False
         #: the declared body length, when the response has one
@@ -797,20 +812,20 @@ class _Storer:
         The origin failed (C{status} 5xx, or C{None}: unreachable): serve a
         stored stale response instead where stale-if-error allows.
         """
-        entries = getattr(self.exchange, "cacheEntries", None)
+        entries = self.exchange.cacheEntries
         if not entries or self.flight is not None and self.flight.streaming:
             return False
-        resource = self.resource
-        stale = policy.staleOnError(self.request, entries, resource.reactor.seconds(),
-                                    resource.settings.options, disconnected=status is None)
+        layer = self.layer
+        stale = policy.staleOnError(self.request, entries, layer.reactor.seconds(),
+                                    layer.settings.options, disconnected=status is None)
         if stale is None:
             return False
-        resource.stats.stale += 1
+        layer.stats.stale += 1
         self._discard = True
         if self.flight is not None:
             self.flight.failed(Failure(BadGateway("origin error")), False)
             self.flight = None
-        resource._serve(self.exchange, self.request, stale.entry, stale.age, stale.ttl,
+        layer._serve(self.exchange, self.request, stale.entry, stale.age, stale.ttl,
                         hit=True, xcache=b"STALE", fwd=self.fwd, fwdStatus=status)
         return True
 
@@ -819,29 +834,29 @@ class _Storer:
         RFC 9111 section 4.3.5: a HEAD response updates the stored GET
         responses it matches; those it contradicts are dropped.
         """
-        entries = getattr(self.exchange, "cacheEntries", None)
+        entries = self.exchange.cacheEntries
         if not entries:
             return
-        resource = self.resource
+        layer = self.layer
         update = policy.freshenWithHead(entries, self.request.headers, head, self.requestTime,
-                                        self.responseTime, resource.settings.options)
+                                        self.responseTime, layer.settings.options)
         for entry in update.updated:
-            resource.store.update(entry)
+            layer.store.update(entry)
         if update.invalidated:
-            resource.store.remove(self.key)
+            layer.store.remove(self.key)
 
     def responseHead(self, head: ResponseHead) -> None:
-        resource = self.resource
-        self.responseTime = resource.reactor.seconds()
+        layer = self.layer
+        self.responseTime = layer.reactor.seconds()
         if head.status in (500, 502, 503, 504) and self._servedStale(head.status):
             return
         if self.request.method == b"HEAD":
             self._freshenWithHead(head)
         detail = None
         if self.store and self.exchange.head.method != b"HEAD":
-            self.writer, detail = resource.writerOrDetail(self.key, self.request, head)
+            self.writer, detail = layer.writerOrDetail(self.key, self.request, head)
             if self.writer is None:
-                resource.notStored(self.key)
+                layer.notStored(self.key)
         if self.writer is None:
             # Nothing of it is stored: no copy, no framing to work out.
             stored = self.response = head
@@ -858,9 +873,9 @@ class _Storer:
                 self._commit()
         if self.flight is not None:
             self.flight.headArrived(self, stored, self.writer is not None)
-        _stripTargeted(head, resource.settings.options)
+        _stripTargeted(head, layer.settings.options)
         fields = head.headers.lowered()
-        resource._statusFields(fields, False, self.fwd, head.status, None, b"MISS",
+        layer._statusFields(fields, False, self.fwd, head.status, None, b"MISS",
                                stored=self.writer is not None, detail=detail)
         self.exchange.cacheResult = "MISS"
         self.exchange.responseHead(head)
@@ -894,7 +909,7 @@ class _Storer:
             return
         part = self.part
         if part is None:
-            self.resource.commit(writer, self.key, self.request, self.response,
+            self.layer.commit(writer, self.key, self.request, self.response,
                                  self.requestTime, self.responseTime, self.length)
             return
         start, end, total = part
@@ -913,7 +928,7 @@ class _Storer:
         the new part are written now, those after it when the new part
         ends. A 206 never replaces a complete stored response.
         """
-        entries = getattr(self.exchange, "cacheEntries", None) or ()
+        entries = self.exchange.cacheEntries
         replaced = self.replaced = policy.replacedEntry(entries, self.request, response)
         if response.status == 206:
             self.part = policy.storablePart(response)
@@ -944,7 +959,7 @@ class _Storer:
         @return: whether C{writer} is still usable (else it was aborted).
         """
         previous = self.previous
-        store = self.resource.store
+        store = self.layer.store
         for first, last in previous.ranges:
             first, last = max(first, start), min(last, end)
             if first >= last:
@@ -981,7 +996,7 @@ class _Storer:
         """
         if self.previous is not None and not self._copyPrevious(writer, end, total):
             return
-        self.resource.commit(writer, self.key, self.request, self.response,
+        self.layer.commit(writer, self.key, self.request, self.response,
                              self.requestTime, self.responseTime, None,
                              ranges=self.copied + [(start, end)], completeLength=total,
                              previous=self.previous)
@@ -1097,15 +1112,15 @@ class _Invalidator:
 
     _log = Logger()
 
-    def __init__(self, resource: CacheResource, exchange, request: RequestHead,
+    def __init__(self, layer: CacheLayer, exchange: ICacheExchange, request: RequestHead,
                  key: bytes, detail: Optional[bytes] = None) -> None:
-        self.resource = resource
+        self.layer = layer
         self.exchange = exchange
         self.request = request
         self.key = key
         #: why a GET or HEAD is passed, for Cache-Status
         self.detail = detail
-        self.requestTime = resource.reactor.seconds()
+        self.requestTime = layer.reactor.seconds()
         self.writer = None
         self.length = 0
         self.watching = False
@@ -1118,15 +1133,15 @@ class _Invalidator:
         if method not in policy.SAFE_METHODS:
             uri = self.key.split(b" ", 1)[-1]
             uris = policy.invalidatedURIs(method, uri, head.status, head.headers)
-            self.resource.invalidate(uris)
+            self.layer.invalidate(uris)
             if method == b"POST":
                 # After the invalidation: what remains for the URI is this
                 # response.
                 self._storeAsGet(uri, head)
-        _stripTargeted(head, self.resource.settings.options)
+        _stripTargeted(head, self.layer.settings.options)
         fields = head.headers.lowered()
         self.exchange.cacheResult = "PASS"
-        self.resource._statusFields(fields, False, "method" if method not in (
+        self.layer._statusFields(fields, False, "method" if method not in (
             b"GET", b"HEAD") else "request", head.status, None, b"PASS",
             stored=self.writer is not None, detail=self.detail)
         self.exchange.responseHead(head)
@@ -1136,9 +1151,9 @@ class _Invalidator:
         Start storing C{head} and its body under the GET key C{uri}, if the
         policy allows it.
         """
-        resource = self.resource
+        layer = self.layer
         allowed, _ = policy.mayStorePostResponse(self.request, head, uri,
-                                                 resource.settings.options)
+                                                 layer.settings.options)
         if not allowed:
             return
         request = self.request
@@ -1146,9 +1161,9 @@ class _Invalidator:
         # What is stored is the response as the origin sent it.
         self.response = ResponseHead(head.status, head.reason, head.version,
                                      head.headers.copy())
-        self.responseTime = resource.reactor.seconds()
+        self.responseTime = layer.reactor.seconds()
         self.storeKey = uri
-        self.writer = resource.openWriter(uri, self.asGet, self.response)
+        self.writer = layer.openWriter(uri, self.asGet, self.response)
         if self.writer is not None:
             # A client that leaves mid-body leaves nothing half-written.
             self.exchange.onClientGone = self._abortWriter
@@ -1172,14 +1187,14 @@ class _Invalidator:
         self._unwatch()
         writer, self.writer = self.writer, None
         if writer is not None:
-            self.resource.commit(writer, self.storeKey, self.asGet, self.response,
+            self.layer.commit(writer, self.storeKey, self.asGet, self.response,
                                  self.requestTime, self.responseTime, self.length)
         self.exchange.responseEnd()
 
     def responseFailed(self, reason: Failure, receivedAnything: bool) -> None:
         self._unwatch()
         self._abortWriter()
-        _Storer._failExchange(self, reason)
+        _Fill._failExchange(self, reason)
 
     def _unwatch(self) -> None:
         # The exchange and this handler point at each other: an ended
@@ -1211,56 +1226,56 @@ class _Revalidator:
 
     _log = Logger()
 
-    def __init__(self, resource: CacheResource, exchange, request: RequestHead, key: bytes,
-                 decision: policy.Revalidate, entries) -> None:
-        self.resource = resource
+    def __init__(self, layer: CacheLayer, exchange: ICacheExchange, request: RequestHead,
+                 key: bytes, decision: policy.Revalidate, entries) -> None:
+        self.layer = layer
         self.exchange = exchange
         self.request = request
         self.key = key
         self.decision = decision
         self.entries = entries
-        self.requestTime = resource.reactor.seconds()
-        self.passThrough: Optional[_Storer] = None
+        self.requestTime = layer.reactor.seconds()
+        self.passThrough: Optional[_Fill] = None
         self.discard = False
 
     def responseInterim(self, head: ResponseHead) -> None:
         pass
 
     def _outcome(self, response: Optional[ResponseHead]):
-        resource = self.resource
-        now = resource.reactor.seconds()
+        layer = self.layer
+        now = layer.reactor.seconds()
         return policy.afterRevalidation(
             self.request, self.decision.entry, response, self.requestTime, now, now,
-            resource.settings.options, self.entries,
+            layer.settings.options, self.entries,
         )
 
     def responseHead(self, head: ResponseHead) -> None:
-        resource = self.resource
+        layer = self.layer
         outcome = self._outcome(head)
         kind = type(outcome)
         if kind is policy.Freshened:
-            resource.stats.revalidated += 1
+            layer.stats.revalidated += 1
             for entry in outcome.updated:
                 try:
-                    resource.store.update(entry)
+                    layer.store.update(entry)
                 except Exception:
-                    resource._log.failure("updating {key} failed", key=logText(self.key))
+                    layer._log.failure("updating {key} failed", key=logText(self.key))
             self.discard = True
-            resource._serve(self.exchange, self.request, outcome.entry, outcome.age,
-                            _ttl(outcome.entry, outcome.age, resource), hit=True,
+            layer._serve(self.exchange, self.request, outcome.entry, outcome.age,
+                            _ttl(outcome.entry, outcome.age, layer), hit=True,
                             xcache=b"REVALIDATED", fwd=self.decision.fwd, fwdStatus=304)
         elif kind is policy.Stale:
-            resource.stats.stale += 1
+            layer.stats.stale += 1
             self.discard = True
-            resource._serve(self.exchange, self.request, outcome.entry, outcome.age,
+            layer._serve(self.exchange, self.request, outcome.entry, outcome.age,
                             outcome.ttl, hit=True, xcache=b"STALE",
                             fwd=self.decision.fwd, fwdStatus=head.status)
         elif kind is policy.Refetch:
             self.discard = True
-            resource._fetch(self.exchange, self.exchange.cacheOrigin, self.request, self.key,
+            layer._fetch(self.exchange, self.exchange.cacheOrigin, self.request, self.key,
                             "stale")
         else:
-            self.passThrough = _Storer(resource, self.exchange, self.request, self.key,
+            self.passThrough = _Fill(layer, self.exchange, self.request, self.key,
                                        self.decision.fwd, store=head.status != 304)
             self.passThrough.requestTime = self.requestTime
             self.passThrough.responseHead(head)
@@ -1281,13 +1296,13 @@ class _Revalidator:
             return
         outcome = self._outcome(None)
         if type(outcome) is policy.Stale:
-            self.resource.stats.stale += 1
+            self.layer.stats.stale += 1
             self.discard = True
-            self.resource._serve(self.exchange, self.request, outcome.entry, outcome.age,
+            self.layer._serve(self.exchange, self.request, outcome.entry, outcome.age,
                                  outcome.ttl, hit=True, xcache=b"STALE",
                                  fwd=self.decision.fwd)
             return
-        _Storer._failExchange(self, reason)
+        _Fill._failExchange(self, reason)
 
     def requestBodyUnwanted(self) -> None:
         pass
@@ -1301,9 +1316,9 @@ class _BackgroundRefresh:
 
     _log = Logger()
 
-    def __init__(self, resource: CacheResource, request: RequestHead, key: bytes,
+    def __init__(self, layer: CacheLayer, request: RequestHead, key: bytes,
                  entry: policy.StoredEntry, entries) -> None:
-        self.resource = resource
+        self.layer = layer
         self.request = request
         self.key = key
         self.entry = entry
@@ -1318,22 +1333,22 @@ class _BackgroundRefresh:
         pass
 
     def responseHead(self, head: ResponseHead) -> None:
-        resource = self.resource
-        now = resource.reactor.seconds()
+        layer = self.layer
+        now = layer.reactor.seconds()
         self.responseTime = now
         outcome = policy.afterRevalidation(self.request, self.entry, head, self.requestTime,
-                                           now, now, resource.settings.options, self.entries)
+                                           now, now, layer.settings.options, self.entries)
         if type(outcome) is policy.Freshened:
-            resource.stats.revalidated += 1
+            layer.stats.revalidated += 1
             for entry in outcome.updated:
-                resource.store.update(entry)
+                layer.store.update(entry)
         elif head.status == 200 or head.status == 206 and self.entry.ranges is not None:
             # An incomplete entry is refreshed for the client's range: a
             # 206 is a new part of a changed representation (RFC 9111
             # section 3.4: it replaces the old parts).
             self.response = ResponseHead(head.status, head.reason, head.version,
                                          head.headers.copy())
-            self.writer = resource.openWriter(self.key, self.request, self.response)
+            self.writer = layer.openWriter(self.key, self.request, self.response)
             if head.status == 206:
                 self.part = policy.storablePart(self.response)
 
@@ -1346,23 +1361,23 @@ class _BackgroundRefresh:
                 self.writer = None
 
     def responseEnd(self) -> None:
-        self.resource._refreshing.discard(self.key)
+        self.layer._refreshing.discard(self.key)
         writer, self.writer = self.writer, None
         if writer is None:
             return
         part = self.part
         if part is None:
-            self.resource.commit(writer, self.key, self.request, self.response,
+            self.layer.commit(writer, self.key, self.request, self.response,
                                  self.requestTime, self.responseTime, self.length)
         elif self.length == part[1] - part[0]:
-            self.resource.commit(writer, self.key, self.request, self.response,
+            self.layer.commit(writer, self.key, self.request, self.response,
                                  self.requestTime, self.responseTime, None,
                                  ranges=[part[:2]], completeLength=part[2])
         else:
             writer.abort()
 
     def responseFailed(self, reason: Failure, receivedAnything: bool) -> None:
-        self.resource._refreshing.discard(self.key)
+        self.layer._refreshing.discard(self.key)
         writer, self.writer = self.writer, None
         if writer is not None:
             writer.abort()
@@ -1371,195 +1386,7 @@ class _BackgroundRefresh:
         pass
 
 
-def _ttl(entry: policy.StoredEntry, age: float, resource: CacheResource) -> float:
-    lifetime = policy.freshnessLifetime(entry.responseHead, resource.settings.options,
+def _ttl(entry: policy.StoredEntry, age: float, layer: CacheLayer) -> float:
+    lifetime = policy.freshnessLifetime(entry.responseHead, layer.settings.options,
                                         entry.responseTime, entry.key)
     return lifetime - age
-
-
-@implementer(IPushProducer)
-class _Flight:
-    """
-    One upstream fetch that several clients wait on (collapsed forwarding).
-
-    Waiters joined before the response head arrives. At the head:
-
-      - if the response is being stored, every waiter gets the same head
-        and the body chunks as they arrive; the upstream is paused while
-        any waiter's connection is full (a slow waiter slows the fetch, as
-        the leader's own connection does);
-      - otherwise each waiter goes upstream on its own at once: nobody gets
-        a response that was not meant to be shared.
-
-    Waiters are woken by the head itself: no polling, no queue behind an
-    uncacheable object (only requests that arrive I{during} one fetch wait,
-    and only until its head).
-    """
-
-    def __init__(self, resource: CacheResource, key: bytes, request: RequestHead) -> None:
-        self.resource = resource
-        self.key = key
-        self.request = request
-        self.waiters: List = []
-        self.streaming: List = []
-        self.head: Optional[ResponseHead] = None
-        self.leader: Optional[_Storer] = None
-        self._paused: set = set()
-
-    def accepts(self, request: RequestHead) -> bool:
-        """
-        Whether C{request} may share this fetch: still before the head, and
-        asking for the same thing (the same Vary-relevant fields are
-        unknown yet, so only requests with identical fields are joined).
-        """
-        return self.head is None and list(request.headers.items()) == list(
-            self.request.headers.items()
-        ) and request.method == self.request.method
-
-    def join(self, exchange) -> None:
-        self.waiters.append(exchange)
-        exchange.onClientGone = lambda: self._waiterGone(exchange)
-
-    def _waiterGone(self, exchange) -> None:
-        if exchange in self.waiters:
-            self.waiters.remove(exchange)
-        if exchange in self.streaming:
-            self.streaming.remove(exchange)
-            self._paused.discard(exchange)
-            self._maybeResume()
-
-    def _done(self) -> None:
-        if self.resource._flights.get(self.key) is self:
-            del self.resource._flights[self.key]
-
-    def headArrived(self, leader: _Storer, head: ResponseHead, storing: bool) -> None:
-        self.leader = leader
-        self.head = head
-        self._done()
-        waiters, self.waiters = self.waiters, []
-        if not storing:
-            for exchange in waiters:
-                exchange.onClientGone = None
-                self._goAlone(exchange)
-            return
-        if waiters:
-            # From now on the fetch runs at the pace of its slowest reader,
-            # the leader included.
-            self.streaming.append(leader.exchange)
-            leader.exchange.producer = _WaiterPauser(self, leader.exchange)
-        # The waiters get what a hit would give them: not the fields meant
-        # for the leader's client alone (its cookie).
-        unshared = policy.unsharedFields(head.headers, self.resource.settings.options)
-        for exchange in waiters:
-            if exchange.state is not ExchangeState.FORWARDING:
-                continue
-            copy = ResponseHead(head.status, head.reason, head.version, head.headers.copy())
-            copy.headers.removeMany(unshared)
-            fields = copy.headers.lowered()
-            self.resource._statusFields(fields, False, "miss", head.status, None, b"MISS",
-                                        collapsed=True)
-            exchange.cacheResult = "MISS"
-            self.streaming.append(exchange)
-            exchange.producer = _WaiterPauser(self, exchange)
-            exchange.responseHead(copy)
-
-    def _goAlone(self, exchange) -> None:
-        if exchange.state is not ExchangeState.FORWARDING:
-            return
-        handler = _Storer(self.resource, exchange, exchange.cacheHead, self.key, "miss",
-                          store=False)
-        exchange.forward(exchange.cacheOrigin, exchange.cacheHead, handler)
-
-    def bodyArrived(self, data: bytes) -> None:
-        leader = self.leader.exchange
-        for exchange in list(self.streaming):
-            if exchange is not leader:
-                exchange.responseBody(data)
-
-    def ended(self) -> None:
-        streaming, self.streaming = self.streaming, []
-        leader, self.leader = self.leader, None
-        for exchange in streaming:
-            if exchange is leader.exchange:
-                continue
-            exchange.onClientGone = None
-            exchange.responseEnd()
-
-    def failed(self, reason: Failure, headSent: bool) -> None:
-        self._done()
-        waiters, self.waiters = self.waiters, []
-        for exchange in waiters:
-            exchange.onClientGone = None
-            self._goAlone(exchange)
-        streaming, self.streaming = self.streaming, []
-        leader, self.leader = self.leader, None
-        for exchange in streaming:
-            if leader is not None and exchange is leader.exchange:
-                continue
-            exchange.onClientGone = None
-            exchange.responseFailed(reason, True)
-
-    def leaderDetached(self) -> bool:
-        """
-        The leading client left while others stream the fetch: drop it
-        from the readers that pace the fetch.
-
-        @return: whether others are streaming (so the fetch goes on).
-        """
-        leader = self.leader.exchange if self.leader is not None else None
-        others = [e for e in self.streaming if e is not leader]
-        if not others:
-            return False
-        if leader in self.streaming:
-            self.streaming.remove(leader)
-        self._paused.discard(leader)
-        self._maybeResume()
-        return True
-
-    def leaderGone(self) -> None:
-        """
-        The leading client left: before the head, the waiters fetch on
-        their own; after it, the streaming waiters lose their source and
-        are closed (the leader's upstream request is abandoned).
-        """
-        self.failed(Failure(BadGateway("the shared fetch was abandoned")), True)
-
-    # flow control across waiters
-
-    def waiterPaused(self, exchange) -> None:
-        if not self._paused and self.leader is not None:
-            producer = self.leader.exchange.upstream
-            if producer is not None:
-                producer.pauseProducing()
-        self._paused.add(exchange)
-
-    def waiterResumed(self, exchange) -> None:
-        self._paused.discard(exchange)
-        self._maybeResume()
-
-    def _maybeResume(self) -> None:
-        if not self._paused and self.leader is not None:
-            producer = self.leader.exchange.upstream
-            if producer is not None:
-                producer.resumeProducing()
-
-
-@implementer(IPushProducer)
-class _WaiterPauser:
-    """
-    A waiter's connection, full or drained, pauses or resumes the shared
-    fetch.
-    """
-
-    def __init__(self, flight: _Flight, exchange) -> None:
-        self._flight = flight
-        self._exchange = exchange
-
-    def pauseProducing(self) -> None:
-        self._flight.waiterPaused(self._exchange)
-
-    def resumeProducing(self) -> None:
-        self._flight.waiterResumed(self._exchange)
-
-    def stopProducing(self) -> None:
-        self._flight._waiterGone(self._exchange)

@@ -1,24 +1,22 @@
 # -*- test-case-name: tests.test_cache_store -*-
 """
-In-memory stores: L{MemoryStore}, a bounded LRU for one process, and
-L{TieredStore}, a per-process memory tier in front of the shared
-L{cachingproxy.cache.disk.DiskStore}.
+L{MemoryStore}: entries in one process's memory, a bounded LRU (also the
+memory of L{cachingproxy.cache.tiered.TieredStore}).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .store import IEntryWriter, IStore, StoreFull
-from .disk import _NAME_LEN, BytesReader, DiskHandle, DiskStore
+from .store import BytesReader, IEntryWriter, IStore, StoreFull
 
-__all__ = ["MemoryStore", "TieredStore"]
+__all__ = ["MemoryStore"]
 
 log = Logger()
 
@@ -41,8 +39,8 @@ class _Record:
 
     @ivar live: whether the record is still the stored one (C{False} once
         replaced, removed or evicted).
-    @ivar tag: what L{TieredStore} knows of the disk file this record
-        mirrors: C{(path, header)}.
+    @ivar tag: what a L{cachingproxy.cache.tiered.TieredStore} knows of
+        the stored entry this record mirrors: its C{(slot, version)}.
     """
 
     __slots__ = ("key", "variantKey", "entry", "body", "size", "live", "tag")
@@ -68,6 +66,7 @@ class _MemoryWriter:
         self._variantKey = variantKey
         self._chunks: Optional[List[bytes]] = []
         self._written = 0
+        self.committedId: Optional[_Record] = None
 
     def write(self, data: bytes) -> None:
         if self._chunks is None:
@@ -84,7 +83,9 @@ class _MemoryWriter:
             return False
         if entry.bodyLength is not None and entry.bodyLength != self._written:
             return False
-        return self._store._put(self._key, self._variantKey, entry, b"".join(chunks)) is not None
+        record = self._store._put(self._key, self._variantKey, entry, b"".join(chunks))
+        self.committedId = record
+        return record is not None
 
     def abort(self) -> None:
         self._chunks = None
@@ -133,6 +134,12 @@ class MemoryStore:
         @return: a function returning L{stamp}C{(key)}.
         """
         return lambda: self.stamp(key)
+
+    def rescan(self, limit: Optional[int] = None) -> bool:
+        """
+        Nothing to learn: this store is this process's alone.
+        """
+        return True
 
     # -- records (also used by TieredStore) -----------------------------------
 
@@ -231,6 +238,33 @@ class MemoryStore:
     def writer(self, key: bytes, variantKey: bytes) -> _MemoryWriter:
         return _MemoryWriter(self, key, variantKey)
 
+    def versions(self, key: bytes) -> Dict[bytes, object]:
+        """
+        A slot is a variant key, a version the record holding it.
+        """
+        variants = self._byKey.get(key)
+        if not variants:
+            return {}
+        for record in variants.values():
+            self._used(record)
+        return dict(variants)
+
+    def load(self, key: bytes, slot: bytes):
+        record = self._byKey.get(key, {}).get(slot)
+        return None if record is None else record.entry
+
+    def versionOf(self, entry) -> Optional[Tuple[bytes, object]]:
+        record = entry.id
+        if not isinstance(record, _Record):
+            return None
+        return record.variantKey, record
+
+    def currentVersion(self, entry) -> Optional[object]:
+        record = entry.id
+        if not isinstance(record, _Record):
+            return None
+        return self._byKey.get(record.key, {}).get(record.variantKey)
+
     def update(self, entry) -> bool:
         record = entry.id
         if not isinstance(record, _Record) or not record.live:
@@ -249,11 +283,11 @@ class MemoryStore:
             self._drop(record)
         return len(records)
 
-    def removePrefix(self, prefix: bytes) -> int:
+    def removePrefix(self, prefix: bytes) -> Deferred:
         removed = 0
         for key in [k for k in self._byKey if k.startswith(prefix)]:
             removed += self.remove(key)
-        return removed
+        return succeed(removed)
 
     def stats(self) -> dict:
         return {
@@ -266,230 +300,3 @@ class MemoryStore:
     def close(self) -> None:
         for record in list(self._records.values()):
             self._drop(record)
-
-
-@implementer(IEntryWriter)
-class _TieredWriter:
-    def __init__(self, tiered: "TieredStore", key: bytes, variantKey: bytes) -> None:
-        self._tiered = tiered
-        self._key = key
-        self._variantKey = variantKey
-        self._disk = tiered.disk.writer(key, variantKey)
-        self._chunks: Optional[List[bytes]] = []
-        self._written = 0
-
-    def write(self, data: bytes) -> None:
-        try:
-            self._disk.write(data)
-        except StoreFull:
-            # The disk writer aborted itself.
-            self._chunks = None
-            raise
-        self._written += len(data)
-        if self._chunks is not None:
-            if self._written > self._tiered.writeThroughMaxBody:
-                self._chunks = None
-            else:
-                self._chunks.append(bytes(data))
-
-    def commit(self, entry) -> bool:
-        if not self._disk.commit(entry):
-            self._chunks = None
-            return False
-        chunks, self._chunks = self._chunks, None
-        handle = self._disk.handle
-        if chunks is not None and handle is not None:
-            self._tiered._remember(dataclasses.replace(entry, id=handle, bodyLength=self._written),
-                                   b"".join(chunks))
-        return True
-
-    def abort(self) -> None:
-        self._chunks = None
-        self._disk.abort()
-
-
-@implementer(IStore)
-class TieredStore:
-    """
-    A L{MemoryStore} in front of a L{DiskStore}: small bodies and their
-    decoded metadata are served from memory, but only after checking that
-    the disk still holds exactly that entry.
-
-    The check: every lookup lists the key's folder on disk (as the disk
-    store does), and for a variant held in memory reads the file's fixed
-    header (36 bytes: both lengths and both CRC-32s, of the body and of
-    the metadata, which holds the response time) and compares it with the
-    header the memory copy was made from. A file that another process
-    removed is not listed; one it replaced or updated (with
-    C{os.replace}, always a new file) has a different header, except with
-    a probability of about 2**-64. So a lookup costs a C{listdir} and one
-    small read per variant, instead of decoding the metadata; and
-    L{openBody} checks the header again before serving the body from
-    memory, so an entry purged between lookup and read is not served
-    either. Writes go to disk, and to memory as well when the body is no
-    larger than C{writeThroughMaxBody} (a 64th of the memory); bodies up
-    to C{memoryMaxBody} read whole from disk are copied into memory.
-
-    Entries' C{id}s are the disk's L{DiskHandle}s.
-    """
-
-    def __init__(self, memory: MemoryStore, disk: DiskStore,
-                 memoryMaxBody: int = 1 << 20) -> None:
-        """
-        @param memoryMaxBody: the largest body kept in memory (also bounded
-            by the memory store's C{maxObjectSize}); a body read whole from
-            disk is read in one piece to be copied, so this bounds that
-            read too.
-        """
-        self.memory = memory
-        self.disk = disk
-        self.memoryMaxBody = min(memoryMaxBody, memory.maxObjectSize)
-        #: The largest body copied into memory as it is stored: a 64th of
-        #: the tier. A larger one enters memory when it is read whole from
-        #: disk, that is when it is asked for again: a large body stored
-        #: once and never read again (a one-off download) would push out
-        #: dozens of small entries for nothing, and a run of them would
-        #: turn the tier over to them. (Found by bench/soak.py: 1 MiB
-        #: one-off bodies in a 16 MiB tier replaced its small entries when
-        #: only large requests were left, and the heap the small bodies had
-        #: used could not hold the large ones: 7 MiB more resident for the
-        #: same 16 MiB of bodies.)
-        self.writeThroughMaxBody = min(self.memoryMaxBody, memory.maxSize // 64)
-
-    def _remember(self, entry, body: bytes) -> None:
-        handle = entry.id
-        self.memory._put(handle.key, handle.variantKey, entry, body,
-                         tag=(handle.path, handle.header), keepId=True)
-
-    def _current(self, handle: DiskHandle) -> Optional[_Record]:
-        """
-        @return: the memory record holding C{handle}'s content, if any.
-        """
-        variants = self.memory._byKey.get(handle.key)
-        if variants is None:
-            return None
-        record = variants.get(handle.variantKey)
-        if record is None or record.tag != (handle.path, handle.header):
-            return None
-        return record
-
-    def entries(self, key: bytes) -> List[object]:
-        variants = self.memory._byKey.get(key)
-        if not variants:
-            return self.disk.entries(key)
-        disk = self.disk
-        try:
-            folder = disk._keyDir(key)
-            try:
-                names = os.listdir(folder)
-            except FileNotFoundError:
-                names = []
-            byPath = {record.tag[0]: record for record in variants.values()}
-            found = []
-            for name in names:
-                if len(name) != _NAME_LEN:
-                    continue
-                path = os.path.join(folder, name)
-                record = byPath.pop(path, None)
-                if record is not None:
-                    if disk._peek(path) == record.tag[1]:
-                        self.memory._used(record)
-                        found.append(record.entry)
-                        continue
-                    self.memory._drop(record)
-                entry = disk._load(path, key)
-                if entry is not None:
-                    found.append(entry)
-            for record in byPath.values():
-                # Removed on disk by another process.
-                self.memory._drop(record)
-            return found
-        except Exception as e:
-            disk._logError("lookup", e)
-            return []
-
-    def openBody(self, entry, start: int = 0, end: Optional[int] = None):
-        handle = entry.id
-        if not isinstance(handle, DiskHandle):
-            return None
-        disk = self.disk
-        try:
-            record = self._current(handle)
-            if record is not None:
-                if disk._peek(handle.path, touch=False) != handle.header:
-                    self.memory._drop(record)
-                    return None
-                body = record.body
-                if start == 0 and (end is None or end >= len(body)):
-                    return BytesReader(body)
-                return BytesReader(body[start:end])
-            length = handle.bodyLength
-            whole = start == 0 and (end is None or end >= length)
-            reader = disk.openBody(entry, start, end)
-            if reader is None or not whole or length > self.memoryMaxBody:
-                return reader
-            try:
-                body = reader.read(length) if length else b""
-            except OSError:
-                return None
-            finally:
-                reader.close()
-            if len(body) != length:
-                return None
-            self._remember(entry, body)
-            return BytesReader(body)
-        except Exception as e:
-            disk._logError("read", e)
-            return None
-
-    def writer(self, key: bytes, variantKey: bytes) -> _TieredWriter:
-        return _TieredWriter(self, key, variantKey)
-
-    def stamp(self, key: bytes) -> object:
-        """
-        The disk's stamp (see L{DiskStore.stamp}): what is on disk is the
-        truth for every process.
-        """
-        return self.disk.stamp(key)
-
-    def stamper(self, key: bytes):
-        """
-        See L{DiskStore.stamper}.
-        """
-        return self.disk.stamper(key)
-
-    def update(self, entry) -> bool:
-        handle = entry.id
-        if not isinstance(handle, DiskHandle):
-            return False
-        record = self._current(handle)
-        ok = self.disk.update(entry)
-        if record is not None:
-            if ok:
-                self.memory._setEntry(record, entry, tag=(handle.path, handle.header))
-            else:
-                self.memory._drop(record)
-        return ok
-
-    def remove(self, key: bytes) -> int:
-        self.memory.remove(key)
-        return self.disk.remove(key)
-
-    def removePrefix(self, prefix: bytes) -> int:
-        self.memory.removePrefix(prefix)
-        return self.disk.removePrefix(prefix)
-
-    def rescan(self, limit: Optional[int] = None) -> bool:
-        """
-        See L{DiskStore.rescan}.
-        """
-        return self.disk.rescan(limit)
-
-    def stats(self) -> dict:
-        stats = self.disk.stats()
-        stats["memory"] = self.memory.stats()
-        return stats
-
-    def close(self) -> None:
-        self.memory.close()
-        self.disk.close()

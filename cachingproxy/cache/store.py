@@ -30,16 +30,38 @@ The rules every backend keeps:
 
 The calls are synchronous: local disk and memory are fast enough to be used
 from the reactor thread in bounded pieces (bodies are read in chunks by a
-producer), as C{twisted.web.static.File} does.
+producer), as C{twisted.web.static.File} does. The one call whose work
+grows with the whole store, L{IStore.removePrefix}, returns a L{Deferred}.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
-from zope.interface import Attribute, Interface
+from twisted.internet.defer import Deferred
+from zope.interface import Attribute, Interface, implementer
 
-__all__ = ["IStore", "IEntryWriter", "IBodyReader", "StoreFull"]
+__all__ = ["ABSENT", "Absent", "BytesReader", "IStore", "IEntryWriter", "IBodyReader", "StoreFull"]
+
+
+class Absent:
+    """
+    The type of L{ABSENT}, the stamp of a key with nothing stored under
+    it (see L{IStore.stamp}). There is one instance; it compares by
+    identity.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+    def __reduce__(self) -> str:
+        return "ABSENT"
+
+
+#: L{IStore.stamp} for a key with nothing stored.
+ABSENT = Absent()
 
 
 class StoreFull(Exception):
@@ -96,6 +118,10 @@ class IEntryWriter(Interface):
         Discard what was written; nothing becomes visible.
         """
 
+    committedId = Attribute(
+        "After a successful L{commit}: the C{id} the entry has in the store "
+        "(what L{IStore.entries} would give it); C{None} before.")
+
 
 class IStore(Interface):
     """
@@ -122,6 +148,33 @@ class IStore(Interface):
         Start writing a new entry.
         """
 
+    def versions(key: bytes) -> Dict[bytes, object]:
+        """
+        What is stored under C{key}, cheaply: without decoding any
+        metadata, C{{slot: version}} for each committed variant. A slot
+        names the place of one variant key under C{key}; a version is a
+        token that differs after the variant is replaced or updated (by any
+        process sharing the store). A lookup: it counts as a use.
+        """
+
+    def load(key: bytes, slot: bytes) -> Optional[object]:
+        """
+        @return: the entry in C{slot} under C{key} (see L{versions}),
+            decoded, or C{None} if it is gone or damaged.
+        """
+
+    def versionOf(entry) -> Optional[Tuple[bytes, object]]:
+        """
+        @return: C{(slot, version)} of C{entry} as it was read (from its
+            C{id}, without I/O), or C{None} if C{entry} is not of this store.
+        """
+
+    def currentVersion(entry) -> Optional[object]:
+        """
+        @return: the version stored now in C{entry}'s slot, or C{None} if
+            nothing is; not a use.
+        """
+
     def update(entry) -> bool:
         """
         Replace the metadata of the stored entry C{entry.id} (after a 304 or
@@ -137,21 +190,42 @@ class IStore(Interface):
         @return: how many entries were removed.
         """
 
-    def removePrefix(prefix: bytes) -> int:
+    def removePrefix(prefix: bytes) -> Deferred:
         """
-        Remove every entry whose primary key starts with C{prefix}.
+        Remove every entry whose primary key starts with C{prefix}. A store
+        that must walk much to find them does so in steps, off the
+        reactor's way (other requests are served meanwhile).
 
-        @return: how many entries were removed.
+        @return: a L{Deferred} firing with how many entries were removed.
         """
 
     def stamp(key: bytes) -> object:
         """
-        Optional: a cheap token that differs after any change to C{key}'s
-        variants made by any process sharing the store. A caller that
-        remembers what a lookup found may use it again while the stamp
-        read I{before} that lookup is unchanged.
+        A cheap token that differs after any change to C{key}'s variants
+        made by any process sharing the store. A caller that remembers what
+        a lookup found may use it again while the stamp read I{before} that
+        lookup is unchanged.
 
-        @return: the token, or C{None} when no token can be trusted now.
+        @return: the token; L{ABSENT} when nothing is stored under C{key}
+            (a store that cannot tell cheaply returns a token instead); or
+            C{None} when no token can be trusted now.
+        """
+
+    def stamper(key: bytes) -> Callable[[], object]:
+        """
+        @return: a function of no argument returning what L{stamp}C{(key)}
+            would, for callers that check it on every hit (a store may
+            make the repeated checks cheaper than L{stamp}).
+        """
+
+    def rescan(limit: Optional[int] = None) -> bool:
+        """
+        Housekeeping, called about once a minute: learn a bounded part
+        (C{limit} entries; C{None} for all) of what other processes stored
+        and bring the size accounting back under the limit. A store with
+        nothing to learn returns C{True} at once.
+
+        @return: whether a whole pass is complete.
         """
 
     def stats() -> dict:
@@ -164,6 +238,33 @@ class IStore(Interface):
         """
         Release everything (files, timers).
         """
+
+
+@implementer(IBodyReader)
+class BytesReader:
+    """
+    A body (or a range of it) already in memory.
+    """
+
+    __slots__ = ("_data", "_pos", "length")
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0
+        self.length = len(data)
+
+    def read(self, size: int) -> bytes:
+        pos = self._pos
+        if pos == 0 and size >= self.length:
+            self._pos = self.length
+            return self._data
+        chunk = self._data[pos:pos + size]
+        self._pos = pos + len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        self._data = b""
+        self._pos = self.length
 
 
 def variantsOf(store: IStore, keys: Iterable[bytes]) -> List[object]:

@@ -14,8 +14,8 @@ proxy's address in a browser what it is and how to use it (for every
 client the proxy serves), and C{/_cachingproxy}, a redirect to the status
 page.
 
-L{AdminResource.handle} answers an exchange with
-C{exchange.serveStored(status, reason, fields, body, length)}.
+L{AdminPages.handle} answers an exchange with
+C{exchange.respondWithBody(status, reason, fields, body, length)}.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from twisted.logger import Logger
 
 from .. import __version__
 
-__all__ = ["ADMIN_PREFIX", "AdminResource", "LANDING_PATHS"]
+__all__ = ["ADMIN_PREFIX", "AdminPages", "LANDING_PATHS"]
 
 #: Paths under this prefix are the proxy's own.
 ADMIN_PREFIX = b"/_cachingproxy/"
@@ -43,7 +43,7 @@ LANDING_PATHS = frozenset((b"/", ADMIN_PREFIX.rstrip(b"/")))
 _AUTHORITY = re.compile(rb"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 
 
-class AdminResource:
+class AdminPages:
     """
     @ivar factory: the L{cachingproxy.proxy.factory.ProxyFactory} being reported on.
     @ivar started: when this process started serving (wall clock).
@@ -88,7 +88,7 @@ class AdminResource:
         self._serve(exchange, 404, b"no such admin endpoint\n", b"text/plain; charset=utf-8")
 
     def _serve(self, exchange, status: int, body: bytes, contentType: bytes) -> None:
-        exchange.serveStored(
+        exchange.respondWithBody(
             status,
             b"",
             [
@@ -118,7 +118,7 @@ class AdminResource:
         ]
         if not root:
             fields.append((b"location", b"Location", ADMIN_PREFIX))
-        exchange.serveStored(200 if root else 301, b"", fields, body, len(body))
+        exchange.respondWithBody(200 if root else 301, b"", fields, body, len(body))
 
     def _metrics(self, exchange) -> None:
         metrics = self.factory.metrics
@@ -206,7 +206,7 @@ class AdminResource:
                 "connections": self.factory.openConnections,
             }
         ).encode() + b"\n"
-        exchange.serveStored(
+        exchange.respondWithBody(
             503 if draining else 200,
             b"",
             [

@@ -59,7 +59,7 @@ METHODS = frozenset(
     (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"CONNECT", b"TRACE", b"PURGE")
 )
 
-#: Counters kept by L{cachingproxy.cache.layer.CacheResource.stats}.
+#: Counters kept by L{cachingproxy.cache.layer.CacheLayer.stats}.
 CACHE_EVENTS = ("hits", "misses", "revalidated", "stale", "passed", "stored", "collapsed", "purged")
 
 #: A worker's status file counts as live while it is younger than this.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from operator import attrgetter
-from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint
@@ -30,6 +30,7 @@ from ..compress import compressWhole, compressor
 from .tunnel import TunnelPeer
 from .upstream import Origin, UpstreamRequest, _QuietFactory, connectError
 from ..compress import compressedFields, compressionPlan
+from .interfaces import ICacheExchange
 from .states import EXCHANGE, _EXCHANGE_MOVES, ExchangeState, IllegalTransition, ReaderState
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class _ReadPauser:
         pass
 
 
+@implementer(ICacheExchange)
 class Exchange:
     """
     One request and its response.
@@ -108,6 +110,9 @@ class Exchange:
     cacheHead: Optional[RequestHead] = None
     #: the stored responses found for this request (for stale-if-error)
     cacheEntries: Sequence = ()
+    #: the store's stamp for the request's key read before the lookup (see
+    #: L{cachingproxy.cache.store.IStore.stamp}), or C{None}
+    cacheStamp: object = None
     facts: Optional["_Facts"] = None
     _abandoned = False
     _upstreamHead: Optional[RequestHead] = None
@@ -287,6 +292,49 @@ class Exchange:
                 self, self.upstreamOrigin, self.upstreamPath
             )
         return head
+
+    # -- what the cache layer reads through ICacheExchange -------------------
+
+    def cacheTarget(self, origin: Origin) -> Optional[Tuple[bytes, bytes]]:
+        """
+        The scheme and authority of this request's cache key: C{origin}'s,
+        or when the origin may be told another host or scheme than its own,
+        those of the target URI it builds
+        (L{cachingproxy.proxy.factory.ProxyFactory.cacheTarget}); C{None}
+        when the request must not be answered from, nor stored in, the
+        cache.
+        """
+        factory = self.protocol.factory
+        if not factory.keyFromHead:
+            return (origin.scheme, origin.authority())
+        return factory.cacheTarget(origin, self.upstreamHead())
+
+    def fromAdmin(self) -> bool:
+        """
+        Whether the client may use the proxy's own endpoints and methods.
+        """
+        return self.protocol.factory.isAdmin(self.protocol.clientHost)
+
+    def sharedFields(self, fields: list) -> Optional[list]:
+        """
+        The response C{fields} as every client receives them (see
+        L{cachingproxy.proxy.factory.ProxyFactory.downstreamFields}), or
+        C{None} when they are rewritten for this client's Host.
+        """
+        factory = self.protocol.factory
+        settings = factory.settings
+        if settings.upstream is not None and settings.rewriteRedirects and any(
+                f[0] == b"location" or f[0] == b"content-location" for f in fields):
+            return None
+        return factory.downstreamFields(self, list(fields))
+
+    def hotFacts(self) -> Tuple[bytes, object]:
+        """
+        @return: C{(viaName, compression)} of this port's settings, for a
+            response built in wire form.
+        """
+        settings = self.protocol.factory.settings
+        return settings.viaName, settings.compression
 
     def forward(self, origin: Origin, head: RequestHead, handler) -> None:
         """
@@ -471,7 +519,7 @@ class Exchange:
         self._write(data)
         self._finish()
 
-    def serveStored(self, status: int, reason: bytes, fields: list, body, length: int) -> None:
+    def respondWithBody(self, status: int, reason: bytes, fields: list, body, length: int) -> None:
         """
         Answer from the cache: C{fields} (lowered triples, without framing
         fields) and a body of C{length} bytes, given either as C{bytes} or as
@@ -674,7 +722,7 @@ class Exchange:
             b"Content-Length: %d\r\n" % len(body),
             b"Via: 1.1 %s\r\n" % protocol.factory.settings.viaName,
         ]
-        for name, value in getattr(error, "headers", ()):
+        for name, value in error.headers:
             headers.append(name + b": " + value + b"\r\n")
         if self._closeAfter:
             headers.append(b"Connection: close\r\n")

@@ -76,7 +76,7 @@ class ProxyFactory(Factory):
         self.settings = settings
         self.pool = pool
         self.accessLog = accessLog
-        #: the L{cachingproxy.cache.layer.CacheResource}, or C{None} for a
+        #: the L{cachingproxy.cache.layer.CacheLayer}, or C{None} for a
         #: proxy that only forwards
         self.cache = None
         #: told about every finished request (C{requestDone(exchange)}), or
@@ -85,7 +85,7 @@ class ProxyFactory(Factory):
         #: who may use the proxy and reach what
         #: (L{cachingproxy.access.AccessPolicy}), or C{None}: anyone, anywhere
         self.access = None
-        #: the proxy's own endpoints (L{cachingproxy.ops.admin.AdminResource})
+        #: the proxy's own endpoints (L{cachingproxy.ops.admin.AdminPages})
         self.admin = None
         self.port = None
         self.openConnections = 0

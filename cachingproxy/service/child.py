@@ -153,7 +153,7 @@ class Worker:
         Build the factory, adopt the descriptors, say ready.
         """
         from . import tap
-        from ..ops.admin import AdminResource
+        from ..ops.admin import AdminPages
 
         if self.factory is None:
             if self.config.accessLog:
@@ -163,7 +163,7 @@ class Worker:
 
                 reopenOnSignal(self._reactor, [self._accessLog])
             self.factory = tap.buildFactory(self._reactor, self.config, self._accessLog)
-        self.factory.admin = AdminResource(self.factory, self.workerId)
+        self.factory.admin = AdminPages(self.factory, self.workerId)
         from ..ops.metrics import Metrics
 
         if self.factory.metrics is None:
@@ -192,7 +192,8 @@ class Worker:
         self.fds = []
         if self.factory.port is None and self.ports:
             self.factory.port = self.ports[0]
-        housekeeping = getattr(self.factory.cache, "housekeeping", None)
+        cache = self.factory.cache
+        housekeeping = cache.housekeeping if cache is not None else None
         if housekeeping is not None and not housekeeping.running:
             housekeeping.start(60, now=False)
         if self.readyFD is not None:
@@ -223,7 +224,8 @@ class Worker:
         if self.factory is None:
             self._stopping = defer.succeed(None)
             return self._stopping
-        housekeeping = getattr(self.factory.cache, "housekeeping", None)
+        cache = self.factory.cache
+        housekeeping = cache.housekeeping if cache is not None else None
         if housekeeping is not None and housekeeping.running:
             housekeeping.stop()
         self._log.info("worker {worker} (pid {pid}) stopping: no longer accepting",

@@ -202,9 +202,9 @@ def buildFactory(reactor, config: Config, accessLog=None) -> ProxyFactory:
         upstream = Origin(config.upstreamScheme, config.upstreamHost, config.upstreamPort)
     factory = ProxyFactory(reactor, _proxySettings(config, upstream), pool, accessLog)
     factory.cache = buildCache(reactor, config, pool)
-    from ..ops.admin import AdminResource
+    from ..ops.admin import AdminPages
 
-    factory.admin = AdminResource(factory)
+    factory.admin = AdminPages(factory)
     from ..access import AccessPolicy
 
     factory.access = AccessPolicy.fromConfig(config, reactor)
@@ -213,12 +213,12 @@ def buildFactory(reactor, config: Config, accessLog=None) -> ProxyFactory:
 
 def buildCache(reactor, config: Config, pool):
     """
-    @return: the L{CacheResource} C{config} asks for, or C{None}.
+    @return: the L{CacheLayer} C{config} asks for, or C{None}.
     """
     if not config.cache or (config.cacheDir is None and not config.cacheMemory):
         return None
     from ..cache import policy
-    from ..cache.layer import CacheResource, CacheSettings
+    from ..cache.layer import CacheLayer, CacheSettings
 
     store = None
     memory = None
@@ -233,7 +233,7 @@ def buildCache(reactor, config: Config, pool):
         store = DiskStore(config.cacheDir, maxSize=config.cacheSize,
                           maxObjectSize=config.maxObjectSize)
         if memory is not None:
-            from ..cache.memory import TieredStore
+            from ..cache.tiered import TieredStore
 
             store = TieredStore(memory, store)
     else:
@@ -250,15 +250,13 @@ def buildCache(reactor, config: Config, pool):
         xCache=config.xCache,
         collapse=config.collapse,
     )
-    cache = CacheResource(store, reactor, pool, settings)
-    rescan = getattr(store, "rescan", None)
-    if rescan is not None:
-        # The disk store's size accounting walks the folder a bit at a
-        # time (it also learns what other processes stored).
-        from twisted.internet.task import LoopingCall
+    cache = CacheLayer(store, reactor, pool, settings)
+    # The disk store's size accounting walks the folder a bit at a time
+    # (it also learns what other processes stored).
+    from twisted.internet.task import LoopingCall
 
-        cache.housekeeping = LoopingCall(rescan, 2000)
-        cache.housekeeping.clock = reactor
+    cache.housekeeping = LoopingCall(store.rescan, 2000)
+    cache.housekeeping.clock = reactor
     return cache
 
 
@@ -351,7 +349,8 @@ class ProxyService(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        housekeeping = getattr(self.factory.cache, "housekeeping", None)
+        cache = self.factory.cache
+        housekeeping = cache.housekeeping if cache is not None else None
         if housekeeping is not None and not housekeeping.running:
             housekeeping.start(60, now=False)
         if self._listening is None:
@@ -432,7 +431,8 @@ class ProxyService(service.Service):
             acceptQueued(self.port)
             waits.append(defer.maybeDeferred(self.port.stopListening))
             self.port = None
-        housekeeping = getattr(self.factory.cache, "housekeeping", None)
+        cache = self.factory.cache
+        housekeeping = cache.housekeeping if cache is not None else None
         if housekeeping is not None and housekeeping.running:
             housekeeping.stop()
         if not self.factory.draining:
