@@ -35,7 +35,7 @@ from zope.interface import implementer
 
 from . import policy
 from .store import IStore, StoreFull
-from ..errors import BadGateway, GatewayTimeout, ProxyError, UpstreamClosed
+from ..errors import BadGateway, GatewayTimeout, upstreamError
 from ..http.message import RequestHead, ResponseHead, logText
 from ..compress import compressWhole, negotiate
 from ..proxy.states import ExchangeState
@@ -1043,13 +1043,7 @@ class _Storer:
         if exchange.state is ExchangeState.RESPONDING:
             exchange.responseFailed(reason, True)
             return
-        value = reason.value
-        if isinstance(value, ProxyError):
-            exchange.respondError(value)
-        elif isinstance(value, UpstreamClosed):
-            exchange.respondError(BadGateway("the origin closed the connection"))
-        else:
-            exchange.respondError(BadGateway("the origin failed"))
+        exchange.respondError(upstreamError(reason))
 
     def requestBodyUnwanted(self) -> None:
         self.exchange.requestBodyUnwanted()

@@ -20,13 +20,14 @@ from ..errors import (
     BadGateway,
     ProxyError,
     UpstreamClosed,
+    upstreamError,
 )
 from ..http.headers import HOP_BY_HOP, Headers, connectionOptions, formatHTTPDate, splitList
 from ..http.message import REASONS, RequestHead, ResponseHead, logText
 from .._twistedinternals import sendNow
 from ..compress import compressWhole, compressor
 from .tunnel import TunnelPeer
-from .upstream import Origin, UpstreamRequest, _QuietFactory, connectError
+from .upstream import Origin, UpstreamRequest, _QuietFactory
 from ..compress import compressedFields, compressionPlan
 from .states import _EXCHANGE_MOVES, ExchangeState, ReaderState
 
@@ -306,11 +307,10 @@ class Exchange:
         if self.handler is not None:
             # A cache layer decides (it may serve stale content).
             self.handler.responseFailed(reason, False)
-        elif isinstance(reason.value, ProxyError):
-            self.respondError(reason.value)
         else:
-            self._log.failure("forwarding failed", failure=reason)
-            self.respondError(BadGateway("cannot reach the origin"))
+            if not reason.check(ProxyError):
+                self._log.failure("forwarding failed", failure=reason)
+            self.respondError(upstreamError(reason))
 
     def _connectTunnel(self, origin: Origin) -> None:
         factory = self.protocol.factory
@@ -338,7 +338,7 @@ class Exchange:
         def failed(reason: Failure) -> None:
             self._upstreamDeferred = None
             if self.state is not ExchangeState.DONE and not self._abandoned:
-                self.respondError(connectError(reason, origin))
+                self.respondError(upstreamError(reason, origin))
 
         d.addCallbacks(connected, failed)
 
@@ -585,14 +585,9 @@ class Exchange:
             self._move(ExchangeState.DONE)
             self.protocol._exchangeAborted(self)
             return
-        value = reason.value
-        if isinstance(value, ProxyError):
-            self.respondError(value)
-        elif isinstance(value, UpstreamClosed):
-            self.respondError(BadGateway(_closedMessage(value)))
-        else:
+        if not reason.check(ProxyError, UpstreamClosed):
             self._log.failure("upstream failure", failure=reason)
-            self.respondError(BadGateway("the origin failed"))
+        self.respondError(upstreamError(reason))
 
     # -- ending ------------------------------------------------------------
 
@@ -761,23 +756,6 @@ def _framedFields(fields, hopByHop, length: Optional[bytes]) -> list:
 
 def _fieldLines(fields) -> bytes:
     return b"".join([name + b": " + value + b"\r\n" for _, name, value in fields])
-
-
-def _closedMessage(closed: UpstreamClosed) -> str:
-    """
-    @return: why an origin connection ended, for the client and the log:
-        a failed TLS handshake (an unverifiable certificate, most often)
-        says so.
-    """
-    reason = closed.reason
-    value = getattr(reason, "value", None)
-    try:
-        from OpenSSL.SSL import Error as TLSError
-    except ImportError:  # pragma: no cover
-        TLSError = ()
-    if TLSError and isinstance(value, TLSError):
-        return f"TLS with the origin failed: {value}"
-    return "the origin closed the connection"
 
 
 @implementer(IPushProducer)
