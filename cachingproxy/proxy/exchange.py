@@ -76,6 +76,10 @@ class Exchange:
     status = 0
     bytesSent = 0
     error: Optional[ProxyError] = None
+    #: the access decision still under way (a password being checked): a
+    #: Deferred firing with the refusal or C{None}, waited for before
+    #: anything else
+    verdict: Optional[defer.Deferred] = None
     _bodyBuffered = 0
     bodyDone = False
     bodyChunked = False
@@ -206,6 +210,22 @@ class Exchange:
         This exchange is now the one the connection answers.
         """
         self._move(ExchangeState.FORWARDING)
+        verdict = self.verdict
+        if verdict is not None:
+            self.verdict = None
+            verdict.addCallback(self._decided)
+            return
+        self._proceed()
+
+    def _decided(self, refused: Optional[ProxyError]) -> None:
+        if self.state is ExchangeState.DONE or self._abandoned:
+            return
+        if refused is not None:
+            self.respondError(refused)
+        else:
+            self._proceed()
+
+    def _proceed(self) -> None:
         if self.error is not None:
             self.respondError(self.error)
             return
