@@ -36,6 +36,7 @@ from zope.interface import implementer
 from . import policy
 from .store import IStore, StoreFull
 from ..errors import BadGateway, GatewayTimeout, upstreamError
+from ..http import wire
 from ..http.message import RequestHead, ResponseHead, logText
 from ..compress import compressWhole, negotiate
 from ..proxy.states import ExchangeState
@@ -106,11 +107,11 @@ class _HotVariant:
 
 
 def _hotPrefix(fields, length: int, via: bytes) -> bytes:
-    return b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\nVia: 1.1 %s\r\n" % (
-        b"".join([name + b": " + value + b"\r\n" for _, name, value in fields]),
-        length,
-        via,
-    )
+    return wire.headPrefix(200, b"", [
+        *fields,
+        (b"content-length", b"Content-Length", b"%d" % length),
+        (b"via", b"Via", b"1.1 " + via),
+    ])
 
 
 @functools.lru_cache(maxsize=8192)
@@ -334,11 +335,7 @@ class CacheResource:
             variant.age = age
             tail = self._statusFields([(b"age", b"Age", b"%d" % age)], True, None, None,
                                       hot.lifetime - age, b"HIT")
-            variant.wire = b"".join(
-                [variant.prefix]
-                + [name + b": " + value + b"\r\n" for _, name, value in tail]
-                + [b"\r\n", variant.body]
-            )
+            variant.wire = wire.finishHead(variant.prefix, tail, variant.body)
         self.stats.hits += 1
         exchange.cacheResult = "HIT"
         exchange.serveBytes(200, variant.wire, len(variant.body))

@@ -23,7 +23,8 @@ from ..errors import (
     upstreamError,
 )
 from ..http.headers import HOP_BY_HOP, Headers, connectionOptions, formatHTTPDate, splitList
-from ..http.message import REASONS, RequestHead, ResponseHead, logText
+from ..http import wire
+from ..http.message import RequestHead, ResponseHead, logText
 from .._twistedinternals import sendNow
 from ..compress import compressWhole, compressor
 from .tunnel import TunnelPeer
@@ -349,9 +350,7 @@ class Exchange:
                 peer.transport.loseConnection()
                 return
             self.status = 200
-            self.protocol.transport.write(
-                b"HTTP/1.1 200 Connection Established\r\n\r\n"
-            )
+            self.protocol.transport.write(wire.CONNECTION_ESTABLISHED)
             self._move(ExchangeState.TUNNEL)
             self.protocol._startTunnel(self, peer)
 
@@ -371,7 +370,7 @@ class Exchange:
             if not self.expectContinue:
                 return
             self.expectContinue = False
-            self.protocol.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.protocol.transport.write(wire.CONTINUE)
             return
         if head.status == 101 or self.head.version < (1, 1):
             return
@@ -424,10 +423,7 @@ class Exchange:
             self._registeredClientProducer = False
             protocol.transport.unregisterProducer()
         self._move(ExchangeState.TUNNEL)
-        protocol.transport.write(
-            b"HTTP/1.1 101 %s\r\n%s\r\n"
-            % (head.reason or REASONS.get(101, b"Switching Protocols"), _fieldLines(fields))
-        )
+        protocol.transport.write(wire.responseHead(101, head.reason, fields))
         # What the client sent after its request is the first tunnel data.
         self.bytesReceived += sum(len(data) for data in self.tunnelData)
         protocol._startTunnel(self, peer, upgraded=True)
@@ -529,14 +525,11 @@ class Exchange:
         elif self.head.version < (1, 1):
             fields.append((b"connection", b"Connection", b"keep-alive"))
         self._move(ExchangeState.RESPONDING)
-        wire = (
-            b"HTTP/1.1 %d %s\r\n%s\r\n%s"
-            % (status, reason or REASONS.get(status, b"Unknown"), _fieldLines(fields), firstBody)
-        )
+        head = wire.responseHead(status, reason, fields, firstBody)
         if hold and self.upstream is not None and self.upstream.afterRead(self._flushHeld):
-            self._held = wire
+            self._held = head
         else:
-            self._write(wire)
+            self._write(head)
 
     def _flushHeld(self) -> None:
         if self._held and self.state is ExchangeState.RESPONDING:
@@ -641,25 +634,24 @@ class Exchange:
             message=error.message,
         )
         body = (error.message + "\n").encode("utf-8", "replace")
-        headers = [
-            b"HTTP/1.1 %d %s\r\n" % (error.status, REASONS.get(error.status, b"Error")),
-            b"Date: %s\r\n" % formatHTTPDate(protocol.factory.reactor.seconds()),
-            b"Content-Type: text/plain; charset=utf-8\r\n",
-            b"Content-Length: %d\r\n" % len(body),
-            b"Via: 1.1 %s\r\n" % protocol.factory.settings.viaName,
+        fields = [
+            (b"date", b"Date", formatHTTPDate(protocol.factory.reactor.seconds())),
+            (b"content-type", b"Content-Type", b"text/plain; charset=utf-8"),
+            (b"content-length", b"Content-Length", b"%d" % len(body)),
+            (b"via", b"Via", b"1.1 " + protocol.factory.settings.viaName),
         ]
         for name, value in getattr(error, "headers", ()):
-            headers.append(name + b": " + value + b"\r\n")
+            fields.append((name.lower(), name, value))
         if self._closeAfter:
-            headers.append(b"Connection: close\r\n")
+            fields.append((b"connection", b"Connection", b"close"))
         elif self.head.version < (1, 1):
-            headers.append(b"Connection: keep-alive\r\n")
-        headers.append(b"\r\n")
+            fields.append((b"connection", b"Connection", b"keep-alive"))
         self._move(ExchangeState.RESPONDING)
-        if self.head.method != b"HEAD":
-            headers.append(body)
+        if self.head.method == b"HEAD":
+            body = b""
+        else:
             self.bytesSent = len(body)
-        protocol.transport.writeSequence(headers)
+        protocol.transport.write(wire.responseHead(error.status, b"", fields, body))
         self._finish()
 
     def _abandonUpstream(self) -> None:
@@ -772,10 +764,6 @@ def _framedFields(fields, hopByHop, length: Optional[bytes]) -> list:
     value = b"%d" % int(length)
     return [f if f[0] != b"content-length" else (f[0], f[1], value)
             for f in fields if f[0] not in hopByHop or f[0] == b"content-length"]
-
-
-def _fieldLines(fields) -> bytes:
-    return b"".join([name + b": " + value + b"\r\n" for _, name, value in fields])
 
 
 @implementer(IPushProducer)
