@@ -204,13 +204,15 @@ def upstreamError(
     @return: a L{ProxyError}: C{reason} itself when it is one; a failed TLS
         handshake (an unverifiable certificate, most often) names the TLS
         error; a connection attempt that timed out is a L{GatewayTimeout};
-        other failures a L{BadGateway}. A cancellation is returned as it is:
-        nobody waits for an answer.
+        other failures a L{BadGateway}. A cancelled connection attempt is
+        returned as it is: nobody waits for an answer.
     """
     value = reason.value if isinstance(reason, Failure) else reason
     if isinstance(value, ProxyError):
         return value
-    if isinstance(value, (defer.CancelledError, error.ConnectingCancelledError)):
+    if origin is not None and isinstance(
+        value, (defer.CancelledError, error.ConnectingCancelledError)
+    ):
         return value
     tls = _tlsFailure(value)
     if tls is not None:

@@ -329,9 +329,13 @@ class Exchange:
             # A cache layer decides (it may serve stale content).
             self.handler.responseFailed(reason, False)
         else:
+            error = upstreamError(reason, self.upstreamOrigin)
             if not reason.check(ProxyError):
                 self._log.failure("forwarding failed", failure=reason)
-            self.respondError(upstreamError(reason))
+                if not isinstance(error, ProxyError):
+                    # A connection attempt cancelled elsewhere.
+                    error = BadGateway("cannot reach the origin")
+            self.respondError(error)
 
     def _connectTunnel(self, origin: Origin) -> None:
         factory = self.protocol.factory
