@@ -698,6 +698,70 @@ class ThreadedCheckTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 
+class PendingVerdictTests(SynchronousTestCase):
+    """
+    A request waits, in a proxy connection, for a password check under way.
+    """
+
+    def setUp(self):
+        from .test_server import ProxyHarness
+
+        self.running = []
+
+        def runInThread(f, *args):
+            d = Deferred()
+            self.running.append((d, f(*args)))
+            return d
+
+        path = writeFile(self, b"alice:" + shaCrypt(b"wonderland", b"$5$pepper") + b"\n")
+        self.h = ProxyHarness()
+        self.h.factory.access = AccessPolicy(authFile=path, clock=self.h.reactor,
+                                             runInThread=runInThread)
+
+    def request(self, password: bytes) -> bytes:
+        credentials = base64.b64encode(b"alice:" + password)
+        return (b"GET http://10.0.0.1/ HTTP/1.1\r\nHost: 10.0.0.1\r\n"
+                b"Proxy-Authorization: Basic %s\r\n\r\n" % credentials)
+
+    def finish(self):
+        d, result = self.running.pop(0)
+        d.callback(result)
+
+    def test_forwardedOnceChecked(self):
+        """
+        Nothing goes upstream while the password is being checked; once it
+        is right, the request is forwarded.
+        """
+        self.h.send(self.request(b"wonderland"))
+        self.assertEqual(len(self.running), 1)
+        self.assertEqual(self.h.reactor.tcpClients, [])
+        self.assertEqual(self.h.received(), b"")
+        self.finish()
+        self.assertEqual(len(self.h.reactor.tcpClients), 1)
+
+    def test_refusedOnceChecked(self):
+        """
+        A wrong password gets its 407 once checked, and nothing goes
+        upstream.
+        """
+        self.h.send(self.request(b"guess"))
+        self.assertEqual(self.h.received(), b"")
+        self.finish()
+        self.assertTrue(self.h.received().startswith(b"HTTP/1.1 407 "))
+        self.assertEqual(self.h.reactor.tcpClients, [])
+
+    def test_clientGoneBeforeVerdict(self):
+        """
+        A client that leaves while its password is checked is forgotten:
+        the verdict arriving later sends nothing anywhere.
+        """
+        self.h.send(self.request(b"wonderland"))
+        self.h.clientClosed()
+        self.finish()
+        self.assertEqual(self.h.reactor.tcpClients, [])
+        self.assertEqual(self.h.received(), b"")
+
+
 class ReactorThreadTests(TestCase):
     """
     With the reactor as clock, password checks run in its thread pool.
