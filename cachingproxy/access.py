@@ -58,23 +58,23 @@ After 10 failed attempts within 60 seconds a client address (an IPv6
 client's /64) gets 429 until those 60 seconds are over, whatever it sends.
 Each worker process counts on its own.
 
-A password check runs synchronously, in the reactor thread: a bcrypt check
-takes from a few milliseconds (C{htpasswd -B}'s cost 5) to a few hundred
-(cost 12 and up), a SHA crypt check about half a microsecond a round
-(2.5 ms for the default 5000; hashes of more than 500,000 rounds are
-refused). So a
-successful check is remembered for 5 minutes, keyed by a salted hash of the
-credentials, and a browser's every request does not pay it again; only a
-cache miss (a new user, a new password, a wrong guess, limited as above)
-blocks the reactor.
+A password check (L{cachingproxy.htpasswd}) is slow on purpose: a bcrypt
+check takes from a few milliseconds (C{htpasswd -B}'s cost 5) to a few
+hundred (cost 12 and up), a SHA crypt check about half a microsecond a
+round (2.5 ms for the default 5000; hashes of more than 500,000 rounds are
+refused). So it runs in the reactor's thread pool, never in the reactor
+thread, and a successful check is remembered for 5 minutes, keyed by a
+salted hash of the credentials: a browser's every request does not pay it
+again. Only a new user, a new password or a wrong guess (limited as above)
+is checked; the same credentials arriving while their check runs wait for
+that one check. L{AccessPolicy.authenticate} answers at once when no check
+is needed, else with a L{Deferred}.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
-import importlib.util
 import ipaddress
 import math
 import os
@@ -82,11 +82,14 @@ import re
 import secrets
 import socket
 from collections import OrderedDict
-from typing import Dict, Iterable, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from .errors import Forbidden, ProxyError
+from .htpasswd import checkPassword, readPasswordFile, unmatchableHash
 
 __all__ = [
     "AccessPolicy",
@@ -96,12 +99,9 @@ __all__ = [
     "PRIVATE_NETWORKS",
     "ProxyAuthenticationRequired",
     "TooManyAttempts",
-    "checkPassword",
     "isThisProxy",
     "parseDestinations",
     "parseNetworks",
-    "readPasswordFile",
-    "shaCrypt",
 ]
 
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -416,188 +416,6 @@ def _isInternal(address: Address) -> bool:
     return any(address in network for network in _INTERNAL_NETWORKS if network.version == address.version)
 
 
-# -- passwords -------------------------------------------------------------------
-
-_CRYPT64 = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-
-_SHA256_ORDER = (
-    (0, 10, 20), (21, 1, 11), (12, 22, 2), (3, 13, 23), (24, 4, 14),
-    (15, 25, 5), (6, 16, 26), (27, 7, 17), (18, 28, 8), (9, 19, 29),
-)
-_SHA512_ORDER = (
-    (0, 21, 42), (22, 43, 1), (44, 2, 23), (3, 24, 45), (25, 46, 4),
-    (47, 5, 26), (6, 27, 48), (28, 49, 7), (50, 8, 29), (9, 30, 51),
-    (31, 52, 10), (53, 11, 32), (12, 33, 54), (34, 55, 13), (56, 14, 35),
-    (15, 36, 57), (37, 58, 16), (59, 17, 38), (18, 39, 60), (40, 61, 19),
-    (62, 20, 41),
-)
-
-#: most SHA crypt rounds a hash in the password file may ask for: the check
-#: runs in pure Python, in the reactor thread
-MAX_SHA_ROUNDS = 500_000
-
-_SHA_CRYPT = re.compile(
-    rb"^\$(?P<kind>[56])\$(?:rounds=(?P<rounds>[0-9]{1,9})\$)?(?P<salt>[^$:\n]{0,16})\$"
-    rb"(?P<hash>[./0-9A-Za-z]+)$"
-)
-_BCRYPT = re.compile(rb"^\$2[aby]\$(?P<cost>[0-9]{2})\$[./0-9A-Za-z]{53}$")
-
-
-def _crypt64(data: bytes, order: Tuple[Tuple[int, int, int], ...], tail: Tuple[int, ...]) -> bytes:
-    out = bytearray()
-
-    def emit(b2: int, b1: int, b0: int, n: int) -> None:
-        w = (b2 << 16) | (b1 << 8) | b0
-        for _ in range(n):
-            out.append(_CRYPT64[w & 0x3F])
-            w >>= 6
-
-    for a, b, c in order:
-        emit(data[a], data[b], data[c], 4)
-    if len(tail) == 2:  # SHA-256: bytes 31, 30
-        emit(0, data[tail[0]], data[tail[1]], 3)
-    else:  # SHA-512: byte 63
-        emit(0, 0, data[tail[0]], 2)
-    return bytes(out)
-
-
-def shaCrypt(password: bytes, setting: bytes) -> bytes:
-    """
-    SHA-256 or SHA-512 crypt (Ulrich Drepper's specification, glibc's
-    C{$5$} and C{$6$}), in pure Python: the C{crypt} module is deprecated
-    and gone from Python 3.13.
-
-    @param setting: C{$5$salt}, C{$6$rounds=N$salt} or a whole hash (its
-        salt and rounds are used).
-    @return: the whole hash string.
-    @raise ValueError: when C{setting} is not a SHA crypt setting.
-    """
-    match = re.match(rb"^\$([56])\$(?:rounds=([0-9]{1,9})\$)?([^$]*)", setting)
-    if match is None:
-        raise ValueError("not a SHA crypt setting")
-    kind, roundsText, salt = match.groups()
-    salt = salt[:16]
-    rounds = 5000
-    if roundsText is not None:
-        rounds = min(max(int(roundsText), 1000), 999_999_999)
-    if kind == b"5":
-        new, size, order, tail = hashlib.sha256, 32, _SHA256_ORDER, (31, 30)
-    else:
-        new, size, order, tail = hashlib.sha512, 64, _SHA512_ORDER, (63,)
-    p = password
-    b = new(p + salt + p).digest()
-    a = new(p + salt)
-    a.update(b * (len(p) // size) + b[: len(p) % size])
-    i = len(p)
-    while i:
-        a.update(b if i & 1 else p)
-        i >>= 1
-    c = a.digest()
-    dp = new(p * len(p)).digest()
-    pBytes = dp * (len(p) // size) + dp[: len(p) % size]
-    ds = new(salt * (16 + c[0])).digest()
-    sBytes = ds * (len(salt) // size) + ds[: len(salt) % size]
-    for r in range(rounds):
-        h = new(pBytes if r & 1 else c)
-        if r % 3:
-            h.update(sBytes)
-        if r % 7:
-            h.update(pBytes)
-        h.update(c if r & 1 else pBytes)
-        c = h.digest()
-    prefix = b"$" + kind + b"$"
-    if roundsText is not None:
-        prefix += b"rounds=%d$" % rounds
-    return prefix + salt + b"$" + _crypt64(c, order, tail)
-
-
-def _hashProblem(stored: bytes) -> Optional[str]:
-    """
-    @return: why C{stored} cannot be used to check a password, or C{None}.
-    """
-    if _BCRYPT.match(stored):
-        if importlib.util.find_spec("bcrypt") is None:
-            return "a bcrypt hash needs the bcrypt package (pip install bcrypt)"
-        return None
-    match = _SHA_CRYPT.match(stored)
-    if match:
-        expected = 43 if match.group("kind") == b"5" else 86
-        if len(match.group("hash")) != expected:
-            return "malformed SHA crypt hash"
-        rounds = match.group("rounds")
-        if rounds is not None and int(rounds) > MAX_SHA_ROUNDS:
-            return f"SHA crypt hash of more than {MAX_SHA_ROUNDS} rounds (too slow to check)"
-        return None
-    scheme = stored.split(b"$")[1].decode("ascii", "replace") if stored.startswith(b"$") else ""
-    what = f"the ${scheme}$ hash scheme" if scheme else "this hash scheme (or plain text)"
-    return (
-        f"{what} is not supported: use bcrypt (htpasswd -B) or SHA-256/512 "
-        f"crypt (mkpasswd -m sha-512)"
-    )
-
-
-def checkPassword(password: bytes, stored: bytes) -> bool:
-    """
-    @return: whether C{password} matches C{stored}, a bcrypt or SHA crypt
-        hash (anything else never matches). Synchronous and slow: a bcrypt
-        check costs milliseconds to hundreds of milliseconds.
-    """
-    if _BCRYPT.match(stored):
-        import bcrypt
-
-        if stored.startswith(b"$2y$"):
-            # $2y$ (PHP, htpasswd) is the same algorithm as $2b$.
-            stored = b"$2b$" + stored[4:]
-        try:
-            # bcrypt uses the first 72 bytes; the bcrypt package refuses
-            # longer passwords since 5.0 instead of cutting them.
-            return bcrypt.checkpw(password[:72], stored)
-        except ValueError:
-            return False
-    if _SHA_CRYPT.match(stored) and _hashProblem(stored) is None:
-        try:
-            computed = shaCrypt(password, stored)
-        except ValueError:
-            return False
-        return hmac.compare_digest(computed.rpartition(b"$")[2], stored.rpartition(b"$")[2])
-    return False
-
-
-def readPasswordFile(path: str, strict: bool = True) -> Dict[bytes, bytes]:
-    """
-    Read an htpasswd file: C{user:hash} lines; blank lines and C{#}
-    comments are skipped; the first line for a user counts.
-
-    @param strict: raise for a bad line (at start-up) rather than log it
-        and skip it (on a reload).
-    @return: C{{user: hash}}.
-    @raise OSError: when the file cannot be read.
-    @raise ValueError: C{"PATH:LINE: problem"}, when C{strict}.
-    """
-    with open(path, "rb") as f:
-        data = f.read()
-    users: Dict[bytes, bytes] = {}
-    for number, raw in enumerate(data.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith(b"#"):
-            continue
-        user, sep, stored = line.partition(b":")
-        problem = None
-        if not sep or not user:
-            problem = "expected user:hash"
-        else:
-            problem = _hashProblem(stored.strip())
-        if problem is not None:
-            if strict:
-                raise ValueError(f"{path}:{number}: {problem}")
-            _log.error("{path}:{line}: {problem}; line skipped", path=path, line=number, problem=problem)
-            continue
-        users.setdefault(user, stored.strip())
-    if strict and not users:
-        raise ValueError(f"{path}: no user:hash line")
-    return users
-
-
 # -- the policy ------------------------------------------------------------------
 
 
@@ -620,6 +438,10 @@ class AccessPolicy:
     @param maxFailures: failed authentications allowed per client address
         per C{failureWindow} seconds.
     @param cacheSeconds: how long a successful password check is trusted.
+    @param runInThread: C{runInThread(f, *args)} runs C{f(*args)} off the
+        reactor thread and returns a L{Deferred} of its result; by default
+        the clock's thread pool when it is a reactor (C{getThreadPool}),
+        else (a test's L{Clock}) checks run inline.
     @raise ValueError: for a bad entry or password file.
     """
 
@@ -639,10 +461,15 @@ class AccessPolicy:
         maxFailures: int = 10,
         failureWindow: float = 60.0,
         cacheSeconds: float = 300.0,
+        runInThread: Optional[Callable[..., Deferred]] = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.clock = clock
+        if runInThread is None and hasattr(clock, "getThreadPool"):
+            def runInThread(f, *args):
+                return deferToThreadPool(clock, clock.getThreadPool(), f, *args)
+        self._runInThread = runInThread
         self.allow = parseNetworks(allow)
         self.denyDest = parseDestinations(denyDest)
         self.allowDest = parseDestinations(allowDest)
@@ -663,6 +490,14 @@ class AccessPolicy:
         # credentials digest -> (expiry, user, hash checked against)
         self._cache: "OrderedDict[bytes, Tuple[float, bytes, bytes]]" = OrderedDict()
         self._secret = secrets.token_bytes(32)
+        # credentials digest -> the attempts waiting for its check under
+        # way: (Deferred of the result, client key)
+        self._checking: Dict[bytes, List[Tuple[Deferred, str]]] = {}
+        # client key -> its attempts waiting for a check
+        self._pendingOf: Dict[str, int] = {}
+        # client key -> attempts decided once its checks under way are
+        # (over the failure limit if those all fail)
+        self._held: Dict[str, List[Tuple[Deferred, object, str]]] = {}
         # client key -> [window start, failures]
         self._failures: Dict[str, List[float]] = {}
         self._dummyHash: Optional[bytes] = None
@@ -770,28 +605,41 @@ class AccessPolicy:
         """
         return self.authFile is not None
 
-    def authenticate(self, requestHeaders, clientHost: str) -> Optional[ProxyError]:
+    def authenticate(
+        self, requestHeaders, clientHost: str
+    ) -> Union[Optional[ProxyError], "Deferred[Optional[ProxyError]]"]:
         """
         Check C{Proxy-Authorization} against C{--auth-file}.
 
         @param requestHeaders: the request's L{Headers}.
         @return: C{None} when no authentication is configured or the
             credentials are right; a 429 for a client over the failure
-            limit; else a 407.
+            limit (counting the checks under way for it); else a 407. When
+            a password must be checked, and checks run in a thread, a
+            L{Deferred} that fires with one of those (and never fails).
         """
         if self.authFile is None:
             return None
         now = self.clock.seconds()
         key = self._failureKey(clientHost)
         state = self._failures.get(key)
-        if state is not None:
-            if now - state[0] >= self.failureWindow:
-                del self._failures[key]
-            elif state[1] >= self.maxFailures:
-                return TooManyAttempts(
-                    "too many failed proxy authentication attempts: try again later",
-                    retryAfter=state[0] + self.failureWindow - now,
-                )
+        if state is not None and now - state[0] >= self.failureWindow:
+            del self._failures[key]
+            state = None
+        pending = self._pendingOf.get(key, 0)
+        attempts = (0 if state is None else state[1]) + pending
+        if attempts >= self.maxFailures and pending:
+            # Whether this one is over the limit depends on the checks
+            # under way: decide once they are.
+            held: Deferred = Deferred()
+            self._held.setdefault(key, []).append((held, requestHeaders, clientHost))
+            return held
+        if attempts >= self.maxFailures:
+            start = now if state is None else state[0]
+            return TooManyAttempts(
+                "too many failed proxy authentication attempts: try again later",
+                retryAfter=start + self.failureWindow - now,
+            )
         values = [v for k, v in requestHeaders.items() if k.lower() == b"proxy-authorization"]
         if not values:
             return ProxyAuthenticationRequired("proxy authentication required")
@@ -800,9 +648,16 @@ class AccessPolicy:
             self._failed(key, now, clientHost, None)
             return ProxyAuthenticationRequired("malformed Proxy-Authorization: expected Basic credentials")
         user, password = credentials
-        if self._checkCredentials(user, password, now):
+        checked = self._checkCredentials(user, password, now, key)
+        if isinstance(checked, bool):
+            return self._verdict(checked, key, clientHost, user)
+        return checked.addCallback(self._verdict, key, clientHost, user)
+
+    def _verdict(self, right: bool, key: str, clientHost: str, user: bytes
+                 ) -> Optional[ProxyError]:
+        if right:
             return None
-        self._failed(key, now, clientHost, user)
+        self._failed(key, self.clock.seconds(), clientHost, user)
         return ProxyAuthenticationRequired("wrong proxy user name or password")
 
     def _currentUsers(self) -> Dict[bytes, bytes]:
@@ -835,7 +690,12 @@ class AccessPolicy:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    def _checkCredentials(self, user: bytes, password: bytes, now: float) -> bool:
+    def _checkCredentials(self, user: bytes, password: bytes, now: float, key: str
+                          ) -> Union[bool, "Deferred[bool]"]:
+        """
+        @return: whether C{password} is C{user}'s: at once when remembered
+            (or when checks run inline), else a L{Deferred}.
+        """
         users = self._currentUsers()
         stored = users.get(user)
         digest = hashlib.sha256(
@@ -847,16 +707,68 @@ class AccessPolicy:
             if expiry > now and cachedUser == user and cachedHash == stored:
                 return True
             del self._cache[digest]
-        if stored is None:
-            # The same work as for a known user: no timing tells whether
-            # the user exists.
-            checkPassword(password, self._dummy())
+        # An unknown user's check does the same work as a known user's:
+        # no timing tells whether the user exists.
+        against = self._dummy() if stored is None else stored
+        if self._runInThread is None:
+            return self._checked(checkPassword(password, against), digest, user, stored)
+        result: Deferred = Deferred()
+        self._pendingOf[key] = self._pendingOf.get(key, 0) + 1
+        waiting = self._checking.get(digest)
+        if waiting is not None:
+            # The same credentials are being checked: wait for that check.
+            waiting.append((result, key))
+            return result
+        self._checking[digest] = waiting = [(result, key)]
+        try:
+            running = self._runInThread(checkPassword, password, against)
+        except Exception:
+            _log.failure("cannot start a password check")
+            running = succeed(False)
+
+        def failed(reason) -> bool:
+            _log.failure("password check failed", failure=reason)
             return False
-        if not checkPassword(password, stored):
+
+        def done(right: bool) -> None:
+            del self._checking[digest]
+            right = self._checked(right, digest, user, stored)
+            for d, k in waiting:
+                left = self._pendingOf.pop(k) - 1
+                if left:
+                    self._pendingOf[k] = left
+                d.callback(right)
+            for k in dict.fromkeys(k for _, k in waiting):
+                if k not in self._pendingOf:
+                    self._decideHeld(k)
+
+        running.addErrback(failed).addCallback(done)
+        return result
+
+    def _decideHeld(self, key: str) -> None:
+        """
+        Decide the attempts held back while the checks of C{key} ran.
+        """
+        for held, requestHeaders, clientHost in self._held.pop(key, ()):
+            verdict = self.authenticate(requestHeaders, clientHost)
+            if isinstance(verdict, Deferred):
+                verdict.chainDeferred(held)
+            else:
+                held.callback(verdict)
+
+    def _checked(self, right: bool, digest: bytes, user: bytes, stored: Optional[bytes]
+                 ) -> bool:
+        """
+        Remember a successful check of a known user's credentials.
+
+        @return: whether the credentials are right.
+        """
+        if not right or stored is None:
             return False
-        self._cache[digest] = (now + self.cacheSeconds, user, stored)
-        while len(self._cache) > self.maxCacheEntries:
-            self._cache.popitem(last=False)
+        if self._users.get(user) == stored:
+            self._cache[digest] = (self.clock.seconds() + self.cacheSeconds, user, stored)
+            while len(self._cache) > self.maxCacheEntries:
+                self._cache.popitem(last=False)
         return True
 
     def _dummy(self) -> bytes:
@@ -866,18 +778,9 @@ class AccessPolicy:
         """
         if self._dummyHash is None:
             first = next(iter(self._users.values()), b"")
-            match = _BCRYPT.match(first)
-            if match:
-                import bcrypt
-
-                cost = max(4, min(int(match.group("cost")), 31))
-                self._dummyHash = bcrypt.hashpw(secrets.token_hex(16).encode(), bcrypt.gensalt(cost))
-            elif first:
-                # A SHA crypt hash of the same rounds, of an unguessable
-                # password.
-                self._dummyHash = shaCrypt(secrets.token_bytes(32), first)
-            else:
+            if not first:
                 return b""
+            self._dummyHash = unmatchableHash(first)
         return self._dummyHash
 
     def _failed(self, key: str, now: float, clientHost: str, user: Optional[bytes]) -> None:

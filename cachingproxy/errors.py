@@ -5,11 +5,18 @@ Named failures, each with the status code the client is told.
 A limit or a protocol violation raises one of these; the connection turns it
 into a short text response with that status, one log line, and (for
 violations by the client) a closed connection.
+
+L{upstreamError} is the one translation from a failure on the way to or
+from an origin (connecting, the TLS handshake, the response) into what the
+client is told; the forwarding path, the cache and CONNECT all use it.
 """
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
+
+from twisted.internet import defer, error
+from twisted.python.failure import Failure
 
 __all__ = [
     "ProxyError",
@@ -26,6 +33,7 @@ __all__ = [
     "BadGateway",
     "GatewayTimeout",
     "UpstreamClosed",
+    "upstreamError",
 ]
 
 
@@ -162,3 +170,66 @@ class UpstreamClosed(Exception):
         super().__init__(receivedAnything, reason)
         self.receivedAnything = receivedAnything
         self.reason = reason
+
+
+try:
+    from OpenSSL.SSL import Error as _TLSError
+except ImportError:  # pragma: no cover
+    _TLSError = None
+
+
+def _tlsFailure(value: object) -> Optional[BaseException]:
+    """
+    @return: the TLS error behind C{value} (itself, or the reason an
+        L{UpstreamClosed} carries), or C{None}.
+    """
+    if _TLSError is None:  # pragma: no cover
+        return None
+    if isinstance(value, UpstreamClosed):
+        value = getattr(value.reason, "value", value.reason)
+    return value if isinstance(value, _TLSError) else None
+
+
+def upstreamError(
+    reason: Union[Failure, BaseException], origin: Optional[object] = None
+) -> BaseException:
+    """
+    Translate a failure on the way to or from an origin into the error the
+    client is told.
+
+    @param reason: what failed: the L{Failure} (or exception) of a connection
+        attempt, or of an origin connection that ended (an L{UpstreamClosed}
+        says whether any byte of the response had been received).
+    @param origin: the origin being connected to (anything with C{host} and
+        C{port}), when the failure is a connection attempt's; C{None} once
+        connected.
+
+    @return: a L{ProxyError}: C{reason} itself when it is one; a failed TLS
+        handshake (an unverifiable certificate, most often) names the TLS
+        error; a connection attempt that timed out is a L{GatewayTimeout};
+        other failures a L{BadGateway}. A cancelled connection attempt is
+        returned as it is: nobody waits for an answer.
+    """
+    value = reason.value if isinstance(reason, Failure) else reason
+    if isinstance(value, ProxyError):
+        return value
+    if origin is not None and isinstance(
+        value, (defer.CancelledError, error.ConnectingCancelledError)
+    ):
+        return value
+    tls = _tlsFailure(value)
+    if tls is not None:
+        return BadGateway(f"TLS with the origin failed: {tls}")
+    if isinstance(value, UpstreamClosed):
+        return BadGateway("the origin closed the connection")
+    if origin is None:
+        return BadGateway("the origin failed")
+    where = f"{origin.host}:{origin.port}"
+    if isinstance(value, (error.TimeoutError, defer.TimeoutError)):
+        return GatewayTimeout(f"connecting to {where} timed out")
+    if isinstance(value, error.DNSLookupError):
+        return BadGateway(f"cannot resolve {origin.host}")
+    if isinstance(value, error.ConnectionRefusedError):
+        return BadGateway(f"connection to {where} refused")
+    message = reason.getErrorMessage() if isinstance(reason, Failure) else str(value)
+    return BadGateway(f"cannot connect to {where}: {message}")

@@ -3,4 +3,6 @@ pytest configuration. Importing trial here, before pytest configures
 itself, lets pytest report trial's C{todo} (expected failures) as xfail.
 """
 
-import twisted.trial.unittest  # noqa: F401
+import importlib
+
+importlib.import_module("twisted.trial.unittest")

@@ -7,9 +7,11 @@ a real proxy on loopback sockets.
 import base64
 import json
 import os
+import threading
 
 import bcrypt
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
@@ -21,12 +23,10 @@ from cachingproxy.access import (
     AccessPolicy,
     ProxyAuthenticationRequired,
     TooManyAttempts,
-    checkPassword,
     parseDestinations,
     parseNetworks,
-    readPasswordFile,
-    shaCrypt,
 )
+from cachingproxy.htpasswd import checkPassword, readPasswordFile, shaCrypt
 from cachingproxy.ops.admin import AdminPages
 from cachingproxy.service.config import fromOptions
 from cachingproxy.errors import Forbidden
@@ -62,13 +62,14 @@ def writeFile(testCase, text: bytes, name: str = "htpasswd") -> str:
 
 def captureLog(testCase) -> list:
     """
-    @return: a list the events logged by L{cachingproxy.access} are
-        appended to while the test runs.
+    @return: a list the events logged by L{cachingproxy.access} (and the
+        password file reader, L{cachingproxy.htpasswd}) are appended to
+        while the test runs.
     """
     events = []
 
     def observer(event):
-        if event.get("log_namespace") == "cachingproxy.access":
+        if event.get("log_namespace") in ("cachingproxy.access", "cachingproxy.htpasswd"):
             events.append(event)
 
     globalLogPublisher.addObserver(observer)
@@ -600,6 +601,194 @@ class AuthenticationTests(SynchronousTestCase):
         """
         self.policy.authenticate(basic(b"mallory", b"x"), "10.0.0.1")
         self.assertEqual(self.checks, [b"x"])
+
+
+class ThreadedCheckTests(SynchronousTestCase):
+    """
+    L{AccessPolicy.authenticate} with password checks run off the reactor
+    thread: each check a L{Deferred} the test fires.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.path = writeFile(self, b"alice:" + shaCrypt(b"wonderland", b"$5$pepper") + b"\n")
+        self.running = []
+
+        def runInThread(f, *args):
+            d = Deferred()
+            self.running.append((d, f, args))
+            return d
+
+        self.policy = AccessPolicy(authFile=self.path, clock=self.clock,
+                                   runInThread=runInThread)
+
+    def finish(self, index=0):
+        """
+        Run the check under way at C{index} and fire its Deferred.
+        """
+        d, f, args = self.running.pop(index)
+        d.callback(f(*args))
+
+    def test_rightPasswordOnce(self):
+        """
+        A password is checked in a thread, the verdict arriving later; the
+        same credentials arriving meanwhile wait for that one check, and a
+        successful check is remembered: later requests are answered at once.
+        """
+        first = self.policy.authenticate(basic(b"alice", b"wonderland"), "10.0.0.1")
+        second = self.policy.authenticate(basic(b"alice", b"wonderland"), "10.0.0.2")
+        self.assertNoResult(first)
+        self.assertNoResult(second)
+        self.assertEqual(len(self.running), 1)
+        self.finish()
+        self.assertIsNone(self.successResultOf(first))
+        self.assertIsNone(self.successResultOf(second))
+        self.assertIsNone(self.policy.authenticate(basic(b"alice", b"wonderland"), "10.0.0.1"))
+        self.assertEqual(self.running, [])
+
+    def test_wrongPasswordEachTime(self):
+        """
+        A wrong password is checked again each time (in a thread), and
+        each attempt counts as a failure.
+        """
+        for attempt in range(3):
+            d = self.policy.authenticate(basic(b"alice", b"guess"), "10.0.0.1")
+            self.assertEqual(len(self.running), 1)
+            self.finish()
+            self.assertIsInstance(self.successResultOf(d), ProxyAuthenticationRequired)
+        self.assertEqual(self.policy._failures["10.0.0.1"][1], 3)
+
+    def test_limitCountsChecksUnderWay(self):
+        """
+        Guesses under way count toward the failure limit: with 10 checks
+        running, the 11th attempt waits for them and, once they all fail,
+        gets 429 without a check of its own.
+        """
+        attempts = [self.policy.authenticate(basic(b"alice", b"guess%d" % i), "10.0.0.1")
+                    for i in range(11)]
+        self.assertEqual(len(self.running), 10)
+        for d in attempts:
+            self.assertNoResult(d)
+        while self.running:
+            self.finish()
+        verdicts = [type(self.successResultOf(d)) for d in attempts]
+        self.assertEqual(verdicts, [ProxyAuthenticationRequired] * 10 + [TooManyAttempts])
+
+    def test_burstOfRightCredentials(self):
+        """
+        Many requests with the same new, right credentials (a browser
+        opening a page) cost one check and are all served, however many
+        arrive before it ends: they are not taken for guesses.
+        """
+        attempts = [self.policy.authenticate(basic(b"alice", b"wonderland"), "10.0.0.1")
+                    for i in range(30)]
+        self.assertEqual(len(self.running), 1)
+        self.finish()
+        self.assertEqual([self.successResultOf(d) for d in attempts], [None] * 30)
+        self.assertEqual(self.running, [])
+
+    def test_checkFailure(self):
+        """
+        A check that fails (an error in the thread) refuses the attempt
+        and is logged.
+        """
+        d = self.policy.authenticate(basic(b"alice", b"wonderland"), "10.0.0.1")
+        self.running.pop()[0].errback(RuntimeError("boom"))
+        self.assertIsInstance(self.successResultOf(d), ProxyAuthenticationRequired)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class PendingVerdictTests(SynchronousTestCase):
+    """
+    A request waits, in a proxy connection, for a password check under way.
+    """
+
+    def setUp(self):
+        from .test_server import ProxyHarness
+
+        self.running = []
+
+        def runInThread(f, *args):
+            d = Deferred()
+            self.running.append((d, f(*args)))
+            return d
+
+        path = writeFile(self, b"alice:" + shaCrypt(b"wonderland", b"$5$pepper") + b"\n")
+        self.h = ProxyHarness()
+        self.h.factory.access = AccessPolicy(authFile=path, clock=self.h.reactor,
+                                             runInThread=runInThread)
+
+    def request(self, password: bytes) -> bytes:
+        credentials = base64.b64encode(b"alice:" + password)
+        return (b"GET http://10.0.0.1/ HTTP/1.1\r\nHost: 10.0.0.1\r\n"
+                b"Proxy-Authorization: Basic %s\r\n\r\n" % credentials)
+
+    def finish(self):
+        d, result = self.running.pop(0)
+        d.callback(result)
+
+    def test_forwardedOnceChecked(self):
+        """
+        Nothing goes upstream while the password is being checked; once it
+        is right, the request is forwarded.
+        """
+        self.h.send(self.request(b"wonderland"))
+        self.assertEqual(len(self.running), 1)
+        self.assertEqual(self.h.reactor.tcpClients, [])
+        self.assertEqual(self.h.received(), b"")
+        self.finish()
+        self.assertEqual(len(self.h.reactor.tcpClients), 1)
+
+    def test_refusedOnceChecked(self):
+        """
+        A wrong password gets its 407 once checked, and nothing goes
+        upstream.
+        """
+        self.h.send(self.request(b"guess"))
+        self.assertEqual(self.h.received(), b"")
+        self.finish()
+        self.assertTrue(self.h.received().startswith(b"HTTP/1.1 407 "))
+        self.assertEqual(self.h.reactor.tcpClients, [])
+
+    def test_clientGoneBeforeVerdict(self):
+        """
+        A client that leaves while its password is checked is forgotten:
+        the verdict arriving later sends nothing anywhere.
+        """
+        self.h.send(self.request(b"wonderland"))
+        self.h.clientClosed()
+        self.finish()
+        self.assertEqual(self.h.reactor.tcpClients, [])
+        self.assertEqual(self.h.received(), b"")
+
+
+class ReactorThreadTests(TestCase):
+    """
+    With the reactor as clock, password checks run in its thread pool.
+    """
+
+    async def test_checkedOffTheReactorThread(self):
+        """
+        A bcrypt check runs in a thread of the reactor's pool, not in the
+        reactor thread; the verdict comes back as a Deferred.
+        """
+        path = writeFile(self, b"alice:" + bcryptHash(b"wonderland") + b"\n")
+        policy = AccessPolicy(authFile=path, clock=reactor)
+        threads = []
+        real = access.checkPassword
+
+        def recording(password, stored):
+            threads.append(threading.get_ident())
+            return real(password, stored)
+
+        self.patch(access, "checkPassword", recording)
+        verdict = policy.authenticate(basic(b"alice", b"wonderland"), "10.0.0.1")
+        self.assertIsInstance(verdict, Deferred)
+        self.assertIsNone(await verdict)
+        wrong = await policy.authenticate(basic(b"alice", b"guess"), "10.0.0.1")
+        self.assertIsInstance(wrong, ProxyAuthenticationRequired)
+        self.assertEqual(len(threads), 2)
+        self.assertNotIn(threading.get_ident(), threads)
 
 
 class ConfigTests(SynchronousTestCase):

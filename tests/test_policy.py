@@ -23,8 +23,6 @@ from cachingproxy.http.structured import (
 )
 from cachingproxy.cache.policy import (
     DEFAULT_OPTIONS,
-    UNSATISFIABLE,
-    CacheControl,
     CacheOptions,
     Forward,
     Fresh,
@@ -83,198 +81,6 @@ def entry(*fields: Field, status: int = 200, requestFields: Tuple[Field, ...] = 
         responseHeaders=stored, requestTime=requestTime,
         responseTime=responseTime, bodyLength=bodyLength,
     )
-
-
-def cc(value: bytes) -> CacheControl:
-    return policy.parseCacheControl(headers((b"Cache-Control", value)))
-
-
-class CacheControlParsingTests(SynchronousTestCase):
-    """
-    L{policy.parseCacheControl}: sections 5.2 and 4.2.1.
-    """
-
-    def test_absent(self) -> None:
-        """
-        Section 5.2: without the field there are no directives.
-        """
-        self.assertEqual(policy.parseCacheControl(Headers()), CacheControl())
-
-    def test_caseInsensitive(self) -> None:
-        """
-        Section 5.2: directive names are compared case-insensitively.
-        """
-        parsed = cc(b"MAX-AGE=10, No-Store, Public")
-        self.assertEqual(parsed.maxAge, 10)
-        self.assertTrue(parsed.noStore)
-        self.assertTrue(parsed.public)
-
-    def test_quotedArgument(self) -> None:
-        """
-        Section 5.2: recipients accept the quoted-string form of an
-        argument, C{max-age="10"}.
-        """
-        self.assertEqual(cc(b'max-age="10"').maxAge, 10)
-
-    def test_oddSpacing(self) -> None:
-        """
-        Section 5.2: whitespace around members, around C{=} and empty list
-        members are tolerated.
-        """
-        parsed = cc(b"  max-age = 10 ,, ,\tpublic  ")
-        self.assertEqual(parsed.maxAge, 10)
-        self.assertTrue(parsed.public)
-
-    def test_severalLines(self) -> None:
-        """
-        Section 5.2: several Cache-Control lines combine into one list.
-        """
-        parsed = policy.parseCacheControl(headers(
-            (b"Cache-Control", b"max-age=10"),
-            (b"cache-control", b"must-revalidate")))
-        self.assertEqual(parsed.maxAge, 10)
-        self.assertTrue(parsed.mustRevalidate)
-
-    def test_duplicateKeepsMostRestrictive(self) -> None:
-        """
-        Section 4.2.1: of repeated delta-seconds directives the most
-        restrictive is kept, the smallest.
-        """
-        self.assertEqual(cc(b"max-age=100, max-age=10").maxAge, 10)
-        self.assertEqual(cc(b"s-maxage=5, s-maxage=50").sMaxAge, 5)
-        self.assertEqual(cc(b"max-stale, max-stale=20").maxStale, 20)
-
-    def test_duplicateMinFreshKeepsLargest(self) -> None:
-        """
-        Section 4.2.1: for min-fresh the most restrictive is the largest.
-        """
-        self.assertEqual(cc(b"min-fresh=5, min-fresh=50").minFresh, 50)
-
-    def test_invalidArgumentIsZero(self) -> None:
-        """
-        Section 4.2.1: invalid freshness information makes the response
-        stale, so a non-integer, negative or missing max-age counts as 0.
-        """
-        for value in (b"max-age=abc", b"max-age=-1", b"max-age=1.5",
-                      b"max-age", b'max-age=""'):
-            self.assertEqual(cc(value).maxAge, 0, value)
-
-    def test_overflowIsCapped(self) -> None:
-        """
-        Section 1.2.2: a delta-seconds too large to represent is 2^31.
-        """
-        self.assertEqual(cc(b"max-age=99999999999999999999").maxAge, 2**31)
-        self.assertEqual(cc(b"max-age=2147483649").maxAge, 2**31)
-
-    def test_maxStale(self) -> None:
-        """
-        Section 5.2.1.2: max-stale without an argument accepts any
-        staleness; with one, that many seconds.
-        """
-        self.assertEqual(cc(b"max-stale").maxStale, math.inf)
-        self.assertEqual(cc(b"max-stale=30").maxStale, 30)
-
-    def test_noCacheUnqualified(self) -> None:
-        """
-        Section 5.2.2.4: no-cache without an argument.
-        """
-        parsed = cc(b"no-cache")
-        self.assertTrue(parsed.noCache)
-        self.assertEqual(parsed.noCacheFields, frozenset())
-
-    def test_noCacheFieldList(self) -> None:
-        """
-        Section 5.2.2.4: the qualified form lists field names, split on
-        commas inside the quoted string and compared in lower case.
-        """
-        parsed = cc(b'no-cache="Set-Cookie, X-Foo", max-age=5')
-        self.assertFalse(parsed.noCache)
-        self.assertEqual(parsed.noCacheFields,
-                         frozenset([b"set-cookie", b"x-foo"]))
-        self.assertEqual(parsed.maxAge, 5)
-
-    def test_noCacheBothForms(self) -> None:
-        """
-        Section 4.2.1: with both forms the unqualified one, more
-        restrictive, still applies.
-        """
-        parsed = cc(b'no-cache="a", no-cache')
-        self.assertTrue(parsed.noCache)
-        self.assertEqual(parsed.noCacheFields, frozenset([b"a"]))
-
-    def test_privateTokenArgument(self) -> None:
-        """
-        Section 5.2.2.7: C{private} accepts the token form too.
-        """
-        parsed = cc(b"private=X-Secret")
-        self.assertFalse(parsed.private)
-        self.assertEqual(parsed.privateFields, frozenset([b"x-secret"]))
-
-    def test_emptyFieldListIsUnqualified(self) -> None:
-        """
-        Section 5.2.2.7: an empty field list restricts nothing by name, so
-        it is read as the unqualified (more restrictive) directive.
-        """
-        self.assertTrue(cc(b'private=""').private)
-
-    def test_quotedEscapes(self) -> None:
-        """
-        RFC 9110 section 5.6.4: backslash escapes in a quoted argument.
-        """
-        self.assertEqual(cc(b'ext="a\\"b", max-age=1').get(b"ext"), b'a"b')
-
-    def test_extensions(self) -> None:
-        """
-        Section 5.2.3: unknown directives are kept for extensions.
-        """
-        parsed = cc(b"community=UCI, immutable")
-        self.assertIn(b"immutable", parsed)
-        self.assertEqual(parsed.get(b"COMMUNITY"), b"UCI")
-        self.assertIsNone(parsed.get(b"immutable"))
-        self.assertNotIn(b"other", parsed)
-
-    def test_otherFieldName(self) -> None:
-        """
-        The same syntax can be read from another field name.
-        """
-        parsed = policy.parseCacheControl(
-            headers((b"X-CC", b"max-age=3")), b"x-cc")
-        self.assertEqual(parsed.maxAge, 3)
-
-
-class RequestDirectiveTests(SynchronousTestCase):
-    """
-    L{policy.requestCacheControl}: sections 5.2.1 and 5.4.
-    """
-
-    def test_requestDirectives(self) -> None:
-        """
-        Section 5.2.1: max-age, max-stale, min-fresh, no-cache, no-store and
-        only-if-cached are read from a request.
-        """
-        parsed = policy.requestCacheControl(headers((
-            b"Cache-Control",
-            b"max-age=5, max-stale=6, min-fresh=7, no-cache, no-store, "
-            b"only-if-cached")))
-        self.assertEqual(
-            (parsed.maxAge, parsed.maxStale, parsed.minFresh),
-            (5, 6, 7))
-        self.assertTrue(parsed.noCache and parsed.noStore and parsed.onlyIfCached)
-
-    def test_pragmaNoCache(self) -> None:
-        """
-        Section 5.4: without Cache-Control, Pragma: no-cache means no-cache.
-        """
-        self.assertTrue(policy.requestCacheControl(
-            headers((b"Pragma", b"No-Cache"))).noCache)
-
-    def test_pragmaIgnoredWithCacheControl(self) -> None:
-        """
-        Section 5.4: when Cache-Control is present Pragma is ignored.
-        """
-        self.assertFalse(policy.requestCacheControl(headers(
-            (b"Pragma", b"no-cache"),
-            (b"Cache-Control", b"max-age=10"))).noCache)
 
 
 class TargetedCacheControlTests(SynchronousTestCase):
@@ -2382,43 +2188,9 @@ class IfRangeTests(SynchronousTestCase):
 
 class RangeTests(SynchronousTestCase):
     """
-    L{policy.parseRange} and L{policy.rangeForStoredResponse}: RFC 9110
-    section 14.
+    L{policy.rangeForStoredResponse}: RFC 9110 section 14 (the parser,
+    L{cachingproxy.http.fields.parseRange}, is tested in L{tests.test_fields}).
     """
-
-    def test_forms(self) -> None:
-        """
-        RFC 9110 section 14.1.2: first-last, open-ended and suffix ranges,
-        several at once, clipped to the representation.
-        """
-        self.assertEqual(policy.parseRange(b"bytes=0-499", 1000), [(0, 499)])
-        self.assertEqual(policy.parseRange(b"bytes=900-", 1000), [(900, 999)])
-        self.assertEqual(policy.parseRange(b"bytes=-100", 1000), [(900, 999)])
-        self.assertEqual(policy.parseRange(b"bytes=-5000", 1000), [(0, 999)])
-        self.assertEqual(policy.parseRange(b"bytes=990-2000", 1000), [(990, 999)])
-        self.assertEqual(policy.parseRange(b"BYTES=0-0, 2-3 ,-1", 10),
-                         [(0, 0), (2, 3), (9, 9)])
-
-    def test_unsatisfiable(self) -> None:
-        """
-        RFC 9110 section 14.1.2: ranges starting past the end, or a zero
-        suffix, are unsatisfiable; if none is left, 416.
-        """
-        self.assertEqual(policy.parseRange(b"bytes=1000-", 1000), UNSATISFIABLE)
-        self.assertEqual(policy.parseRange(b"bytes=-0", 1000), UNSATISFIABLE)
-        self.assertEqual(policy.parseRange(b"bytes=2000-3000, 5-6", 1000), [(5, 6)])
-
-    def test_ignored(self) -> None:
-        """
-        RFC 9110 section 14.2: invalid syntax, another unit or too many
-        ranges make the field ignored.
-        """
-        for value in (b"bytes=a-b", b"bytes=5-1", b"items=0-1", b"bytes=",
-                      b"bytes=-", b"bytes 0-1", b"bytes=0-1-2", b"bytes=1 -2"):
-            self.assertIsNone(policy.parseRange(value, 1000), value)
-        self.assertIsNone(policy.parseRange(b"bytes=" + b",".join(
-            [b"%d-%d" % (i, i) for i in range(20)]), 1000))
-        self.assertIsNone(policy.parseRange(b"bytes=0-", 0))
 
     def test_fromStored(self) -> None:
         """
@@ -2472,22 +2244,6 @@ class IncompleteResponseTests(SynchronousTestCase):
     Storing incomplete responses and answering from them: sections 3.3 and
     3.4, RFC 9110 section 14.
     """
-
-    def test_contentRange(self) -> None:
-        """
-        RFC 9110 section 14.4: one part with its complete length, as a
-        half-open range; an unknown length, an unsatisfied range, an
-        invalid or repeated field is not a storable part.
-        """
-        self.assertEqual(policy.contentRange(headers(
-            (b"Content-Range", b"bytes 10-19/100"))), (10, 20, 100))
-        self.assertEqual(policy.contentRange(headers(
-            (b"Content-Range", b"Bytes 0-0/1"))), (0, 1, 1))
-        for value in (b"bytes 0-9/*", b"bytes */100", b"bytes 9-0/100", b"bytes 0-100/100",
-                      b"items 0-9/100", b"bytes 0-9", b"bytes=0-9/100"):
-            self.assertIsNone(policy.contentRange(headers((b"Content-Range", value))), value)
-        self.assertIsNone(policy.contentRange(headers(
-            (b"Content-Range", b"bytes 0-9/100"), (b"Content-Range", b"bytes 0-9/100"))))
 
     def test_storablePart(self) -> None:
         """

@@ -14,6 +14,8 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
+from cachingproxy.cache.layer import CacheLayer, CacheSettings
+from cachingproxy.cache.memory import MemoryStore
 from cachingproxy.service import tap
 from cachingproxy.proxy.connection import ProxyProtocol
 from cachingproxy.proxy.settings import ProxySettings
@@ -482,6 +484,36 @@ class HTTPSUpstreamTests(TestCase):
         self.assertEqual(len(good.requests), 1)
         self.assertEqual(refused.status, 502)
         self.assertEqual(dnsOnly.requests, [])
+
+    async def test_untrustedOriginToldAlikeWithAndWithoutCache(self):
+        """
+        An https origin whose certificate is not trusted gets the same 502
+        naming the failed TLS verification, whether the request goes
+        through the cache or straight through; the origin receives nothing.
+        """
+        origin, originPort = listenTLSOrigin(self, *GOOD)
+        request = (b"GET https://localhost:%d/size/10 HTTP/1.1\r\n"
+                   b"Host: localhost:%d\r\n\r\n" % (originPort, originPort))
+        bodies = []
+        for cached in (False, True):
+            factory, port, _ = startProxy(
+                self,
+                ProxySettings(viaName=b"test-proxy"),
+                upstreamSettings=UpstreamSettings(
+                    trustRoot=trustRoot(OTHER_CA_PEM), connectTimeout=5, responseTimeout=5
+                ),
+            )
+            if cached:
+                factory.cache = CacheLayer(
+                    MemoryStore(1 << 20, 1 << 16), reactor, factory.pool, CacheSettings()
+                )
+            _, [response] = await exchange(port, self, request)
+            self.assertEqual(response.status, 502)
+            bodies.append(response.body)
+        self.assertTrue(bodies[1].startswith(b"TLS with the origin failed: "), bodies[1])
+        self.assertIn(b"certificate verify failed", bodies[1])
+        self.assertEqual(bodies[0], bodies[1])
+        self.assertEqual(origin.requests, [])
 
 
 class CAFileTests(TestCase):

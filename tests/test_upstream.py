@@ -18,7 +18,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from cachingproxy.errors import BadGateway, GatewayTimeout, UpstreamClosed
+from cachingproxy.errors import BadGateway, GatewayTimeout, UpstreamClosed, upstreamError
 from cachingproxy.http.headers import Headers
 from cachingproxy.http.message import RequestHead
 from cachingproxy.proxy.upstream import (
@@ -27,7 +27,6 @@ from cachingproxy.proxy.upstream import (
     UpstreamRequest,
     UpstreamSettings,
     UpstreamState,
-    connectError,
 )
 
 
@@ -866,7 +865,7 @@ class ConnectErrorTests(PoolTestCase):
         """
         A name that does not resolve is a L{BadGateway} (502).
         """
-        value = connectError(Failure(error.DNSLookupError("nx.example")), ORIGIN)
+        value = upstreamError(Failure(error.DNSLookupError("nx.example")), ORIGIN)
         self.assertIsInstance(value, BadGateway)
         self.assertEqual(value.status, 502)
         self.assertEqual(value.message, "cannot resolve 10.0.0.1")
@@ -876,7 +875,7 @@ class ConnectErrorTests(PoolTestCase):
         A connect timeout is a L{GatewayTimeout} (504), through the pool as
         well.
         """
-        value = connectError(Failure(error.TimeoutError()), ORIGIN)
+        value = upstreamError(Failure(error.TimeoutError()), ORIGIN)
         self.assertIsInstance(value, GatewayTimeout)
         self.assertEqual(value.status, 504)
         failure = self.connectFails(error.TimeoutError())
@@ -888,7 +887,7 @@ class ConnectErrorTests(PoolTestCase):
         L{defer.TimeoutError} is a L{GatewayTimeout} too.
         """
         self.assertIsInstance(
-            connectError(Failure(defer.TimeoutError()), ORIGIN), GatewayTimeout
+            upstreamError(Failure(defer.TimeoutError()), ORIGIN), GatewayTimeout
         )
 
     def test_connectionRefused(self):
@@ -896,7 +895,7 @@ class ConnectErrorTests(PoolTestCase):
         A refused connection is a L{BadGateway} (502), through the pool as
         well.
         """
-        value = connectError(Failure(error.ConnectionRefusedError()), ORIGIN)
+        value = upstreamError(Failure(error.ConnectionRefusedError()), ORIGIN)
         self.assertIsInstance(value, BadGateway)
         self.assertEqual(value.status, 502)
         failure = self.connectFails(error.ConnectionRefusedError())
@@ -907,16 +906,42 @@ class ConnectErrorTests(PoolTestCase):
         """
         Any other connect failure is a L{BadGateway} naming the destination.
         """
-        value = connectError(Failure(error.NoRouteError()), ORIGIN)
+        value = upstreamError(Failure(error.NoRouteError()), ORIGIN)
         self.assertIsInstance(value, BadGateway)
         self.assertTrue(value.message.startswith("cannot connect to 10.0.0.1:8080: "))
+
+    def test_closedConnection(self):
+        """
+        An origin connection that ended is a L{BadGateway}; when it ended in
+        a failed TLS handshake, the message names the TLS error, connecting
+        or not.
+        """
+        from OpenSSL.SSL import Error as TLSError
+
+        closed = UpstreamClosed(False, Failure(error.ConnectionDone()))
+        self.assertEqual(upstreamError(Failure(closed)).message,
+                         "the origin closed the connection")
+        tls = UpstreamClosed(False, Failure(TLSError("certificate verify failed")))
+        for origin in (None, ORIGIN):
+            value = upstreamError(Failure(tls), origin)
+            self.assertIsInstance(value, BadGateway)
+            self.assertTrue(value.message.startswith("TLS with the origin failed: "))
+            self.assertIn("certificate verify failed", value.message)
+
+    def test_proxyErrorPassesThrough(self):
+        """
+        A failure that already is a L{ProxyError} is told as it is.
+        """
+        timeout = GatewayTimeout("the origin did not answer in time")
+        self.assertIs(upstreamError(Failure(timeout)), timeout)
+        self.assertIs(upstreamError(timeout, ORIGIN), timeout)
 
     def test_cancelledPassesThrough(self):
         """
         Cancellation is not turned into a gateway error.
         """
         cancelled = defer.CancelledError()
-        self.assertIs(connectError(Failure(cancelled), ORIGIN), cancelled)
+        self.assertIs(upstreamError(Failure(cancelled), ORIGIN), cancelled)
 
     def test_cancellingConnectStopsAttempt(self):
         """

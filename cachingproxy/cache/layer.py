@@ -37,7 +37,8 @@ from twisted.python.failure import Failure
 from . import policy
 from .collapse import Flight
 from .store import ABSENT, IStore, StoreFull
-from ..errors import BadGateway, GatewayTimeout, ProxyError, UpstreamClosed
+from ..errors import BadGateway, GatewayTimeout, ProxyError, upstreamError
+from ..http import wire
 from ..http.message import RequestHead, ResponseHead, logText
 from ..compress import compressWhole, negotiate
 from ..proxy.interfaces import ICacheExchange
@@ -109,11 +110,11 @@ class _HotVariant:
 
 
 def _hotPrefix(fields, length: int, via: bytes) -> bytes:
-    return b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\nVia: 1.1 %s\r\n" % (
-        b"".join([name + b": " + value + b"\r\n" for _, name, value in fields]),
-        length,
-        via,
-    )
+    return wire.headPrefix(200, b"", [
+        *fields,
+        (b"content-length", b"Content-Length", b"%d" % length),
+        (b"via", b"Via", b"1.1 " + via),
+    ])
 
 
 @functools.lru_cache(maxsize=8192)
@@ -338,11 +339,7 @@ class CacheLayer:
             variant.age = age
             tail = self._statusFields([(b"age", b"Age", b"%d" % age)], True, None, None,
                                       hot.lifetime - age, b"HIT")
-            variant.wire = b"".join(
-                [variant.prefix]
-                + [name + b": " + value + b"\r\n" for _, name, value in tail]
-                + [b"\r\n", variant.body]
-            )
+            variant.wire = wire.finishHead(variant.prefix, tail, variant.body)
         self.stats.hits += 1
         exchange.cacheResult = "HIT"
         exchange.serveBytes(200, variant.wire, len(variant.body))
@@ -1058,13 +1055,7 @@ class _Fill:
         if exchange.state is ExchangeState.RESPONDING:
             exchange.responseFailed(reason, True)
             return
-        value = reason.value
-        if isinstance(value, ProxyError):
-            exchange.respondError(value)
-        elif isinstance(value, UpstreamClosed):
-            exchange.respondError(BadGateway("the origin closed the connection"))
-        else:
-            exchange.respondError(BadGateway("the origin failed"))
+        exchange.respondError(upstreamError(reason))
 
     def requestBodyUnwanted(self) -> None:
         self.exchange.requestBodyUnwanted()

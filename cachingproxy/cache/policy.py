@@ -23,6 +23,10 @@ How a driver uses it, in the shape of hishel's state machine::
         # then invalidate invalidatedURIs(...); only a POST response that
         # mayStorePostResponse(...) allows is then stored for GET
 
+The field values it reads are parsed by L{cachingproxy.http.fields}
+(Cache-Control, entity tags, Range, Content-Range); the parsed values it
+names in C{__all__} are re-exported from there.
+
 The section numbers in comments are RFC 9111 unless another document is
 named: RFC 9110 (HTTP semantics), RFC 5861 (stale-while-revalidate and
 stale-if-error), RFC 9211 (Cache-Status), RFC 9213 (targeted cache control)
@@ -48,9 +52,28 @@ from typing import (
 )
 from urllib.parse import urljoin, urlsplit
 
-from ..http.headers import HOP_BY_HOP, Headers, connectionOptions, parseHTTPDate, splitList
+from ..http.fields import (
+    DELTA_SECONDS_MAX,
+    UNSATISFIABLE,
+    CacheControl,
+    ETag,
+    RangeResult,
+    contentRange,
+    deltaSeconds,
+    etagOf,
+    normalizedFieldValue,
+    parseCacheControl,
+    parseETag,
+    parseRange,
+    parseTargetedCacheControl,
+    requestCacheControl,
+    sfString,
+    sfTokenOrString,
+    strongMatch,
+    weakMatch,
+)
+from ..http.headers import HOP_BY_HOP, Headers, connectionOptions, parseHTTPDate
 from ..http.message import RequestHead, ResponseHead
-from ..http.structured import parseTargetedDirectives
 
 __all__ = [
     "CacheControl",
@@ -129,10 +152,6 @@ __all__ = [
 ]
 
 
-#: The largest delta-seconds value kept: a bigger one, or an overflow, is
-#: taken as 2^31 (section 1.2.2), and Age is capped at it (section 5.1).
-DELTA_SECONDS_MAX = 2**31
-
 #: Methods that are safe (RFC 9110 section 9.2.1). Any other method, known
 #: or not, invalidates what it targets (section 4.4).
 SAFE_METHODS = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE"])
@@ -172,10 +191,6 @@ _PROXY_FIELDS = frozenset(
 #: Fields that set state in one user agent: never stored, never handed to
 #: another client (section 7.3); C{Set-Cookie2} is RFC 2965's, obsolete.
 _COOKIE_FIELDS = frozenset([b"set-cookie", b"set-cookie2"])
-
-#: The value L{parseRange} returns when no range overlaps the
-#: representation: answer 416 (RFC 9110 section 15.5.17).
-UNSATISFIABLE = "unsatisfiable"
 
 _DEFAULT_PORTS = {b"http": b"80", b"https": b"443"}
 
@@ -373,258 +388,6 @@ DEFAULT_OPTIONS = CacheOptions()
 # Cache-Control
 
 
-Directives = Tuple[Tuple[bytes, Optional[bytes]], ...]
-
-
-@dataclass(frozen=True)
-class CacheControl:
-    """
-    The cache directives of one message (section 5.2), request or response.
-
-    Delta-seconds directives are C{None} when absent. Choices where the RFC
-    leaves room (section 4.2.1 lets a cache use the first occurrence or
-    treat the response as stale, and asks to honour the most restrictive of
-    conflicting directives):
-
-      - an invalid or missing delta-seconds argument counts as C{0}
-        (section 4.2.1 encourages treating invalid freshness as stale);
-      - a repeated delta-seconds directive keeps its most restrictive value:
-        the smallest, except C{min-fresh} where the largest;
-      - a value over 2^31 is taken as 2^31 (section 1.2.2);
-      - C{no-cache} and C{private} with a field-name list set
-        L{noCacheFields} / L{privateFields}; without an argument, or with
-        an empty one, they set L{noCache} / L{private} (the unqualified
-        form is the more restrictive and wins when both appear).
-
-    @ivar directives: every C{(name, argument)} in order, names in lower
-        case, quoted arguments unquoted; extensions are read from here.
-    @ivar maxStale: C{math.inf} for C{max-stale} without an argument
-        (section 5.2.1.2).
-    """
-
-    directives: Directives = ()
-    maxAge: Optional[int] = None
-    sMaxAge: Optional[int] = None
-    maxStale: Optional[float] = None
-    minFresh: Optional[int] = None
-    staleWhileRevalidate: Optional[int] = None
-    staleIfError: Optional[int] = None
-    noCache: bool = False
-    noCacheFields: FrozenSet[bytes] = frozenset()
-    noStore: bool = False
-    noTransform: bool = False
-    onlyIfCached: bool = False
-    mustRevalidate: bool = False
-    proxyRevalidate: bool = False
-    mustUnderstand: bool = False
-    public: bool = False
-    private: bool = False
-    privateFields: FrozenSet[bytes] = frozenset()
-
-    def __contains__(self, name: bytes) -> bool:
-        name = name.lower()
-        return any(n == name for n, _ in self.directives)
-
-    def get(self, name: bytes) -> Optional[bytes]:
-        """
-        @return: the argument of the first directive called C{name} (e.g.
-            an extension), or C{None} if it is absent or has no argument.
-        """
-        name = name.lower()
-        for n, value in self.directives:
-            if n == name:
-                return value
-        return None
-
-
-#: delta-seconds directives: attribute name and how repeats combine.
-_DELTA_DIRECTIVES: Dict[bytes, Tuple[str, Callable[[float, float], float]]] = {
-    b"max-age": ("maxAge", min),
-    b"s-maxage": ("sMaxAge", min),
-    b"max-stale": ("maxStale", min),
-    b"min-fresh": ("minFresh", max),
-    b"stale-while-revalidate": ("staleWhileRevalidate", min),
-    b"stale-if-error": ("staleIfError", min),
-}
-
-_FLAG_DIRECTIVES = {
-    b"no-store": "noStore",
-    b"no-transform": "noTransform",
-    b"only-if-cached": "onlyIfCached",
-    b"must-revalidate": "mustRevalidate",
-    b"proxy-revalidate": "proxyRevalidate",
-    b"must-understand": "mustUnderstand",
-    b"public": "public",
-}
-
-_LIST_DIRECTIVES = {
-    b"no-cache": ("noCache", "noCacheFields"),
-    b"private": ("private", "privateFields"),
-}
-
-
-def _deltaSeconds(value: Optional[bytes]) -> Optional[int]:
-    """
-    Parse delta-seconds (section 1.2.2): one or more digits, capped at
-    L{DELTA_SECONDS_MAX}.
-
-    @return: the number, or C{None} if C{value} is not delta-seconds.
-    """
-    if not value or not value.isdigit():
-        return None
-    if len(value) > 10:
-        return DELTA_SECONDS_MAX
-    return min(int(value), DELTA_SECONDS_MAX)
-
-
-def _buildCacheControl(directives: Directives) -> CacheControl:
-    """
-    Give meaning to parsed C{(name, argument)} pairs; see L{CacheControl}
-    for the choices made.
-    """
-    values: Dict[str, object] = {}
-    for name, argument in directives:
-        if name in _DELTA_DIRECTIVES:
-            attribute, combine = _DELTA_DIRECTIVES[name]
-            seconds: float
-            if name == b"max-stale" and argument is None:
-                # 5.2.1.2: without a value, a stale response of any age.
-                seconds = math.inf
-            else:
-                seconds = _deltaSeconds(argument) or 0
-            if attribute in values:
-                seconds = combine(values[attribute], seconds)  # type: ignore
-            values[attribute] = seconds
-        elif name in _FLAG_DIRECTIVES:
-            values[_FLAG_DIRECTIVES[name]] = True
-        elif name in _LIST_DIRECTIVES:
-            flag, fieldsAttribute = _LIST_DIRECTIVES[name]
-            names = frozenset(
-                m.lower() for m in splitList(argument or b"")
-            )
-            if names:
-                values[fieldsAttribute] = (
-                    values.get(fieldsAttribute, frozenset()) | names  # type: ignore
-                )
-            else:
-                values[flag] = True
-    return CacheControl(directives=directives, **values)  # type: ignore
-
-
-def _unquote(value: bytes) -> bytes:
-    """
-    Undo a quoted-string (RFC 9110 section 5.6.4), leniently: a missing
-    closing quote takes the rest of the value.
-    """
-    out = bytearray()
-    escaped = False
-    for byte in value[1:]:
-        if escaped:
-            out.append(byte)
-            escaped = False
-        elif byte == 0x5C:  # backslash
-            escaped = True
-        elif byte == 0x22:  # closing quote
-            break
-        else:
-            out.append(byte)
-    return bytes(out)
-
-
-def _parseDirectives(value: bytes) -> Directives:
-    """
-    Split a Cache-Control value into C{(name, argument)} pairs (section
-    5.2): names compared case-insensitively, arguments as token or
-    quoted-string, odd whitespace around C{=} tolerated, empty members
-    skipped. Never raises.
-    """
-    pairs = []
-    for member in splitList(value):
-        name, equals, argument = member.partition(b"=")
-        name = name.strip(b" \t").lower()
-        if not name:
-            continue
-        if not equals:
-            pairs.append((name, None))
-            continue
-        argument = argument.strip(b" \t")
-        if argument.startswith(b'"'):
-            argument = _unquote(argument)
-        pairs.append((name, argument))
-    return tuple(pairs)
-
-
-_EMPTY_CACHE_CONTROL = CacheControl()
-
-
-def parseCacheControl(
-    headers: Headers, fieldName: bytes = b"cache-control"
-) -> CacheControl:
-    """
-    Parse every C{fieldName} line of C{headers} as Cache-Control syntax
-    (sections 5.2 and 4.2.1), leniently: this never raises.
-
-    @return: the L{CacheControl}; an empty one if the field is absent.
-    """
-    combined = headers.getCombined(fieldName)
-    if combined is None:
-        return _EMPTY_CACHE_CONTROL
-    return _cacheControlOf(combined)
-
-
-@functools.lru_cache(maxsize=4096)
-def _cacheControlOf(value: bytes) -> CacheControl:
-    """
-    The (frozen) parse of one combined Cache-Control value, remembered:
-    a stored response's value is parsed again on every hit otherwise.
-    """
-    return _buildCacheControl(_parseDirectives(value))
-
-
-def requestCacheControl(requestHeaders: Headers) -> CacheControl:
-    """
-    The request directives (section 5.2.1), with C{Pragma: no-cache} taken
-    as C{Cache-Control: no-cache} only when Cache-Control is absent
-    (section 5.4).
-    """
-    if b"cache-control" in requestHeaders:
-        return parseCacheControl(requestHeaders)
-    if b"pragma" in requestHeaders and requestHeaders.hasToken(b"pragma", b"no-cache"):
-        return CacheControl(directives=((b"no-cache", None),), noCache=True)
-    return _EMPTY_CACHE_CONTROL
-
-
-def parseTargetedCacheControl(
-    headers: Headers, fieldName: bytes
-) -> Optional[CacheControl]:
-    """
-    Parse a targeted cache-control field such as CDN-Cache-Control (RFC
-    9213 section 2.1) strictly, as a Structured Fields Dictionary whose
-    known directives have the types section 2.1 infers (see
-    L{cachingproxy.http.structured.parseTargetedDirectives}).
-
-    @return: the L{CacheControl}, or C{None} when the field is absent,
-        empty, does not parse or has a directive of the wrong type (RFC
-        9213 section 2.1: such a field is ignored, as if absent).
-    """
-    combined = headers.getCombined(fieldName)
-    if combined is None:
-        return None
-    return _targetedCacheControlOf(combined)
-
-
-@functools.lru_cache(maxsize=4096)
-def _targetedCacheControlOf(value: bytes) -> Optional[CacheControl]:
-    """
-    The parse of one combined targeted field value, remembered like
-    L{_cacheControlOf}: a stored response's value is read on every hit.
-    """
-    directives = parseTargetedDirectives(value)
-    if directives is None:
-        return None
-    return _buildCacheControl(directives)
-
-
 def effectiveCacheControl(
     responseHeaders: Headers, options: CacheOptions = DEFAULT_OPTIONS
 ) -> Tuple[CacheControl, Optional[bytes]]:
@@ -795,90 +558,14 @@ def varyFieldNames(responseHeaders: Headers) -> Optional[Tuple[bytes, ...]]:
     return tuple(sorted(names))
 
 
-#: Request fields whose values are lists of case-insensitive tokens, each
-#: with parameters and an optional weight (RFC 9110 sections 12.5.1 to
-#: 12.5.4): L{_normalizedValue} normalises them further, so that requests
-#: the origin cannot tell apart select the same variant (section 4.1).
-_NEGOTIATION_FIELDS = frozenset(
-    [b"accept", b"accept-charset", b"accept-encoding", b"accept-language"]
-)
-
-#: qvalue (RFC 9110 section 12.4.2).
-_QVALUE = re.compile(rb"(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)\Z")
-
-
-def _normalizedWeight(value: bytes) -> Optional[bytes]:
-    """
-    A qvalue in its shortest form (C{0.500} is C{0.5}, C{1.0} is C{1}),
-    or C{None} if C{value} is not a qvalue.
-    """
-    if not _QVALUE.match(value):
-        return None
-    if b"." in value:
-        value = value.rstrip(b"0").rstrip(b".")
-    return value
-
-
-def _normalizedMember(member: bytes) -> bytes:
-    """
-    One member of a negotiation field in a canonical form: the value and
-    the parameter names in lower case (RFC 9110 sections 8.3.1, 8.3.2,
-    8.4.1 and RFC 4647 section 2 make them case-insensitive, and so is a
-    C{charset} value), no whitespace around C{;} and C{=}, the weight in
-    its shortest form and left out when it is 1, the default (RFC 9110
-    section 12.4.2). Parameters keep their order; a member with a quoted
-    string, or an invalid weight, keeps its text.
-    """
-    if b'"' in member:
-        return member
-    pieces = member.split(b";")
-    out = [pieces[0].strip(b" \t").lower()]
-    for piece in pieces[1:]:
-        name, equals, value = piece.partition(b"=")
-        name = name.strip(b" \t").lower()
-        value = value.strip(b" \t")
-        if not name:
-            continue
-        if name == b"q" and equals:
-            weight = _normalizedWeight(value)
-            if weight == b"1":
-                continue
-            if weight is not None:
-                value = weight
-        elif name == b"charset":
-            value = value.lower()
-        out.append(name + equals + value)
-    return b";".join(out)
-
-
-@functools.lru_cache(maxsize=4096)
-def _normalizedValue(name: bytes, value: bytes) -> bytes:
-    """
-    The normalised form of the combined value of field C{name}, remembered
-    per raw value: it is worked out for every stored variant a request is
-    compared with.
-
-    Every list-based field loses the whitespace around commas and its
-    empty members (section 4.1). The negotiation fields
-    (L{_NEGOTIATION_FIELDS}) go further: their members are normalised by
-    L{_normalizedMember} and sorted, since their order carries no meaning
-    (preference is said by weights, RFC 9110 section 12.4.2), each weight
-    staying with its member.
-    """
-    members = splitList(value)
-    if name in _NEGOTIATION_FIELDS:
-        members = sorted(_normalizedMember(m) for m in members)
-    return b", ".join(members)
-
-
 def _normalizedField(headers: Headers, name: bytes) -> Optional[bytes]:
     """
     Normalise the C{name} fields of C{headers} as section 4.1 allows:
     repeated lines combined, whitespace around commas and at both ends
     removed, empty list members dropped; for the negotiation fields, case,
-    whitespace, weights and order too (L{_normalizedValue}). Other values
-    keep their case and order: which fields are case-insensitive, or
-    ordered, is not known in general.
+    whitespace, weights and order too (L{normalizedFieldValue}). Other
+    values keep their case and order: which fields are case-insensitive,
+    or ordered, is not known in general.
 
     @param name: a field name in lower case.
     @return: the normalised value, or C{None} if the field is absent.
@@ -886,7 +573,7 @@ def _normalizedField(headers: Headers, name: bytes) -> Optional[bytes]:
     values = headers.getAll(name)
     if not values:
         return None
-    return _normalizedValue(name, values[0] if len(values) == 1 else b", ".join(values))
+    return normalizedFieldValue(name, values[0] if len(values) == 1 else b", ".join(values))
 
 
 def varyMatches(
@@ -1133,11 +820,6 @@ def isCompleteResponse(
 # ---------------------------------------------------------------------------
 # Incomplete responses (sections 3.3 and 3.4)
 
-#: A Content-Range for one part (RFC 9110 section 14.4): the unit is
-#: case-insensitive, the complete length must be known here.
-_CONTENT_RANGE = re.compile(rb"[ \t]*bytes[ \t]+(\d+)-(\d+)/(\d+)[ \t]*\Z", re.IGNORECASE)
-
-
 def strongLastModified(headers: Headers) -> bool:
     """
     Whether the Last-Modified of a response may serve as a strong
@@ -1160,7 +842,7 @@ def hasStrongValidator(headers: Headers) -> bool:
     octet by octet.
     """
     if b"etag" in headers:
-        tag = _etagOf(headers)
+        tag = etagOf(headers)
         return tag is not None and not tag.weak
     return strongLastModified(headers)
 
@@ -1174,30 +856,8 @@ def sameStrongValidator(a: Headers, b: Headers) -> bool:
     if not (hasStrongValidator(a) and hasStrongValidator(b)):
         return False
     if b"etag" in a or b"etag" in b:
-        return _strongMatch(_etagOf(a), _etagOf(b))
+        return strongMatch(etagOf(a), etagOf(b))
     return parseHTTPDate(a.get(b"last-modified")) == parseHTTPDate(b.get(b"last-modified"))
-
-
-def contentRange(headers: Headers) -> Optional[Tuple[int, int, int]]:
-    """
-    Parse a Content-Range that describes one part of a representation of
-    known length (RFC 9110 section 14.4).
-
-    @return: C{(start, end, completeLength)}, C{end} exclusive, or C{None}
-        when the field is absent, repeated, unsatisfied (C{*/length}), of
-        unknown length (C{/*}), invalid (last before first, or past the
-        complete length), or for another unit.
-    """
-    values = headers.getAll(b"content-range")
-    if len(values) != 1:
-        return None
-    match = _CONTENT_RANGE.match(values[0])
-    if match is None:
-        return None
-    first, last, complete = (int(g) for g in match.groups())
-    if first > last or last >= complete:
-        return None
-    return first, last + 1, complete
 
 
 def storablePart(response: ResponseHead) -> Optional[Tuple[int, int, int]]:
@@ -1534,7 +1194,7 @@ def _ageValue(headers: Headers) -> int:
     members = headers.getList(b"age")
     if not members:
         return 0
-    return _deltaSeconds(members[0].strip()) or 0
+    return deltaSeconds(members[0].strip()) or 0
 
 
 def currentAge(
@@ -1951,49 +1611,6 @@ def decide(
 # Validation
 
 
-@dataclass(frozen=True)
-class _ETag:
-    weak: bool
-    opaque: bytes
-
-
-def _parseETag(value: Optional[bytes]) -> Optional[_ETag]:
-    """
-    Parse an entity-tag (RFC 9110 section 8.8.3), or C{None}.
-    """
-    if value is None:
-        return None
-    value = value.strip(b" \t")
-    weak = value.startswith(b"W/")
-    if weak:
-        value = value[2:]
-    if len(value) < 2 or value[:1] != b'"' or value[-1:] != b'"':
-        return None
-    opaque = value[1:-1]
-    if b'"' in opaque:
-        return None
-    return _ETag(weak, opaque)
-
-
-def _strongMatch(a: Optional[_ETag], b: Optional[_ETag]) -> bool:
-    """
-    Strong comparison (RFC 9110 section 8.8.3.2): neither weak, same tag.
-    """
-    return (a is not None and b is not None and not a.weak and not b.weak
-            and a.opaque == b.opaque)
-
-
-def _weakMatch(a: Optional[_ETag], b: Optional[_ETag]) -> bool:
-    """
-    Weak comparison (RFC 9110 section 8.8.3.2): same tag, weak or not.
-    """
-    return a is not None and b is not None and a.opaque == b.opaque
-
-
-def _etagOf(headers: Headers) -> Optional[_ETag]:
-    return _parseETag(headers.get(b"etag"))
-
-
 def conditionalHeaders(
     entry: StoredEntry, others: Sequence[StoredEntry] = ()
 ) -> Headers:
@@ -2013,7 +1630,7 @@ def conditionalHeaders(
     tags: List[bytes] = []
     for candidate in (entry, *others):
         tag = candidate.responseHeaders.get(b"etag", b"").strip()
-        if _parseETag(tag) is not None and tag not in tags:
+        if parseETag(tag) is not None and tag not in tags:
             tags.append(tag)
     if tags:
         conditional.add(b"If-None-Match", b", ".join(tags))
@@ -2112,7 +1729,7 @@ def _validatable(headers: Headers) -> bool:
     has a valid entity tag or Last-Modified date (section 4.3.1), that is
     L{conditionalHeaders} would not be empty.
     """
-    if _etagOf(headers) is not None:
+    if etagOf(headers) is not None:
         return True
     return parseHTTPDate(headers.get(b"last-modified", b"").strip()) is not None
 
@@ -2120,7 +1737,7 @@ def _validatable(headers: Headers) -> bool:
 def _hasValidator(headers: Headers) -> bool:
     # A Last-Modified that is not a valid HTTP-date validates nothing
     # (RFC 9110 section 8.8.2).
-    return (_etagOf(headers) is not None
+    return (etagOf(headers) is not None
             or parseHTTPDate(headers.get(b"last-modified")) is not None)
 
 
@@ -2157,14 +1774,14 @@ def selectForUpdate(
         own conditional request carried (L{conditionalHeaders}); empty when
         the request was not the cache's own.
     """
-    tag = _etagOf(notModifiedHeaders)
+    tag = etagOf(notModifiedHeaders)
     if tag is not None and not tag.weak:
-        return [e for e in entries if _strongMatch(_etagOf(e.responseHeaders), tag)]
+        return [e for e in entries if strongMatch(etagOf(e.responseHeaders), tag)]
     lastModified = parseHTTPDate(notModifiedHeaders.get(b"last-modified"))
     if tag is not None or lastModified is not None:
         if tag is not None:
             matching = [e for e in entries
-                        if _weakMatch(_etagOf(e.responseHeaders), tag)]
+                        if weakMatch(etagOf(e.responseHeaders), tag)]
         else:
             matching = [
                 e for e in entries
@@ -2363,7 +1980,7 @@ def freshenWithHead(
         stored = entry.responseHeaders
         same = bool(validators)
         if b"etag" in head:
-            same = same and _etagOf(stored) == _etagOf(head) is not None
+            same = same and etagOf(stored) == etagOf(head) is not None
         if b"last-modified" in head:
             same = same and (
                 parseHTTPDate(stored.get(b"last-modified"))
@@ -2405,10 +2022,10 @@ def _modificationDate(
 
 def _anyTag(
     members: Iterable[bytes],
-    current: Optional[_ETag],
-    compare: Callable[[Optional[_ETag], Optional[_ETag]], bool],
+    current: Optional[ETag],
+    compare: Callable[[Optional[ETag], Optional[ETag]], bool],
 ) -> bool:
-    return any(compare(_parseETag(m), current) for m in members)
+    return any(compare(parseETag(m), current) for m in members)
 
 
 def evaluatePreconditions(
@@ -2439,12 +2056,12 @@ def evaluatePreconditions(
     """
     if not 200 <= storedStatus < 300:
         return None
-    current = _etagOf(storedResponseHeaders)
+    current = etagOf(storedResponseHeaders)
     lastModified = parseHTTPDate(storedResponseHeaders.get(b"last-modified"))
     if b"if-match" in requestHeaders:
         members = requestHeaders.getList(b"if-match")
         # 13.1.1: "*" is true when a current representation exists.
-        if b"*" not in members and not _anyTag(members, current, _strongMatch):
+        if b"*" not in members and not _anyTag(members, current, strongMatch):
             return 412
     else:
         since = _modificationDate(requestHeaders, b"if-unmodified-since")
@@ -2452,7 +2069,7 @@ def evaluatePreconditions(
             return 412
     if b"if-none-match" in requestHeaders:
         members = requestHeaders.getList(b"if-none-match")
-        if b"*" in members or _anyTag(members, current, _weakMatch):
+        if b"*" in members or _anyTag(members, current, weakMatch):
             return 304 if method in (b"GET", b"HEAD") else 412
     elif method in (b"GET", b"HEAD"):
         since = _modificationDate(requestHeaders, b"if-modified-since")
@@ -2500,7 +2117,7 @@ def ifRangeAllows(
         return True
     value = value.strip(b" \t")
     if value.startswith((b'"', b"W/")):
-        return _strongMatch(_parseETag(value), _etagOf(storedResponseHeaders))
+        return strongMatch(parseETag(value), etagOf(storedResponseHeaders))
     date = parseHTTPDate(value)
     lastModified = parseHTTPDate(storedResponseHeaders.get(b"last-modified"))
     stamped = parseHTTPDate(storedResponseHeaders.get(b"date"))
@@ -2510,49 +2127,6 @@ def ifRangeAllows(
         and stamped is not None
         and stamped - date >= 60
     )
-
-
-RangeResult = Union[None, str, List[Tuple[int, int]]]
-
-
-def parseRange(value: bytes, length: int, maxRanges: int = 16) -> RangeResult:
-    """
-    Parse a Range field (RFC 9110 section 14.1.2) for a representation of
-    C{length} octets.
-
-    @return: C{None} to ignore the field and send everything (a unit other
-        than bytes, invalid syntax, more than C{maxRanges} ranges, or
-        C{length} 0), L{UNSATISFIABLE} when no range overlaps (answer
-        416), else the satisfiable ranges as inclusive C{(first, last)}
-        pairs clipped to the representation, in request order.
-    """
-    unit, equals, specs = value.partition(b"=")
-    if not equals or unit.strip(b" \t").lower() != b"bytes" or length <= 0:
-        return None
-    members = splitList(specs)
-    if not members or len(members) > maxRanges:
-        return None
-    ranges = []
-    for member in members:
-        first, dash, last = member.partition(b"-")
-        if not dash or (first and not first.isdigit()) or (last and not last.isdigit()):
-            return None
-        if not first:
-            if not last:
-                return None
-            suffix = int(last)
-            if suffix > 0:  # a zero suffix-length is unsatisfiable
-                ranges.append((max(0, length - suffix), length - 1))
-            continue
-        start = int(first)
-        if last and int(last) < start:
-            return None  # invalid: the whole field is ignored
-        if start < length:
-            end = int(last) if last else length - 1
-            ranges.append((start, min(end, length - 1)))
-    if not ranges:
-        return UNSATISFIABLE
-    return ranges
 
 
 def rangeForStoredResponse(
@@ -2630,27 +2204,6 @@ def invalidatedURIs(
 # Cache-Status (RFC 9211)
 
 
-_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789"
-                   b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-
-
-def _sfString(value: bytes) -> bytes:
-    """
-    Serialise a Structured Fields String (RFC 8941 section 4.1.6),
-    dropping characters it cannot hold.
-    """
-    cleaned = bytes(c for c in value if 0x20 <= c <= 0x7E)
-    return b'"' + cleaned.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
-
-
-def _sfTokenOrString(value: bytes) -> bytes:
-    if value and (value[:1].isalpha() or value[:1] == b"*") and all(
-        c in _TCHAR or c in b":/" for c in value
-    ):
-        return value
-    return _sfString(value)
-
-
 def cacheStatus(
     name: bytes = b"cachingproxy",
     hit: bool = False,
@@ -2674,7 +2227,7 @@ def cacheStatus(
         rounded down.
     @raise ValueError: for a C{fwd} RFC 9211 does not define.
     """
-    members = [_sfTokenOrString(name)]
+    members = [sfTokenOrString(name)]
     if hit:
         members.append(b"hit")
     if fwd is not None:
@@ -2691,7 +2244,7 @@ def cacheStatus(
     if collapsed:
         members.append(b"collapsed")
     if key is not None:
-        members.append(b"key=" + _sfString(key))
+        members.append(b"key=" + sfString(key))
     if detail is not None:
-        members.append(b"detail=" + _sfTokenOrString(detail))
+        members.append(b"detail=" + sfTokenOrString(detail))
     return b"; ".join(members)

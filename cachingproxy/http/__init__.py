@@ -1,6 +1,8 @@
 """
-The HTTP message model: heads, header fields, dates and the hop-by-hop rules.
-Pure: no I/O and no Twisted.
+The HTTP message model: heads, header fields, dates and the hop-by-hop rules
+(L{headers}, L{message}); the field values caching reads (L{fields},
+L{structured}); heads written as bytes (L{wire}). Pure: no I/O and no
+Twisted.
 """
 
 from .headers import (

@@ -23,6 +23,8 @@ import re
 import time
 from typing import Iterable, Iterator, List, Optional, Tuple
 
+from .wire import fieldLines
+
 __all__ = [
     "Headers",
     "HOP_BY_HOP",
@@ -261,9 +263,7 @@ class Headers:
         """
         @return: the field lines, each ended by CRLF (no final blank line).
         """
-        return b"".join(
-            [name + b": " + value + b"\r\n" for _, name, value in self._fields]
-        )
+        return fieldLines(self._fields)
 
 
 _NONE: List[bytes] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 from .headers import Headers
+from .wire import REASONS, requestHead, responseHead
 
 __all__ = ["RequestHead", "ResponseHead", "REASONS", "logText"]
 
@@ -62,13 +63,7 @@ class RequestHead:
         """
         @return: the request line, the fields and the blank line.
         """
-        return b"%s %s HTTP/%d.%d\r\n%s\r\n" % (
-            self.method,
-            self.target,
-            self.version[0],
-            self.version[1],
-            self.headers.toWire(),
-        )
+        return requestHead(self.method, self.target, self.version, self.headers._fields)
 
 
 class ResponseHead:
@@ -105,55 +100,4 @@ class ResponseHead:
         """
         @return: an HTTP/1.1 status line, the fields and the blank line.
         """
-        reason = self.reason or REASONS.get(self.status, b"Unknown")
-        return b"HTTP/1.1 %d %s\r\n%s\r\n" % (
-            self.status,
-            reason,
-            self.headers.toWire(),
-        )
-
-
-#: Reason phrases for the status codes the proxy itself produces or relays
-#: without one.
-REASONS = {
-    100: b"Continue",
-    101: b"Switching Protocols",
-    103: b"Early Hints",
-    200: b"OK",
-    201: b"Created",
-    202: b"Accepted",
-    203: b"Non-Authoritative Information",
-    204: b"No Content",
-    206: b"Partial Content",
-    301: b"Moved Permanently",
-    302: b"Found",
-    303: b"See Other",
-    304: b"Not Modified",
-    307: b"Temporary Redirect",
-    308: b"Permanent Redirect",
-    400: b"Bad Request",
-    401: b"Unauthorized",
-    403: b"Forbidden",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    407: b"Proxy Authentication Required",
-    408: b"Request Timeout",
-    409: b"Conflict",
-    410: b"Gone",
-    411: b"Length Required",
-    412: b"Precondition Failed",
-    413: b"Content Too Large",
-    414: b"URI Too Long",
-    416: b"Range Not Satisfiable",
-    417: b"Expectation Failed",
-    421: b"Misdirected Request",
-    429: b"Too Many Requests",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    501: b"Not Implemented",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-    505: b"HTTP Version Not Supported",
-    508: b"Loop Detected",
-}
+        return responseHead(self.status, self.reason, self.headers._fields)

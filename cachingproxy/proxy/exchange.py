@@ -22,13 +22,15 @@ from ..errors import (
     BadGateway,
     ProxyError,
     UpstreamClosed,
+    upstreamError,
 )
 from ..http.headers import HOP_BY_HOP, Headers, connectionOptions, formatHTTPDate, splitList
-from ..http.message import REASONS, RequestHead, ResponseHead, logText
+from ..http import wire
+from ..http.message import RequestHead, ResponseHead, logText
 from .._twistedinternals import sendNow
 from ..compress import compressWhole, compressor
 from .tunnel import TunnelPeer
-from .upstream import Origin, UpstreamRequest, _QuietFactory, connectError
+from .upstream import Origin, UpstreamRequest, _QuietFactory
 from ..compress import compressedFields, compressionPlan
 from .interfaces import ICacheExchange
 from .states import EXCHANGE, _EXCHANGE_MOVES, ExchangeState, IllegalTransition, ReaderState
@@ -83,6 +85,10 @@ class Exchange:
     status = 0
     bytesSent = 0
     error: Optional[ProxyError] = None
+    #: the access decision still under way (a password being checked): a
+    #: Deferred firing with the refusal or C{None}, waited for before
+    #: anything else
+    verdict: Optional[defer.Deferred] = None
     _bodyBuffered = 0
     bodyDone = False
     bodyChunked = False
@@ -240,6 +246,22 @@ class Exchange:
         This exchange is now the one the connection answers.
         """
         self._move(ExchangeState.FORWARDING)
+        verdict = self.verdict
+        if verdict is not None:
+            self.verdict = None
+            verdict.addCallback(self._decided)
+            return
+        self._proceed()
+
+    def _decided(self, refused: Optional[ProxyError]) -> None:
+        if self.state is ExchangeState.DONE or self._abandoned:
+            return
+        if refused is not None:
+            self.respondError(refused)
+        else:
+            self._proceed()
+
+    def _proceed(self) -> None:
         if self.error is not None:
             self.respondError(self.error)
             return
@@ -385,11 +407,14 @@ class Exchange:
         if self.handler is not None:
             # A cache layer decides (it may serve stale content).
             self.handler.responseFailed(reason, False)
-        elif isinstance(reason.value, ProxyError):
-            self.respondError(reason.value)
         else:
-            self._log.failure("forwarding failed", failure=reason)
-            self.respondError(BadGateway("cannot reach the origin"))
+            error = upstreamError(reason, self.upstreamOrigin)
+            if not reason.check(ProxyError):
+                self._log.failure("forwarding failed", failure=reason)
+                if not isinstance(error, ProxyError):
+                    # A connection attempt cancelled elsewhere.
+                    error = BadGateway("cannot reach the origin")
+            self.respondError(error)
 
     def _connectTunnel(self, origin: Origin) -> None:
         factory = self.protocol.factory
@@ -408,16 +433,14 @@ class Exchange:
                 peer.transport.loseConnection()
                 return
             self.status = 200
-            self.protocol.transport.write(
-                b"HTTP/1.1 200 Connection Established\r\n\r\n"
-            )
+            self.protocol.transport.write(wire.CONNECTION_ESTABLISHED)
             self._move(ExchangeState.TUNNEL)
             self.protocol._startTunnel(self, peer)
 
         def failed(reason: Failure) -> None:
             self._upstreamDeferred = None
             if self._state is not ExchangeState.DONE and not self._abandoned:
-                self.respondError(connectError(reason, origin))
+                self.respondError(upstreamError(reason, origin))
 
         d.addCallbacks(connected, failed)
         d.addErrback(self._illegal)
@@ -432,7 +455,7 @@ class Exchange:
             if not self.expectContinue:
                 return
             self.expectContinue = False
-            self.protocol.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.protocol.transport.write(wire.CONTINUE)
             return
         if head.status == 101 or self.head.version < (1, 1):
             return
@@ -488,10 +511,7 @@ class Exchange:
             self._registeredClientProducer = False
             protocol.transport.unregisterProducer()
         self._move(ExchangeState.TUNNEL)
-        protocol.transport.write(
-            b"HTTP/1.1 101 %s\r\n%s\r\n"
-            % (head.reason or REASONS.get(101, b"Switching Protocols"), _fieldLines(fields))
-        )
+        protocol.transport.write(wire.responseHead(101, head.reason, fields))
         # What the client sent after its request is the first tunnel data.
         self.bytesReceived += sum(len(data) for data in self.tunnelData)
         protocol._startTunnel(self, peer, upgraded=True)
@@ -594,14 +614,11 @@ class Exchange:
         elif self.head.version < (1, 1):
             fields.append((b"connection", b"Connection", b"keep-alive"))
         self._move(ExchangeState.RESPONDING)
-        wire = (
-            b"HTTP/1.1 %d %s\r\n%s\r\n%s"
-            % (status, reason or REASONS.get(status, b"Unknown"), _fieldLines(fields), firstBody)
-        )
+        head = wire.responseHead(status, reason, fields, firstBody)
         if hold and self.upstream is not None and self.upstream.afterRead(self._flushHeld):
-            self._held = wire
+            self._held = head
         else:
-            self._write(wire)
+            self._write(head)
 
     def _flushHeld(self) -> None:
         if self._held and self._state is ExchangeState.RESPONDING:
@@ -674,14 +691,9 @@ class Exchange:
             self._move(ExchangeState.DONE)
             self.protocol._exchangeAborted(self)
             return
-        value = reason.value
-        if isinstance(value, ProxyError):
-            self.respondError(value)
-        elif isinstance(value, UpstreamClosed):
-            self.respondError(BadGateway(_closedMessage(value)))
-        else:
+        if not reason.check(ProxyError, UpstreamClosed):
             self._log.failure("upstream failure", failure=reason)
-            self.respondError(BadGateway("the origin failed"))
+        self.respondError(upstreamError(reason))
 
     # -- ending ------------------------------------------------------------
 
@@ -715,25 +727,24 @@ class Exchange:
             message=error.message,
         )
         body = (error.message + "\n").encode("utf-8", "replace")
-        headers = [
-            b"HTTP/1.1 %d %s\r\n" % (error.status, REASONS.get(error.status, b"Error")),
-            b"Date: %s\r\n" % formatHTTPDate(protocol.factory.reactor.seconds()),
-            b"Content-Type: text/plain; charset=utf-8\r\n",
-            b"Content-Length: %d\r\n" % len(body),
-            b"Via: 1.1 %s\r\n" % protocol.factory.settings.viaName,
+        fields = [
+            (b"date", b"Date", formatHTTPDate(protocol.factory.reactor.seconds())),
+            (b"content-type", b"Content-Type", b"text/plain; charset=utf-8"),
+            (b"content-length", b"Content-Length", b"%d" % len(body)),
+            (b"via", b"Via", b"1.1 " + protocol.factory.settings.viaName),
         ]
         for name, value in error.headers:
-            headers.append(name + b": " + value + b"\r\n")
+            fields.append((name.lower(), name, value))
         if self._closeAfter:
-            headers.append(b"Connection: close\r\n")
+            fields.append((b"connection", b"Connection", b"close"))
         elif self.head.version < (1, 1):
-            headers.append(b"Connection: keep-alive\r\n")
-        headers.append(b"\r\n")
+            fields.append((b"connection", b"Connection", b"keep-alive"))
         self._move(ExchangeState.RESPONDING)
-        if self.head.method != b"HEAD":
-            headers.append(body)
+        if self.head.method == b"HEAD":
+            body = b""
+        else:
             self.bytesSent = len(body)
-        protocol.transport.writeSequence(headers)
+        protocol.transport.write(wire.responseHead(error.status, b"", fields, body))
         self._finish()
 
     def _abandonUpstream(self) -> None:
@@ -846,27 +857,6 @@ def _framedFields(fields, hopByHop, length: Optional[bytes]) -> list:
     value = b"%d" % int(length)
     return [f if f[0] != b"content-length" else (f[0], f[1], value)
             for f in fields if f[0] not in hopByHop or f[0] == b"content-length"]
-
-
-def _fieldLines(fields) -> bytes:
-    return b"".join([name + b": " + value + b"\r\n" for _, name, value in fields])
-
-
-def _closedMessage(closed: UpstreamClosed) -> str:
-    """
-    @return: why an origin connection ended, for the client and the log:
-        a failed TLS handshake (an unverifiable certificate, most often)
-        says so.
-    """
-    reason = closed.reason
-    value = getattr(reason, "value", None)
-    try:
-        from OpenSSL.SSL import Error as TLSError
-    except ImportError:  # pragma: no cover
-        TLSError = ()
-    if TLSError and isinstance(value, TLSError):
-        return f"TLS with the origin failed: {value}"
-    return "the origin closed the connection"
 
 
 @implementer(IPushProducer)

@@ -186,7 +186,9 @@ class ProxyFactory(Factory):
 
     def checkRequest(self, exchange: Exchange) -> Optional[ProxyError]:
         """
-        @return: the error a request gets before any forwarding, or C{None}.
+        @return: the error a request gets before any forwarding, or C{None}
+            (with the exchange's C{verdict} set when a password check is
+            still under way).
         """
         facts = exchange.facts
         version = exchange.head.version
@@ -215,6 +217,11 @@ class ProxyFactory(Factory):
                     not self._ownTarget(exchange):
                 refused = access.authenticate(exchange.head.headers,
                                               exchange.protocol.clientHost)
+                if isinstance(refused, defer.Deferred):
+                    # A password is being checked: the exchange waits for
+                    # the verdict before it goes anywhere.
+                    exchange.verdict = refused
+                    refused = None
             if refused is not None:
                 return refused
         return None

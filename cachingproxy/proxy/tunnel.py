@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_end_to_end -*-
+# -*- test-case-name: tests.test_tunnel -*-
 """
 CONNECT tunnels: after the proxy answers 200 to a CONNECT request, the
 client connection and the connection to the requested authority become one

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Protocol as TypingProtocol
 
 import httptools
-from twisted.internet import defer, error
+from twisted.internet import defer
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -51,7 +51,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .._twistedinternals import writeNow
-from ..errors import BadGateway, GatewayTimeout, UpstreamClosed
+from ..errors import BadGateway, GatewayTimeout, UpstreamClosed, upstreamError
 from ..http.headers import Headers
 from ..http.message import RequestHead, ResponseHead
 from . import states
@@ -862,7 +862,7 @@ class UpstreamPool:
             return protocol
 
         def failed(reason: Failure) -> Failure:
-            return Failure(connectError(reason, origin))
+            return Failure(upstreamError(reason, origin))
 
         d.addCallbacks(made, failed)
         return d
@@ -961,19 +961,3 @@ class _QuietFactory(Factory):
 
     def buildProtocol(self, addr):
         return self._build()
-
-
-def connectError(reason: Failure, origin: Origin) -> Exception:
-    """
-    Translate a failure to connect into the error the client is told.
-    """
-    where = f"{origin.host}:{origin.port}"
-    if reason.check(error.TimeoutError, defer.TimeoutError):
-        return GatewayTimeout(f"connecting to {where} timed out")
-    if reason.check(error.DNSLookupError):
-        return BadGateway(f"cannot resolve {origin.host}")
-    if reason.check(error.ConnectionRefusedError):
-        return BadGateway(f"connection to {where} refused")
-    if reason.check(defer.CancelledError, error.ConnectingCancelledError):
-        return reason.value
-    return BadGateway(f"cannot connect to {where}: {reason.getErrorMessage()}")
