@@ -5,7 +5,6 @@ exit on a configuration error, and the settings table.
 """
 
 import dataclasses
-import inspect
 import io
 import json
 import os
@@ -623,13 +622,6 @@ class ReadmeTests(SynchronousTestCase):
         self.assertEqual(warnings.getvalue(), "")
 
 
-def _tapCalls(name):
-    """
-    @return: whether L{tap} mentions C{name} (wired by its owner).
-    """
-    return name in inspect.getsource(tap)
-
-
 class TwistdConfigErrorTests(TestCase):
     """
     twistd with a bad configuration file.
@@ -659,11 +651,6 @@ class TwistdConfigErrorTests(TestCase):
             output, f"cachingproxy: {path}:2: unknown setting 'no-such-setting'\n"
         )
         self.assertEqual(code, 2, output)
-
-    if not _tapCalls("exitOnConfigError"):
-        test_badConfigFile.todo = (
-            "needs tap.Options.postOptions to call config.exitOnConfigError"
-        )
 
 
 #: Set in the same source under each example: compress-types and
