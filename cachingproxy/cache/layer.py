@@ -41,6 +41,7 @@ from ..compress import compressWhole, negotiate
 from ..proxy.states import ExchangeState
 from ..compress import compressedFields, compressionPlan
 from ..proxy.upstream import Origin
+from ..service.config import fromSetting
 
 __all__ = ["CacheResource", "CacheSettings"]
 
@@ -143,11 +144,11 @@ class CacheSettings:
     """
 
     options: policy.CacheOptions = policy.DEFAULT_OPTIONS
-    minUses: int = 1
+    minUses: int = fromSetting("min-uses")
     cacheStatus: bool = True
-    xCache: bool = True
+    xCache: bool = fromSetting("no-x-cache")
     name: bytes = b"cachingproxy"
-    collapse: bool = True
+    collapse: bool = fromSetting("no-collapse")
 
 
 class _Stats:

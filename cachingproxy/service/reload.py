@@ -164,11 +164,11 @@ class ConfigReloader:
         building fails).
         """
         from ..access import AccessPolicy
-        from .tap import AccessLogFile, _proxySettings
+        from .tap import AccessLogFile, proxySettings
 
         factory = self.factory
         old = self.config
-        settings = _proxySettings(new, factory.settings.upstream)
+        settings = proxySettings(new, factory.settings.upstream)
         access = AccessPolicy.fromConfig(dataclasses.replace(
             new, upstream=old.upstream, upstreamScheme=old.upstreamScheme,
             upstreamHost=old.upstreamHost, upstreamPort=old.upstreamPort), self._reactor)

@@ -36,6 +36,7 @@ from .config import (
     exitOnConfigError,
     fromOptions,
     reportStartupErrors,
+    settingsFor,
 )
 from ..proxy.factory import ProxyFactory
 from ..proxy.settings import ProxySettings
@@ -187,20 +188,11 @@ def buildFactory(reactor, config: Config, accessLog=None) -> ProxyFactory:
             if b"-----BEGIN CERTIFICATE-----" in block:
                 certificates.append(Certificate.loadPEM(block + marker))
         trustRoot = trustRootFromCertificates(certificates)
-    pool = UpstreamPool(
-        reactor,
-        UpstreamSettings(
-            connectTimeout=config.connectTimeout,
-            responseTimeout=config.upstreamTimeout,
-            maxIdlePerOrigin=config.upstreamMaxIdle,
-            idleTimeout=config.upstreamIdleTimeout,
-            trustRoot=trustRoot,
-        ),
-    )
+    pool = UpstreamPool(reactor, settingsFor(UpstreamSettings, config, trustRoot=trustRoot))
     upstream = None
     if config.upstream:
         upstream = Origin(config.upstreamScheme, config.upstreamHost, config.upstreamPort)
-    factory = ProxyFactory(reactor, _proxySettings(config, upstream), pool, accessLog)
+    factory = ProxyFactory(reactor, proxySettings(config, upstream), pool, accessLog)
     factory.cache = buildCache(reactor, config, pool)
     from ..ops.admin import AdminResource
 
@@ -244,13 +236,7 @@ def buildCache(reactor, config: Config, pool):
         refreshRules=config.refreshRules,
         storeSetCookie=config.cacheSetCookie,
     )
-    settings = CacheSettings(
-        options=options,
-        minUses=config.minUses,
-        xCache=config.xCache,
-        collapse=config.collapse,
-    )
-    cache = CacheResource(store, reactor, pool, settings)
+    cache = CacheResource(store, reactor, pool, settingsFor(CacheSettings, config, options=options))
     rescan = getattr(store, "rescan", None)
     if rescan is not None:
         # The disk store's size accounting walks the folder a bit at a
@@ -262,31 +248,18 @@ def buildCache(reactor, config: Config, pool):
     return cache
 
 
-def _proxySettings(config: Config, upstream) -> ProxySettings:
-    return ProxySettings(
+def proxySettings(config: Config, upstream) -> ProxySettings:
+    """
+    @return: the L{ProxySettings} of C{config}: the fields a setting gives
+        as that setting says (L{settingsFor}), and those worked out here.
+    """
+    return settingsFor(
+        ProxySettings,
+        config,
         upstream=upstream,
         upstreamPath=config.upstreamPath,
         viaName=config.viaName.encode("ascii", "replace"),
-        connectPorts=config.connectPorts,
-        upgradeProtocols=frozenset(p.lower().encode("ascii") for p in config.upgradeProtocols),
-        upgradeIdleTimeout=config.upgradeIdleTimeout,
-        upgradeTimeout=config.upgradeTimeout,
-        idleTimeout=config.idleTimeout,
         drainIdleTimeout=min(config.drainIdleTimeout, config.shutdownGrace),
-        headerTimeout=config.headerTimeout,
-        maxRequestLine=config.maxRequestLine,
-        maxHeaderSize=config.maxHeaderSize,
-        maxConnections=config.maxConnections,
-        xForwardedFor=config.xForwardedFor,
-        forwarded=config.forwarded,
-        maxHeaderFields=config.maxHeaderFields,
-        maxBodySize=config.maxBodySize,
-        bodyTimeout=config.bodyTimeout,
-        maxPipeline=config.maxPipeline,
-        xForwardedProto=config.xForwardedProto,
-        xForwardedHost=config.xForwardedHost,
-        preserveHost=config.preserveHost,
-        rewriteRedirects=config.rewriteRedirects,
         requestRules=config.requestRules,
         responseRules=config.responseRules,
         compression=config.compression,
