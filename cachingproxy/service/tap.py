@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 
 from .. import __version__
 from . import systemd
-from .._twistedinternals import streamline
+from .._twistedinternals import streamline, unstreamline
 from .addresses import describeAddress
 from ..ops.accesslog import AccessLog, reopenOnSignal
 from .config import (
@@ -421,6 +421,10 @@ class TopService(service.MultiService):
     every L{ProxyService} listens, and C{STOPPING=1} when shutting down.
     (With workers, L{cachingproxy.service.supervisor.WorkersService} does it.)
 
+    While it serves, the reactor has the streamlined poll step
+    (L{cachingproxy._twistedinternals.streamline}), given back when it
+    stops.
+
     @ivar reloader: a L{cachingproxy.service.reload.ConfigReloader} that SIGHUP
         runs (a single-process proxy), or C{None}.
     """
@@ -429,9 +433,13 @@ class TopService(service.MultiService):
     _reactor = None
     _handlerInstalled = False
     _previousHandler = None
+    _streamlined = False
 
     def startService(self) -> None:
         super().startService()
+        serving = any(isinstance(child, ProxyService) for child in self)
+        if serving and self._reactor is not None:
+            self._streamlined = streamline(self._reactor)
         if self.reloader is not None and self._reactor is not None:
             reactor = self._reactor
             self._previousHandler = signal.signal(
@@ -459,7 +467,12 @@ class TopService(service.MultiService):
             signal.signal(signal.SIGHUP, signal.SIG_DFL if previous is None else previous)
         if any(isinstance(child, ProxyService) for child in self):
             systemd.notify(b"STOPPING=1")
-        return super().stopService()
+        d = super().stopService()
+        if self._streamlined:
+            # Twisted's own poll step from the next iteration on.
+            self._streamlined = False
+            unstreamline(self._reactor)
+        return d
 
 
 def serverEndpoint(reactor, description: str):
@@ -573,7 +586,7 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
                 exitOnConfigError(error)
             raise
     factory = buildFactory(reactor, config, accessLog)
-    streamline(reactor)
+    top._reactor = reactor
     reopenOnSignal(reactor, [accessLog])
     from ..ops.metrics import Metrics, MetricsService
 
@@ -588,5 +601,4 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
 
         top.reloader = ConfigReloader(
             reactor, lambda: fromOptions(given, os.environ), config, factory, services)
-        top._reactor = reactor
     return top
