@@ -45,6 +45,7 @@ __all__ = [
     "parseDuration",
     "parseRefreshRule",
     "readConfigFile",
+    "settingValues",
     "settingsFor",
     "settingsTable",
 ]
@@ -1338,22 +1339,30 @@ def fromSetting(name: str, convert: Optional[Callable[[object], object]] = None)
     return dataclasses.field(default=value, metadata={"setting": name, "convert": convert})
 
 
+def settingValues(cls, config: Config) -> Dict[str, object]:
+    """
+    @return: the values of C{config} for the fields of the settings
+        dataclass C{cls} declared with L{fromSetting}, by field name.
+    """
+    values = {}
+    for field in dataclasses.fields(cls):
+        name = field.metadata.get("setting")
+        if name is not None:
+            value = getattr(config, _BY_NAME[name].configField)
+            convert = field.metadata["convert"]
+            values[field.name] = value if convert is None else convert(value)
+    return values
+
+
 def settingsFor(cls, config: Config, **computed: object):
     """
     @return: the settings dataclass C{cls} for C{config}: every field
-        declared with L{fromSetting} takes its setting's value, and
-        C{computed} gives the others (those worked out from several
-        settings or from the running process).
+        declared with L{fromSetting} takes its setting's value
+        (L{settingValues}), and C{computed} gives the others (those worked
+        out from several settings or from the running process) or
+        overrides one.
     """
-    values = dict(computed)
-    for field in dataclasses.fields(cls):
-        name = field.metadata.get("setting")
-        if name is None or field.name in values:
-            continue
-        value = getattr(config, _BY_NAME[name].configField)
-        convert = field.metadata["convert"]
-        values[field.name] = value if convert is None else convert(value)
-    return cls(**values)
+    return cls(**dict(settingValues(cls, config), **computed))
 
 
 def exitOnConfigError(error: usage.UsageError) -> NoReturn:

@@ -164,6 +164,7 @@ class ConfigReloader:
         building fails).
         """
         from ..access import AccessPolicy
+        from .config import settingValues
         from .tap import AccessLogFile, proxySettings
 
         factory = self.factory
@@ -173,13 +174,8 @@ class ConfigReloader:
             new, upstream=old.upstream, upstreamScheme=old.upstreamScheme,
             upstreamHost=old.upstreamHost, upstreamPort=old.upstreamPort), self._reactor)
         pool = factory.pool
-        poolSettings = dataclasses.replace(
-            pool.settings,
-            connectTimeout=new.connectTimeout,
-            responseTimeout=new.upstreamTimeout,
-            maxIdlePerOrigin=new.upstreamMaxIdle,
-            idleTimeout=new.upstreamIdleTimeout,
-        )
+        poolSettings = dataclasses.replace(pool.settings,
+                                           **settingValues(type(pool.settings), new))
         cache = factory.cache
         cacheSettings = None
         if cache is not None:
@@ -190,9 +186,7 @@ class ConfigReloader:
                     defaultStaleWhileRevalidate=new.staleWhileRevalidate,
                     defaultStaleIfError=new.staleIfError,
                 ),
-                minUses=new.minUses,
-                xCache=new.xCache,
-                collapse=new.collapse,
+                **settingValues(type(cache.settings), new),
             )
         accessLog = factory.accessLog
         newLog = None
