@@ -177,10 +177,9 @@ class StreamlineTests(SynchronousTestCase):
         custom = Custom()
         try:
             self.assertFalse(streamline(custom))
-            self.assertNotIn("doIteration", vars(custom))
+            self.assertEqual(pollSystem(custom, self.ours, self.theirs), "TestReader")
         finally:
-            custom._poller.close()
-            custom.waker.connectionLost(None)
+            closeReactor(custom)
 
     def test_readEventReachesTheSelectable(self) -> None:
         """
