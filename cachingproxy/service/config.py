@@ -128,409 +128,6 @@ class Setting:
         return value if self.parse is None else self.parse(value, where)
 
 
-def _wholeItems(setting: Setting) -> bool:
-    """
-    Whether each value of a list setting is one item as given (a header
-    rule, a refresh rule: they hold spaces and commas), rather than a list
-    of items separated by spaces or commas.
-    """
-    return setting.name.endswith("-header") or setting.name == "refresh-rule"
-
-
-#: the characters of a token (RFC 9110 section 5.6.2), such as a protocol
-#: name in Upgrade
-_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789"
-                   "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
-
-def _fromEnvironment(environ: Mapping[str, str]) -> Dict[str, Tuple[object, str]]:
-    """
-    @return: C{{setting name: (raw value, where it came from)}} for every
-        setting given in C{environ}.
-    """
-    found: Dict[str, Tuple[object, str]] = {}
-    for setting in SETTINGS:
-        for var in (setting.envName,) + setting.aliases:
-            if var in environ:
-                raw = environ[var]
-                if setting.kind == "list":
-                    separators = None if setting.name == "port" else r"[\s,]+"
-                    if _wholeItems(setting):
-                        # Rules hold spaces and commas: one a line.
-                        separators = r"\n+"
-                    value: object = tuple(
-                        p for p in (re.split(separators, raw) if separators else raw.split()) if p
-                    )
-                elif setting.kind == "flag":
-                    lowered = raw.strip().lower()
-                    if lowered not in _TRUE | _FALSE:
-                        raise usage.UsageError(
-                            f"{var}: expected one of 1/0, true/false, yes/no, on/off; got {raw!r}"
-                        )
-                    value = lowered in _TRUE
-                else:
-                    value = raw
-                found[setting.name] = (value, var)
-                break
-    return found
-
-
-_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-
-
-def parseSize(raw: object, where: str) -> int:
-    """
-    @return: a byte count from C{512}, C{64K}, C{1.5G} and the like.
-    @raise usage.UsageError: naming C{where}.
-    """
-    text = str(raw).strip().upper().removesuffix("B").removesuffix("I")
-    unit = text[-1:] if text[-1:] in "KMGT" and text else ""
-    number = text[: len(text) - len(unit)]
-    try:
-        value = float(number)
-    except ValueError:
-        raise usage.UsageError(f"{where}: expected a size such as 512M or 2G, got {raw!r}")
-    if value < 0:
-        raise usage.UsageError(f"{where}: must not be negative, got {raw!r}")
-    return int(value * _SIZE_UNITS[unit])
-
-
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-_DURATION = re.compile(r"([0-9]+(?:\.[0-9]*)?)\s*([smhdw]?)", re.IGNORECASE)
-
-
-def parseDuration(raw: object) -> float:
-    """
-    @return: seconds from C{90}, C{90s}, C{15m}, C{12h}, C{1d}, C{2w} (a
-        bare number is seconds) or a TOML number.
-    @raise ValueError: for anything else, negative numbers included.
-    """
-    if _isNumber(raw):
-        value = float(raw)  # type: ignore[arg-type]
-        if not value >= 0:
-            raise ValueError(f"expected a duration such as 90, 15m or 1d, got {raw!r}")
-        return value
-    match = _DURATION.fullmatch(str(raw).strip())
-    if match is None:
-        raise ValueError(f"expected a duration such as 90, 15m or 1d, got {raw!r}")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
-
-
-def _percent(raw: object) -> float:
-    """
-    @return: the number of C{20}, C{20%}, C{12.5} or a TOML number.
-    @raise ValueError: for anything else, negative numbers included.
-    """
-    try:
-        value = float(str(raw).strip().removesuffix("%"))
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise ValueError(f"expected a percentage such as 20 or 20%, got {raw!r}")
-    return value
-
-
-def _mediaTypes(raw: object) -> frozenset:
-    items = raw if isinstance(raw, list) else str(raw).split(",")
-    types = []
-    for item in items:
-        text = str(item).strip().lower()
-        if text.count("/") != 1 or text.startswith("/") or text.endswith("/"):
-            raise ValueError(f"{item!r} is not a media type (type/subtype or type/*)")
-        types.append(text.encode("ascii", "replace"))
-    return frozenset(types)
-
-
-def parseRefreshRule(text: str):
-    """
-    Parse C{'[-i] REGEX MIN PERCENT MAX [type=TYPE,...] [override]'}.
-
-    @return: a L{cachingproxy.cache.policy.RefreshRule}.
-    @raise ValueError: saying what is wrong.
-    """
-    from ..cache.policy import RefreshRule
-
-    words = str(text).split()
-    ignoreCase = bool(words) and words[0] == "-i"
-    if ignoreCase:
-        words = words[1:]
-    if len(words) < 4:
-        raise ValueError(
-            f"expected '[-i] REGEX MIN PERCENT MAX [type=TYPE,...] [override]', got {text!r}"
-        )
-    pattern, minimum, percent, maximum, *options = words
-    override = False
-    mediaTypes: frozenset = frozenset()
-    for option in options:
-        if option == "override":
-            override = True
-        elif option.startswith("type="):
-            mediaTypes = _mediaTypes(option[len("type="):])
-        else:
-            raise ValueError(f"unknown option {option!r} (type=..., override)")
-    return RefreshRule(
-        pattern,
-        minimum=parseDuration(minimum),
-        percent=_percent(percent),
-        maximum=parseDuration(maximum),
-        mediaTypes=mediaTypes,
-        ignoreCase=ignoreCase,
-        override=override,
-    )
-
-
-_RULE_KEYS = ("pattern", "min", "percent", "max", "types", "ignore-case", "override")
-
-
-def _refreshRuleFromTable(table: Mapping[str, object]):
-    """
-    A refresh rule from a TOML table: C{pattern}, C{min}, C{percent} and
-    C{max} (required), C{types} (a string or an array), C{ignore-case} and
-    C{override} (booleans).
-
-    @return: a L{cachingproxy.cache.policy.RefreshRule}.
-    @raise ValueError: saying what is wrong.
-    """
-    from ..cache.policy import RefreshRule
-
-    for key in table:
-        if key not in _RULE_KEYS:
-            raise ValueError(f"unknown key {key!r} (expected {', '.join(_RULE_KEYS)})")
-    for key in ("pattern", "min", "percent", "max"):
-        if key not in table:
-            raise ValueError(f"{key} is missing")
-    if not isinstance(table["pattern"], str):
-        raise ValueError(f"pattern: expected a string, got {_describe(table['pattern'])}")
-    for key in ("ignore-case", "override"):
-        if not isinstance(table.get(key, False), bool):
-            raise ValueError(f"{key}: expected true or false, got {_describe(table[key])}")
-    return RefreshRule(
-        table["pattern"],
-        minimum=parseDuration(table["min"]),
-        percent=_percent(table["percent"]),
-        maximum=parseDuration(table["max"]),
-        mediaTypes=_mediaTypes(table["types"]) if "types" in table else frozenset(),
-        ignoreCase=bool(table.get("ignore-case", False)),
-        override=bool(table.get("override", False)),
-    )
-
-
-def _refreshRules(raw: object, where: str) -> Tuple[object, ...]:
-    """
-    @return: the L{cachingproxy.cache.policy.RefreshRule}s of the setting, in
-        order.
-    @raise usage.UsageError: naming the rule that is malformed.
-    """
-    rules = []
-    for number, item in enumerate(raw or (), 1):
-        try:
-            if isinstance(item, dict):
-                rules.append(_refreshRuleFromTable(item))
-            else:
-                rules.append(parseRefreshRule(str(item)))
-        except ValueError as e:
-            what = f"rule {number}" if isinstance(item, dict) else repr(str(item))
-            raise usage.UsageError(f"{where}: {what}: {_oneLine(e)}")
-    return tuple(rules)
-
-
-def _number(setting: Setting, raw: object, where: str) -> object:
-    try:
-        value = float(raw) if setting.kind == "float" else int(str(raw), 10)
-    except (TypeError, ValueError):
-        raise usage.UsageError(f"{where}: expected a number, got {raw!r}")
-    if value < 0 or (value == 0 and setting.default not in (0, 0.0)):
-        raise usage.UsageError(f"{where}: must be greater than 0, got {raw!r}")
-    return value
-
-
-#: The port number in a TCP or TLS endpoint string.
-_ENDPOINT_PORT = re.compile(r"^(?:haproxy:)?(?:tcp6?|ssl|tls):(?:[^:]*:)*?(?:port=)?(\d+)(?::|$)")
-
-
-def _portDescription(raw: str, where: str) -> str:
-    raw = raw.strip()
-    number = raw if raw.isdigit() else None
-    match = _ENDPOINT_PORT.match(raw)
-    if match:
-        number = match.group(1)
-    if number is not None and not 0 <= int(number) < 65536:
-        raise usage.UsageError(f"{where}: port {number} is out of range (0 to 65535)")
-    if raw.isdigit():
-        return f"tcp:{raw}"
-    if ":" not in raw:
-        raise usage.UsageError(
-            f"{where}: expected a port number or an endpoint string such as "
-            f"tcp:3128:interface=127.0.0.1, got {raw!r}"
-        )
-    return raw
-
-
-#: What a TOML value is called in an error message.
-_TOML_TYPES = (
-    (bool, "a boolean"),
-    (int, "an integer"),
-    (float, "a float"),
-    (str, "a string"),
-    (list, "an array"),
-    (dict, "a table"),
-)
-
-
-def _describe(value: object) -> str:
-    kind = next((name for t, name in _TOML_TYPES if isinstance(value, t)), "a date or time")
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{kind} {text}"
-
-
-def _isNumber(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _fileValue(setting: Setting, value: object, where: str) -> object:
-    """
-    Check the TOML type of a value from the configuration file and turn it
-    into what the command line would have given.
-
-    @raise usage.UsageError: naming C{where}.
-    """
-    kind = setting.kind
-    if kind == "flag":
-        if isinstance(value, bool):
-            return value
-        expected = "true or false"
-    elif kind == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        expected = "an integer"
-    elif kind == "float":
-        if _isNumber(value):
-            return value
-        expected = "a number"
-    elif kind == "size":
-        if _isNumber(value) or isinstance(value, str):
-            return value
-        expected = 'a size such as "512M" or a number of bytes'
-    elif kind == "list" and setting.name == "refresh-rule":
-        items = value if isinstance(value, list) else [value]
-        if all(isinstance(item, (str, dict)) for item in items):
-            return tuple(items)
-        expected = "a rule string, a table, or an array of them"
-    elif kind == "list":
-        items = value if isinstance(value, list) else [value]
-        if setting.name != "port" and items == []:
-            return ()
-        if items and all(
-            isinstance(item, str) or (isinstance(item, int) and not isinstance(item, bool))
-            for item in items
-        ):
-            return tuple(str(item) for item in items)
-        if setting.name == "port":
-            expected = 'a port or endpoint string ("tcp:3128"), or an array of them'
-        else:
-            expected = 'a string such as "10.0.0.0/8", or an array of them'
-    elif setting.name == "workers":
-        if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
-            return str(value)
-        expected = 'a number of processes or "auto"'
-    elif setting.name == "connect-ports":
-        items = value if isinstance(value, list) else [value]
-        if items and all(
-            isinstance(item, str) or (isinstance(item, int) and not isinstance(item, bool))
-            for item in items
-        ):
-            return ",".join(str(item) for item in items)
-        expected = 'a port number, an array of them, or a string such as "443,8443"'
-    else:
-        if isinstance(value, str):
-            return value
-        expected = "a string"
-    raise usage.UsageError(f"{where}: expected {expected}, got {_describe(value)}")
-
-
-def _lineOf(text: str, key: str, table: bool) -> Optional[int]:
-    """
-    Find where C{key} is set in a TOML text (C{tomllib} gives no line
-    numbers): its first C{key = ...} line, or its first C{[key]} header when
-    C{table}.
-
-    @return: a 1-based line number, or C{None} when no line matches.
-    """
-    name = "(?:%s|\"%s\"|'%s')" % ((re.escape(key),) * 3)
-    assignment = re.compile(r"^[ \t]*%s[ \t]*[=.]" % name, re.MULTILINE)
-    header = re.compile(r"^[ \t]*\[\[?[ \t]*%s[ \t]*[\].]" % name, re.MULTILINE)
-    for pattern in (header, assignment) if table else (assignment, header):
-        match = pattern.search(text)
-        if match:
-            return text.count("\n", 0, match.start()) + 1
-    return None
-
-
-def _oneLine(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-def readConfigFile(path: str, where: str = "--config") -> Dict[str, Tuple[object, str]]:
-    """
-    Read a TOML configuration file.
-
-    @param where: what named the file (C{--config}, an environment
-        variable), for the error when it cannot be read.
-    @return: C{{setting name: (value, where it came from)}}, each value
-        type-checked and shaped as the command line gives it; C{where} is
-        C{"FILE:LINE: key"}.
-    @raise usage.UsageError: one line naming the file, and the key and its
-        line where there is one.
-    """
-    try:
-        import tomllib
-    except ImportError:  # Python < 3.11
-        try:
-            import tomli as tomllib  # type: ignore[no-redef]
-        except ImportError:
-            raise usage.UsageError(
-                f"{where}: reading a configuration file needs Python 3.11 or the tomli package"
-            )
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise usage.UsageError(f"{where}: no such file {path!r}")
-    except OSError as e:
-        raise usage.UsageError(f"{where}: cannot read {path!r}: {e.strerror or e}")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise usage.UsageError(f"{path}:{line}: not UTF-8 text")
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise usage.UsageError(f"{path}: invalid TOML: {_oneLine(e)}")
-
-    found: Dict[str, Tuple[object, str]] = {}
-    for key, value in document.items():
-        line = _lineOf(text, key, isinstance(value, dict))
-        at = f"{path}:{line}" if line else path
-        setting = _BY_NAME.get(key)
-        if setting is None or setting.name == "config":
-            known = [s.name for s in SETTINGS if s.name != "config"]
-            close = difflib.get_close_matches(key.replace("_", "-"), known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            if key == "config":
-                hint = " (a configuration file cannot name another)"
-            raise usage.UsageError(f"{at}: unknown setting {key!r}{hint}")
-        keyWhere = f"{at}: {key}"
-        found[key] = (_fileValue(setting, value, keyWhere), keyWhere)
-    return found
-
-
 def _byKind(setting: Setting, raw: object, where: str) -> object:
     """
     @return: C{raw} as the kind of C{setting} gives it: a checked number,
@@ -728,6 +325,25 @@ def _compressTypes(text: Optional[str], where: str) -> Tuple[str, ...]:
         if "/" not in t:
             raise usage.UsageError(f"{where}: {t!r} is not a media type")
     return listed
+
+
+def _refreshRules(raw: object, where: str) -> Tuple[object, ...]:
+    """
+    @return: the L{cachingproxy.cache.policy.RefreshRule}s of the setting, in
+        order.
+    @raise usage.UsageError: naming the rule that is malformed.
+    """
+    rules = []
+    for number, item in enumerate(raw or (), 1):
+        try:
+            if isinstance(item, dict):
+                rules.append(_refreshRuleFromTable(item))
+            else:
+                rules.append(parseRefreshRule(str(item)))
+        except ValueError as e:
+            what = f"rule {number}" if isinstance(item, dict) else repr(str(item))
+            raise usage.UsageError(f"{where}: {what}: {_oneLine(e)}")
+    return tuple(rules)
 
 
 def _headerRules(verb: str) -> Callable[[object, str], object]:
@@ -1002,13 +618,16 @@ SETTINGS = (
     ),
     Setting("no-rewrite-redirects", "flag", False,
             "Reverse mode: leave Location and Content-Location naming the upstream as "
-            "they are (by default they are rewritten to the proxy's own address).", example=True, parse=_negated, field="rewriteRedirects"),
+            "they are (by default they are rewritten to the proxy's own address).",
+            example=True, parse=_negated, field="rewriteRedirects"),
     Setting("compress", "str", "auto",
             "Compress responses on the fly for clients that accept gzip or br: on, off, "
-            "or auto (on in reverse mode, off in forward mode).", example="off", parse=_compressMode),
+            "or auto (on in reverse mode, off in forward mode).",
+            example="off", parse=_compressMode),
     Setting("compress-types", "str", "",
             "Comma-separated media types to compress (text/* for a whole type); empty "
-            "for the built-in list of text types.", example="text/html,application/json", parse=_compressTypes),
+            "for the built-in list of text types.",
+            example="text/html,application/json", parse=_compressTypes),
     Setting("compress-min-size", "size", "1K",
             "Responses known to be smaller are not compressed.", example="2K"),
     Setting("add-request-header", "list", (),
@@ -1018,7 +637,8 @@ SETTINGS = (
             "'Name: value' replacing that field on requests going upstream. Repeatable.",
             example=("User-Agent: cachingproxy",), parse=_headerRules("set")),
     Setting("remove-request-header", "list", (),
-            "A field removed from requests going upstream. Repeatable.", example=("Cookie",), parse=_headerRules("remove")),
+            "A field removed from requests going upstream. Repeatable.",
+            example=("Cookie",), parse=_headerRules("remove")),
     Setting("add-response-header", "list", (),
             "'Name: value' appended to responses to clients (never stored). Repeatable.",
             example=("X-Served-By: edge1",), parse=_headerRules("add")),
@@ -1026,7 +646,8 @@ SETTINGS = (
             "'Name: value' replacing that field on responses to clients. Repeatable.",
             example=("Server: cachingproxy",), parse=_headerRules("set")),
     Setting("remove-response-header", "list", (),
-            "A field removed from responses to clients. Repeatable.", example=("X-Powered-By",), parse=_headerRules("remove")),
+            "A field removed from responses to clients. Repeatable.",
+            example=("X-Powered-By",), parse=_headerRules("remove")),
     Setting(
         "access-log",
         "str",
@@ -1065,7 +686,8 @@ SETTINGS = (
         example="64M",
     ),
     Setting("max-object-size", "size", "256M", "Largest response body stored.", example="16M"),
-    Setting("no-cache", "flag", False, "Do not cache at all: forward only.", example=True, parse=_negated, field="cache"),
+    Setting("no-cache", "flag", False, "Do not cache at all: forward only.", example=True,
+            parse=_negated, field="cache"),
     Setting(
         "cache-set-cookie",
         "flag",
@@ -1117,7 +739,8 @@ SETTINGS = (
         example=(r"\.deb$ 1d 20 7d", r"-i \.iso$ 1h 10 1d"),
         parse=_refreshRules, field="refreshRules",
     ),
-    Setting("no-x-cache", "flag", False, "Do not add X-Cache (Cache-Status stays).", example=True, parse=_negated, field="xCache"),
+    Setting("no-x-cache", "flag", False, "Do not add X-Cache (Cache-Status stays).", example=True,
+            parse=_negated, field="xCache"),
     Setting(
         "no-collapse",
         "flag",
@@ -1227,6 +850,390 @@ class Config:
     refreshRules: Tuple[object, ...]
     trustedProxies: Tuple[str, ...]
     cacheSetCookie: bool
+
+
+def _wholeItems(setting: Setting) -> bool:
+    """
+    Whether each value of a list setting is one item as given (a header
+    rule, a refresh rule: they hold spaces and commas), rather than a list
+    of items separated by spaces or commas.
+    """
+    return setting.name.endswith("-header") or setting.name == "refresh-rule"
+
+
+#: the characters of a token (RFC 9110 section 5.6.2), such as a protocol
+#: name in Upgrade
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789"
+                   "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _fromEnvironment(environ: Mapping[str, str]) -> Dict[str, Tuple[object, str]]:
+    """
+    @return: C{{setting name: (raw value, where it came from)}} for every
+        setting given in C{environ}.
+    """
+    found: Dict[str, Tuple[object, str]] = {}
+    for setting in SETTINGS:
+        for var in (setting.envName,) + setting.aliases:
+            if var in environ:
+                raw = environ[var]
+                if setting.kind == "list":
+                    separators = None if setting.name == "port" else r"[\s,]+"
+                    if _wholeItems(setting):
+                        # Rules hold spaces and commas: one a line.
+                        separators = r"\n+"
+                    value: object = tuple(
+                        p for p in (re.split(separators, raw) if separators else raw.split()) if p
+                    )
+                elif setting.kind == "flag":
+                    lowered = raw.strip().lower()
+                    if lowered not in _TRUE | _FALSE:
+                        raise usage.UsageError(
+                            f"{var}: expected one of 1/0, true/false, yes/no, on/off; got {raw!r}"
+                        )
+                    value = lowered in _TRUE
+                else:
+                    value = raw
+                found[setting.name] = (value, var)
+                break
+    return found
+
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parseSize(raw: object, where: str) -> int:
+    """
+    @return: a byte count from C{512}, C{64K}, C{1.5G} and the like.
+    @raise usage.UsageError: naming C{where}.
+    """
+    text = str(raw).strip().upper().removesuffix("B").removesuffix("I")
+    unit = text[-1:] if text[-1:] in "KMGT" and text else ""
+    number = text[: len(text) - len(unit)]
+    try:
+        value = float(number)
+    except ValueError:
+        raise usage.UsageError(f"{where}: expected a size such as 512M or 2G, got {raw!r}")
+    if value < 0:
+        raise usage.UsageError(f"{where}: must not be negative, got {raw!r}")
+    return int(value * _SIZE_UNITS[unit])
+
+
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]*)?)\s*([smhdw]?)", re.IGNORECASE)
+
+
+def parseDuration(raw: object) -> float:
+    """
+    @return: seconds from C{90}, C{90s}, C{15m}, C{12h}, C{1d}, C{2w} (a
+        bare number is seconds) or a TOML number.
+    @raise ValueError: for anything else, negative numbers included.
+    """
+    if _isNumber(raw):
+        value = float(raw)  # type: ignore[arg-type]
+        if not value >= 0:
+            raise ValueError(f"expected a duration such as 90, 15m or 1d, got {raw!r}")
+        return value
+    match = _DURATION.fullmatch(str(raw).strip())
+    if match is None:
+        raise ValueError(f"expected a duration such as 90, 15m or 1d, got {raw!r}")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+
+
+def _percent(raw: object) -> float:
+    """
+    @return: the number of C{20}, C{20%}, C{12.5} or a TOML number.
+    @raise ValueError: for anything else, negative numbers included.
+    """
+    try:
+        value = float(str(raw).strip().removesuffix("%"))
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ValueError(f"expected a percentage such as 20 or 20%, got {raw!r}")
+    return value
+
+
+def _mediaTypes(raw: object) -> frozenset:
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    types = []
+    for item in items:
+        text = str(item).strip().lower()
+        if text.count("/") != 1 or text.startswith("/") or text.endswith("/"):
+            raise ValueError(f"{item!r} is not a media type (type/subtype or type/*)")
+        types.append(text.encode("ascii", "replace"))
+    return frozenset(types)
+
+
+def parseRefreshRule(text: str):
+    """
+    Parse C{'[-i] REGEX MIN PERCENT MAX [type=TYPE,...] [override]'}.
+
+    @return: a L{cachingproxy.cache.policy.RefreshRule}.
+    @raise ValueError: saying what is wrong.
+    """
+    from ..cache.policy import RefreshRule
+
+    words = str(text).split()
+    ignoreCase = bool(words) and words[0] == "-i"
+    if ignoreCase:
+        words = words[1:]
+    if len(words) < 4:
+        raise ValueError(
+            f"expected '[-i] REGEX MIN PERCENT MAX [type=TYPE,...] [override]', got {text!r}"
+        )
+    pattern, minimum, percent, maximum, *options = words
+    override = False
+    mediaTypes: frozenset = frozenset()
+    for option in options:
+        if option == "override":
+            override = True
+        elif option.startswith("type="):
+            mediaTypes = _mediaTypes(option[len("type="):])
+        else:
+            raise ValueError(f"unknown option {option!r} (type=..., override)")
+    return RefreshRule(
+        pattern,
+        minimum=parseDuration(minimum),
+        percent=_percent(percent),
+        maximum=parseDuration(maximum),
+        mediaTypes=mediaTypes,
+        ignoreCase=ignoreCase,
+        override=override,
+    )
+
+
+_RULE_KEYS = ("pattern", "min", "percent", "max", "types", "ignore-case", "override")
+
+
+def _refreshRuleFromTable(table: Mapping[str, object]):
+    """
+    A refresh rule from a TOML table: C{pattern}, C{min}, C{percent} and
+    C{max} (required), C{types} (a string or an array), C{ignore-case} and
+    C{override} (booleans).
+
+    @return: a L{cachingproxy.cache.policy.RefreshRule}.
+    @raise ValueError: saying what is wrong.
+    """
+    from ..cache.policy import RefreshRule
+
+    for key in table:
+        if key not in _RULE_KEYS:
+            raise ValueError(f"unknown key {key!r} (expected {', '.join(_RULE_KEYS)})")
+    for key in ("pattern", "min", "percent", "max"):
+        if key not in table:
+            raise ValueError(f"{key} is missing")
+    if not isinstance(table["pattern"], str):
+        raise ValueError(f"pattern: expected a string, got {_describe(table['pattern'])}")
+    for key in ("ignore-case", "override"):
+        if not isinstance(table.get(key, False), bool):
+            raise ValueError(f"{key}: expected true or false, got {_describe(table[key])}")
+    return RefreshRule(
+        table["pattern"],
+        minimum=parseDuration(table["min"]),
+        percent=_percent(table["percent"]),
+        maximum=parseDuration(table["max"]),
+        mediaTypes=_mediaTypes(table["types"]) if "types" in table else frozenset(),
+        ignoreCase=bool(table.get("ignore-case", False)),
+        override=bool(table.get("override", False)),
+    )
+
+
+def _number(setting: Setting, raw: object, where: str) -> object:
+    try:
+        value = float(raw) if setting.kind == "float" else int(str(raw), 10)
+    except (TypeError, ValueError):
+        raise usage.UsageError(f"{where}: expected a number, got {raw!r}")
+    if value < 0 or (value == 0 and setting.default not in (0, 0.0)):
+        raise usage.UsageError(f"{where}: must be greater than 0, got {raw!r}")
+    return value
+
+
+#: The port number in a TCP or TLS endpoint string.
+_ENDPOINT_PORT = re.compile(r"^(?:haproxy:)?(?:tcp6?|ssl|tls):(?:[^:]*:)*?(?:port=)?(\d+)(?::|$)")
+
+
+def _portDescription(raw: str, where: str) -> str:
+    raw = raw.strip()
+    number = raw if raw.isdigit() else None
+    match = _ENDPOINT_PORT.match(raw)
+    if match:
+        number = match.group(1)
+    if number is not None and not 0 <= int(number) < 65536:
+        raise usage.UsageError(f"{where}: port {number} is out of range (0 to 65535)")
+    if raw.isdigit():
+        return f"tcp:{raw}"
+    if ":" not in raw:
+        raise usage.UsageError(
+            f"{where}: expected a port number or an endpoint string such as "
+            f"tcp:3128:interface=127.0.0.1, got {raw!r}"
+        )
+    return raw
+
+
+#: What a TOML value is called in an error message.
+_TOML_TYPES = (
+    (bool, "a boolean"),
+    (int, "an integer"),
+    (float, "a float"),
+    (str, "a string"),
+    (list, "an array"),
+    (dict, "a table"),
+)
+
+
+def _describe(value: object) -> str:
+    kind = next((name for t, name in _TOML_TYPES if isinstance(value, t)), "a date or time")
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{kind} {text}"
+
+
+def _isNumber(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _fileValue(setting: Setting, value: object, where: str) -> object:
+    """
+    Check the TOML type of a value from the configuration file and turn it
+    into what the command line would have given.
+
+    @raise usage.UsageError: naming C{where}.
+    """
+    kind = setting.kind
+    if kind == "flag":
+        if isinstance(value, bool):
+            return value
+        expected = "true or false"
+    elif kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        expected = "an integer"
+    elif kind == "float":
+        if _isNumber(value):
+            return value
+        expected = "a number"
+    elif kind == "size":
+        if _isNumber(value) or isinstance(value, str):
+            return value
+        expected = 'a size such as "512M" or a number of bytes'
+    elif kind == "list" and setting.name == "refresh-rule":
+        items = value if isinstance(value, list) else [value]
+        if all(isinstance(item, (str, dict)) for item in items):
+            return tuple(items)
+        expected = "a rule string, a table, or an array of them"
+    elif kind == "list":
+        items = value if isinstance(value, list) else [value]
+        if setting.name != "port" and items == []:
+            return ()
+        if items and all(
+            isinstance(item, str) or (isinstance(item, int) and not isinstance(item, bool))
+            for item in items
+        ):
+            return tuple(str(item) for item in items)
+        if setting.name == "port":
+            expected = 'a port or endpoint string ("tcp:3128"), or an array of them'
+        else:
+            expected = 'a string such as "10.0.0.0/8", or an array of them'
+    elif setting.name == "workers":
+        if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+            return str(value)
+        expected = 'a number of processes or "auto"'
+    elif setting.name == "connect-ports":
+        items = value if isinstance(value, list) else [value]
+        if items and all(
+            isinstance(item, str) or (isinstance(item, int) and not isinstance(item, bool))
+            for item in items
+        ):
+            return ",".join(str(item) for item in items)
+        expected = 'a port number, an array of them, or a string such as "443,8443"'
+    else:
+        if isinstance(value, str):
+            return value
+        expected = "a string"
+    raise usage.UsageError(f"{where}: expected {expected}, got {_describe(value)}")
+
+
+def _lineOf(text: str, key: str, table: bool) -> Optional[int]:
+    """
+    Find where C{key} is set in a TOML text (C{tomllib} gives no line
+    numbers): its first C{key = ...} line, or its first C{[key]} header when
+    C{table}.
+
+    @return: a 1-based line number, or C{None} when no line matches.
+    """
+    name = "(?:%s|\"%s\"|'%s')" % ((re.escape(key),) * 3)
+    assignment = re.compile(r"^[ \t]*%s[ \t]*[=.]" % name, re.MULTILINE)
+    header = re.compile(r"^[ \t]*\[\[?[ \t]*%s[ \t]*[\].]" % name, re.MULTILINE)
+    for pattern in (header, assignment) if table else (assignment, header):
+        match = pattern.search(text)
+        if match:
+            return text.count("\n", 0, match.start()) + 1
+    return None
+
+
+def _oneLine(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def readConfigFile(path: str, where: str = "--config") -> Dict[str, Tuple[object, str]]:
+    """
+    Read a TOML configuration file.
+
+    @param where: what named the file (C{--config}, an environment
+        variable), for the error when it cannot be read.
+    @return: C{{setting name: (value, where it came from)}}, each value
+        type-checked and shaped as the command line gives it; C{where} is
+        C{"FILE:LINE: key"}.
+    @raise usage.UsageError: one line naming the file, and the key and its
+        line where there is one.
+    """
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ImportError:
+            raise usage.UsageError(
+                f"{where}: reading a configuration file needs Python 3.11 or the tomli package"
+            )
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise usage.UsageError(f"{where}: no such file {path!r}")
+    except OSError as e:
+        raise usage.UsageError(f"{where}: cannot read {path!r}: {e.strerror or e}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise usage.UsageError(f"{path}:{line}: not UTF-8 text")
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise usage.UsageError(f"{path}: invalid TOML: {_oneLine(e)}")
+
+    found: Dict[str, Tuple[object, str]] = {}
+    for key, value in document.items():
+        line = _lineOf(text, key, isinstance(value, dict))
+        at = f"{path}:{line}" if line else path
+        setting = _BY_NAME.get(key)
+        if setting is None or setting.name == "config":
+            known = [s.name for s in SETTINGS if s.name != "config"]
+            close = difflib.get_close_matches(key.replace("_", "-"), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            if key == "config":
+                hint = " (a configuration file cannot name another)"
+            raise usage.UsageError(f"{at}: unknown setting {key!r}{hint}")
+        keyWhere = f"{at}: {key}"
+        found[key] = (_fileValue(setting, value, keyWhere), keyWhere)
+    return found
 
 
 def _compression(mode: str, types: Tuple[str, ...], minSize: int, reverse: bool):
