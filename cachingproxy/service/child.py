@@ -13,10 +13,10 @@ the same service as the proxy on its own
 (L{cachingproxy.service.tap.serveConfig}) listening on each inherited
 descriptor through Twisted's C{AdoptedStreamServerEndpoint} (non-blocking,
 adopt, close its own copy), writes C{cachingproxy-worker-ready I PID} on the
-readiness pipe, and serves. A descriptor named by C{--tls-port} serves TLS: the worker
-reads the certificate and key its C{ssl:}/C{tls:} description names
-(L{cachingproxy.service.tlsport.ServerTLS}) before it adopts anything, so a
-replacement started by a reload serves a renewed certificate, and one
+readiness pipe, and serves. A descriptor named by C{--tls-port} serves TLS:
+the worker reads the certificate and key its C{ssl:}/C{tls:} description
+names (L{cachingproxy.service.tlsport.ServerTLS}) before it adopts anything,
+so a replacement started by a reload serves a renewed certificate, and one
 that cannot use it never says it is ready.
 
 On SIGTERM (or SIGINT, or when its parent goes away) it stops the service
@@ -155,7 +155,7 @@ class Worker:
         """
         The L{cachingproxy.proxy.factory.ProxyFactory} serving, once started.
         """
-        proxies = self._proxyServices()
+        proxies = self.proxyServices()
         return proxies[0].factory if proxies else None
 
     @property
@@ -163,10 +163,13 @@ class Worker:
         """
         The adopted listening ports (none once stopping).
         """
-        return [p.port for p in self._proxyServices() if p.port is not None]
+        return [p.port for p in self.proxyServices() if p.port is not None]
 
-    def _proxyServices(self) -> List:
-        return [] if self.service is None else self.service._proxyServices()
+    def proxyServices(self) -> List:
+        """
+        @return: the L{cachingproxy.service.tap.ProxyService}s once started.
+        """
+        return [] if self.service is None else self.service.proxyServices()
 
     def start(self) -> None:
         """

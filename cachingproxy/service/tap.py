@@ -465,19 +465,22 @@ class TopService(service.MultiService):
     _previousHandler = None
     _streamlined = False
 
-    def _proxyServices(self) -> List[ProxyService]:
+    def proxyServices(self) -> List[ProxyService]:
+        """
+        @return: the listening services, in the order of the C{--port}s.
+        """
         return [child for child in self if isinstance(child, ProxyService)]
 
     def startService(self) -> None:
         super().startService()
-        if self._proxyServices() and self._reactor is not None:
+        if self.proxyServices() and self._reactor is not None:
             self._streamlined = streamline(self._reactor)
         if self.reloader is not None and self._reactor is not None:
             reactor = self._reactor
             self._previousHandler = signal.signal(
                 signal.SIGHUP, lambda *a: reactor.callFromThread(self._reloadOnSignal))
             self._handlerInstalled = True
-        waits = [child.whenListening() for child in self._proxyServices()]
+        waits = [child.whenListening() for child in self.proxyServices()]
         if not waits or not self.notifies:
             return
         ready = defer.gatherResults(waits, consumeErrors=True)
@@ -497,7 +500,7 @@ class TopService(service.MultiService):
             self._handlerInstalled = False
             previous = self._previousHandler
             signal.signal(signal.SIGHUP, signal.SIG_DFL if previous is None else previous)
-        proxies = self._proxyServices()
+        proxies = self.proxyServices()
         if proxies and self.notifies:
             systemd.notify(b"STOPPING=1")
         service.Service.stopService(self)
@@ -642,7 +645,7 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     if given is not None:
         from .reload import ConfigReloader
 
-        services = top._proxyServices()
+        services = top.proxyServices()
         top.reloader = ConfigReloader(reactor, lambda: fromOptions(given, os.environ), config,
                                       services[0].factory, services)
     return top
