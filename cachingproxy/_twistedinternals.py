@@ -45,8 +45,58 @@ from twisted.internet.epollreactor import EPollReactor
 from twisted.python import log
 from twisted.internet.abstract import FileDescriptor
 
-__all__ = ["sendNow", "writeNow", "discardUnsent", "acceptQueued", "streamline"]
+__all__ = [
+    "PRIVATE",
+    "sendNow",
+    "writeNow",
+    "discardUnsent",
+    "acceptQueued",
+    "streamline",
+    "unstreamline",
+    "missingInternals",
+]
 
+
+#: Every attribute of Twisted's that this module reads or replaces beyond
+#: the public API, as C{(owner, attribute)}: the epoll reactor's poll step
+#: (L{streamline}), a TCP connection's send queue (L{sendNow},
+#: L{discardUnsent}; C{tcp.Client} has the same ones, from the same
+#: classes) and a listening port's accept step (L{acceptQueued}). A Twisted
+#: release that renames one is found by L{missingInternals} on real
+#: objects (C{tests/test_twistedinternals.py}).
+PRIVATE = (
+    ("EPollReactor", "_poller"),
+    ("EPollReactor", "_selectables"),
+    ("EPollReactor", "_doReadOrWrite"),
+    ("EPollReactor", "doIteration"),
+    ("EPollReactor", "doPoll"),
+    ("tcp.Server", "socket"),
+    ("tcp.Server", "connected"),
+    ("tcp.Server", "disconnecting"),
+    ("tcp.Server", "disconnected"),
+    ("tcp.Server", "_writeDisconnected"),
+    ("tcp.Server", "dataBuffer"),
+    ("tcp.Server", "offset"),
+    ("tcp.Server", "_tempDataBuffer"),
+    ("tcp.Server", "_tempDataLen"),
+    ("tcp.Port", "doRead"),
+    ("tcp.Port", "connected"),
+    ("tcp.Port", "sessionno"),
+)
+
+
+def missingInternals(objects) -> list:
+    """
+    Which of L{PRIVATE} a real object lacks.
+
+    @param objects: C{{owner: an object of that kind}}, such as
+        C{{"EPollReactor": EPollReactor(), "tcp.Server": transport,
+        "tcp.Port": port}}; an owner not given is not checked.
+    @return: C{"owner.attribute"} for each attribute missing, in the order
+        of L{PRIVATE}.
+    """
+    return [f"{owner}.{attribute}" for owner, attribute in PRIVATE
+            if owner in objects and not hasattr(objects[owner], attribute)]
 
 
 _PLAIN_TCP = (tcp.Server, tcp.Client)
@@ -145,6 +195,7 @@ def acceptQueued(port) -> int:
         accepted += port.sessionno - before
     return accepted
 
+
 def streamline(reactor) -> bool:
     """
     Give C{reactor} the direct poll step when it is Twisted's epoll reactor
@@ -152,7 +203,7 @@ def streamline(reactor) -> bool:
 
     @return: whether the reactor was changed.
     """
-    if type(reactor) is not EPollReactor or getattr(reactor, "_streamlined", False):
+    if type(reactor) is not EPollReactor or "doPoll" in vars(reactor):
         return False
     poller = reactor._poller
     selectables = reactor._selectables
@@ -183,5 +234,18 @@ def streamline(reactor) -> bool:
                 log.err(system=prefix)
 
     reactor.doIteration = reactor.doPoll = doPoll
-    reactor._streamlined = True
+    return True
+
+
+def unstreamline(reactor) -> bool:
+    """
+    Give C{reactor} its own poll step back (from the next iteration on),
+    after L{streamline}.
+
+    @return: whether the reactor was changed.
+    """
+    if "doPoll" not in vars(reactor):
+        return False
+    del reactor.doIteration
+    del reactor.doPoll
     return True

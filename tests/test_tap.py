@@ -148,6 +148,32 @@ class OptionsTests(SynchronousTestCase):
         self.assertIsNone(services[0].factory.accessLog)
         self.assertFalse(service.running)
 
+    def test_pollStepWhileServing(self):
+        """
+        Building the service leaves the reactor's poll step alone; the
+        service gives the reactor the streamlined one
+        (L{cachingproxy._twistedinternals.streamline}) while it runs, and
+        Twisted's own back when it stops.
+        """
+        from twisted.internet.epollreactor import EPollReactor
+
+        from .test_twistedinternals import closeReactor, pollSystem
+
+        epoll = EPollReactor()
+        self.addCleanup(closeReactor, epoll)
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        options = tap.Options()
+        options.parseOptions(["--port", "tcp:0:interface=127.0.0.1", "--no-access-log",
+                              "--no-cache", "--shutdown-grace", "0.01"])
+        service = tap.makeService(options, epoll)
+        self.assertEqual(pollSystem(epoll, ours, theirs), "TestReader")
+        service.startService()
+        self.assertEqual(pollSystem(epoll, ours, theirs), "-")
+        service.stopService()
+        self.assertEqual(pollSystem(epoll, ours, theirs), "TestReader")
+
     def test_poisoningSettings(self):
         """
         --trusted-proxies (repeatable, comma-separated, or from the

@@ -1,6 +1,8 @@
 """
-L{cachingproxy._twistedinternals.streamline} on a private epoll reactor (never the
-one the tests run on), with a real socket pair as the ready descriptor.
+L{cachingproxy._twistedinternals}: the attributes of Twisted's it relies on,
+checked on real objects of the installed Twisted; and L{streamline} on a
+private epoll reactor (never the one the tests run on), with a real socket
+pair as the ready descriptor.
 """
 
 from __future__ import annotations
@@ -8,12 +10,19 @@ from __future__ import annotations
 import socket
 from typing import List
 
+from twisted.internet import defer, reactor, tcp
 from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.protocol import ClientFactory, Protocol, ServerFactory
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import log
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from cachingproxy._twistedinternals import streamline
+from cachingproxy._twistedinternals import (
+    PRIVATE,
+    missingInternals,
+    streamline,
+    unstreamline,
+)
 
 
 class Reader:
@@ -43,6 +52,103 @@ class Reader:
             raise RuntimeError("connectionLost went wrong")
 
 
+def pollSystem(reactor, ours, theirs) -> str:
+    """
+    @return: the legacy log system a selectable's C{doRead} runs under
+        when C{reactor} (an epoll reactor, not running) polls it: its log
+        prefix with Twisted's own poll step, C{-} with the streamlined one.
+    """
+    systems = []
+    reader = Reader(ours, lambda data: systems.append(
+        log.context.get(log.ILogContext)["system"]))
+    reactor.addReader(reader)
+    try:
+        theirs.send(b"?")
+        reactor.doIteration(1)
+    finally:
+        reactor.removeReader(reader)
+    return systems[0]
+
+
+def closeReactor(reactor) -> None:
+    """
+    Let go of what an L{EPollReactor} that never ran holds.
+    """
+    reactor.removeAll()
+    reactor._poller.close()
+    reactor.waker.connectionLost(None)
+
+
+class PrivateInternalsTests(TestCase):
+    timeout = 30
+    """
+    Every attribute of L{PRIVATE} exists on real objects of the installed
+    Twisted: a failure names the one a Twisted release took away.
+    """
+
+    def assertNoneMissing(self, objects) -> None:
+        missing = missingInternals(objects)
+        self.assertEqual(missing, [], "Twisted's private internals changed: "
+                         + ", ".join(missing) + " no longer exist")
+
+    def test_everyOwnerChecked(self) -> None:
+        """
+        Every owner named in L{PRIVATE} is one these tests build a real
+        object of.
+        """
+        self.assertEqual({owner for owner, _ in PRIVATE},
+                         {"EPollReactor", "tcp.Server", "tcp.Port"})
+
+    def test_missingNamesTheAttribute(self) -> None:
+        """
+        An object without an attribute of L{PRIVATE} is reported by owner
+        and attribute name; an owner not given is not checked.
+        """
+        class Port:
+            doRead = connected = None
+
+        self.assertEqual(missingInternals({"tcp.Port": Port()}), ["tcp.Port.sessionno"])
+        self.assertEqual(missingInternals({}), [])
+
+    def test_epollReactor(self) -> None:
+        """
+        A real L{EPollReactor} has the poll step's attributes.
+        """
+        epoll = EPollReactor()
+        self.addCleanup(closeReactor, epoll)
+        self.assertNoneMissing({"EPollReactor": epoll})
+
+    async def test_tcpServerAndPort(self) -> None:
+        """
+        A real listening C{tcp.Port} and the real C{tcp.Server} of a
+        loopback connection to it have the send queue's and the accept
+        step's attributes.
+        """
+        accepted: defer.Deferred = defer.Deferred()
+        closed: defer.Deferred = defer.Deferred()
+
+        class Accepting(Protocol):
+            def connectionMade(self):
+                accepted.callback(self.transport)
+
+            def connectionLost(self, reason):
+                closed.callback(None)
+
+        port = reactor.listenTCP(0, ServerFactory.forProtocol(Accepting), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = reactor.connectTCP("127.0.0.1", port.getHost().port,
+                                    ClientFactory.forProtocol(Protocol))
+        server = await accepted
+        try:
+            self.assertIsInstance(port, tcp.Port)
+            self.assertIsInstance(server, tcp.Server)
+            self.assertNoneMissing({"tcp.Server": server, "tcp.Port": port})
+        finally:
+            client.disconnect()
+            server.loseConnection()
+            await closed
+
+
 class StreamlineTests(SynchronousTestCase):
 
     def setUp(self) -> None:
@@ -55,9 +161,7 @@ class StreamlineTests(SynchronousTestCase):
         self.addCleanup(self._closeReactor)
 
     def _closeReactor(self) -> None:
-        self.reactor.removeAll()
-        self.reactor._poller.close()
-        self.reactor.waker.connectionLost(None)
+        closeReactor(self.reactor)
 
     def test_onlyTheEpollReactorItself(self) -> None:
         """
@@ -73,10 +177,9 @@ class StreamlineTests(SynchronousTestCase):
         custom = Custom()
         try:
             self.assertFalse(streamline(custom))
-            self.assertNotIn("doIteration", vars(custom))
+            self.assertEqual(pollSystem(custom, self.ours, self.theirs), "TestReader")
         finally:
-            custom._poller.close()
-            custom.waker.connectionLost(None)
+            closeReactor(custom)
 
     def test_readEventReachesTheSelectable(self) -> None:
         """
@@ -142,3 +245,17 @@ class StreamlineTests(SynchronousTestCase):
         failures = [e for e in events if e.get("isError") and "failure" in e
                     and e["failure"].check(RuntimeError)]
         self.assertEqual([e["system"] for e in failures], ["TestReader"])
+
+    def test_undone(self) -> None:
+        """
+        L{unstreamline} gives the reactor its own poll step back (the
+        legacy log context is there again); it changes nothing on a
+        reactor that was not streamlined.
+        """
+        self.assertEqual(pollSystem(self.reactor, self.ours, self.theirs), "TestReader")
+        streamline(self.reactor)
+        self.assertEqual(pollSystem(self.reactor, self.ours, self.theirs), "-")
+        self.assertTrue(unstreamline(self.reactor))
+        self.assertEqual(pollSystem(self.reactor, self.ours, self.theirs), "TestReader")
+        self.assertFalse(unstreamline(self.reactor))
+        self.assertTrue(streamline(self.reactor))

@@ -541,6 +541,27 @@ class WorkerSideTests(SynchronousTestCase):
         self.assertTrue(factory.draining)
         self.assertEqual(worker.ports, [])
 
+    def test_sameServiceAsAlone(self):
+        """
+        A worker serves with the service the proxy on its own builds (the
+        same services, stopped and drained the same way); only its
+        listening sockets differ.
+        """
+        memory = MemoryReactorClock()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(5)
+        self.addCleanup(sock.close)
+        options = tap.Options()
+        options.parseOptions(["--port", "tcp:0", "--cache-dir", "none", "--no-access-log"])
+        worker = Worker(memory, options.config, "1", [os.dup(sock.fileno())])
+        worker.start()
+        alone = tap.makeService(options, memory)
+        self.assertIsInstance(worker.service, tap.TopService)
+        self.assertEqual([type(s) for s in worker.service], [type(s) for s in alone])
+        self.successResultOf(worker.stop())
+        self.assertFalse(worker.service.running)
+
 
 # -- one real adoption in this process --------------------------------------
 

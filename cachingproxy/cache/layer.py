@@ -45,6 +45,7 @@ from ..proxy.interfaces import ICacheExchange
 from ..proxy.states import ExchangeState
 from ..compress import compressedFields, compressionPlan
 from ..proxy.upstream import Origin
+from ..service.config import fromSetting
 
 __all__ = ["CacheLayer", "CacheSettings"]
 
@@ -147,11 +148,11 @@ class CacheSettings:
     """
 
     options: policy.CacheOptions = policy.DEFAULT_OPTIONS
-    minUses: int = 1
+    minUses: int = fromSetting("min-uses")
     cacheStatus: bool = True
-    xCache: bool = True
+    xCache: bool = fromSetting("no-x-cache")
     name: bytes = b"cachingproxy"
-    collapse: bool = True
+    collapse: bool = fromSetting("no-collapse")
 
 
 class _Stats:

@@ -1,6 +1,10 @@
 # -*- test-case-name: tests.test_server -*-
 """
 What every client connection of one listening port shares: L{ProxySettings}.
+
+A field that a setting gives takes its default from that setting
+(L{cachingproxy.service.config.SETTINGS}), and
+L{cachingproxy.service.config.settingsFor} fills it from a configuration.
 """
 
 from __future__ import annotations
@@ -9,10 +13,17 @@ import ipaddress
 from dataclasses import dataclass
 from typing import FrozenSet, Optional, Tuple
 
-
+from ..service.config import fromSetting
 from .upstream import Origin
 
 __all__ = ["ProxySettings"]
+
+
+def _protocolNames(names: Tuple[str, ...]) -> FrozenSet[bytes]:
+    """
+    @return: the C{--upgrade-protocols} as the proxy compares them.
+    """
+    return frozenset(name.lower().encode("ascii") for name in names)
 
 
 @dataclass(frozen=True)
@@ -24,13 +35,14 @@ class ProxySettings:
         C{None} in forward mode.
     @ivar upstreamPath: in reverse mode, the path prefix of the upstream URL.
     @ivar viaName: the received-by name this proxy puts in C{Via} and looks
-        for to detect loops.
+        for to detect loops (C{--via-name}, whose default is the host name,
+        known only where the proxy runs).
     @ivar connectPorts: ports CONNECT may reach.
     @ivar idleTimeout: seconds a kept-alive client connection may wait for
         its next request.
     @ivar drainIdleTimeout: once the proxy drains, seconds an idle
         kept-alive connection stays open for a request already on its way
-        (answered with C{Connection: close}).
+        (answered with C{Connection: close}); at most the shutdown grace.
     @ivar headerTimeout: seconds from the first byte of a request head to
         its end.
     @ivar maxRequestLine: longest request target accepted (414 beyond).
@@ -71,31 +83,31 @@ class ProxySettings:
     upstream: Optional[Origin] = None
     upstreamPath: bytes = b""
     viaName: bytes = b"cachingproxy"
-    connectPorts: FrozenSet[int] = frozenset([443])
-    idleTimeout: float = 60.0
-    drainIdleTimeout: float = 2.0
-    headerTimeout: float = 10.0
-    maxRequestLine: int = 8192
-    maxHeaderSize: int = 65536
-    maxConnections: int = 10000
-    maxHeaderFields: int = 100
-    maxBodySize: int = 1 << 30
-    bodyTimeout: float = 300.0
-    maxPipeline: int = 16
+    connectPorts: FrozenSet[int] = fromSetting("connect-ports")
+    idleTimeout: float = fromSetting("idle-timeout")
+    drainIdleTimeout: float = fromSetting("drain-idle-timeout")
+    headerTimeout: float = fromSetting("header-timeout")
+    maxRequestLine: int = fromSetting("max-request-line")
+    maxHeaderSize: int = fromSetting("max-header-size")
+    maxConnections: int = fromSetting("max-connections")
+    maxHeaderFields: int = fromSetting("max-header-fields")
+    maxBodySize: int = fromSetting("max-body-size")
+    bodyTimeout: float = fromSetting("body-timeout")
+    maxPipeline: int = fromSetting("max-pipeline")
     compression: object = None
-    upgradeProtocols: FrozenSet[bytes] = frozenset([b"websocket"])
-    upgradeIdleTimeout: float = 300.0
-    upgradeTimeout: float = 0.0
+    upgradeProtocols: FrozenSet[bytes] = fromSetting("upgrade-protocols", _protocolNames)
+    upgradeIdleTimeout: float = fromSetting("upgrade-idle-timeout")
+    upgradeTimeout: float = fromSetting("upgrade-timeout")
     adminNetworks: Tuple = (
         ipaddress.ip_network("127.0.0.0/8"),
         ipaddress.ip_network("::1/128"),
     )
-    xForwardedFor: bool = False
-    forwarded: bool = False
-    xForwardedProto: bool = False
-    xForwardedHost: bool = False
-    preserveHost: bool = False
-    rewriteRedirects: bool = True
+    xForwardedFor: bool = fromSetting("x-forwarded-for")
+    forwarded: bool = fromSetting("forwarded")
+    xForwardedProto: bool = fromSetting("x-forwarded-proto")
+    xForwardedHost: bool = fromSetting("x-forwarded-host")
+    preserveHost: bool = fromSetting("preserve-host")
+    rewriteRedirects: bool = fromSetting("no-rewrite-redirects")
     requestRules: object = None
     responseRules: object = None
     trustedProxies: object = None

@@ -56,6 +56,7 @@ from ..http.headers import Headers
 from ..http.message import RequestHead, ResponseHead
 from . import states
 from .states import UPSTREAM, _UPSTREAM_MOVES, IllegalTransition, UpstreamState
+from ..service.config import fromSetting
 from .tunnel import TunnelPeer
 
 __all__ = [
@@ -118,10 +119,10 @@ class UpstreamSettings:
         origins, or C{None} for the platform's trust store.
     """
 
-    connectTimeout: float = 10.0
-    responseTimeout: float = 10.0
-    maxIdlePerOrigin: int = 64
-    idleTimeout: float = 60.0
+    connectTimeout: float = fromSetting("connect-timeout")
+    responseTimeout: float = fromSetting("upstream-timeout")
+    maxIdlePerOrigin: int = fromSetting("upstream-max-idle")
+    idleTimeout: float = fromSetting("upstream-idle-timeout")
     trustRoot: object = None
 
 

@@ -8,23 +8,25 @@ L{cachingproxy.service.supervisor.WorkerSupervisor}::
         [cachingproxy options]
 
 The worker parses the cachingproxy options itself (with the environment and
-any configuration file, so a replacement picks up changed settings), adopts
-each inherited listening descriptor with C{reactor.adoptStreamPort} as
-Twisted's C{AdoptedStreamServerEndpoint} does (non-blocking, adopt, close its
-own copy), writes C{cachingproxy-worker-ready I PID} on the readiness pipe,
-and serves. A descriptor named by C{--tls-port} serves TLS: the worker
-reads the certificate and key its C{ssl:}/C{tls:} description names
-(L{cachingproxy.service.tlsport.ServerTLS}) before it adopts anything, so a
-replacement started by a reload serves a renewed certificate, and one
+any configuration file, so a replacement picks up changed settings), builds
+the same service as the proxy on its own
+(L{cachingproxy.service.tap.serveConfig}) listening on each inherited
+descriptor through Twisted's C{AdoptedStreamServerEndpoint} (non-blocking,
+adopt, close its own copy), writes C{cachingproxy-worker-ready I PID} on the
+readiness pipe, and serves. A descriptor named by C{--tls-port} serves TLS:
+the worker reads the certificate and key its C{ssl:}/C{tls:} description
+names (L{cachingproxy.service.tlsport.ServerTLS}) before it adopts anything,
+so a replacement started by a reload serves a renewed certificate, and one
 that cannot use it never says it is ready.
 
-On SIGTERM (or SIGINT, or when its parent goes away) it accepts what the
-kernel has queued and stops accepting (C{stopListening} on an adopted port
-closes the descriptor without shutting the shared socket down, so the
-other workers keep accepting), drains its connections within the shutdown
-grace (idle keep-alive ones after the drain idle timeout, see
-L{cachingproxy.proxy.connection.ProxyProtocol.drain}), closes its upstream pool and
-exits with status 0.
+On SIGTERM (or SIGINT, or when its parent goes away) it stops the service
+as the proxy on its own does (L{cachingproxy.service.tap.TopService}): it
+accepts what the kernel has queued and stops accepting (C{stopListening} on
+an adopted port closes the descriptor without shutting the shared socket
+down, so the other workers keep accepting), drains its connections within
+the shutdown grace (idle keep-alive ones after the drain idle timeout, see
+L{cachingproxy.proxy.connection.ProxyProtocol.drain}), closes its upstream
+pool and exits with status 0.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import stat
 import sys
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from twisted.internet import defer, fdesc, task
+from twisted.internet import defer, fdesc
 from twisted.internet.error import ConnectionDone, ConnectionLost, ReactorNotRunning
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
@@ -118,14 +120,17 @@ def splitArguments(argv: Sequence[str]) -> Tuple[List[int], str, Optional[int], 
 
 class Worker:
     """
-    Serves the adopted listening descriptors with a proxy factory.
+    Serves the inherited listening descriptors: the same service as the
+    proxy on its own (L{cachingproxy.service.tap.serveConfig}), listening
+    on the descriptors (adopted by Twisted's C{AdoptedStreamServerEndpoint})
+    rather than on the C{--port} descriptions.
 
     @ivar settle: seconds between no longer accepting and draining, so a
         connection accepted just before the stop gets its request read
         (rather than closed as idle) and answered.
-    @ivar ports: the adopted listening ports.
     @ivar tls: the descriptors among C{fds} that serve TLS, with their
         C{--port} descriptions.
+    @ivar service: the L{cachingproxy.service.tap.TopService} once started.
     @ivar exitCode: what the process should exit with.
     """
 
@@ -133,7 +138,7 @@ class Worker:
     _log = Logger()
 
     def __init__(self, reactor, config, workerId: str, fds: Sequence[int],
-                 readyFD: Optional[int] = None, factory=None,
+                 readyFD: Optional[int] = None,
                  tls: Optional[Mapping[int, str]] = None) -> None:
         self._reactor = reactor
         self.config = config
@@ -141,61 +146,63 @@ class Worker:
         self.fds = list(fds)
         self.tls = dict(tls or {})
         self.readyFD = readyFD
-        self.factory = factory
-        self.grace = float(config.shutdownGrace)
-        self.ports: List = []
+        self.service = None
         self.exitCode = 0
-        self._accessLog = None
         self._stopping: Optional[defer.Deferred] = None
+
+    @property
+    def factory(self):
+        """
+        The L{cachingproxy.proxy.factory.ProxyFactory} serving, once started.
+        """
+        proxies = self.proxyServices()
+        return proxies[0].factory if proxies else None
+
+    @property
+    def ports(self) -> List:
+        """
+        The adopted listening ports (none once stopping).
+        """
+        return [p.port for p in self.proxyServices() if p.port is not None]
+
+    def proxyServices(self) -> List:
+        """
+        @return: the L{cachingproxy.service.tap.ProxyService}s once started.
+        """
+        return [] if self.service is None else self.service.proxyServices()
 
     def start(self) -> None:
         """
-        Build the factory, adopt the descriptors, say ready.
+        Build the service, adopt the descriptors, say ready.
+
+        @raise Exception: the worker cannot serve (a certificate that
+            cannot be used, a descriptor that cannot be adopted).
         """
-        from . import tap
-        from ..ops.admin import AdminPages
+        from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 
-        if self.factory is None:
-            if self.config.accessLog:
-                self._accessLog = tap.AccessLogFile(self.config.accessLog,
-                                                    self.config.accessLogFormat, self._reactor)
-                from ..ops.accesslog import reopenOnSignal
-
-                reopenOnSignal(self._reactor, [self._accessLog])
-            self.factory = tap.buildFactory(self._reactor, self.config, self._accessLog)
-        self.factory.admin = AdminPages(self.factory, self.workerId)
-        from ..ops.metrics import Metrics
-
-        if self.factory.metrics is None:
-            self.factory.metrics = Metrics.create(self._reactor, self.factory,
-                                                  workerId=self.workerId)
-        self.factory.metrics.start()
+        from .tap import ServedPort, serveConfig
         from .tlsport import ServerTLS
 
         # Every certificate is read before any descriptor is adopted: a
         # worker that cannot serve one of them serves none.
         servers = {fd: ServerTLS(description) for fd, description in self.tls.items()}
+        ports = []
         for fd in self.fds:
             probe = socket.socket(fileno=fd)
             family = probe.family
             probe.detach()
-            fdesc.setNonBlocking(fd)
-            factory = servers[fd].wrap(self.factory) if fd in servers else self.factory
-            port = self._reactor.adoptStreamPort(fd, family, factory)
-            # The port holds its own duplicate now.
-            os.close(fd)
-            self.ports.append(port)
-            from .addresses import describeAddress
-
-            self._log.info("worker {worker} (pid {pid}) accepting on {address}",
-                           worker=self.workerId, pid=os.getpid(), address=describeAddress(port.getHost()))
+            ports.append(ServedPort(self.tls.get(fd, f"fd:{fd}"),
+                                      AdoptedStreamServerEndpoint(self._reactor, fd, family),
+                                      servers.get(fd)))
+        self.service = serveConfig(self._reactor, self.config, ports,
+                                   workerId=self.workerId)
+        self.service.notifies = False
+        self.service.settle = self.settle
+        # Adopting happens at once (the port holds its own duplicate of
+        # each descriptor, and the endpoint closes ours).
+        self.service.privilegedStartService()
+        self.service.startService()
         self.fds = []
-        if self.factory.port is None and self.ports:
-            self.factory.port = self.ports[0]
-        cache = self.factory.cache
-        housekeeping = cache.housekeeping if cache is not None else None
-        if housekeeping is not None and not housekeeping.running:
-            housekeeping.start(60, now=False)
         if self.readyFD is not None:
             os.write(self.readyFD, b"cachingproxy-worker-ready %s %d\n"
                      % (self.workerId.encode(), os.getpid()))
@@ -204,50 +211,19 @@ class Worker:
 
     def stop(self) -> defer.Deferred:
         """
-        Stop accepting, wait L{settle}, drain within the grace, close the
-        upstream pool.
+        Stop accepting, drain within the grace, close the upstream pool (as
+        the proxy on its own does, L{cachingproxy.service.tap.TopService}).
 
         @return: a Deferred firing when the worker may exit.
         """
         if self._stopping is not None:
             return self._stopping
-        ports, self.ports = self.ports, []
-        # Stop accepting at once, so that once every process has closed
-        # the shared socket a new client is refused rather than left in a
-        # queue nobody serves; take what is queued first, since the last
-        # close resets it.
-        from .._twistedinternals import acceptQueued
-
-        for port in ports:
-            acceptQueued(port)
-        waits = [defer.maybeDeferred(port.stopListening) for port in ports]
-        if self.factory is None:
+        if self.service is None or not self.service.running:
             self._stopping = defer.succeed(None)
             return self._stopping
-        cache = self.factory.cache
-        housekeeping = cache.housekeeping if cache is not None else None
-        if housekeeping is not None and housekeeping.running:
-            housekeeping.stop()
         self._log.info("worker {worker} (pid {pid}) stopping: no longer accepting",
                        worker=self.workerId, pid=os.getpid())
-        d = defer.DeferredList(waits, consumeErrors=True)
-
-        def settle(_):
-            if self.factory.openConnections and self.settle > 0:
-                return task.deferLater(self._reactor, min(self.settle, self.grace), lambda: None)
-
-        d.addCallback(settle)
-        d.addCallback(lambda _: self.factory.drain(self.grace))
-        d.addBoth(lambda _: self.factory.pool.closeCachedConnections())
-
-        def done(result):
-            if self._accessLog is not None:
-                self._accessLog.close()
-            if self.factory.metrics is not None:
-                self.factory.metrics.stop()
-            return None
-
-        self._stopping = d.addBoth(done)
+        self._stopping = self.service.stopService()
         return self._stopping
 
 
@@ -373,7 +349,6 @@ def main(argv: Optional[Sequence[str]] = None, reactor=None) -> int:
 
     @return: the exit status.
     """
-    from .._twistedinternals import streamline
     from .tap import Options
 
     argv = sys.argv[1:] if argv is None else argv
@@ -390,7 +365,6 @@ def main(argv: Optional[Sequence[str]] = None, reactor=None) -> int:
     workerId = workerId or str(os.getpid())
     _startLogging(workerId)
     worker = Worker(reactor, options.config, workerId, fds, readyFD, tls=tls)
-    streamline(reactor)
 
     def start():
         from .tlsport import CertificateError

@@ -28,7 +28,7 @@ import re
 import socket
 import sys
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, NoReturn, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, NoReturn, Optional, Tuple
 from urllib.parse import urlsplit
 
 from twisted.python import usage
@@ -41,9 +41,12 @@ __all__ = [
     "cannotListen",
     "exitOnConfigError",
     "fromOptions",
+    "fromSetting",
     "parseDuration",
     "parseRefreshRule",
     "readConfigFile",
+    "settingValues",
+    "settingsFor",
     "settingsTable",
 ]
 
@@ -51,15 +54,25 @@ __all__ = [
 @dataclass(frozen=True)
 class Setting:
     """
-    One setting: its option name, its kind, its default and what it does.
+    One setting: its option name, its kind, its default, what it does, and
+    how a value of it is read.
 
     The command line (L{cachingproxy.service.tap.Options}), the environment and the
     configuration file are all derived from this, so a setting added to
-    L{SETTINGS} exists in the three at once.
+    L{SETTINGS} exists in the three at once; the default here is the only
+    one (the settings objects built from a L{Config} take theirs from it,
+    see L{fromSetting}).
 
     @ivar example: a value other than the default, as the command line
         takes it (a string, a tuple of strings for a C{list}, C{True} for a
         C{flag}); the tests set every setting to it from each source.
+    @ivar parse: checks and turns the value its kind gives (a number, a
+        byte count, a tuple of strings, a boolean, a string or C{None})
+        into what L{Config} holds, as C{parse(value, where)}; it raises
+        L{usage.UsageError} naming C{where}. C{None}: the kind's value as
+        it is.
+    @ivar field: the L{Config} field the value lands in, when it is not
+        the setting's L{attribute}.
     """
 
     name: str
@@ -68,11 +81,20 @@ class Setting:
     help: str
     aliases: Tuple[str, ...] = ()
     example: object = None
+    parse: Optional[Callable[[object, str], object]] = None
+    field: Optional[str] = None
 
     @property
     def attribute(self) -> str:
         head, *rest = self.name.split("-")
         return head + "".join(p.capitalize() for p in rest)
+
+    @property
+    def configField(self) -> str:
+        """
+        The name of the L{Config} field this setting fills, if it has one.
+        """
+        return self.field or self.attribute
 
     @property
     def envName(self) -> str:
@@ -93,6 +115,253 @@ class Setting:
         if isinstance(default, float) and default.is_integer():
             return str(int(default))
         return str(default)
+
+    def read(self, raw: object, where: str) -> object:
+        """
+        @param raw: the default, or the value one source gave (a string
+            from the command line or the environment, a TOML value
+            checked by L{_fileValue}, a tuple for a C{list}).
+        @return: the value as L{Config} holds it.
+        @raise usage.UsageError: naming C{where}.
+        """
+        value = _byKind(self, raw, where)
+        return value if self.parse is None else self.parse(value, where)
+
+
+def _byKind(setting: Setting, raw: object, where: str) -> object:
+    """
+    @return: C{raw} as the kind of C{setting} gives it: a checked number,
+        a byte count, a tuple of items, a boolean, or a string (C{None}
+        left as it is).
+    @raise usage.UsageError: naming C{where}.
+    """
+    kind = setting.kind
+    if kind in ("int", "float"):
+        return _number(setting, raw, where)
+    if kind == "size":
+        return parseSize(raw, where)
+    if kind == "flag":
+        return bool(raw)
+    if kind == "list" and setting.name == "port":
+        return tuple(str(p) for p in raw or ())
+    if kind == "list" and _wholeItems(setting):
+        # Rules: each value is one rule (a refresh rule may be a table).
+        return tuple(p if isinstance(p, dict) else str(p)
+                     for p in raw or () if isinstance(p, dict) or str(p).strip())
+    if kind == "list":
+        # Address ranges and host patterns: repeatable and
+        # comma-separated.
+        return tuple(t for p in raw or () for t in re.split(r"[\s,]+", str(p)) if t)
+    return None if raw is None else str(raw)
+
+
+def _ports(values: Tuple[str, ...], where: str) -> Tuple[str, ...]:
+    ports = tuple(_portDescription(p, where) for p in values)
+    if not ports:
+        raise usage.UsageError(f"{where}: at least one port is needed")
+    return ports
+
+
+def _upstreamURL(url: Optional[str], where: str) -> Optional[str]:
+    """
+    @return: the reverse proxy's origin URL, checked, or C{None}.
+    """
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise usage.UsageError(
+            f"{where}: expected http://host[:port][/prefix] or https://..., got {url!r}"
+        )
+    try:
+        parts.port
+    except ValueError:
+        raise usage.UsageError(f"{where}: invalid port in {url!r}")
+    if parts.query or parts.fragment or parts.username:
+        raise usage.UsageError(
+            f"{where}: the upstream URL takes no query, fragment or user, got {url!r}"
+        )
+    return url
+
+
+def _upstreamParts(url: Optional[str]) -> Dict[str, object]:
+    """
+    @return: the L{Config} fields of a checked upstream URL (or of none).
+    """
+    if url is None:
+        return dict(upstreamScheme=None, upstreamHost=None, upstreamPort=None,
+                    upstreamPath=b"")
+    parts = urlsplit(url)
+    return dict(
+        upstreamScheme=parts.scheme.encode("ascii"),
+        upstreamHost=parts.hostname,
+        upstreamPort=parts.port or (443 if parts.scheme == "https" else 80),
+        upstreamPath=parts.path.rstrip("/").encode("ascii"),
+    )
+
+
+def _connectPorts(text: str, where: str) -> frozenset:
+    ports = set()
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if not item.isdigit() or not 0 < int(item) < 65536:
+            raise usage.UsageError(f"{where}: {item!r} is not a port number")
+        ports.add(int(item))
+    return frozenset(ports)
+
+
+def _protocols(names: Tuple[str, ...], where: str) -> Tuple[str, ...]:
+    for name in names:
+        if not name or not all(c in _TOKEN for c in name):
+            raise usage.UsageError(f"{where}: {name!r} is not a protocol name")
+    return names
+
+
+def _existingFile(path: Optional[str], where: str) -> Optional[str]:
+    if path is not None and not os.path.isfile(path):
+        raise usage.UsageError(f"{where}: no such file {path!r}")
+    return path
+
+
+def _viaName(name: Optional[str], where: str) -> str:
+    name = name or socket.gethostname() or "cachingproxy"
+    if any(c.isspace() or c in ",()" for c in name):
+        raise usage.UsageError(f"{where}: must be one token, got {name!r}")
+    return name
+
+
+def _networks(items: Tuple[str, ...], where: str) -> Tuple[str, ...]:
+    from ..access import parseNetworks
+
+    return _checked(parseNetworks, items, where)
+
+
+def _destinations(items: Tuple[str, ...], where: str) -> Tuple[str, ...]:
+    from ..access import parseDestinations
+
+    return _checked(parseDestinations, items, where)
+
+
+def _trustedProxies(items: Tuple[str, ...], where: str) -> Tuple[str, ...]:
+    return _networks(items, where) if items else items
+
+
+def _checked(parse, items: Tuple[str, ...], where: str) -> Tuple[str, ...]:
+    try:
+        parse(items)
+    except ValueError as e:
+        raise usage.UsageError(f"{where}: {_oneLine(e)}")
+    return items
+
+
+def _authFile(path: Optional[str], where: str) -> Optional[str]:
+    """
+    @return: the path of an existing password file, or C{None}.
+    """
+    return _existingFile(path or None, where)
+
+
+def _checkPasswordFile(path: str, where: str) -> None:
+    """
+    @raise usage.UsageError: C{path} cannot be read as a password file.
+    """
+    from .. import access
+
+    try:
+        access.readPasswordFile(path, strict=True)
+    except OSError as e:
+        raise usage.UsageError(f"{where}: cannot read {path!r}: {e.strerror or e}")
+    except ValueError as e:
+        raise usage.UsageError(f"{where}: {_oneLine(e)}")
+
+
+def _oneOf(*choices: str) -> Callable[[object, str], str]:
+    def parse(value: object, where: str) -> str:
+        if value not in choices:
+            expected = ", ".join(choices[:-1]) + " or " + choices[-1]
+            raise usage.UsageError(f"{where}: expected {expected}, got {value!r}")
+        return str(value)
+
+    return parse
+
+
+def _folder(path: str, where: str) -> Optional[str]:
+    return None if path.lower() == "none" else path
+
+
+def _negated(flag: bool, where: str) -> bool:
+    return not flag
+
+
+def _atLeastOne(count: int, where: str) -> int:
+    return max(1, count)
+
+
+def _workers(raw: object, where: str) -> int:
+    text = str(raw).strip().lower()
+    if text == "auto":
+        return os.cpu_count() or 1
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise usage.UsageError(f"{where}: expected a number of processes (1 or more) or 'auto', got {raw!r}")
+
+
+def _compressMode(mode: str, where: str) -> str:
+    mode = mode.strip().lower()
+    if mode in _TRUE:
+        mode = "on"
+    elif mode in _FALSE - {""}:
+        mode = "off"
+    if mode not in ("auto", "on", "off"):
+        raise usage.UsageError(f"{where}: expected on, off or auto, got {mode!r}")
+    return mode
+
+
+def _compressTypes(text: Optional[str], where: str) -> Tuple[str, ...]:
+    listed = tuple(t.strip().lower() for t in (text or "").split(",") if t.strip())
+    for t in listed:
+        if "/" not in t:
+            raise usage.UsageError(f"{where}: {t!r} is not a media type")
+    return listed
+
+
+def _refreshRules(raw: object, where: str) -> Tuple[object, ...]:
+    """
+    @return: the L{cachingproxy.cache.policy.RefreshRule}s of the setting, in
+        order.
+    @raise usage.UsageError: naming the rule that is malformed.
+    """
+    rules = []
+    for number, item in enumerate(raw or (), 1):
+        try:
+            if isinstance(item, dict):
+                rules.append(_refreshRuleFromTable(item))
+            else:
+                rules.append(parseRefreshRule(str(item)))
+        except ValueError as e:
+            what = f"rule {number}" if isinstance(item, dict) else repr(str(item))
+            raise usage.UsageError(f"{where}: {what}: {_oneLine(e)}")
+    return tuple(rules)
+
+
+def _headerRules(verb: str) -> Callable[[object, str], object]:
+    """
+    @return: the parse of the C{VERB-request-header} and
+        C{VERB-response-header} settings: a L{HeaderRules} with only
+        C{verb} filled in.
+    """
+
+    def parse(items: Tuple[str, ...], where: str):
+        from ..rules import HeaderRules
+
+        try:
+            return HeaderRules.parse(**{verb: list(items)})
+        except ValueError as e:
+            raise usage.UsageError(f"{where}: {e}")
+
+    return parse
 
 
 #: Every setting, in the order --help shows them.
@@ -115,6 +384,7 @@ SETTINGS = (
         "systemd:domain=INET:index=0). Repeatable.",
         aliases=("LISTEN_PORT",),
         example=("20000", "unix:/run/cachingproxy.sock"),
+        parse=_ports,
     ),
     Setting(
         "upstream",
@@ -123,6 +393,7 @@ SETTINGS = (
         "Reverse proxy mode: send every request to this origin URL "
         "(http://host:port[/prefix] or https://...).",
         example="http://127.0.0.1:9000/base",
+        parse=_upstreamURL,
     ),
     Setting("connect-timeout", "float", 10.0, "Seconds to connect to an origin.", example="3"),
     Setting(
@@ -205,6 +476,7 @@ SETTINGS = (
         "443",
         "Comma-separated ports that CONNECT may reach (403 otherwise).",
         example="443,8443",
+        parse=_connectPorts,
     ),
     Setting(
         "upgrade-protocols",
@@ -215,6 +487,7 @@ SETTINGS = (
         "101 from the origin turns both connections into a tunnel. A request "
         "asking only for others is forwarded without the upgrade. Repeatable.",
         example=("websocket", "h2c"),
+        parse=_protocols,
     ),
     Setting(
         "upgrade-idle-timeout",
@@ -241,6 +514,7 @@ SETTINGS = (
         "fe80::/10), loopback, or all for everyone. Repeatable or "
         "comma-separated; replaces the default.",
         example=("10.0.0.0/8", "192.168.0.0/16"),
+        parse=_networks,
     ),
     Setting(
         "deny-dest",
@@ -251,6 +525,7 @@ SETTINGS = (
         "or a CIDR. Repeatable or comma-separated. Names are not resolved: "
         "list here the names that resolve to addresses to protect.",
         example=("example.com", "*.internal"),
+        parse=_destinations,
     ),
     Setting(
         "allow-dest",
@@ -261,6 +536,7 @@ SETTINGS = (
         "machine (same forms as deny-dest, which still wins). Repeatable or "
         "comma-separated.",
         example=("localhost",),
+        parse=_destinations,
     ),
     Setting(
         "admin-allow",
@@ -270,6 +546,7 @@ SETTINGS = (
         "(/_cachingproxy/...) and PURGE: CIDRs, loopback (127.0.0.0/8 ::1), "
         "private, all or none. Repeatable or comma-separated.",
         example=("private",),
+        parse=_networks,
     ),
     Setting(
         "auth-file",
@@ -280,6 +557,7 @@ SETTINGS = (
         "credentials (407 otherwise; 429 after 10 failures in 60 s from one "
         "address). Read again when it changes.",
         example="users.htpasswd",
+        parse=_authFile,
     ),
     Setting(
         "upstream-max-idle",
@@ -302,6 +580,7 @@ SETTINGS = (
         "PEM file of CA certificates trusted for https origins (default: the "
         "system's trust store).",
         example="ca.pem",
+        parse=_existingFile,
     ),
     Setting(
         "via-name",
@@ -310,6 +589,7 @@ SETTINGS = (
         "The name this proxy gives itself in Via (default: the host name); "
         "a request whose Via already names it is refused as a loop.",
         example="edge1",
+        parse=_viaName,
     ),
     Setting("x-forwarded-for", "flag", False, "Append the client address to X-Forwarded-For.",
             example=True),
@@ -334,34 +614,40 @@ SETTINGS = (
         "extended); from any other client they are dropped. Repeatable or "
         "comma-separated.",
         example=("10.0.0.0/8", "192.168.1.5"),
+        parse=_trustedProxies,
     ),
     Setting("no-rewrite-redirects", "flag", False,
             "Reverse mode: leave Location and Content-Location naming the upstream as "
-            "they are (by default they are rewritten to the proxy's own address).", example=True),
+            "they are (by default they are rewritten to the proxy's own address).",
+            example=True, parse=_negated, field="rewriteRedirects"),
     Setting("compress", "str", "auto",
             "Compress responses on the fly for clients that accept gzip or br: on, off, "
-            "or auto (on in reverse mode, off in forward mode).", example="off"),
+            "or auto (on in reverse mode, off in forward mode).",
+            example="off", parse=_compressMode),
     Setting("compress-types", "str", "",
             "Comma-separated media types to compress (text/* for a whole type); empty "
-            "for the built-in list of text types.", example="text/html,application/json"),
+            "for the built-in list of text types.",
+            example="text/html,application/json", parse=_compressTypes),
     Setting("compress-min-size", "size", "1K",
             "Responses known to be smaller are not compressed.", example="2K"),
     Setting("add-request-header", "list", (),
             "'Name: value' appended to requests going upstream. Repeatable.",
-            example=("X-Tenant: a", "X-Tenant: b")),
+            example=("X-Tenant: a", "X-Tenant: b"), parse=_headerRules("add")),
     Setting("set-request-header", "list", (),
             "'Name: value' replacing that field on requests going upstream. Repeatable.",
-            example=("User-Agent: cachingproxy",)),
+            example=("User-Agent: cachingproxy",), parse=_headerRules("set")),
     Setting("remove-request-header", "list", (),
-            "A field removed from requests going upstream. Repeatable.", example=("Cookie",)),
+            "A field removed from requests going upstream. Repeatable.",
+            example=("Cookie",), parse=_headerRules("remove")),
     Setting("add-response-header", "list", (),
             "'Name: value' appended to responses to clients (never stored). Repeatable.",
-            example=("X-Served-By: edge1",)),
+            example=("X-Served-By: edge1",), parse=_headerRules("add")),
     Setting("set-response-header", "list", (),
             "'Name: value' replacing that field on responses to clients. Repeatable.",
-            example=("Server: cachingproxy",)),
+            example=("Server: cachingproxy",), parse=_headerRules("set")),
     Setting("remove-response-header", "list", (),
-            "A field removed from responses to clients. Repeatable.", example=("X-Powered-By",)),
+            "A field removed from responses to clients. Repeatable.",
+            example=("X-Powered-By",), parse=_headerRules("remove")),
     Setting(
         "access-log",
         "str",
@@ -378,6 +664,7 @@ SETTINGS = (
         "combined (Combined Log Format with cache result, origin seconds, "
         "seconds and bytes received appended) or json (one JSON object a line).",
         example="json",
+        parse=_oneOf("combined", "json"),
     ),
     Setting(
         "cache-dir",
@@ -386,6 +673,7 @@ SETTINGS = (
         "Folder of the shared disk cache (created if missing; every worker "
         "process shares it); 'none' for no disk cache.",
         example="/var/cache/cachingproxy",
+        parse=_folder,
     ),
     Setting("cache-size", "size", "1G", "Disk cache limit (K, M, G suffixes); LRU beyond it.",
             example="10G"),
@@ -398,7 +686,8 @@ SETTINGS = (
         example="64M",
     ),
     Setting("max-object-size", "size", "256M", "Largest response body stored.", example="16M"),
-    Setting("no-cache", "flag", False, "Do not cache at all: forward only.", example=True),
+    Setting("no-cache", "flag", False, "Do not cache at all: forward only.", example=True,
+            parse=_negated, field="cache"),
     Setting(
         "cache-set-cookie",
         "flag",
@@ -415,6 +704,7 @@ SETTINGS = (
         "Store an object only from its Nth request on (2 keeps one-off "
         "objects off the disk).",
         example="2",
+        parse=_atLeastOne,
     ),
     Setting(
         "stale-while-revalidate",
@@ -447,14 +737,17 @@ SETTINGS = (
         "Repeatable; one a line in the environment; in the file, strings or "
         "tables (pattern, min, percent, max, types, ignore-case, override).",
         example=(r"\.deb$ 1d 20 7d", r"-i \.iso$ 1h 10 1d"),
+        parse=_refreshRules, field="refreshRules",
     ),
-    Setting("no-x-cache", "flag", False, "Do not add X-Cache (Cache-Status stays).", example=True),
+    Setting("no-x-cache", "flag", False, "Do not add X-Cache (Cache-Status stays).", example=True,
+            parse=_negated, field="xCache"),
     Setting(
         "no-collapse",
         "flag",
         False,
         "Send concurrent misses for one URL upstream separately.",
         example=True,
+        parse=_negated, field="collapse",
     ),
     Setting(
         "workers",
@@ -463,6 +756,7 @@ SETTINGS = (
         "Processes serving clients: a number, or 'auto' for one per CPU.",
         aliases=("NUM_WORKERS",),
         example="2",
+        parse=_workers,
     ),
     Setting(
         "shutdown-grace",
@@ -492,9 +786,10 @@ class Config:
     The validated settings; see L{SETTINGS} for what each one means and its
     default.
 
-    A setting whose attribute name (C{upstream-timeout}: C{upstreamTimeout})
-    is a field here is filled in by L{fromOptions} as its kind gives it; the
-    other fields are worked out from one or several settings.
+    A setting whose L{Setting.configField} (C{upstream-timeout}:
+    C{upstreamTimeout}) is a field here is filled in by L{fromOptions} as
+    L{Setting.read} gives it; the other fields are worked out from several
+    settings.
     """
 
     port: Tuple[str, ...]
@@ -748,25 +1043,6 @@ def _refreshRuleFromTable(table: Mapping[str, object]):
     )
 
 
-def _refreshRules(raw: object, where: str) -> Tuple[object, ...]:
-    """
-    @return: the L{cachingproxy.cache.policy.RefreshRule}s of the setting, in
-        order.
-    @raise usage.UsageError: naming the rule that is malformed.
-    """
-    rules = []
-    for number, item in enumerate(raw or (), 1):
-        try:
-            if isinstance(item, dict):
-                rules.append(_refreshRuleFromTable(item))
-            else:
-                rules.append(parseRefreshRule(str(item)))
-        except ValueError as e:
-            what = f"rule {number}" if isinstance(item, dict) else repr(str(item))
-            raise usage.UsageError(f"{where}: {what}: {_oneLine(e)}")
-    return tuple(rules)
-
-
 def _number(setting: Setting, raw: object, where: str) -> object:
     try:
         value = float(raw) if setting.kind == "float" else int(str(raw), 10)
@@ -960,57 +1236,27 @@ def readConfigFile(path: str, where: str = "--config") -> Dict[str, Tuple[object
     return found
 
 
-def _workers(raw: object, where: str) -> int:
-    text = str(raw).strip().lower()
-    if text == "auto":
-        return os.cpu_count() or 1
-    if text.isdigit() and int(text) >= 1:
-        return int(text)
-    raise usage.UsageError(f"{where}: expected a number of processes (1 or more) or 'auto', got {raw!r}")
-
-
-def _compression(values, reverse: bool):
+def _compression(mode: str, types: Tuple[str, ...], minSize: int, reverse: bool):
     """
-    @return: the L{CompressionSettings}, or C{None} when compression is off.
-    @raise usage.UsageError: for a bad value.
+    @return: the L{CompressionSettings} of the three compress settings, or
+        C{None} when compression is off (C{auto}: on in reverse mode only).
     """
     from ..compress import DEFAULT_TYPES, CompressionSettings
 
-    mode, where = values["compress"]
-    mode = str(mode).strip().lower()
-    if mode in _TRUE:
-        mode = "on"
-    elif mode in _FALSE - {""}:
-        mode = "off"
-    if mode not in ("auto", "on", "off"):
-        raise usage.UsageError(f"{where}: expected on, off or auto, got {mode!r}")
     if mode == "off" or (mode == "auto" and not reverse):
         return None
-    types, where = values["compress-types"]
-    listed = tuple(t.strip().lower() for t in str(types or "").split(",") if t.strip())
-    for t in listed:
-        if "/" not in t:
-            raise usage.UsageError(f"{where}: {t!r} is not a media type")
-    return CompressionSettings(types=listed or DEFAULT_TYPES,
-                               minSize=int(values["compress-min-size"][0]))
+    return CompressionSettings(types=types or DEFAULT_TYPES, minSize=minSize)
 
 
-def _rules(values, direction: str):
+def _headerRulesOf(values: Mapping[str, object], direction: str):
     """
-    @return: the L{HeaderRules} for C{direction} ("request" or "response").
-    @raise usage.UsageError: naming the rule that is malformed.
+    @return: the L{HeaderRules} of the add, set and remove settings of
+        C{direction} ("request" or "response"), together.
     """
     from ..rules import HeaderRules
 
-    parts = {}
-    for verb in ("add", "set", "remove"):
-        raw, where = values[f"{verb}-{direction}-header"]
-        try:
-            parts[verb] = HeaderRules.parse(**{verb: list(raw or ())})
-        except ValueError as e:
-            raise usage.UsageError(f"{where}: {e}")
-    return HeaderRules(add=parts["add"].add, set=parts["set"].set,
-                       remove=parts["remove"].remove)
+    add, set_, remove = (values[f"{verb}-{direction}-header"] for verb in ("add", "set", "remove"))
+    return HeaderRules(add=add.add, set=set_.set, remove=remove.remove)  # type: ignore[attr-defined]
 
 
 def fromOptions(
@@ -1026,6 +1272,9 @@ def fromOptions(
     The configuration file is the one named by C{given["config"]}, else by
     C{CACHINGPROXY_CONFIG} in C{environ}, else C{configFile} (a default
     path for callers that have one); none is read when none is named.
+
+    Each setting's value is read as its L{Setting} says (L{Setting.read});
+    what is left here is what takes several settings at once.
 
     @raise usage.UsageError: one line naming the setting and where the bad
         value came from (option, environment variable, or file and line).
@@ -1043,9 +1292,9 @@ def fromOptions(
     if configPath == "":
         configPath = None
 
-    # setting name: (value, where it came from); None for the default.
-    merged: Dict[str, Tuple[object, Optional[str]]] = {
-        s.name: (s.default, None) for s in SETTINGS
+    # setting name: (value, where it came from)
+    merged: Dict[str, Tuple[object, str]] = {
+        s.name: (s.default, f"--{s.name}") for s in SETTINGS
     }
     if configPath is not None:
         merged.update(readConfigFile(configPath, pathWhere))
@@ -1054,162 +1303,73 @@ def fromOptions(
     for name, value in given.items():
         merged[name] = (value, f"--{name}")
 
-    values: Dict[str, Tuple[object, str]] = {}
-    for setting in SETTINGS:
-        raw, source = merged[setting.name]
-        where = source or f"--{setting.name}"
-        if setting.kind in ("int", "float") and source is not None:
-            raw = _number(setting, raw, where)
-        if setting.kind == "size":
-            raw = parseSize(raw, where)
-        if setting.kind == "list" and setting.name == "port":
-            raw = tuple(_portDescription(str(p), where) for p in raw)
-            if not raw:
-                raise usage.UsageError(f"{where}: at least one port is needed")
-        elif setting.kind == "list" and _wholeItems(setting):
-            # Rules: each value is one rule (a refresh rule may be a table).
-            raw = tuple(p if isinstance(p, dict) else str(p)
-                        for p in raw or () if isinstance(p, dict) or str(p).strip())
-        elif setting.kind == "list":
-            # Address ranges and host patterns: repeatable and
-            # comma-separated.
-            raw = tuple(t for p in raw or () for t in re.split(r"[\s,]+", str(p)) if t)
-        values[setting.name] = (raw, where)
+    values = {s.name: s.read(*merged[s.name]) for s in SETTINGS}
 
-    upstream, where = values["upstream"]
-    scheme = host = port = None
-    path = b""
-    if upstream:
-        parts = urlsplit(str(upstream))
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise usage.UsageError(
-                f"{where}: expected http://host[:port][/prefix] or https://..., got {upstream!r}"
-            )
-        try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError:
-            raise usage.UsageError(f"{where}: invalid port in {upstream!r}")
-        if parts.query or parts.fragment or parts.username:
-            raise usage.UsageError(
-                f"{where}: the upstream URL takes no query, fragment or user, got {upstream!r}"
-            )
-        scheme = parts.scheme.encode("ascii")
-        host = parts.hostname
-        path = parts.path.rstrip("/").encode("ascii")
-
-    connectPortsRaw, where = values["connect-ports"]
-    connectPorts = set()
-    for item in str(connectPortsRaw).split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if not item.isdigit() or not 0 < int(item) < 65536:
-            raise usage.UsageError(f"{where}: {item!r} is not a port number")
-        connectPorts.add(int(item))
-
-    protocols, where = values["upgrade-protocols"]
-    for item in protocols:
-        if not str(item) or not all(c in _TOKEN for c in str(item)):
-            raise usage.UsageError(f"{where}: {item!r} is not a protocol name")
-
-    caFile, where = values["ca-file"]
-    if caFile is not None and not os.path.isfile(str(caFile)):
-        raise usage.UsageError(f"{where}: no such file {caFile!r}")
-
-    viaName = values["via-name"][0] or socket.gethostname() or "cachingproxy"
-    if any(c.isspace() or c in ",()" for c in str(viaName)):
-        raise usage.UsageError(f"{values['via-name'][1]}: must be one token, got {viaName!r}")
-
-    from .. import access
-
-    for name, parse in (
-        ("allow", access.parseNetworks),
-        ("admin-allow", access.parseNetworks),
-        ("trusted-proxies", access.parseNetworks),
-        ("deny-dest", access.parseDestinations),
-        ("allow-dest", access.parseDestinations),
-    ):
-        items, where = values[name]
-        if not items and name == "trusted-proxies":
-            continue
-        try:
-            parse(items)
-        except ValueError as e:
-            raise usage.UsageError(f"{where}: {_oneLine(e)}")
-
-    authFile, where = values["auth-file"]
-    authFile = str(authFile) if authFile else None
+    upstream = values["upstream"]
+    authFile, where = values["auth-file"], merged["auth-file"][1]
     if authFile is not None:
-        if not os.path.isfile(authFile):
-            raise usage.UsageError(f"{where}: no such file {authFile!r}")
         if upstream:
             raise usage.UsageError(
                 f"{where}: proxy authentication is for forward mode; a reverse "
                 f"proxy's clients do not send Proxy-Authorization"
             )
-        try:
-            access.readPasswordFile(authFile, strict=True)
-        except OSError as e:
-            raise usage.UsageError(f"{where}: cannot read {authFile!r}: {e.strerror or e}")
-        except ValueError as e:
-            raise usage.UsageError(f"{where}: {_oneLine(e)}")
-
-    accessLog = values["access-log"][0]
-    if values["no-access-log"][0]:
-        accessLog = None
-    accessLogFormat, where = values["access-log-format"]
-    if accessLogFormat not in ("combined", "json"):
-        raise usage.UsageError(f"{where}: expected combined or json, got {accessLogFormat!r}")
-
-    # A setting named like a field of Config lands there as its kind gives
-    # it (a new setting needs no line here); the fields below are worked
-    # out from one or several settings.
+        # Read once the mode is known to want it.
+        _checkPasswordFile(authFile, where)
     fields = {f.name for f in dataclasses.fields(Config)}
-    known = {
-        setting.attribute: _typed(setting, values[setting.name][0])
-        for setting in SETTINGS
-        if setting.attribute in fields
-    }
+    known = {s.configField: values[s.name] for s in SETTINGS if s.configField in fields}
     known.update(
-        upstream=upstream or None,
-        upstreamScheme=scheme,
-        upstreamHost=host,
-        upstreamPort=port,
-        upstreamPath=path,
-        connectPorts=frozenset(connectPorts),
-        viaName=str(viaName),
-        rewriteRedirects=not values["no-rewrite-redirects"][0],
-        requestRules=_rules(values, "request"),
-        responseRules=_rules(values, "response"),
-        compression=_compression(values, bool(upstream)),
-        refreshRules=_refreshRules(*values["refresh-rule"]),
-        accessLog=str(accessLog) if accessLog else None,
-        cacheDir=None if str(values["cache-dir"][0]).lower() == "none" else str(values["cache-dir"][0]),
-        cache=not values["no-cache"][0],
-        minUses=max(1, int(values["min-uses"][0])),
-        xCache=not values["no-x-cache"][0],
-        collapse=not values["no-collapse"][0],
-        workers=_workers(*values["workers"]),
+        _upstreamParts(upstream),  # type: ignore[arg-type]
+        requestRules=_headerRulesOf(values, "request"),
+        responseRules=_headerRulesOf(values, "response"),
+        compression=_compression(values["compress"], values["compress-types"],
+                                 values["compress-min-size"], bool(upstream)),
+        accessLog=None if values["no-access-log"] else (values["access-log"] or None),
         configFile=configPath,
-        authFile=authFile,
     )
     return Config(**known)
 
 
-def _typed(setting: Setting, value: object) -> object:
+def fromSetting(name: str, convert: Optional[Callable[[object], object]] = None):
     """
-    @return: C{value}, already checked, as the type its setting's kind
-        gives it in L{Config}.
+    A field of a settings dataclass (L{ProxySettings},
+    L{UpstreamSettings}, L{CacheSettings}) whose value comes from the
+    setting C{name}: its default is that setting's default, and
+    L{settingsFor} fills it from a L{Config}.
+
+    @param convert: turns the value L{Config} holds into the field's (a
+        tuple of names into a set of bytes, say).
     """
-    if setting.kind in ("int", "size"):
-        return int(value)  # type: ignore[call-overload]
-    if setting.kind == "float":
-        return float(value)  # type: ignore[arg-type]
-    if setting.kind == "flag":
-        return bool(value)
-    if setting.kind == "list":
-        return tuple(value)  # type: ignore[call-overload]
-    return None if value is None else str(value)
+    setting = _BY_NAME[name]
+    value = setting.read(setting.default, f"--{name}")
+    if convert is not None:
+        value = convert(value)
+    return dataclasses.field(default=value, metadata={"setting": name, "convert": convert})
+
+
+def settingValues(cls, config: Config) -> Dict[str, object]:
+    """
+    @return: the values of C{config} for the fields of the settings
+        dataclass C{cls} declared with L{fromSetting}, by field name.
+    """
+    values = {}
+    for field in dataclasses.fields(cls):
+        name = field.metadata.get("setting")
+        if name is not None:
+            value = getattr(config, _BY_NAME[name].configField)
+            convert = field.metadata["convert"]
+            values[field.name] = value if convert is None else convert(value)
+    return values
+
+
+def settingsFor(cls, config: Config, **computed: object):
+    """
+    @return: the settings dataclass C{cls} for C{config}: every field
+        declared with L{fromSetting} takes its setting's value
+        (L{settingValues}), and C{computed} gives the others (those worked
+        out from several settings or from the running process) or
+        overrides one.
+    """
+    return cls(**dict(settingValues(cls, config), **computed))
 
 
 def exitOnConfigError(error: usage.UsageError) -> NoReturn:

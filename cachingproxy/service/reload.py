@@ -164,22 +164,18 @@ class ConfigReloader:
         building fails).
         """
         from ..access import AccessPolicy
-        from .tap import AccessLogFile, _proxySettings
+        from .config import settingValues
+        from .tap import AccessLogFile, proxySettings
 
         factory = self.factory
         old = self.config
-        settings = _proxySettings(new, factory.settings.upstream)
+        settings = proxySettings(new, factory.settings.upstream)
         access = AccessPolicy.fromConfig(dataclasses.replace(
             new, upstream=old.upstream, upstreamScheme=old.upstreamScheme,
             upstreamHost=old.upstreamHost, upstreamPort=old.upstreamPort), self._reactor)
         pool = factory.pool
-        poolSettings = dataclasses.replace(
-            pool.settings,
-            connectTimeout=new.connectTimeout,
-            responseTimeout=new.upstreamTimeout,
-            maxIdlePerOrigin=new.upstreamMaxIdle,
-            idleTimeout=new.upstreamIdleTimeout,
-        )
+        poolSettings = dataclasses.replace(pool.settings,
+                                           **settingValues(type(pool.settings), new))
         cache = factory.cache
         cacheSettings = None
         if cache is not None:
@@ -190,9 +186,7 @@ class ConfigReloader:
                     defaultStaleWhileRevalidate=new.staleWhileRevalidate,
                     defaultStaleIfError=new.staleIfError,
                 ),
-                minUses=new.minUses,
-                xCache=new.xCache,
-                collapse=new.collapse,
+                **settingValues(type(cache.settings), new),
             )
         accessLog = factory.accessLog
         newLog = None

@@ -14,7 +14,7 @@ import os
 import re
 import signal
 import socket
-from typing import List, Optional
+from typing import List, NamedTuple, Optional, Sequence
 
 from twisted.application import service
 from twisted.internet import defer
@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 
 from .. import __version__
 from . import systemd
-from .._twistedinternals import streamline
+from .._twistedinternals import streamline, unstreamline
 from .addresses import describeAddress
 from ..ops.accesslog import AccessLog, reopenOnSignal
 from .config import (
@@ -36,12 +36,13 @@ from .config import (
     exitOnConfigError,
     fromOptions,
     reportStartupErrors,
+    settingsFor,
 )
 from ..proxy.factory import ProxyFactory
 from ..proxy.settings import ProxySettings
 from ..proxy.upstream import Origin, UpstreamPool, UpstreamSettings
 
-__all__ = ["Options", "makeService", "ProxyService", "buildFactory"]
+__all__ = ["Options", "makeService", "serveConfig", "ServedPort", "ProxyService", "buildFactory"]
 
 
 def optionHelp(setting: Setting) -> str:
@@ -171,8 +172,11 @@ for _setting in SETTINGS:
 del _setting
 
 
-def buildFactory(reactor, config: Config, accessLog=None) -> ProxyFactory:
+def buildFactory(reactor, config: Config, accessLog=None,
+                 workerId: Optional[str] = None) -> ProxyFactory:
     """
+    @param workerId: the worker this process is (its health report names
+        it), or C{None}.
     @return: a L{ProxyFactory} for C{config}, with its own upstream pool.
     """
     trustRoot = None
@@ -187,24 +191,15 @@ def buildFactory(reactor, config: Config, accessLog=None) -> ProxyFactory:
             if b"-----BEGIN CERTIFICATE-----" in block:
                 certificates.append(Certificate.loadPEM(block + marker))
         trustRoot = trustRootFromCertificates(certificates)
-    pool = UpstreamPool(
-        reactor,
-        UpstreamSettings(
-            connectTimeout=config.connectTimeout,
-            responseTimeout=config.upstreamTimeout,
-            maxIdlePerOrigin=config.upstreamMaxIdle,
-            idleTimeout=config.upstreamIdleTimeout,
-            trustRoot=trustRoot,
-        ),
-    )
+    pool = UpstreamPool(reactor, settingsFor(UpstreamSettings, config, trustRoot=trustRoot))
     upstream = None
     if config.upstream:
         upstream = Origin(config.upstreamScheme, config.upstreamHost, config.upstreamPort)
-    factory = ProxyFactory(reactor, _proxySettings(config, upstream), pool, accessLog)
+    factory = ProxyFactory(reactor, proxySettings(config, upstream), pool, accessLog)
     factory.cache = buildCache(reactor, config, pool)
     from ..ops.admin import AdminPages
 
-    factory.admin = AdminPages(factory)
+    factory.admin = AdminPages(factory, workerId or "")
     from ..access import AccessPolicy
 
     factory.access = AccessPolicy.fromConfig(config, reactor)
@@ -244,13 +239,7 @@ def buildCache(reactor, config: Config, pool):
         refreshRules=config.refreshRules,
         storeSetCookie=config.cacheSetCookie,
     )
-    settings = CacheSettings(
-        options=options,
-        minUses=config.minUses,
-        xCache=config.xCache,
-        collapse=config.collapse,
-    )
-    cache = CacheLayer(store, reactor, pool, settings)
+    cache = CacheLayer(store, reactor, pool, settingsFor(CacheSettings, config, options=options))
     # The disk store's size accounting walks the folder a bit at a time
     # (it also learns what other processes stored).
     from twisted.internet.task import LoopingCall
@@ -260,31 +249,18 @@ def buildCache(reactor, config: Config, pool):
     return cache
 
 
-def _proxySettings(config: Config, upstream) -> ProxySettings:
-    return ProxySettings(
+def proxySettings(config: Config, upstream) -> ProxySettings:
+    """
+    @return: the L{ProxySettings} of C{config}: the fields a setting gives
+        as that setting says (L{settingsFor}), and those worked out here.
+    """
+    return settingsFor(
+        ProxySettings,
+        config,
         upstream=upstream,
         upstreamPath=config.upstreamPath,
         viaName=config.viaName.encode("ascii", "replace"),
-        connectPorts=config.connectPorts,
-        upgradeProtocols=frozenset(p.lower().encode("ascii") for p in config.upgradeProtocols),
-        upgradeIdleTimeout=config.upgradeIdleTimeout,
-        upgradeTimeout=config.upgradeTimeout,
-        idleTimeout=config.idleTimeout,
         drainIdleTimeout=min(config.drainIdleTimeout, config.shutdownGrace),
-        headerTimeout=config.headerTimeout,
-        maxRequestLine=config.maxRequestLine,
-        maxHeaderSize=config.maxHeaderSize,
-        maxConnections=config.maxConnections,
-        xForwardedFor=config.xForwardedFor,
-        forwarded=config.forwarded,
-        maxHeaderFields=config.maxHeaderFields,
-        maxBodySize=config.maxBodySize,
-        bodyTimeout=config.bodyTimeout,
-        maxPipeline=config.maxPipeline,
-        xForwardedProto=config.xForwardedProto,
-        xForwardedHost=config.xForwardedHost,
-        preserveHost=config.preserveHost,
-        rewriteRedirects=config.rewriteRedirects,
         requestRules=config.requestRules,
         responseRules=config.responseRules,
         compression=config.compression,
@@ -316,11 +292,16 @@ def AccessLogFile(path: str, format: str = "combined", reactor=None) -> AccessLo
 class ProxyService(service.Service):
     """
     Listens on one endpoint description with a L{ProxyFactory}; on stop,
-    stops listening and closes the upstream pool.
+    takes what the kernel queued and stops listening (the L{TopService}
+    drains the factory).
 
     @ivar port: the listening port once started (tests read its address).
+    @ivar endpoint: what to listen with, when not the endpoint the
+        description names (a worker's inherited descriptor).
     @ivar tls: the L{cachingproxy.service.tlsport.ServerTLS} of a TLS listener
         (C{None} for a plain one).
+    @ivar workerId: the worker this process is, or C{None} for the proxy
+        on its own.
     """
 
     tls = None
@@ -328,11 +309,15 @@ class ProxyService(service.Service):
     _log = Logger()
 
     def __init__(self, reactor, description: str, factory: ProxyFactory,
-                 grace: float = 10.0) -> None:
+                 grace: float = 10.0, endpoint=None, tls=None,
+                 workerId: Optional[str] = None) -> None:
         self._reactor = reactor
         self.grace = grace
         self.description = description
         self.factory = factory
+        self.endpoint = endpoint
+        self.tls = tls
+        self.workerId = workerId
         self.port = None
         self._listening: Optional[defer.Deferred] = None
 
@@ -366,30 +351,37 @@ class ProxyService(service.Service):
         """
         from .tlsport import ServerTLS, isTLS, tcpEndpoint
 
-        if isTLS(self.description):
-            # TLS set up here rather than by Twisted's ssl:/tls: endpoint,
-            # so that a reload can hand new connections a renewed
-            # certificate (L{cachingproxy.service.reload}).
-            try:
+        try:
+            if self.tls is None and self.endpoint is None and isTLS(self.description):
+                # TLS set up here rather than by Twisted's ssl:/tls:
+                # endpoint, so that a reload can hand new connections a
+                # renewed certificate (L{cachingproxy.service.reload}).
                 self.tls = ServerTLS(self.description)
+            endpoint = self.endpoint
+            if endpoint is None and self.tls is not None:
                 endpoint = tcpEndpoint(self._reactor, self.description)
-            except Exception as e:
-                self._listening = defer.fail(e)
-            else:
-                self._listening = endpoint.listen(self.tls.wrap(self.factory))
+            elif endpoint is None:
+                endpoint = serverEndpoint(self._reactor, self.description)
+        except Exception as e:
+            self._listening = defer.fail(e)
         else:
-            endpoint = serverEndpoint(self._reactor, self.description)
-            self._listening = endpoint.listen(self.factory)
+            factory = self.factory if self.tls is None else self.tls.wrap(self.factory)
+            self._listening = endpoint.listen(factory)
 
         def listening(port):
             self.port = port
             if self.factory.port is None:
                 self.factory.port = port
-            self._log.info(
-                "cachingproxy {version} listening on {address}",
-                version=__version__,
-                address=describeAddress(port.getHost()),
-            )
+            if self.workerId is None:
+                self._log.info(
+                    "cachingproxy {version} listening on {address}",
+                    version=__version__,
+                    address=describeAddress(port.getHost()),
+                )
+            else:
+                self._log.info("worker {worker} (pid {pid}) accepting on {address}",
+                               worker=self.workerId, pid=os.getpid(),
+                               address=describeAddress(port.getHost()))
             return port
 
         def failed(reason):
@@ -418,28 +410,26 @@ class ProxyService(service.Service):
 
     def stopService(self) -> defer.Deferred:
         """
-        Stop accepting, let the requests in flight finish (up to the
-        shutdown grace), then close the upstream connections.
+        Stop accepting: connections the kernel queued are taken (closing
+        the socket would reset them; they are drained with the others),
+        new ones are refused from now on. Stopping an adopted port closes
+        this process's descriptor without shutting the shared socket down,
+        so the other workers keep accepting.
+
+        @return: a L{Deferred} firing once the port is closed.
         """
         super().stopService()
-        waits: List[defer.Deferred] = []
-        if self.port is not None:
-            # Connections the kernel queued are taken and drained (closing
-            # the socket would reset them); new ones are refused from now.
-            from .._twistedinternals import acceptQueued
-
-            acceptQueued(self.port)
-            waits.append(defer.maybeDeferred(self.port.stopListening))
-            self.port = None
+        port, self.port = self.port, None
         cache = self.factory.cache
         housekeeping = cache.housekeeping if cache is not None else None
         if housekeeping is not None and housekeeping.running:
             housekeeping.stop()
-        if not self.factory.draining:
-            waits.append(self.factory.drain(self.grace))
-        d = defer.gatherResults(waits, consumeErrors=True)
-        d.addBoth(lambda _: self.factory.pool.closeCachedConnections())
-        return d.addCallback(lambda _: None)
+        if port is None:
+            return defer.succeed(None)
+        from .._twistedinternals import acceptQueued
+
+        acceptQueued(port)
+        return defer.maybeDeferred(port.stopListening).addCallback(lambda _: None)
 
 
 class TopService(service.MultiService):
@@ -448,24 +438,50 @@ class TopService(service.MultiService):
     every L{ProxyService} listens, and C{STOPPING=1} when shutting down.
     (With workers, L{cachingproxy.service.supervisor.WorkersService} does it.)
 
+    On stop, every L{ProxyService} stops accepting, then the factory they
+    share drains: its requests in flight get the shutdown grace to finish
+    (after L{settle} seconds), and its upstream pool closes; the other
+    services (the metrics) stop last, so that they count the drained
+    requests.
+
+    While it serves, the reactor has the streamlined poll step
+    (L{cachingproxy._twistedinternals.streamline}), given back when it
+    stops.
+
     @ivar reloader: a L{cachingproxy.service.reload.ConfigReloader} that SIGHUP
         runs (a single-process proxy), or C{None}.
+    @ivar notifies: whether to tell systemd (not from a worker: its parent
+        does).
+    @ivar settle: seconds between no longer accepting and draining, when
+        connections are open, so that one accepted just before the stop
+        gets its request read (rather than closed as idle) and answered.
     """
 
     reloader = None
+    notifies = True
+    settle = 0.0
     _reactor = None
     _handlerInstalled = False
     _previousHandler = None
+    _streamlined = False
+
+    def proxyServices(self) -> List[ProxyService]:
+        """
+        @return: the listening services, in the order of the C{--port}s.
+        """
+        return [child for child in self if isinstance(child, ProxyService)]
 
     def startService(self) -> None:
         super().startService()
+        if self.proxyServices() and self._reactor is not None:
+            self._streamlined = streamline(self._reactor)
         if self.reloader is not None and self._reactor is not None:
             reactor = self._reactor
             self._previousHandler = signal.signal(
                 signal.SIGHUP, lambda *a: reactor.callFromThread(self._reloadOnSignal))
             self._handlerInstalled = True
-        waits = [child.whenListening() for child in self if isinstance(child, ProxyService)]
-        if not waits:
+        waits = [child.whenListening() for child in self.proxyServices()]
+        if not waits or not self.notifies:
             return
         ready = defer.gatherResults(waits, consumeErrors=True)
         ready.addCallback(lambda _: systemd.notify(b"READY=1"))
@@ -479,14 +495,41 @@ class TopService(service.MultiService):
         finally:
             systemd.notify(b"READY=1")
 
-    def stopService(self):
+    def stopService(self) -> defer.Deferred:
         if self._handlerInstalled:
             self._handlerInstalled = False
             previous = self._previousHandler
             signal.signal(signal.SIGHUP, signal.SIG_DFL if previous is None else previous)
-        if any(isinstance(child, ProxyService) for child in self):
+        proxies = self.proxyServices()
+        if proxies and self.notifies:
             systemd.notify(b"STOPPING=1")
-        return super().stopService()
+        service.Service.stopService(self)
+        others = [child for child in reversed(list(self)) if child not in proxies]
+        waits = [defer.maybeDeferred(child.stopService) for child in reversed(proxies)]
+        for factory in {id(p.factory): p.factory for p in proxies}.values():
+            waits.append(self._drain(factory, max(p.grace for p in proxies)))
+        d = defer.gatherResults(waits, consumeErrors=True)
+        d.addBoth(lambda _: defer.gatherResults(
+            [defer.maybeDeferred(child.stopService) for child in others], consumeErrors=True))
+        if self._streamlined:
+            # Twisted's own poll step from the next iteration on.
+            self._streamlined = False
+            unstreamline(self._reactor)
+        return d.addBoth(lambda _: None)
+
+    def _drain(self, factory: ProxyFactory, grace: float) -> defer.Deferred:
+        """
+        Let the requests in flight finish (up to C{grace} seconds, after
+        L{settle}), then close the upstream connections.
+        """
+        d = defer.succeed(None)
+        if self.settle > 0 and factory.openConnections:
+            from twisted.internet import task
+
+            d = task.deferLater(self._reactor, min(self.settle, grace), lambda: None)
+        d.addCallback(lambda _: None if factory.draining else factory.drain(grace))
+        d.addBoth(lambda _: factory.pool.closeCachedConnections())
+        return d
 
 
 def serverEndpoint(reactor, description: str):
@@ -590,8 +633,6 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
             raise
         parent.setServiceParent(top)
         return top
-    accessLog = (AccessLogFile(config.accessLog, config.accessLogFormat, reactor)
-                 if config.accessLog else None)
     for description in config.port:
         try:
             checkEndpoint(reactor, description)
@@ -599,21 +640,61 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
             if options.parent is not None:
                 exitOnConfigError(error)
             raise
-    factory = buildFactory(reactor, config, accessLog)
-    streamline(reactor)
-    reopenOnSignal(reactor, [accessLog])
-    from ..ops.metrics import Metrics, MetricsService
-
-    factory.metrics = Metrics.create(reactor, factory)
-    MetricsService(factory.metrics).setServiceParent(top)
-    services = [ProxyService(reactor, description, factory, grace) for description in config.port]
-    for proxyService in services:
-        proxyService.setServiceParent(top)
+    serveConfig(reactor, config, [ServedPort(description) for description in config.port], top)
     given = getattr(options, "given", None)
     if given is not None:
         from .reload import ConfigReloader
 
-        top.reloader = ConfigReloader(
-            reactor, lambda: fromOptions(given, os.environ), config, factory, services)
-        top._reactor = reactor
+        services = top.proxyServices()
+        top.reloader = ConfigReloader(reactor, lambda: fromOptions(given, os.environ), config,
+                                      services[0].factory, services)
+    return top
+
+
+class ServedPort(NamedTuple):
+    """
+    Where one L{ProxyService} listens.
+
+    @ivar description: the C{--port} description.
+    @ivar endpoint: what to listen with, or C{None} for the endpoint the
+        description names (a worker passes the descriptor it inherited,
+        as an L{AdoptedStreamServerEndpoint}).
+    @ivar tls: the L{cachingproxy.service.tlsport.ServerTLS} of a TLS
+        listener with an C{endpoint} (without one, L{ProxyService} reads
+        the description's certificate itself).
+    """
+
+    description: str
+    endpoint: object = None
+    tls: object = None
+
+
+def serveConfig(reactor, config: Config, ports: Sequence["ServedPort"],
+                top: Optional[TopService] = None,
+                workerId: Optional[str] = None) -> TopService:
+    """
+    Build the proxy serving C{config}: one factory (with its access log,
+    its cache, its metrics) and a L{ProxyService} for each of C{ports},
+    in C{top}. The proxy on its own (L{makeService}) and each
+    worker process (L{cachingproxy.service.child}) build theirs here; they
+    differ only in where the listening sockets come from.
+
+    @param workerId: the worker this process is (named in the health
+        report, the metrics and the log), or C{None}.
+    @return: C{top}, or a new L{TopService} holding them.
+    """
+    if top is None:
+        top = TopService()
+    top._reactor = reactor
+    accessLog = (AccessLogFile(config.accessLog, config.accessLogFormat, reactor)
+                 if config.accessLog else None)
+    factory = buildFactory(reactor, config, accessLog, workerId)
+    reopenOnSignal(reactor, [accessLog])
+    from ..ops.metrics import Metrics, MetricsService
+
+    factory.metrics = Metrics.create(reactor, factory, workerId=workerId or "")
+    MetricsService(factory.metrics).setServiceParent(top)
+    for port in ports:
+        ProxyService(reactor, port.description, factory, float(config.shutdownGrace),
+                     port.endpoint, port.tls, workerId).setServiceParent(top)
     return top
