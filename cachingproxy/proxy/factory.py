@@ -7,8 +7,6 @@ and where each request goes.
 from __future__ import annotations
 
 import ipaddress
-import re
-import time
 from typing import Callable, List, Optional, Tuple
 
 from twisted.internet import defer
@@ -30,7 +28,7 @@ from ..http.headers import Headers, splitList
 from ..http.message import RequestHead
 from .forwarding import FORWARDING_FIELDS, Disagreement, forwardedParameters, toldTarget
 from ..access import isThisProxy
-from ..ops.accesslog import _Clock
+from ..ops.accesslog import combinedLine
 from ..ops.admin import ADMIN_PREFIX, LANDING_PATHS
 from .upstream import Origin, UpstreamPool
 from .connection import ProxyProtocol
@@ -502,43 +500,7 @@ class ProxyFactory(Factory):
             if record is not None:
                 record(exchange, protocol)
             else:
-                accessLog(self.accessLine(exchange, protocol))
-
-    def accessLine(self, exchange: Exchange, protocol: ProxyProtocol) -> str:
-        """
-        One Combined Log Format line for a finished request, with the cache
-        result, the seconds the origin took to answer (C{-} if it was not
-        asked), the seconds taken in all and the bytes received from the
-        client (the request body, or what went up a CONNECT tunnel)
-        appended.
-        """
-        head = exchange.head
-        elapsed = (exchange.finished or self.reactor.seconds()) - exchange.started
-        headers = head.headers
-        referer = headers.get(b"referer", b"-")
-        agent = headers.get(b"user-agent", b"-")
-        # A connection's requests mostly tell the same Referer and
-        # User-Agent: their escaped text is kept from its last line.
-        said = protocol._loggedAgent
-        if said is None or said[0] != referer or said[1] != agent:
-            said = protocol._loggedAgent = (
-                referer, agent, '"%s" "%s"' % (_printable(referer), _printable(agent)))
-        method = head.method
-        upstream = exchange.upstreamSeconds
-        return '%s - - [%s] "%s %s %s" %d %d %s %s %s %.4f %d' % (
-            protocol.clientHost,
-            _clfTime(exchange.wallStarted),
-            _METHOD_TEXT.get(method) or _printable(method),
-            _printable(head.target),
-            _VERSION_TEXT.get(head.version) or "HTTP/%d.%d" % head.version,
-            exchange.status,
-            exchange.bytesSent,
-            said[2],
-            exchange.cacheResult,
-            "-" if upstream is None else "%.4f" % upstream,
-            elapsed,
-            exchange.bytesReceived,
-        )
+                accessLog(combinedLine(exchange, protocol, exchange.finished))
 
 
 _LOCATIONS = frozenset([b"location", b"content-location"])
@@ -564,26 +526,6 @@ def _rewriteLocations(fields: list, upstream: Origin, clientHost: bytes, scheme:
                     break
         out.append(field)
     return out
-
-
-#: The Combined Log Format time of a second, made once a second.
-_clfTime = _Clock(lambda second: time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(second)))
-
-#: The access log text of the usual methods and versions.
-_METHOD_TEXT = {m: m.decode("ascii") for m in (
-    b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE")}
-_VERSION_TEXT = {(1, 0): "HTTP/1.0", (1, 1): "HTTP/1.1"}
-
-#: A byte an access log line shows escaped.
-_UNPRINTABLE = re.compile(rb'[^\x20\x21\x23-\x7e]')
-
-
-def _printable(value: bytes) -> str:
-    if _UNPRINTABLE.search(value) is None:
-        # Nearly every value: nothing to escape.
-        return value.decode("ascii")
-    text = value.decode("latin-1")
-    return "".join(c if 32 <= ord(c) < 127 and c != '"' else "\\x%02x" % ord(c) for c in text)
 
 
 def _keptTarget(headers: Headers) -> Tuple[Optional[bytes], Optional[bytes]]:
