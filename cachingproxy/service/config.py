@@ -117,6 +117,14 @@ SETTINGS = (
         example=("20000", "unix:/run/cachingproxy.sock"),
     ),
     Setting(
+        "http2",
+        "str",
+        "tls",
+        "Where clients may speak HTTP/2: tls (offered by ALPN on TLS "
+        "listeners), all (and by prior knowledge, h2c, on plain ones) or off.",
+        example="all",
+    ),
+    Setting(
         "upstream",
         "str",
         None,
@@ -498,6 +506,7 @@ class Config:
     """
 
     port: Tuple[str, ...]
+    http2: str
     upstream: Optional[str]
     upstreamScheme: Optional[bytes]
     upstreamHost: Optional[str]
@@ -1161,6 +1170,15 @@ def fromOptions(
     if accessLogFormat not in ("combined", "json"):
         raise usage.UsageError(f"{where}: expected combined or json, got {accessLogFormat!r}")
 
+    http2, where = values["http2"]
+    http2 = str(http2).strip().lower()
+    if http2 in _TRUE:
+        http2 = "tls"
+    elif http2 in _FALSE - {""}:
+        http2 = "off"
+    if http2 not in ("off", "tls", "all"):
+        raise usage.UsageError(f"{where}: expected off, tls or all, got {http2!r}")
+
     # A setting named like a field of Config lands there as its kind gives
     # it (a new setting needs no line here); the fields below are worked
     # out from one or several settings.
@@ -1192,6 +1210,7 @@ def fromOptions(
         workers=_workers(*values["workers"]),
         configFile=configPath,
         authFile=authFile,
+        http2=http2,
     )
     return Config(**known)
 

@@ -201,6 +201,7 @@ def buildFactory(reactor, config: Config, accessLog=None) -> ProxyFactory:
     if config.upstream:
         upstream = Origin(config.upstreamScheme, config.upstreamHost, config.upstreamPort)
     factory = ProxyFactory(reactor, _proxySettings(config, upstream), pool, accessLog)
+    factory.http2 = config.http2
     factory.cache = buildCache(reactor, config, pool)
     from ..ops.admin import AdminResource
 
