@@ -604,3 +604,32 @@ class TranslationTests(SynchronousTestCase):
             [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"e")],
         ):
             self.assertRaises(ValueError, requestBytes, fields, False, 0, True)
+
+
+class BrowserTests(TestCase):
+    """
+    Chromium, headless, loading a page through the TLS listener.
+    """
+
+    async def test_chromium(self):
+        """
+        Chromium speaks HTTP/2 to the proxy (by ALPN): the access log says
+        HTTP/2.0 for the page it loaded.
+        """
+        from .test_status_page import findBrowser, runBrowser
+
+        browser = findBrowser()
+        origin, originPort = listenOrigin(self)
+        proxy = _Proxy(self, originPort)
+        home = tempfile.mkdtemp(prefix="cachingproxy-h2-browser-")
+        self.addCleanup(shutil.rmtree, home, True)
+        code, dom, err = await runBrowser(self, browser, [
+            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--ignore-certificate-errors", "--virtual-time-budget=3000",
+            "--user-data-dir=" + os.path.join(home, "profile"), "--dump-dom",
+            f"https://127.0.0.1:{proxy.number}/status/200"], home)
+        self.assertEqual(code, 0, err[-2000:])
+        self.assertIn(b"status 200", dom)
+        await until(lambda: any('"GET /status/200 ' in line for line in proxy.lines))
+        [line] = [line for line in proxy.lines if '"GET /status/200 ' in line]
+        self.assertIn('"GET /status/200 HTTP/2.0" 200', line)

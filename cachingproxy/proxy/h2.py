@@ -518,6 +518,7 @@ class HTTP2Connection(Protocol):
         self._received = received
         self.streams: Dict[int, _Stream] = {}
         self.paused = False
+        self._readingPaused = False
         self.draining = False
         self._lastStream = 2 ** 31 - 1
         self._resets = 0
@@ -588,6 +589,11 @@ class HTTP2Connection(Protocol):
                 self._close(sendGoAway=False)
                 return
         self._flush()
+        if self.paused and not self._readingPaused and not self._closed:
+            # The client does not read what it is sent: read no more of it
+            # (what it sends makes frames to answer: PING, SETTINGS).
+            self._readingPaused = True
+            self.transport.pauseProducing()
 
     def connectionLost(self, reason: Failure = None) -> None:
         self._closed = True
@@ -783,6 +789,9 @@ class HTTP2Connection(Protocol):
 
     def resumeProducing(self) -> None:
         self.paused = False
+        if self._readingPaused:
+            self._readingPaused = False
+            self.transport.resumeProducing()
         self._sendAll()
         for stream in list(self.streams.values()):
             stream.updateProducer()
