@@ -423,6 +423,23 @@ class RuleBreakingTests(TestCase):
         self.assertEqual(head[b"content-length"], b"1000")
         self.assertEqual(self.client.body(1), pattern(1000))
 
+    async def test_headAndNoContent(self):
+        """
+        A HEAD response ends with its HEADERS (its Content-Length kept, no
+        DATA), and so does a 204 (with an empty DATA frame at most).
+        """
+        self.client.request(1, b"/size/1000", method=b"HEAD")
+        self.client.request(3, b"/status/204")
+        await self.client.when(lambda c: {1, 3} <= c.ended)
+        head = self.client.headers[1][0]
+        self.assertEqual(head[b":status"], b"200")
+        self.assertEqual(head[b"content-length"], b"1000")
+        self.assertEqual(self.client.data.get(1), None)
+        self.assertEqual(self.client.headers[3][0][b":status"], b"204")
+        self.assertEqual(self.client.body(3), b"")
+        self.assertEqual(self.client.resets(), {})
+        self.assertIsNone(self.client.goAway())
+
 
 def _rss() -> int:
     with open("/proc/self/status") as f:
@@ -633,3 +650,42 @@ class BrowserTests(TestCase):
         await until(lambda: any('"GET /status/200 ' in line for line in proxy.lines))
         [line] = [line for line in proxy.lines if '"GET /status/200 ' in line]
         self.assertIn('"GET /status/200 HTTP/2.0" 200', line)
+
+
+class WorkersTests(TestCase):
+    """
+    With C{--workers}, every worker offers HTTP/2 on a TLS listener.
+    """
+
+    @classmethod
+    def setUpClass(cls):
+        from .test_workers import TLSWorkersTests
+
+        cls.ca = makeCA()
+        cls.certificateFiles = TLSWorkersTests.certificateFiles
+        cls.startTLS = TLSWorkersTests.startTLS
+        cls._stopWhenDone = TLSWorkersTests._stopWhenDone
+
+    async def test_bothWorkersSpeakHTTP2(self):
+        """
+        twistd with C{--workers 2} and an C{ssl:} listener: curl --http2
+        gets HTTP/2 from both workers.
+        """
+        import json
+
+        certPEM, keyPEM = makeServerCert(self.ca)
+        folder, certPath, keyPath = self.certificateFiles(certPEM, keyPEM)
+        process, transport, port = await self.startTLS(certPath, keyPath)
+        pids = set()
+        for _ in range(100):
+            out, err, code = await getProcessOutputAndValue(
+                _curl(), ["-sSk", "--http2", "-w", "\n%{http_version}",
+                          f"https://127.0.0.1:{port}/_cachingproxy/health"], env=os.environ)
+            self.assertEqual(code, 0, err)
+            body, _, version = out.rpartition(b"\n")
+            self.assertEqual(version, b"2")
+            pids.add(json.loads(body)["pid"])
+            if len(pids) == 2:
+                break
+        self.assertEqual(len(pids), 2)
+        self.assertNotIn(transport.pid, pids)

@@ -482,6 +482,7 @@ class _Stream:
                 producer.stopProducing()
             protocol = self.protocol
             if protocol is not None:
+                self.protocol = None
                 protocol.connectionLost(Failure(reason))
             self._parser = None
             if self._unacknowledged:
