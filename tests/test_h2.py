@@ -689,3 +689,23 @@ class WorkersTests(TestCase):
                 break
         self.assertEqual(len(pids), 2)
         self.assertNotIn(transport.pid, pids)
+
+
+class ReloadTests(SynchronousTestCase):
+    """
+    --http2 changes on a reload (SIGHUP) for the connections that follow.
+    """
+
+    def test_reloaded(self):
+        """
+        A reload that turns HTTP/2 off makes TLS listeners offer HTTP/1.1
+        only to new connections.
+        """
+        from cachingproxy.service.reload import ConfigReloader
+
+        config = fromOptions({"cache-dir": "none"}, {})
+        factory = tap.buildFactory(reactor, config)
+        self.assertEqual(factory.acceptableProtocols(), [b"h2", b"http/1.1"])
+        new = fromOptions({"cache-dir": "none", "http2": "off"}, {})
+        self.assertTrue(ConfigReloader(reactor, lambda: new, config, factory).reload())
+        self.assertEqual(factory.acceptableProtocols(), [b"http/1.1"])
