@@ -525,6 +525,30 @@ class AbuseTests(TestCase):
         self.assertEqual(client.body(1), pattern(size))
         self.assertLessEqual(most, 2 * h2module._HIGH_WATER)
 
+    async def test_clientNotReading(self):
+        """
+        A client with large windows that stops reading its socket: the
+        proxy's connection pauses its streams (what waits in the proxy for
+        the stream stays bounded), and all arrives once it reads again.
+        """
+        origin, originPort = listenOrigin(self)
+        proxy = _Proxy(self, originPort, http2="all", tls=False)
+        client = await _connect(self, proxy.number, windowSize=2 ** 31 - 1)
+        await client.when(lambda c: any(isinstance(f, SettingsFrame) for f in c.frames))
+        client.send(WindowUpdateFrame(0, 2 ** 31 - 1 - 65535))
+        size = 8 * 1024 * 1024
+        client.transport.pauseProducing()
+        client.request(1, b"/size/%d" % size)
+        await until(lambda: any(c.paused for c in proxy.connections()), 20)
+        for _ in range(20):
+            await until(lambda: True)
+        [connection] = proxy.connections()
+        self.assertTrue(connection.paused)
+        self.assertLessEqual(connection.streams[1].outSize, 2 * h2module._HIGH_WATER)
+        client.transport.resumeProducing()
+        await client.when(lambda c: 1 in c.ended)
+        self.assertEqual(client.body(1), pattern(size))
+
 
 class DrainTests(TestCase):
     """

@@ -558,12 +558,12 @@ class HTTP2Connection(Protocol):
                             client=self.clientHost, error=e)
             self._close()
             return
-        for event in events:
+        for index, event in enumerate(events):
             if self._closed:
                 return
             kind = type(event)
             if kind is RequestReceived:
-                self._requestReceived(event, events)
+                self._requestReceived(event, events, index)
             elif kind is DataReceived:
                 stream = self.streams.get(event.stream_id)
                 if stream is None:
@@ -629,7 +629,7 @@ class HTTP2Connection(Protocol):
 
     # -- requests ----------------------------------------------------------
 
-    def _requestReceived(self, event: RequestReceived, events: list) -> None:
+    def _requestReceived(self, event: RequestReceived, events: list, index: int) -> None:
         streamId = event.stream_id
         self._disarmIdle()
         if self.draining and streamId > self._lastStream:
@@ -639,14 +639,15 @@ class HTTP2Connection(Protocol):
         length: Optional[int] = 0 if ended else None
         if not ended:
             # All of a small body often comes in the same read as its
-            # head: then it goes on with a Content-Length.
+            # head, right behind it: then it goes on with a Content-Length.
             seen = 0
-            for later in events[events.index(event) + 1:]:
-                if getattr(later, "stream_id", None) != streamId:
-                    continue
-                if type(later) is DataReceived:
-                    seen += len(later.data)
-                elif type(later) is StreamEnded:
+            for later in range(index + 1, len(events)):
+                following = events[later]
+                if getattr(following, "stream_id", None) != streamId:
+                    break
+                if type(following) is DataReceived:
+                    seen += len(following.data)
+                elif type(following) is StreamEnded:
                     length = seen
                     break
                 else:
