@@ -533,7 +533,11 @@ class HTTP2Connection(Protocol):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.clientHost = getattr(peer, "host", None) or "-"
-        conn = self.conn = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        # What is sent comes from an HTTP/1.1 response that httptools
+        # parsed (strictly) and that on_headers_complete lowered and rid
+        # of connection fields: h2's own check of it is not repeated.
+        conn = self.conn = H2Connection(H2Configuration(
+            client_side=False, header_encoding=None, validate_outbound_headers=False))
         conn.local_settings = Settings(client=False, initial_values={
             SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
             SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
