@@ -441,6 +441,33 @@ class RuleBreakingTests(TestCase):
         self.assertIsNone(self.client.goAway())
 
 
+class TunnelTests(TestCase):
+    """
+    CONNECT over HTTP/2 (RFC 9113 section 8.5) in a forward proxy.
+    """
+
+    async def test_connect(self):
+        """
+        CONNECT with :authority only opens a tunnel: 200, then DATA both
+        ways is the byte stream to and from the destination.
+        """
+        from .tlshelpers import listenDestination
+
+        destination, destinationPort = listenDestination(self)
+        proxy = _Proxy(self, 0, http2="all", tls=False, upstream="",
+                       **{"connect-ports": str(destinationPort)})
+        proxy.factory.access = None
+        client = await _connect(self, proxy.number)
+        client.send(client.headersFrame(1, [
+            (b":method", b"CONNECT"), (b":authority", b"127.0.0.1:%d" % destinationPort)],
+            end=False))
+        await client.when(lambda c: 1 in c.headers)
+        self.assertEqual(client.headers[1][0][b":status"], b"200")
+        client.send(DataFrame(1, b"hello through h2"))
+        await client.when(lambda c: c.body(1) == b"hello through h2")
+        self.assertEqual(client.resets(), {})
+
+
 def _rss() -> int:
     with open("/proc/self/status") as f:
         for line in f:

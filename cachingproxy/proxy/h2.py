@@ -41,6 +41,11 @@ GOAWAY(ENHANCE_YOUR_CALM). A draining proxy (reload, shutdown) sends
 GOAWAY(NO_ERROR) naming the last stream it will serve, finishes those and
 closes.
 
+CONNECT (section 8.5) is a tunnel as in HTTP/1.1: the stream's protocol
+answers 200 with no length, so what follows is parsed as a body read to
+the end, and goes out as DATA; the client's DATA goes to the destination
+as it is.
+
 Not served: server push, the extended CONNECT of RFC 8441 (WebSocket over
 HTTP/2; not advertised) and HTTP/2 upstream (origins are spoken to in
 HTTP/1.1).
