@@ -143,11 +143,12 @@ class CurlTests(TestCase):
 
     async def test_tlsBodyAndHTTP11(self):
         """
-        A request body goes up intact over HTTP/2; a client that asks for
+        A request body goes up intact over HTTP/2, and the stream counts
+        as secure (X-Forwarded-Proto: https); a client that asks for
         HTTP/1.1 over the same TLS listener still gets it.
         """
         origin, originPort = listenOrigin(self)
-        proxy = _Proxy(self, originPort)
+        proxy = _Proxy(self, originPort, **{"x-forwarded-proto": True})
         folder = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, folder, True)
         bodyPath = os.path.join(folder, "body")
@@ -164,6 +165,8 @@ class CurlTests(TestCase):
         with open(os.path.join(folder, "out"), "rb") as f:
             self.assertEqual(f.read(), pattern(200000))
         self.assertEqual(origin.requests[-1]["body"], pattern(200000))
+        sent = {k.lower(): v for k, v in origin.requests[-1]["headers"]}
+        self.assertEqual(sent[b"x-forwarded-proto"], b"https")
 
         out, err, code = await getProcessOutputAndValue(
             _curl(), ["-sSk", "--http1.1", "-D", "-", "-o", os.devnull,
