@@ -405,6 +405,31 @@ class RuleBreakingTests(TestCase):
             await client.when(lambda c: {1, 3, 5} <= c.ended)
             self.assertEqual(client.body(1), b"delayed 300")
 
+    async def test_headerListTooLarge(self):
+        """
+        A header list beyond SETTINGS_MAX_HEADER_LIST_SIZE (sent in
+        CONTINUATION frames) is refused, and nothing reaches the origin.
+        """
+        from hyperframe.frame import ContinuationFrame
+
+        block = self.client._encoder.encode([
+            (b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"localhost"),
+            (b":path", b"/size/10"),
+            *[(b"x-filler-%d" % i, b"v" * 4000) for i in range(20)]])
+        self.assertGreater(len(block), h2module.MAX_HEADER_LIST_SIZE)
+        pieces = [block[i:i + 16384] for i in range(0, len(block), 16384)]
+        frames = [HeadersFrame(1, pieces[0], flags=["END_STREAM"])]
+        frames += [ContinuationFrame(1, piece) for piece in pieces[1:-1]]
+        frames.append(ContinuationFrame(1, pieces[-1], flags=["END_HEADERS"]))
+        self.client.send(*frames)
+        await self.client.when(
+            lambda c: 1 in c.resets() or c.goAway() is not None or 1 in c.headers)
+        if 1 in self.client.headers:
+            self.assertEqual(self.client.headers[1][0][b":status"], b"431")
+        else:
+            await self.assertError(1, [ENHANCE_YOUR_CALM, PROTOCOL_ERROR])
+        self.assertEqual(self.origin.requests, [])
+
     async def test_windowOverflow(self):
         """
         A WINDOW_UPDATE taking the connection's window beyond 2^31-1:
