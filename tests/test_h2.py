@@ -239,7 +239,7 @@ class _FrameClient(Protocol):
     def send(self, *frames: Frame) -> None:
         self.transport.write(b"".join(f.serialize() for f in frames))
 
-    def headersFrame(self, streamId: int, fields, end: bool = True, encode=True) -> HeadersFrame:
+    def headersFrame(self, streamId: int, fields, end: bool = True) -> HeadersFrame:
         flags = ["END_HEADERS"] + (["END_STREAM"] if end else [])
         return HeadersFrame(streamId, self._encoder.encode(fields), flags=flags)
 
@@ -633,6 +633,20 @@ class DrainTests(TestCase):
         await drained
         self.assertEqual(client.resets().get(3, REFUSED_STREAM), REFUSED_STREAM)
         self.assertEqual(len(origin.requests), 1)
+
+    async def test_idleConnection(self):
+        """
+        An HTTP/2 connection with no stream for --idle-timeout seconds is
+        closed with GOAWAY(NO_ERROR).
+        """
+        origin, originPort = listenOrigin(self)
+        proxy = _Proxy(self, originPort, http2="all", tls=False, **{"idle-timeout": "0.3"})
+        client = await _connect(self, proxy.number)
+        client.request(1, b"/size/10")
+        await client.when(lambda c: 1 in c.ended)
+        await client.lost
+        self.assertEqual(client.goAway().error_code, 0)
+        self.assertEqual(client.goAway().last_stream_id, 1)
 
 
 class TranslationTests(SynchronousTestCase):
