@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # HTTP/2 cache hits over TLS: h2load -> cachingproxy (TLS listener, h2 by
 # ALPN) and h2load -> nginx (listen ... ssl, http2, proxy_cache), both in
-# front of the same nginx origin (a 1 KiB file cacheable for an hour).
-# Rounds alternate between the two, so that a busy moment of the machine
-# falls on both; the medians are printed, and their ratio.
+# front of the same nginx origin (a 1 KiB file cacheable for an hour), and
+# cachingproxy's TLS listener again over HTTP/1.1 (h2load --h1) to show
+# what HTTP/2 costs it. Rounds alternate between the rows, so that a busy
+# moment of the machine falls on all; the medians are printed, and their
+# ratios.
 #
 # Usage: bench/run_h2.sh
 # Environment:
@@ -171,16 +173,20 @@ curl -sk --http2 -o /dev/null "https://127.0.0.1:$PEER_PORT/1k.bin"
 curl -sk --http2 -D "$T/peer.head" -o /dev/null "https://127.0.0.1:$PEER_PORT/1k.bin"
 grep -qi '^x-cache-status: HIT' "$T/peer.head" || { cat "$T/peer.head" >&2; bench_die "nginx does not serve a hit"; }
 
-# run_h2load NAME PORT ROUND: prints the req/s of one measured run.
+# run_h2load NAME PORT ROUND [PROTOCOL]: prints the req/s of one measured
+# run, over h2 (or http/1.1: h2load --h1, one request at a time per
+# connection).
 run_h2load() {
-    local name="$1" port="$2" round="$3" out="$T/h2load-$1-$3.txt" rate failed
-    "${PIN_LOAD[@]}" h2load -c "$CONNECTIONS" -m "$STREAMS" -t 1 \
+    local name="$1" port="$2" round="$3" protocol="${4:-h2}" out="$T/h2load-$1-$3.txt" rate failed
+    local how=(-m "$STREAMS")
+    [ "$protocol" = h2 ] || how=(--h1)
+    "${PIN_LOAD[@]}" h2load -c "$CONNECTIONS" "${how[@]}" -t 1 \
         --warm-up-time="${WARMUP}s" -D "${DURATION}s" \
         "https://127.0.0.1:$port/1k.bin" >"$out" 2>&1 || true
     rate="$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' "$out")"
     failed="$(sed -n 's/^requests: .* \([0-9]*\) failed.*/\1/p' "$out")"
-    if ! grep -q 'Application protocol: h2' "$out"; then
-        bench_die "$name: h2load did not speak h2 (see $out; BENCH_KEEP_TMP=1 keeps it)"
+    if ! grep -q "Application protocol: $protocol" "$out"; then
+        bench_die "$name: h2load did not speak $protocol (see $out; BENCH_KEEP_TMP=1 keeps it)"
     fi
     [ -n "$rate" ] || bench_die "$name: no rate in h2load's output: $(tail -n 5 "$out")"
     [ "${failed:-0}" = 0 ] || bench_log "$name round $round: $failed requests failed"
@@ -189,19 +195,27 @@ run_h2load() {
 
 median() { sort -g | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else printf "%.1f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 
-bench_log "cache hits over TLS + HTTP/2: $ROUNDS rounds of ${DURATION}s (+${WARMUP}s warm-up), -c $CONNECTIONS -m $STREAMS; $PIN_NOTE"
+bench_log "cache hits over TLS: $ROUNDS rounds of ${DURATION}s (+${WARMUP}s warm-up), -c $CONNECTIONS, -m $STREAMS over h2; $PIN_NOTE"
 : >"$T/cachingproxy.rates"
 : >"$T/nginx.rates"
+: >"$T/cachingproxy-h1.rates"
 for round in $(seq "$ROUNDS"); do
     cp="$(run_h2load cachingproxy "$CP_PORT" "$round")"
     ng="$(run_h2load nginx "$PEER_PORT" "$round")"
+    h1="$(run_h2load cachingproxy-h1 "$CP_PORT" "$round" http/1.1)"
     echo "$cp" >>"$T/cachingproxy.rates"
     echo "$ng" >>"$T/nginx.rates"
-    bench_log "round $round: cachingproxy $cp req/s, nginx $ng req/s"
+    echo "$h1" >>"$T/cachingproxy-h1.rates"
+    bench_log "round $round: cachingproxy $cp req/s, nginx $ng req/s (h2); cachingproxy $h1 req/s (http/1.1)"
 done
 cp_median="$(median <"$T/cachingproxy.rates")"
 ng_median="$(median <"$T/nginx.rates")"
-printf '%-28s %12s\n' "HTTP/2 hits over TLS" "req/s (median)"
-printf '%-28s %12s\n' "cachingproxy" "$cp_median"
-printf '%-28s %12s\n' "nginx proxy_cache" "$ng_median"
-awk -v a="$cp_median" -v b="$ng_median" 'BEGIN { if (b > 0) printf "cachingproxy / nginx: %.2f\n", a / b }'
+h1_median="$(median <"$T/cachingproxy-h1.rates")"
+printf '%-36s %14s\n' "hits over TLS" "req/s (median)"
+printf '%-36s %14s\n' "cachingproxy, h2" "$cp_median"
+printf '%-36s %14s\n' "nginx proxy_cache, h2" "$ng_median"
+printf '%-36s %14s\n' "cachingproxy, http/1.1 (h2load --h1)" "$h1_median"
+awk -v a="$cp_median" -v b="$ng_median" -v c="$h1_median" 'BEGIN {
+    if (b > 0) printf "cachingproxy h2 / nginx h2: %.2f\n", a / b
+    if (c > 0) printf "cachingproxy h2 / cachingproxy http/1.1: %.2f\n", a / c
+}'
