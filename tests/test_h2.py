@@ -451,6 +451,30 @@ class RuleBreakingTests(TestCase):
         self.assertEqual(head[b"content-length"], b"1000")
         self.assertEqual(self.client.body(1), pattern(1000))
 
+    async def test_bodyInPieces(self):
+        """
+        A request body whose length is not known when its head arrives
+        (given to the stream's protocol chunked) reaches the origin whole,
+        and so does one that arrives with its head.
+        """
+        client = self.client
+        client.request(1, b"/echo", method=b"POST", end=False)
+        await until(lambda: True)
+        client.send(DataFrame(1, b"a" * 1000))
+        await until(lambda: True)
+        client.send(DataFrame(1, b"b" * 1000, flags=["END_STREAM"]))
+        await client.when(lambda c: 1 in c.ended)
+        self.assertEqual(client.body(1), b"a" * 1000 + b"b" * 1000)
+        self.assertEqual(self.origin.requests[0]["body"], b"a" * 1000 + b"b" * 1000)
+
+        client.send(client.headersFrame(3, [
+            (b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"localhost"),
+            (b":path", b"/echo")], end=False), DataFrame(3, b"c" * 10, flags=["END_STREAM"]))
+        await client.when(lambda c: 3 in c.ended)
+        self.assertEqual(client.body(3), b"c" * 10)
+        second = {k.lower(): v for k, v in self.origin.requests[1]["headers"]}
+        self.assertEqual(second[b"content-length"], b"10")
+
     async def test_headAndNoContent(self):
         """
         A HEAD response ends with its HEADERS (its Content-Length kept, no
