@@ -475,6 +475,21 @@ class RuleBreakingTests(TestCase):
         second = {k.lower(): v for k, v in self.origin.requests[1]["headers"]}
         self.assertEqual(second[b"content-length"], b"10")
 
+    async def test_continue(self):
+        """
+        An interim response (100 Continue, to expect: 100-continue) goes out
+        as a HEADERS frame of its own before the final response.
+        """
+        client = self.client
+        client.request(1, b"/echo", method=b"POST", end=False,
+                       more=[(b"content-length", b"5"), (b"expect", b"100-continue")])
+        await client.when(lambda c: 1 in c.headers)
+        self.assertEqual(client.headers[1][0][b":status"], b"100")
+        client.send(DataFrame(1, b"hello", flags=["END_STREAM"]))
+        await client.when(lambda c: 1 in c.ended)
+        self.assertEqual(client.headers[1][1][b":status"], b"200")
+        self.assertEqual(client.body(1), b"hello")
+
     async def test_headAndNoContent(self):
         """
         A HEAD response ends with its HEADERS (its Content-Length kept, no
