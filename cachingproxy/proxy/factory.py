@@ -53,13 +53,43 @@ class ProxyFactory(Factory):
 
     protocol = ProxyProtocol
 
+    #: Where HTTP/2 is spoken (L{cachingproxy.proxy.h2}): C{"off"},
+    #: C{"tls"} (offered by ALPN on TLS listeners) or C{"all"} (and by
+    #: prior knowledge on plain ones).
+    http2 = "off"
+
     def acceptableProtocols(self):
         """
-        What a TLS listener offers in ALPN: HTTP/1.1 only. Said outright
-        because Twisted's C{tls:} listener fails the handshake of a client
-        that offers ALPN (curl, browsers) when the factory names nothing.
+        What a TLS listener offers in ALPN: C{h2} when HTTP/2 is on, and
+        HTTP/1.1. Said outright because Twisted's C{tls:} listener fails
+        the handshake of a client that offers ALPN (curl, browsers) when
+        the factory names nothing.
         """
+        if self.http2 != "off":
+            return [b"h2", b"http/1.1"]
         return [b"http/1.1"]
+
+    def buildProtocol(self, addr):
+        """
+        @return: the protocol of a new plain connection: HTTP/1.1, or one
+            that also takes HTTP/2 with prior knowledge (C{http2 = "all"}).
+        """
+        if self.http2 == "all":
+            from .h2 import choosingProtocol
+
+            return choosingProtocol(self, tls=False)
+        return Factory.buildProtocol(self, addr)
+
+    def buildTLSProtocol(self, addr):
+        """
+        @return: the protocol of a new TLS connection: one that speaks
+            what ALPN chose when HTTP/2 is on.
+        """
+        if self.http2 != "off":
+            from .h2 import choosingProtocol
+
+            return choosingProtocol(self, tls=True)
+        return Factory.buildProtocol(self, addr)
     noisy = False
     _log = Logger()
 

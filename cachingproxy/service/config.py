@@ -287,6 +287,15 @@ def _oneOf(*choices: str) -> Callable[[object, str], str]:
     return parse
 
 
+def _http2Mode(value: object, where: str) -> str:
+    mode = str(value).strip().lower()
+    if mode in _TRUE:
+        mode = "tls"
+    elif mode in _FALSE - {""}:
+        mode = "off"
+    return _oneOf("off", "tls", "all")(mode, where)
+
+
 def _folder(path: str, where: str) -> Optional[str]:
     return None if path.lower() == "none" else path
 
@@ -385,6 +394,15 @@ SETTINGS = (
         aliases=("LISTEN_PORT",),
         example=("20000", "unix:/run/cachingproxy.sock"),
         parse=_ports,
+    ),
+    Setting(
+        "http2",
+        "str",
+        "tls",
+        "Where clients may speak HTTP/2: tls (offered by ALPN on TLS "
+        "listeners), all (and by prior knowledge, h2c, on plain ones) or off.",
+        example="all",
+        parse=_http2Mode,
     ),
     Setting(
         "upstream",
@@ -793,6 +811,7 @@ class Config:
     """
 
     port: Tuple[str, ...]
+    http2: str
     upstream: Optional[str]
     upstreamScheme: Optional[bytes]
     upstreamHost: Optional[str]
@@ -1315,6 +1334,7 @@ def fromOptions(
             )
         # Read once the mode is known to want it.
         _checkPasswordFile(authFile, where)
+
     fields = {f.name for f in dataclasses.fields(Config)}
     known = {s.configField: values[s.name] for s in SETTINGS if s.configField in fields}
     known.update(

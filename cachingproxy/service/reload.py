@@ -213,6 +213,7 @@ class ConfigReloader:
         # Everything is built: swap.
         factory.settings = settings
         factory.access = access
+        factory.http2 = new.http2
         pool.settings = poolSettings
         if cache is not None:
             cache.settings = cacheSettings

@@ -196,6 +196,7 @@ def buildFactory(reactor, config: Config, accessLog=None,
     if config.upstream:
         upstream = Origin(config.upstreamScheme, config.upstreamHost, config.upstreamPort)
     factory = ProxyFactory(reactor, proxySettings(config, upstream), pool, accessLog)
+    factory.http2 = config.http2
     factory.cache = buildCache(reactor, config, pool)
     from ..ops.admin import AdminPages
 

@@ -246,4 +246,19 @@ class ServerTLS:
         @return: C{factory} behind TLS with this certificate, for a
             listening port.
         """
-        return TLSMemoryBIOFactory(self, False, factory)
+        return _TLSFactory(self, False, factory)
+
+
+class _TLSFactory(TLSMemoryBIOFactory):
+    """
+    A TLS listener's factory: a wrapped factory that knows its
+    connections are TLS (C{buildTLSProtocol}: the proxy's, which then
+    speaks what ALPN chose) is asked through it. The same for every
+    listener, with or without C{--workers}.
+    """
+
+    def buildProtocol(self, addr):
+        build = getattr(self.wrappedFactory, "buildTLSProtocol", None)
+        if build is None:
+            return super().buildProtocol(addr)
+        return self.protocol(self, build(addr))
