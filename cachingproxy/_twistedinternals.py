@@ -54,6 +54,7 @@ __all__ = [
     "streamline",
     "unstreamline",
     "missingInternals",
+    "textLogStream",
 ]
 
 
@@ -63,7 +64,9 @@ __all__ = [
 #: L{discardUnsent}; C{tcp.Client} has the same ones, from the same
 #: classes) and a listening port's accept step (L{acceptQueued}). A Twisted
 #: release that renames one is found by L{missingInternals} on real
-#: objects (C{tests/test_twistedinternals.py}).
+#: objects (C{tests/test_twistedinternals.py}). Also the text log
+#: observer's stream (L{textLogStream}): the log publisher's observers, and
+#: a C{FileLogObserver}'s file and encoding.
 PRIVATE = (
     ("EPollReactor", "_poller"),
     ("EPollReactor", "_selectables"),
@@ -82,6 +85,9 @@ PRIVATE = (
     ("tcp.Port", "doRead"),
     ("tcp.Port", "connected"),
     ("tcp.Port", "sessionno"),
+    ("LogPublisher", "_observers"),
+    ("FileLogObserver", "_outFile"),
+    ("FileLogObserver", "_encoding"),
 )
 
 
@@ -249,3 +255,28 @@ def unstreamline(reactor) -> bool:
     del reactor.doIteration
     del reactor.doPoll
     return True
+
+
+def textLogStream(publisher=None):
+    """
+    Find the stream twistd's text log observer writes to, so that lines
+    meant for the twistd log (the access log's) can be written to it in
+    batches instead of each going through the event formatting machinery.
+
+    @param publisher: the log publisher to look in (the global one by
+        default).
+    @return: C{(stream, encoding)} of the first observer made by
+        C{textFileLogObserver} (a JSON observer is a C{FileLogObserver}
+        too, and is left alone), or C{None} when there is none (a custom
+        observer, syslog).
+    """
+    from twisted.logger import FileLogObserver, globalLogPublisher
+
+    if publisher is None:
+        publisher = globalLogPublisher
+    for observer in getattr(publisher, "_observers", ()):
+        if (isinstance(observer, FileLogObserver)
+                and getattr(observer.formatEvent, "__qualname__", "").startswith(
+                    "textFileLogObserver.")):
+            return observer._outFile, observer._encoding
+    return None

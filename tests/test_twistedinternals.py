@@ -7,6 +7,7 @@ pair as the ready descriptor.
 
 from __future__ import annotations
 
+import io
 import socket
 from typing import List
 
@@ -14,12 +15,14 @@ from twisted.internet import defer, reactor, tcp
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import ClientFactory, Protocol, ServerFactory
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogPublisher, jsonFileLogObserver, textFileLogObserver
 from twisted.python import log
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from cachingproxy._twistedinternals import (
     PRIVATE,
     missingInternals,
+    textLogStream,
     streamline,
     unstreamline,
 )
@@ -97,7 +100,8 @@ class PrivateInternalsTests(TestCase):
         object of.
         """
         self.assertEqual({owner for owner, _ in PRIVATE},
-                         {"EPollReactor", "tcp.Server", "tcp.Port"})
+                         {"EPollReactor", "tcp.Server", "tcp.Port",
+                          "LogPublisher", "FileLogObserver"})
 
     def test_missingNamesTheAttribute(self) -> None:
         """
@@ -109,6 +113,21 @@ class PrivateInternalsTests(TestCase):
 
         self.assertEqual(missingInternals({"tcp.Port": Port()}), ["tcp.Port.sessionno"])
         self.assertEqual(missingInternals({}), [])
+
+    def test_logObservers(self) -> None:
+        """
+        A real L{LogPublisher} and the observer C{textFileLogObserver} makes
+        have the attributes L{textLogStream} reads, and it finds that
+        observer's stream (and not a JSON observer's).
+        """
+        stream, other = io.StringIO(), io.StringIO()
+        publisher = LogPublisher(jsonFileLogObserver(other), textFileLogObserver(stream))
+        observer = textFileLogObserver(stream)
+        self.assertNoneMissing({"LogPublisher": publisher, "FileLogObserver": observer})
+        found = textLogStream(publisher)
+        self.assertIsNotNone(found)
+        self.assertIs(found[0], stream)
+        self.assertIsNone(textLogStream(LogPublisher(jsonFileLogObserver(other))))
 
     def test_epollReactor(self) -> None:
         """

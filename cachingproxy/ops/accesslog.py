@@ -26,7 +26,9 @@ import signal
 import time
 from typing import List, Optional
 
-from twisted.logger import FileLogObserver, Logger, formatTime, globalLogPublisher
+from twisted.logger import Logger, formatTime
+
+from .._twistedinternals import textLogStream
 
 __all__ = ["AccessLog", "FORMATS", "combinedLine", "FLUSH_SECONDS", "FLUSH_SIZE", "reopenOnSignal", "writeLogTo"]
 
@@ -67,14 +69,11 @@ def _logStream():
     if _registered is not None:
         stream, system = _registered
         return stream, system, None if _isText(stream) else "utf-8"
-    for observer in getattr(globalLogPublisher, "_observers", ()):
-        # textFileLogObserver's formatter, and no other: a JSON observer
-        # is a FileLogObserver too.
-        if (isinstance(observer, FileLogObserver)
-                and getattr(observer.formatEvent, "__qualname__", "").startswith(
-                    "textFileLogObserver.")):
-            return observer._outFile, _SYSTEM, observer._encoding
-    return None
+    found = textLogStream()
+    if found is None:
+        return None
+    stream, encoding = found
+    return stream, _SYSTEM, encoding
 
 
 def _isText(stream) -> bool:
