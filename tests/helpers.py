@@ -580,11 +580,16 @@ async def twistdOutcome(*arguments: str, env: Optional[Dict[str, Optional[str]]]
             process.errors.decode(errors="replace"))
 
 
-async def startTwistd(testCase, *args, env: Optional[Dict[str, str]] = None):
+async def startTwistd(testCase, *args, env: Optional[Dict[str, str]] = None,
+                      logfile: Optional[str] = None):
     """
     Run C{twistd -n cachingproxy --port tcp:0:interface=127.0.0.1
     --cache-dir none ARGS} from the checkout; the test's cleanup sends it
     SIGTERM and waits for it to end.
+
+    @param logfile: twistd's C{--logfile}: the log, and the port it
+        names, are read from that file (C{process.output} then holds only
+        what was written to stdout and stderr).
 
     @return: the L{Twistd}, its process transport and the port it listens
         on.
@@ -593,10 +598,11 @@ async def startTwistd(testCase, *args, env: Optional[Dict[str, str]] = None):
     import sys
 
     process = Twistd()
+    twistdArgs = [] if logfile is None else ["--logfile", logfile]
     transport = reactor.spawnProcess(
         process,
         sys.executable,
-        [sys.executable, "-c", TWISTD, "-n", "--pidfile=",
+        [sys.executable, "-c", TWISTD, "-n", "--pidfile=", *twistdArgs,
          "cachingproxy", "--port", "tcp:0:interface=127.0.0.1", "--cache-dir", "none", *args],
         env=dict(os.environ if env is None else env, PYTHONPATH=REPO),
         path=REPO,
@@ -608,6 +614,22 @@ async def startTwistd(testCase, *args, env: Optional[Dict[str, str]] = None):
         return process.ended
 
     testCase.addCleanup(stop)
+    if logfile is not None:
+        # Nothing says "listening" on stdout: that end is not awaited.
+        process.listening.addErrback(lambda failure: None)
+
+        def listening():
+            try:
+                with open(logfile, "rb") as f:
+                    found = re.search(rb"listening on 127\.0\.0\.1:(\d+)", f.read())
+            except FileNotFoundError:
+                return None
+            if process.ended.called:
+                raise AssertionError("twistd ended: " + process.output.decode(errors="replace"))
+            return found and int(found.group(1))
+
+        await until(listening, 30)
+        return process, transport, listening()
     port = await process.listening
     return process, transport, port
 

@@ -374,6 +374,34 @@ class LossTests(TestCase):
         """
         await self._stopLosesNothing(False, "--workers", "2")
 
+    async def test_workersToTwistdLogFile(self):
+        """
+        With two worker processes and C{twistd --logfile FILE}, the
+        workers' log, access lines included, goes to that file (relayed by
+        the parent), not to twistd's stdout, and a clean stop loses no
+        line.
+        """
+        origin, originPort = listenOrigin(self)
+        logfile = temporaryPath(self, "twistd.log")
+        process, transport, port = await startTwistd(self, "--workers", "2", logfile=logfile)
+
+        def text():
+            with open(logfile) as f:
+                return f.read()
+
+        await until(lambda: text().count(") ready") >= 2, 20)
+        sizes = range(100, 140)
+        await self._serve(port, originPort, sizes)
+        transport.signalProcess(signal.SIGTERM)
+        await process.ended
+        logged = text()
+        targets = sorted(match["target"] for match in _accessLines(logged))
+        self.assertEqual(targets, sorted("http://127.0.0.1:%d/size/%d" % (originPort, n)
+                                         for n in sizes))
+        self.assertIn("[worker 1 pid", logged)
+        self.assertIn("[worker 2 pid", logged)
+        self.assertNotIn(b"cachingproxy.access", process.output)
+
     async def test_rotate(self):
         """
         logrotate's way: the file is renamed, SIGUSR1, more requests. The

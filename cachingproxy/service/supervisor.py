@@ -64,6 +64,7 @@ from .. import __version__
 from .config import SETTINGS, cannotListen
 from ..ops.metrics import ENVIRONMENT as METRICS_ENVIRONMENT
 from ..ops.metrics import countWorkerRestart, markProcessDead
+from .._twistedinternals import textLogStream
 from .addresses import describeAddress
 
 __all__ = [
@@ -385,6 +386,8 @@ class _WorkerProcess(ProcessProtocol):
         self.ended: defer.Deferred = defer.Deferred()
         self._readyWaiters: List[defer.Deferred] = []
         self._readyBuffer = b""
+        #: the start of a log line not yet relayed, per descriptor
+        self._partial: Dict[int, bytes] = {}
 
     def __repr__(self) -> str:
         return f"<worker {self.workerId} pid {self.pid}>"
@@ -410,6 +413,9 @@ class _WorkerProcess(ProcessProtocol):
         self.pid = self.transport.pid
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD in (1, 2):
+            self._relay(childFD, data)
+            return
         if childFD != self.supervisor.readyFD or self.ready:
             return
         self._readyBuffer += data
@@ -422,7 +428,21 @@ class _WorkerProcess(ProcessProtocol):
                 for d in waiters:
                     d.callback(self)
 
+    def _relay(self, childFD: int, data: bytes) -> None:
+        """
+        Pass what the worker wrote to its stdout or stderr on to the log
+        file, whole lines at a time (two workers' lines never mix).
+        """
+        data = self._partial.pop(childFD, b"") + data
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            self._partial[childFD] = data[end:]
+        if end:
+            self.supervisor.logSink(data[:end])
+
     def processEnded(self, reason) -> None:
+        for childFD in sorted(self._partial):
+            self.supervisor.logSink(self._partial.pop(childFD) + b"\n")
         self.supervisor._workerEnded(self, reason)
         waiters, self._readyWaiters = self._readyWaiters, []
         for d in waiters:
@@ -430,6 +450,33 @@ class _WorkerProcess(ProcessProtocol):
                 f"worker {self.workerId} {_describeEnd(reason)} before it was ready"))
         self.endReason = reason
         self.ended.callback(None)
+
+
+def _fileLogSink() -> Optional[Callable[[bytes], None]]:
+    """
+    @return: a function writing the bytes given to the file twistd logs to
+        (C{--logfile}), or C{None} when the log goes to this process's
+        stdout or stderr (the journal, a terminal), which the workers
+        inherit.
+    """
+    found = textLogStream()
+    if found is None:
+        return None
+    stream, encoding = found
+    try:
+        if stream.fileno() in (1, 2):
+            return None
+    except (AttributeError, OSError, ValueError):
+        pass
+
+    def write(data: bytes) -> None:
+        try:
+            stream.write(data if encoding is not None else data.decode("utf-8", "replace"))
+            stream.flush()
+        except Exception:
+            WorkerSupervisor._log.failure("writing a worker's log lines failed")
+
+    return write
 
 
 class _Slot:
@@ -505,6 +552,10 @@ class WorkerSupervisor(service.Service):
         self._reloadAgain = False
         #: fires the first time every slot has a worker that is ready
         self.allReady: defer.Deferred = defer.Deferred()
+        #: where the workers' log lines are written when the parent logs to
+        #: a file of its own (L{_fileLogSink}); C{None}: they inherit its
+        #: stdout and stderr
+        self.logSink: Optional[Callable[[bytes], None]] = None
 
     # -- what to run --------------------------------------------------------
 
@@ -528,8 +579,14 @@ class WorkerSupervisor(service.Service):
     def _childFDs(self) -> Dict[int, object]:
         # stdin is a pipe the parent never writes to: the worker sees end
         # of file when the parent is gone. stdout and stderr are the
-        # parent's, so the worker logs go where the parent's go.
-        fds: Dict[int, object] = {0: "w", 1: 1, 2: 2, self.readyFD: "r"}
+        # parent's, so the worker logs go where the parent's go, unless
+        # the parent logs to a file of its own (twistd --logfile): then
+        # they are pipes, relayed to that file (which twistd rotates).
+        out: object = 1
+        err: object = 2
+        if self.logSink is not None:
+            out = err = "r"
+        fds: Dict[int, object] = {0: "w", 1: out, 2: err, self.readyFD: "r"}
         for fd in self.listeningFDs:
             fds[fd] = fd
         return fds
@@ -538,6 +595,7 @@ class WorkerSupervisor(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        self.logSink = _fileLogSink()
         # One folder where every worker's metrics add up (prometheus-client
         # multiprocess mode), unless the operator chose one.
         self.metricsFolder = None
