@@ -285,9 +285,8 @@ start_server() {
             local args=()
             case "$row" in
                 cp-defaults|cp-w1) args=(--workers 1); SRV_ACCESS="$d/twistd.log" ;;
-                # The worker processes write their log, access lines
-                # included, to twistd's stdout, not to --logfile.
-                cp-w2) args=(--workers 2); SRV_ACCESS="$d/stdout.log" ;;
+                # The parent relays its workers' log lines to --logfile.
+                cp-w2) args=(--workers 2); SRV_ACCESS="$d/twistd.log" ;;
                 cp-log-file) args=(--access-log "$d/access.log"); SRV_ACCESS="$d/access.log" ;;
                 cp-log-json) args=(--access-log "$d/access.log" --access-log-format json); SRV_ACCESS="$d/access.log" ;;
                 cp-no-log) args=(--no-access-log) ;;
@@ -623,8 +622,7 @@ echo "Rows: cachingproxy defaults = no logging option: the access log goes to th
 echo "  squid = its default access log (daemon module, logformat squid, to a file), cache_mem default;"
 echo "  varnish = varnishd as installed (default storage and VCL, no varnishncsa);"
 echo "  nginx = proxy_cache with the default combined access log to a file, upstream keepalive 32."
-echo "  cachingproxy --workers 2: the workers write their access lines to twistd's stdout (a file"
-echo "  here too), not to the --logfile file, where --workers 1 writes them."
+echo "  cachingproxy --workers 2: the parent relays its workers' access lines to the --logfile file."
 echo "Every run: 0 non-2xx, 0 socket errors; hits checked before and after the run and by the origin's log."
 echo "Access log lines per row (round 1; both paths, warm-ups and checks), first access line:"
 awk '!seen[$1]++ { print "    " $0 }' "$T/access-samples.txt"
