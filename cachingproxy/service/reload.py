@@ -193,6 +193,7 @@ class ConfigReloader:
                 minUses=new.minUses,
                 xCache=new.xCache,
                 collapse=new.collapse,
+                collapseWait=new.collapseWait,
             )
         accessLog = factory.accessLog
         newLog = None

@@ -249,6 +249,7 @@ def buildCache(reactor, config: Config, pool):
         minUses=config.minUses,
         xCache=config.xCache,
         collapse=config.collapse,
+        collapseWait=config.collapseWait,
     )
     cache = CacheLayer(store, reactor, pool, settings)
     # The disk store's size accounting walks the folder a bit at a time
@@ -257,7 +258,33 @@ def buildCache(reactor, config: Config, pool):
 
     cache.housekeeping = LoopingCall(store.rescan, 2000)
     cache.housekeeping.clock = reactor
+    collapseAcrossProcesses(reactor, config, cache)
     return cache
+
+
+def collapseAcrossProcesses(reactor, config: Config, cache) -> None:
+    """
+    With a disk cache, collapsed forwarding reaches every process sharing
+    its folder (the workers, other proxies): C{cache}'s fill lock is a
+    L{cachingproxy.cache.filllock.LocalFillLock} under the folder, whose
+    stale files the store's housekeeping sweeps.
+    """
+    if config.cacheDir is None or not config.collapse:
+        return
+    from twisted.internet.task import LoopingCall
+
+    from ..cache.filllock import LocalFillLock
+
+    lock = LocalFillLock(os.path.join(config.cacheDir, "locks"), cache.store, reactor)
+    cache.fillLock = lock
+    rescan = cache.housekeeping.f
+
+    def housekeeping() -> None:
+        rescan(2000)
+        lock.sweep()
+
+    cache.housekeeping = LoopingCall(housekeeping)
+    cache.housekeeping.clock = reactor
 
 
 def _proxySettings(config: Config, upstream) -> ProxySettings:
