@@ -25,8 +25,9 @@ pass markers and abandoned temporary files.
 A waiter is a timer per key and process (only one request per process
 waits, the others wait in its L{cachingproxy.cache.collapse.Flight}). It
 fires every C{pollInterval} (jittered, half to one and a half times) and
-checks, cheapest first: the store's change stamp for the key (a memory
-read for the disk store: a commit by any process changes it), then what
+checks, cheapest first: the store's change stamp for the key (for the
+disk store, a memory read while nothing is stored under the key, else a
+C{stat} of its folder: a commit by any process changes it), then what
 the store holds (only when the stamp moved, to tell this key's change
 from another's), the pass marker, and the lock itself (free when its
 holder gave up or died: the waiter takes it over). The wait ends at
@@ -176,8 +177,7 @@ class _Wait:
         self._call = None
         self.result = Deferred(lambda d: self._cancel())
         store = owner.store
-        self._stamp = store.stamper(key)
-        self._lastStamp = self._stamp()
+        self._lastStamp = store.stamp(key)
         self._versions = store.versions(key)
 
     def start(self) -> Deferred:
@@ -210,7 +210,7 @@ class _Wait:
         the stamp first (cheap), then, when it moved, the variants (the
         stamp may be shared with other keys).
         """
-        stamp = self._stamp()
+        stamp = self._owner.store.stamp(self.key)
         if stamp is not None and stamp == self._lastStamp:
             return False
         self._lastStamp = stamp
