@@ -383,3 +383,40 @@ class LayerAcrossProcessesTests(SynchronousTestCase):
         self.assertEqual(waiter.forwarded, [])
         self.assertEqual((self.a.lock.held, self.b.lock.held), (0, 0))
         self.assertTrue(ILease.providedBy(self.successResultOf(self.a.lock.acquire(KEY, 1.0))))
+
+
+class WiringTests(SynchronousTestCase):
+    """
+    L{cachingproxy.service.tap.buildCache} gives a cache with a disk store
+    the fill lock under its folder, swept with the store's housekeeping.
+    """
+
+    def build(self, **given):
+        from cachingproxy.service.config import fromOptions
+        from cachingproxy.service.tap import buildCache
+
+        config = fromOptions(dict(given), {})
+        return buildCache(Clock(), config, None)
+
+    def test_diskCache(self) -> None:
+        """
+        With a disk cache (the default) the lock lives in C{CACHE_DIR/locks},
+        waits at most C{--collapse-wait}, and the housekeeping sweeps it.
+        """
+        folder = temporaryPath(self, "cache")
+        cache = self.build(**{"cache-dir": folder, "collapse-wait": "2.5"})
+        self.assertIsInstance(cache.fillLock, LocalFillLock)
+        self.assertEqual(cache.fillLock.directory, os.path.join(folder, "locks"))
+        self.assertEqual(cache.settings.collapseWait, 2.5)
+        with open(os.path.join(folder, "locks", "left.lock"), "w"):
+            pass
+        cache.housekeeping.f()
+        self.assertEqual(os.listdir(os.path.join(folder, "locks")), [])
+
+    def test_withinProcessOnly(self) -> None:
+        """
+        Without a disk cache, or with --no-collapse, there is no fill lock.
+        """
+        self.assertIsNone(self.build(**{"cache-dir": "none", "cache-memory": "1M"}).fillLock)
+        folder = temporaryPath(self, "cache")
+        self.assertIsNone(self.build(**{"cache-dir": folder, "no-collapse": True}).fillLock)
