@@ -10,7 +10,7 @@ Across processes (workers sharing a disk store, proxies sharing a fleet
 store) the collapsing has a second level: before its one upstream request,
 a process's flight takes the key's fill lock (L{IFillLock}). Only one
 request per process takes part in that step; the others wait in the flight
-as before. The lock's answer is a L{Lease} (this process fetches, and says
+as before. The lock's answer is an L{ILease} (this process fetches, and says
 when the entry is stored or not storable) or, after a bounded wait for the
 fill another process holds, a L{Busy}: look the entry up again (through
 the policy: it may not be usable for this request), go upstream in

@@ -643,7 +643,6 @@ class CacheLayer:
                                      self.settings.options)
             kind = type(decision)
             if kind in (policy.Fresh, policy.Stale, policy.StaleWhileRevalidate):
-                self.stats.collapsed += 1
                 self._serve(exchange, head, decision.entry, decision.age, decision.ttl,
                             hit=True, xcache=b"HIT" if kind is policy.Fresh else b"STALE")
                 return
