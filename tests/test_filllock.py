@@ -7,9 +7,11 @@ cache layer with it, through the fake exchange of L{tests.test_layer}.
 """
 
 import os
+import time
+from unittest import SkipTest
 
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from cachingproxy.cache import policy
@@ -420,3 +422,53 @@ class WiringTests(SynchronousTestCase):
         self.assertIsNone(self.build(**{"cache-dir": "none", "cache-memory": "1M"}).fillLock)
         folder = temporaryPath(self, "cache")
         self.assertIsNone(self.build(**{"cache-dir": folder, "no-collapse": True}).fillLock)
+
+
+class RemovalWakeUpTests(TestCase):
+    """
+    With inotify, a waiter is woken by the removal of its key's lock
+    file, not by its poll (here 30 seconds away).
+    """
+
+    timeout = 20
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        if not LocalFillLock(temporaryPath(self), None, reactor).watchRemovals(reactor):
+            raise SkipTest("no inotify here")
+        folder = os.path.dirname(temporaryPath(self))
+        self.a = Process(folder, reactor)
+        self.b = Process(folder, reactor)
+        for process in (self.a, self.b):
+            process.lock.pollInterval = 30.0
+            process.lock.watchRemovals(reactor)
+            self.addCleanup(process.lock.stop)
+
+    async def test_wokenByCommit(self) -> None:
+        """
+        The commit of the entry, then of the lease, ends the other
+        process's wait with STORED at once; the folder is no longer
+        watched after.
+        """
+        lease = await self.a.lock.acquire(KEY, 10.0)
+        waiting = self.b.lock.acquire(KEY, 10.0)
+        self.assertTrue(self.b.lock._watch.watching)
+        self.a.store_()
+        lease.commit()
+        started = time.monotonic()
+        result = await waiting
+        self.assertEqual(result.outcome, Waited.STORED)
+        self.assertLess(time.monotonic() - started, 5.0)
+        self.assertFalse(self.b.lock._watch.watching)
+
+    async def test_wokenByRelease(self) -> None:
+        """
+        A lease given up hands the lock over at once.
+        """
+        lease = await self.a.lock.acquire(KEY, 10.0)
+        waiting = self.b.lock.acquire(KEY, 10.0)
+        lease.release()
+        taken = await waiting
+        self.assertTrue(ILease.providedBy(taken))
+        taken.release()

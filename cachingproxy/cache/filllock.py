@@ -23,7 +23,12 @@ run with the store's housekeeping, removes lock files nobody holds, expired
 pass markers and abandoned temporary files.
 
 A waiter is a timer per key and process (only one request per process
-waits, the others wait in its L{cachingproxy.cache.collapse.Flight}). It
+waits, the others wait in its L{cachingproxy.cache.collapse.Flight}). With
+L{LocalFillLock.watchRemovals} (Linux's inotify), the removal of the
+key's lock file (its holder committed, marked a pass or gave up) runs the
+checks at once; while any wait is on, the process watches the lock folder
+for removals. Otherwise, and as the safety net (a holder that died
+removes nothing), the timer
 fires every C{pollInterval} (jittered, half to one and a half times) and
 checks, cheapest first: the store's change stamp for the key (for the
 disk store, a memory read while nothing is stored under the key, else a
@@ -194,12 +199,22 @@ class _Wait:
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
-        self._owner._waits.discard(self)
+        self._owner._ended(self)
 
     def _finish(self, result) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
         self._call = None
-        self._owner._waits.discard(self)
+        self._owner._ended(self)
         self.result.callback(result)
+
+    def wake(self) -> None:
+        """
+        The key's lock file was removed: check now.
+        """
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+            self._tick()
 
     def _waited(self) -> float:
         return self._owner.clock.seconds() - self._start
@@ -244,6 +259,50 @@ class _Wait:
         self._schedule()
 
 
+class _Removals:
+    """
+    Files removed from a folder, through inotify, while started.
+    """
+
+    def __init__(self, reactor, directory: str, removed: Callable[[str], None]) -> None:
+        self._reactor = reactor
+        self._path = directory.encode("utf-8")
+        self._removed = removed
+        self._notifier = None
+        self.watching = False
+
+    def start(self) -> None:
+        if self.watching:
+            return
+        from twisted.internet import inotify
+        from twisted.python.filepath import FilePath
+
+        if self._notifier is None:
+            self._notifier = inotify.INotify(self._reactor)
+        self._notifier.watch(FilePath(self._path), mask=inotify.IN_DELETE | inotify.IN_MOVED_FROM,
+                             callbacks=[self._event])
+        self._notifier.startReading()
+        self.watching = True
+
+    def _event(self, ignored, path, mask) -> None:
+        name = path.basename()
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "replace")
+        self._removed(name)
+
+    def stop(self) -> None:
+        if not self.watching:
+            return
+        from twisted.python.filepath import FilePath
+
+        self.watching = False
+        self._notifier.stopReading()
+        try:
+            self._notifier.ignore(FilePath(self._path))
+        except (KeyError, OSError):
+            pass
+
+
 @implementer(IFillLock)
 class LocalFillLock:
     """
@@ -279,12 +338,53 @@ class LocalFillLock:
         self.waits = 0
         self.timeouts = 0
         self.takenOver = 0
-        self._waits: set = set()
+        #: lock file name -> the waits for its key
+        self._waits: dict = {}
         self._logged: dict = {}
+        self._watch = None
         try:
             os.makedirs(self.directory, exist_ok=True)
         except OSError as e:
             self._logError("create the lock folder", e)
+
+    def watchRemovals(self, reactor) -> bool:
+        """
+        Wake waiters as soon as their key's lock file is removed, through
+        inotify (Linux): the lock folder is watched (with C{reactor}) while
+        any wait is on.
+
+        @return: whether it is available.
+        """
+        try:
+            from twisted.internet import inotify
+        except ImportError:
+            return False
+        del inotify
+        self._watch = _Removals(reactor, self.directory, self._removed)
+        return True
+
+    def _removed(self, name: str) -> None:
+        if name.endswith(".lock"):
+            for wait in list(self._waits.get(name[:-5], ())):
+                wait.wake()
+
+    def _began(self, wait: "_Wait") -> None:
+        self._waits.setdefault(wait._name, set()).add(wait)
+        if self._watch is not None:
+            try:
+                self._watch.start()
+            except Exception as e:
+                self._watch = None
+                self._logError("watch the lock folder", e)
+
+    def _ended(self, wait: "_Wait") -> None:
+        waits = self._waits.get(wait._name)
+        if waits is not None:
+            waits.discard(wait)
+            if not waits:
+                del self._waits[wait._name]
+        if self._watch is not None and not self._waits:
+            self._watch.stop()
 
     def _path(self, name: str, suffix: str) -> str:
         return os.path.join(self.directory, name + suffix)
@@ -348,16 +448,16 @@ class LocalFillLock:
         except OSError as e:
             self._logError("wait for a fill", e)
             return succeed(NO_LEASE)
-        self._waits.add(wait)
+        self._began(wait)
         return wait.start()
 
     def stop(self) -> None:
         """
         End every wait now (as if it ran out).
         """
-        for wait in list(self._waits):
-            wait._cancel()
-            wait._finish(Busy(Waited.TIMEOUT, wait._waited()))
+        for waits in list(self._waits.values()):
+            for wait in list(waits):
+                wait._finish(Busy(Waited.TIMEOUT, wait._waited()))
 
     def sweep(self) -> int:
         """

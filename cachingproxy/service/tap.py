@@ -266,8 +266,9 @@ def collapseAcrossProcesses(reactor, config: Config, cache) -> None:
     """
     With a disk cache, collapsed forwarding reaches every process sharing
     its folder (the workers, other proxies): C{cache}'s fill lock is a
-    L{cachingproxy.cache.filllock.LocalFillLock} under the folder, whose
-    stale files the store's housekeeping sweeps.
+    L{cachingproxy.cache.filllock.LocalFillLock} under the folder (its
+    waiters woken by inotify where there is one), whose stale files the
+    store's housekeeping sweeps.
     """
     if config.cacheDir is None or not config.collapse:
         return
@@ -276,6 +277,7 @@ def collapseAcrossProcesses(reactor, config: Config, cache) -> None:
     from ..cache.filllock import LocalFillLock
 
     lock = LocalFillLock(os.path.join(config.cacheDir, "locks"), cache.store, reactor)
+    lock.watchRemovals(reactor)
     cache.fillLock = lock
     rescan = cache.housekeeping.f
 
