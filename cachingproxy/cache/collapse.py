@@ -5,15 +5,30 @@ request (L{Flight}), led by the first miss's L{cachingproxy.cache.layer}
 handler; the others wait for its response head, then stream the same body
 as it arrives when it turns out storable, or each go upstream on their own
 at once when it does not.
+
+Across processes (workers sharing a disk store, proxies sharing a fleet
+store) the collapsing has a second level: before its one upstream request,
+a process's flight takes the key's fill lock (L{IFillLock}). Only one
+request per process takes part in that step; the others wait in the flight
+as before. The lock's answer is an L{ILease} (this process fetches, and says
+when the entry is stored or not storable) or, after a bounded wait for the
+fill another process holds, a L{Busy}: look the entry up again (through
+the policy: it may not be usable for this request), go upstream in
+parallel (the answer was not storable), or go upstream without storing
+(the wait ran out).
 """
 
 from __future__ import annotations
 
+import enum
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, List, Optional
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import Attribute, Interface, implementer
 
 from . import policy
 from ..errors import BadGateway
@@ -24,7 +39,107 @@ from ..proxy.states import ExchangeState
 if TYPE_CHECKING:
     from .layer import CacheLayer, _Fill
 
-__all__ = ["Flight"]
+__all__ = ["Busy", "Flight", "IFillLock", "ILease", "NO_LEASE", "Waited"]
+
+
+class Waited(enum.Enum):
+    """
+    How a wait for another process's fill of a key ended.
+    """
+
+    #: what is stored under the key changed: look it up again
+    STORED = "stored"
+    #: the answer was not storable (a pass marker): go upstream at once,
+    #: in parallel, no queueing
+    PASS = "pass"
+    #: the wait ran out: go upstream, and do not store
+    TIMEOUT = "timeout"
+
+
+@dataclass(frozen=True)
+class Busy:
+    """
+    L{IFillLock.acquire}'s answer when another process was filling the
+    key.
+
+    @ivar outcome: a L{Waited}.
+    @ivar waited: seconds spent waiting.
+    """
+
+    outcome: Waited
+    waited: float = 0.0
+
+
+class ILease(Interface):
+    """
+    The fill lock of one key, held by this process: it fetches the
+    response and stores it if it may. Exactly one of L{commit},
+    L{markPass} or L{release} ends it; later calls do nothing. Each
+    returns a L{Deferred} (callers need not wait for it) that never fails.
+    """
+
+    key = Attribute("The primary key.")
+
+    def commit() -> Deferred:
+        """
+        The entry is stored: release the lock; waiters look it up.
+        """
+
+    def markPass() -> Deferred:
+        """
+        The answer is not storable: release the lock and leave a pass
+        marker for a short while, so that waiters, and misses that come
+        meanwhile, go upstream in parallel instead of queueing.
+        """
+
+    def release() -> Deferred:
+        """
+        Give the lock up without storing (the fetch failed or was
+        abandoned): one waiter takes it over.
+        """
+
+
+class IFillLock(Interface):
+    """
+    The cross-process step of collapsed forwarding: one fill of a key at a
+    time among the processes sharing a store.
+
+    A holder that dies must not wedge the others: its lock is released by
+    the operating system, or expires.
+    """
+
+    def acquire(key: bytes, maxWait: float) -> Deferred:
+        """
+        Take C{key}'s fill lock, waiting up to C{maxWait} seconds while
+        another process holds it.
+
+        @return: a L{Deferred} that never fails, firing with an L{ILease}
+            (this process fills) or a L{Busy} (see L{Waited}).
+        """
+
+
+@implementer(ILease)
+class _NoLease:
+    """
+    A lease that is no lock: what a fill lock answers when it cannot work
+    (a folder it cannot write, a fleet it cannot reach), so that the
+    collapsing stays within the process.
+    """
+
+    key = b""
+
+    def commit(self) -> Deferred:
+        return succeed(None)
+
+    def markPass(self) -> Deferred:
+        return succeed(None)
+
+    def release(self) -> Deferred:
+        return succeed(None)
+
+
+#: The L{ILease} that holds nothing.
+NO_LEASE = _NoLease()
 
 
 @implementer(IPushProducer)
@@ -46,6 +161,8 @@ class Flight:
     and only until its head).
     """
 
+    _log = Logger()
+
     def __init__(self, layer: "CacheLayer", key: bytes, request: RequestHead) -> None:
         self.layer = layer
         self.key = key
@@ -55,6 +172,46 @@ class Flight:
         self.head: Optional[ResponseHead] = None
         self.leader: Optional["_Fill"] = None
         self._paused: set = set()
+        self.fwd = "miss"
+
+    # the cross-process step
+
+    def waitForLock(self, exchange: ICacheExchange, fwd: str) -> None:
+        """
+        The flight's first miss: take the key's fill lock (the layer's
+        L{IFillLock}) before anyone goes upstream. Meanwhile C{exchange}
+        waits like the misses that join; when the lock is ours the first of
+        them still there leads the fetch.
+        """
+        self.fwd = fwd
+        self.join(exchange)
+        d = self.layer.fillLock.acquire(self.key, self.layer.settings.collapseWait)
+        d.addErrback(self._lockFailed)
+        d.addCallback(self._lockAnswered)
+
+    def _lockFailed(self, reason: Failure):
+        self._log.failure("fill lock of {key} failed", reason, key=self.key)
+        return NO_LEASE
+
+    def _lockAnswered(self, result) -> None:
+        if isinstance(result, Busy):
+            # Another process filled (or tried): each waiter finds out on
+            # its own what to do.
+            self._done()
+            waiters, self.waiters = self.waiters, []
+            for exchange in waiters:
+                exchange.onClientGone = None
+                self.layer._afterWait(exchange, self.key, result)
+            return
+        while self.waiters:
+            exchange = self.waiters.pop(0)
+            exchange.onClientGone = None
+            if exchange.state is ExchangeState.FORWARDING:
+                self.layer._lead(exchange, self, result)
+                return
+        # Everyone left while the lock was being taken.
+        self._done()
+        result.release()
 
     def accepts(self, request: RequestHead) -> bool:
         """

@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import policy
-from .collapse import Flight
+from .collapse import Busy, Flight, Waited
 from .store import ABSENT, IStore, StoreFull
 from ..errors import BadGateway, GatewayTimeout, ProxyError, upstreamError
 from ..http import wire
@@ -145,6 +145,8 @@ class CacheSettings:
     @ivar xCache: add an C{X-Cache} field (HIT, MISS, ...).
     @ivar name: this cache's name in Cache-Status.
     @ivar collapse: collapsed forwarding of concurrent misses.
+    @ivar collapseWait: at most how many seconds a miss waits for the fill
+        of its key by another process (see L{CacheLayer.fillLock}).
     """
 
     options: policy.CacheOptions = policy.DEFAULT_OPTIONS
@@ -153,6 +155,7 @@ class CacheSettings:
     xCache: bool = fromSetting("no-x-cache")
     name: bytes = b"cachingproxy"
     collapse: bool = fromSetting("no-collapse")
+    collapseWait: float = fromSetting("collapse-wait")
 
 
 class _Stats:
@@ -180,10 +183,15 @@ class CacheLayer:
     @ivar housekeeping: the store's housekeeping (a
         L{twisted.internet.task.LoopingCall} of L{IStore.rescan}) that the
         service starts and stops with the listening port, or C{None}.
+    @ivar fillLock: the cross-process step of collapsed forwarding (an
+        L{cachingproxy.cache.collapse.IFillLock} shared with the other
+        processes of the store), or C{None} to collapse within this
+        process only.
     """
 
     _log = Logger()
     housekeeping: Optional[LoopingCall] = None
+    fillLock = None
 
     def __init__(self, store: IStore, reactor, pool, settings: CacheSettings = CacheSettings()):
         self.store = store
@@ -593,7 +601,54 @@ class CacheLayer:
             return
         flight = Flight(self, key, head)
         self._flights[key] = flight
+        if self.fillLock is not None:
+            flight.waitForLock(exchange, fwd)
+            return
         handler = _Fill(self, exchange, head, key, fwd, store=True, flight=flight)
+        exchange.forward(origin, head, handler)
+
+    def _lead(self, exchange: ICacheExchange, flight: Flight, lease) -> None:
+        """
+        C{flight} holds its key's fill lock (C{lease}): C{exchange} fetches
+        for it, and ends the lease once it knows whether the response is
+        stored.
+        """
+        head = exchange.cacheHead
+        handler = _Fill(self, exchange, head, flight.key, flight.fwd, store=True,
+                        flight=flight, lease=lease)
+        exchange.forward(exchange.cacheOrigin, head, handler)
+
+    def _afterWait(self, exchange: ICacheExchange, key: bytes, busy: Busy) -> None:
+        """
+        A miss waited for another process's fill of C{key}: after a
+        change, look the key up again through the policy (what was stored
+        may not be usable for this request) and go upstream if nothing
+        usable is there; after a pass marker, go upstream at once; after
+        the wait ran out, go upstream and store nothing.
+        """
+        if exchange.state is not ExchangeState.FORWARDING:
+            return
+        origin, head = exchange.cacheOrigin, exchange.cacheHead
+        if busy.outcome is Waited.STORED:
+            exchange.cacheStamp = self._stampFor(exchange, head, key)
+            try:
+                entries = self.store.entries(key)
+            except Exception:
+                self._log.failure("cache lookup failed for {key}", key=logText(key))
+                entries = []
+            exchange.cacheEntries = entries
+            decision = policy.decide(head, entries, self.reactor.seconds(),
+                                     self.settings.options)
+            kind = type(decision)
+            if kind in (policy.Fresh, policy.Stale, policy.StaleWhileRevalidate):
+                self._serve(exchange, head, decision.entry, decision.age, decision.ttl,
+                            hit=True, xcache=b"HIT" if kind is policy.Fresh else b"STALE")
+                return
+            if kind is policy.Revalidate:
+                self._revalidate(exchange, origin, head, key, decision, entries)
+                return
+        handler = _Fill(self, exchange, head, key, "miss",
+                        store=busy.outcome is not Waited.TIMEOUT)
         exchange.forward(origin, head, handler)
 
     def _fetchUnshared(self, exchange: ICacheExchange, key: bytes) -> None:
@@ -776,7 +831,11 @@ class _Fill:
     _log = Logger()
 
     def __init__(self, layer: CacheLayer, exchange: ICacheExchange, request: RequestHead,
-                 key: bytes, fwd: str, store: bool, flight: Optional[Flight] = None) -> None:
+                 key: bytes, fwd: str, store: bool, flight: Optional[Flight] = None,
+                 lease=None) -> None:
+        #: the key's fill lock, held while other processes may wait for
+        #: this fill (see L{_endLease})
+        self.lease = lease
         self.layer = layer
         self.exchange = exchange
         self.request = request
@@ -820,6 +879,7 @@ class _Fill:
             return False
         layer.stats.stale += 1
         self._discard = True
+        self._endLease("markPass")
         if self.flight is not None:
             self.flight.failed(Failure(BadGateway("origin error")), False)
             self.flight = None
@@ -869,6 +929,9 @@ class _Fill:
             self._prepareParts(stored)
             if self.expected == 0 and self.writer is not None:
                 self._commit()
+        if self.writer is None:
+            # Not stored (or already committed): nobody waits for it.
+            self._endLease("markPass")
         if self.flight is not None:
             self.flight.headArrived(self, stored, self.writer is not None)
         _stripTargeted(head, layer.settings.options)
@@ -891,6 +954,8 @@ class _Fill:
             except Exception:
                 self._log.failure("storing {key} failed", key=logText(self.key))
                 self._abortWriter()
+            if self.writer is None:
+                self._endLease("markPass")
         self.length += len(data)
         if self.length == self.expected and self.writer is not None:
             # The declared length is complete: make the entry visible before
@@ -907,14 +972,26 @@ class _Fill:
             return
         part = self.part
         if part is None:
-            self.layer.commit(writer, self.key, self.request, self.response,
-                                 self.requestTime, self.responseTime, self.length)
+            ok = self.layer.commit(writer, self.key, self.request, self.response,
+                                      self.requestTime, self.responseTime, self.length)
+            self._endLease("commit" if ok else "release")
             return
         start, end, total = part
         if self.length > end - start:
             writer.abort()
+            self._endLease("release")
             return
         self._commitParts(writer, start, start + self.length, total)
+        self._endLease("commit")
+
+    def _endLease(self, how: str) -> None:
+        """
+        End the key's fill lock, if this fill holds it: C{"commit"} (stored),
+        C{"markPass"} (not storable), C{"release"} (given up).
+        """
+        lease, self.lease = self.lease, None
+        if lease is not None:
+            getattr(lease, how)()
 
     # -- incomplete responses (RFC 9111 sections 3.3 and 3.4) -----------------
 
@@ -1026,6 +1103,7 @@ class _Fill:
         if self._discard:
             return
         self._commit()
+        self._endLease("release")
         # The flight and this storer point at each other: the ended fetch
         # lets go of both.
         flight, self.flight = self.flight, None
@@ -1041,6 +1119,7 @@ class _Fill:
             except Exception:
                 self._log.failure("storing the part of {key} received failed", key=self.key)
         self._abortWriter()
+        self._endLease("release")
         if self._discard:
             return
         if self.response is None and self._servedStale(None):
@@ -1076,6 +1155,7 @@ class _Fill:
         if flight is not None and flight.leaderDetached():
             return True
         self._abortWriter()
+        self._endLease("release")
         self.flight = None
         if flight is not None:
             flight.leaderGone()

@@ -793,6 +793,16 @@ SETTINGS = (
         "answered with Connection: close. At most the shutdown grace.",
         example="1.5",
     ),
+    # -- collapsed forwarding across processes
+    Setting(
+        "collapse-wait",
+        "float",
+        5.0,
+        "At most how many seconds a miss waits for another worker (or "
+        "proxy sharing the cache folder) that is fetching the same URL; "
+        "after that it goes to the origin itself, storing nothing.",
+        example="2.5",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -869,6 +879,7 @@ class Config:
     refreshRules: Tuple[object, ...]
     trustedProxies: Tuple[str, ...]
     cacheSetCookie: bool
+    collapseWait: float
 
 
 def _wholeItems(setting: Setting) -> bool:

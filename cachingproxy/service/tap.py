@@ -247,7 +247,35 @@ def buildCache(reactor, config: Config, pool):
 
     cache.housekeeping = LoopingCall(store.rescan, 2000)
     cache.housekeeping.clock = reactor
+    collapseAcrossProcesses(reactor, config, cache)
     return cache
+
+
+def collapseAcrossProcesses(reactor, config: Config, cache) -> None:
+    """
+    With a disk cache, collapsed forwarding reaches every process sharing
+    its folder (the workers, other proxies): C{cache}'s fill lock is a
+    L{cachingproxy.cache.filllock.LocalFillLock} under the folder (its
+    waiters woken by inotify where there is one), whose stale files the
+    store's housekeeping sweeps.
+    """
+    if config.cacheDir is None or not config.collapse:
+        return
+    from twisted.internet.task import LoopingCall
+
+    from ..cache.filllock import LocalFillLock
+
+    lock = LocalFillLock(os.path.join(config.cacheDir, "locks"), cache.store, reactor)
+    lock.watchRemovals(reactor)
+    cache.fillLock = lock
+    rescan = cache.housekeeping.f
+
+    def housekeeping() -> None:
+        rescan(2000)
+        lock.sweep()
+
+    cache.housekeeping = LoopingCall(housekeeping)
+    cache.housekeeping.clock = reactor
 
 
 def proxySettings(config: Config, upstream) -> ProxySettings:
