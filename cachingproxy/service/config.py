@@ -481,6 +481,75 @@ SETTINGS = (
         "answered with Connection: close. At most the shutdown grace.",
         example="1.5",
     ),
+    # -- the fleet tier (README "Running a fleet")
+    Setting(
+        "redis",
+        "str",
+        None,
+        "Share the cache with other proxies through Redis (or Valkey): "
+        "redis://[:password@]host:port[/db], rediss:// for TLS. A local miss "
+        "asks it; what is stored goes to it; PURGE applies to it.",
+        example="redis://127.0.0.1:6379/0",
+    ),
+    Setting(
+        "redis-password-file",
+        "str",
+        None,
+        "File whose first line is the Redis password (wins over the URL's).",
+        example="redis.password",
+    ),
+    Setting(
+        "redis-cluster",
+        "flag",
+        False,
+        "The --redis URL is a seed node of a Redis Cluster.",
+        example=True,
+    ),
+    Setting(
+        "fleet-max-object-size",
+        "size",
+        "8M",
+        "Largest body shared through Redis; larger ones stay in the local tiers.",
+        example="1M",
+    ),
+    Setting(
+        "fleet-deadline",
+        "float",
+        0.05,
+        "Seconds a Redis command may take; a slow or unreachable Redis adds "
+        "at most this to a request (it is then answered from the origin).",
+        example="0.1",
+    ),
+    Setting(
+        "fleet-lock-lease",
+        "float",
+        5.0,
+        "Seconds a fill lock in Redis lasts unless renewed (a proxy that "
+        "dies holding one blocks no one longer).",
+        example="10",
+    ),
+    Setting(
+        "fleet-wait",
+        "float",
+        2.0,
+        "Most seconds a request waits for a fill in progress on another proxy.",
+        example="1",
+    ),
+    Setting(
+        "tag-field",
+        "str",
+        "Surrogate-Key",
+        "Response field carrying purge tags (space- or comma-separated); "
+        "PURGE with this field purges every response carrying one of its tags.",
+        example="Cache-Tag",
+    ),
+    Setting(
+        "keep-tag-field",
+        "flag",
+        False,
+        "Send the tag field on to clients (it is removed by default).",
+        example=True,
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -555,6 +624,16 @@ class Config:
     refreshRules: Tuple[object, ...]
     trustedProxies: Tuple[str, ...]
     cacheSetCookie: bool
+    # the fleet tier
+    redis: Optional[str] = None
+    redisPasswordFile: Optional[str] = None
+    redisCluster: bool = False
+    fleetMaxObjectSize: int = 8 << 20
+    fleetDeadline: float = 0.05
+    fleetLockLease: float = 5.0
+    fleetWait: float = 2.0
+    tagField: Optional[str] = "Surrogate-Key"
+    keepTagField: bool = False
 
 
 def _wholeItems(setting: Setting) -> bool:
