@@ -6,6 +6,7 @@ real proxy processes (twistd), each with its own --cache-dir (one
 
 from __future__ import annotations
 
+import json
 import time
 
 from twisted.internet import reactor
@@ -94,6 +95,13 @@ class FleetMixin:
             % (target, self.originPort, headers))
         return response
 
+    async def admin(self, port, name):
+        _, [response] = await exchange(
+            port, self, b"GET /_cachingproxy/%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n"
+            % (name, port))
+        self.assertEqual(response.status, 200)
+        return response
+
     async def waitForFleet(self, port):
         """
         Until the proxy's fleet tier answers (its first connection made).
@@ -163,6 +171,12 @@ class FleetProxyTests(FleetMixin, TestCase):
         self.assertEqual(third.header(b"x-cache"), b"HIT")
         self.assertNotIn(b"fleet", third.header(b"cache-status"))
         self.assertEqual(self.origin.counts[b"/shared"], 1)
+        status = json.loads((await self.admin(b, b"status.json")).body)
+        self.assertEqual(status["fleet"]["state"], "closed")
+        self.assertEqual(status["fleet"]["hits"], 1)
+        metrics = (await self.admin(b, b"metrics")).body
+        self.assertIn(b'cachingproxy_fleet_events_total{event="hits"} 1.0', metrics)
+        self.assertIn(b"cachingproxy_fleet_breaker_open 0.0", metrics)
 
     async def test_purgeEverywhere(self):
         """
@@ -247,7 +261,9 @@ class FleetProxyTests(FleetMixin, TestCase):
         a = await self.proxy("--fleet-deadline", str(deadline))
         await self.waitForFleet(a)
         breakRedis()
-        for i in range(3):
+        # until the breaker opens (five failures: timeouts, connections
+        # refused), every request answered in time
+        for i in range(30):
             started = time.monotonic()
             response = await self.get(a, b"/down%d" % i)
             took = time.monotonic() - started
@@ -258,6 +274,10 @@ class FleetProxyTests(FleetMixin, TestCase):
             # machine; a stuck fleet would take the write timeout (1 s) or
             # the client's patience
             self.assertLess(took, deadline + 0.5)
+            status = json.loads((await self.admin(a, b"status.json")).body)
+            if status["fleet"]["state"] != "closed":
+                break
+        self.assertNotEqual(status["fleet"]["state"], "closed")
         # what was stored locally meanwhile is still served
         response = await self.get(a, b"/down0")
         self.assertEqual(response.header(b"x-cache"), b"HIT")
@@ -266,6 +286,11 @@ class FleetProxyTests(FleetMixin, TestCase):
         response = await self.purge(a, self.url(b"/down0"))
         self.assertEqual(response.status, 503)
         self.assertIn(b"the fleet did not confirm", response.body)
+        status = json.loads((await self.admin(a, b"status.json")).body)
+        self.assertGreaterEqual(status["fleet"]["skipped"], i + 1)
+        # one line for each change of the breaker's state, not one a request
+        output = self.processes[a].output
+        self.assertEqual(output.count(b"breaker closed -> open"), 1, output.decode()[-3000:])
 
     async def test_redisPaused(self):
         """
