@@ -7,6 +7,7 @@ real proxy processes (twistd), each with its own --cache-dir (one
 from __future__ import annotations
 
 import json
+import os
 import time
 
 from twisted.internet import reactor
@@ -14,6 +15,8 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+
+from cachingproxy.cache.fleettier import TagIndex, parseTags
 
 from .fleetredis import RedisCluster, RedisServer, needRedis
 from .helpers import exchange, startTwistd, temporaryPath, until
@@ -407,3 +410,105 @@ class FleetClusterTests(FleetMixin, TestCase):
             self.assertEqual(response.header(b"x-cache"), b"HIT", path)
             self.assertIn(b"detail=fleet", response.header(b"cache-status"))
         self.assertEqual({self.origin.counts[p] for p in paths}, {1})
+
+
+class TagIndexTests(TestCase):
+    """
+    L{TagIndex}: the local index of purge tags.
+    """
+
+    def test_sharedFolder(self):
+        """
+        Two indexes on one folder (two worker processes) see each other's
+        records; a tag forgotten is gone for both.
+        """
+        folder = temporaryPath(self, "cache")
+        one, two = TagIndex(folder), TagIndex(folder)
+        one.add(b"k1", [b"a", b"b"], time.time() + 60)
+        two.add(b"k2", [b"a"], time.time() + 60)
+        self.assertEqual(sorted(two.keys(b"a")), [b"k1", b"k2"])
+        self.assertEqual(one.keys(b"b"), [b"k1"])
+        one.forget(b"a")
+        self.assertEqual(two.keys(b"a"), [])
+        self.assertEqual(two.keys(b"b"), [b"k1"])
+
+    def test_expiry(self):
+        """
+        Records expire with their entries, on disk and in memory.
+        """
+        now = [1000.0]
+        for index in (TagIndex(temporaryPath(self, "cache"), clock=lambda: now[0]),
+                      TagIndex(None, clock=lambda: now[0])):
+            index.add(b"short", [b"t"], 1010)
+            index.add(b"long", [b"t"], 2000)
+            self.assertEqual(sorted(index.keys(b"t")), [b"long", b"short"])
+            now[0] = 1500.0
+            self.assertEqual(index.keys(b"t"), [b"long"])
+            now[0] = 1000.0
+
+    def test_bounded(self):
+        """
+        A tag's file is compacted when it grows past its bound: expired and
+        repeated records go, then the oldest; the memory index keeps at
+        most its number of records.
+        """
+        folder = temporaryPath(self, "cache")
+        index = TagIndex(folder, maxBytes=4096)
+        for i in range(1000):
+            index.add(b"key-%d" % i, [b"t"], time.time() + 60)
+        path = index._path(b"t")
+        self.assertLessEqual(os.path.getsize(path), 4096)
+        keys = index.keys(b"t")
+        self.assertIn(b"key-999", keys)
+        self.assertNotIn(b"key-0", keys)
+        memory = TagIndex(None, maxRecords=10)
+        for i in range(100):
+            memory.add(b"key-%d" % i, [b"t"], time.time() + 60)
+        self.assertEqual(len(memory.keys(b"t")), 10)
+
+    def test_parseTags(self):
+        """
+        Space-separated (Surrogate-Key) and comma-separated (Cache-Tag)
+        lists, repeats dropped.
+        """
+        self.assertEqual(parseTags(b" a  b a "), [b"a", b"b"])
+        self.assertEqual(parseTags(b"a, b,c"), [b"a", b"b", b"c"])
+        self.assertEqual(parseTags(b""), [])
+
+
+class TagPurgeWithoutRedisTests(FleetMixin, TestCase):
+    """
+    Purge by tag on a proxy without --redis, with two workers sharing the
+    disk cache.
+    """
+
+    redisArgs = ("--workers", "2")
+
+    def setUp(self):
+        self.startOrigin()
+
+    async def test_purgeByTag(self):
+        """
+        Responses carrying a tag are purged by PURGE with the tag field,
+        whatever worker stored them; others stay; the field is not sent to
+        clients; Cache-Tag style comma lists work with --tag-field.
+        """
+        port = await self.proxy("--tag-field", "Cache-Tag")
+        await until(lambda: self.processes[port].output.count(b") ready") >= 2, 20)
+        self.origin.fields[b"/t1"] = [(b"Cache-Control", b"max-age=300"), (b"Cache-Tag", b"x,y")]
+        self.origin.fields[b"/t2"] = [(b"Cache-Control", b"max-age=300"), (b"Cache-Tag", b"y")]
+        self.origin.fields[b"/t3"] = [(b"Cache-Control", b"max-age=300"), (b"Cache-Tag", b"z")]
+        for path in (b"/t1", b"/t2", b"/t3"):
+            # new connections: the workers take turns
+            for _ in range(2):
+                response = await self.get(port, path)
+                self.assertIsNone(response.header(b"cache-tag"))
+        self.assertEqual({self.origin.counts[p] for p in (b"/t1", b"/t2", b"/t3")}, {1})
+        response = await self.purge(port, self.url(b"/"), b"Cache-Tag: y\r\n")
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.body, b"purged 2\n")
+        for path in (b"/t1", b"/t2"):
+            self.assertEqual((await self.get(port, path)).header(b"x-cache"), b"MISS")
+        self.assertEqual((await self.get(port, b"/t3")).header(b"x-cache"), b"HIT")
+        response = await self.purge(port, self.url(b"/"), b"Cache-Tag: nothing\r\n")
+        self.assertEqual(response.status, 404)
