@@ -323,7 +323,7 @@ class FleetTier:
 
     _log = Logger()
 
-    def __init__(self, fleet, reactor, deadline: float = 0.05, maxWait: float = 2.0,
+    def __init__(self, fleet, reactor, deadline: float = 0.05, maxWait: float = 0.5,
                  pollInterval: float = 1.0, clock=None, maxTracked: int = 100000) -> None:
         self.fleet = fleet
         self.reactor = reactor

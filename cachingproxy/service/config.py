@@ -516,8 +516,10 @@ SETTINGS = (
         "fleet-deadline",
         "float",
         0.05,
-        "Seconds a Redis command may take; a slow or unreachable Redis adds "
-        "at most this to a request (it is then answered from the origin).",
+        "Most seconds the fleet tier adds to a request: a lookup Redis has "
+        "not answered by then is a miss (answered from the origin). A command "
+        "itself gets 4 times this (at least 0.25) before its connection is "
+        "closed.",
         example="0.1",
     ),
     Setting(
@@ -531,7 +533,7 @@ SETTINGS = (
     Setting(
         "fleet-wait",
         "float",
-        2.0,
+        0.5,
         "Most seconds a request waits for a fill in progress on another proxy.",
         example="1",
     ),
@@ -631,7 +633,7 @@ class Config:
     fleetMaxObjectSize: int = 8 << 20
     fleetDeadline: float = 0.05
     fleetLockLease: float = 5.0
-    fleetWait: float = 2.0
+    fleetWait: float = 0.5
     tagField: Optional[str] = "Surrogate-Key"
     keepTagField: bool = False
 

@@ -290,16 +290,22 @@ def attachFleet(reactor, config: Config, cache) -> None:
     url = str(config.redis)
     if not url.startswith(("redis://", "rediss://")):
         raise usage.UsageError(f"--redis: expected redis://host:port or rediss://..., got {url!r}")
+    # A request waits for the fleet at most the deadline (FleetTier drops
+    # a later answer); the commands themselves get longer before their
+    # connection is closed, so that a lock taken or a purge done by a reply
+    # that came a little late is not lost with it (a lost lock holds the
+    # others back until its lease ends).
+    commandTimeout = max(4 * config.fleetDeadline, 0.25)
     try:
         client = connectClient(reactor, [url], cluster=config.redisCluster,
                                passwordFile=config.redisPasswordFile,
-                               timeout=config.fleetDeadline)
+                               timeout=commandTimeout)
     except OSError as e:
         raise usage.UsageError(f"--redis-password-file: cannot read it: {e.strerror or e}")
     except ValueError as e:
         raise usage.UsageError(f"--redis: {_oneLineOf(e)}")
     store = FleetStore(client, reactor, maxObjectSize=config.fleetMaxObjectSize,
-                       lease=config.fleetLockLease, timeout=config.fleetDeadline)
+                       lease=config.fleetLockLease, timeout=commandTimeout)
     tier = FleetTier(store, reactor, deadline=config.fleetDeadline, maxWait=config.fleetWait)
     tier.layer = cache
     cache.fleet = tier
