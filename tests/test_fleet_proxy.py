@@ -361,8 +361,18 @@ class FleetMaxMemoryTests(FleetMixin, TestCase):
         paths = [b"/m%d?size=500000" % i for i in range(12)]
         for path in paths:
             await self.get(a, path)
-        await until(lambda: self.redis.command("KEYS", "cp:*:e"), 5)
-        await deferLater(reactor, 0.5, lambda: None)  # queued writes settle
+        status = {}
+
+        async def settled():
+            status.update(json.loads((await self.admin(a, b"status.json")).body)["fleet"])
+
+        await settled()
+        deadline = time.monotonic() + 10
+        while status["pendingWrites"]:
+            self.assertLess(time.monotonic(), deadline, "writes still queued")
+            await deferLater(reactor, 0.05, lambda: None)
+            await settled()
+        self.assertEqual(status["offered"], len(paths))
         results = []
         for path in paths:
             response = await self.get(b, path)

@@ -337,6 +337,7 @@ class FleetTier:
         self.misses = 0
         self.skipped = 0
         self.offered = 0
+        self.finishedWrites = 0
         self.failedWrites = 0
         self.followed = 0
         self.gaps = 0
@@ -534,8 +535,17 @@ class FleetTier:
         if self.fleet.submitWrite(write) is not None:
             self.offered += 1
 
+    def _write(self, key, variantKey, head, body, fresh, stale, tags) -> Deferred:
+        d = self._tryWrite(key, variantKey, head, body, fresh, stale, tags)
+
+        def finished(result):
+            self.finishedWrites += 1
+            return result
+
+        return d.addBoth(finished)
+
     @inlineCallbacks
-    def _write(self, key, variantKey, head, body, fresh, stale, tags):
+    def _tryWrite(self, key, variantKey, head, body, fresh, stale, tags):
         from ..fleet.store import FillOutcome
 
         try:
@@ -614,6 +624,7 @@ class FleetTier:
             "skipped": self.skipped,
             "timeouts": fleet.timeouts,
             "offered": self.offered,
+            "pendingWrites": self.offered - self.finishedWrites,
             "stored": fleet.commits,
             "failedWrites": self.failedWrites,
             "droppedWrites": fleet.droppedWrites,
