@@ -226,6 +226,27 @@ class FleetProxyTests(FleetMixin, TestCase):
         for path in paths:
             self.assertIn(self.origin.counts[path], (2, 3, 4), path)
 
+    async def test_workers(self):
+        """
+        Worker processes build their own fleet tier: stored through a
+        proxy with two workers, a hit through another proxy, and the other
+        way round.
+        """
+        a = await self.proxy("--workers", "2")
+        await until(lambda: self.processes[a].output.count(b") ready") >= 2, 20)
+        b = await self.proxy()
+        await self.waitForFleet(a)
+        await self.waitForFleet(b)
+        await self.get(a, b"/from-a")
+        await self.get(b, b"/from-b")
+        await until(lambda: len(self.redis.command("KEYS", "cp:*:e")) == 2, 5)
+        for port, path in ((b, b"/from-a"), (a, b"/from-b")):
+            response = await self.get(port, path)
+            self.assertEqual(response.header(b"x-cache"), b"HIT")
+            self.assertIn(b"detail=fleet", response.header(b"cache-status"))
+        self.assertEqual(self.origin.counts[b"/from-a"], 1)
+        self.assertEqual(self.origin.counts[b"/from-b"], 1)
+
     async def test_notShared(self):
         """
         A private response, one to a request with Authorization, and a
