@@ -11,10 +11,11 @@ import os
 import time
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 
 from cachingproxy.cache.fleettier import TagIndex, parseTags
 
@@ -49,7 +50,17 @@ class CountingOrigin(Resource):
         body = b"%s #%d\n" % (path, n)
         if size:
             body = (body * (size // len(body) + 1))[:size]
-        return body
+        delay = int(request.args.get(b"delay", [b"0"])[0])
+        if not delay:
+            return body
+
+        def later():
+            request.write(body)
+            request.finish()
+
+        call = reactor.callLater(delay / 1000.0, later)
+        request.notifyFinish().addErrback(lambda _: call.active() and call.cancel())
+        return NOT_DONE_YET
 
 
 class FleetMixin:
@@ -225,6 +236,36 @@ class FleetProxyTests(FleetMixin, TestCase):
         # (a copy stored again reaches the others through the fleet)
         for path in paths:
             self.assertIn(self.origin.counts[path], (2, 3, 4), path)
+
+    async def test_collapsedAcrossProxies(self):
+        """
+        Concurrent misses for one URL on three proxies reach the origin
+        once: one proxy fetches holding the entry's lock in Redis, the
+        others wait for its commit and answer from the fleet. An
+        uncacheable answer sets a pass marker: the next misses go to the
+        origin each on its own, without waiting.
+        """
+        ports = [await self.proxy("--fleet-wait", "5") for _ in range(3)]
+        for port in ports:
+            await self.waitForFleet(port)
+        path = b"/slow?delay=500"
+        responses = await gatherResults(
+            [Deferred.fromCoroutine(self.get(port, path)) for port in ports])
+        self.assertEqual(self.origin.counts[path], 1)
+        self.assertEqual({r.body for r in responses}, {path + b" #1\n"})
+        self.assertEqual(sorted(r.header(b"x-cache") for r in responses),
+                         [b"HIT", b"HIT", b"MISS"])
+        self.assertEqual(sum(b"detail=fleet" in r.header(b"cache-status") for r in responses), 2)
+
+        path = b"/uncacheable?delay=300"
+        self.origin.fields[path] = [(b"Cache-Control", b"no-store")]
+        await self.get(ports[0], path)
+        started = time.monotonic()
+        responses = await gatherResults(
+            [Deferred.fromCoroutine(self.get(port, path)) for port in ports])
+        self.assertEqual(self.origin.counts[path], 4)
+        # without waiting for a lock (--fleet-wait is 5 s)
+        self.assertLess(time.monotonic() - started, 2.5)
 
     async def test_workers(self):
         """

@@ -49,6 +49,7 @@ from zope.interface import implementer
 from . import policy
 from .disk import _decodeFields, _encodeFields
 from .store import IEntryWriter
+from ..fleet.store import FillOutcome
 
 __all__ = ["FleetTier", "FleetTee", "TagIndex", "FLEET_OBJECT_FIELD", "encodeEntry", "decodeEntry",
            "parseTags"]
@@ -266,15 +267,35 @@ class FleetTee:
                 self._chunks.append(bytes(data))
 
     def commit(self, entry) -> bool:
-        ok = self._inner.commit(entry)
+        try:
+            ok = self._inner.commit(entry)
+        except Exception:
+            self._tier.release(self._key)
+            raise
         chunks, self._chunks = self._chunks, None
         if ok and chunks is not None and entry.ranges is None and entry.bodyLength == self._length:
             self._tier.offer(self._key, self._variantKey, entry, b"".join(chunks))
+        else:
+            self._tier.release(self._key)
         return ok
 
     def abort(self) -> None:
         self._chunks = None
+        self._tier.release(self._key)
         self._inner.abort()
+
+
+#: Request fields that make a miss not collapsed (as in the layer).
+_NOT_COLLAPSED = frozenset([b"authorization", b"range", b"if-match", b"if-none-match",
+                            b"if-modified-since", b"if-unmodified-since", b"if-range"])
+
+
+def _collapsible(request) -> bool:
+    """
+    Whether other proxies' misses may wait for this request's response: a
+    GET whose answer may be stored for everyone.
+    """
+    return request.method == b"GET" and not request.headers.hasAny(_NOT_COLLAPSED)
 
 
 def _within(d: Deferred, seconds: float, clock) -> Deferred:
@@ -346,6 +367,8 @@ class FleetTier:
         self._overflowed = False
         self.maxTracked = maxTracked
         self._lookups: Dict[bytes, Deferred] = {}
+        #: key -> (fill, expiry timer): locks held while this process fetches
+        self._held: Dict[bytes, tuple] = {}
         self._follower = None
         self._followerStarted = False
         self._followerFailing = False
@@ -442,7 +465,20 @@ class FleetTier:
         now = self.reactor.seconds()
         entries = [e for e in map(decodeEntry, found.variants) if e is not None]
         decision = policy.decide(request, entries, now, options)
-        if type(decision) is not policy.Fresh and found.locked and not found.passMarker \
+        locked = found.locked
+        if type(decision) is not policy.Fresh and not locked and not found.passMarker \
+                and self.maxWait > 0 and _collapsible(request):
+            # Nothing usable: fetch it for the fleet, holding the entry's
+            # lock, so that the others' misses wait for it (bounded by
+            # maxWait) instead of going to the origin too.
+            try:
+                attempt = yield _within(fleet.beginFill(key), self.deadline, self.clock)
+            except Exception:
+                attempt = None
+            if attempt is not None and attempt.outcome is FillOutcome.ACQUIRED:
+                self._hold(key, attempt.fill)
+            locked = attempt is not None and attempt.outcome is FillOutcome.LOCKED
+        if type(decision) is not policy.Fresh and locked and not found.passMarker \
                 and self.maxWait > 0:
             # Being stored elsewhere right now: wait for it, bounded.
             yield fleet.waitForFill(key, self.maxWait)
@@ -494,6 +530,47 @@ class FleetTier:
                 layer.tagIndex.add(key, tags, time.time() + max(0.0, fresh) + stale + _TAG_GRACE)
         return ok
 
+    # -- fill locks held while this process fetches ----------------------------
+
+    def _hold(self, key: bytes, fill) -> None:
+        """
+        Keep C{fill}'s lock while this process fetches C{key}; others wait
+        for it at most C{maxWait}, so it is given up after that.
+        """
+        self.release(key)
+        timer = self.clock.callLater(self.maxWait, self._expire, key, fill)
+        self._held[key] = (fill, timer)
+
+    def _expire(self, key: bytes, fill) -> None:
+        held = self._held.get(key)
+        if held is not None and held[0] is fill:
+            del self._held[key]
+            fill.abort().addErrback(lambda f: None)
+
+    def _take(self, key: bytes):
+        """
+        @return: the fill held for C{key} (no longer held), or C{None}.
+        """
+        held = self._held.pop(key, None)
+        if held is None:
+            return None
+        fill, timer = held
+        if timer.active():
+            timer.cancel()
+        return fill
+
+    def release(self, key: bytes, passMarker: bool = False) -> None:
+        """
+        This process will not store C{key} in the fleet: give its lock up
+        (waking the waiters), with a pass marker if the response was not
+        storable (the waiters then go to the origin at once, in parallel).
+        """
+        fill = self._take(key)
+        if fill is None:
+            return
+        d = fill.markPass() if passMarker else fill.abort()
+        d.addErrback(lambda f: None)
+
     def _track(self, key: bytes) -> None:
         tracked = self._fromFleet
         tracked.pop(key, None)
@@ -521,10 +598,9 @@ class FleetTier:
         """
         layer = self.layer
         options = layer.settings.options
-        if not options.shared:
-            return
         fresh, stale = _lifetimes(entry, options, self.reactor.seconds())
-        if fresh <= 0 or len(body) > self.maxObjectSize:
+        if not options.shared or fresh <= 0 or len(body) > self.maxObjectSize:
+            self.release(key)
             return
         tags = layer.tagsOf(entry.responseHeaders)
         head = encodeEntry(entry, variantKey)
@@ -534,6 +610,8 @@ class FleetTier:
 
         if self.fleet.submitWrite(write) is not None:
             self.offered += 1
+        else:
+            self.release(key)
 
     def _write(self, key, variantKey, head, body, fresh, stale, tags) -> Deferred:
         d = self._tryWrite(key, variantKey, head, body, fresh, stale, tags)
@@ -546,13 +624,13 @@ class FleetTier:
 
     @inlineCallbacks
     def _tryWrite(self, key, variantKey, head, body, fresh, stale, tags):
-        from ..fleet.store import FillOutcome
-
         try:
-            attempt = yield self.fleet.beginFill(key)
-            if attempt.outcome is not FillOutcome.ACQUIRED:
-                return False
-            fill = attempt.fill
+            fill = self._take(key)
+            if fill is None or fill.lost or fill.closed:
+                attempt = yield self.fleet.beginFill(key)
+                if attempt.outcome is not FillOutcome.ACQUIRED:
+                    return False
+                fill = attempt.fill
             fill.write(body)
             ok = yield fill.commit(variantKey, head, fresh, staleFor=stale, tags=tags)
         except Exception:

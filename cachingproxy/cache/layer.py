@@ -814,6 +814,9 @@ class CacheLayer:
         unstored.move_to_end(key)
         if len(unstored) > _UNSTORED_KEYS:
             unstored.popitem(last=False)
+        if self.fleet is not None:
+            # Other proxies waiting for it go to the origin at once.
+            self.fleet.release(key, passMarker=True)
 
     # -- the fleet tier and purge tags ------------------------------------------
 
