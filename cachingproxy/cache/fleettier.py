@@ -14,6 +14,10 @@ missed, and carries on when the answer (or the deadline) comes:
     the request's own directives apply) has its body read whole and
     checked (length and SHA-256; a missing chunk or a mismatch is a miss)
     and is written into the local tiers, which then answer it as a hit;
+  - a miss that finds nothing usable takes the entry's fill lock in the
+    fleet while this process fetches (given up after C{maxWait}); other
+    processes that find it locked wait for the commit, at most C{maxWait};
+    an answer that may not be stored sets the pass marker instead;
   - what the layer stores after an origin fetch is offered to the fleet
     (L{FleetTee}), through the store's bounded write queue, when it is
     complete, fits C{maxObjectSize}, is fresh, and the request carried no
