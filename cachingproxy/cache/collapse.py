@@ -262,6 +262,7 @@ class Flight:
                 continue
             copy = ResponseHead(head.status, head.reason, head.version, head.headers.copy())
             copy.headers.removeMany(unshared)
+            self.layer.hideFields(copy)
             fields = copy.headers.lowered()
             self.layer._statusFields(fields, False, "miss", head.status, None, b"MISS",
                                         collapsed=True)

@@ -192,6 +192,15 @@ class CacheLayer:
     _log = Logger()
     housekeeping: Optional[LoopingCall] = None
     fillLock = None
+    #: the fleet tier (L{cachingproxy.cache.fleettier.FleetTier}) behind
+    #: the local store, or C{None}
+    fleet = None
+    #: the local L{cachingproxy.cache.fleettier.TagIndex}, or C{None}
+    tagIndex = None
+    #: the response field carrying purge tags (lower case), or C{None}
+    tagField: Optional[bytes] = None
+    #: stored fields never sent to clients (lower case)
+    hiddenFields: frozenset = frozenset([b"cachingproxy-fleet-object"])
 
     def __init__(self, store: IStore, reactor, pool, settings: CacheSettings = CacheSettings()):
         self.store = store
@@ -287,6 +296,9 @@ class CacheLayer:
         elif kind is policy.Revalidate:
             self._revalidate(exchange, origin, head, key, decision, entries)
         elif kind is policy.Miss:
+            if self.fleet is not None:
+                self._consultFleet(exchange, origin, head, key, decision)
+                return
             self.stats.misses += 1
             self._fetch(exchange, origin, head, key, decision.fwd)
         elif kind is policy.OnlyIfCachedMiss:
@@ -408,7 +420,8 @@ class CacheLayer:
 
     def _serve(self, exchange: ICacheExchange, request: RequestHead, entry: policy.StoredEntry,
                age: float, ttl: float, hit: bool, xcache: bytes,
-               fwd: Optional[str] = None, fwdStatus: Optional[int] = None) -> None:
+               fwd: Optional[str] = None, fwdStatus: Optional[int] = None,
+               detail: Optional[bytes] = None) -> None:
         """
         Answer from C{entry}: the client's own preconditions (RFC 9110
         section 13) and Range are answered here, Age is set (RFC 9111
@@ -420,7 +433,7 @@ class CacheLayer:
             request.headers, stored, request.method, entry.status, entry.responseTime
         )
         strip = policy.downstreamStripFields(stored, self.settings.options,
-                                             validated=fwdStatus == 304)
+                                             validated=fwdStatus == 304) | self.hiddenFields
         status = entry.status
         start, end = 0, entry.bodyLength or 0
         extra: List[Tuple[bytes, bytes, bytes]] = []
@@ -473,7 +486,7 @@ class CacheLayer:
                 return
         fields.append((b"age", b"Age", policy.ageHeaderValue(age)))
         fields.extend(extra)
-        fields = self._statusFields(fields, hit, fwd, fwdStatus, ttl, xcache)
+        fields = self._statusFields(fields, hit, fwd, fwdStatus, ttl, xcache, detail=detail)
         if status == 304 or request.method == b"HEAD":
             exchange.respondWithBody(status, b"", fields, None, end - start)
             return
@@ -574,7 +587,7 @@ class CacheLayer:
         return uses >= need
 
     def _fetch(self, exchange: ICacheExchange, origin: Origin, head: RequestHead, key: bytes,
-               fwd: str) -> None:
+               fwd: str, detail: Optional[bytes] = None) -> None:
         """
         A miss: fetch, and store what may be stored. Concurrent misses for
         the same key wait for the first one.
@@ -592,6 +605,7 @@ class CacheLayer:
             store = admitted and head.method == b"GET" and (
                 not conditional or policy.isRangeRequest(head.headers))
             handler = _Fill(self, exchange, head, key, fwd, store=store)
+            handler.detail = detail
             exchange.forward(origin, head, handler)
             return
         flight = self._flights.get(key)
@@ -605,6 +619,7 @@ class CacheLayer:
             flight.waitForLock(exchange, fwd)
             return
         handler = _Fill(self, exchange, head, key, fwd, store=True, flight=flight)
+        handler.detail = detail
         exchange.forward(origin, head, handler)
 
     def _lead(self, exchange: ICacheExchange, flight: Flight, lease) -> None:
@@ -719,11 +734,21 @@ class CacheLayer:
 
             exchange.respondError(MethodNotAllowed("PURGE is for admin addresses only"))
             return
-        if key.endswith(b"*"):
+        tags = self.tagsOf(exchange.head.headers)
+        if tags:
+            # PURGE with the tag field (Surrogate-Key: a b): every entry
+            # carrying one of the tags, whatever its URL.
+            kind, values = b"tag", tags
+            d = succeed(sum(self.purgeTagLocally(tag) for tag in tags))
+        elif key.endswith(b"*"):
             # A walk of the whole store, in steps: answered when done.
+            kind, values = b"prefix", [key[:-1]]
             d = self.store.removePrefix(key[:-1])
         else:
+            kind, values = b"key", [key]
             d = succeed(self.store.remove(key))
+        if kind == b"tag":
+            key = b"tag " + b" ".join(tags)
 
         def purged(removed: int) -> None:
             self.stats.purged += removed
@@ -737,7 +762,34 @@ class CacheLayer:
             self._log.failure("purging {key} failed", reason, key=logText(key))
             exchange.respondError(ProxyError("the purge failed"))
 
-        d.addCallbacks(purged, failed)
+        if self.fleet is None:
+            d.addCallbacks(purged, failed)
+            return
+
+        def everywhere(local: int):
+            # Answered once Redis confirms, in the fleet and in its purge
+            # log (which every other process follows).
+            from twisted.internet.defer import gatherResults
+
+            fleet = gatherResults([self.fleet.purge(kind, v) for v in values], consumeErrors=True)
+
+            def confirmed(counts) -> None:
+                purged(local + sum(counts))
+
+            def unconfirmed(reason: Failure) -> None:
+                error = getattr(reason.value, "subFailure", reason).getErrorMessage()
+                self._log.warn("purge of {key}: the fleet did not confirm: {error}",
+                               key=logText(key), error=error)
+                self.stats.purged += local
+                body = (b"purged %d here; the fleet did not confirm the purge (%s): "
+                        b"other proxies may still serve it; try again\n"
+                        % (local, error.encode("utf-8", "replace")))
+                exchange.respondWithBody(503, b"", [(b"content-type", b"Content-Type",
+                                                     b"text/plain")], body, len(body))
+
+            fleet.addCallbacks(confirmed, unconfirmed)
+
+        d.addCallbacks(everywhere, failed)
 
     # -- storing --------------------------------------------------------------
 
@@ -766,10 +818,13 @@ class CacheLayer:
         if variant is None:
             return None
         try:
-            return self.store.writer(key, variant)
+            writer = self.store.writer(key, variant)
         except Exception:
             self._log.failure("cannot start storing {key}", key=logText(key))
             return None
+        if self.fleet is not None:
+            writer = self.fleet.wrap(writer, key, variant, request)
+        return writer
 
     def commit(self, writer, key: bytes, request: RequestHead, response: ResponseHead,
                requestTime: float, responseTime: float, length: Optional[int],
@@ -798,6 +853,8 @@ class CacheLayer:
         if ok:
             self.stats.stored += 1
             self._unstored.pop(key, None)
+            if self.tagIndex is not None:
+                self._indexTags(entry)
         return ok
 
     def notStored(self, key: bytes) -> None:
@@ -810,6 +867,96 @@ class CacheLayer:
         unstored.move_to_end(key)
         if len(unstored) > _UNSTORED_KEYS:
             unstored.popitem(last=False)
+        if self.fleet is not None:
+            # Other proxies waiting for it go to the origin at once.
+            self.fleet.release(key, passMarker=True)
+
+    # -- the fleet tier and purge tags ------------------------------------------
+
+    def _consultFleet(self, exchange: ICacheExchange, origin: Origin, head: RequestHead,
+                      key: bytes, decision: policy.Miss) -> None:
+        """
+        A local miss: ask the fleet tier (bounded by its deadline); what it
+        copies into the local tiers is served as a hit, else fetch.
+        """
+
+        def consulted(result) -> None:
+            filled, detail = result
+            if exchange.state is not ExchangeState.FORWARDING:
+                # The client left meanwhile.
+                return
+            if filled:
+                exchange.cacheStamp = self._stampFor(exchange, head, key)
+                try:
+                    entries = self.store.entries(key)
+                except Exception:
+                    self._log.failure("cache lookup failed for {key}", key=logText(key))
+                    entries = []
+                exchange.cacheEntries = entries
+                local = policy.decide(head, entries, self.reactor.seconds(),
+                                      self.settings.options)
+                if type(local) is policy.Fresh:
+                    self.stats.hits += 1
+                    self._serve(exchange, head, local.entry, local.age, local.ttl, hit=True,
+                                xcache=b"HIT", detail=detail)
+                    return
+                detail = None
+            self.stats.misses += 1
+            self._fetch(exchange, origin, head, key, decision.fwd, detail=detail)
+
+        def failed(reason: Failure) -> None:
+            self._log.failure("after the fleet lookup of {key}", reason, key=logText(key))
+            if exchange.state is ExchangeState.FORWARDING:
+                exchange.respondError(ProxyError("the cache failed"))
+
+        self.fleet.consult(key, head, self.settings.options).addCallback(consulted).addErrback(
+            failed)
+
+    def hideFields(self, head: ResponseHead) -> None:
+        """
+        Remove the stored fields not meant for clients (the purge tags,
+        unless kept) from a response going downstream.
+        """
+        if head.headers.hasAny(self.hiddenFields):
+            head.headers.removeMany(self.hiddenFields)
+
+    def tagsOf(self, headers) -> List[bytes]:
+        """
+        @return: the purge tags a stored response carries.
+        """
+        if self.tagField is None:
+            return []
+        from .fleettier import parseTags
+
+        return [t for v in headers.getAll(self.tagField) for t in parseTags(v)]
+
+    def _indexTags(self, entry: policy.StoredEntry) -> None:
+        tags = self.tagsOf(entry.responseHeaders)
+        if not tags:
+            return
+        from .fleettier import _TAG_GRACE, _lifetimes
+
+        fresh, stale = _lifetimes(entry, self.settings.options, self.reactor.seconds())
+        import time
+
+        try:
+            self.tagIndex.add(entry.key, tags, time.time() + max(0.0, fresh) + stale + _TAG_GRACE)
+        except Exception:
+            self._log.failure("indexing the tags of {key} failed", key=logText(entry.key))
+
+    def purgeTagLocally(self, tag: bytes) -> int:
+        """
+        Remove every local entry carrying C{tag}.
+
+        @return: how many entries were removed.
+        """
+        if self.tagIndex is None:
+            return 0
+        removed = 0
+        for key in self.tagIndex.keys(tag):
+            removed += self.store.remove(key)
+        self.tagIndex.forget(tag)
+        return removed
 
 
 def _stripTargeted(head: ResponseHead, options: policy.CacheOptions) -> None:
@@ -829,6 +976,8 @@ class _Fill:
     """
 
     _log = Logger()
+    #: a Cache-Status detail for the miss (the fleet tier was skipped)
+    detail: Optional[bytes] = None
 
     def __init__(self, layer: CacheLayer, exchange: ICacheExchange, request: RequestHead,
                  key: bytes, fwd: str, store: bool, flight: Optional[Flight] = None,
@@ -915,6 +1064,8 @@ class _Fill:
             self.writer, detail = layer.writerOrDetail(self.key, self.request, head)
             if self.writer is None:
                 layer.notStored(self.key)
+        if detail is None:
+            detail = self.detail
         if self.writer is None:
             # Nothing of it is stored: no copy, no framing to work out.
             stored = self.response = head
@@ -935,6 +1086,7 @@ class _Fill:
         if self.flight is not None:
             self.flight.headArrived(self, stored, self.writer is not None)
         _stripTargeted(head, layer.settings.options)
+        layer.hideFields(head)
         fields = head.headers.lowered()
         layer._statusFields(fields, False, self.fwd, head.status, None, b"MISS",
                                stored=self.writer is not None, detail=detail)
@@ -1211,6 +1363,7 @@ class _Invalidator:
                 # response.
                 self._storeAsGet(uri, head)
         _stripTargeted(head, self.layer.settings.options)
+        self.layer.hideFields(head)
         fields = head.headers.lowered()
         self.exchange.cacheResult = "PASS"
         self.layer._statusFields(fields, False, "method" if method not in (

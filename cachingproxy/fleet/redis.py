@@ -296,6 +296,15 @@ class RedisProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.connected = True
+        # small pipelined commands and replies: Nagle's algorithm would
+        # hold a command back until the previous one's ACK (a delayed ACK:
+        # tens of milliseconds)
+        setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if setNoDelay is not None:
+            try:
+                setNoDelay(True)
+            except Exception:
+                pass
 
     def execute(self, args: Sequence, timeout: Optional[float] = None) -> Deferred:
         """

@@ -193,6 +193,8 @@ class AdminPages:
                 "limit": stats.get("limit") or 0,
                 "evictions": stats.get("evictions", 0),
             }
+        fleet = getattr(cache, "fleet", None)
+        report["fleet"] = fleet.stats() if fleet is not None else None
         return report
 
     def _health(self, exchange) -> None:

@@ -62,6 +62,12 @@ METHODS = frozenset(
 #: Counters kept by L{cachingproxy.cache.layer.CacheLayer.stats}.
 CACHE_EVENTS = ("hits", "misses", "revalidated", "stale", "passed", "stored", "collapsed", "purged")
 
+#: The fleet tier's counters: label, key of L{FleetTier.stats}.
+FLEET_EVENTS = (("hits", "hits"), ("misses", "misses"), ("skipped", "skipped"),
+                ("timeouts", "timeouts"), ("offered", "offered"),
+                ("failed_writes", "failedWrites"), ("dropped_writes", "droppedWrites"),
+                ("purges", "purges"), ("gaps", "gaps"))
+
 #: A worker's status file counts as live while it is younger than this.
 LIVE_SECONDS = 5.0
 
@@ -171,6 +177,19 @@ class _Families:
         )
         self.restarts = Counter(
             "cachingproxy_worker_restarts_total", "Worker processes restarted by the supervisor.", registry=None
+        )
+        # the fleet tier (--redis)
+        self.fleetEvents = Counter(
+            "cachingproxy_fleet_events_total",
+            "What the fleet tier did: hits, misses, skipped (Redis slow or gone), timeouts, "
+            "offered, failed_writes, dropped_writes (write queue full), purges followed, gaps.",
+            ("event",),
+            registry=None,
+        )
+        self.fleetBreakerOpen = Gauge(
+            "cachingproxy_fleet_breaker_open",
+            "1 while a Redis node's circuit breaker is open or half-open, else 0.",
+            multiprocess_mode="livemax", registry=None,
         )
 
 
@@ -480,6 +499,19 @@ class Metrics:
                 if child is None:
                     child = children[event] = families.cacheEvents.labels(event)
                 self._counterFrom(child, "event:" + event, getattr(cacheStats, event, 0))
+            fleet = getattr(cache, "fleet", None)
+            if fleet is not None:
+                self._fleetGauges(fleet)
+
+    def _fleetGauges(self, fleet) -> None:
+        families = self._families
+        stats = fleet.stats()
+        families.fleetBreakerOpen.set(0 if stats["state"] == "closed" else 1)
+        for event, name in FLEET_EVENTS:
+            child = self._eventChildren.get("fleet:" + event)
+            if child is None:
+                child = self._eventChildren["fleet:" + event] = families.fleetEvents.labels(event)
+            self._counterFrom(child, "fleet:" + event, stats.get(name, 0))
 
     def _counterFrom(self, counter, name: str, value: int) -> None:
         """

@@ -803,6 +803,77 @@ SETTINGS = (
         "after that it goes to the origin itself, storing nothing.",
         example="2.5",
     ),
+    # -- the fleet tier (README "Running a fleet")
+    Setting(
+        "redis",
+        "str",
+        None,
+        "Share the cache with other proxies through Redis (or Valkey): "
+        "redis://[:password@]host:port[/db], rediss:// for TLS. A local miss "
+        "asks it; what is stored goes to it; PURGE applies to it.",
+        example="redis://127.0.0.1:6379/0",
+    ),
+    Setting(
+        "redis-password-file",
+        "str",
+        None,
+        "File whose first line is the Redis password (wins over the URL's).",
+        example="redis.password",
+    ),
+    Setting(
+        "redis-cluster",
+        "flag",
+        False,
+        "The --redis URL is a seed node of a Redis Cluster.",
+        example=True,
+    ),
+    Setting(
+        "fleet-max-object-size",
+        "size",
+        "8M",
+        "Largest body shared through Redis; larger ones stay in the local tiers.",
+        example="1M",
+    ),
+    Setting(
+        "fleet-deadline",
+        "float",
+        0.05,
+        "Most seconds the fleet tier adds to a request: a lookup Redis has "
+        "not answered by then is a miss (answered from the origin). A command "
+        "itself gets 4 times this (at least 0.25) before its connection is "
+        "closed.",
+        example="0.1",
+    ),
+    Setting(
+        "fleet-lock-lease",
+        "float",
+        5.0,
+        "Seconds a fill lock in Redis lasts unless renewed (a proxy that "
+        "dies holding one blocks no one longer).",
+        example="10",
+    ),
+    Setting(
+        "fleet-wait",
+        "float",
+        0.5,
+        "Most seconds a request waits for a fill in progress on another proxy.",
+        example="1",
+    ),
+    Setting(
+        "tag-field",
+        "str",
+        "Surrogate-Key",
+        "Response field carrying purge tags (space- or comma-separated); "
+        "PURGE with this field purges every response carrying one of its tags.",
+        example="Cache-Tag",
+    ),
+    Setting(
+        "keep-tag-field",
+        "flag",
+        False,
+        "Send the tag field on to clients (it is removed by default).",
+        example=True,
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -880,6 +951,16 @@ class Config:
     trustedProxies: Tuple[str, ...]
     cacheSetCookie: bool
     collapseWait: float
+    # the fleet tier
+    redis: Optional[str]
+    redisPasswordFile: Optional[str]
+    redisCluster: bool
+    fleetMaxObjectSize: int
+    fleetDeadline: float
+    fleetLockLease: float
+    fleetWait: float
+    tagField: Optional[str]
+    keepTagField: bool
 
 
 def _wholeItems(setting: Setting) -> bool:

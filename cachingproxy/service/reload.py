@@ -45,6 +45,9 @@ RESTART_FIELDS = frozenset([
     "port", "workers", "cacheDir", "cacheMemory", "cache", "upstream",
     "upstreamScheme", "upstreamHost", "upstreamPort", "upstreamPath", "caFile",
     "configFile",
+    # the fleet tier and the tag index are built with the cache
+    "redis", "redisPasswordFile", "redisCluster", "fleetMaxObjectSize", "fleetDeadline",
+    "fleetLockLease", "fleetWait", "tagField", "keepTagField",
 ])
 
 #: L{Config} fields that several settings, or a setting of another name,

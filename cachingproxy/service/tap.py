@@ -248,6 +248,7 @@ def buildCache(reactor, config: Config, pool):
     cache.housekeeping = LoopingCall(store.rescan, 2000)
     cache.housekeeping.clock = reactor
     collapseAcrossProcesses(reactor, config, cache)
+    attachFleet(reactor, config, cache)
     return cache
 
 
@@ -276,6 +277,58 @@ def collapseAcrossProcesses(reactor, config: Config, cache) -> None:
 
     cache.housekeeping = LoopingCall(housekeeping)
     cache.housekeeping.clock = reactor
+
+
+# -- the fleet tier and purge tags ---------------------------------------------
+
+
+def attachFleet(reactor, config: Config, cache) -> None:
+    """
+    Give C{cache} its purge tag index (C{--tag-field}) and, with
+    C{--redis}, the fleet tier: local misses ask Redis, what is stored goes
+    to it, purges apply to it, and the process follows its purge log from
+    the reactor's start to its shutdown.
+
+    @raise usage.UsageError: for a C{--redis} URL or password file that
+        cannot be used.
+    """
+    from ..cache.fleettier import FleetTier, TagIndex
+
+    tagField = (config.tagField or "").strip()
+    if tagField:
+        cache.tagField = tagField.lower().encode("latin-1")
+        cache.tagIndex = TagIndex(config.cacheDir)
+        if not config.keepTagField:
+            cache.hiddenFields = cache.hiddenFields | {cache.tagField}
+    if not config.redis:
+        return
+    from ..fleet.redis import connectClient
+    from ..fleet.store import FleetStore
+
+    url = str(config.redis)
+    if not url.startswith(("redis://", "rediss://")):
+        raise usage.UsageError(f"--redis: expected redis://host:port or rediss://..., got {url!r}")
+    # A request waits for the fleet at most the deadline (FleetTier drops
+    # a later answer); the commands themselves get longer before their
+    # connection is closed, so that a lock taken or a purge done by a reply
+    # that came a little late is not lost with it (a lost lock holds the
+    # others back until its lease ends).
+    commandTimeout = max(4 * config.fleetDeadline, 0.25)
+    try:
+        client = connectClient(reactor, [url], cluster=config.redisCluster,
+                               passwordFile=config.redisPasswordFile,
+                               timeout=commandTimeout)
+    except OSError as e:
+        raise usage.UsageError(f"--redis-password-file: cannot read it: {e.strerror or e}")
+    except ValueError as e:
+        raise usage.UsageError(f"--redis: {_oneLineOf(e)}")
+    store = FleetStore(client, reactor, maxObjectSize=config.fleetMaxObjectSize,
+                       lease=config.fleetLockLease, timeout=commandTimeout)
+    tier = FleetTier(store, reactor, deadline=config.fleetDeadline, maxWait=config.fleetWait)
+    tier.layer = cache
+    cache.fleet = tier
+    reactor.callWhenRunning(tier.start)
+    reactor.addSystemEventTrigger("before", "shutdown", tier.stop)
 
 
 def proxySettings(config: Config, upstream) -> ProxySettings:
