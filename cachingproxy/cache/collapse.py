@@ -173,17 +173,24 @@ class Flight:
         self.leader: Optional["_Fill"] = None
         self._paused: set = set()
         self.fwd = "miss"
+        #: the Cache-Status detail of the fetch, or None
+        self.detail: Optional[bytes] = None
 
     # the cross-process step
 
-    def waitForLock(self, exchange: ICacheExchange, fwd: str) -> None:
+    def waitForLock(self, exchange: ICacheExchange, fwd: str,
+                    detail: Optional[bytes] = None) -> None:
         """
         The flight's first miss: take the key's fill lock (the layer's
         L{IFillLock}) before anyone goes upstream. Meanwhile C{exchange}
         waits like the misses that join; when the lock is ours the first of
         them still there leads the fetch.
+
+        @param detail: the C{Cache-Status} detail of the fetch (why a tier
+            was skipped), or C{None}.
         """
         self.fwd = fwd
+        self.detail = detail
         self.join(exchange)
         d = self.layer.fillLock.acquire(self.key, self.layer.settings.collapseWait)
         d.addErrback(self._lockFailed)

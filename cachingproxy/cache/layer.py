@@ -616,7 +616,7 @@ class CacheLayer:
         flight = Flight(self, key, head)
         self._flights[key] = flight
         if self.fillLock is not None:
-            flight.waitForLock(exchange, fwd)
+            flight.waitForLock(exchange, fwd, detail)
             return
         handler = _Fill(self, exchange, head, key, fwd, store=True, flight=flight)
         handler.detail = detail
@@ -631,6 +631,7 @@ class CacheLayer:
         head = exchange.cacheHead
         handler = _Fill(self, exchange, head, flight.key, flight.fwd, store=True,
                         flight=flight, lease=lease)
+        handler.detail = flight.detail
         exchange.forward(exchange.cacheOrigin, head, handler)
 
     def _afterWait(self, exchange: ICacheExchange, key: bytes, busy: Busy) -> None:
