@@ -646,26 +646,33 @@ class CacheLayer:
             return
         origin, head = exchange.cacheOrigin, exchange.cacheHead
         if busy.outcome is Waited.STORED:
-            exchange.cacheStamp = self._stampFor(exchange, head, key)
-            try:
-                entries = self.store.entries(key)
-            except Exception:
-                self._log.failure("cache lookup failed for {key}", key=logText(key))
-                entries = []
-            exchange.cacheEntries = entries
-            decision = policy.decide(head, entries, self.reactor.seconds(),
-                                     self.settings.options)
+            decision = self._decideAgain(exchange, head, key)
             kind = type(decision)
             if kind in (policy.Fresh, policy.Stale, policy.StaleWhileRevalidate):
                 self._serve(exchange, head, decision.entry, decision.age, decision.ttl,
                             hit=True, xcache=b"HIT" if kind is policy.Fresh else b"STALE")
                 return
             if kind is policy.Revalidate:
-                self._revalidate(exchange, origin, head, key, decision, entries)
+                self._revalidate(exchange, origin, head, key, decision, exchange.cacheEntries)
                 return
         handler = _Fill(self, exchange, head, key, "miss",
                         store=busy.outcome is not Waited.TIMEOUT)
         exchange.forward(origin, head, handler)
+
+    def _decideAgain(self, exchange: ICacheExchange, head: RequestHead, key: bytes):
+        """
+        Look C{key} up again once another fill may have stored it (another
+        process's, the fleet's): the exchange's stamp and entries are
+        renewed, and the policy decides anew for this request.
+        """
+        exchange.cacheStamp = self._stampFor(exchange, head, key)
+        try:
+            entries = self.store.entries(key)
+        except Exception:
+            self._log.failure("cache lookup failed for {key}", key=logText(key))
+            entries = []
+        exchange.cacheEntries = entries
+        return policy.decide(head, entries, self.reactor.seconds(), self.settings.options)
 
     def _fetchUnshared(self, exchange: ICacheExchange, key: bytes) -> None:
         """
@@ -887,15 +894,7 @@ class CacheLayer:
                 # The client left meanwhile.
                 return
             if filled:
-                exchange.cacheStamp = self._stampFor(exchange, head, key)
-                try:
-                    entries = self.store.entries(key)
-                except Exception:
-                    self._log.failure("cache lookup failed for {key}", key=logText(key))
-                    entries = []
-                exchange.cacheEntries = entries
-                local = policy.decide(head, entries, self.reactor.seconds(),
-                                      self.settings.options)
+                local = self._decideAgain(exchange, head, key)
                 if type(local) is policy.Fresh:
                     self.stats.hits += 1
                     self._serve(exchange, head, local.entry, local.age, local.ttl, hit=True,
