@@ -151,6 +151,9 @@ class CacheSettings:
     xCache: bool = True
     name: bytes = b"cachingproxy"
     collapse: bool = True
+    #: the largest body stored (a route's C{max-object-size}), or C{None}
+    #: for the store's own limit
+    maxObjectSize: Optional[int] = None
 
 
 class _Stats:
@@ -884,6 +887,13 @@ class _Fill:
         if self._discard:
             return
         writer = self.writer
+        if writer is not None:
+            limit = self.layer.settings.maxObjectSize
+            if limit is not None and self.length + len(data) > limit:
+                self._log.info("not storing {key}: larger than {limit} bytes",
+                               key=logText(self.key), limit=limit)
+                self._abortWriter()
+                writer = None
         if writer is not None:
             try:
                 writer.write(data)

@@ -862,7 +862,10 @@ class UpstreamPool:
             return protocol
 
         def failed(reason: Failure) -> Failure:
-            return Failure(connectError(reason, origin))
+            error = connectError(reason, origin)
+            # Nothing of the request was sent: another origin may take it.
+            error.beforeSending = True
+            return Failure(error)
 
         d.addCallbacks(made, failed)
         return d

@@ -118,11 +118,12 @@ SETTINGS = (
     ),
     Setting(
         "upstream",
-        "str",
-        None,
+        "list",
+        (),
         "Reverse proxy mode: send every request to this origin URL "
-        "(http://host:port[/prefix] or https://...).",
-        example="http://127.0.0.1:9000/base",
+        "(http://host:port[/prefix] or https://...). Repeatable: several "
+        "origins make one round-robin group with health checks.",
+        example=("http://127.0.0.1:9000/base",),
     ),
     Setting("connect-timeout", "float", 10.0, "Seconds to connect to an origin.", example="3"),
     Setting(
@@ -555,6 +556,10 @@ class Config:
     refreshRules: Tuple[object, ...]
     trustedProxies: Tuple[str, ...]
     cacheSetCookie: bool
+    #: routes and origin groups (L{cachingproxy.sites.model.Sites}) from
+    #: C{[groups.*]}, C{[[routes]]} and C{default-route} in the
+    #: configuration file, or from several C{--upstream}; C{None} without
+    sites: object = None
 
 
 def _wholeItems(setting: Setting) -> bool:
@@ -945,6 +950,8 @@ def readConfigFile(path: str, where: str = "--config") -> Dict[str, Tuple[object
 
     found: Dict[str, Tuple[object, str]] = {}
     for key, value in document.items():
+        if key in _SITES_KEYS:
+            continue
         line = _lineOf(text, key, isinstance(value, dict))
         at = f"{path}:{line}" if line else path
         setting = _BY_NAME.get(key)
@@ -957,7 +964,17 @@ def readConfigFile(path: str, where: str = "--config") -> Dict[str, Tuple[object
             raise usage.UsageError(f"{at}: unknown setting {key!r}{hint}")
         keyWhere = f"{at}: {key}"
         found[key] = (_fileValue(setting, value, keyWhere), keyWhere)
+    if any(key in document for key in _SITES_KEYS):
+        from ..sites.parse import parseSites
+
+        found[_SITES] = (parseSites(document, text, path), path)
     return found
+
+
+#: The keys of the configuration file that are routes and origin groups
+#: (L{cachingproxy.sites.parse}), and where L{readConfigFile} puts them.
+_SITES_KEYS = ("groups", "routes", "default-route")
+_SITES = "[groups] and [[routes]]"
 
 
 def _workers(raw: object, where: str) -> int:
@@ -1076,7 +1093,27 @@ def fromOptions(
             raw = tuple(t for p in raw or () for t in re.split(r"[\s,]+", str(p)) if t)
         values[setting.name] = (raw, where)
 
-    upstream, where = values["upstream"]
+    upstreams, where = values["upstream"]
+    sites, sitesWhere = merged.get(_SITES, (None, None))
+    if sites is not None and upstreams:
+        raise usage.UsageError(
+            f"{where}: --upstream and {sitesWhere}'s groups and routes cannot be combined "
+            f"(name a group as default-route instead)")
+    if len(upstreams) > 1:
+        from ..sites.parse import SitesError, implicitGroup
+        from ..sites.model import Route, Sites
+
+        try:
+            group = implicitGroup(upstreams, where)
+        except SitesError as e:
+            raise usage.UsageError(str(e))
+        sites = Sites(groups={group.name: group},
+                      routes=(Route(hosts=(), path=b"/", group=group.name, name="default-route"),))
+    upstream = upstreams[0] if upstreams else None
+    if sites is not None and not upstreams and sites.groups:
+        # Reverse mode; each route's group says where requests go.
+        first = next(iter(sites.groups.values())).servers[0].origin
+        upstream = f"{first.scheme.decode()}://{first.authority().decode()}"
     scheme = host = port = None
     path = b""
     if upstream:
@@ -1096,6 +1133,9 @@ def fromOptions(
         scheme = parts.scheme.encode("ascii")
         host = parts.hostname
         path = parts.path.rstrip("/").encode("ascii")
+        if sites is not None:
+            # Each server's own prefix is put before the target.
+            path = b""
 
     connectPortsRaw, where = values["connect-ports"]
     connectPorts = set()
@@ -1182,6 +1222,7 @@ def fromOptions(
         requestRules=_rules(values, "request"),
         responseRules=_rules(values, "response"),
         compression=_compression(values, bool(upstream)),
+        sites=sites,
         refreshRules=_refreshRules(*values["refresh-rule"]),
         accessLog=str(accessLog) if accessLog else None,
         cacheDir=None if str(values["cache-dir"][0]).lower() == "none" else str(values["cache-dir"][0]),

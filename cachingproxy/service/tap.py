@@ -208,7 +208,30 @@ def buildFactory(reactor, config: Config, accessLog=None) -> ProxyFactory:
     from ..access import AccessPolicy
 
     factory.access = AccessPolicy.fromConfig(config, reactor)
+    if config.sites is not None:
+        wireSites(reactor, factory, config.sites)
     return factory
+
+
+def wireSites(reactor, factory: ProxyFactory, sites) -> None:
+    """
+    Route the requests of C{factory} by C{sites} (routes and origin
+    groups): a L{cachingproxy.sites.wiring.SitesRouting} over a
+    L{cachingproxy.sites.service.SitesService}, whose health checks start
+    and stop with the proxy's listening ports (L{ProxyService}).
+    """
+    from ..sites.metrics import SitesMetrics
+    from ..sites.service import SitesService
+    from ..sites.wiring import SitesRouting
+
+    global _sitesMetrics
+    if _sitesMetrics is None:
+        # One set of families per process (multiprocess mode: files).
+        _sitesMetrics = SitesMetrics(None)
+    factory.sites = SitesRouting(SitesService(reactor, sites, metrics=_sitesMetrics), factory)
+
+
+_sitesMetrics = None
 
 
 def buildCache(reactor, config: Config, pool):
@@ -353,6 +376,9 @@ class ProxyService(service.Service):
         housekeeping = cache.housekeeping if cache is not None else None
         if housekeeping is not None and not housekeeping.running:
             housekeeping.start(60, now=False)
+        sites = self.factory.sites
+        if sites is not None and not sites.service.running:
+            sites.service.startService()
         if self._listening is None:
             self._listen(failNow=False)
 
@@ -435,6 +461,9 @@ class ProxyService(service.Service):
         housekeeping = cache.housekeeping if cache is not None else None
         if housekeeping is not None and housekeeping.running:
             housekeeping.stop()
+        sites = self.factory.sites
+        if sites is not None and sites.service.running:
+            sites.service.stopService()
         if not self.factory.draining:
             waits.append(self.factory.drain(self.grace))
         d = defer.gatherResults(waits, consumeErrors=True)
