@@ -867,6 +867,8 @@ def _fileValue(setting: Setting, value: object, where: str) -> object:
             return tuple(str(item) for item in items)
         if setting.name == "port":
             expected = 'a port or endpoint string ("tcp:3128"), or an array of them'
+        elif setting.name == "upstream":
+            expected = 'an origin URL ("http://10.0.0.1:8080"), or an array of them'
         else:
             expected = 'a string such as "10.0.0.0/8", or an array of them'
     elif setting.name == "workers":
