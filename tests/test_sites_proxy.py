@@ -7,6 +7,7 @@ limits, 404 and 503, and a SIGHUP adding a server under load (twistd).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -240,6 +241,12 @@ cache = false
         statuses = [r.status for r in client.finalResponses()]
         self.assertEqual(statuses, [200] * sent)
         self.assertEqual(len(origins.resources[1].paths), before)
+        client.transport.write(get(b"/_cachingproxy/status.json"))
+        sent += 1
+        report = json.loads((await client.waitFor(sent))[-1].body)
+        self.assertEqual(
+            [(s["url"], s["state"] == "up") for s in report["groups"][0]["servers"]],
+            [(origins.url(0), True), (url, False), (origins.url(2), True)])
         for n in range(6):
             client.transport.write(get(b"/e/%d" % n))
             sent += 1

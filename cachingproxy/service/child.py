@@ -196,6 +196,7 @@ class Worker:
         housekeeping = cache.housekeeping if cache is not None else None
         if housekeeping is not None and not housekeeping.running:
             housekeeping.start(60, now=False)
+        tap.startSites(self.factory)
         if self.readyFD is not None:
             os.write(self.readyFD, b"cachingproxy-worker-ready %s %d\n"
                      % (self.workerId.encode(), os.getpid()))
@@ -228,6 +229,9 @@ class Worker:
         housekeeping = cache.housekeeping if cache is not None else None
         if housekeeping is not None and housekeeping.running:
             housekeeping.stop()
+        from . import tap
+
+        tap.stopSites(self.factory)
         self._log.info("worker {worker} (pid {pid}) stopping: no longer accepting",
                        worker=self.workerId, pid=os.getpid())
         d = defer.DeferredList(waits, consumeErrors=True)

@@ -220,15 +220,41 @@ def wireSites(reactor, factory: ProxyFactory, sites) -> None:
     L{cachingproxy.sites.service.SitesService}, whose health checks start
     and stop with the proxy's listening ports (L{ProxyService}).
     """
-    from ..sites.metrics import SitesMetrics
     from ..sites.service import SitesService
     from ..sites.wiring import SitesRouting
 
-    global _sitesMetrics
-    if _sitesMetrics is None:
-        # One set of families per process (multiprocess mode: files).
-        _sitesMetrics = SitesMetrics(None)
-    factory.sites = SitesRouting(SitesService(reactor, sites, metrics=_sitesMetrics), factory)
+    factory.sites = SitesRouting(SitesService(reactor, sites), factory)
+
+
+def startSites(factory: ProxyFactory) -> None:
+    """
+    Start the health checks of C{factory}'s groups, and count per group
+    and server in the proxy's metrics when it keeps them.
+    """
+    sites = factory.sites
+    if sites is None or sites.service.running:
+        return
+    service = sites.service
+    if factory.metrics is not None and service.metrics is None:
+        global _sitesMetrics
+        if _sitesMetrics is None:
+            from ..sites.metrics import SitesMetrics
+
+            # One set of families per process, made once the metrics
+            # folder is set (multiprocess mode: the figures are files).
+            _sitesMetrics = SitesMetrics(None)
+        service.metrics = _sitesMetrics
+        _sitesMetrics.watch(service.health, service.sites.groups.values())
+    service.startService()
+
+
+def stopSites(factory: ProxyFactory) -> None:
+    """
+    Stop the health checks of C{factory}'s groups.
+    """
+    sites = factory.sites
+    if sites is not None and sites.service.running:
+        sites.service.stopService()
 
 
 _sitesMetrics = None
@@ -376,9 +402,7 @@ class ProxyService(service.Service):
         housekeeping = cache.housekeeping if cache is not None else None
         if housekeeping is not None and not housekeeping.running:
             housekeeping.start(60, now=False)
-        sites = self.factory.sites
-        if sites is not None and not sites.service.running:
-            sites.service.startService()
+        startSites(self.factory)
         if self._listening is None:
             self._listen(failNow=False)
 
@@ -461,9 +485,7 @@ class ProxyService(service.Service):
         housekeeping = cache.housekeeping if cache is not None else None
         if housekeeping is not None and housekeeping.running:
             housekeeping.stop()
-        sites = self.factory.sites
-        if sites is not None and sites.service.running:
-            sites.service.stopService()
+        stopSites(self.factory)
         if not self.factory.draining:
             waits.append(self.factory.drain(self.grace))
         d = defer.gatherResults(waits, consumeErrors=True)

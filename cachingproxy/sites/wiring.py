@@ -107,6 +107,28 @@ class SitesRouting:
         self._derivedFrom = (None, None)
         self._layerBase = (None, None, None)
 
+    def status(self) -> list:
+        """
+        @return: for the status page, each group with its balance method
+            and its servers: URL, state (C{up}, C{down}, C{cooling},
+            C{probing}) and requests outstanding.
+        """
+        service = self.service
+        health = service.health
+        groups = []
+        for name, group in service.sites.groups.items():
+            balancer = service._balancers.get(name)
+            groups.append({
+                "name": name,
+                "balance": group.balance,
+                "servers": [{
+                    "url": server.url,
+                    "state": health.state(server).value,
+                    "outstanding": balancer.outstanding(server) if balancer is not None else 0,
+                } for server in group.servers],
+            })
+        return groups
+
     # -- per route, derived once ------------------------------------------
 
     def _derive(self) -> None:
