@@ -48,6 +48,11 @@ __all__ = [
     "TooManyRequests",
 ]
 
+#: How many (Host, path) pairs L{SitesRouting} remembers the route of.
+_KNOWN_ROUTES = 4096
+
+_UNKNOWN = object()
+
 _IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"])
 
 
@@ -97,6 +102,9 @@ class SitesRouting:
         self._origins: Dict[str, Origin] = {}
         self._layers: Dict[str, object] = {}
         self._layerBase: Tuple[object, object, object] = (None, None, None)
+        #: (Host, path) -> route (or None): the same URLs come again and
+        #: again; emptied when full and on reload
+        self._routes: Dict[Tuple[bytes, bytes], object] = {}
 
     def reload(self, sites: Sites) -> None:
         """
@@ -155,6 +163,7 @@ class SitesRouting:
             settings[route.name] = dataclasses.replace(base, **changes)
         self._origins = origins
         self._settings = settings
+        self._routes = {}
         self._derivedFrom = (sites, base)
 
     def cacheFor(self, route: Route, cache):
@@ -198,10 +207,18 @@ class SitesRouting:
         @raise ProxyError: 404 without a route, 403 for a client outside
             the route's networks, 429 over its rate limit.
         """
-        self._derive()
+        if self._derivedFrom[0] is not self.service.sites or \
+                self._derivedFrom[1] is not self.factory.settings:
+            self._derive()
         head = exchange.head
         host = head.headers.get(b"host")
-        route = self.service.route(host, path)
+        known = self._routes
+        route = known.get((host, path), _UNKNOWN)
+        if route is _UNKNOWN:
+            route = self.service.route(host, path)
+            if len(known) >= _KNOWN_ROUTES:
+                known.clear()
+            known[(host, path)] = route
         if route is None:
             shown = hostOf(host) if host else "(none)"
             raise RouteNotFound(f"no route for host {shown} and path "
