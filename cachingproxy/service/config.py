@@ -1077,6 +1077,9 @@ def fromOptions(
     for setting in SETTINGS:
         raw, source = merged[setting.name]
         where = source or f"--{setting.name}"
+        if setting.kind == "list" and isinstance(raw, str):
+            # One value given where several may be (--upstream).
+            raw = (raw,)
         if setting.kind in ("int", "float") and source is not None:
             raw = _number(setting, raw, where)
         if setting.kind == "size":
