@@ -213,16 +213,17 @@ cache = false
 
     async def test_downThenBack(self):
         """
-        A stopped origin is taken out within its check interval while no
-        request fails (an idempotent request that cannot connect goes to
-        another server); started again, it comes back.
+        A stopped origin is taken out by its active check within its
+        interval while no request fails (an idempotent request that cannot
+        connect goes to another server); started again, it comes back, and
+        the status report shows the states.
         """
         origins = Origins(self, 3)
         factory, port, _ = sitesProxy(self, f"""
 [groups.www]
 servers = ["{origins.url(0)}", "{origins.url(1)}", "{origins.url(2)}"]
 health = {{path = "/health", interval = "0.2s", timeout = "0.2s", fall = 1, rise = 1}}
-passive = {{failures = 1, window = "10s", cooldown = "0.2s"}}
+passive = false
 
 [[routes]]
 group = "www"
@@ -231,7 +232,9 @@ cache = false
         url = origins.url(1)
         client = await connectClient(port, self)
         await origins.stop(1)
+        stopped = reactor.seconds()
         down = stateReached(factory, url, ServerState.UP, leave=True)
+        down.addCallback(lambda _: reactor.seconds() - stopped)
         before = len(origins.resources[1].paths)
         sent = 0
         while not down.called:
@@ -241,6 +244,9 @@ cache = false
         statuses = [r.status for r in client.finalResponses()]
         self.assertEqual(statuses, [200] * sent)
         self.assertEqual(len(origins.resources[1].paths), before)
+        # Within one check interval and its timeout (and some slack for a
+        # busy machine).
+        self.assertLess(down.result, 0.2 + 0.2 + 1.0)
         client.transport.write(get(b"/_cachingproxy/status.json"))
         sent += 1
         report = json.loads((await client.waitFor(sent))[-1].body)
@@ -418,6 +424,40 @@ access = ["10.0.0.0/8"]
         self.assertEqual([r.header(b"x-site") for r in responses[:2]], [b"a", b"a"])
         self.assertEqual(len(origins.resources[0].paths), 2)
         self.assertEqual(len(origins.resources[1].paths), 0)
+
+
+    async def test_routeCacheSettings(self):
+        """
+        A route's min-uses and max-object-size win over the proxy's: an
+        object is stored from its second request on, and a body larger
+        than the route's limit is never stored.
+        """
+        origins = Origins(self, 2)
+        factory, port, _ = sitesProxy(self, f"""
+[groups.a]
+servers = ["{origins.url(0)}"]
+
+[groups.b]
+servers = ["{origins.url(1)}"]
+
+[[routes]]
+hosts = ["a.example"]
+group = "a"
+min-uses = 2
+
+[[routes]]
+hosts = ["b.example"]
+group = "b"
+max-object-size = 10
+""", ("cache-memory", "1M"))
+        client = await connectClient(port, self)
+        for _ in range(3):
+            client.transport.write(get(b"/x", b"a.example"))
+        for path in (b"/y", b"/y", b"/a-long-path", b"/a-long-path"):
+            client.transport.write(get(path, b"b.example"))
+        responses = await client.waitFor(7)
+        self.assertEqual([r.header(b"x-cache") for r in responses],
+                         [b"MISS", b"MISS", b"HIT", b"MISS", b"HIT", b"MISS", b"MISS"])
 
 
 class ConfigurationTests(TestCase):
