@@ -68,6 +68,10 @@ class SitesMetrics:
         )
         self._groupsOf: Dict[str, List[str]] = {}
         self._watching: Optional[Health] = None
+        #: (group, server URL) -> the labelled requests counter and
+        #: latency histogram (looking the labels up costs more than
+        #: counting)
+        self._children: Dict[tuple, tuple] = {}
 
     def requestDone(self, group: Group, server: Server, ok: bool, latency: Optional[float]) -> None:
         """
@@ -76,11 +80,17 @@ class SitesMetrics:
         @param latency: seconds until the response head, or C{None} when
             there was none.
         """
-        self.requests.labels(group.name, server.url).inc()
+        key = (group.name, server.url)
+        children = self._children.get(key)
+        if children is None:
+            if len(self._children) > 10000:
+                self._children.clear()
+            children = self._children[key] = (self.requests.labels(*key), self.latency.labels(*key))
+        children[0].inc()
         if not ok:
-            self.failures.labels(group.name, server.url).inc()
+            self.failures.labels(*key).inc()
         if latency is not None:
-            self.latency.labels(group.name, server.url).observe(latency)
+            children[1].observe(latency)
 
     def watch(self, health: Health, groups: Iterable[Group]) -> None:
         """
