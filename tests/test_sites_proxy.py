@@ -39,6 +39,7 @@ class NamedOrigin(Resource):
         super().__init__()
         self.name = name
         self.paths: List[bytes] = []
+        self.hosts: set = set()
         self.checks = 0
 
     def render(self, request):
@@ -46,6 +47,7 @@ class NamedOrigin(Resource):
             self.checks += 1
             return b"ok"
         self.paths.append(request.uri)
+        self.hosts.add(request.getHeader(b"host"))
         request.setHeader(b"Cache-Control", b"max-age=60")
         request.setHeader(b"X-Origin", self.name.encode())
         return b"%s %s" % (self.name.encode(), request.uri)
@@ -180,6 +182,9 @@ cache = false
             await client.waitFor(n + 1)
         self.assertEqual([r.status for r in client.finalResponses()], [200] * 30)
         self.assertEqual([len(o.paths) for o in origins.resources], [10, 10, 10])
+        # Each server is told its own authority.
+        self.assertEqual([o.hosts for o in origins.resources],
+                         [{b"127.0.0.1:%d" % p} for p in origins.ports])
 
     async def test_consistentHashing(self):
         """

@@ -280,17 +280,15 @@ class SitesRouting:
             handler.responseFailed(Failure(GroupUnavailable(message)), False)
             return None
         original = head
-        first = self._origins.get(route.group)
-        preserve = exchange.routeSettings.preserveHost
-        if server.path or (server.origin != first and not preserve):
+        if not exchange.routeSettings.preserveHost:
+            # The server's own authority, set in place: the head is this
+            # exchange's, and each trip sets it for its server.
+            authority = server.origin.authority()
             headers = head.headers
-            if server.origin != first and not preserve:
-                headers = headers.copy()
-                headers.set(b"Host", server.origin.authority())
-            target = head.target
-            if server.path and target.startswith(b"/"):
-                target = server.path + target
-            head = RequestHead(head.method, target, head.version, headers)
+            if headers.get(b"host") != authority:
+                headers.set(b"Host", authority)
+        if server.path and head.target.startswith(b"/"):
+            head = RequestHead(head.method, server.path + head.target, head.version, head.headers)
         attempt = _Attempt(self, exchange, route, server, original, handler, tried)
         exchange._attempt = attempt
         service.started(route, server)
