@@ -571,3 +571,43 @@ cache = false
         self.assertGreater(len(origins.resources[1].paths), 5)
         self.assertIn(b"configuration reloaded", process.output)
 
+
+
+class MetricsTests(TestCase):
+    """
+    Per-group figures are counted in Python and written once a second.
+    """
+
+    def test_batched(self):
+        """
+        Once started, requests are written at the next tick, and stopping
+        writes what is left.
+        """
+        from prometheus_client import CollectorRegistry
+        from twisted.internet.task import Clock
+
+        from cachingproxy.sites.metrics import SitesMetrics
+        from cachingproxy.sites.parse import implicitGroup
+
+        registry = CollectorRegistry()
+        metrics = SitesMetrics(registry)
+        group = implicitGroup(["http://127.0.0.1:1", "http://127.0.0.1:2"])
+        server = group.servers[0]
+        labels = {"group": "upstream", "server": server.url}
+        clock = Clock()
+        metrics.start(clock)
+        metrics.requestDone(group, server, True, 0.01)
+        metrics.requestDone(group, server, False, None)
+
+        def value(name):
+            return registry.get_sample_value(name, labels) or 0
+
+        self.assertEqual(value("cachingproxy_group_requests_total"), 0)
+        clock.advance(1)
+        self.assertEqual(value("cachingproxy_group_requests_total"), 2)
+        self.assertEqual(value("cachingproxy_group_failures_total"), 1)
+        self.assertEqual(value("cachingproxy_group_upstream_seconds_count"), 1)
+        metrics.requestDone(group, server, True, 0.02)
+        metrics.stop()
+        self.assertEqual(value("cachingproxy_group_requests_total"), 3)
+        self.assertEqual(clock.getDelayedCalls(), [])

@@ -236,15 +236,14 @@ def startSites(factory: ProxyFactory) -> None:
         return
     service = sites.service
     if factory.metrics is not None and service.metrics is None:
-        global _sitesMetrics
-        if _sitesMetrics is None:
-            from ..sites.metrics import SitesMetrics
+        from ..sites.metrics import SitesMetrics
 
-            # One set of families per process, made once the metrics
-            # folder is set (multiprocess mode: the figures are files).
-            _sitesMetrics = SitesMetrics(None)
-        service.metrics = _sitesMetrics
-        _sitesMetrics.watch(service.health, service.sites.groups.values())
+        # Made once the metrics folder is set (multiprocess mode: the
+        # figures are files), written once a second.
+        service.metrics = SitesMetrics(None)
+        service.metrics.watch(service.health, service.sites.groups.values())
+    if service.metrics is not None:
+        service.metrics.start(factory.reactor)
     service.startService()
 
 
@@ -255,9 +254,8 @@ def stopSites(factory: ProxyFactory) -> None:
     sites = factory.sites
     if sites is not None and sites.service.running:
         sites.service.stopService()
-
-
-_sitesMetrics = None
+        if sites.service.metrics is not None:
+            sites.service.metrics.stop()
 
 
 def buildCache(reactor, config: Config, pool):
