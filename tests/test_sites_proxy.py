@@ -23,7 +23,15 @@ from cachingproxy.service.config import fromOptions
 from cachingproxy.service.tap import buildFactory
 from cachingproxy.sites.health import ServerState
 
-from .helpers import REPO, TWISTD, Twistd, _trackServerConnections, connectClient, exchange
+from .helpers import (
+    REPO,
+    TWISTD,
+    Twistd,
+    _trackServerConnections,
+    connectClient,
+    exchange,
+    temporaryPath,
+)
 
 
 class NamedOrigin(Resource):
@@ -114,7 +122,7 @@ def sitesProxy(testCase, text: str, *arguments):
 
     @return: the factory, its port and its access log lines.
     """
-    path = os.path.join(testCase.mktemp() + ".toml")
+    path = temporaryPath(testCase, "sites.toml")
     with open(path, "w") as f:
         f.write(text)
     given = {"config": path, "cache-dir": "none"}
@@ -475,7 +483,7 @@ class ConfigurationTests(TestCase):
         A route naming an unknown group is refused with the file, line and
         key.
         """
-        path = self.mktemp()
+        path = temporaryPath(self, "sites.toml")
         with open(path, "w") as f:
             f.write('[groups.a]\nservers = ["http://127.0.0.1:1"]\n\n[[routes]]\ngroup = "b"\n')
         with self.assertRaises(usage.UsageError) as caught:
@@ -503,7 +511,7 @@ class ConfigurationTests(TestCase):
         """
         --upstream and routes in the file cannot be combined.
         """
-        path = self.mktemp()
+        path = temporaryPath(self, "sites.toml")
         with open(path, "w") as f:
             f.write('default-route = "a"\n[groups.a]\nservers = ["http://127.0.0.1:1"]\n')
         with self.assertRaises(usage.UsageError) as caught:
@@ -523,7 +531,7 @@ class ReloadTests(TestCase):
         gets requests.
         """
         origins = Origins(self, 2)
-        path = os.path.abspath(self.mktemp() + ".toml")
+        path = temporaryPath(self, "sites.toml")
         template = """
 [groups.www]
 servers = [{servers}]
