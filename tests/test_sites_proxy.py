@@ -501,7 +501,7 @@ class ConfigurationTests(TestCase):
                          ["http://127.0.0.1:1", "http://127.0.0.1:2/p"])
         self.assertIsNotNone(group.health)
         self.assertEqual(config.upstreamPath, b"")
-        single = fromOptions({"upstream": ("http://127.0.0.1:1/p",)}, {})
+        single = fromOptions({"upstream": ("http://127.0.0.1:1/p",), "cache-dir": "none"}, {})
         self.assertIsNone(single.sites)
         self.assertEqual(single.upstreamPath, b"/p")
         factory = buildFactory(reactor, single)
