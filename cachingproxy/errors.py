@@ -51,6 +51,9 @@ class ProxyError(Exception):
     status = 500
     closeConnection = False
     headers: Sequence[Tuple[bytes, bytes]] = ()
+    #: whether nothing of the request reached the origin (a failed
+    #: connection): an idempotent request may then go to another server
+    beforeSending = False
 
     def __init__(self, message: str = "") -> None:
         super().__init__(message)

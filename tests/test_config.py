@@ -466,7 +466,8 @@ class FileErrorTests(SynchronousTestCase):
         An inline table where a string belongs is a type error at its line.
         """
         message, path = self.error("\n\nupstream = { url = 'x' }\n")
-        self.assertEqual(message, f"{path}:3: upstream: expected a string, got a table {{'url': 'x'}}")
+        self.assertEqual(message, f"{path}:3: upstream: expected an origin URL (\"http://10.0.0.1:8080\"), "
+                         f"or an array of them, got a table {{'url': 'x'}}")
 
     def test_badValue(self):
         """
@@ -814,7 +815,7 @@ _WORKED_OUT = {
     ProxySettings: {"upstream", "upstreamPath", "viaName", "requestRules", "responseRules",
                     "compression", "trustedProxies", "adminNetworks"},
     UpstreamSettings: {"trustRoot"},
-    CacheSettings: {"options", "cacheStatus", "name"},
+    CacheSettings: {"options", "cacheStatus", "name", "routeMaxObjectSize"},
 }
 
 

@@ -156,6 +156,9 @@ class CacheSettings:
     name: bytes = b"cachingproxy"
     collapse: bool = fromSetting("no-collapse")
     collapseWait: float = fromSetting("collapse-wait")
+    #: the largest body stored (a route's C{max-object-size}), or C{None}
+    #: for the store's own limit
+    routeMaxObjectSize: Optional[int] = None
 
 
 class _Stats:
@@ -1097,6 +1100,13 @@ class _Fill:
         if self._discard:
             return
         writer = self.writer
+        if writer is not None:
+            limit = self.layer.settings.routeMaxObjectSize
+            if limit is not None and self.length + len(data) > limit:
+                self._log.info("not storing {key}: larger than {limit} bytes",
+                               key=logText(self.key), limit=limit)
+                self._abortWriter()
+                writer = None
         if writer is not None:
             try:
                 writer.write(data)

@@ -183,6 +183,8 @@ class AdminPages:
                               "pid": os.getpid()}
         report["version"] = __version__
         report["draining"] = factory.draining
+        sites = getattr(factory, "sites", None)
+        report["groups"] = sites.status() if sites is not None else []
         cache = factory.cache
         report["cache"] = None
         if cache is not None:

@@ -140,6 +140,14 @@ class Exchange:
     #: (the protocols asked for that the proxy carries), or C{None} for a
     #: request that does not ask to upgrade
     upgrade: Optional[bytes] = None
+    #: with routes and origin groups: the L{cachingproxy.sites.model.Route}
+    #: of this request, its L{ProxySettings
+    #: <cachingproxy.proxy.settings.ProxySettings>} (the proxy's own with the
+    #: route's put over them) and its trip to a server under way
+    #: (L{cachingproxy.sites.wiring}); C{None} without
+    route = None
+    routeSettings = None
+    _attempt = None
 
     def __init__(self, protocol: "ProxyProtocol", head: RequestHead, keepAlive: bool):
         self.protocol = protocol
@@ -292,6 +300,8 @@ class Exchange:
                 self.respondError(refused)
                 return
         cache = factory.cache
+        if self.route is not None:
+            cache = factory.sites.cacheFor(self.route, cache)
         if self.upgrade is not None:
             # What answers an upgrade is a connection, not a representation:
             # never looked up, never stored.
@@ -327,6 +337,8 @@ class Exchange:
         cache.
         """
         factory = self.protocol.factory
+        if self.route is not None:
+            return factory.sites.cacheTarget(self)
         if not factory.keyFromHead:
             return (origin.scheme, origin.authority())
         return factory.cacheTarget(origin, self.upstreamHead())
@@ -344,7 +356,7 @@ class Exchange:
         C{None} when they are rewritten for this client's Host.
         """
         factory = self.protocol.factory
-        settings = factory.settings
+        settings = self.routeSettings or factory.settings
         if settings.upstream is not None and settings.rewriteRedirects and any(
                 f[0] == b"location" or f[0] == b"content-location" for f in fields):
             return None
@@ -355,15 +367,22 @@ class Exchange:
         @return: C{(viaName, compression)} of this port's settings, for a
             response built in wire form.
         """
-        settings = self.protocol.factory.settings
+        settings = self.routeSettings or self.protocol.factory.settings
         return settings.viaName, settings.compression
 
-    def forward(self, origin: Origin, head: RequestHead, handler) -> None:
+    def forward(self, origin: Origin, head: RequestHead, handler, _tried=()) -> None:
         """
         Send C{head} to C{origin}, streaming this exchange's request body;
         C{handler} (this exchange, or a cache layer in front of it) is told
-        about the response.
+        about the response. A routed request goes to a server of its
+        route's group instead (C{_tried}: the servers that could not be
+        reached, L{cachingproxy.sites.wiring.SitesRouting.attempt}).
         """
+        if self.route is not None:
+            routed = self.protocol.factory.sites.attempt(self, head, handler, _tried)
+            if routed is None:
+                return
+            origin, head, handler = routed
         self.handler = None if handler is self else handler
         pool = self.protocol.factory.pool
         self.forwardedAt = pool.reactor.seconds()
@@ -577,7 +596,7 @@ class Exchange:
         protocol = self.protocol
         self.status = status
         fields = protocol.factory.downstreamFields(self, fields)
-        compression = protocol.factory.settings.compression
+        compression = (self.routeSettings or protocol.factory.settings).compression
         if compression is not None and status == 200 and self.head.method != b"HEAD":
             fields, coding, _ = compressionPlan(compression, fields, knownLength,
                                                 self.head.headers.get(b"accept-encoding"))
@@ -749,6 +768,9 @@ class Exchange:
 
     def _abandonUpstream(self) -> None:
         self._abandoned = True
+        attempt, self._attempt = self._attempt, None
+        if attempt is not None:
+            attempt.abandon()
         d, self._upstreamDeferred = self._upstreamDeferred, None
         if d is not None:
             d.cancel()

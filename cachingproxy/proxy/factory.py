@@ -115,6 +115,11 @@ class ProxyFactory(Factory):
         self.access = None
         #: the proxy's own endpoints (L{cachingproxy.ops.admin.AdminPages})
         self.admin = None
+        #: routes and origin groups
+        #: (L{cachingproxy.sites.wiring.SitesRouting}), or C{None}: every
+        #: request goes to L{ProxySettings.upstream} (or its target in
+        #: forward mode)
+        self.sites = None
         self.port = None
         self.openConnections = 0
         self.protocols: set = set()
@@ -317,6 +322,8 @@ class ProxyFactory(Factory):
                 # RFC 9112 section 3.2.4: the last proxy turns an empty path
                 # of an OPTIONS request into '*'.
                 path = b"*" if method == b"OPTIONS" else b"/"
+        if self.sites is not None:
+            return self.sites.route(exchange, path)
         return origin, path
 
     def _ownTarget(self, exchange: Exchange) -> Optional[bytes]:
@@ -389,7 +396,7 @@ class ProxyFactory(Factory):
         """
         head = exchange.head
         protocol = exchange.protocol
-        settings = self.settings
+        settings = exchange.routeSettings or self.settings
         facts = exchange.facts
         hopByHop = facts.hopByHop
         if head.version < (1, 1) and facts.expect is not None:
@@ -498,7 +505,7 @@ class ProxyFactory(Factory):
         naming the upstream are rewritten to the address the client used;
         then the operator's response rules.
         """
-        settings = self.settings
+        settings = exchange.routeSettings or self.settings
         upstream = settings.upstream
         if upstream is not None and settings.rewriteRedirects and any(
                 f[0] in _LOCATIONS for f in fields):

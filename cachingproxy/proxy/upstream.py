@@ -863,7 +863,10 @@ class UpstreamPool:
             return protocol
 
         def failed(reason: Failure) -> Failure:
-            return Failure(upstreamError(reason, origin))
+            error = upstreamError(reason, origin)
+            # Nothing of the request was sent: another origin may take it.
+            error.beforeSending = True
+            return Failure(error)
 
         d.addCallbacks(made, failed)
         return d

@@ -142,6 +142,9 @@ def _byKind(setting: Setting, raw: object, where: str) -> object:
         return parseSize(raw, where)
     if kind == "flag":
         return bool(raw)
+    if kind == "list" and isinstance(raw, str):
+        # One value given where several may be (a TOML string).
+        raw = (raw,)
     if kind == "list" and setting.name == "port":
         return tuple(str(p) for p in raw or ())
     if kind == "list" and _wholeItems(setting):
@@ -184,9 +187,18 @@ def _upstreamURL(url: Optional[str], where: str) -> Optional[str]:
     return url
 
 
-def _upstreamParts(url: Optional[str]) -> Dict[str, object]:
+def _upstreamURLs(urls: Tuple[str, ...], where: str) -> Tuple[str, ...]:
     """
-    @return: the L{Config} fields of a checked upstream URL (or of none).
+    @return: the reverse proxy's origin URLs, each checked.
+    """
+    return tuple(_upstreamURL(url, where) for url in urls)
+
+
+def _upstreamParts(url: Optional[str], grouped: bool = False) -> Dict[str, object]:
+    """
+    @return: the L{Config} fields of a checked upstream URL (or of none);
+        with origin groups (C{grouped}), each server's own prefix is put
+        before the target, so there is no common one.
     """
     if url is None:
         return dict(upstreamScheme=None, upstreamHost=None, upstreamPort=None,
@@ -196,7 +208,7 @@ def _upstreamParts(url: Optional[str]) -> Dict[str, object]:
         upstreamScheme=parts.scheme.encode("ascii"),
         upstreamHost=parts.hostname,
         upstreamPort=parts.port or (443 if parts.scheme == "https" else 80),
-        upstreamPath=parts.path.rstrip("/").encode("ascii"),
+        upstreamPath=b"" if grouped else parts.path.rstrip("/").encode("ascii"),
     )
 
 
@@ -406,12 +418,13 @@ SETTINGS = (
     ),
     Setting(
         "upstream",
-        "str",
-        None,
+        "list",
+        (),
         "Reverse proxy mode: send every request to this origin URL "
-        "(http://host:port[/prefix] or https://...).",
-        example="http://127.0.0.1:9000/base",
-        parse=_upstreamURL,
+        "(http://host:port[/prefix] or https://...). Repeatable: several "
+        "origins make one round-robin group with health checks.",
+        example=("http://127.0.0.1:9000/base",),
+        parse=_upstreamURLs,
     ),
     Setting("connect-timeout", "float", 10.0, "Seconds to connect to an origin.", example="3"),
     Setting(
@@ -961,6 +974,10 @@ class Config:
     fleetWait: float
     tagField: Optional[str]
     keepTagField: bool
+    #: routes and origin groups (L{cachingproxy.sites.model.Sites}) from
+    #: C{[groups.*]}, C{[[routes]]} and C{default-route} in the
+    #: configuration file, or from several C{--upstream}; C{None} without
+    sites: object
 
 
 def _wholeItems(setting: Setting) -> bool:
@@ -1249,6 +1266,8 @@ def _fileValue(setting: Setting, value: object, where: str) -> object:
             return tuple(str(item) for item in items)
         if setting.name == "port":
             expected = 'a port or endpoint string ("tcp:3128"), or an array of them'
+        elif setting.name == "upstream":
+            expected = 'an origin URL ("http://10.0.0.1:8080"), or an array of them'
         else:
             expected = 'a string such as "10.0.0.0/8", or an array of them'
     elif setting.name == "workers":
@@ -1332,6 +1351,8 @@ def readConfigFile(path: str, where: str = "--config") -> Dict[str, Tuple[object
 
     found: Dict[str, Tuple[object, str]] = {}
     for key, value in document.items():
+        if key in _SITES_KEYS:
+            continue
         line = _lineOf(text, key, isinstance(value, dict))
         at = f"{path}:{line}" if line else path
         setting = _BY_NAME.get(key)
@@ -1344,7 +1365,17 @@ def readConfigFile(path: str, where: str = "--config") -> Dict[str, Tuple[object
             raise usage.UsageError(f"{at}: unknown setting {key!r}{hint}")
         keyWhere = f"{at}: {key}"
         found[key] = (_fileValue(setting, value, keyWhere), keyWhere)
+    if any(key in document for key in _SITES_KEYS):
+        from ..sites.parse import parseSites
+
+        found[_SITES] = (parseSites(document, text, path), path)
     return found
+
+
+#: The keys of the configuration file that are routes and origin groups
+#: (L{cachingproxy.sites.parse}), and where L{readConfigFile} puts them.
+_SITES_KEYS = ("groups", "routes", "default-route")
+_SITES = "[groups] and [[routes]]"
 
 
 def _compression(mode: str, types: Tuple[str, ...], minSize: int, reverse: bool):
@@ -1416,7 +1447,27 @@ def fromOptions(
 
     values = {s.name: s.read(*merged[s.name]) for s in SETTINGS}
 
-    upstream = values["upstream"]
+    upstreams, where = values["upstream"], merged["upstream"][1]
+    sites, sitesWhere = merged.get(_SITES, (None, None))
+    if sites is not None and upstreams:
+        raise usage.UsageError(
+            f"{where}: --upstream and {sitesWhere}'s groups and routes cannot be combined "
+            f"(name a group as default-route instead)")
+    if len(upstreams) > 1:
+        from ..sites.parse import SitesError, implicitGroup
+        from ..sites.model import Route, Sites
+
+        try:
+            group = implicitGroup(upstreams, where)
+        except SitesError as e:
+            raise usage.UsageError(str(e))
+        sites = Sites(groups={group.name: group},
+                      routes=(Route(hosts=(), path=b"/", group=group.name, name="default-route"),))
+    upstream = upstreams[0] if upstreams else None
+    if sites is not None and not upstreams and sites.groups:
+        # Reverse mode; each route's group says where requests go.
+        first = next(iter(sites.groups.values())).servers[0].origin
+        upstream = f"{first.scheme.decode()}://{first.authority().decode()}"
     authFile, where = values["auth-file"], merged["auth-file"][1]
     if authFile is not None:
         if upstream:
@@ -1430,7 +1481,9 @@ def fromOptions(
     fields = {f.name for f in dataclasses.fields(Config)}
     known = {s.configField: values[s.name] for s in SETTINGS if s.configField in fields}
     known.update(
-        _upstreamParts(upstream),  # type: ignore[arg-type]
+        _upstreamParts(upstream, sites is not None),  # type: ignore[arg-type]
+        upstream=upstream or None,
+        sites=sites,
         requestRules=_headerRulesOf(values, "request"),
         responseRules=_headerRulesOf(values, "response"),
         compression=_compression(values["compress"], values["compress-types"],

@@ -50,6 +50,10 @@ RESTART_FIELDS = frozenset([
     "fleetLockLease", "fleetWait", "tagField", "keepTagField",
 ])
 
+#: The L{Config} fields of C{--upstream}.
+_UPSTREAM_FIELDS = frozenset([
+    "upstream", "upstreamScheme", "upstreamHost", "upstreamPort", "upstreamPath"])
+
 #: L{Config} fields that several settings, or a setting of another name,
 #: feed.
 _FIELD_SETTINGS: Dict[str, Sequence[str]] = {
@@ -65,6 +69,7 @@ _FIELD_SETTINGS: Dict[str, Sequence[str]] = {
     "compression": ("compression",),
     "requestRules": ("request header rules",),
     "responseRules": ("response header rules",),
+    "sites": ("groups and routes",),
 }
 
 
@@ -130,8 +135,15 @@ class ConfigReloader:
             return self._notReloaded(e)
         old = self.config
         changed = changedFields(old, new)
-        restart = [f for f in changed if f in RESTART_FIELDS]
-        live = [f for f in changed if f not in RESTART_FIELDS]
+        if old.sites is not None and new.sites is not None:
+            # Reverse mode's upstream stands for the groups, which change
+            # while running.
+            changed = [f for f in changed if f not in _UPSTREAM_FIELDS]
+        if (old.sites is None) != (new.sites is None):
+            restart = [f for f in changed if f in RESTART_FIELDS or f == "sites"]
+        else:
+            restart = [f for f in changed if f in RESTART_FIELDS]
+        live = [f for f in changed if f not in restart]
         try:
             self._apply(new)
         except Exception as e:
@@ -214,6 +226,8 @@ class ConfigReloader:
                     raise usage.UsageError(f"--port {server.description}: {e}")
 
         # Everything is built: swap.
+        if factory.sites is not None and new.sites is not None:
+            factory.sites.reload(new.sites)
         factory.settings = settings
         factory.access = access
         factory.http2 = new.http2

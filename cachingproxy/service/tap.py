@@ -204,7 +204,54 @@ def buildFactory(reactor, config: Config, accessLog=None,
     from ..access import AccessPolicy
 
     factory.access = AccessPolicy.fromConfig(config, reactor)
+    if config.sites is not None:
+        wireSites(reactor, factory, config.sites)
     return factory
+
+
+def wireSites(reactor, factory: ProxyFactory, sites) -> None:
+    """
+    Route the requests of C{factory} by C{sites} (routes and origin
+    groups): a L{cachingproxy.sites.wiring.SitesRouting} over a
+    L{cachingproxy.sites.service.SitesService}, whose health checks start
+    and stop with the proxy's listening ports (L{ProxyService}).
+    """
+    from ..sites.service import SitesService
+    from ..sites.wiring import SitesRouting
+
+    factory.sites = SitesRouting(SitesService(reactor, sites), factory)
+
+
+def startSites(factory: ProxyFactory) -> None:
+    """
+    Start the health checks of C{factory}'s groups, and count per group
+    and server in the proxy's metrics when it keeps them.
+    """
+    sites = factory.sites
+    if sites is None or sites.service.running:
+        return
+    service = sites.service
+    if factory.metrics is not None and service.metrics is None:
+        from ..sites.metrics import SitesMetrics
+
+        # Made once the metrics folder is set (multiprocess mode: the
+        # figures are files), written once a second.
+        service.metrics = SitesMetrics(None)
+        service.metrics.watch(service.health, service.sites.groups.values())
+    if service.metrics is not None:
+        service.metrics.start(factory.reactor)
+    service.startService()
+
+
+def stopSites(factory: ProxyFactory) -> None:
+    """
+    Stop the health checks of C{factory}'s groups.
+    """
+    sites = factory.sites
+    if sites is not None and sites.service.running:
+        sites.service.stopService()
+        if sites.service.metrics is not None:
+            sites.service.metrics.stop()
 
 
 def buildCache(reactor, config: Config, pool):
@@ -420,6 +467,7 @@ class ProxyService(service.Service):
         housekeeping = cache.housekeeping if cache is not None else None
         if housekeeping is not None and not housekeeping.running:
             housekeeping.start(60, now=False)
+        startSites(self.factory)
         if self._listening is None:
             self._listen(failNow=False)
 
@@ -506,6 +554,7 @@ class ProxyService(service.Service):
         housekeeping = cache.housekeeping if cache is not None else None
         if housekeeping is not None and housekeeping.running:
             housekeeping.stop()
+        stopSites(self.factory)
         if port is None:
             return defer.succeed(None)
         from .._twistedinternals import acceptQueued

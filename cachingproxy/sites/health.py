@@ -134,6 +134,22 @@ class _Discard(Protocol):
             self.done.callback(self.status)
 
 
+def _quietClientFactory():
+    from twisted.web.client import _HTTP11ClientFactory
+
+    class QuietClientFactory(_HTTP11ClientFactory):
+        """
+        No "Starting factory" log lines for every check.
+        """
+
+        noisy = False
+
+    return QuietClientFactory
+
+
+_QuietClientFactory = _quietClientFactory()
+
+
 def agentChecker(reactor, contextFactory=None, agent=None) -> Checker:
     """
     @param contextFactory: the TLS policy for https servers (an
@@ -147,6 +163,7 @@ def agentChecker(reactor, contextFactory=None, agent=None) -> Checker:
 
     if agent is None:
         pool = HTTPConnectionPool(reactor, persistent=False)
+        pool._factory = _QuietClientFactory
         if contextFactory is None:
             agent = Agent(reactor, pool=pool)
         else:

@@ -68,6 +68,65 @@ class SitesMetrics:
         )
         self._groupsOf: Dict[str, List[str]] = {}
         self._watching: Optional[Health] = None
+        #: (group, server URL) -> the labelled requests counter and
+        #: latency histogram (looking the labels up costs more than
+        #: counting)
+        self._children: Dict[tuple, tuple] = {}
+        #: with L{start}: (group, server URL) -> [requests, failures,
+        #: latencies] counted since the last L{flush}; C{None}: every
+        #: request is written at once
+        self._pending: Optional[Dict[tuple, list]] = None
+        self._loop = None
+
+    def start(self, clock, interval: float = 1.0) -> None:
+        """
+        Count requests in Python ints and lists, and write them to the
+        families every C{interval} seconds (in multiprocess mode each
+        write is a write to a shared file), as
+        L{cachingproxy.ops.metrics.Metrics} does.
+        """
+        if self._loop is not None:
+            return
+        from twisted.internet.task import LoopingCall
+
+        self._pending = {}
+        self._loop = LoopingCall(self.flush)
+        self._loop.clock = clock
+        self._loop.start(interval, now=False)
+
+    def stop(self) -> None:
+        """
+        Write what was counted, and write every request at once again.
+        """
+        loop, self._loop = self._loop, None
+        if loop is not None and loop.running:
+            loop.stop()
+        self.flush()
+        self._pending = None
+
+    def flush(self) -> None:
+        """
+        Write the requests counted since the last flush.
+        """
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = {}
+        for key, (requests, failures, latencies) in pending.items():
+            children = self._childrenOf(key)
+            children[0].inc(requests)
+            if failures:
+                self.failures.labels(*key).inc(failures)
+            for latency in latencies:
+                children[1].observe(latency)
+
+    def _childrenOf(self, key: tuple) -> tuple:
+        children = self._children.get(key)
+        if children is None:
+            if len(self._children) > 10000:
+                self._children.clear()
+            children = self._children[key] = (self.requests.labels(*key), self.latency.labels(*key))
+        return children
 
     def requestDone(self, group: Group, server: Server, ok: bool, latency: Optional[float]) -> None:
         """
@@ -76,11 +135,24 @@ class SitesMetrics:
         @param latency: seconds until the response head, or C{None} when
             there was none.
         """
-        self.requests.labels(group.name, server.url).inc()
+        key = (group.name, server.url)
+        pending = self._pending
+        if pending is not None:
+            counts = pending.get(key)
+            if counts is None:
+                counts = pending[key] = [0, 0, []]
+            counts[0] += 1
+            if not ok:
+                counts[1] += 1
+            if latency is not None:
+                counts[2].append(latency)
+            return
+        children = self._childrenOf(key)
+        children[0].inc()
         if not ok:
-            self.failures.labels(group.name, server.url).inc()
+            self.failures.labels(*key).inc()
         if latency is not None:
-            self.latency.labels(group.name, server.url).observe(latency)
+            children[1].observe(latency)
 
     def watch(self, health: Health, groups: Iterable[Group]) -> None:
         """
