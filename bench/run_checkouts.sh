@@ -59,6 +59,8 @@ RESULTS="$T/results.txt"
 : >"$RESULTS"
 TICK="$(getconf CLK_TCK)"
 
+# start_origin NAME CACHE_CONTROL: sets ORIGIN_URL (not in a subshell, so
+# that bench_cleanup knows the process).
 start_origin() {
     local port
     port="$(bench_free_port)"
@@ -66,10 +68,12 @@ start_origin() {
         --port "$port" --cache-control "$2"
     bench_wait_http "http://127.0.0.1:$port/1k.bin" "$BENCH_LAST_PID" "$T/origin-$1.log" 30 \
         || bench_die "the origin did not start"
-    echo "http://127.0.0.1:$port"
+    ORIGIN_URL="http://127.0.0.1:$port"
 }
-STORE_ORIGIN="$(start_origin store max-age=86400)"
-NOSTORE_ORIGIN="$(start_origin nostore no-store)"
+start_origin store max-age=86400
+STORE_ORIGIN="$ORIGIN_URL"
+start_origin nostore no-store
+NOSTORE_ORIGIN="$ORIGIN_URL"
 
 cpu_ticks() {
     awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
