@@ -480,7 +480,13 @@ measure() {
         bench_die "$label: $non2xx non-2xx responses and $sockerr socket errors"
     fi
     if [ "$path" = hit ] && [ $(((oafter - obefore) * 100)) -gt "$total" ]; then
-        bench_die "$label: the origin served $((oafter - obefore)) of $total requests: not hits"
+        if [ "$section" = pinned ]; then
+            bench_die "$label: the origin served $((oafter - obefore)) of $total requests: not hits"
+        fi
+        # With several workers a server may keep a cache per worker (Squid
+        # SMP's memory cache): said with the figures, not fatal.
+        echo "$label: the origin served $((oafter - obefore)) of $total requests" >>"$T/not-hits.txt"
+        bench_log "$label: the origin served $((oafter - obefore)) of $total requests (not all hits)"
     fi
     [ "$path" = hit ] && check_path "$label, after the run" "$SRV_KIND" "$url" hit
     us="$(awk -v t="$((after - before))" -v n="$total" -v hz="$TICK" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')"
@@ -617,6 +623,10 @@ if [ "$WORKERS" = 1 ]; then
     echo "== 2. workers: nothing pinned, wrk -t2, origin with 2 workers"
     echo
     report unpinned squid-w2 cp-w1 "${wrows[@]}"
+    if [ -s "$T/not-hits.txt" ]; then
+        echo "Hit rows that were not all hits:"
+        sed 's/^/    /' "$T/not-hits.txt"
+    fi
 fi
 echo "Rows: cachingproxy defaults = no logging option: the access log goes to the twistd log file;"
 echo "  squid = its default access log (daemon module, logformat squid, to a file), cache_mem default;"
