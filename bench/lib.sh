@@ -219,3 +219,27 @@ bench_pin_setup() {
         PIN_NOTE="NOT pinned ($NCPU CPU(s) or no taskset): numbers are even noisier"
     fi
 }
+
+# bench_positive_ints VAR...: die unless each named variable holds a
+# positive integer.
+bench_positive_ints() {
+    local v
+    for v in "$@"; do
+        if ! [[ "${!v}" =~ ^[0-9]+$ ]] || [ "${!v}" -eq 0 ]; then
+            bench_die "$v must be a positive integer (got '${!v}')"
+        fi
+    done
+}
+
+# bench_traps: stop everything started (bench_cleanup) however the script
+# ends.
+bench_traps() {
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+
+# bench_cpu_ticks PID: the process's utime + stime, in clock ticks.
+bench_cpu_ticks() {
+    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}

@@ -36,9 +36,7 @@ CONNECTIONS="${CONNECTIONS:-50}"
 MODES="${MODES:-none file stdout file-json stdout-json}"
 PROFILE="${PROFILE:-0}"
 
-trap bench_cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_traps
 
 bench_ensure_packages wrk:wrk curl:curl taskset:util-linux
 command -v wrk >/dev/null 2>&1 || bench_die "wrk is not installed"
@@ -60,9 +58,6 @@ bench_start "$T/origin.log" "${PIN_LOAD[@]}" python3 -m http.server --bind 127.0
     --directory "$T/www" "$ORIGIN_PORT"
 bench_wait_http "http://127.0.0.1:$ORIGIN_PORT/1k.bin" "$BENCH_LAST_PID" "$T/origin.log" 30 \
     || bench_die "origin did not start"
-
-# cpu_ticks PID: utime + stime of PID, in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # mode_args MODE: the access log options for MODE, in MODE_ARGS.
 mode_args() {
@@ -102,10 +97,10 @@ run() {
         || bench_die "$slug: not a cache hit: $(tr -d '\r' <"$T/$slug.head" | paste -sd ';')"
     "${PIN_LOAD[@]}" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null 2>&1 || true
     out="$T/$slug.wrk"
-    before="$(cpu_ticks "$pid")"
+    before="$(bench_cpu_ticks "$pid")"
     "${PIN_LOAD[@]}" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "$url" >"$out" 2>&1 \
         || { cat "$out" >&2; bench_die "$slug: wrk failed"; }
-    after="$(cpu_ticks "$pid")"
+    after="$(bench_cpu_ticks "$pid")"
     total="$(awk '/requests in/ {print $1}' "$out")"
     rps="$(awk '/^Requests\/sec:/ {print $2}' "$out")"
     grep -q 'Non-2xx' "$out" && bench_die "$slug: non-2xx responses: $(cat "$out")"

@@ -32,15 +32,9 @@ CONNECTIONS="${CONNECTIONS:-50}"
 PROXIES="${PROXIES:-cachingproxy cachingproxy-disk squid varnish nginx}"
 read -r -a CP_EXTRA <<<"${CACHINGPROXY_ARGS:-}"
 
-for v in DURATION WARMUP CONNECTIONS; do
-    if ! [[ "${!v}" =~ ^[0-9]+$ ]] || [ "${!v}" -eq 0 ]; then
-        bench_die "$v must be a positive integer (got '${!v}')"
-    fi
-done
+bench_positive_ints DURATION WARMUP CONNECTIONS
 
-trap bench_cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_traps
 
 # --- prerequisites ---------------------------------------------------------
 # lib.sh's installer only knows how to silence the nginx and squid services;

@@ -42,16 +42,10 @@ ROWS="${ROWS:-cp-identity cp-gzip cp-br nginx-gzip nginx-identity}"
 read -r -a CP_EXTRA <<<"${CACHINGPROXY_ARGS:-}"
 OBJECT_SIZE="${OBJECT_SIZE:-102400}"
 
-for v in DURATION WARMUP CONNECTIONS OBJECT_SIZE; do
-    if ! [[ "${!v}" =~ ^[0-9]+$ ]] || [ "${!v}" -eq 0 ]; then
-        bench_die "$v must be a positive integer (got '${!v}')"
-    fi
-done
+bench_positive_ints DURATION WARMUP CONNECTIONS OBJECT_SIZE
 [[ "$BENCH_WAIT" =~ ^[0-9]+$ ]] || bench_die "BENCH_WAIT must be a number of seconds (got '$BENCH_WAIT')"
 
-trap bench_cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_traps
 
 # --- prerequisites ---------------------------------------------------------
 bench_ensure_packages wrk:wrk nginx:nginx curl:curl gzip:gzip taskset:util-linux

@@ -50,11 +50,7 @@ ROWS="${ROWS:-cp-defaults cp-log-file cp-log-json cp-no-log squid varnish nginx}
 WORKERS="${WORKERS:-1}"
 WORKER_ROWS="${WORKER_ROWS:-cp-w2 cp-w1 squid-w2 nginx-w2}"
 
-for v in ROUNDS DURATION WARMUP CONNECTIONS; do
-    if ! [[ "${!v}" =~ ^[0-9]+$ ]] || [ "${!v}" -eq 0 ]; then
-        bench_die "$v must be a positive integer (got '${!v}')"
-    fi
-done
+bench_positive_ints ROUNDS DURATION WARMUP CONNECTIONS
 case "$WORKERS" in 0|1) ;; *) bench_die "WORKERS must be 0 or 1 (got '$WORKERS')" ;; esac
 
 # row_label ROW: the name printed in the report.
@@ -130,8 +126,8 @@ trap 'bench_log "ERROR: line $LINENO failed: $BASH_COMMAND"' ERR
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# cpu_ticks ROOT: utime + stime of ROOT and all its descendants, clock ticks.
-cpu_ticks() {
+# tree_cpu_ticks ROOT: utime + stime of ROOT and all its descendants, clock ticks.
+tree_cpu_ticks() {
     local p
     for p in $(tree_pids "$1"); do
         cat "/proc/$p/stat" 2>/dev/null || true
@@ -460,10 +456,10 @@ measure() {
         >"$out.warmup" 2>&1 || { cat "$out.warmup" >&2; bench_die "$label: wrk warm-up failed"; }
     local before after obefore oafter
     obefore="$(log_lines "$odir/hit.log")"
-    before="$(cpu_ticks "$SRV_PID")"
+    before="$(tree_cpu_ticks "$SRV_PID")"
     timeout $((DURATION + 30)) "$@" wrk -t"$threads" -c"$CONNECTIONS" -d"${DURATION}s" "$url" \
         >"$out" 2>&1 || { cat "$out" >&2; bench_die "$label: wrk failed"; }
-    after="$(cpu_ticks "$SRV_PID")"
+    after="$(tree_cpu_ticks "$SRV_PID")"
     oafter="$(log_lines "$odir/hit.log")"
     kill -0 "$SRV_PID" 2>/dev/null || bench_die "$label: the server died during the run (log: $SRV_LOG)"
     local rps total non2xx sockerr us

@@ -32,15 +32,9 @@ DURATION="${DURATION:-8}"
 WARMUP="${WARMUP:-2}"
 CONNECTIONS="${CONNECTIONS:-50}"
 
-for v in ROUNDS DURATION WARMUP CONNECTIONS; do
-    if ! [[ "${!v}" =~ ^[0-9]+$ ]] || [ "${!v}" -eq 0 ]; then
-        bench_die "$v must be a positive integer (got '${!v}')"
-    fi
-done
+bench_positive_ints ROUNDS DURATION WARMUP CONNECTIONS
 
-trap bench_cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_traps
 
 bench_ensure_packages wrk:wrk curl:curl taskset:util-linux
 command -v wrk >/dev/null 2>&1 || bench_die "wrk is not installed"
@@ -66,11 +60,6 @@ for i in 1 2 3; do
         || bench_die "origin $i did not start"
     ORIGINS+=("http://127.0.0.1:$port")
 done
-
-# cpu_ticks PID: the process's utime + stime, in clock ticks.
-cpu_ticks() {
-    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
-}
 
 # measure MODE KIND ROUND: one proxy (single or group), one kind of load
 # (hit or pass), one round.
@@ -98,10 +87,10 @@ measure() {
     timeout $((WARMUP + 30)) "${PIN_LOAD[@]}" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$url" \
         >/dev/null 2>&1 || true
     local before after
-    before="$(cpu_ticks "$pid")"
+    before="$(bench_cpu_ticks "$pid")"
     timeout $((DURATION + 30)) "${PIN_LOAD[@]}" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" \
         "$url" >"$out" 2>&1 || { cat "$out" >&2; bench_die "wrk failed"; }
-    after="$(cpu_ticks "$pid")"
+    after="$(bench_cpu_ticks "$pid")"
     bench_stop "$pid"
     local rps total errors
     rps="$(awk '/^Requests\/sec:/ {print $2}' "$out")"

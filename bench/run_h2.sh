@@ -31,15 +31,9 @@ WARMUP="${WARMUP:-2}"
 ROUNDS="${ROUNDS:-3}"
 CONNECTIONS="${CONNECTIONS:-20}"
 STREAMS="${STREAMS:-10}"
-for v in DURATION WARMUP ROUNDS CONNECTIONS STREAMS; do
-    if ! [[ "${!v}" =~ ^[0-9]+$ ]] || [ "${!v}" -eq 0 ]; then
-        bench_die "$v must be a positive integer (got '${!v}')"
-    fi
-done
+bench_positive_ints DURATION WARMUP ROUNDS CONNECTIONS STREAMS
 
-trap bench_cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_traps
 
 bench_ensure_packages h2load:nghttp2-client nginx:nginx curl:curl openssl:openssl taskset:util-linux
 for cmd in h2load nginx curl openssl; do

@@ -31,15 +31,9 @@ WARMUP="${WARMUP:-2}"
 CONNECTIONS="${CONNECTIONS:-50}"
 CACHE_CONTROL="${CACHE_CONTROL:-no-store}"
 
-for v in ROUNDS DURATION WARMUP CONNECTIONS; do
-    if ! [[ "${!v}" =~ ^[0-9]+$ ]] || [ "${!v}" -eq 0 ]; then
-        bench_die "$v must be a positive integer (got '${!v}')"
-    fi
-done
+bench_positive_ints ROUNDS DURATION WARMUP CONNECTIONS
 
-trap bench_cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_traps
 
 bench_ensure_packages wrk:wrk curl:curl taskset:util-linux
 command -v wrk >/dev/null 2>&1 || bench_die "wrk is not installed"
@@ -63,11 +57,6 @@ bench_wait_http "http://127.0.0.1:$ORIGIN_PORT/1k.bin" "$ORIGIN_PID" "$T/origin.
     || bench_die "the origin did not start"
 ORIGIN_URL="http://127.0.0.1:$ORIGIN_PORT"
 
-# cpu_ticks PID: the process's utime + stime, in clock ticks.
-cpu_ticks() {
-    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
-}
-
 # measure NAME ROUND [OPTIONS...]: one proxy, one round.
 measure() {
     local name="$1" round="$2"
@@ -83,10 +72,10 @@ measure() {
     timeout $((WARMUP + 30)) "${PIN_LOAD[@]}" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$url" \
         >/dev/null 2>&1 || true
     local before after
-    before="$(cpu_ticks "$pid")"
+    before="$(bench_cpu_ticks "$pid")"
     timeout $((DURATION + 30)) "${PIN_LOAD[@]}" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" \
         "$url" >"$out" 2>&1 || { cat "$out" >&2; bench_die "wrk failed"; }
-    after="$(cpu_ticks "$pid")"
+    after="$(bench_cpu_ticks "$pid")"
     bench_stop "$pid"
     local rps total errors
     rps="$(awk '/^Requests\/sec:/ {print $2}' "$out")"

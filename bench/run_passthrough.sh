@@ -25,15 +25,9 @@ WARMUP="${WARMUP:-2}"
 CONNECTIONS="${CONNECTIONS:-50}"
 PROXIES="${PROXIES:-origin cachingproxy cachingproxy-cache twisted squid}"
 
-for v in DURATION WARMUP CONNECTIONS; do
-    if ! [[ "${!v}" =~ ^[0-9]+$ ]] || [ "${!v}" -eq 0 ]; then
-        bench_die "$v must be a positive integer (got '${!v}')"
-    fi
-done
+bench_positive_ints DURATION WARMUP CONNECTIONS
 
-trap bench_cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_traps
 
 # --- prerequisites ---------------------------------------------------------
 bench_ensure_packages wrk:wrk nginx:nginx squid:squid curl:curl taskset:util-linux
