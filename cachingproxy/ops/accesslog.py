@@ -87,9 +87,9 @@ _JSON_ESCAPED_BYTES = re.compile(rb'[^\x20\x21\x23-\x5b\x5d-\x7e]')
 _JSON_ESCAPED = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')
 
 
-#: The JSON text of the usual methods.
-_JSON_METHODS = {m: '"%s"' % m.decode("ascii") for m in (
-    b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE")}
+#: The JSON text of the usual cache results.
+_JSON_CACHE = {r: '"%s"' % r for r in (
+    "HIT", "MISS", "STALE", "REVALIDATED", "PASS", "PURGE", "ERROR", "-")}
 
 
 def _jsonBytes(value: bytes) -> str:
@@ -157,7 +157,7 @@ class AccessLog:
         self.reactor = reactor
         self.flushSize = flushSize
         self._file = None
-        self._pid = os.getpid()
+        self._pidText = ',"pid":%d}' % os.getpid()
         self._lines: List[str] = []
         self._size = 0
         self._timer = None
@@ -169,7 +169,9 @@ class AccessLog:
         self._shutdownTrigger = None
         self._jsonTime = _Clock(
             lambda second: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second)))
-        self._logTime = _Clock(lambda second: formatTime(float(second)))
+        # The twistd log's prefix of a line: its time and log system.
+        self._logPrefix = _Clock(
+            lambda second: "%s [%s] " % (formatTime(float(second)), self._system))
         if path != "-":
             self._file = self._open(path)
         if reactor is not None:
@@ -191,51 +193,66 @@ class AccessLog:
             line = self.jsonLine(exchange, protocol)
         else:
             line = combinedLine(exchange, protocol, exchange.finished)
+        lines = self._lines
+        if lines:
+            # A batch is being gathered (nearly always, under load): add
+            # the line to it; what starts a batch is in __call__.
+            if self._file is None:
+                line = "%s%s\n" % (self._logPrefix(time.time()), line)
+            else:
+                line += "\n"
+            lines.append(line)
+            self._size += len(line)
+            if self._size >= self.flushSize:
+                self.flush()
+            return
         self(line)
 
     def jsonLine(self, exchange, protocol) -> str:
         """
         @return: one JSON object describing a finished request: what
-            C{json.dumps} makes of the fields, in order and compact, put
-            together here since nearly every value needs no escaping.
+            C{json.dumps} makes of the fields, in order and compact (the
+            times with six decimals), put together here since nearly every
+            value needs no escaping.
         """
         head = exchange.head
-        headers = head.headers
-        finished = exchange.finished or exchange.started
-        upstream = exchange.upstreamSeconds
-        referer = headers.get(b"referer")
-        agent = headers.get(b"user-agent")
-        # A connection's requests mostly come from one client program:
-        # the JSON text of the client and its fields is kept from the
-        # connection's last line.
+        referer, agent = head.headers.firstOfTwo(b"referer", b"user-agent")
+        second = int(exchange.wallStarted)
+        # A connection's requests mostly come from one client program, many
+        # a second: the JSON text of the time, the client and its fields
+        # is kept from the connection's last line.
         said = getattr(protocol, "_jsonSaid", None)
-        if said is None or said[0] != referer or said[1] != agent:
-            said = (referer, agent, _jsonString(protocol.clientHost),
+        if said is None or said[0] != referer or said[1] != agent or said[2] != second:
+            said = protocol._jsonSaid = (
+                referer, agent, second,
+                '{"time":"%s","client":%s,"method":"' % (
+                    self._jsonTime(second), _jsonString(protocol.clientHost)),
+                ',"referer":%s,"user_agent":%s,"cache":' % (
                     _jsonBytes(referer) if referer else "null",
-                    _jsonBytes(agent) if agent else "null")
-            protocol._jsonSaid = said
+                    _jsonBytes(agent) if agent else "null"))
         method = head.method
-        return (
-            '{"time":"%s","client":%s,"method":%s,"target":%s,"version":"HTTP/%d.%d",'
-            '"status":%s,"bytes":%s,"bytes_in":%s,"referer":%s,"user_agent":%s,"cache":%s,'
-            '"upstream_seconds":%s,"seconds":%r,"pid":%d}' % (
-                self._jsonTime(exchange.wallStarted),
-                said[2],
-                _JSON_METHODS.get(method) or _jsonBytes(method),
-                _jsonBytes(head.target),
-                head.version[0],
-                head.version[1],
-                _jsonNumber(exchange.status),
-                _jsonNumber(exchange.bytesSent),
-                _jsonNumber(exchange.bytesReceived),
+        target = head.target
+        status = exchange.status
+        sent = exchange.bytesSent
+        received = exchange.bytesReceived
+        cache = exchange.cacheResult
+        upstream = exchange.upstreamSeconds
+        return '%s%s","target":"%s","version":"%s","status":%s,"bytes":%s,"bytes_in":%s%s%s,' \
+            '"upstream_seconds":%s,"seconds":%.6f%s' % (
                 said[3],
+                _METHOD_TEXT.get(method) or _jsonBytes(method)[1:-1],
+                target.decode("ascii") if _JSON_ESCAPED_BYTES.search(target) is None
+                else _jsonBytes(target)[1:-1],
+                _VERSION_TEXT.get(head.version) or "HTTP/%d.%d" % head.version,
+                status if status.__class__ is int else _jsonNumber(status),
+                sent if sent.__class__ is int else _jsonNumber(sent),
+                received if received.__class__ is int else _jsonNumber(received),
                 said[4],
-                _jsonString(exchange.cacheResult),
-                "null" if upstream is None else repr(round(upstream, 6)),
-                round(finished - exchange.started, 6),
-                self._pid,
+                _JSON_CACHE.get(cache) or _jsonString(cache),
+                "null" if upstream is None else "%.6f" % upstream,
+                (exchange.finished or exchange.started) - exchange.started,
+                self._pidText,
             )
-        )
 
     def __call__(self, line: str) -> None:
         if self.reactor is None:
@@ -247,10 +264,13 @@ class AccessLog:
                 if found is None:
                     self._log.info("{line}", line=line)
                     return
-                self._stream, self._system, self._encoding = found
+                self._stream, system, self._encoding = found
+                if system != self._system:
+                    self._system = system
+                    self._logPrefix.second = None
             self._timer = self.reactor.callLater(FLUSH_SECONDS, self._timedFlush)
         if self._file is None:
-            line = "%s [%s] %s\n" % (self._logTime(time.time()), self._system, line)
+            line = "%s%s\n" % (self._logPrefix(time.time()), line)
         else:
             line += "\n"
         self._lines.append(line)
@@ -382,29 +402,31 @@ def combinedLine(exchange, protocol, now: float) -> str:
     appended.
     """
     head = exchange.head
-    elapsed = (exchange.finished or now) - exchange.started
-    headers = head.headers
-    referer = headers.get(b"referer", b"-")
-    agent = headers.get(b"user-agent", b"-")
-    # A connection's requests mostly tell the same Referer and
-    # User-Agent: their escaped text is kept from its last line.
-    said = protocol._loggedAgent
-    if said is None or said[0] != referer or said[1] != agent:
-        said = protocol._loggedAgent = (
-            referer, agent, '"%s" "%s"' % (_printable(referer), _printable(agent)))
+    referer, agent = head.headers.firstOfTwo(b"referer", b"user-agent")
+    second = int(exchange.wallStarted)
+    # A connection's requests mostly come from one client program, many a
+    # second: the text of the client, the time and the client's Referer
+    # and User-Agent is kept from the connection's last line.
+    said = protocol._combinedSaid
+    if said is None or said[0] != referer or said[1] != agent or said[2] != second:
+        said = protocol._combinedSaid = (
+            referer, agent, second,
+            '%s - - [%s] "' % (protocol.clientHost, _clfTime(second)),
+            '"%s" "%s"' % (_printable(b"-" if referer is None else referer),
+                           _printable(b"-" if agent is None else agent)))
     method = head.method
+    target = head.target
     upstream = exchange.upstreamSeconds
-    return '%s - - [%s] "%s %s %s" %d %d %s %s %s %.4f %d' % (
-        protocol.clientHost,
-        _clfTime(exchange.wallStarted),
+    return '%s%s %s %s" %d %d %s %s %s %.4f %d' % (
+        said[3],
         _METHOD_TEXT.get(method) or _printable(method),
-        _printable(head.target),
+        target.decode("ascii") if _UNPRINTABLE.search(target) is None else _printable(target),
         _VERSION_TEXT.get(head.version) or "HTTP/%d.%d" % head.version,
         exchange.status,
         exchange.bytesSent,
-        said[2],
+        said[4],
         exchange.cacheResult,
         "-" if upstream is None else "%.4f" % upstream,
-        elapsed,
+        (exchange.finished or now) - exchange.started,
         exchange.bytesReceived,
     )

@@ -135,9 +135,11 @@ class ProxyProtocol(Protocol):
         #: the total timeout of an upgraded connection
         self._upgradeTimer = None
         self.clientHost = "-"
-        #: The Referer and User-Agent of the last access line, and their
-        #: text: C{(referer, agent, text)}, or C{None}.
-        self._loggedAgent: Optional[tuple] = None
+        #: What the last access line said of the client, the second and
+        #: the Referer and User-Agent, and its text: C{(referer, agent,
+        #: second, text before the request line, text of the two fields)},
+        #: or C{None} (L{cachingproxy.ops.accesslog.combinedLine}).
+        self._combinedSaid: Optional[tuple] = None
         #: The same for JSON lines (L{cachingproxy.ops.accesslog}).
         self._jsonSaid: Optional[tuple] = None
 
