@@ -11,6 +11,7 @@ import time
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Site
 
@@ -96,6 +97,25 @@ class FleetTierTests(TestCase):
         self.assertEqual(len(self.store.entries(b"http://e/new")), 1)
         self.assertEqual(len(self.store.entries(b"http://e/own")), 1)
         self.assertEqual((self.tier.replacements, self.tier.followed), (1, 0))
+
+    @inlineCallbacks
+    def test_followUntilCaughtUp(self):
+        """
+        A tick of the purge log's follower reads on while batches come
+        back full, so it does not fall behind a busy log.
+        """
+        clock = Clock()
+        tier = FleetTier(self.fleet, reactor, clock=clock, pollInterval=1.0)
+        tier.layer = _Layer(self.store)
+        tier.start()
+        self.addCleanup(tier.stop)
+        yield until(lambda: tier._followerStarted, 10)
+        tier._follower.batch = 2
+        for i in range(5):
+            yield self.fleet.purgeKey(b"http://e/%d" % i)
+        # one tick of the clock: three reads
+        clock.advance(1.0)
+        yield until(lambda: tier.followed == 5, 10)
 
     @inlineCallbacks
     def test_invalidateInTheBackground(self):
