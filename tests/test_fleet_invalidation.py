@@ -11,7 +11,8 @@ import time
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
+from twisted.logger import Logger, LogLevel
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Site
 
@@ -167,17 +168,32 @@ class FleetTierTests(TestCase):
     @inlineCallbacks
     def test_invalidationFailed(self):
         """
-        An invalidation Redis does not confirm is counted as failed and
-        lets the key be looked up again.
+        Invalidations Redis does not confirm are counted as failed and let
+        their keys be looked up again; the first of a series is logged,
+        and the first that succeeds after them.
         """
+        events = []
+        self.tier._log = Logger(observer=events.append)
         self.fleet.writeTimeout = 0.2
         self.server.pause()
         try:
-            self.tier.invalidate([URL])
-            yield until(lambda: self.tier.failedInvalidations == 1, 10)
+            self.tier.invalidate([URL, URL + b"/list"])
+            yield until(lambda: self.tier.failedInvalidations == 2, 10)
         finally:
             self.server.resume()
         self.assertEqual((self.tier.invalidated, self.tier._invalidating), (0, {}))
+        self.assertEqual([e["log_level"] for e in events], [LogLevel.warn])
+        self.assertEqual(events[0]["key"], URL)
+        # the breaker lets a command through within its second
+        deadline = time.monotonic() + 20
+        while not self.tier.invalidated:
+            self.assertLess(time.monotonic(), deadline)
+            self.tier.invalidate([URL])
+            yield until(lambda: not self.tier._invalidating, 10)
+            yield deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(events[-1]["log_level"], LogLevel.info)
+        self.assertIn("again", events[-1]["log_format"])
+        self.assertEqual(len([e for e in events if e["log_level"] == LogLevel.warn]), 1)
 
 
 class UnsafeOrigin(CountingOrigin):

@@ -29,9 +29,9 @@ missed, and carries on when the answer (or the deadline) comes:
     4.4: the target URI, Location and Content-Location of the same origin)
     is removed from the local tiers at once and purged in Redis as by a
     PURGE of each URL, so that every process drops it too: through the
-    bounded write queue, after the response (a failure, or a full queue,
-    is logged); until Redis confirmed, this process does not copy those
-    URLs from the fleet;
+    bounded write queue, after the response (failures, a full queue
+    included, are counted, and logged on the first of a series); until
+    Redis confirmed, this process does not copy those URLs from the fleet;
   - a commit that replaces the fleet object of a variant logs it
     (L{cachingproxy.fleet.store.Fill.commit}); a process following the log
     drops its local copies of that key taken from another fleet object
@@ -387,6 +387,7 @@ class FleetTier:
         self.replacements = 0
         #: key -> fleet purges queued for it by invalidations, not yet done
         self._invalidating: Dict[bytes, int] = {}
+        self._invalidationsFailing = False
         #: keys whose local copies came from the fleet (least recent first)
         self._fromFleet: "OrderedDict[bytes, None]" = OrderedDict()
         self._overflowed = False
@@ -685,25 +686,36 @@ class FleetTier:
             self._invalidating[key] = self._invalidating.get(key, 0) + 1
             d = self.fleet.submitWrite(lambda key=key: self._invalidateInFleet(key))
             if d is None:
-                self.failedInvalidations += 1
                 self._doneInvalidating(key)
-                self._log.warn("invalidation of {key!r} not sent to the fleet: the write queue is full; "
-                               "other proxies may serve it until it is stale", key=key)
+                self._invalidationFailed(key, "the write queue is full")
             else:
                 d.addBoth(lambda _, key=key: self._doneInvalidating(key))
 
     def _invalidateInFleet(self, key: bytes) -> Deferred:
         def purged(n):
             self.invalidated += 1
+            if self._invalidationsFailing:
+                self._invalidationsFailing = False
+                self._log.info("invalidations reach the fleet again ({n} failed in all)",
+                               n=self.failedInvalidations)
             return n
 
         def failed(f):
-            self.failedInvalidations += 1
-            self._log.warn("invalidation of {key!r} in the fleet failed: {error}; "
-                           "other proxies may serve it until it is stale",
-                           key=key, error=f.getErrorMessage())
+            self._invalidationFailed(key, f.getErrorMessage())
 
         return self.fleet.purgeKey(key).addCallbacks(purged, failed)
+
+    def _invalidationFailed(self, key: bytes, error: str) -> None:
+        """
+        Count an invalidation the fleet did not get; log the first of a
+        series (one line, not one a request, while Redis is down).
+        """
+        self.failedInvalidations += 1
+        if not self._invalidationsFailing:
+            self._invalidationsFailing = True
+            self._log.warn("invalidation of {key!r} in the fleet failed: {error}; other proxies "
+                           "may serve it until it is stale (further failures are only counted)",
+                           key=key, error=error)
 
     def _doneInvalidating(self, key: bytes) -> None:
         n = self._invalidating.pop(key, 0) - 1
