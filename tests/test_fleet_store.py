@@ -42,6 +42,26 @@ class StoreMixin:
     def allKeys(self, server):
         return sorted(server.command("KEYS", "*"))
 
+    @inlineCallbacks
+    def checkReplacementLogged(self):
+        """
+        A first commit of a variant logs nothing; committing it again logs
+        one C{replaced} record naming the new object and the key; another
+        variant's first commit logs nothing.
+        """
+        got, gaps = [], []
+        follower = PurgeLogFollower(self.store, lambda k, v: got.append((k, v)), lambda: gaps.append(1))
+        yield follower.start()
+        self.assertTrue((yield self.fill(body=b"one")))
+        self.assertEqual((yield follower.poll()), 0)
+        self.assertTrue((yield self.fill(body=b"two")))
+        new = (yield self.store.lookup(URL)).variants[0]
+        self.assertEqual((yield follower.poll()), 1)
+        self.assertEqual(got, [(b"replaced", new.objectId + b" " + URL)])
+        self.assertTrue((yield self.fill(variantKey=b"accept-language: fr", body=b"trois")))
+        self.assertEqual((yield follower.poll()), 0)
+        self.assertEqual((self.store.replaced, self.store.unloggedReplacements, gaps), (1, 0, []))
+
 
 class SingleNodeStoreTests(StoreMixin, TestCase):
     """
@@ -90,6 +110,34 @@ class SingleNodeStoreTests(StoreMixin, TestCase):
         self.assertNotEqual(old.objectId, new.objectId)
         self.assertEqual((yield self.store.readBody(new)), b"two")
         self.assertEqual(self.server.command("EXISTS", *self.store.chunkKeys(old)), 0)
+
+    def test_replacementLogged(self):
+        """
+        A commit that replaces a stored object is logged for the followers
+        (here by the commit script itself).
+        """
+        return self.checkReplacementLogged()
+
+    @inlineCallbacks
+    def test_replacementLogAtomic(self):
+        """
+        On one node the C{replaced} record is written by the commit script:
+        a commit refused (its lock lost to a purge) logs nothing, and the
+        log is not written apart from the script.
+        """
+        yield self.fill(body=b"one")
+        follower = PurgeLogFollower(self.store, lambda k, v: None, lambda: None)
+        yield follower.start()
+        appended = []
+        self.patch(self.store, "_appendLog", lambda kind, value: appended.append(kind))
+        self.assertTrue((yield self.fill(body=b"two")))
+        f = (yield self.store.beginFill(URL)).fill
+        f.write(b"three")
+        self.server.command("DEL", self.store.keysOf(URL)["lock"])
+        self.assertFalse((yield f.commit(b"", b"H", 60)))
+        self.assertEqual(appended, [])
+        self.assertEqual((yield follower.poll()), 1)
+        self.assertEqual(self.store.replaced, 1)
 
     @inlineCallbacks
     def test_bigBodyChunked(self):
@@ -585,6 +633,13 @@ class ClusterStoreTests(StoreMixin, TestCase):
         self.assertEqual(sorted(left), sorted([b"https://example.com/%d" % i for i in (3, 5, 7, 9)]))
         self.assertEqual((yield follower.poll()), 2)
         self.assertEqual([k for k, v in got], [b"tag", b"prefix"])
+
+    def test_replacementLogged(self):
+        """
+        A commit that replaces a stored object is logged for the followers
+        (in a cluster right after the commit: the log is on another slot).
+        """
+        return self.checkReplacementLogged()
 
     @inlineCallbacks
     def test_wakeUpAcrossNodes(self):

@@ -24,7 +24,19 @@ missed, and carries on when the answer (or the deadline) comes:
     Authorization;
   - purges (by URL, prefix and tag) are applied here and in Redis; every
     process follows the purge log and applies what others purged; a gap in
-    the log drops every local copy this process took from the fleet.
+    the log drops every local copy this process took from the fleet;
+  - what a response to an unsafe request invalidates (RFC 9111 section
+    4.4: the target URI, Location and Content-Location of the same origin)
+    is removed from the local tiers at once and purged in Redis as by a
+    PURGE of each URL, so that every process drops it too: through the
+    bounded write queue, after the response (failures, a full queue
+    included, are counted, and logged on the first of a series); until
+    Redis confirmed, this process does not copy those URLs from the fleet;
+  - a commit that replaces the fleet object of a variant logs it
+    (L{cachingproxy.fleet.store.Fill.commit}); a process following the log
+    drops its local copies of that key taken from another fleet object
+    (the local stores remove every variant of a key at once), and keeps
+    those it fetched from the origin itself.
 
 A local copy taken from the fleet carries the fleet object id it came from
 in the field L{FLEET_OBJECT_FIELD} of its stored head (never sent to
@@ -43,9 +55,9 @@ import os
 import re
 import time
 from collections import OrderedDict
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -344,6 +356,10 @@ class FleetTier:
         it.
     @ivar hits, misses, skipped, damaged, fills, offered, dropped: counters
         (C{skipped}: lookups given up, Redis slow or gone).
+    @ivar invalidated: URLs an unsafe request invalidated here and Redis
+        confirmed purged; C{failedInvalidations}: those it did not (failed,
+        or dropped with the write queue full).
+    @ivar replacements: replacements followed that dropped local copies.
     """
 
     _log = Logger()
@@ -366,6 +382,12 @@ class FleetTier:
         self.failedWrites = 0
         self.followed = 0
         self.gaps = 0
+        self.invalidated = 0
+        self.failedInvalidations = 0
+        self.replacements = 0
+        #: key -> fleet purges queued for it by invalidations, not yet done
+        self._invalidating: Dict[bytes, int] = {}
+        self._invalidationsFailing = False
         #: keys whose local copies came from the fleet (least recent first)
         self._fromFleet: "OrderedDict[bytes, None]" = OrderedDict()
         self._overflowed = False
@@ -407,6 +429,9 @@ class FleetTier:
             if not self._followerStarted:
                 self._followerStarted = True
                 self._log.info("fleet purge log: following")
+            elif result is not None and result >= follower.batch:
+                # more waiting: read on now rather than fall behind
+                return self._follow()
             if self._followerFailing:
                 self._followerFailing = False
                 self._log.info("fleet purge log: reachable again")
@@ -440,6 +465,9 @@ class FleetTier:
             local tiers now hold a copy, and a Cache-Status detail (or
             C{None}); it never fails.
         """
+        if key in self._invalidating:
+            # Invalidated here, and maybe not yet purged in Redis.
+            return succeed((False, None))
         running = self._lookups.get(key)
         if running is not None:
             shared: Deferred = Deferred()
@@ -648,6 +676,52 @@ class FleetTier:
 
     # -- purging ----------------------------------------------------------------
 
+    def invalidate(self, keys: Sequence[bytes]) -> None:
+        """
+        A response to an unsafe request invalidated C{keys} (primary keys)
+        in the local tiers: purge them in Redis and its purge log too, for
+        every other process (see the module docstring). Not waited for.
+        """
+        for key in keys:
+            self._invalidating[key] = self._invalidating.get(key, 0) + 1
+            d = self.fleet.submitWrite(lambda key=key: self._invalidateInFleet(key))
+            if d is None:
+                self._doneInvalidating(key)
+                self._invalidationFailed(key, "the write queue is full")
+            else:
+                d.addBoth(lambda _, key=key: self._doneInvalidating(key))
+
+    def _invalidateInFleet(self, key: bytes) -> Deferred:
+        def purged(n):
+            self.invalidated += 1
+            if self._invalidationsFailing:
+                self._invalidationsFailing = False
+                self._log.info("invalidations reach the fleet again ({n} failed in all)",
+                               n=self.failedInvalidations)
+            return n
+
+        def failed(f):
+            self._invalidationFailed(key, f.getErrorMessage())
+
+        return self.fleet.purgeKey(key).addCallbacks(purged, failed)
+
+    def _invalidationFailed(self, key: bytes, error: str) -> None:
+        """
+        Count an invalidation the fleet did not get; log the first of a
+        series (one line, not one a request, while Redis is down).
+        """
+        self.failedInvalidations += 1
+        if not self._invalidationsFailing:
+            self._invalidationsFailing = True
+            self._log.warn("invalidation of {key!r} in the fleet failed: {error}; other proxies "
+                           "may serve it until it is stale (further failures are only counted)",
+                           key=key, error=error)
+
+    def _doneInvalidating(self, key: bytes) -> None:
+        n = self._invalidating.pop(key, 0) - 1
+        if n > 0:
+            self._invalidating[key] = n
+
     def purge(self, kind: bytes, value: bytes) -> Deferred:
         """
         Purge in the fleet (C{kind}: C{b"key"}, C{b"prefix"} or C{b"tag"}).
@@ -663,9 +737,13 @@ class FleetTier:
         """
         The purge log says C{kind} C{value} was purged (here or elsewhere).
         """
+        self._log.debug("fleet purge log: {kind} {value!r}", kind=kind, value=value)
+        if kind == b"replaced":
+            objectId, _, key = value.partition(b" ")
+            self._replaced(key, objectId)
+            return
         self.followed += 1
         layer = self.layer
-        self._log.debug("fleet purge log: {kind} {value!r}", kind=kind, value=value)
         if kind == b"key":
             layer.store.remove(value)
             self._fromFleet.pop(value, None)
@@ -674,6 +752,30 @@ class FleetTier:
                 lambda f: self._log.failure("purging {prefix!r} failed", f, prefix=value))
         elif kind == b"tag":
             layer.purgeTagLocally(value)
+
+    def _replaced(self, key: bytes, objectId: bytes) -> None:
+        """
+        The fleet now holds C{objectId} for a variant of C{key}: drop the
+        local copies of C{key} if one came from another fleet object.
+        """
+        layer = self.layer
+        try:
+            entries = layer.store.entries(key)
+        except Exception:
+            self._log.failure("looking up {key!r} after its replacement failed", key=key)
+            return
+        for entry in entries:
+            came = entry.responseHeaders.get(FLEET_OBJECT_FIELD)
+            if came is not None and came != objectId:
+                break
+        else:
+            return
+        self.replacements += 1
+        self._fromFleet.pop(key, None)
+        try:
+            layer.store.remove(key)
+        except Exception:
+            self._log.failure("dropping {key!r} after its replacement failed", key=key)
 
     def _gap(self) -> None:
         """
@@ -713,5 +815,8 @@ class FleetTier:
             "damaged": fleet.damaged,
             "purges": self.followed,
             "gaps": self.gaps,
+            "invalidated": self.invalidated,
+            "failedInvalidations": self.failedInvalidations,
+            "replacements": self.replacements,
         }
 

@@ -728,6 +728,11 @@ class CacheLayer:
     # -- invalidation and purge -----------------------------------------------
 
     def invalidate(self, uris: Sequence[bytes]) -> None:
+        """
+        Remove what is stored for C{uris} (primary keys), after a response
+        to an unsafe request (RFC 9111 section 4.4); with a fleet, also in
+        Redis and every other proxy, without waiting for it.
+        """
         for uri in uris:
             try:
                 removed = self.store.remove(uri)
@@ -736,6 +741,12 @@ class CacheLayer:
                 continue
             if removed:
                 self._log.debug("invalidated {uri}", uri=logText(uri))
+        if self.fleet is not None and uris:
+            try:
+                self.fleet.invalidate(uris)
+            except Exception:
+                self._log.failure("invalidating {uris} in the fleet failed",
+                                  uris=[logText(u) for u in uris])
 
     def _purge(self, exchange: ICacheExchange, key: bytes) -> None:
         # Who is an admin is the connection's (and the access policy's)

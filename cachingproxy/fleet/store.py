@@ -33,10 +33,13 @@ or a bad digest is a miss, never a partial body.
 Purges are appended to the purge log once the entries are gone (a second
 script, on the log's slot: in Redis Cluster one script cannot touch both an
 entry's slot and the log's), and a purge succeeds only when both are
-confirmed. Every process follows the log with
-L{PurgeLogFollower}; a gap in what it could read (log trimmed past its
-position, log recreated after a restart) is reported so that the process
-drops everything its local tiers took from the fleet.
+confirmed. A commit that replaces a stored object of the same variant (a
+refetch after it went stale, a revalidation that found it changed) appends
+a C{replaced} record naming the key and the new object id: within the
+commit script on a single node, right after it in a cluster. Every process
+follows the log with L{PurgeLogFollower}; a gap in what it could read (log
+trimmed past its position, log recreated after a restart) is reported so
+that the process drops everything its local tiers took from the fleet.
 """
 
 from __future__ import annotations
@@ -229,11 +232,15 @@ return 1
 
 _COMMIT = Script(
     """
--- KEYS: entry, lock, pass, chunk...; ARGV: token, variant key, metadata,
--- ttl ms, channel, message
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {-1, false} end
-for i = 4, #KEYS do
-  if redis.call('PEXPIRE', KEYS[i], ARGV[4]) == 0 then return {-2, false} end
+-- KEYS: entry, lock, pass, [purge log, log epoch,] chunk...
+-- ARGV: token, variant key, metadata, ttl ms, channel, message, whether the
+-- log's keys are in KEYS (1 or 0), the replaced record, log maxlen, log ttl
+-- ms, epoch candidate
+local first = 4
+if ARGV[7] == '1' then first = 6 end
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {-1, false, 0} end
+for i = first, #KEYS do
+  if redis.call('PEXPIRE', KEYS[i], ARGV[4]) == 0 then return {-2, false, 0} end
 end
 local old = redis.call('HGET', KEYS[1], ARGV[2])
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
@@ -241,8 +248,16 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
 end
 redis.call('DEL', KEYS[2], KEYS[3])
+local logged = 0
+if old and first == 6 then
+  redis.call('SET', KEYS[5], ARGV[11], 'NX')
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*', 'kind', 'replaced', 'value', ARGV[8])
+  redis.call('PEXPIRE', KEYS[4], ARGV[10])
+  redis.call('PEXPIRE', KEYS[5], ARGV[10])
+  logged = 1
+end
 redis.call('PUBLISH', ARGV[5], ARGV[6])
-return {1, old}
+return {1, old, logged}
 """
 )
 
@@ -399,6 +414,13 @@ class Fill:
         Make the body visible as C{variantKey}'s, with C{head} as its stored
         head; it lives C{freshFor + staleFor + grace} seconds.
 
+        When it replaces a stored object of the same variant, the purge log
+        gets a C{b"replaced"} record (C{new object id + b" " + key}), so
+        that the other processes drop the local copies they took from the
+        old one: in the commit script on a single node, right after it in
+        a cluster (a failure then is logged and counted in
+        C{unloggedReplacements}; the commit stands).
+
         @return: a Deferred firing with whether the entry is now visible
             (C{False}: the lock was lost, a purge came first, a chunk was
             evicted, the body was too big, or a write failed).
@@ -429,12 +451,21 @@ class Fill:
                 head=head,
                 expires=s._clock.seconds() + ttl,
             )
+            # A replaced object is logged by the commit itself, atomically,
+            # where the log shares the entry's node; in a cluster it is on
+            # another slot, which one script cannot touch: logged next.
+            logHere = not s._client.isCluster
             keys = [s._k(self._h, b"e"), s._k(self._h, b"lock"), s._k(self._h, b"pass")]
+            if logHere:
+                keys += [s.logKey, s.epochKey]
             keys += [self._chunkKey(i) for i in range(self._chunks)]
-            status, old = yield _COMMIT(
+            record = self.objectId + b" " + self.key
+            status, old, logged = yield _COMMIT(
                 s._client,
                 keys,
-                [self.token, variantKey, variant.encode(), _ms(ttl), s.channel, self._h],
+                [self.token, variantKey, variant.encode(), _ms(ttl), s.channel, self._h,
+                 b"1" if logHere else b"0", record, s.purgeLogMaxLen, _ms(s.purgeLogTTL),
+                 os.urandom(8).hex()],
                 timeout=s.writeTimeout,
             )
         except Exception as e:
@@ -449,6 +480,17 @@ class Fill:
             return False
         s.commits += 1
         if old:
+            s.replaced += 1
+            if not logged:
+                try:
+                    yield s._appendLog(b"replaced", record)
+                except Exception as e:
+                    # The new object is visible; copies of the old one
+                    # elsewhere live out their own freshness.
+                    s._countFailure(e)
+                    s.unloggedReplacements += 1
+                    s._log.warn("fleet: the replacement of {key!r} was not logged: {error}",
+                                key=self.key, error=e)
             yield s._dropChunksOf([FleetVariant.decode(old)])
         return True
 
@@ -519,6 +561,9 @@ class FleetStore:
     @ivar lockWaits: waits for another fill.
     @ivar timeouts: commands that missed their deadline.
     @ivar commits: fills made visible. C{failedCommits}: refused or failed.
+    @ivar replaced: commits that replaced a stored object of the same
+        variant (logged, see L{Fill.commit}); C{unloggedReplacements}: those
+        whose log record failed.
     @ivar purged: variants removed by purges.
     """
 
@@ -572,6 +617,8 @@ class FleetStore:
         self.timeouts = 0
         self.commits = 0
         self.failedCommits = 0
+        self.replaced = 0
+        self.unloggedReplacements = 0
         self.purged = 0
 
     # -- keys
@@ -944,7 +991,9 @@ class PurgeLogFollower:
     Follows the purge log from a remembered position.
 
     C{onPurge(kind, value)} gets each purge (kind C{b"key"}, C{b"prefix"} or
-    C{b"tag"}); C{onGap()} is called when purges may have been missed (the
+    C{b"tag"}) and each replacement (kind C{b"replaced"}, value C{object id
+    + b" " + key}: the object now stored for a variant of the key);
+    C{onGap()} is called when purges may have been missed (the
     log was trimmed past the position, or it was recreated: a Redis restart,
     an eviction): the process must then drop everything its local tiers took
     from the fleet.

@@ -66,7 +66,8 @@ CACHE_EVENTS = ("hits", "misses", "revalidated", "stale", "passed", "stored", "c
 FLEET_EVENTS = (("hits", "hits"), ("misses", "misses"), ("skipped", "skipped"),
                 ("timeouts", "timeouts"), ("offered", "offered"),
                 ("failed_writes", "failedWrites"), ("dropped_writes", "droppedWrites"),
-                ("purges", "purges"), ("gaps", "gaps"))
+                ("purges", "purges"), ("gaps", "gaps"), ("invalidated", "invalidated"),
+                ("failed_invalidations", "failedInvalidations"), ("replacements", "replacements"))
 
 #: A worker's status file counts as live while it is younger than this.
 LIVE_SECONDS = 5.0
@@ -182,7 +183,8 @@ class _Families:
         self.fleetEvents = Counter(
             "cachingproxy_fleet_events_total",
             "What the fleet tier did: hits, misses, skipped (Redis slow or gone), timeouts, "
-            "offered, failed_writes, dropped_writes (write queue full), purges followed, gaps.",
+            "offered, failed_writes, dropped_writes (write queue full), purges followed, gaps, "
+            "invalidated (by unsafe methods), failed_invalidations, replacements followed.",
             ("event",),
             registry=None,
         )
