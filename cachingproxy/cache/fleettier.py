@@ -441,22 +441,23 @@ class FleetTier:
             C{None}); it never fails.
         """
         running = self._lookups.get(key)
-        if running is not None:
-            shared: Deferred = Deferred()
-            running.addBoth(lambda result: (shared.callback(result), result)[1])
-            return shared
-        d = self._consult(key, request, options)
-        self._lookups[key] = d
+        if running is None:
+            running = self._lookups[key] = self._consult(key, request, options)
 
-        def done(result):
-            self._lookups.pop(key, None)
-            return result
+            def done(result):
+                self._lookups.pop(key, None)
+                return result
 
-        def failed(f):
-            self._log.failure("fleet lookup of {key!r} failed", f, key=key)
-            return (False, None)
+            def failed(f):
+                self._log.failure("fleet lookup of {key!r} failed", f, key=key)
+                return (False, None)
 
-        return d.addErrback(failed).addBoth(done)
+            running.addErrback(failed).addBoth(done)
+        # each caller its own Deferred: what one caller's callbacks return
+        # is not what the next one gets
+        mine: Deferred = Deferred()
+        running.addCallback(lambda result: (mine.callback(result), result)[1])
+        return mine
 
     @inlineCallbacks
     def _consult(self, key: bytes, request, options):
