@@ -318,6 +318,32 @@ class SingleNodeStoreTests(StoreMixin, TestCase):
         self.assertEqual((yield self.store.lookup(URL)).variants, ())
 
     @inlineCallbacks
+    def test_purgeAdvancesGeneration(self):
+        """
+        A fill that takes the lock only to store, with the generation it
+        saw when it started, gets it while nothing happened since; after a
+        purge (or another fill's lock) it gets CHANGED, and the lock is not
+        taken.
+        """
+        started = (yield self.store.lookup(URL)).generation
+        self.assertEqual(started, b"0")
+        attempt = yield self.store.beginFill(URL, started)
+        self.assertIs(attempt.outcome, FillOutcome.ACQUIRED)
+        self.assertEqual(attempt.fill.generation, b"1")
+        yield attempt.fill.abort()
+        started = (yield self.store.lookup(URL)).generation
+        self.assertEqual(started, b"1")
+        self.assertEqual((yield self.store.purgeKey(URL)), 0)
+        self.assertEqual((yield self.store.lookup(URL)).generation, b"2")
+        self.assertIs((yield self.store.beginFill(URL, started)).outcome, FillOutcome.CHANGED)
+        self.assertFalse((yield self.store.lookup(URL)).locked)
+        # another fill came since
+        self.assertIs((yield self.store.beginFill(URL)).outcome, FillOutcome.ACQUIRED)
+        self.server.command("DEL", self.store.keysOf(URL)["lock"])
+        self.assertIs((yield self.store.beginFill(URL, b"2")).outcome, FillOutcome.CHANGED)
+        self.assertIs((yield self.store.beginFill(URL, b"3")).outcome, FillOutcome.ACQUIRED)
+
+    @inlineCallbacks
     def test_passMarker(self):
         """
         An uncacheable answer sets the pass marker: the next fill attempt

@@ -373,6 +373,9 @@ class FleetTier:
         self._lookups: Dict[bytes, Deferred] = {}
         #: key -> (fill, expiry timer): locks held while this process fetches
         self._held: Dict[bytes, tuple] = {}
+        #: key -> the entry's generation when this process started to fetch
+        #: it without holding its lock (least recent first)
+        self._generations: "OrderedDict[bytes, bytes]" = OrderedDict()
         self._follower = None
         self._followerStarted = False
         self._followerFailing = False
@@ -496,6 +499,10 @@ class FleetTier:
             entries = [e for e in map(decodeEntry, found.variants) if e is not None]
             decision = policy.decide(request, entries, now, options)
         if type(decision) is not policy.Fresh:
+            if self._held.get(key) is None:
+                # what this process fetches now may be stored in the fleet
+                # only if nothing was purged (or filled) meanwhile
+                self._started(key, found.generation)
             self.misses += 1
             return (False, None)
         variant = decision.entry.id
@@ -550,7 +557,20 @@ class FleetTier:
         held = self._held.get(key)
         if held is not None and held[0] is fill:
             del self._held[key]
+            # stored later only if nothing was purged meanwhile
+            self._started(key, fill.generation)
             fill.abort().addErrback(lambda f: None)
+
+    def _started(self, key: bytes, generation: bytes) -> None:
+        """
+        This process fetches C{key} without holding its lock; the entry's
+        generation was C{generation}.
+        """
+        generations = self._generations
+        generations.pop(key, None)
+        generations[key] = generation
+        if len(generations) > self.maxTracked:
+            generations.popitem(last=False)
 
     def _take(self, key: bytes):
         """
@@ -570,6 +590,7 @@ class FleetTier:
         (waking the waiters), with a pass marker if the response was not
         storable (the waiters then go to the origin at once, in parallel).
         """
+        self._generations.pop(key, None)
         fill = self._take(key)
         if fill is None:
             return
@@ -631,8 +652,17 @@ class FleetTier:
     def _tryWrite(self, key, variantKey, head, body, fresh, stale, tags):
         try:
             fill = self._take(key)
-            if fill is None or fill.lost or fill.closed:
-                attempt = yield self.fleet.beginFill(key)
+            generation = self._generations.pop(key, None)
+            if fill is not None and fill.lost:
+                # the lock was taken away while this process fetched (a
+                # purge, the lease's end)
+                self._fenced(key)
+                return False
+            if fill is None or fill.closed:
+                attempt = yield self.fleet.beginFill(key, generation)
+                if attempt.outcome is FillOutcome.CHANGED:
+                    self._fenced(key)
+                    return False
                 if attempt.outcome is not FillOutcome.ACQUIRED:
                     return False
                 fill = attempt.fill
@@ -644,8 +674,23 @@ class FleetTier:
             self.failedWrites += 1
             return False
         if not ok:
-            self.failedWrites += 1
+            if fill.lost:
+                self._fenced(key)
+            else:
+                self.failedWrites += 1
         return ok
+
+    def _fenced(self, key: bytes) -> None:
+        """
+        What this process fetched for C{key} may not be stored in the
+        fleet: it may predate a purge made meanwhile. The local copy it
+        made goes too.
+        """
+        self.failedWrites += 1
+        try:
+            self.layer.store.remove(key)
+        except Exception:
+            self._log.failure("dropping {key!r} failed", key=key)
 
     # -- purging ----------------------------------------------------------------
 

@@ -12,7 +12,9 @@ hash tag so that all of an entry's keys live on one Redis Cluster slot)::
     P{h}:e                 hash: variant key -> metadata (the variant list)
     P{h}:c:<object id>:<i> body chunk i of one fill
     P{h}:lock              the fill lock (SET NX PX), value = fencing token
-    P{h}:fence             counter the fencing tokens come from
+    P{h}:fence             counter the fencing tokens come from (the
+                           entry's generation: a fill lock and a purge
+                           advance it)
     P{h}:pass              the pass marker (an uncacheable answer)
     P{x:<host hash>}:idx   set of primary keys under one scheme://authority
     P{t:<tag hash>}:tag    set of primary keys carrying one tag
@@ -26,9 +28,13 @@ A body is stored in chunks under a fresh object id per fill and becomes
 visible only when the fill commits: a Lua script that checks the fill's
 token still holds the lock, checks every chunk is there, writes the
 metadata, drops the lock and publishes a wake-up. A purge deletes the
-metadata and the lock, so a fill that started before it cannot store. A
-body read back is checked against its length and SHA-256: a missing chunk
-or a bad digest is a miss, never a partial body.
+metadata and the lock, so a fill that started before it cannot store;
+it also advances the entry's generation, so that a fill that no longer
+held the lock (given up, or never taken) and takes it again only to store
+may do so only if its generation is still the one it saw when it started
+(L{FleetStore.beginFill}'s C{generation}). A body read back is checked
+against its length and SHA-256: a missing chunk or a bad digest is a miss,
+never a partial body.
 
 Purges are appended to the purge log once the entries are gone (a second
 script, on the log's slot: in Redis Cluster one script cannot touch both an
@@ -158,17 +164,20 @@ class Lookup:
     @ivar passMarker: an uncacheable answer was seen lately: go upstream,
         do not wait for a fill.
     @ivar locked: a fill is in progress somewhere in the fleet.
+    @ivar generation: the entry's generation (see L{FleetStore.beginFill}).
     """
 
     variants: Tuple[FleetVariant, ...]
     passMarker: bool
     locked: bool
+    generation: bytes = b"0"
 
 
 class FillOutcome(enum.Enum):
     ACQUIRED = "acquired"  # this process fills
     LOCKED = "locked"  # another fill holds the lock: wait
     PASS = "pass"  # a pass marker is set: go upstream, do not wait
+    CHANGED = "changed"  # purged or filled since the generation given: do not store
 
 
 @dataclass(frozen=True)
@@ -188,12 +197,16 @@ class WaitOutcome(enum.Enum):
 
 _ACQUIRE = Script(
     """
--- KEYS: lock, pass, fence; ARGV: lease ms, fence ttl ms, random
+-- KEYS: lock, pass, fence; ARGV: lease ms, fence ttl ms, random,
+-- generation the fill started at ('': any)
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {'pass', redis.call('PTTL', KEYS[2])}
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {'locked', redis.call('PTTL', KEYS[1])}
+end
+if ARGV[4] ~= '' and (redis.call('GET', KEYS[3]) or '0') ~= ARGV[4] then
+  return {'changed', 0}
 end
 local n = redis.call('INCR', KEYS[3])
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
@@ -258,9 +271,11 @@ return 0
 
 _PURGE_ENTRY = Script(
     """
--- KEYS: entry, lock, pass; ARGV: channel, message
+-- KEYS: entry, lock, pass, fence; ARGV: channel, message, fence ttl ms
 local metas = redis.call('HVALS', KEYS[1])
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('INCR', KEYS[4])
+redis.call('PEXPIRE', KEYS[4], ARGV[3])
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 return metas
 """
@@ -323,6 +338,8 @@ class Fill:
         self.lost = False
         self.closed = False
         self.tooBig = False
+        #: the entry's generation when the lock was taken
+        self.generation = token.split(b":", 1)[0]
         store._fills.add(self)
         self._scheduleRenewal()
 
@@ -731,12 +748,14 @@ class FleetStore:
         """
         k = self.keysOf(key)
         ds = self._client.pipeline(
-            [(b"HGETALL", k["e"]), (b"EXISTS", k["pass"]), (b"EXISTS", k["lock"])], key=k["e"], timeout=self.timeout
+            [(b"HGETALL", k["e"]), (b"EXISTS", k["pass"]), (b"EXISTS", k["lock"]), (b"GET", k["fence"])],
+            key=k["e"],
+            timeout=self.timeout,
         )
         d = gatherResults(ds, consumeErrors=True)
 
         def got(replies):
-            fields, passMarker, locked = replies
+            fields, passMarker, locked, generation = replies
             now = self._clock.seconds()
             variants = []
             for i in range(1, len(fields), 2):
@@ -750,7 +769,7 @@ class FleetStore:
                 self.hits += 1
             else:
                 self.misses += 1
-            return Lookup(tuple(variants), bool(passMarker), bool(locked))
+            return Lookup(tuple(variants), bool(passMarker), bool(locked), generation or b"0")
 
         def failed(f):
             f = getattr(f.value, "subFailure", f)
@@ -798,10 +817,14 @@ class FleetStore:
     # -- filling
 
     @inlineCallbacks
-    def beginFill(self, key: bytes):
+    def beginFill(self, key: bytes, generation: Optional[bytes] = None):
         """
         Try to take the entry's fill lock.
 
+        @param generation: the entry's generation when the response to be
+            stored was asked for (a L{Lookup}'s, a given-up L{Fill}'s):
+            if a purge or another fill came since, the lock is not taken
+            (L{FillOutcome.CHANGED}). C{None}: whatever came before.
         @return: a Deferred firing with a L{FillAttempt}.
         """
         k = self.keysOf(key)
@@ -809,13 +832,15 @@ class FleetStore:
             _ACQUIRE(
                 self._client,
                 [k["lock"], k["pass"], k["fence"]],
-                [_ms(self.lease), _ms(self.fenceTTL), os.urandom(6).hex()],
+                [_ms(self.lease), _ms(self.fenceTTL), os.urandom(6).hex(), b"" if generation is None else generation],
                 timeout=self.timeout,
             )
         )
         kind, value = reply
         if kind == b"ok":
             return FillAttempt(FillOutcome.ACQUIRED, Fill(self, key, value))
+        if kind == b"changed":
+            return FillAttempt(FillOutcome.CHANGED)
         remaining = max(0, value) / 1000.0
         if kind == b"pass":
             return FillAttempt(FillOutcome.PASS, remaining=remaining)
@@ -859,7 +884,12 @@ class FleetStore:
     def _purgeEntry(self, key: bytes):
         k = self.keysOf(key)
         h = hashTag(key)
-        metas = yield _PURGE_ENTRY(self._client, [k["e"], k["lock"], k["pass"]], [self.channel, h], timeout=self.writeTimeout)
+        metas = yield _PURGE_ENTRY(
+            self._client,
+            [k["e"], k["lock"], k["pass"], k["fence"]],
+            [self.channel, h, _ms(self.fenceTTL)],
+            timeout=self.writeTimeout,
+        )
         variants = []
         for m in metas:
             try:
