@@ -16,7 +16,9 @@ missed, and carries on when the answer (or the deadline) comes:
     and is written into the local tiers, which then answer it as a hit;
   - a miss that finds nothing usable takes the entry's fill lock in the
     fleet while this process fetches (given up after C{maxWait}); other
-    processes that find it locked wait for the commit, at most C{maxWait};
+    processes that find it locked wait for the commit, at most C{maxWait}
+    in all, and one of them takes the lock over if the fill ends without
+    a usable commit (its holder died, its lease ran out, it aborted);
     an answer that may not be stored sets the pass marker instead;
   - what the layer stores after an origin fetch is offered to the fleet
     (L{FleetTee}), through the store's bounded write queue, when it is
@@ -465,31 +467,8 @@ class FleetTier:
     @inlineCallbacks
     def _consult(self, key: bytes, request, options):
         fleet = self.fleet
-        try:
-            found = yield _within(fleet.lookup(key), self.deadline, self.clock)
-        except Exception:
-            self.skipped += 1
-            return (False, DETAIL_FLEET_UNAVAILABLE)
-        now = self.reactor.seconds()
-        entries = [e for e in map(decodeEntry, found.variants) if e is not None]
-        decision = policy.decide(request, entries, now, options)
-        locked = found.locked
-        if type(decision) is not policy.Fresh and not locked and not found.passMarker \
-                and self.maxWait > 0 and _collapsible(request):
-            # Nothing usable: fetch it for the fleet, holding the entry's
-            # lock, so that the others' misses wait for it (bounded by
-            # maxWait) instead of going to the origin too.
-            try:
-                attempt = yield _within(fleet.beginFill(key), self.deadline, self.clock)
-            except Exception:
-                attempt = None
-            if attempt is not None and attempt.outcome is FillOutcome.ACQUIRED:
-                self._hold(key, attempt.fill)
-            locked = attempt is not None and attempt.outcome is FillOutcome.LOCKED
-        if type(decision) is not policy.Fresh and locked and not found.passMarker \
-                and self.maxWait > 0:
-            # Being stored elsewhere right now: wait for it, bounded.
-            yield fleet.waitForFill(key, self.maxWait)
+        waitUntil = None
+        while True:
             try:
                 found = yield _within(fleet.lookup(key), self.deadline, self.clock)
             except Exception:
@@ -498,6 +477,33 @@ class FleetTier:
             now = self.reactor.seconds()
             entries = [e for e in map(decodeEntry, found.variants) if e is not None]
             decision = policy.decide(request, entries, now, options)
+            if type(decision) is policy.Fresh or found.passMarker or self.maxWait <= 0:
+                break
+            locked = found.locked
+            if not locked and _collapsible(request):
+                # Nothing usable: fetch it for the fleet, holding the
+                # entry's lock, so that the others' misses wait for it
+                # (bounded by maxWait) instead of going to the origin too;
+                # after a wait for a fill that ended without storing
+                # anything usable (its holder gone, its lease over), this
+                # takes it over.
+                try:
+                    attempt = yield _within(fleet.beginFill(key), self.deadline, self.clock)
+                except Exception:
+                    attempt = None
+                if attempt is not None and attempt.outcome is FillOutcome.ACQUIRED:
+                    self._hold(key, attempt.fill)
+                    self.misses += 1
+                    return (False, None)
+                locked = attempt is not None and attempt.outcome is FillOutcome.LOCKED
+            if waitUntil is None:
+                waitUntil = self.clock.seconds() + self.maxWait
+            left = waitUntil - self.clock.seconds()
+            if not locked or left <= 0:
+                break
+            # Being stored elsewhere right now: wait for it, bounded (in
+            # all, whatever the wake-ups), then look again.
+            yield fleet.waitForFill(key, left)
         if type(decision) is not policy.Fresh:
             if self._held.get(key) is None:
                 # what this process fetches now may be stored in the fleet
