@@ -663,6 +663,7 @@ class FleetTier:
                 # the lock was taken away while this process fetched (a
                 # purge, the lease's end)
                 self._fenced(key)
+                yield fill.abort()
                 return False
             if fill is None or fill.closed:
                 attempt = yield self.fleet.beginFill(key, generation)
@@ -681,6 +682,8 @@ class FleetTier:
             return False
         if not ok:
             if fill.lost:
+                # fenced out (or a chunk was evicted before the commit:
+                # the local copy goes too, which costs a fetch at most)
                 self._fenced(key)
             else:
                 self.failedWrites += 1
