@@ -321,9 +321,9 @@ class SingleNodeStoreTests(StoreMixin, TestCase):
     def test_purgeAdvancesGeneration(self):
         """
         A fill that takes the lock only to store, with the generation it
-        saw when it started, gets it while nothing happened since; after a
-        purge (or another fill's lock) it gets CHANGED, and the lock is not
-        taken.
+        saw when it started, gets it unless a purge came since (then
+        PURGED, and the lock is not taken); another fill that came since
+        does not stop it once its lock is gone.
         """
         started = (yield self.store.lookup(URL)).generation
         self.assertEqual(started, b"0")
@@ -331,17 +331,18 @@ class SingleNodeStoreTests(StoreMixin, TestCase):
         self.assertIs(attempt.outcome, FillOutcome.ACQUIRED)
         self.assertEqual(attempt.fill.generation, b"1")
         yield attempt.fill.abort()
-        started = (yield self.store.lookup(URL)).generation
-        self.assertEqual(started, b"1")
-        self.assertEqual((yield self.store.purgeKey(URL)), 0)
-        self.assertEqual((yield self.store.lookup(URL)).generation, b"2")
-        self.assertIs((yield self.store.beginFill(URL, started)).outcome, FillOutcome.CHANGED)
-        self.assertFalse((yield self.store.lookup(URL)).locked)
-        # another fill came since
-        self.assertIs((yield self.store.beginFill(URL)).outcome, FillOutcome.ACQUIRED)
+        self.assertIs((yield self.store.beginFill(URL, started)).outcome, FillOutcome.ACQUIRED)
         self.server.command("DEL", self.store.keysOf(URL)["lock"])
-        self.assertIs((yield self.store.beginFill(URL, b"2")).outcome, FillOutcome.CHANGED)
-        self.assertIs((yield self.store.beginFill(URL, b"3")).outcome, FillOutcome.ACQUIRED)
+        started = (yield self.store.lookup(URL)).generation
+        self.assertEqual(started, b"2")
+        self.assertEqual((yield self.store.purgeKey(URL)), 0)
+        self.assertEqual((yield self.store.lookup(URL)).generation, b"3")
+        self.assertIs((yield self.store.beginFill(URL, started)).outcome, FillOutcome.PURGED)
+        self.assertFalse((yield self.store.lookup(URL)).locked)
+        # started after the purge
+        attempt = yield self.store.beginFill(URL, b"3")
+        self.assertIs(attempt.outcome, FillOutcome.ACQUIRED)
+        self.assertIs((yield self.store.beginFill(URL, b"3")).outcome, FillOutcome.LOCKED)
 
     @inlineCallbacks
     def test_passMarker(self):

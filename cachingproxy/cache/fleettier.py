@@ -507,7 +507,7 @@ class FleetTier:
         if type(decision) is not policy.Fresh:
             if self._held.get(key) is None:
                 # what this process fetches now may be stored in the fleet
-                # only if nothing was purged (or filled) meanwhile
+                # only if nothing was purged meanwhile
                 self._started(key, found.generation)
             self.misses += 1
             return (False, None)
@@ -667,7 +667,7 @@ class FleetTier:
                 return False
             if fill is None or fill.closed:
                 attempt = yield self.fleet.beginFill(key, generation)
-                if attempt.outcome is FillOutcome.CHANGED:
+                if attempt.outcome is FillOutcome.PURGED:
                     self._fenced(key)
                     return False
                 if attempt.outcome is not FillOutcome.ACQUIRED:

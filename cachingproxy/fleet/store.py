@@ -15,6 +15,7 @@ hash tag so that all of an entry's keys live on one Redis Cluster slot)::
     P{h}:fence             counter the fencing tokens come from (the
                            entry's generation: a fill lock and a purge
                            advance it)
+    P{h}:purged            the generation the last purge advanced it to
     P{h}:pass              the pass marker (an uncacheable answer)
     P{x:<host hash>}:idx   set of primary keys under one scheme://authority
     P{t:<tag hash>}:tag    set of primary keys carrying one tag
@@ -29,12 +30,12 @@ visible only when the fill commits: a Lua script that checks the fill's
 token still holds the lock, checks every chunk is there, writes the
 metadata, drops the lock and publishes a wake-up. A purge deletes the
 metadata and the lock, so a fill that started before it cannot store;
-it also advances the entry's generation, so that a fill that no longer
-held the lock (given up, or never taken) and takes it again only to store
-may do so only if its generation is still the one it saw when it started
-(L{FleetStore.beginFill}'s C{generation}). A body read back is checked
-against its length and SHA-256: a missing chunk or a bad digest is a miss,
-never a partial body.
+it also advances the entry's generation and records it, so that a fill
+that no longer held the lock (given up, or never taken) and takes it
+again only to store may do so only if no purge came since the generation
+it saw when it started (L{FleetStore.beginFill}'s C{generation}). A body
+read back is checked against its length and SHA-256: a missing chunk or a
+bad digest is a miss, never a partial body.
 
 Purges are appended to the purge log once the entries are gone (a second
 script, on the log's slot: in Redis Cluster one script cannot touch both an
@@ -177,7 +178,7 @@ class FillOutcome(enum.Enum):
     ACQUIRED = "acquired"  # this process fills
     LOCKED = "locked"  # another fill holds the lock: wait
     PASS = "pass"  # a pass marker is set: go upstream, do not wait
-    CHANGED = "changed"  # purged or filled since the generation given: do not store
+    PURGED = "purged"  # purged since the generation given: do not store
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ class WaitOutcome(enum.Enum):
 
 _ACQUIRE = Script(
     """
--- KEYS: lock, pass, fence; ARGV: lease ms, fence ttl ms, random,
+-- KEYS: lock, pass, fence, purged; ARGV: lease ms, fence ttl ms, random,
 -- generation the fill started at ('': any)
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {'pass', redis.call('PTTL', KEYS[2])}
@@ -205,8 +206,8 @@ end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {'locked', redis.call('PTTL', KEYS[1])}
 end
-if ARGV[4] ~= '' and (redis.call('GET', KEYS[3]) or '0') ~= ARGV[4] then
-  return {'changed', 0}
+if ARGV[4] ~= '' and tonumber(redis.call('GET', KEYS[4]) or '0') > tonumber(ARGV[4]) then
+  return {'purged', 0}
 end
 local n = redis.call('INCR', KEYS[3])
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
@@ -271,11 +272,13 @@ return 0
 
 _PURGE_ENTRY = Script(
     """
--- KEYS: entry, lock, pass, fence; ARGV: channel, message, fence ttl ms
+-- KEYS: entry, lock, pass, fence, purged; ARGV: channel, message, fence
+-- ttl ms
 local metas = redis.call('HVALS', KEYS[1])
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-redis.call('INCR', KEYS[4])
+local generation = redis.call('INCR', KEYS[4])
 redis.call('PEXPIRE', KEYS[4], ARGV[3])
+redis.call('SET', KEYS[5], generation, 'PX', ARGV[3])
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 return metas
 """
@@ -601,7 +604,7 @@ class FleetStore:
         The fixed keys of an entry (the chunk keys come from its variants).
         """
         h = hashTag(key)
-        return {p: self._k(h, p.encode()) for p in ("e", "lock", "fence", "pass")}
+        return {p: self._k(h, p.encode()) for p in ("e", "lock", "fence", "purged", "pass")}
 
     def chunkKeys(self, variant: FleetVariant) -> List[bytes]:
         h = hashTag(variant.key)
@@ -823,15 +826,15 @@ class FleetStore:
 
         @param generation: the entry's generation when the response to be
             stored was asked for (a L{Lookup}'s, a given-up L{Fill}'s):
-            if a purge or another fill came since, the lock is not taken
-            (L{FillOutcome.CHANGED}). C{None}: whatever came before.
+            if a purge came since, the lock is not taken
+            (L{FillOutcome.PURGED}). C{None}: whatever came before.
         @return: a Deferred firing with a L{FillAttempt}.
         """
         k = self.keysOf(key)
         reply = yield self._counted(
             _ACQUIRE(
                 self._client,
-                [k["lock"], k["pass"], k["fence"]],
+                [k["lock"], k["pass"], k["fence"], k["purged"]],
                 [_ms(self.lease), _ms(self.fenceTTL), os.urandom(6).hex(), b"" if generation is None else generation],
                 timeout=self.timeout,
             )
@@ -839,8 +842,8 @@ class FleetStore:
         kind, value = reply
         if kind == b"ok":
             return FillAttempt(FillOutcome.ACQUIRED, Fill(self, key, value))
-        if kind == b"changed":
-            return FillAttempt(FillOutcome.CHANGED)
+        if kind == b"purged":
+            return FillAttempt(FillOutcome.PURGED)
         remaining = max(0, value) / 1000.0
         if kind == b"pass":
             return FillAttempt(FillOutcome.PASS, remaining=remaining)
@@ -886,7 +889,7 @@ class FleetStore:
         h = hashTag(key)
         metas = yield _PURGE_ENTRY(
             self._client,
-            [k["e"], k["lock"], k["pass"], k["fence"]],
+            [k["e"], k["lock"], k["pass"], k["fence"], k["purged"]],
             [self.channel, h, _ms(self.fenceTTL)],
             timeout=self.writeTimeout,
         )
