@@ -327,6 +327,7 @@ class SingleNodeStoreTests(StoreMixin, TestCase):
         """
         started = (yield self.store.lookup(URL)).generation
         self.assertEqual(started, b"0")
+        self.assertFalse((yield self.store.purgedSince(URL, started)))
         attempt = yield self.store.beginFill(URL, started)
         self.assertIs(attempt.outcome, FillOutcome.ACQUIRED)
         self.assertEqual(attempt.fill.generation, b"1")
@@ -339,6 +340,8 @@ class SingleNodeStoreTests(StoreMixin, TestCase):
         self.assertEqual((yield self.store.lookup(URL)).generation, b"3")
         self.assertIs((yield self.store.beginFill(URL, started)).outcome, FillOutcome.PURGED)
         self.assertFalse((yield self.store.lookup(URL)).locked)
+        self.assertTrue((yield self.store.purgedSince(URL, started)))
+        self.assertFalse((yield self.store.purgedSince(URL, b"3")))
         # started after the purge
         attempt = yield self.store.beginFill(URL, b"3")
         self.assertIs(attempt.outcome, FillOutcome.ACQUIRED)

@@ -659,16 +659,18 @@ class FleetTier:
         try:
             fill = self._take(key)
             generation = self._generations.pop(key, None)
-            if fill is not None and fill.lost:
+            if fill is not None and (fill.lost or fill.closed):
                 # the lock was taken away while this process fetched (a
-                # purge, the lease's end)
-                self._fenced(key)
+                # purge, the lease's end): taken again below unless a
+                # purge came since
+                generation = fill.generation
                 yield fill.abort()
-                return False
-            if fill is None or fill.closed:
+                fill = None
+            if fill is None:
                 attempt = yield self.fleet.beginFill(key, generation)
                 if attempt.outcome is FillOutcome.PURGED:
-                    self._fenced(key)
+                    self.failedWrites += 1
+                    self._dropLocal(key)
                     return False
                 if attempt.outcome is not FillOutcome.ACQUIRED:
                     return False
@@ -681,21 +683,22 @@ class FleetTier:
             self.failedWrites += 1
             return False
         if not ok:
-            if fill.lost:
-                # fenced out (or a chunk was evicted before the commit:
-                # the local copy goes too, which costs a fetch at most)
-                self._fenced(key)
-            else:
-                self.failedWrites += 1
+            self.failedWrites += 1
+            try:
+                purged = fill.lost and (yield self.fleet.purgedSince(key, fill.generation))
+            except Exception:
+                purged = False
+            if purged:
+                # fenced out by a purge
+                self._dropLocal(key)
         return ok
 
-    def _fenced(self, key: bytes) -> None:
+    def _dropLocal(self, key: bytes) -> None:
         """
-        What this process fetched for C{key} may not be stored in the
-        fleet: it may predate a purge made meanwhile. The local copy it
-        made goes too.
+        What this process fetched for C{key} was purged in the fleet while
+        it was fetching (it may predate the purge): the local copy it made
+        goes too.
         """
-        self.failedWrites += 1
         try:
             self.layer.store.remove(key)
         except Exception:

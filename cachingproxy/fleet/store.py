@@ -849,6 +849,15 @@ class FleetStore:
             return FillAttempt(FillOutcome.PASS, remaining=remaining)
         return FillAttempt(FillOutcome.LOCKED, remaining=remaining)
 
+    def purgedSince(self, key: bytes, generation: bytes) -> Deferred:
+        """
+        @return: a Deferred firing with whether C{key} was purged since its
+            generation was C{generation} (a L{Lookup}'s, a L{Fill}'s).
+        """
+        k = self.keysOf(key)
+        d = self._counted(self._client.execute(b"GET", k["purged"], timeout=self.writeTimeout))
+        return d.addCallback(lambda purged: int(purged or 0) > int(generation))
+
     def markPass(self, key: bytes, ttl: Optional[float] = None) -> Deferred:
         """
         Set the pass marker without holding the lock.
