@@ -366,6 +366,36 @@ class SingleNodeStoreTests(StoreMixin, TestCase):
         self.assertEqual((yield self.store.lookup(URL)).variants, ())
 
     @inlineCallbacks
+    def test_purgeAdvancesGeneration(self):
+        """
+        A fill that takes the lock only to store, with the generation it
+        saw when it started, gets it unless a purge came since (then
+        PURGED, and the lock is not taken); another fill that came since
+        does not stop it once its lock is gone.
+        """
+        started = (yield self.store.lookup(URL)).generation
+        self.assertEqual(started, b"0")
+        self.assertFalse((yield self.store.purgedSince(URL, started)))
+        attempt = yield self.store.beginFill(URL, started)
+        self.assertIs(attempt.outcome, FillOutcome.ACQUIRED)
+        self.assertEqual(attempt.fill.generation, b"1")
+        yield attempt.fill.abort()
+        self.assertIs((yield self.store.beginFill(URL, started)).outcome, FillOutcome.ACQUIRED)
+        self.server.command("DEL", self.store.keysOf(URL)["lock"])
+        started = (yield self.store.lookup(URL)).generation
+        self.assertEqual(started, b"2")
+        self.assertEqual((yield self.store.purgeKey(URL)), 0)
+        self.assertEqual((yield self.store.lookup(URL)).generation, b"3")
+        self.assertIs((yield self.store.beginFill(URL, started)).outcome, FillOutcome.PURGED)
+        self.assertFalse((yield self.store.lookup(URL)).locked)
+        self.assertTrue((yield self.store.purgedSince(URL, started)))
+        self.assertFalse((yield self.store.purgedSince(URL, b"3")))
+        # started after the purge
+        attempt = yield self.store.beginFill(URL, b"3")
+        self.assertIs(attempt.outcome, FillOutcome.ACQUIRED)
+        self.assertIs((yield self.store.beginFill(URL, b"3")).outcome, FillOutcome.LOCKED)
+
+    @inlineCallbacks
     def test_passMarker(self):
         """
         An uncacheable answer sets the pass marker: the next fill attempt

@@ -16,7 +16,9 @@ missed, and carries on when the answer (or the deadline) comes:
     and is written into the local tiers, which then answer it as a hit;
   - a miss that finds nothing usable takes the entry's fill lock in the
     fleet while this process fetches (given up after C{maxWait}); other
-    processes that find it locked wait for the commit, at most C{maxWait};
+    processes that find it locked wait for the commit, at most C{maxWait}
+    in all, and one of them takes the lock over if the fill ends without
+    a usable commit (its holder died, its lease ran out, it aborted);
     an answer that may not be stored sets the pass marker instead;
   - what the layer stores after an origin fetch is offered to the fleet
     (L{FleetTee}), through the store's bounded write queue, when it is
@@ -395,6 +397,9 @@ class FleetTier:
         self._lookups: Dict[bytes, Deferred] = {}
         #: key -> (fill, expiry timer): locks held while this process fetches
         self._held: Dict[bytes, tuple] = {}
+        #: key -> the entry's generation when this process started to fetch
+        #: it without holding its lock (least recent first)
+        self._generations: "OrderedDict[bytes, bytes]" = OrderedDict()
         self._follower = None
         self._followerStarted = False
         self._followerFailing = False
@@ -469,51 +474,29 @@ class FleetTier:
             # Invalidated here, and maybe not yet purged in Redis.
             return succeed((False, None))
         running = self._lookups.get(key)
-        if running is not None:
-            shared: Deferred = Deferred()
-            running.addBoth(lambda result: (shared.callback(result), result)[1])
-            return shared
-        d = self._consult(key, request, options)
-        self._lookups[key] = d
+        if running is None:
+            running = self._lookups[key] = self._consult(key, request, options)
 
-        def done(result):
-            self._lookups.pop(key, None)
-            return result
+            def done(result):
+                self._lookups.pop(key, None)
+                return result
 
-        def failed(f):
-            self._log.failure("fleet lookup of {key!r} failed", f, key=key)
-            return (False, None)
+            def failed(f):
+                self._log.failure("fleet lookup of {key!r} failed", f, key=key)
+                return (False, None)
 
-        return d.addErrback(failed).addBoth(done)
+            running.addErrback(failed).addBoth(done)
+        # each caller its own Deferred: what one caller's callbacks return
+        # is not what the next one gets
+        mine: Deferred = Deferred()
+        running.addCallback(lambda result: (mine.callback(result), result)[1])
+        return mine
 
     @inlineCallbacks
     def _consult(self, key: bytes, request, options):
         fleet = self.fleet
-        try:
-            found = yield _within(fleet.lookup(key), self.deadline, self.clock)
-        except Exception:
-            self.skipped += 1
-            return (False, DETAIL_FLEET_UNAVAILABLE)
-        now = self.reactor.seconds()
-        entries = [e for e in map(decodeEntry, found.variants) if e is not None]
-        decision = policy.decide(request, entries, now, options)
-        locked = found.locked
-        if type(decision) is not policy.Fresh and not locked and not found.passMarker \
-                and self.maxWait > 0 and _collapsible(request):
-            # Nothing usable: fetch it for the fleet, holding the entry's
-            # lock, so that the others' misses wait for it (bounded by
-            # maxWait) instead of going to the origin too.
-            try:
-                attempt = yield _within(fleet.beginFill(key), self.deadline, self.clock)
-            except Exception:
-                attempt = None
-            if attempt is not None and attempt.outcome is FillOutcome.ACQUIRED:
-                self._hold(key, attempt.fill)
-            locked = attempt is not None and attempt.outcome is FillOutcome.LOCKED
-        if type(decision) is not policy.Fresh and locked and not found.passMarker \
-                and self.maxWait > 0:
-            # Being stored elsewhere right now: wait for it, bounded.
-            yield fleet.waitForFill(key, self.maxWait)
+        waitUntil = None
+        while True:
             try:
                 found = yield _within(fleet.lookup(key), self.deadline, self.clock)
             except Exception:
@@ -522,7 +505,38 @@ class FleetTier:
             now = self.reactor.seconds()
             entries = [e for e in map(decodeEntry, found.variants) if e is not None]
             decision = policy.decide(request, entries, now, options)
+            if type(decision) is policy.Fresh or found.passMarker or self.maxWait <= 0:
+                break
+            locked = found.locked
+            if not locked and _collapsible(request):
+                # Nothing usable: fetch it for the fleet, holding the
+                # entry's lock, so that the others' misses wait for it
+                # (bounded by maxWait) instead of going to the origin too;
+                # after a wait for a fill that ended without storing
+                # anything usable (its holder gone, its lease over), this
+                # takes it over.
+                try:
+                    attempt = yield _within(fleet.beginFill(key), self.deadline, self.clock)
+                except Exception:
+                    attempt = None
+                if attempt is not None and attempt.outcome is FillOutcome.ACQUIRED:
+                    self._hold(key, attempt.fill)
+                    self.misses += 1
+                    return (False, None)
+                locked = attempt is not None and attempt.outcome is FillOutcome.LOCKED
+            if waitUntil is None:
+                waitUntil = self.clock.seconds() + self.maxWait
+            left = waitUntil - self.clock.seconds()
+            if not locked or left <= 0:
+                break
+            # Being stored elsewhere right now: wait for it, bounded (in
+            # all, whatever the wake-ups), then look again.
+            yield fleet.waitForFill(key, left)
         if type(decision) is not policy.Fresh:
+            if self._held.get(key) is None:
+                # what this process fetches now may be stored in the fleet
+                # only if nothing was purged meanwhile
+                self._started(key, found.generation)
             self.misses += 1
             return (False, None)
         variant = decision.entry.id
@@ -577,7 +591,20 @@ class FleetTier:
         held = self._held.get(key)
         if held is not None and held[0] is fill:
             del self._held[key]
+            # stored later only if nothing was purged meanwhile
+            self._started(key, fill.generation)
             fill.abort().addErrback(lambda f: None)
+
+    def _started(self, key: bytes, generation: bytes) -> None:
+        """
+        This process fetches C{key} without holding its lock; the entry's
+        generation was C{generation}.
+        """
+        generations = self._generations
+        generations.pop(key, None)
+        generations[key] = generation
+        if len(generations) > self.maxTracked:
+            generations.popitem(last=False)
 
     def _take(self, key: bytes):
         """
@@ -597,6 +624,7 @@ class FleetTier:
         (waking the waiters), with a pass marker if the response was not
         storable (the waiters then go to the origin at once, in parallel).
         """
+        self._generations.pop(key, None)
         fill = self._take(key)
         if fill is None:
             return
@@ -658,8 +686,20 @@ class FleetTier:
     def _tryWrite(self, key, variantKey, head, body, fresh, stale, tags):
         try:
             fill = self._take(key)
-            if fill is None or fill.lost or fill.closed:
-                attempt = yield self.fleet.beginFill(key)
+            generation = self._generations.pop(key, None)
+            if fill is not None and (fill.lost or fill.closed):
+                # the lock was taken away while this process fetched (a
+                # purge, the lease's end): taken again below unless a
+                # purge came since
+                generation = fill.generation
+                yield fill.abort()
+                fill = None
+            if fill is None:
+                attempt = yield self.fleet.beginFill(key, generation)
+                if attempt.outcome is FillOutcome.PURGED:
+                    self.failedWrites += 1
+                    self._dropLocal(key)
+                    return False
                 if attempt.outcome is not FillOutcome.ACQUIRED:
                     return False
                 fill = attempt.fill
@@ -672,7 +712,25 @@ class FleetTier:
             return False
         if not ok:
             self.failedWrites += 1
+            try:
+                purged = fill.lost and (yield self.fleet.purgedSince(key, fill.generation))
+            except Exception:
+                purged = False
+            if purged:
+                # fenced out by a purge
+                self._dropLocal(key)
         return ok
+
+    def _dropLocal(self, key: bytes) -> None:
+        """
+        What this process fetched for C{key} was purged in the fleet while
+        it was fetching (it may predate the purge): the local copy it made
+        goes too.
+        """
+        try:
+            self.layer.store.remove(key)
+        except Exception:
+            self._log.failure("dropping {key!r} failed", key=key)
 
     # -- purging ----------------------------------------------------------------
 

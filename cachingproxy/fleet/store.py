@@ -12,7 +12,10 @@ hash tag so that all of an entry's keys live on one Redis Cluster slot)::
     P{h}:e                 hash: variant key -> metadata (the variant list)
     P{h}:c:<object id>:<i> body chunk i of one fill
     P{h}:lock              the fill lock (SET NX PX), value = fencing token
-    P{h}:fence             counter the fencing tokens come from
+    P{h}:fence             counter the fencing tokens come from (the
+                           entry's generation: a fill lock and a purge
+                           advance it)
+    P{h}:purged            the generation the last purge advanced it to
     P{h}:pass              the pass marker (an uncacheable answer)
     P{x:<host hash>}:idx   set of primary keys under one scheme://authority
     P{t:<tag hash>}:tag    set of primary keys carrying one tag
@@ -26,9 +29,13 @@ A body is stored in chunks under a fresh object id per fill and becomes
 visible only when the fill commits: a Lua script that checks the fill's
 token still holds the lock, checks every chunk is there, writes the
 metadata, drops the lock and publishes a wake-up. A purge deletes the
-metadata and the lock, so a fill that started before it cannot store. A
-body read back is checked against its length and SHA-256: a missing chunk
-or a bad digest is a miss, never a partial body.
+metadata and the lock, so a fill that started before it cannot store;
+it also advances the entry's generation and records it, so that a fill
+that no longer held the lock (given up, or never taken) and takes it
+again only to store may do so only if no purge came since the generation
+it saw when it started (L{FleetStore.beginFill}'s C{generation}). A body
+read back is checked against its length and SHA-256: a missing chunk or a
+bad digest is a miss, never a partial body.
 
 Purges are appended to the purge log once the entries are gone (a second
 script, on the log's slot: in Redis Cluster one script cannot touch both an
@@ -161,17 +168,20 @@ class Lookup:
     @ivar passMarker: an uncacheable answer was seen lately: go upstream,
         do not wait for a fill.
     @ivar locked: a fill is in progress somewhere in the fleet.
+    @ivar generation: the entry's generation (see L{FleetStore.beginFill}).
     """
 
     variants: Tuple[FleetVariant, ...]
     passMarker: bool
     locked: bool
+    generation: bytes = b"0"
 
 
 class FillOutcome(enum.Enum):
     ACQUIRED = "acquired"  # this process fills
     LOCKED = "locked"  # another fill holds the lock: wait
     PASS = "pass"  # a pass marker is set: go upstream, do not wait
+    PURGED = "purged"  # purged since the generation given: do not store
 
 
 @dataclass(frozen=True)
@@ -191,12 +201,16 @@ class WaitOutcome(enum.Enum):
 
 _ACQUIRE = Script(
     """
--- KEYS: lock, pass, fence; ARGV: lease ms, fence ttl ms, random
+-- KEYS: lock, pass, fence, purged; ARGV: lease ms, fence ttl ms, random,
+-- generation the fill started at ('': any)
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {'pass', redis.call('PTTL', KEYS[2])}
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {'locked', redis.call('PTTL', KEYS[1])}
+end
+if ARGV[4] ~= '' and tonumber(redis.call('GET', KEYS[4]) or '0') > tonumber(ARGV[4]) then
+  return {'purged', 0}
 end
 local n = redis.call('INCR', KEYS[3])
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
@@ -273,9 +287,13 @@ return 0
 
 _PURGE_ENTRY = Script(
     """
--- KEYS: entry, lock, pass; ARGV: channel, message
+-- KEYS: entry, lock, pass, fence, purged; ARGV: channel, message, fence
+-- ttl ms
 local metas = redis.call('HVALS', KEYS[1])
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+local generation = redis.call('INCR', KEYS[4])
+redis.call('PEXPIRE', KEYS[4], ARGV[3])
+redis.call('SET', KEYS[5], generation, 'PX', ARGV[3])
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 return metas
 """
@@ -338,6 +356,8 @@ class Fill:
         self.lost = False
         self.closed = False
         self.tooBig = False
+        #: the entry's generation when the lock was taken
+        self.generation = token.split(b":", 1)[0]
         store._fills.add(self)
         self._scheduleRenewal()
 
@@ -631,7 +651,7 @@ class FleetStore:
         The fixed keys of an entry (the chunk keys come from its variants).
         """
         h = hashTag(key)
-        return {p: self._k(h, p.encode()) for p in ("e", "lock", "fence", "pass")}
+        return {p: self._k(h, p.encode()) for p in ("e", "lock", "fence", "purged", "pass")}
 
     def chunkKeys(self, variant: FleetVariant) -> List[bytes]:
         h = hashTag(variant.key)
@@ -778,12 +798,14 @@ class FleetStore:
         """
         k = self.keysOf(key)
         ds = self._client.pipeline(
-            [(b"HGETALL", k["e"]), (b"EXISTS", k["pass"]), (b"EXISTS", k["lock"])], key=k["e"], timeout=self.timeout
+            [(b"HGETALL", k["e"]), (b"EXISTS", k["pass"]), (b"EXISTS", k["lock"]), (b"GET", k["fence"])],
+            key=k["e"],
+            timeout=self.timeout,
         )
         d = gatherResults(ds, consumeErrors=True)
 
         def got(replies):
-            fields, passMarker, locked = replies
+            fields, passMarker, locked, generation = replies
             now = self._clock.seconds()
             variants = []
             for i in range(1, len(fields), 2):
@@ -797,7 +819,7 @@ class FleetStore:
                 self.hits += 1
             else:
                 self.misses += 1
-            return Lookup(tuple(variants), bool(passMarker), bool(locked))
+            return Lookup(tuple(variants), bool(passMarker), bool(locked), generation or b"0")
 
         def failed(f):
             f = getattr(f.value, "subFailure", f)
@@ -845,28 +867,43 @@ class FleetStore:
     # -- filling
 
     @inlineCallbacks
-    def beginFill(self, key: bytes):
+    def beginFill(self, key: bytes, generation: Optional[bytes] = None):
         """
         Try to take the entry's fill lock.
 
+        @param generation: the entry's generation when the response to be
+            stored was asked for (a L{Lookup}'s, a given-up L{Fill}'s):
+            if a purge came since, the lock is not taken
+            (L{FillOutcome.PURGED}). C{None}: whatever came before.
         @return: a Deferred firing with a L{FillAttempt}.
         """
         k = self.keysOf(key)
         reply = yield self._counted(
             _ACQUIRE(
                 self._client,
-                [k["lock"], k["pass"], k["fence"]],
-                [_ms(self.lease), _ms(self.fenceTTL), os.urandom(6).hex()],
+                [k["lock"], k["pass"], k["fence"], k["purged"]],
+                [_ms(self.lease), _ms(self.fenceTTL), os.urandom(6).hex(), b"" if generation is None else generation],
                 timeout=self.timeout,
             )
         )
         kind, value = reply
         if kind == b"ok":
             return FillAttempt(FillOutcome.ACQUIRED, Fill(self, key, value))
+        if kind == b"purged":
+            return FillAttempt(FillOutcome.PURGED)
         remaining = max(0, value) / 1000.0
         if kind == b"pass":
             return FillAttempt(FillOutcome.PASS, remaining=remaining)
         return FillAttempt(FillOutcome.LOCKED, remaining=remaining)
+
+    def purgedSince(self, key: bytes, generation: bytes) -> Deferred:
+        """
+        @return: a Deferred firing with whether C{key} was purged since its
+            generation was C{generation} (a L{Lookup}'s, a L{Fill}'s).
+        """
+        k = self.keysOf(key)
+        d = self._counted(self._client.execute(b"GET", k["purged"], timeout=self.writeTimeout))
+        return d.addCallback(lambda purged: int(purged or 0) > int(generation))
 
     def markPass(self, key: bytes, ttl: Optional[float] = None) -> Deferred:
         """
@@ -906,7 +943,12 @@ class FleetStore:
     def _purgeEntry(self, key: bytes):
         k = self.keysOf(key)
         h = hashTag(key)
-        metas = yield _PURGE_ENTRY(self._client, [k["e"], k["lock"], k["pass"]], [self.channel, h], timeout=self.writeTimeout)
+        metas = yield _PURGE_ENTRY(
+            self._client,
+            [k["e"], k["lock"], k["pass"], k["fence"], k["purged"]],
+            [self.channel, h, _ms(self.fenceTTL)],
+            timeout=self.writeTimeout,
+        )
         variants = []
         for m in metas:
             try:
