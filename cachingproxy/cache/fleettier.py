@@ -370,7 +370,8 @@ class FleetTier:
         self._fromFleet: "OrderedDict[bytes, None]" = OrderedDict()
         self._overflowed = False
         self.maxTracked = maxTracked
-        self._lookups: Dict[bytes, Deferred] = {}
+        #: key -> the Deferreds of the callers sharing its running lookup
+        self._lookups: Dict[bytes, List[Deferred]] = {}
         #: key -> (fill, expiry timer): locks held while this process fetches
         self._held: Dict[bytes, tuple] = {}
         self._follower = None
@@ -440,23 +441,26 @@ class FleetTier:
             local tiers now hold a copy, and a Cache-Status detail (or
             C{None}); it never fails.
         """
-        running = self._lookups.get(key)
-        if running is not None:
-            shared: Deferred = Deferred()
-            running.addBoth(lambda result: (shared.callback(result), result)[1])
-            return shared
-        d = self._consult(key, request, options)
-        self._lookups[key] = d
-
-        def done(result):
-            self._lookups.pop(key, None)
-            return result
+        mine: Deferred = Deferred()
+        waiting = self._lookups.get(key)
+        if waiting is not None:
+            waiting.append(mine)
+            return mine
+        # Each caller gets a Deferred of its own: what one caller's
+        # callbacks return must not become the result another sees.
+        waiting = self._lookups[key] = [mine]
 
         def failed(f):
             self._log.failure("fleet lookup of {key!r} failed", f, key=key)
             return (False, None)
 
-        return d.addErrback(failed).addBoth(done)
+        def done(result) -> None:
+            del self._lookups[key]
+            for d in waiting:
+                d.callback(result)
+
+        self._consult(key, request, options).addErrback(failed).addCallback(done)
+        return mine
 
     @inlineCallbacks
     def _consult(self, key: bytes, request, options):
