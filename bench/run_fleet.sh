@@ -288,7 +288,9 @@ END {
 
 # --- 3. local hits with and without the fleet tier -------------------------------
 # hits NAME ROUND: wrk on the hot URL through proxy NAME; appends
-# "ROUND NAME REQ/S US/REQ" to RESULTS3.
+# "ROUND NAME REQ/S US/REQ CPU%" to RESULTS3 (CPU%: the share of a CPU the
+# proxy used during the run; below 100 it waited, for CPU 0 taken by other
+# processes or for wrk).
 hits() {
     local name="$1" round="$2" portvar="PORT_$1" pidvar="PID_$1" url out before after
     url="http://127.0.0.1:${!portvar}/obj/1024/hot"
@@ -308,8 +310,8 @@ hits() {
     errors="$(awk '/Non-2xx or 3xx responses:/ {n += $NF} /Socket errors:/ {gsub(",", ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$out")"
     [ "$errors" = 0 ] || bench_die "part 3: $name had $errors errors in round $round (see $out)"
     awk -v r="$round" -v name="$name" -v rps="$rps" -v n="$total" -v t="$((after - before))" -v hz="$TICK" \
-        'BEGIN { printf "%s %s %s %.1f\n", r, name, rps, t / hz * 1e6 / n }' >>"$RESULTS3"
-    bench_log "part 3 round $round $name: $(tail -n 1 "$RESULTS3" | cut -d' ' -f3-) (req/s, CPU us/req)"
+        -v d="$DURATION" 'BEGIN { printf "%s %s %s %.1f %.0f\n", r, name, rps, t / hz * 1e6 / n, t / hz / d * 100 }' >>"$RESULTS3"
+    bench_log "part 3 round $round $name: $(tail -n 1 "$RESULTS3" | cut -d' ' -f3-) (req/s, CPU us/req, CPU %)"
 }
 
 part3() {
@@ -333,15 +335,16 @@ function median(a, n,    i, j, t) {
     for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
     return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
 }
-{ rps[$1, $2] = $3; us[$1, $2] = $4; if ($1 > rounds) rounds = $1 }
+{ rps[$1, $2] = $3; us[$1, $2] = $4; cpu[$1, $2] = $5; if ($1 > rounds) rounds = $1 }
 END {
     for (r = 1; r <= rounds; r++) {
-        printf "   round %d: without %8.0f req/s %6.1f us/req   with --redis %8.0f req/s %6.1f us/req\n", r, rps[r, "local"], us[r, "local"], rps[r, "fleet"], us[r, "fleet"]
+        printf "   round %d: without %8.0f req/s %6.1f us/req (CPU %3d%%)   with --redis %8.0f req/s %6.1f us/req (CPU %3d%%)\n", r, rps[r, "local"], us[r, "local"], cpu[r, "local"], rps[r, "fleet"], us[r, "fleet"], cpu[r, "fleet"]
         a[r] = rps[r, "local"]; b[r] = us[r, "local"]; c[r] = rps[r, "fleet"]; d[r] = us[r, "fleet"]
         x[r] = rps[r, "fleet"] / rps[r, "local"]; y[r] = us[r, "fleet"] / us[r, "local"]
     }
     printf "   median: without %8.0f req/s %6.1f us/req   with --redis %8.0f req/s %6.1f us/req\n", median(a, rounds), median(b, rounds), median(c, rounds), median(d, rounds)
     printf "   with/without (median of the round ratios): req/s %.3f, CPU/req %.3f\n", median(x, rounds), median(y, rounds)
+    printf "   (CPU %%: the share of a CPU the proxy used; below 100%% it waited, for CPU 0 or for wrk: req/s follows it, CPU/req does not)\n"
 }' "$RESULTS3"
         echo
     } >>"$REPORT"
