@@ -19,14 +19,14 @@
 #      copied into B's disk tier; the same through proxy N (--cache-dir
 #      none --cache-memory 256M): fleet hits copied into memory only; then
 #      the same URLs again through B: local disk hits; and COUNT new URLs
-#      through proxy C (--no-cache): plain misses.  CONNECTIONS keep-alive connections.  req/s and the proxy's
-#      CPU microseconds per request (utime + stime over the pass), medians
-#      over the rounds and medians of the per-round ratios fleet/disk and
-#      fleet/miss.
+#      through proxy C (--no-cache): plain misses.  CONNECTIONS keep-alive
+#      connections.  req/s and the proxy's CPU microseconds per request
+#      (utime + stime over the pass), medians over the rounds and medians of
+#      the per-round ratios of both fleet rows to disk and to miss.
 #   3. local hits: wrk on one hot URL (1 KiB) against a proxy with --redis
 #      and one without (both --cache-memory 16M and a disk cache),
-#      interleaved rounds; req/s and CPU us/request, medians and the median
-#      of the per-round ratios.
+#      interleaved rounds; req/s, CPU us/request and the share of a CPU the
+#      proxy used, medians and the median of the per-round ratios.
 #
 # Usage: bench/run_fleet.sh
 # Environment:
