@@ -267,6 +267,22 @@ class FleetProxyTests(FleetMixin, TestCase):
         # without waiting for a lock (--fleet-wait is 5 s)
         self.assertLess(time.monotonic() - started, 2.5)
 
+    async def test_collapsedWithinAndAcrossProxies(self):
+        """
+        Several concurrent misses for one URL on each of two proxies: every
+        client gets the one response the origin sent (the misses in one
+        process share one fleet lookup, and each of them its result).
+        """
+        ports = [await self.proxy("--fleet-wait", "5") for _ in range(2)]
+        for port in ports:
+            await self.waitForFleet(port)
+        path = b"/slow?delay=500"
+        responses = await gatherResults(
+            [Deferred.fromCoroutine(self.get(port, path)) for port in ports * 4])
+        self.assertEqual([r.status for r in responses], [200] * 8)
+        self.assertEqual({r.body for r in responses}, {path + b" #1\n"})
+        self.assertEqual(self.origin.counts[path], 1)
+
     async def test_workers(self):
         """
         Worker processes build their own fleet tier: stored through a
