@@ -238,6 +238,85 @@ class LayerTests(SynchronousTestCase):
         again = self.request()
         assert len(again.forwarded) == 1
 
+    def test_knownPass(self) -> None:
+        """
+        A plain GET whose key has nothing stored and whose response was
+        refused for its Cache-Control (no-store) makes the next plain GETs
+        of the key go upstream without looking in the store (only its
+        stamp is read), with the same Cache-Status; a response that says
+        something else goes the usual way of a miss (stored), and so does
+        a request after something was stored for the key.
+        """
+        asked = []
+        store = self.store
+
+        class Watched:
+            def __getattr__(self, name):
+                if name in ("stamp", "entries"):
+                    asked.append(name)
+                return getattr(store, name)
+
+        self.layer.store = Watched()
+        first = self.request(plain=True)
+        respond(first, fields=[(b"Cache-Control", b"no-store")])
+        assert asked == ["stamp", "entries"]
+        asked.clear()
+        second = self.request(plain=True)
+        # only the stamp, to know that nothing was stored meanwhile
+        assert len(second.forwarded) == 1 and asked == ["stamp"]
+        respond(second, fields=[(b"Cache-Control", b"no-store")], body=b"again")
+        assert (second.status, second.body, second.cacheResult) == (200, b"again", "MISS")
+        assert second.fields[b"cache-status"] == first.fields[b"cache-status"]
+        assert b"no-store" in second.fields[b"cache-status"]
+        assert second.fields[b"x-cache"] == b"MISS"
+
+        # Not plain (the client's own Cache-Control): looked up as usual.
+        asked.clear()
+        self.request(fields=[(b"Cache-Control", b"max-age=0")])
+        assert asked == ["entries"]
+
+        # The origin's answer changed: it goes the usual way of a miss
+        # (stored), and the key is forgotten.
+        asked.clear()
+        changed = self.request(plain=True)
+        assert asked == ["stamp"]
+        respond(changed, fields=[(b"Cache-Control", b"max-age=60")], body=b"new")
+        assert (changed.status, changed.body) == (200, b"new")
+        assert b"stored" in changed.fields[b"cache-status"]
+        [entry] = store.entries(KEY)
+        assert entry.status == 200
+        asked.clear()
+        hit = self.request(plain=True)
+        assert hit.forwarded == [] and hit.body == b"new"
+        assert "stamp" in asked
+
+        # Stored by another process meanwhile (the stamp changed): looked up.
+        self.store.remove(KEY)
+        first = self.request(plain=True)
+        respond(first, fields=[(b"Cache-Control", b"no-store")])
+        assert KEY in self.layer._passing
+        self.fill()
+        asked.clear()
+        found = self.request(plain=True)
+        assert found.forwarded == [] and found.body == b"hello"
+
+    def test_knownPassOnlyForCacheControl(self) -> None:
+        """
+        A refusal that the response's status and Cache-Control do not
+        decide alone (no Cache-Control, must-understand) is not
+        remembered: the next plain GET is looked up.
+        """
+        for fields in ([(b"Cache-Control", b"no-store, must-understand")],
+                       [(b"Content-Range", b"bytes 0-4/10")]):
+            layer = CacheLayer(MemoryStore(1 << 20, 1 << 16), self.clock, None, CacheSettings())
+            first = FakeExchange(plain=True)
+            layer.handle(first, ORIGIN, b"/a")
+            respond(first, status=418, fields=fields)
+            assert layer.store.entries(KEY) == [], fields
+            second = FakeExchange(plain=True)
+            layer.handle(second, ORIGIN, b"/a")
+            assert second.cacheStamp is not None, fields
+
     def test_stampRead(self) -> None:
         """
         Before its lookup, a plain GET reads the store's stamp for its key

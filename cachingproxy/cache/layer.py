@@ -83,6 +83,33 @@ _UNSTORED_KEYS = 10000
 _ABSENT_MISS = policy.Miss("nothing stored for the URI", "uri-miss")
 
 
+@dataclass(frozen=True)
+class _Passing:
+    """
+    A key whose plain GET found nothing stored and whose response the
+    policy refused to store, for a reason that its status and
+    Cache-Control alone decide (C{no-store}, or C{private} in this shared
+    cache): its next plain GETs go upstream without a lookup, a fill or
+    the storing policy while the store's stamp for the key is unchanged
+    (nothing was stored or removed meanwhile, by any process), and as
+    long as the origin answers with that same status and Cache-Control:
+    a response that says something else goes through the usual miss path
+    (Varnish's hit-for-miss, checked on every request and response).
+    """
+
+    #: the store's stamp for the key when it was found empty
+    stamp: object
+    status: int
+    cacheControl: bytes
+    #: the refusal, for Cache-Status
+    detail: bytes
+    #: Cache-Status's fwd parameter
+    fwd: str
+    #: the Cache-Status and X-Cache fields of such a response (lowered
+    #: triples)
+    fields: tuple
+
+
 class _Hot:
     """
     A fresh stored response remembered for plain GETs: its head without
@@ -221,6 +248,8 @@ class CacheLayer:
         #: keys whose latest response was not stored (least recent first):
         #: their misses go upstream at once, not collapsed
         self._unstored: "OrderedDict[bytes, None]" = OrderedDict()
+        #: key -> L{_Passing} (least recent first)
+        self._passing: "OrderedDict[bytes, _Passing]" = OrderedDict()
 
     # -- entry point ---------------------------------------------------------
 
@@ -252,6 +281,15 @@ class CacheLayer:
         if method == b"GET":
             hot = self._hot.get(key)
             if hot is not None and self._serveHot(exchange, exchange.head, key, hot):
+                return
+            passing = self._passing.get(key)
+            if passing is not None and exchange.plainKeepAlive() \
+                    and not exchange.head.headers.hasAny(_NOT_PLAIN) \
+                    and self.store.stamp(key) == passing.stamp:
+                self.stats.misses += 1
+                head = exchange.cacheHead = head or exchange.upstreamHead()
+                exchange.cacheOrigin = origin
+                exchange.forward(origin, head, _KnownPass(self, exchange, head, key, passing))
                 return
         if head is None:
             head = exchange.upstreamHead()
@@ -893,6 +931,29 @@ class CacheLayer:
             # Other proxies waiting for it go to the origin at once.
             self.fleet.release(key, passMarker=True)
 
+    def rememberPass(self, key: bytes, stamp: object, head: ResponseHead, detail: bytes,
+                     fwd: str) -> None:
+        """
+        A plain GET of C{key} found nothing stored (the store's stamp for
+        the key was C{stamp}), and its response C{head} may not be stored
+        (C{detail} says why): remember it as an L{_Passing} if its status
+        and Cache-Control alone decide that.
+        """
+        cacheControl = head.headers.getCombined(b"cache-control")
+        if cacheControl is None:
+            return
+        lowered = cacheControl.lower()
+        if b"must-understand" in lowered or (
+                b"no-store" not in lowered and b"private" not in lowered):
+            return
+        fields = tuple(self._statusFields([], False, fwd, head.status, None, b"MISS",
+                                          detail=detail))
+        passing = self._passing
+        passing[key] = _Passing(stamp, head.status, cacheControl, detail, fwd, fields)
+        passing.move_to_end(key)
+        if len(passing) > _UNSTORED_KEYS:
+            passing.popitem(last=False)
+
     # -- the fleet tier and purge tags ------------------------------------------
 
     def _consultFleet(self, exchange: ICacheExchange, origin: Origin, head: RequestHead,
@@ -1078,6 +1139,11 @@ class _Fill:
             self.writer, detail = layer.writerOrDetail(self.key, self.request, head)
             if self.writer is None:
                 layer.notStored(self.key)
+                exchange = self.exchange
+                if detail is not None and exchange.cacheStamp is not None \
+                        and not exchange.cacheEntries:
+                    # A plain GET, and nothing was stored for it.
+                    layer.rememberPass(self.key, exchange.cacheStamp, head, detail, self.fwd)
         if detail is None:
             detail = self.detail
         if self.writer is None:
@@ -1461,6 +1527,55 @@ class _Invalidator:
 
     def requestBodyUnwanted(self) -> None:
         self.exchange.requestBodyUnwanted()
+
+
+class _KnownPass(_Invalidator):
+    """
+    Forwards a plain GET of a key remembered as L{_Passing}, and checks
+    that the response still says what made it one; if not, the key is
+    forgotten and the response goes through a L{_Fill}, as any miss of a
+    key whose last response was not stored: stored if it may be.
+    """
+
+    def __init__(self, layer: CacheLayer, exchange: ICacheExchange, request: RequestHead,
+                 key: bytes, passing: _Passing) -> None:
+        self.layer = layer
+        self.exchange = exchange
+        self.request = request
+        self.key = key
+        self.passing = passing
+        self.detail = passing.detail
+        self.requestTime = layer.reactor.seconds()
+        self.writer = None
+        self.watching = False
+        # Nothing is stored: the body and its end go straight on.
+        self.responseBody = exchange.responseBody
+        self.responseEnd = exchange.responseEnd
+
+    def responseHead(self, head: ResponseHead) -> None:
+        layer = self.layer
+        passing = self.passing
+        _stripTargeted(head, layer.settings.options)
+        layer.hideFields(head)
+        fields = head.headers.lowered()
+        self.exchange.cacheResult = "MISS"
+        if head.status != passing.status \
+                or head.headers.getCombined(b"cache-control") != passing.cacheControl:
+            if layer._passing.get(self.key) is passing:
+                del layer._passing[self.key]
+            fill = _Fill(layer, self.exchange, self.request, self.key, passing.fwd, store=True)
+            fill.requestTime = self.requestTime
+            self.responseBody = fill.responseBody
+            self.responseEnd = fill.responseEnd
+            self.responseFailed = fill.responseFailed
+            fill.responseHead(head)
+            return
+        _stripTargeted(head, layer.settings.options)
+        layer.hideFields(head)
+        fields = head.headers.lowered()
+        self.exchange.cacheResult = "MISS"
+        fields.extend(passing.fields)
+        self.exchange.responseHead(head)
 
 
 class _Revalidator:
