@@ -540,10 +540,13 @@ class FleetTier:
             self.misses += 1
             return (False, None)
         variant = decision.entry.id
-        # the body's read time grows with its size
         try:
-            body = yield _within(fleet.readBody(variant), self.deadline * 2 + variant.length / 50e6,
-                                 self.clock)
+            # a small body came with the lookup (checked here); a larger
+            # one is read now, its read time growing with its size
+            d = fleet.readBody(variant, inline=found.bodies.get(variant.objectId))
+            if not d.called:
+                d = _within(d, self.deadline * 2 + variant.length / 50e6, self.clock)
+            body = yield d
         except Exception:
             self.skipped += 1
             return (False, DETAIL_FLEET_UNAVAILABLE)

@@ -56,7 +56,7 @@ import hashlib
 import json
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, inlineCallbacks, succeed
@@ -169,12 +169,16 @@ class Lookup:
         do not wait for a fill.
     @ivar locked: a fill is in progress somewhere in the fleet.
     @ivar generation: the entry's generation (see L{FleetStore.beginFill}).
+    @ivar bodies: the bodies of small variants (one chunk, up to the
+        store's C{inlineBody} bytes in all), read with the variants, by
+        object id; unchecked until L{FleetStore.readBody} is given them.
     """
 
     variants: Tuple[FleetVariant, ...]
     passMarker: bool
     locked: bool
     generation: bytes = b"0"
+    bodies: Dict[bytes, bytes] = field(default_factory=dict)
 
 
 class FillOutcome(enum.Enum):
@@ -198,6 +202,32 @@ class WaitOutcome(enum.Enum):
 
 
 # ---------------------------------------------------------------- scripts
+
+_LOOKUP = Script(
+    """
+-- KEYS: entry, pass, lock, fence; ARGV: the entry's chunk key prefix,
+-- most body bytes returned (bodies of one chunk only)
+local fields = redis.call('HGETALL', KEYS[1])
+local bodies = {}
+local budget = tonumber(ARGV[2])
+if budget > 0 then
+  for i = 2, #fields, 2 do
+    local ok, meta = pcall(cjson.decode, fields[i])
+    if ok and type(meta) == 'table' and meta.n == 1 and type(meta.o) == 'string'
+        and type(meta.l) == 'number' and meta.l <= budget then
+      local body = redis.call('GET', ARGV[1] .. meta.o .. ':0')
+      if body then
+        budget = budget - #body
+        bodies[#bodies + 1] = meta.o
+        bodies[#bodies + 1] = body
+      end
+    end
+  end
+end
+return {fields, redis.call('EXISTS', KEYS[2]), redis.call('EXISTS', KEYS[3]),
+        redis.call('GET', KEYS[4]), bodies}
+"""
+)
 
 _ACQUIRE = Script(
     """
@@ -574,6 +604,9 @@ class FleetStore:
     @param reactor: the reactor (connections of the wake-up subscriber).
     @param clock: L{IReactorTime} for leases, waits and expiry times (the
         reactor by default).
+    @param inlineBody: a lookup also returns the bodies of the entry's
+        one-chunk variants, up to this many bytes in all (0: none), so that
+        a small hit takes one round trip.
 
     @ivar hits: lookups that found a live variant.
     @ivar misses: lookups that found none, and bodies found damaged.
@@ -608,6 +641,7 @@ class FleetStore:
         purgeLogTTL: float = 7 * 86400.0,
         fenceTTL: float = 600.0,
         writeQueue: Optional[WriteQueue] = None,
+        inlineBody: int = 128 * 1024,
     ):
         self._client = client
         self._reactor = reactor
@@ -625,6 +659,7 @@ class FleetStore:
         self.purgeLogMaxLen = purgeLogMaxLen
         self.purgeLogTTL = purgeLogTTL
         self.fenceTTL = fenceTTL
+        self.inlineBody = inlineBody
         self.channel = prefix + b"wake"
         self.writes = writeQueue or WriteQueue()
         self._waiters: Dict[bytes, List[Deferred]] = {}
@@ -794,18 +829,22 @@ class FleetStore:
 
     def lookup(self, key: bytes) -> Deferred:
         """
+        One round trip: the variants, the pass marker, the lock, the
+        generation, and the bodies of small variants (see L{Lookup}).
+
         @return: a Deferred firing with a L{Lookup}.
         """
-        k = self.keysOf(key)
-        ds = self._client.pipeline(
-            [(b"HGETALL", k["e"]), (b"EXISTS", k["pass"]), (b"EXISTS", k["lock"]), (b"GET", k["fence"])],
-            key=k["e"],
+        h = hashTag(key)
+        prefix = self.prefix + b"{" + h + b"}:"
+        d = _LOOKUP(
+            self._client,
+            [prefix + b"e", prefix + b"pass", prefix + b"lock", prefix + b"fence"],
+            [prefix + b"c:", self.inlineBody],
             timeout=self.timeout,
         )
-        d = gatherResults(ds, consumeErrors=True)
 
         def got(replies):
-            fields, passMarker, locked, generation = replies
+            fields, passMarker, locked, generation, inline = replies
             now = self._clock.seconds()
             variants = []
             for i in range(1, len(fields), 2):
@@ -819,24 +858,28 @@ class FleetStore:
                 self.hits += 1
             else:
                 self.misses += 1
-            return Lookup(tuple(variants), bool(passMarker), bool(locked), generation or b"0")
+            bodies = {inline[i]: inline[i + 1] for i in range(0, len(inline), 2)} if inline else {}
+            return Lookup(tuple(variants), bool(passMarker), bool(locked), generation or b"0", bodies)
 
-        def failed(f):
-            f = getattr(f.value, "subFailure", f)
-            self._countFailure(f.value)
-            return f
+        return self._counted(d).addCallback(got)
 
-        return d.addCallbacks(got, failed)
-
-    @inlineCallbacks
-    def readBody(self, variant: FleetVariant, batch: int = 8):
+    def readBody(self, variant: FleetVariant, batch: int = 8, inline: Optional[bytes] = None) -> Deferred:
         """
         Read a variant's whole body, checked against its length and digest.
 
+        @param inline: the body a L{Lookup} returned with the variant, if
+            any: checked, and read again from its chunks if it fails.
         @return: a Deferred firing with the body, or C{None} (a miss) if a
             chunk is missing or the digest does not match; the variant is
             then dropped.
         """
+        if (inline is not None and len(inline) == variant.length
+                and hashlib.sha256(inline).hexdigest().encode() == variant.digest):
+            return succeed(inline)
+        return self._readBody(variant, batch)
+
+    @inlineCallbacks
+    def _readBody(self, variant: FleetVariant, batch: int):
         keys = self.chunkKeys(variant)
         ds = [
             self._client.execute(b"MGET", *keys[i : i + batch], key=keys[i], timeout=self.writeTimeout)
