@@ -10,7 +10,7 @@ import os
 import tempfile
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -269,6 +269,30 @@ class BreakerTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(results[1]))
         gates[2].callback("c")
         self.assertEqual((q.done, q.failed, q.pending), (2, 1, 0))
+
+    def test_writeQueueBytes(self):
+        """
+        Writes holding more than C{maxBytes} in all are dropped, whatever
+        slots are free; the bytes are given back as writes end, and one
+        write larger than the bound runs alone.
+        """
+        q = WriteQueue(concurrency=8, maxPending=8, maxBytes=100)
+        gates = [Deferred() for _ in range(3)]
+        first = q.submit(lambda: gates[0], 60)
+        self.assertIsNone(q.submit(lambda: gates[1], 50))
+        second = q.submit(lambda: gates[1], 40)
+        self.assertIsNotNone(second)
+        self.assertEqual((q.dropped, q.bytes), (1, 100))
+        gates[0].callback("a")
+        gates[1].errback(RuntimeError("boom"))
+        self.assertEqual((self.successResultOf(first), self.successResultOf(second)), ("a", None))
+        self.assertEqual(q.bytes, 0)
+        large = q.submit(lambda: gates[2], 500)
+        self.assertIsNone(q.submit(lambda: succeed("small"), 1))
+        gates[2].callback("large")
+        self.assertEqual(self.successResultOf(large), "large")
+        self.assertEqual(self.successResultOf(q.submit(lambda: succeed("small"), 1)), "small")
+        self.assertEqual((q.dropped, q.bytes, q.done, q.failed), (2, 0, 3, 1))
 
 
 class SingleNodeTests(TestCase):

@@ -671,7 +671,7 @@ class FleetTier:
         def write():
             return self._write(key, variantKey, head, body, fresh, stale, tags)
 
-        if self.fleet.submitWrite(write) is not None:
+        if self.fleet.submitWrite(write, len(body)) is not None:
             self.offered += 1
         else:
             self.release(key)

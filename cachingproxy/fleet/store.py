@@ -487,9 +487,9 @@ class Fill:
             self._buffer = bytearray()
         ttl = max(0.0, freshFor) + max(0.0, staleFor) + s.grace
         try:
-            yield gatherResults(self._writes, consumeErrors=True)
-            # indexes first: a visible entry is always reachable by purges
-            yield s._index(self.key, ttl, tags)
+            # the chunks and the indexes, in parallel; both before the
+            # commit: a visible entry is always reachable by purges
+            yield gatherResults(self._writes + [s._index(self.key, ttl, tags)], consumeErrors=True)
             variant = FleetVariant(
                 key=self.key,
                 variantKey=variantKey,
@@ -957,14 +957,15 @@ class FleetStore:
             self._client.execute(b"SET", k["pass"], b"1", b"PX", _ms(self.passTTL if ttl is None else ttl), timeout=self.writeTimeout)
         )
 
-    def submitWrite(self, write: Callable[[], Deferred]) -> Optional[Deferred]:
+    def submitWrite(self, write: Callable[[], Deferred], size: int = 0) -> Optional[Deferred]:
         """
         Run a cache write through the bounded queue.
 
+        @param size: the bytes it holds (its body) until it is done.
         @return: its Deferred, or C{None} if it was dropped (counted in
             L{droppedWrites}).
         """
-        return self.writes.submit(write)
+        return self.writes.submit(write, size)
 
     def _index(self, key: bytes, ttl: float, tags: Sequence[bytes]) -> Deferred:
         ds = [_INDEX_ADD(self._client, [self.hostIndexKey(key)], [_ms(ttl), key], timeout=self.writeTimeout)]
