@@ -320,14 +320,22 @@ def _within(d: Deferred, seconds: float, clock) -> Deferred:
     """
     C{d}'s result, or a L{FleetTimeout} failure after C{seconds}; a late
     result is dropped (the fleet client bounds the command itself).
+
+    The reactor runs its timers before it reads: when the time is up, a
+    busy one may have the answer waiting on the socket; it is late only if
+    it is still missing after the reactor's next read.
     """
     from ..fleet.redis import FleetTimeout
 
     out: Deferred = Deferred()
 
-    def late():
+    def expired():
         if not out.called:
             out.errback(FleetTimeout(f"no answer within {seconds:.3f}s"))
+
+    def late():
+        if not out.called:
+            clock.callLater(0, expired)
 
     timer = clock.callLater(seconds, late)
 
