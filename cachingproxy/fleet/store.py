@@ -205,8 +205,14 @@ class WaitOutcome(enum.Enum):
 
 _LOOKUP = Script(
     """
--- KEYS: entry, pass, lock, fence; ARGV: the entry's chunk key prefix,
--- most body bytes returned (bodies of one chunk only)
+-- KEYS: entry[, pass, lock, fence]; ARGV: the entry's chunk key prefix,
+-- most body bytes returned (bodies of one chunk only). The chunks are on
+-- the entry's slot, but not declared: while the slot moves to another
+-- node one may be there already, and reading it fails (pcall: then it is
+-- read as usual, redirected). In a cluster the pass marker, the lock and
+-- the fence are asked for apart (each redirected on its own while the
+-- slot moves: a script declaring them all would be refused while some
+-- are moved and others not).
 local fields = redis.call('HGETALL', KEYS[1])
 local bodies = {}
 local budget = tonumber(ARGV[2])
@@ -215,8 +221,8 @@ if budget > 0 then
     local ok, meta = pcall(cjson.decode, fields[i])
     if ok and type(meta) == 'table' and meta.n == 1 and type(meta.o) == 'string'
         and type(meta.l) == 'number' and meta.l <= budget then
-      local body = redis.call('GET', ARGV[1] .. meta.o .. ':0')
-      if body then
+      local body = redis.pcall('GET', ARGV[1] .. meta.o .. ':0')
+      if type(body) == 'string' then
         budget = budget - #body
         bodies[#bodies + 1] = meta.o
         bodies[#bodies + 1] = body
@@ -224,8 +230,11 @@ if budget > 0 then
     end
   end
 end
-return {fields, redis.call('EXISTS', KEYS[2]), redis.call('EXISTS', KEYS[3]),
-        redis.call('GET', KEYS[4]), bodies}
+if #KEYS == 1 then
+  return {fields, bodies}
+end
+return {fields, bodies, redis.call('EXISTS', KEYS[2]), redis.call('EXISTS', KEYS[3]),
+        redis.call('GET', KEYS[4])}
 """
 )
 
@@ -836,15 +845,34 @@ class FleetStore:
         """
         h = hashTag(key)
         prefix = self.prefix + b"{" + h + b"}:"
-        d = _LOOKUP(
-            self._client,
-            [prefix + b"e", prefix + b"pass", prefix + b"lock", prefix + b"fence"],
-            [prefix + b"c:", self.inlineBody],
-            timeout=self.timeout,
-        )
+        if not self._client.isCluster:
+            d = _LOOKUP(
+                self._client,
+                [prefix + b"e", prefix + b"pass", prefix + b"lock", prefix + b"fence"],
+                [prefix + b"c:", self.inlineBody],
+                timeout=self.timeout,
+            )
+        else:
+            d = gatherResults(
+                [_LOOKUP(self._client, [prefix + b"e"], [prefix + b"c:", self.inlineBody], timeout=self.timeout)]
+                + self._client.pipeline(
+                    [(b"EXISTS", prefix + b"pass"), (b"EXISTS", prefix + b"lock"), (b"GET", prefix + b"fence")],
+                    key=prefix + b"e",
+                    timeout=self.timeout,
+                ),
+                consumeErrors=True,
+            )
+
+            def flat(replies):
+                return replies[0] + replies[1:]
+
+            def first(f):
+                return getattr(f.value, "subFailure", f)
+
+            d.addCallbacks(flat, first)
 
         def got(replies):
-            fields, passMarker, locked, generation, inline = replies
+            fields, inline, passMarker, locked, generation = replies
             now = self._clock.seconds()
             variants = []
             for i in range(1, len(fields), 2):
