@@ -615,7 +615,9 @@ class FleetStore:
         reactor by default).
     @param inlineBody: a lookup also returns the bodies of the entry's
         one-chunk variants, up to this many bytes in all (0: none), so that
-        a small hit takes one round trip.
+        a small hit takes one round trip. Kept small: a lookup has the
+        shorter deadline (a larger body is read next, with a deadline that
+        grows with its size) and most lookups are misses.
 
     @ivar hits: lookups that found a live variant.
     @ivar misses: lookups that found none, and bodies found damaged.
@@ -650,7 +652,7 @@ class FleetStore:
         purgeLogTTL: float = 7 * 86400.0,
         fenceTTL: float = 600.0,
         writeQueue: Optional[WriteQueue] = None,
-        inlineBody: int = 128 * 1024,
+        inlineBody: int = 16 * 1024,
     ):
         self._client = client
         self._reactor = reactor
