@@ -30,7 +30,7 @@
 #
 # Usage: bench/run_fleet.sh
 # Environment:
-#   PARTS="1 2 3"      which parts to run
+#   PARTS="1 2 3 4"    which parts to run
 #   PROXIES=3          proxies in part 1
 #   BURSTS=20          bursts per case in part 1
 #   CLIENTS=30         requests per burst
@@ -44,6 +44,9 @@
 #   DURATION=8         seconds of measured wrk load per proxy and round (part 3)
 #   WARMUP=2           seconds of unmeasured wrk load before each (part 3)
 #   WRK_CONNECTIONS=50 wrk connections (1 thread) in part 3
+#   WRITES=3000        new URLs per round of part 4
+#   WRITE_CONNECTIONS=16 client connections in part 4
+#   WRITE_ROUNDS=3     rounds of part 4
 #   BENCH_NO_INSTALL=1 never call apt-get
 #   BENCH_NO_PIN=1     do not pin (parts 2 and 3: the measured proxy on CPU 0;
 #                      redis-server, origin, client, wrk and proxy A on CPU 1)
@@ -55,7 +58,7 @@ set -euo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-PARTS="${PARTS:-1 2 3}"
+PARTS="${PARTS:-1 2 3 4}"
 PROXIES="${PROXIES:-3}"
 BURSTS="${BURSTS:-20}"
 CLIENTS="${CLIENTS:-30}"
@@ -68,11 +71,14 @@ CONNECTIONS="${CONNECTIONS:-16}"
 DURATION="${DURATION:-8}"
 WARMUP="${WARMUP:-2}"
 WRK_CONNECTIONS="${WRK_CONNECTIONS:-50}"
+WRITES="${WRITES:-3000}"
+WRITE_CONNECTIONS="${WRITE_CONNECTIONS:-16}"
+WRITE_ROUNDS="${WRITE_ROUNDS:-3}"
 
 bench_positive_ints PROXIES BURSTS CLIENTS ROUNDS HIT_ROUNDS COUNT COUNT_LARGE CONNECTIONS DURATION WARMUP \
-    WRK_CONNECTIONS
+    WRK_CONNECTIONS WRITES WRITE_CONNECTIONS WRITE_ROUNDS
 for part in $PARTS; do
-    case "$part" in 1|2|3) ;; *) bench_die "PARTS: unknown part $part (use 1 2 3)" ;; esac
+    case "$part" in 1|2|3|4) ;; *) bench_die "PARTS: unknown part $part (use 1 2 3 4)" ;; esac
 done
 
 bench_traps
@@ -350,6 +356,56 @@ END {
     } >>"$REPORT"
     stop_proxy fleet
     stop_proxy local
+}
+
+# --- 4. the write queue under a stream of misses ---------------------------------
+# redis_settled: wait until Redis stops growing; prints its key count.
+redis_settled() {
+    local before=-1 now
+    for _ in $(seq 100); do
+        now="$(redis-cli -p "$REDIS_PORT" dbsize)"
+        [ "$now" = "$before" ] && break
+        before="$now"
+        sleep 0.3
+    done
+    echo "$now"
+}
+
+# entries: how many entries (variant hashes) Redis holds.
+entries() {
+    redis-cli -p "$REDIS_PORT" --scan --pattern 'cp:{*}:e' | wc -l
+}
+
+part4() {
+    local round out dropped failed keys0 keys1 before_d before_f
+    RESULTS4="$T/results4.txt"
+    : >"$RESULTS4"
+    start_proxy w "${PIN_PROXY[@]}" -- --cache-dir none --cache-memory 64M --redis "$REDIS_URL"
+    for round in $(seq "$WRITE_ROUNDS"); do
+        redis_settled >/dev/null
+        keys0="$(entries)"
+        before_d="$(fleet_event w dropped_writes)"
+        before_f="$(fleet_event w failed_writes)"
+        out="$("${PIN_LOAD[@]}" "${FB[@]}" fetch --port "$PORT_w" --prefix "/obj/1024/w$round-" \
+            --count "$WRITES" --connections "$WRITE_CONNECTIONS" --expect miss 2>>"$T/fetch.log")" \
+            || bench_die "part 4: the store pass failed"
+        redis_settled >/dev/null
+        keys1="$(entries)"
+        dropped=$(($(fleet_event w dropped_writes) - before_d))
+        failed=$(($(fleet_event w failed_writes) - before_f))
+        # shellcheck disable=SC2086
+        set -- $out
+        awk -v r="$round" -v n="$1" -v sec="$2" -v d="$dropped" -v f="$failed" -v k="$((keys1 - keys0))" \
+            'BEGIN { printf "%s %.0f %d %d %d\n", r, n / sec, d, f, k }' >>"$RESULTS4"
+        bench_log "part 4 round $round: $(tail -n 1 "$RESULTS4" | cut -d' ' -f2-) (req/s, dropped, failed, stored)"
+    done
+    stop_proxy w
+    {
+        echo "== 4. writes: $WRITES new 1 KiB URLs per round through one proxy (--cache-dir none --cache-memory 64M, --redis), $WRITE_CONNECTIONS connections, $WRITE_ROUNDS rounds"
+        echo "   $LOAD_NOTE"
+        awk '{ printf "   round %d: %6d req/s  dropped %5d  failed %5d  stored %5d of '"$WRITES"'\n", $1, $2, $3, $4, $5 }' "$RESULTS4"
+        echo
+    } >>"$REPORT"
 }
 
 for part in $PARTS; do

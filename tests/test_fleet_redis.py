@@ -10,11 +10,12 @@ import os
 import tempfile
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from cachingproxy.cache.fleettier import _within
 from cachingproxy.fleet.breaker import Breaker, BreakerState, WriteQueue
 from cachingproxy.fleet.redis import (
     ClusterClient,
@@ -109,6 +110,49 @@ class PureTests(SynchronousTestCase):
         self.assertTrue(t.disconnecting)
         p.dataReceived(b"$1\r\nA\r\n")
         self.failureResultOf(p.execute([b"GET", b"c"]), FleetConnectionLost)
+
+    def test_replyWaitingAtDeadline(self):
+        """
+        The reactor runs its due timers before it reads: a reply that came
+        by the deadline but is not read yet (the reactor was busy) is
+        delivered, and the connection kept; a reply still missing after the
+        next read is late.
+        """
+        clock = _TimersFirstClock()
+        p = RedisProtocol(clock, timeout=0.05)
+        t = StringTransport()
+        p.makeConnection(t)
+        d = p.execute([b"GET", b"a"])
+        clock.advance(0.06)
+        self.assertNoResult(d)
+        p.dataReceived(b"$1\r\nA\r\n")
+        self.assertEqual(self.successResultOf(d), b"A")
+        clock.advance(0)
+        self.assertFalse(t.disconnecting)
+        d = p.execute([b"GET", b"b"])
+        clock.advance(0.06)
+        self.assertNoResult(d)
+        clock.advance(0)
+        self.failureResultOf(d, FleetTimeout)
+        self.assertTrue(t.disconnecting)
+
+    def test_withinReplyWaitingAtDeadline(self):
+        """
+        The fleet tier's deadline on a lookup gives the reactor the same
+        last read.
+        """
+        clock = _TimersFirstClock()
+        answer = Deferred()
+        d = _within(answer, 0.05, clock)
+        clock.advance(0.06)
+        self.assertNoResult(d)
+        answer.callback("found")
+        self.assertEqual(self.successResultOf(d), "found")
+        d = _within(Deferred(), 0.05, clock)
+        clock.advance(0.06)
+        self.assertNoResult(d)
+        clock.advance(0)
+        self.failureResultOf(d, FleetTimeout)
 
     def test_shorterDeadlineBehindLonger(self):
         """
@@ -269,6 +313,47 @@ class BreakerTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(results[1]))
         gates[2].callback("c")
         self.assertEqual((q.done, q.failed, q.pending), (2, 1, 0))
+
+    def test_writeQueueBytes(self):
+        """
+        Writes holding more than C{maxBytes} in all are dropped, whatever
+        slots are free; the bytes are given back as writes end, and one
+        write larger than the bound runs alone.
+        """
+        q = WriteQueue(concurrency=8, maxPending=8, maxBytes=100)
+        gates = [Deferred() for _ in range(3)]
+        first = q.submit(lambda: gates[0], 60)
+        self.assertIsNone(q.submit(lambda: gates[1], 50))
+        second = q.submit(lambda: gates[1], 40)
+        self.assertIsNotNone(second)
+        self.assertEqual((q.dropped, q.bytes), (1, 100))
+        gates[0].callback("a")
+        gates[1].errback(RuntimeError("boom"))
+        self.assertEqual((self.successResultOf(first), self.successResultOf(second)), ("a", None))
+        self.assertEqual(q.bytes, 0)
+        large = q.submit(lambda: gates[2], 500)
+        self.assertIsNone(q.submit(lambda: succeed("small"), 1))
+        gates[2].callback("large")
+        self.assertEqual(self.successResultOf(large), "large")
+        self.assertEqual(self.successResultOf(q.submit(lambda: succeed("small"), 1)), "small")
+        self.assertEqual((q.dropped, q.bytes, q.done, q.failed), (2, 0, 3, 1))
+
+
+class _TimersFirstClock(Clock):
+    """
+    A L{Clock} that runs, on each advance, only the calls due when it
+    began (a reactor's turn: calls made meanwhile wait for the next one,
+    after its read).
+    """
+
+    def advance(self, amount):
+        self.rightNow += amount
+        self._sortCalls()
+        due = [c for c in self.calls if c.getTime() <= self.seconds()]
+        for call in due:
+            self.calls.remove(call)
+            call.called = 1
+            call.func(*call.args, **call.kw)
 
 
 class SingleNodeTests(TestCase):

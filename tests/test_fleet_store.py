@@ -63,6 +63,55 @@ class StoreMixin:
         self.assertEqual((self.store.replaced, self.store.unloggedReplacements, gaps), (1, 0, []))
 
 
+    @inlineCallbacks
+    def checkInlineBodies(self):
+        """
+        A lookup returns the bodies of one-chunk variants with them, within
+        the store's C{inlineBody} budget, and L{FleetStore.readBody} takes
+        them without another round trip; a larger body is not returned and
+        is read from its chunks.
+        """
+        self.store.inlineBody = 100
+        small = os.urandom(60)
+        self.assertTrue((yield self.fill(variantKey=b"a", body=small)))
+        self.assertTrue((yield self.fill(variantKey=b"b", body=os.urandom(50))))
+        large = os.urandom(40000)
+        self.assertTrue((yield self.fill(variantKey=b"c", body=large)))
+        found = yield self.store.lookup(URL)
+        byVariant = {v.variantKey: v for v in found.variants}
+        # one of a and b fits the budget of 100 bytes, not both; c has
+        # three chunks
+        self.assertEqual(len(found.bodies), 1)
+        self.assertNotIn(byVariant[b"c"].objectId, found.bodies)
+        self.assertEqual(found.bodies.get(byVariant[b"a"].objectId, small), small)
+        [(objectId, body)] = found.bodies.items()
+        [variant] = [v for v in found.variants if v.objectId == objectId]
+        calls = []
+        self.patch(self.client, "execute", lambda *a, **kw: calls.append(a))
+        self.assertEqual(self.successResultOf(self.store.readBody(variant, inline=body)), body)
+        self.assertEqual(calls, [])
+
+    @inlineCallbacks
+    def checkInlineBodyChecked(self):
+        """
+        An inline body is checked like one read from its chunks: a bad one
+        is a miss, and the variant is dropped.
+        """
+        self.assertTrue((yield self.fill(body=b"a" * 500)))
+        v = (yield self.store.lookup(URL)).variants[0]
+        k = self.store.chunkKeys(v)[0]
+        self.server.command("SET", k, b"b" * 500, "KEEPTTL")
+        found = yield self.store.lookup(URL)
+        self.assertEqual(found.bodies, {v.objectId: b"b" * 500})
+        self.assertIsNone((yield self.store.readBody(v, inline=found.bodies[v.objectId])))
+        self.assertEqual(self.store.damaged, 1)
+        self.assertEqual((yield self.store.lookup(URL)).variants, ())
+
+        self.store.inlineBody = 0
+        self.assertTrue((yield self.fill(body=b"c" * 500)))
+        self.assertEqual((yield self.store.lookup(URL)).bodies, {})
+
+
 class SingleNodeStoreTests(StoreMixin, TestCase):
     """
     The store on one redis-server.
@@ -78,6 +127,12 @@ class SingleNodeStoreTests(StoreMixin, TestCase):
         self.addCleanup(self.client.close)
         self.store = FleetStore(self.client, reactor, chunkSize=16 * 1024, timeout=2.0, grace=10.0)
         self.addCleanup(self.store.stop)
+
+    def test_inlineBodies(self):
+        return self.checkInlineBodies()
+
+    def test_inlineBodyChecked(self):
+        return self.checkInlineBodyChecked()
 
     @inlineCallbacks
     def test_roundtripVariants(self):
@@ -618,6 +673,9 @@ class ClusterStoreTests(StoreMixin, TestCase):
         self.addCleanup(self.client.close)
         self.store = FleetStore(self.client, reactor, chunkSize=16 * 1024, timeout=2.0)
         self.addCleanup(self.store.stop)
+
+    def test_inlineBodies(self):
+        return self.checkInlineBodies()
 
     @inlineCallbacks
     def test_entryOnOneSlot(self):

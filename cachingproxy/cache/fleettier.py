@@ -320,14 +320,22 @@ def _within(d: Deferred, seconds: float, clock) -> Deferred:
     """
     C{d}'s result, or a L{FleetTimeout} failure after C{seconds}; a late
     result is dropped (the fleet client bounds the command itself).
+
+    The reactor runs its timers before it reads: when the time is up, a
+    busy one may have the answer waiting on the socket; it is late only if
+    it is still missing after the reactor's next read.
     """
     from ..fleet.redis import FleetTimeout
 
     out: Deferred = Deferred()
 
-    def late():
+    def expired():
         if not out.called:
             out.errback(FleetTimeout(f"no answer within {seconds:.3f}s"))
+
+    def late():
+        if not out.called:
+            clock.callLater(0, expired)
 
     timer = clock.callLater(seconds, late)
 
@@ -540,10 +548,13 @@ class FleetTier:
             self.misses += 1
             return (False, None)
         variant = decision.entry.id
-        # the body's read time grows with its size
         try:
-            body = yield _within(fleet.readBody(variant), self.deadline * 2 + variant.length / 50e6,
-                                 self.clock)
+            # a small body came with the lookup (checked here); a larger
+            # one is read now, its read time growing with its size
+            d = fleet.readBody(variant, inline=found.bodies.get(variant.objectId))
+            if not d.called:
+                d = _within(d, self.deadline * 2 + variant.length / 50e6, self.clock)
+            body = yield d
         except Exception:
             self.skipped += 1
             return (False, DETAIL_FLEET_UNAVAILABLE)
@@ -668,7 +679,7 @@ class FleetTier:
         def write():
             return self._write(key, variantKey, head, body, fresh, stale, tags)
 
-        if self.fleet.submitWrite(write) is not None:
+        if self.fleet.submitWrite(write, len(body)) is not None:
             self.offered += 1
         else:
             self.release(key)

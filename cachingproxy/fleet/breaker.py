@@ -8,9 +8,9 @@ once for C{cooldown} seconds; then it lets one trial command through
 (half-open), and that command's outcome closes or reopens it. Time comes
 from an injected L{IReactorTime}.
 
-L{WriteQueue} runs cache writes a few at a time; when C{maxPending} are
-already waiting, a new write is dropped and counted, never queued without
-bound.
+L{WriteQueue} runs cache writes many at a time; when C{maxPending} are
+already waiting, or the writes hold C{maxBytes}, a new write is dropped and
+counted, never queued without bound.
 """
 
 from __future__ import annotations
@@ -141,7 +141,15 @@ class Breaker:
 class WriteQueue:
     """
     Cache writes, at most C{concurrency} at a time and C{maxPending}
-    waiting; beyond that a write is dropped and counted.
+    waiting, holding at most C{maxBytes} (the sizes given to L{submit}, of
+    the writes running and waiting); beyond that a write is dropped and
+    counted.
+
+    A write of a small object takes a few round trips of well under a
+    millisecond: many run at once, so that a proxy storing a thousand
+    misses a second keeps up; the queue fills, and drops, when Redis is
+    slow or gone (its commands then wait for their deadline, or the
+    node's breaker fails them at once).
 
     @ivar dropped: writes dropped because the queue was full.
     @ivar failed: writes whose Deferred failed.
@@ -150,11 +158,14 @@ class WriteQueue:
 
     _log = Logger()
 
-    def __init__(self, concurrency: int = 4, maxPending: int = 64):
+    def __init__(self, concurrency: int = 32, maxPending: int = 256, maxBytes: int = 64 * 1024 * 1024):
         self.concurrency = concurrency
         self.maxPending = maxPending
+        self.maxBytes = maxBytes
         self._running = 0
-        self._waiting: Deque[Tuple[Callable, Deferred]] = deque()
+        self._waiting: Deque[Tuple[Callable, Deferred, int]] = deque()
+        #: the sizes of the writes running and waiting
+        self.bytes = 0
         self.dropped = 0
         self.failed = 0
         self.done = 0
@@ -163,36 +174,45 @@ class WriteQueue:
     def pending(self) -> int:
         return len(self._waiting)
 
-    def submit(self, write: Callable[[], Deferred]) -> Optional[Deferred]:
+    def submit(self, write: Callable[[], Deferred], size: int = 0) -> Optional[Deferred]:
         """
         Run C{write()} (which returns a Deferred) when a slot is free.
 
+        @param size: the bytes the write holds until it is done (one larger
+            than C{maxBytes} runs alone).
         @return: a Deferred that fires with the write's result (failures
             are counted and logged, and fire it with C{None}), or C{None}
             when the write was dropped.
         """
+        if self.bytes and self.bytes + size > self.maxBytes:
+            self.dropped += 1
+            return None
         done: Deferred = Deferred()
         if self._running < self.concurrency:
-            self._start(write, done)
+            self.bytes += size
+            self._start(write, done, size)
         elif len(self._waiting) < self.maxPending:
-            self._waiting.append((write, done))
+            self.bytes += size
+            self._waiting.append((write, done, size))
         else:
             self.dropped += 1
             return None
         return done
 
-    def _start(self, write, done: Deferred) -> None:
+    def _start(self, write, done: Deferred, size: int) -> None:
         self._running += 1
         d = maybeDeferred(write)
 
         def finished(result):
             self._running -= 1
+            self.bytes -= size
             self.done += 1
             self._next()
             done.callback(result)
 
         def failed(f):
             self._running -= 1
+            self.bytes -= size
             self.failed += 1
             self._log.warn("fleet write failed: {error}", error=f.getErrorMessage())
             self._next()
@@ -202,5 +222,5 @@ class WriteQueue:
 
     def _next(self) -> None:
         while self._waiting and self._running < self.concurrency:
-            write, done = self._waiting.popleft()
-            self._start(write, done)
+            write, done, size = self._waiting.popleft()
+            self._start(write, done, size)

@@ -363,7 +363,7 @@ class RedisProtocol(Protocol):
         elif timer.getTime() > deadline:
             timer.reset(max(0.0, deadline - self._clock.seconds()))
 
-    def _checkDeadline(self) -> None:
+    def _checkDeadline(self, graced: bool = False) -> None:
         # commands may have different deadlines: look at every one (this
         # runs about once per deadline, not per command)
         self._timer = None
@@ -372,6 +372,12 @@ class RedisProtocol(Protocol):
         now = self._clock.seconds()
         earliest = min(entry[1] for entry in self._pending)
         if now + 1e-9 >= earliest:
+            if not graced:
+                # The reactor runs its timers before it reads: a busy one
+                # may have the reply waiting on the socket. Only a reply
+                # still missing after its next read is late.
+                self._timer = self._clock.callLater(0, self._checkDeadline, True)
+                return
             self.healthCallback(False)
             self._abort(FleetTimeout("no reply within its deadline; connection closed"))
         else:

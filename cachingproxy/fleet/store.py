@@ -56,7 +56,7 @@ import hashlib
 import json
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, inlineCallbacks, succeed
@@ -169,12 +169,16 @@ class Lookup:
         do not wait for a fill.
     @ivar locked: a fill is in progress somewhere in the fleet.
     @ivar generation: the entry's generation (see L{FleetStore.beginFill}).
+    @ivar bodies: the bodies of small variants (one chunk, up to the
+        store's C{inlineBody} bytes in all), read with the variants, by
+        object id; unchecked until L{FleetStore.readBody} is given them.
     """
 
     variants: Tuple[FleetVariant, ...]
     passMarker: bool
     locked: bool
     generation: bytes = b"0"
+    bodies: Dict[bytes, bytes] = field(default_factory=dict)
 
 
 class FillOutcome(enum.Enum):
@@ -198,6 +202,41 @@ class WaitOutcome(enum.Enum):
 
 
 # ---------------------------------------------------------------- scripts
+
+_LOOKUP = Script(
+    """
+-- KEYS: entry[, pass, lock, fence]; ARGV: the entry's chunk key prefix,
+-- most body bytes returned (bodies of one chunk only). The chunks are on
+-- the entry's slot, but not declared: while the slot moves to another
+-- node one may be there already, and reading it fails (pcall: then it is
+-- read as usual, redirected). In a cluster the pass marker, the lock and
+-- the fence are asked for apart (each redirected on its own while the
+-- slot moves: a script declaring them all would be refused while some
+-- are moved and others not).
+local fields = redis.call('HGETALL', KEYS[1])
+local bodies = {}
+local budget = tonumber(ARGV[2])
+if budget > 0 then
+  for i = 2, #fields, 2 do
+    local ok, meta = pcall(cjson.decode, fields[i])
+    if ok and type(meta) == 'table' and meta.n == 1 and type(meta.o) == 'string'
+        and type(meta.l) == 'number' and meta.l <= budget then
+      local body = redis.pcall('GET', ARGV[1] .. meta.o .. ':0')
+      if type(body) == 'string' then
+        budget = budget - #body
+        bodies[#bodies + 1] = meta.o
+        bodies[#bodies + 1] = body
+      end
+    end
+  end
+end
+if #KEYS == 1 then
+  return {fields, bodies}
+end
+return {fields, bodies, redis.call('EXISTS', KEYS[2]), redis.call('EXISTS', KEYS[3]),
+        redis.call('GET', KEYS[4])}
+"""
+)
 
 _ACQUIRE = Script(
     """
@@ -457,9 +496,9 @@ class Fill:
             self._buffer = bytearray()
         ttl = max(0.0, freshFor) + max(0.0, staleFor) + s.grace
         try:
-            yield gatherResults(self._writes, consumeErrors=True)
-            # indexes first: a visible entry is always reachable by purges
-            yield s._index(self.key, ttl, tags)
+            # the chunks and the indexes, in parallel; both before the
+            # commit: a visible entry is always reachable by purges
+            yield gatherResults(self._writes + [s._index(self.key, ttl, tags)], consumeErrors=True)
             variant = FleetVariant(
                 key=self.key,
                 variantKey=variantKey,
@@ -574,6 +613,11 @@ class FleetStore:
     @param reactor: the reactor (connections of the wake-up subscriber).
     @param clock: L{IReactorTime} for leases, waits and expiry times (the
         reactor by default).
+    @param inlineBody: a lookup also returns the bodies of the entry's
+        one-chunk variants, up to this many bytes in all (0: none), so that
+        a small hit takes one round trip. Kept small: a lookup has the
+        shorter deadline (a larger body is read next, with a deadline that
+        grows with its size) and most lookups are misses.
 
     @ivar hits: lookups that found a live variant.
     @ivar misses: lookups that found none, and bodies found damaged.
@@ -608,6 +652,7 @@ class FleetStore:
         purgeLogTTL: float = 7 * 86400.0,
         fenceTTL: float = 600.0,
         writeQueue: Optional[WriteQueue] = None,
+        inlineBody: int = 16 * 1024,
     ):
         self._client = client
         self._reactor = reactor
@@ -625,6 +670,7 @@ class FleetStore:
         self.purgeLogMaxLen = purgeLogMaxLen
         self.purgeLogTTL = purgeLogTTL
         self.fenceTTL = fenceTTL
+        self.inlineBody = inlineBody
         self.channel = prefix + b"wake"
         self.writes = writeQueue or WriteQueue()
         self._waiters: Dict[bytes, List[Deferred]] = {}
@@ -794,18 +840,41 @@ class FleetStore:
 
     def lookup(self, key: bytes) -> Deferred:
         """
+        One round trip: the variants, the pass marker, the lock, the
+        generation, and the bodies of small variants (see L{Lookup}).
+
         @return: a Deferred firing with a L{Lookup}.
         """
-        k = self.keysOf(key)
-        ds = self._client.pipeline(
-            [(b"HGETALL", k["e"]), (b"EXISTS", k["pass"]), (b"EXISTS", k["lock"]), (b"GET", k["fence"])],
-            key=k["e"],
-            timeout=self.timeout,
-        )
-        d = gatherResults(ds, consumeErrors=True)
+        h = hashTag(key)
+        prefix = self.prefix + b"{" + h + b"}:"
+        if not self._client.isCluster:
+            d = _LOOKUP(
+                self._client,
+                [prefix + b"e", prefix + b"pass", prefix + b"lock", prefix + b"fence"],
+                [prefix + b"c:", self.inlineBody],
+                timeout=self.timeout,
+            )
+        else:
+            d = gatherResults(
+                [_LOOKUP(self._client, [prefix + b"e"], [prefix + b"c:", self.inlineBody], timeout=self.timeout)]
+                + self._client.pipeline(
+                    [(b"EXISTS", prefix + b"pass"), (b"EXISTS", prefix + b"lock"), (b"GET", prefix + b"fence")],
+                    key=prefix + b"e",
+                    timeout=self.timeout,
+                ),
+                consumeErrors=True,
+            )
+
+            def flat(replies):
+                return replies[0] + replies[1:]
+
+            def first(f):
+                return getattr(f.value, "subFailure", f)
+
+            d.addCallbacks(flat, first)
 
         def got(replies):
-            fields, passMarker, locked, generation = replies
+            fields, inline, passMarker, locked, generation = replies
             now = self._clock.seconds()
             variants = []
             for i in range(1, len(fields), 2):
@@ -819,24 +888,28 @@ class FleetStore:
                 self.hits += 1
             else:
                 self.misses += 1
-            return Lookup(tuple(variants), bool(passMarker), bool(locked), generation or b"0")
+            bodies = {inline[i]: inline[i + 1] for i in range(0, len(inline), 2)} if inline else {}
+            return Lookup(tuple(variants), bool(passMarker), bool(locked), generation or b"0", bodies)
 
-        def failed(f):
-            f = getattr(f.value, "subFailure", f)
-            self._countFailure(f.value)
-            return f
+        return self._counted(d).addCallback(got)
 
-        return d.addCallbacks(got, failed)
-
-    @inlineCallbacks
-    def readBody(self, variant: FleetVariant, batch: int = 8):
+    def readBody(self, variant: FleetVariant, batch: int = 8, inline: Optional[bytes] = None) -> Deferred:
         """
         Read a variant's whole body, checked against its length and digest.
 
+        @param inline: the body a L{Lookup} returned with the variant, if
+            any: checked, and read again from its chunks if it fails.
         @return: a Deferred firing with the body, or C{None} (a miss) if a
             chunk is missing or the digest does not match; the variant is
             then dropped.
         """
+        if (inline is not None and len(inline) == variant.length
+                and hashlib.sha256(inline).hexdigest().encode() == variant.digest):
+            return succeed(inline)
+        return self._readBody(variant, batch)
+
+    @inlineCallbacks
+    def _readBody(self, variant: FleetVariant, batch: int):
         keys = self.chunkKeys(variant)
         ds = [
             self._client.execute(b"MGET", *keys[i : i + batch], key=keys[i], timeout=self.writeTimeout)
@@ -914,14 +987,15 @@ class FleetStore:
             self._client.execute(b"SET", k["pass"], b"1", b"PX", _ms(self.passTTL if ttl is None else ttl), timeout=self.writeTimeout)
         )
 
-    def submitWrite(self, write: Callable[[], Deferred]) -> Optional[Deferred]:
+    def submitWrite(self, write: Callable[[], Deferred], size: int = 0) -> Optional[Deferred]:
         """
         Run a cache write through the bounded queue.
 
+        @param size: the bytes it holds (its body) until it is done.
         @return: its Deferred, or C{None} if it was dropped (counted in
             L{droppedWrites}).
         """
-        return self.writes.submit(write)
+        return self.writes.submit(write, size)
 
     def _index(self, key: bytes, ttl: float, tags: Sequence[bytes]) -> Deferred:
         ds = [_INDEX_ADD(self._client, [self.hostIndexKey(key)], [_ms(ttl), key], timeout=self.writeTimeout)]
