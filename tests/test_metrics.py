@@ -247,6 +247,39 @@ class MetricsTests(TestCase):
         self.assertEqual(total(found, "cachingproxy_worker_restarts_total"), 2)
         self.assertEqual(metrics.restarts(), 2)
 
+    def test_fileBeingCreated(self):
+        """
+        A metric file another process has just created, not yet sized,
+        does not fail the report: it is read again a moment later; one
+        that stays too short fails it.
+        """
+        from cachingproxy.ops import metrics as module
+
+        metrics = self.metrics()
+        countWorkerRestart()
+        path = os.path.join(metrics.directory, "counter_999999.db")
+        open(path, "wb").close()
+        pauses = []
+        settled = [True]
+
+        def pause():
+            pauses.append(None)
+            if settled[0]:
+                # the other process gave its file a size meanwhile (here:
+                # it is gone)
+                os.unlink(path)
+
+        self.patch(module, "_pause", pause)
+        self.assertEqual(metrics.restarts(), 1)
+        self.assertEqual(len(pauses), 1)
+        open(path, "wb").close()
+        self.assertIn(b"cachingproxy_worker_restarts_total", metrics.render()[0])
+        self.assertEqual(len(pauses), 2)
+        open(path, "wb").close()
+        settled[0] = False
+        self.assertRaises(Exception, metrics.restarts)
+        self.assertEqual(len(pauses), 2 + module._READ_ATTEMPTS - 1)
+
     def test_status(self):
         """
         The status figures: totals, hit ratios, per-10-second buckets of

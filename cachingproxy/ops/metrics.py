@@ -24,6 +24,7 @@ import glob
 import json
 import os
 import shutil
+import struct
 import tempfile
 import time
 from bisect import bisect_left
@@ -537,9 +538,13 @@ class Metrics:
         from prometheus_client.multiprocess import MultiProcessCollector
 
         self.flush()
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=self.directory)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+        def render():
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=self.directory)
+            return generate_latest(registry)
+
+        return _readingFiles(render), CONTENT_TYPE_LATEST
 
     def localStatus(self, now: float) -> dict:
         """
@@ -593,12 +598,39 @@ class Metrics:
         from prometheus_client import CollectorRegistry
         from prometheus_client.multiprocess import MultiProcessCollector
 
-        collector = MultiProcessCollector(CollectorRegistry(), path=self.directory)
-        total = 0
-        for family in collector.collect():
-            if family.name == "cachingproxy_worker_restarts":
-                total += sum(s.value for s in family.samples if s.name.endswith("_total"))
-        return int(total)
+        def count():
+            collector = MultiProcessCollector(CollectorRegistry(), path=self.directory)
+            total = 0
+            for family in collector.collect():
+                if family.name == "cachingproxy_worker_restarts":
+                    total += sum(s.value for s in family.samples if s.name.endswith("_total"))
+            return int(total)
+
+        return _readingFiles(count)
+
+
+#: How often L{_readingFiles} tries.
+_READ_ATTEMPTS = 5
+
+
+def _pause() -> None:
+    time.sleep(0.002)
+
+
+def _readingFiles(read):
+    """
+    Run C{read}, which reads every process's metric files: a process that
+    is starting (a worker, during a reload) creates its file and only then
+    gives it its size, and a file read in between is too short to parse
+    (C{struct.error}); so try again, a few times, a moment apart.
+    """
+    for attempt in range(_READ_ATTEMPTS):
+        try:
+            return read()
+        except (struct.error, ValueError):
+            if attempt == _READ_ATTEMPTS - 1:
+                raise
+            _pause()
 
 
 def statusReport(directory: str, now: float, pid: Optional[int] = None) -> dict:
