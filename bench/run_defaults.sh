@@ -26,8 +26,9 @@
 #   DURATION=8         seconds of measured load per row, path and round
 #   WARMUP=2           seconds of unmeasured warm-up load before each
 #   CONNECTIONS=50     wrk connections (keep-alive)
-#   ROWS="cp-defaults cp-log-file cp-log-json cp-no-log squid varnish nginx"
-#                      section 1 rows, in first-round order
+#   ROWS="cp-defaults cp-log-file cp-log-json cp-no-log squid varnish nginx bare"
+#                      section 1 rows, in first-round order (bare: the
+#                      ceiling, bench/bare_protocol.py, hits only)
 #   WORKERS=1          run section 2 (0: skip it)
 #   WORKER_ROWS="cp-w2 cp-w1 squid-w2 nginx-w2"
 #   BENCH_NO_INSTALL=1 never call apt-get
@@ -46,7 +47,7 @@ ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-8}"
 WARMUP="${WARMUP:-2}"
 CONNECTIONS="${CONNECTIONS:-50}"
-ROWS="${ROWS:-cp-defaults cp-log-file cp-log-json cp-no-log squid varnish nginx}"
+ROWS="${ROWS:-cp-defaults cp-log-file cp-log-json cp-no-log squid varnish nginx bare}"
 WORKERS="${WORKERS:-1}"
 WORKER_ROWS="${WORKER_ROWS:-cp-w2 cp-w1 squid-w2 nginx-w2}"
 
@@ -63,6 +64,7 @@ row_label() {
         squid) echo "squid" ;;
         varnish) echo "varnish" ;;
         nginx) echo "nginx proxy_cache" ;;
+        bare) echo "twisted bare Protocol (ceiling)" ;;
         cp-w2) echo "cachingproxy --workers 2" ;;
         cp-w1) echo "cachingproxy --workers 1" ;;
         squid-w2) echo "squid workers 2" ;;
@@ -295,6 +297,14 @@ start_server() {
                 --port "tcp:$SRV_PORT:interface=127.0.0.1" --upstream "http://127.0.0.1:$oport" \
                 --cache-dir "$d/cache" "${args[@]}"
             ;;
+        bare)
+            # The ceiling: a 20-line Twisted Protocol answering one fixed
+            # response (the origin's bytes) to every request.
+            SRV_KIND=bare
+            SRV_LOG="$d/stdout.log"
+            bench_start "$d/stdout.log" "$@" "$VENV/bin/python" "$BENCH_DIR/bare_protocol.py" \
+                "$SRV_PORT" "$T/www/hit/1k.bin"
+            ;;
         squid|squid-w2)
             local nworkers=1 user_line=""
             [ "$row" = squid-w2 ] && nworkers=2
@@ -399,7 +409,7 @@ EOF
 is_hit() {
     local kind="$1" h="$2"
     case "$kind" in
-        cachingproxy)
+        cachingproxy|bare)
             grep -qiE '^x-cache:[[:space:]]*hit([[:space:]]|$)' "$h" \
                 || grep -qiE '^cache-status:.*;[[:space:]]*hit([[:space:]]*[;,]|[[:space:]]*$)' "$h" ;;
         squid)
@@ -497,6 +507,8 @@ run_row() {
     local section="$1" row="$2" round="$3" slug="$1-$2-$3" paths=(hit pass)
     local threads oport odir pin=() load=()
     [ $((round % 2)) = 1 ] || paths=(pass hit)
+    # It caches nothing: it answers as a hit does.
+    [ "$row" = bare ] && paths=(hit)
     if [ "$section" = pinned ]; then
         threads=1 oport="$PINNED_ORIGIN_PORT" odir="$T/origin-pinned"
         pin=("${PIN_PROXY[@]}") load=("${PIN_LOAD[@]}")
@@ -615,6 +627,26 @@ echo "== 1. pinned: server (all processes and threads) on CPU 0, wrk -t1 + origi
 echo "   ratios: median of the per-round ratios; req/s ratio > 1 is faster, CPU ratio < 1 is cheaper"
 echo
 report pinned squid varnish "${rows[@]}"
+case " ${rows[*]} " in
+    *" bare "*)
+        echo "Hits as a fraction of the ceiling (req/s, median of the per-round ratios to the bare Protocol):"
+        awk '
+function median(a, n,    i, j, t) {
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+$1 == "pinned" && $3 == "hit" { rps[$2, $4] = $5; rows[$2] = 1; if ($4 > rounds) rounds = $4 }
+END {
+    for (row in rows) {
+        if (row == "bare") continue
+        n = 0
+        for (r = 1; r <= rounds; r++) if ((row, r) in rps && ("bare", r) in rps) a[++n] = rps[row, r] / rps["bare", r]
+        if (n) printf "    %-10s %.2f\n", row, median(a, n)
+    }
+}' "$RESULTS" | sort
+        echo
+        ;;
+esac
 if [ "$WORKERS" = 1 ]; then
     echo "== 2. workers: nothing pinned, wrk -t2, origin with 2 workers"
     echo
