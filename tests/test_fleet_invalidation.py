@@ -27,7 +27,7 @@ from cachingproxy.http.message import RequestHead
 
 from .fleetredis import RedisServer, needRedis
 from .helpers import exchange, until
-from .test_fleet_proxy import CountingOrigin, FleetMixin
+from .test_fleet_proxy import CountingOrigin, OneRedis
 
 URL = b"http://example.com/x"
 
@@ -221,18 +221,10 @@ class UnsafeOrigin(CountingOrigin):
     render_PUT = render_DELETE = render_POST
 
 
-class FleetInvalidationTests(FleetMixin, TestCase):
+class FleetInvalidationTests(OneRedis, TestCase):
     """
     Proxies sharing one redis-server.
     """
-
-    skip = needRedis
-
-    def setUp(self):
-        self.redis = RedisServer().start()
-        self.addCleanup(self.redis.stop)
-        self.redisArgs = ("--redis", self.redis.url)
-        self.startOrigin()
 
     def startOrigin(self):
         self.origin = UnsafeOrigin()

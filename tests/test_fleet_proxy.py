@@ -156,9 +156,9 @@ class FleetMixin:
             await deferLater(reactor, 0.1, lambda: None)
 
 
-class FleetProxyTests(FleetMixin, TestCase):
+class OneRedis(FleetMixin):
     """
-    Proxies sharing one redis-server.
+    Proxies sharing one redis-server, started for each test.
     """
 
     skip = needRedis
@@ -168,6 +168,12 @@ class FleetProxyTests(FleetMixin, TestCase):
         self.addCleanup(self.redis.stop)
         self.redisArgs = ("--redis", self.redis.url)
         self.startOrigin()
+
+
+class FleetProxyTests(OneRedis, TestCase):
+    """
+    Proxies sharing one redis-server.
+    """
 
     async def test_hitAcrossProxies(self):
         """

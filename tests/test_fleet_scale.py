@@ -28,7 +28,7 @@ from cachingproxy.fleet.store import hashTag
 from .fleetredis import RedisCluster, RedisServer, needRedis
 from .helpers import until
 from . import test_fleet_proxy
-from .test_fleet_proxy import FleetMixin
+from .test_fleet_proxy import FleetMixin, OneRedis
 
 #: Concurrent requests of a burst.
 BURST = 200
@@ -128,18 +128,10 @@ class ScaleMixin(FleetMixin):
         self.assertLess(took, 5)
 
 
-class FleetScaleTests(ScaleMixin, TestCase):
+class FleetScaleTests(ScaleMixin, OneRedis, TestCase):
     """
     Proxies sharing one redis-server.
     """
-
-    skip = needRedis
-
-    def setUp(self):
-        self.redis = RedisServer().start()
-        self.addCleanup(self.redis.stop)
-        self.redisArgs = ("--redis", self.redis.url)
-        self.startOrigin()
 
     async def test_burst(self):
         """
