@@ -300,6 +300,22 @@ class LayerTests(SynchronousTestCase):
         found = self.request(plain=True)
         assert found.forwarded == [] and found.body == b"hello"
 
+    def test_knownPassFailed(self) -> None:
+        """
+        An origin failure before the head of a remembered pass is told to
+        the client as for any miss (502); the key stays remembered.
+        """
+        from twisted.internet.error import ConnectionRefusedError
+        from twisted.python.failure import Failure
+
+        first = self.request(plain=True)
+        respond(first, fields=[(b"Cache-Control", b"no-store")])
+        failed = self.request(plain=True)
+        [(_, _, handler)] = failed.forwarded
+        handler.responseFailed(Failure(ConnectionRefusedError()), False)
+        assert failed.status == 502 and failed.ended
+        assert KEY in self.layer._passing
+
     def test_knownPassOnlyForCacheControl(self) -> None:
         """
         A refusal that the response's status and Cache-Control do not
