@@ -126,6 +126,22 @@ bench_start() {
     BENCH_PIDS+=("$BENCH_LAST_PID")
 }
 
+# bench_start_redis DIR [PIN...]: start a throwaway redis-server (no
+# persistence, its files and DIR/redis.log in DIR) on a free port of
+# 127.0.0.1, under the PIN command (taskset ...) if given; wait until it
+# answers PING. Sets BENCH_REDIS_PORT and BENCH_LAST_PID.
+bench_start_redis() {
+    local dir="$1"; shift
+    BENCH_REDIS_PORT="$(bench_free_port)"
+    bench_start "$dir/redis.log" "$@" redis-server --port "$BENCH_REDIS_PORT" --bind 127.0.0.1 \
+        --save '' --appendonly no --dir "$dir"
+    for _ in $(seq 100); do
+        redis-cli -p "$BENCH_REDIS_PORT" ping 2>/dev/null | grep -q PONG && return 0
+        sleep 0.05
+    done
+    bench_die "redis-server did not start (see $dir/redis.log)"
+}
+
 # bench_stop PID: SIGTERM, wait up to 5 s, then SIGKILL.
 bench_stop() {
     local pid="$1"

@@ -100,14 +100,8 @@ TICK="$(getconf CLK_TCK)"
 FB=("$PY" "$BENCH_DIR/fleet_bench.py")
 
 # --- redis-server and the origin, on the load CPU ------------------------------
-REDIS_PORT="$(bench_free_port)"
-bench_start "$T/redis.log" "${PIN_LOAD[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
-    --save '' --appendonly no --dir "$T"
-for _ in $(seq 100); do
-    redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && break
-    sleep 0.05
-done
-redis-cli -p "$REDIS_PORT" ping | grep -q PONG || bench_die "redis-server did not start (see $T/redis.log)"
+bench_start_redis "$T" "${PIN_LOAD[@]}"
+REDIS_PORT="$BENCH_REDIS_PORT"
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 
 ORIGIN_PORT="$(bench_free_port)"

@@ -34,14 +34,8 @@ if [ "${BENCH_NO_PIN:-0}" != 1 ] && command -v taskset >/dev/null 2>&1 && [ "$(n
     PIN0=(taskset -c 0) PIN1=(taskset -c 1)
 fi
 
-PORT="$(bench_free_port)"
-bench_start "$BENCH_TMP/redis.log" "${PIN1[@]}" redis-server --port "$PORT" --bind 127.0.0.1 \
-    --save '' --appendonly no --dir "$BENCH_TMP"
-for _ in $(seq 100); do
-    redis-cli -p "$PORT" ping 2>/dev/null | grep -q PONG && break
-    sleep 0.05
-done
-redis-cli -p "$PORT" ping | grep -q PONG || bench_die "redis-server did not start (see $BENCH_TMP/redis.log)"
+bench_start_redis "$BENCH_TMP" ${PIN1[@]+"${PIN1[@]}"}
+PORT="$BENCH_REDIS_PORT"
 bench_log "redis-server $(redis-server --version | awk '{print $3}') on port $PORT"
 
 cd "$REPO_ROOT"

@@ -475,9 +475,9 @@ class FleetMaxMemoryTests(FleetMixin, TestCase):
         self.assertIn(b"MISS", results)
 
 
-class FleetClusterTests(FleetMixin, TestCase):
+class ThreeMasters(FleetMixin):
     """
-    Proxies sharing a 3-master Redis Cluster.
+    Proxies sharing a 3-master Redis Cluster, started for each test.
     """
 
     skip = needRedis
@@ -487,6 +487,12 @@ class FleetClusterTests(FleetMixin, TestCase):
         self.addCleanup(self.cluster.stop)
         self.redisArgs = ("--redis", self.cluster.urls[0], "--redis-cluster")
         self.startOrigin()
+
+
+class FleetClusterTests(ThreeMasters, TestCase):
+    """
+    Proxies sharing a 3-master Redis Cluster.
+    """
 
     async def test_hitAcrossProxies(self):
         """

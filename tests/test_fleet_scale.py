@@ -25,10 +25,10 @@ from twisted.trial.unittest import TestCase
 from cachingproxy.cache import policy
 from cachingproxy.fleet.store import hashTag
 
-from .fleetredis import RedisCluster, RedisServer, needRedis
+from .fleetredis import RedisCluster, RedisServer
 from .helpers import until
 from . import test_fleet_proxy
-from .test_fleet_proxy import FleetMixin, OneRedis
+from .test_fleet_proxy import FleetMixin, OneRedis, ThreeMasters
 
 #: Concurrent requests of a burst.
 BURST = 200
@@ -236,19 +236,14 @@ class FleetScaleTests(ScaleMixin, OneRedis, TestCase):
         self.assertEqual(self.origin.counts[path], 2)
 
 
-class FleetClusterScaleTests(ScaleMixin, TestCase):
+class FleetClusterScaleTests(ScaleMixin, ThreeMasters, TestCase):
     """
     Proxies sharing a 3-master Redis Cluster.
     """
 
-    skip = needRedis
-
     def setUp(self):
-        self.cluster = RedisCluster().start()
-        self.addCleanup(self.cluster.stop)
+        super().setUp()
         self.redis = ClusterKeys(self.cluster)
-        self.redisArgs = ("--redis", self.cluster.urls[0], "--redis-cluster")
-        self.startOrigin()
 
     async def test_burst(self):
         """
