@@ -1708,6 +1708,28 @@ class TimeoutTests(SynchronousTestCase):
         self.assertEqual(logStatus(h.log[0]), 408)
         self.assertEqual(h.reactor.tcpClients, [])
 
+    def test_headerTimeoutOfEachHead(self):
+        """
+        Each request head has C{headerTimeout} from its own first byte: a
+        head that begins in the read that completes the one before it (whose
+        request is still waiting for its answer) is not cut off by the
+        earlier head's deadline, and is cut off by its own.
+        """
+        h = ProxyHarness(ProxySettings(headerTimeout=5, idleTimeout=100))
+        h.send(b"GET http://10.0.0.1:8080/a HTTP/1.1\r\nHo")
+        h.reactor.advance(3)
+        h.send(b"st: 10.0.0.1:8080\r\n\r\nGET http://10.0.0.1:8080/b HTTP/1.1\r\nHo")
+        self.assertEqual(len(h.proto._queue), 1)
+        h.reactor.advance(4.9)
+        # (t=7.9: past the first head's deadline, not the second's)
+        self.assertEqual(len(h.proto._queue), 1)
+        self.assertIs(h.proto.reader, ReaderState.HEAD)
+        h.reactor.advance(0.1)
+        # The 408 waits behind the first request's answer.
+        self.assertIs(h.proto.reader, ReaderState.CLOSED)
+        self.assertEqual(len(h.proto._queue), 2)
+        self.assertEqual(h.proto._queue[1].error.status, 408)
+
     def test_dribbledHeadCutOffByDefault(self):
         """
         With the default settings, a client that sends one header line a

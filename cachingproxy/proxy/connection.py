@@ -356,14 +356,17 @@ class ProxyProtocol(Protocol):
         except httptools.HttpParserError as e:
             self._protocolError(BadRequest(f"malformed request: {e}"))
         else:
-            if (
-                self._reader is ReaderState.HEAD
-                and self._headSize
-                > self.factory.settings.maxHeaderSize + self.factory.settings.maxRequestLine
-            ):
-                self._protocolError(
-                    HeaderFieldsTooLarge("the request header section is too large")
-                )
+            if self._reader is ReaderState.HEAD:
+                settings = self.factory.settings
+                if self._headSize > settings.maxHeaderSize + settings.maxRequestLine:
+                    self._protocolError(
+                        HeaderFieldsTooLarge("the request header section is too large")
+                    )
+                elif self._timerPurpose is not ReaderState.HEAD:
+                    # A head began in this read and is incomplete: from
+                    # now (the time of its first byte), it has
+                    # headerTimeout to arrive.
+                    self._armTimer(settings.headerTimeout, ReaderState.HEAD)
 
     def _resumeAtUnknownMethod(self, data: bytes) -> bool:
         """
@@ -449,7 +452,10 @@ class ProxyProtocol(Protocol):
             # this read was being parsed): nothing after it is read.
             raise _StopReading()
         self._moveReader(ReaderState.HEAD)
-        self._armTimer(self.factory.settings.headerTimeout, ReaderState.HEAD)
+        # The header timer is armed after this read (L{_dataReceived}) if
+        # the head is still incomplete then: most heads arrive whole, and
+        # need none. Whatever the timer watched before no longer applies.
+        self._timerPurpose = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
