@@ -72,6 +72,8 @@ _TCHAR = frozenset(
 )
 #: Longest method token accepted.
 _MAX_METHOD = 32
+#: The parser's version text -> (major, minor), for the usual ones.
+_VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}
 #: Bytes of pipelined request bodies held per connection before it stops
 #: reading.
 _PIPELINE_BUFFER = 64 * 1024
@@ -121,6 +123,7 @@ class ProxyProtocol(Protocol):
         self._pauses: set = set()
         self._bufferedBytes = 0
         self._timer = None
+        self._timerAt = 0.0
         self._deadline = 0.0
         self._completedInRead = 0
         self._local = _UNKNOWN
@@ -238,11 +241,14 @@ class ProxyProtocol(Protocol):
         reactor = self.factory.reactor
         deadline = reactor.seconds() + seconds
         self._deadline = deadline
-        timer = self._timer
-        if timer is None or not timer.active():
+        # (the pending call is dropped when it fires or is cancelled, so
+        # one that is kept is active, and due at _timerAt)
+        if self._timer is None:
             self._timer = reactor.callLater(seconds, self._timedOut)
-        elif timer.getTime() > deadline:
-            timer.reset(seconds)
+            self._timerAt = deadline
+        elif self._timerAt > deadline:
+            self._timer.reset(seconds)
+            self._timerAt = deadline
 
     def _timedOut(self) -> None:
         self._timer = None
@@ -250,6 +256,7 @@ class ProxyProtocol(Protocol):
         early = self._deadline - reactor.seconds()
         if early > 0:
             self._timer = reactor.callLater(early, self._timedOut)
+            self._timerAt = self._deadline
             return
         purpose = self._timerPurpose
         if purpose is not self._reader:
@@ -483,7 +490,7 @@ class ProxyProtocol(Protocol):
         head = RequestHead(
             method,
             self._url,
-            (int(version[0]), int(version[2])),
+            _VERSIONS.get(version) or (int(version[0]), int(version[2])),
             Headers.fromLowered(fields),
         )
         keepAlive = parser.should_keep_alive() and not self.closing
@@ -656,7 +663,8 @@ class ProxyProtocol(Protocol):
         if refused and self._reader is ReaderState.UPGRADE:
             self._upgradeRefused(exchange)
             return
-        self._resumeReading("pipeline")
+        if self._pauses:
+            self._resumeReading("pipeline")
         if self._queue:
             self._queue[0].start()
         elif self._reader is ReaderState.IDLE:
