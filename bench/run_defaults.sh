@@ -26,9 +26,11 @@
 #   DURATION=8         seconds of measured load per row, path and round
 #   WARMUP=2           seconds of unmeasured warm-up load before each
 #   CONNECTIONS=50     wrk connections (keep-alive)
-#   ROWS="cp-defaults cp-log-file cp-log-json cp-no-log squid varnish nginx bare"
+#   ROWS="cp-defaults cp-log-file cp-log-json cp-no-log squid varnish nginx bare floor"
 #                      section 1 rows, in first-round order (bare: the
-#                      ceiling, bench/bare_protocol.py, hits only)
+#                      ceiling, bench/bare_protocol.py, hits only; floor:
+#                      the same with strict parsing by httptools and the
+#                      proxy's way of sending, bench/bare_protocol.py --parse)
 #   WORKERS=1          run section 2 (0: skip it)
 #   WORKER_ROWS="cp-w2 cp-w1 squid-w2 nginx-w2"
 #   BENCH_NO_INSTALL=1 never call apt-get
@@ -47,7 +49,7 @@ ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-8}"
 WARMUP="${WARMUP:-2}"
 CONNECTIONS="${CONNECTIONS:-50}"
-ROWS="${ROWS:-cp-defaults cp-log-file cp-log-json cp-no-log squid varnish nginx bare}"
+ROWS="${ROWS:-cp-defaults cp-log-file cp-log-json cp-no-log squid varnish nginx bare floor}"
 WORKERS="${WORKERS:-1}"
 WORKER_ROWS="${WORKER_ROWS:-cp-w2 cp-w1 squid-w2 nginx-w2}"
 
@@ -65,6 +67,7 @@ row_label() {
         varnish) echo "varnish" ;;
         nginx) echo "nginx proxy_cache" ;;
         bare) echo "twisted bare Protocol (ceiling)" ;;
+        floor) echo "twisted Protocol + httptools (floor)" ;;
         cp-w2) echo "cachingproxy --workers 2" ;;
         cp-w1) echo "cachingproxy --workers 1" ;;
         squid-w2) echo "squid workers 2" ;;
@@ -305,6 +308,14 @@ start_server() {
             bench_start "$d/stdout.log" "$@" "$VENV/bin/python" "$BENCH_DIR/bare_protocol.py" \
                 "$SRV_PORT" "$T/www/hit/1k.bin"
             ;;
+        floor)
+            # A strict parse of each request (httptools, the proxy's
+            # callbacks) and the fixed response sent at once, as a hit is.
+            SRV_KIND=bare
+            SRV_LOG="$d/stdout.log"
+            bench_start "$d/stdout.log" "$@" "$VENV/bin/python" "$BENCH_DIR/bare_protocol.py" \
+                "$SRV_PORT" "$T/www/hit/1k.bin" --parse
+            ;;
         squid|squid-w2)
             local nworkers=1 user_line=""
             [ "$row" = squid-w2 ] && nworkers=2
@@ -508,7 +519,7 @@ run_row() {
     local threads oport odir pin=() load=()
     [ $((round % 2)) = 1 ] || paths=(pass hit)
     # It caches nothing: it answers as a hit does.
-    [ "$row" = bare ] && paths=(hit)
+    case "$row" in bare|floor) paths=(hit) ;; esac
     if [ "$section" = pinned ]; then
         threads=1 oport="$PINNED_ORIGIN_PORT" odir="$T/origin-pinned"
         pin=("${PIN_PROXY[@]}") load=("${PIN_LOAD[@]}")
@@ -628,21 +639,23 @@ echo "   ratios: median of the per-round ratios; req/s ratio > 1 is faster, CPU 
 echo
 report pinned squid varnish "${rows[@]}"
 case " ${rows[*]} " in
-    *" bare "*)
-        echo "Hits as a fraction of the ceiling (req/s, median of the per-round ratios to the bare Protocol):"
+    *" bare "*|*" floor "*)
+        echo "Hits as a fraction of the ceiling (bare) and of the strict-parsing floor (floor):"
+        echo "req/s, medians of the per-round ratios"
+        printf "    %-12s %8s %8s\n" row /bare /floor
         awk '
 function median(a, n,    i, j, t) {
     for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
     return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
 }
+function ratio(row, base,    r, n, a) {
+    n = 0
+    for (r = 1; r <= rounds; r++) if ((row, r) in rps && (base, r) in rps) a[++n] = rps[row, r] / rps[base, r]
+    return n ? sprintf("%.2f", median(a, n)) : "-"
+}
 $1 == "pinned" && $3 == "hit" { rps[$2, $4] = $5; rows[$2] = 1; if ($4 > rounds) rounds = $4 }
 END {
-    for (row in rows) {
-        if (row == "bare") continue
-        n = 0
-        for (r = 1; r <= rounds; r++) if ((row, r) in rps && ("bare", r) in rps) a[++n] = rps[row, r] / rps["bare", r]
-        if (n) printf "    %-10s %.2f\n", row, median(a, n)
-    }
+    for (row in rows) printf "    %-12s %8s %8s\n", row, ratio(row, "bare"), ratio(row, "floor")
 }' "$RESULTS" | sort
         echo
         ;;
