@@ -330,7 +330,9 @@ class ProxyProtocol(Protocol):
             # RFC 9112 section 9.6: nothing after a request asking to
             # close (or after an answer that closes) is processed.
             return
-        if reader is ReaderState.IDLE and self._method is None:
+        if reader is ReaderState.IDLE and self._method is None and (
+                self._methodPrefix or not data.startswith(b"GET ")):
+            # (a request starting with "GET " has a method llhttp knows)
             data = self._substituteMethod(data)
             if data is None:
                 return

@@ -786,7 +786,8 @@ class Exchange:
             self.protocol.transport.unregisterProducer()
         self._move(ExchangeState.DONE)
         self.protocol._exchangeDone(self)
-        self._letGo()
+        # (what _letGo does, on the path every response takes)
+        self.upstream = self.producer = self.handler = None
 
     def _letGo(self) -> None:
         """
