@@ -300,6 +300,25 @@ class LayerTests(SynchronousTestCase):
         found = self.request(plain=True)
         assert found.forwarded == [] and found.body == b"hello"
 
+    def test_knownPassChangedStoredAsSent(self) -> None:
+        """
+        When the answer to a remembered pass turns cacheable, what is stored
+        is the response as the origin sent it, its purge tags included (they
+        are hidden from the client only), so that a purge by tag finds it.
+        """
+        self.layer.tagField = b"surrogate-key"
+        self.layer.hiddenFields = self.layer.hiddenFields | {b"surrogate-key"}
+        first = self.request(plain=True)
+        respond(first, fields=[(b"Cache-Control", b"no-store"), (b"Surrogate-Key", b"t1")])
+        assert KEY in self.layer._passing
+        changed = self.request(plain=True)
+        respond(changed, fields=[(b"Cache-Control", b"max-age=60"), (b"Surrogate-Key", b"t1")],
+                body=b"new")
+        assert b"stored" in changed.fields[b"cache-status"]
+        assert b"surrogate-key" not in changed.fields
+        [entry] = self.store.entries(KEY)
+        assert entry.responseHeaders.get(b"surrogate-key") == b"t1"
+
     def test_knownPassFailed(self) -> None:
         """
         An origin failure before the head of a remembered pass is told to

@@ -1555,10 +1555,6 @@ class _KnownPass(_Invalidator):
     def responseHead(self, head: ResponseHead) -> None:
         layer = self.layer
         passing = self.passing
-        _stripTargeted(head, layer.settings.options)
-        layer.hideFields(head)
-        fields = head.headers.lowered()
-        self.exchange.cacheResult = "MISS"
         if head.status != passing.status \
                 or head.headers.getCombined(b"cache-control") != passing.cacheControl:
             if layer._passing.get(self.key) is passing:
@@ -1568,6 +1564,7 @@ class _KnownPass(_Invalidator):
             self.responseBody = fill.responseBody
             self.responseEnd = fill.responseEnd
             self.responseFailed = fill.responseFailed
+            # (the head as the origin sent it: what is stored)
             fill.responseHead(head)
             return
         _stripTargeted(head, layer.settings.options)
