@@ -144,6 +144,14 @@ class Headers:
         return len(self._fields)
 
     def __contains__(self, name: bytes) -> bool:
+        if self._index is None and self._scans < 4:
+            # (a few looks at a head: a scan, as in _values, without a list)
+            self._scans += 1
+            lower = name.lower()
+            for field in self._fields:
+                if field[0] == lower:
+                    return True
+            return False
         return bool(self._values(name.lower()))
 
     def __iter__(self) -> Iterator[Tuple[bytes, bytes]]:
@@ -220,6 +228,14 @@ class Headers:
         """
         @return: the value of the first field called C{name}, or C{default}.
         """
+        if self._index is None and self._scans < 4:
+            # (a few looks at a head: a scan, as in _values, without a list)
+            self._scans += 1
+            lower = name.lower()
+            for field in self._fields:
+                if field[0] == lower:
+                    return field[2]
+            return default
         values = self._values(name.lower())
         return values[0] if values else default
 

@@ -7,6 +7,7 @@ through L{Exchange._move} only.
 
 from __future__ import annotations
 
+import functools
 import time
 from operator import attrgetter
 from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
@@ -826,6 +827,15 @@ _WATCHED = frozenset(
 )
 
 
+@functools.lru_cache(maxsize=256)
+def _hopByHopWith(connection: bytes) -> frozenset:
+    """
+    The hop-by-hop fields of a message whose Connection field says
+    C{connection}, remembered: few values recur (C{keep-alive}, C{close}).
+    """
+    return HOP_BY_HOP | connectionOptions(connection)
+
+
 class _Facts:
     """
     What one pass over a head's fields found: the framing fields, the
@@ -859,7 +869,7 @@ class _Facts:
         else:
             # RFC 9110 section 7.6.1: Connection names more fields that
             # describe this connection only (never the framing or Host).
-            self.hopByHop = HOP_BY_HOP | connectionOptions(connection)
+            self.hopByHop = _hopByHopWith(connection)
         self.hosts = hosts
         self.expect = expect
         self.via = via
