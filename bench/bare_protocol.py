@@ -17,11 +17,7 @@ or checked beyond what the parser does.
 
 import sys
 
-from twisted.internet import epollreactor
-
-epollreactor.install()
-
-from twisted.internet import protocol, reactor  # noqa: E402
+from twisted.internet import protocol
 
 
 class Bare(protocol.Protocol):
@@ -71,6 +67,11 @@ class Parsed(protocol.Protocol):
 
 
 if __name__ == "__main__":
+    from twisted.internet import epollreactor
+
+    epollreactor.install()
+    from twisted.internet import reactor
+
     parse = "--parse" in sys.argv[3:]
     if parse:
         sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])

@@ -6,7 +6,7 @@ disk store and the tiered store; --profile prints a cProfile listing of
 the chosen one.
 
     .venv/bin/python bench/micro_hit.py [--requests N] [--profile memory|disk|tiered]
-        [--access-log none|combined|json] [--cpu]
+        [--access-log none|combined|json] [--cpu] [--floor]
 """
 
 import argparse
@@ -84,6 +84,30 @@ def run(store, n: int, accessLog: str = "none", clock=time.perf_counter) -> floa
     return elapsed / n * 1e6
 
 
+def runFloor(n: int, clock=time.perf_counter) -> float:
+    """
+    The same loop through bench/bare_protocol.py's Parsed protocol (strict
+    parsing by httptools with the proxy's callbacks, a fixed answer): the
+    floor the hit path is compared with.
+    """
+    import runpy
+
+    from twisted.internet.protocol import Factory
+
+    namespace = runpy.run_path(__file__.rsplit("/", 1)[0] + "/bare_protocol.py",
+                               run_name="bare_protocol")
+    factory = Factory.forProtocol(namespace["Parsed"])
+    factory.response = RESPONSE % b"Mon, 23 Nov 2026 15:00:00 GMT"
+    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    start = clock()
+    for _ in range(n):
+        protocol.dataReceived(REQUEST)
+        transport.clear()
+    return (clock() - start) / n * 1e6
+
+
 def stores():
     folder = tempfile.mkdtemp(prefix="cachingproxy-bench-")
     yield "memory", MemoryStore(64 << 20, 1 << 20)
@@ -99,6 +123,8 @@ def main() -> None:
     parser.add_argument("--profile", choices=["memory", "disk", "tiered"])
     parser.add_argument("--access-log", choices=["none", "combined", "json"], default="none",
                         help="log each hit to a file in this format (batched, as the proxy does)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also run the floor (bench/bare_protocol.py --parse) the same way")
     parser.add_argument("--cpu", action="store_true",
                         help="count the process's CPU time rather than wall-clock time")
     args = parser.parse_args()
@@ -114,6 +140,8 @@ def main() -> None:
             pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
         else:
             print(f"{name:7s} {run(store, args.requests, args.access_log, clock):6.1f} us per hit (in memory)")
+    if args.floor:
+        print(f"floor   {runFloor(args.requests, clock):6.1f} us per request (in memory)")
 
 
 if __name__ == "__main__":
