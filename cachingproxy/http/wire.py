@@ -131,8 +131,10 @@ def requestHead(method: bytes, target: bytes, version: Tuple[int, int],
     """
     @return: the request line, the field lines and the blank line.
     """
+    # (fieldLines inline: this runs for every request forwarded)
     return b"%s %s HTTP/%d.%d\r\n%s\r\n" % (
-        method, target, version[0], version[1], fieldLines(fields))
+        method, target, version[0], version[1],
+        b"".join([name + b": " + value + b"\r\n" for _, name, value in fields]))
 
 
 #: The interim response to C{Expect: 100-continue} (RFC 9110 section 10.1.1).
