@@ -771,6 +771,13 @@ class UpstreamPool:
         self.reactor = reactor
         self.settings = settings
         self._idle: Dict[Origin, List[UpstreamProtocol]] = {}
+        #: the origin last looked up in C{_idle} and its list there (or
+        #: C{None}): hashing an L{Origin} is a Python call, and a proxy in
+        #: front of one origin asks for the same one, the same object,
+        #: again and again. Whatever replaces or removes a list of
+        #: C{_idle} forgets it.
+        self._recentOrigin: Optional[Origin] = None
+        self._recentIdle: Optional[List[UpstreamProtocol]] = None
         self._all: set = set()
         self._sweeper = None
         self.connectionsMade = 0
@@ -889,7 +896,12 @@ class UpstreamPool:
         return d
 
     def _takeIdle(self, origin: Origin) -> Optional[UpstreamProtocol]:
-        idle = self._idle.get(origin)
+        if origin is self._recentOrigin:
+            idle = self._recentIdle
+        else:
+            idle = self._idle.get(origin)
+            self._recentOrigin = origin
+            self._recentIdle = idle
         if not idle:
             return None
         oldest = self.reactor.seconds() - self.settings.idleTimeout
@@ -901,9 +913,15 @@ class UpstreamPool:
         return None
 
     def _release(self, protocol: UpstreamProtocol) -> None:
-        idle = self._idle.get(protocol.origin)
-        if idle is None:
-            idle = self._idle[protocol.origin] = []
+        origin = protocol.origin
+        if origin is self._recentOrigin and self._recentIdle is not None:
+            idle = self._recentIdle
+        else:
+            idle = self._idle.get(origin)
+            if idle is None:
+                idle = self._idle[origin] = []
+            self._recentOrigin = origin
+            self._recentIdle = idle
         if len(idle) >= self.settings.maxIdlePerOrigin:
             protocol.close()
             return
@@ -919,6 +937,7 @@ class UpstreamPool:
         Close pooled connections idle for longer than the idle timeout.
         """
         self._sweeper = None
+        self._recentOrigin = self._recentIdle = None
         oldest = self.reactor.seconds() - self.settings.idleTimeout
         remaining = 0
         for origin, idle in list(self._idle.items()):
@@ -963,6 +982,7 @@ class UpstreamPool:
             self._sweeper.cancel()
         self._sweeper = None
         self._idle.clear()
+        self._recentOrigin = self._recentIdle = None
         waits = []
         for protocol in list(self._all):
             if protocol.transport is None:
