@@ -175,7 +175,7 @@ class Routing:
         settings = exchange.routeSettings or self.settings
         facts = exchange.facts
         hopByHop = facts.hopByHop
-        if head.version < (1, 1) and facts.expect is not None:
+        if facts.expect is not None and head.version < (1, 1):
             # RFC 9110 section 10.1.1: an HTTP/1.0 client's Expect is ignored.
             hopByHop = hopByHop | {b"expect"}
         # Host keeps its place, with the target's authority (RFC 9112
@@ -200,10 +200,17 @@ class Routing:
                         else hopByHop | FORWARDING_FIELDS)
         fields = _framedFields(head.headers.lowered(), hopByHop,
                                None if facts.chunked else facts.length)
-        if facts.hosts == 0:
+        hosts = facts.hosts
+        if hosts == 0:
             fields.insert(0, (b"host", b"Host", authority))
         else:
-            fields = [f if f[0] != b"host" else (b"host", f[1], authority) for f in fields]
+            # (in place: the list is new, and Host is nearly always first)
+            for i, f in enumerate(fields):
+                if f[0] == b"host":
+                    fields[i] = (b"host", f[1], authority)
+                    hosts -= 1
+                    if not hosts:
+                        break
         headers = Headers.fromLowered(fields)
         if facts.chunked:
             headers.add(b"Transfer-Encoding", b"chunked")
@@ -244,7 +251,10 @@ class Routing:
         rules = settings.requestRules
         if rules:
             headers = Headers.fromLowered(rules.apply(headers.lowered()))
-        headers.add(b"Via", b"%d.%d %s" % (head.version[0], head.version[1], settings.viaName))
+        via = _VIA_VERSIONS.get(head.version)
+        if via is None:
+            via = b"%d.%d " % (head.version[0], head.version[1])
+        headers.add(b"Via", via + settings.viaName)
         return RequestHead(head.method, path, (1, 1), headers)
 
     def cacheTarget(self, origin: Origin, head: RequestHead) -> Optional[Tuple[bytes, bytes]]:
@@ -307,6 +317,10 @@ class Routing:
 
 
 _LOCATIONS = frozenset([b"location", b"content-location"])
+
+#: The protocol part of the Via value (RFC 9110 section 7.6.3) for the
+#: versions nearly every request has.
+_VIA_VERSIONS = {(1, 1): b"1.1 ", (1, 0): b"1.0 "}
 
 #: What an untrusted client's request loses on its way upstream when its
 #: Connection field nominates nothing more.

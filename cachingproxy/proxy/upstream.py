@@ -95,12 +95,22 @@ class Origin:
     host: str
     port: int
 
+    #: what L{authority} returns, once it was asked (not a field: no
+    #: annotation)
+    _authorityValue = None
+
     def authority(self) -> bytes:
         """
         @return: the Host field value for this origin (the port only when it
             is not the scheme's default).
         """
-        return _authority(self.scheme, self.host, self.port)
+        value = self._authorityValue
+        if value is None:
+            # Asked for several times for every request: kept. (The fields
+            # are frozen, and so is what they make.)
+            value = _authority(self.scheme, self.host, self.port)
+            object.__setattr__(self, "_authorityValue", value)
+        return value
 
     def __str__(self) -> str:
         """
