@@ -173,6 +173,17 @@ class PoolReuseTests(PoolTestCase):
         self.assertEqual(handler2.names(), ["head", "body", "end"])
         self.assertEqual(self.pool.idleCount(ORIGIN), 1)
 
+    def test_equalOriginShares(self):
+        """
+        The pool keys connections by the origin's value: a request to an
+        equal L{Origin} built afresh goes on the pooled connection.
+        """
+        self.exchangeOnNew()
+        handler, d = self.request(origin=Origin(b"http", "10.0.0.1", 8080))
+        self.successResultOf(d)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.assertEqual(self.pool.idleCount(), 0)
+
     def test_otherOriginNotShared(self):
         """
         A pooled connection to one origin is not used for another.
@@ -321,6 +332,31 @@ class IdleLimitTests(PoolTestCase):
         self.assertEqual(self.pool.idleCount(), 0)
         self.request()
         self.assertEqual(len(self.reactor.tcpClients), 2)
+
+    def test_pooledAgainAfterSweep(self):
+        """
+        Once the sweep closed every connection to an origin, a new one to
+        it is pooled when its exchange ends, and taken again.
+        """
+        self.exchangeOnNew()
+        self.reactor.advance(30)
+        self.assertEqual(self.pool.idleCount(), 0)
+        self.exchangeOnNew()
+        self.assertEqual(self.pool.idleCount(ORIGIN), 1)
+        self.request()
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        self.assertEqual(self.pool.idleCount(), 0)
+
+    def test_pooledAgainAfterCloseCachedConnections(self):
+        """
+        After L{UpstreamPool.closeCachedConnections}, a new connection is
+        pooled when its exchange ends.
+        """
+        _, origin, _ = self.exchangeOnNew()
+        self.pool.closeCachedConnections()
+        origin.close()
+        self.exchangeOnNew()
+        self.assertEqual(self.pool.idleCount(ORIGIN), 1)
 
     def test_sweepKeepsRecentConnections(self):
         """
@@ -635,6 +671,40 @@ class ResponseParsingTests(PoolTestCase):
             ("body", b"abc"),
             ("end",),
         ])
+
+    def test_trailersLeaveHeadAlone(self):
+        """
+        Trailer fields are not added to the head the handler was given.
+        """
+        heads = []
+        handler, d = self.request()
+        handler.responseHead = heads.append
+        origin = self.origin()
+        origin.send(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n0\r\nX-Sum: 1\r\n\r\n"
+        )
+        self.assertEqual(list(heads[0].headers.items()),
+                         [(b"Transfer-Encoding", b"chunked")])
+        self.assertEqual(self.pool.idleCount(), 1)
+        heads2 = []
+        handler2, d2 = self.request()
+        handler2.responseHead = heads2.append
+        origin.send(b"HTTP/1.1 200 OK\r\nX-Next: 2\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(list(heads2[0].headers.items()),
+                         [(b"X-Next", b"2"), (b"Content-Length", b"0")])
+
+    def test_responseVersion(self):
+        """
+        The head carries the version the origin answered with.
+        """
+        heads = []
+        handler, d = self.request()
+        handler.responseHead = heads.append
+        origin = self.origin()
+        origin.send(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual(heads[0].version, (1, 0))
+        self.assertEqual(handler.names(), ["body", "end"])
 
     def test_responseSplitByteByByte(self):
         """

@@ -18,7 +18,7 @@ from ..errors import (
     MethodNotAllowed,
     NotImplementedScheme,
 )
-from ..http.headers import Headers, splitList
+from ..http.headers import HOP_BY_HOP, Headers, splitList
 from ..http.message import RequestHead
 from .forwarding import FORWARDING_FIELDS, Disagreement, forwardedParameters, toldTarget
 from ..access import isThisProxy
@@ -175,36 +175,49 @@ class Routing:
         settings = exchange.routeSettings or self.settings
         facts = exchange.facts
         hopByHop = facts.hopByHop
-        if head.version < (1, 1) and facts.expect is not None:
+        if facts.expect is not None and head.version < (1, 1):
             # RFC 9110 section 10.1.1: an HTTP/1.0 client's Expect is ignored.
             hopByHop = hopByHop | {b"expect"}
         # Host keeps its place, with the target's authority (RFC 9112
         # section 3.2.2: a proxy ignores the received Host for an
         # absolute-form target).
         authority = origin.authority()
-        clientHost = head.headers.get(b"host")
-        if settings.preserveHost and settings.upstream is not None and clientHost:
+        reverse = settings.upstream is not None
+        # (the client's Host is looked up only when something needs it)
+        clientHost = head.headers.get(b"host") if reverse and (
+            settings.preserveHost or settings.xForwardedProto or settings.xForwardedHost
+            or settings.forwarded) else None
+        if settings.preserveHost and reverse and clientHost:
             authority = clientHost
         # Forwarding fields from a client that is not a trusted proxy are
         # its own claims about itself: an origin that believes them would
         # build links, redirects and cached pages for a host or scheme the
-        # client chose.
+        # client chose. (None of them is framing, so they go with the
+        # hop-by-hop fields.)
         trusted = protocol.forwardingTrusted()
-        fields = [
-            f if f[0] != b"host" else (b"host", f[1], authority)
-            for f in _framedFields(head.headers.lowered(), hopByHop,
-                                   None if facts.chunked else facts.length)
-            if trusted or f[0] not in FORWARDING_FIELDS
-        ]
-        if facts.hosts == 0:
+        if not trusted:
+            hopByHop = (_HOP_BY_HOP_AND_FORWARDING if hopByHop is HOP_BY_HOP
+                        else hopByHop | FORWARDING_FIELDS)
+        fields = _framedFields(head.headers.lowered(), hopByHop,
+                               None if facts.chunked else facts.length)
+        hosts = facts.hosts
+        if hosts == 0:
             fields.insert(0, (b"host", b"Host", authority))
+        else:
+            # (in place: the list is new, and Host is nearly always first)
+            for i, f in enumerate(fields):
+                if f[0] == b"host":
+                    fields[i] = (b"host", f[1], authority)
+                    hosts -= 1
+                    if not hosts:
+                        break
         headers = Headers.fromLowered(fields)
         if facts.chunked:
             headers.add(b"Transfer-Encoding", b"chunked")
         if settings.xForwardedFor:
-            _appendField(headers, b"X-Forwarded-For", protocol.clientHost.encode())
+            _appendField(headers, b"X-Forwarded-For", protocol.clientHost.encode(), trusted)
         if settings.xForwardedProto or settings.xForwardedHost or settings.forwarded:
-            if settings.upstream is None:
+            if not reverse:
                 # Forward mode: what the client asked for is the target URI
                 # (its Host is ignored, RFC 9112 section 3.2.2).
                 proto, toldHost = origin.scheme, origin.authority()
@@ -229,7 +242,7 @@ class Routing:
                     element += b';host="' + toldHost.replace(b'"', b"").replace(b"\\", b"") + b'"'
                 if settings.xForwardedProto:
                     element += b";proto=" + proto
-                _appendField(headers, b"Forwarded", element)
+                _appendField(headers, b"Forwarded", element, trusted)
         if exchange.upgrade is not None:
             # Hop-by-hop, but carried on purpose: the upgrade is asked of
             # the origin (RFC 9110 section 7.8).
@@ -238,7 +251,10 @@ class Routing:
         rules = settings.requestRules
         if rules:
             headers = Headers.fromLowered(rules.apply(headers.lowered()))
-        headers.add(b"Via", b"%d.%d %s" % (head.version[0], head.version[1], settings.viaName))
+        via = _VIA_VERSIONS.get(head.version)
+        if via is None:
+            via = b"%d.%d " % (head.version[0], head.version[1])
+        headers.add(b"Via", via + settings.viaName)
         return RequestHead(head.method, path, (1, 1), headers)
 
     def cacheTarget(self, origin: Origin, head: RequestHead) -> Optional[Tuple[bytes, bytes]]:
@@ -283,12 +299,15 @@ class Routing:
         """
         settings = exchange.routeSettings or self.settings
         upstream = settings.upstream
-        if upstream is not None and settings.rewriteRedirects and any(
-                f[0] in _LOCATIONS for f in fields):
-            clientHost = exchange.head.headers.get(b"host")
-            if clientHost:
-                fields = _rewriteLocations(fields, upstream, clientHost,
-                                           b"https" if exchange.protocol.isSecure() else b"http")
+        if upstream is not None and settings.rewriteRedirects:
+            for field in fields:
+                if field[0] in _LOCATIONS:
+                    clientHost = exchange.head.headers.get(b"host")
+                    if clientHost:
+                        fields = _rewriteLocations(
+                            fields, upstream, clientHost,
+                            b"https" if exchange.protocol.isSecure() else b"http")
+                    break
         rules = settings.responseRules
         if rules:
             fields = rules.apply(fields)
@@ -298,6 +317,14 @@ class Routing:
 
 
 _LOCATIONS = frozenset([b"location", b"content-location"])
+
+#: The protocol part of the Via value (RFC 9110 section 7.6.3) for the
+#: versions nearly every request has.
+_VIA_VERSIONS = {(1, 1): b"1.1 ", (1, 0): b"1.0 "}
+
+#: What an untrusted client's request loses on its way upstream when its
+#: Connection field nominates nothing more.
+_HOP_BY_HOP_AND_FORWARDING = HOP_BY_HOP | FORWARDING_FIELDS
 
 
 def _rewriteLocations(fields: list, upstream: Origin, clientHost: bytes, scheme: bytes) -> list:
@@ -339,8 +366,19 @@ def _keptTarget(headers: Headers) -> Tuple[Optional[bytes], Optional[bytes]]:
     return (proto[0] if proto else None), (host[0] if host else None)
 
 
-def _appendField(headers: Headers, name: bytes, value: bytes) -> None:
-    existing = headers.getCombined(name)
+def _appendField(headers: Headers, name: bytes, value: bytes, mayExist: bool = True) -> None:
+    """
+    Add C{value} as the last member of the list-based field C{name}: its
+    fields are combined into one, in the place of the first.
+
+    @param mayExist: C{False} when C{headers} is known to have no field
+        called C{name} (a forwarding field of an untrusted client, dropped).
+    """
+    existing = headers.getCombined(name) if mayExist else None
+    if existing is None:
+        # (what set does for a field not there, without a pass over all)
+        headers.add(name, value)
+        return
     headers.set(name, existing + b", " + value if existing else value)
 
 

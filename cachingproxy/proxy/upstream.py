@@ -33,6 +33,7 @@ made.
 from __future__ import annotations
 
 import functools
+from collections import deque
 from operator import attrgetter
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Protocol as TypingProtocol
@@ -71,6 +72,18 @@ __all__ = [
 
 _IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"])
 
+_UPGRADE = frozenset([b"upgrade"])
+_CONTENT_LENGTH = frozenset([b"content-length"])
+
+#: What the parser reports as the version of nearly every response, as the
+#: C{(major, minor)} a head carries (any other is converted as it comes).
+_VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}
+
+#: Where the fields that follow a final head go: trailer fields are
+#: dropped (nothing downstream asked for them), and a sink lets
+#: L{UpstreamProtocol.on_header} append without asking which kind it has.
+_TRAILERS = deque(maxlen=0)
+
 
 @dataclass(frozen=True)
 class Origin:
@@ -82,12 +95,22 @@ class Origin:
     host: str
     port: int
 
+    #: what L{authority} returns, once it was asked (not a field: no
+    #: annotation)
+    _authorityValue = None
+
     def authority(self) -> bytes:
         """
         @return: the Host field value for this origin (the port only when it
             is not the scheme's default).
         """
-        return _authority(self.scheme, self.host, self.port)
+        value = self._authorityValue
+        if value is None:
+            # Asked for several times for every request: kept. (The fields
+            # are frozen, and so is what they make.)
+            value = _authority(self.scheme, self.host, self.port)
+            object.__setattr__(self, "_authorityValue", value)
+        return value
 
     def __str__(self) -> str:
         """
@@ -190,6 +213,10 @@ class UpstreamProtocol(Protocol):
         self._handler: Optional[IResponseHandler] = None
         self._request: Optional[UpstreamRequest] = None
         self._method = b""
+        #: the fields of the head being parsed (L{_TRAILERS} once it is
+        #: complete)
+        self._headerFields: List = _TRAILERS
+        self._reason = b""
         self._parser = httptools.HttpResponseParser(self)
         self._timer = None
         self._timerWanted = False
@@ -278,9 +305,9 @@ class UpstreamProtocol(Protocol):
         self._finalHeadSeen = False
         self._responseComplete = False
         self._reusable = True
-        self._headerFields: List = []
-        self._reason = b""
-        self._upgradeAsked = b"upgrade" in head.headers
+        # (the fields and reason of the response start afresh with each
+        # head the parser begins: on_message_begin)
+        self._upgradeAsked = head.headers.hasAny(_UPGRADE)
         self._switchHead = None
         request._protocol = self
         writeNow(self.transport, head.toWire())
@@ -433,22 +460,21 @@ class UpstreamProtocol(Protocol):
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._finalHeadSeen:
-            # Trailer fields: dropped (nothing downstream asked for them).
-            return
+        # (after a head, into L{_TRAILERS}: dropped)
         self._headerFields.append((name.lower(), name, value.strip(b" \t")))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
         version = parser.get_http_version()
+        headers = Headers.fromLowered(self._headerFields)
         head = ResponseHead(
             status,
             self._reason,
-            (int(version[0]), int(version[2])),
-            Headers.fromLowered(self._headerFields),
+            _VERSIONS.get(version) or (int(version[0]), int(version[2])),
+            headers,
         )
-        self._headerFields = []
+        self._headerFields = _TRAILERS
         if status == 101 and self._upgradeAsked:
             # RFC 9110 section 15.2.2: the answer to the upgrade; the
             # parser reports the switch once the head is complete.
@@ -461,17 +487,17 @@ class UpstreamProtocol(Protocol):
         self._finalHeadSeen = True
         self._responseHead = head
         # Decided now: the handler may change the head it is given.
-        self._closeDelimited = b"content-length" not in head.headers and not (
-            head.headers.hasToken(b"transfer-encoding", b"chunked")
+        self._closeDelimited = not headers.hasAny(_CONTENT_LENGTH) and not (
+            headers.hasToken(b"transfer-encoding", b"chunked")
         )
         if not parser.should_keep_alive():
             self._reusable = False
         if self._handler is not None:
             self._handler.responseHead(head)
-        if self._method == b"HEAD" or status in (204, 304):
-            # RFC 9112 section 6.3: no body, whatever the framing fields say.
-            if self._method == b"HEAD":
-                raise _HeadDone()
+        if self._method == b"HEAD":
+            # RFC 9112 section 6.3: no body, whatever the framing fields
+            # say (llhttp knows this of a 204 and a 304 by itself).
+            raise _HeadDone()
 
     def on_body(self, data: bytes) -> None:
         if self._handler is not None:
@@ -501,7 +527,8 @@ class UpstreamProtocol(Protocol):
         request = self._request
         self._handler = None
         self._request = None
-        self._cancelTimer()
+        # (_cancelTimer, inline: this runs for every response)
+        self._timerWanted = False
         if request is not None:
             # The handle no longer steers this connection.
             request._protocol = None
@@ -754,6 +781,13 @@ class UpstreamPool:
         self.reactor = reactor
         self.settings = settings
         self._idle: Dict[Origin, List[UpstreamProtocol]] = {}
+        #: the origin last looked up in C{_idle} and its list there (or
+        #: C{None}): hashing an L{Origin} is a Python call, and a proxy in
+        #: front of one origin asks for the same one, the same object,
+        #: again and again. Whatever replaces or removes a list of
+        #: C{_idle} forgets it.
+        self._recentOrigin: Optional[Origin] = None
+        self._recentIdle: Optional[List[UpstreamProtocol]] = None
         self._all: set = set()
         self._sweeper = None
         self.connectionsMade = 0
@@ -872,19 +906,32 @@ class UpstreamPool:
         return d
 
     def _takeIdle(self, origin: Origin) -> Optional[UpstreamProtocol]:
-        idle = self._idle.get(origin)
+        if origin is self._recentOrigin:
+            idle = self._recentIdle
+        else:
+            idle = self._idle.get(origin)
+            self._recentOrigin = origin
+            self._recentIdle = idle
         if not idle:
             return None
         oldest = self.reactor.seconds() - self.settings.idleTimeout
         while idle:
             protocol = idle.pop()
-            if protocol.state is UpstreamState.IDLE and protocol.idleSince > oldest:
+            if protocol._state is UpstreamState.IDLE and protocol.idleSince > oldest:
                 return protocol
             protocol.close()
         return None
 
     def _release(self, protocol: UpstreamProtocol) -> None:
-        idle = self._idle.setdefault(protocol.origin, [])
+        origin = protocol.origin
+        if origin is self._recentOrigin and self._recentIdle is not None:
+            idle = self._recentIdle
+        else:
+            idle = self._idle.get(origin)
+            if idle is None:
+                idle = self._idle[origin] = []
+            self._recentOrigin = origin
+            self._recentIdle = idle
         if len(idle) >= self.settings.maxIdlePerOrigin:
             protocol.close()
             return
@@ -900,6 +947,7 @@ class UpstreamPool:
         Close pooled connections idle for longer than the idle timeout.
         """
         self._sweeper = None
+        self._recentOrigin = self._recentIdle = None
         oldest = self.reactor.seconds() - self.settings.idleTimeout
         remaining = 0
         for origin, idle in list(self._idle.items()):
@@ -944,6 +992,7 @@ class UpstreamPool:
             self._sweeper.cancel()
         self._sweeper = None
         self._idle.clear()
+        self._recentOrigin = self._recentIdle = None
         waits = []
         for protocol in list(self._all):
             if protocol.transport is None:
