@@ -42,7 +42,7 @@ from ..http import wire
 from ..http.message import RequestHead, ResponseHead, logText
 from ..compress import compressWhole, negotiate
 from ..proxy.interfaces import ICacheExchange
-from ..proxy.states import ExchangeState
+from ..proxy.states import X_FORWARDING, X_RESPONDING
 from ..compress import compressedFields, compressionPlan
 from ..proxy.upstream import Origin
 from ..service.config import fromSetting
@@ -683,7 +683,7 @@ class CacheLayer:
         usable is there; after a pass marker, go upstream at once; after
         the wait ran out, go upstream and store nothing.
         """
-        if exchange.state is not ExchangeState.FORWARDING:
+        if exchange.state is not X_FORWARDING:
             return
         origin, head = exchange.cacheOrigin, exchange.cacheHead
         if busy.outcome is Waited.STORED:
@@ -965,7 +965,7 @@ class CacheLayer:
 
         def consulted(result) -> None:
             filled, detail = result
-            if exchange.state is not ExchangeState.FORWARDING:
+            if exchange.state is not X_FORWARDING:
                 # The client left meanwhile.
                 return
             if filled:
@@ -981,7 +981,7 @@ class CacheLayer:
 
         def failed(reason: Failure) -> None:
             self._log.failure("after the fleet lookup of {key}", reason, key=logText(key))
-            if exchange.state is ExchangeState.FORWARDING:
+            if exchange.state is X_FORWARDING:
                 exchange.respondError(ProxyError("the cache failed"))
 
         self.fleet.consult(key, head, self.settings.options).addCallback(consulted).addErrback(
@@ -1371,7 +1371,7 @@ class _Fill:
 
     def _failExchange(self, reason: Failure) -> None:
         exchange = self.exchange
-        if exchange.state is ExchangeState.RESPONDING:
+        if exchange.state is X_RESPONDING:
             exchange.responseFailed(reason, True)
             return
         exchange.respondError(upstreamError(reason))

@@ -53,7 +53,10 @@ from .tunnel import TunnelPeer, joinTunnel
 from .upstream import Origin
 from .exchange import _UNKNOWN, Exchange, _Facts
 from . import states
-from .states import EXCHANGE, READER, _READER_MOVES, ExchangeState, IllegalTransition, ReaderState
+from .states import (
+    EXCHANGE, READER, _READER_MOVES, IllegalTransition, ReaderState,
+    R_BODY, R_CLOSED, R_HEAD, R_IDLE, R_TUNNEL, R_UPGRADE, X_DONE, X_FORWARDING, X_QUEUED,
+)
 
 __all__ = ["ProxyProtocol", "ReaderState"]
 
@@ -115,7 +118,7 @@ class ProxyProtocol(Protocol):
     _broken = False
 
     def __init__(self) -> None:
-        self._reader = ReaderState.IDLE
+        self._reader = R_IDLE
         self.closing = False
         self.draining = False
         self._queue: Deque[Exchange] = deque()
@@ -160,7 +163,7 @@ class ProxyProtocol(Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._resetHead()
         self.factory.connectionOpened(self)
-        self._armTimer(self._idleTimeout(), ReaderState.IDLE)
+        self._armTimer(self._idleTimeout(), R_IDLE)
 
     def connectionLost(self, reason: Failure = None) -> None:
         try:
@@ -181,8 +184,8 @@ class ProxyProtocol(Protocol):
             self.factory.connectionClosed(self)
 
     def _connectionLost(self) -> None:
-        if self._reader is not ReaderState.CLOSED:
-            self._moveReader(ReaderState.CLOSED)
+        if self._reader is not R_CLOSED:
+            self._moveReader(R_CLOSED)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -191,9 +194,9 @@ class ProxyProtocol(Protocol):
         self._upgradeTimer = None
         self._upgrading = None
         queue, self._queue = self._queue, deque()
-        if queue and queue[0].state is not ExchangeState.QUEUED and queue[0].state is not ExchangeState.DONE:
+        if queue and queue[0].state is not X_QUEUED and queue[0].state is not X_DONE:
             active = queue[0]
-            if active.state is ExchangeState.FORWARDING:
+            if active.state is X_FORWARDING:
                 # nginx's convention: the client closed before an answer.
                 active.status = 499
             if self._tunnelPeer is not None:
@@ -224,8 +227,8 @@ class ProxyProtocol(Protocol):
             self._broken = True
             states.refuse(self._log, error, f"client {self.clientHost}")
         states.abortOther(error, self)
-        if self._reader is not ReaderState.CLOSED:
-            self._moveReader(ReaderState.CLOSED)
+        if self._reader is not R_CLOSED:
+            self._moveReader(R_CLOSED)
         if self.transport is not None:
             self.transport.abortConnection()
 
@@ -261,15 +264,15 @@ class ProxyProtocol(Protocol):
         purpose = self._timerPurpose
         if purpose is not self._reader:
             return
-        if purpose is ReaderState.IDLE and not self._queue:
+        if purpose is R_IDLE and not self._queue:
             self._log.debug("closing idle connection from {client}", client=self.clientHost)
-            self._moveReader(ReaderState.CLOSED)
+            self._moveReader(R_CLOSED)
             self.transport.loseConnection()
-        elif purpose is ReaderState.HEAD:
+        elif purpose is R_HEAD:
             self._protocolError(RequestTimeout("the request head did not arrive in time"))
-        elif purpose is ReaderState.BODY:
+        elif purpose is R_BODY:
             self._protocolError(RequestTimeout("the request body did not arrive in time"))
-        elif purpose is ReaderState.TUNNEL:
+        elif purpose is R_TUNNEL:
             self._log.info("closing upgraded connection from {client}: idle for {seconds}s",
                            client=self.clientHost,
                            seconds=self.factory.settings.upgradeIdleTimeout)
@@ -317,28 +320,28 @@ class ProxyProtocol(Protocol):
 
     def _dataReceived(self, data: bytes) -> None:
         reader = self._reader
-        if reader is ReaderState.TUNNEL:
+        if reader is R_TUNNEL:
             self._tunnelData(data)
             return
-        if reader is ReaderState.UPGRADE:
+        if reader is R_UPGRADE:
             self._upgradeData(data)
             return
-        if reader is ReaderState.CLOSED:
+        if reader is R_CLOSED:
             if self._parser is None and not self._broken:
                 # (the transport reports bytes after reporting the end)
                 raise READER.illegalEvent(reader, "data after the connection was lost", self)
             # RFC 9112 section 9.6: nothing after a request asking to
             # close (or after an answer that closes) is processed.
             return
-        if reader is ReaderState.IDLE and self._method is None and (
+        if reader is R_IDLE and self._method is None and (
                 self._methodPrefix or not data.startswith(b"GET ")):
             # (a request starting with "GET " has a method llhttp knows)
             data = self._substituteMethod(data)
             if data is None:
                 return
-        if reader is ReaderState.HEAD or reader is ReaderState.IDLE:
+        if reader is R_HEAD or reader is R_IDLE:
             self._headSize += len(data)
-        startedBetween = reader is ReaderState.IDLE
+        startedBetween = reader is R_IDLE
         self._completedInRead = 0
         try:
             self._parser.feed_data(data)
@@ -365,17 +368,17 @@ class ProxyProtocol(Protocol):
         except httptools.HttpParserError as e:
             self._protocolError(BadRequest(f"malformed request: {e}"))
         else:
-            if self._reader is ReaderState.HEAD:
+            if self._reader is R_HEAD:
                 settings = self.factory.settings
                 if self._headSize > settings.maxHeaderSize + settings.maxRequestLine:
                     self._protocolError(
                         HeaderFieldsTooLarge("the request header section is too large")
                     )
-                elif self._timerPurpose is not ReaderState.HEAD:
+                elif self._timerPurpose is not R_HEAD:
                     # A head began in this read and is incomplete: from
                     # now (the time of its first byte), it has
                     # headerTimeout to arrive.
-                    self._armTimer(settings.headerTimeout, ReaderState.HEAD)
+                    self._armTimer(settings.headerTimeout, R_HEAD)
 
     def _resumeAtUnknownMethod(self, data: bytes) -> bool:
         """
@@ -388,7 +391,7 @@ class ProxyProtocol(Protocol):
 
         @return: whether parsing went on.
         """
-        if self._reader is ReaderState.CLOSED:
+        if self._reader is R_CLOSED:
             return False
         target = self._completedInRead
         counter = _CompletionCounter()
@@ -407,7 +410,7 @@ class ProxyProtocol(Protocol):
         # The failed parser had begun the next request (its head state);
         # nothing of it was used. Start that request again.
         self._parser = httptools.HttpRequestParser(self)
-        self._moveReader(ReaderState.IDLE)
+        self._moveReader(R_IDLE)
         self._resetHead()
         self._dataReceived(data[boundary:])
         return True
@@ -417,7 +420,7 @@ class ProxyProtocol(Protocol):
         @return: the method of the request being read, if the parser got
             that far, for log lines about requests that failed mid-head.
         """
-        if self._reader is not ReaderState.HEAD or not self._url:
+        if self._reader is not R_HEAD or not self._url:
             # (before the target, llhttp's method is its first, DELETE,
             # whatever the bytes were: garbage or a TLS handshake)
             return b"-"
@@ -456,11 +459,11 @@ class ProxyProtocol(Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
-        if self._reader is ReaderState.CLOSED:
+        if self._reader is R_CLOSED:
             # The connection is ending (an answer said so while the rest of
             # this read was being parsed): nothing after it is read.
             raise _StopReading()
-        self._moveReader(ReaderState.HEAD)
+        self._moveReader(R_HEAD)
         # The header timer is armed after this read (L{_dataReceived}) if
         # the head is still incomplete then: most heads arrive whole, and
         # need none. Whatever the timer watched before no longer applies.
@@ -472,7 +475,7 @@ class ProxyProtocol(Protocol):
             raise URITooLong("the request target is too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._reader is not ReaderState.HEAD:
+        if self._reader is not R_HEAD:
             # Trailer fields of a chunked request body are not forwarded.
             return
         self._headSize = 0
@@ -497,7 +500,7 @@ class ProxyProtocol(Protocol):
         )
         keepAlive = parser.should_keep_alive() and not self.closing
         self._resetHead()
-        self._moveReader(ReaderState.BODY)
+        self._moveReader(R_BODY)
         exchange = Exchange(self, head, keepAlive)
         facts = exchange.facts = _Facts(fields)
         if facts.chunked:
@@ -530,7 +533,7 @@ class ProxyProtocol(Protocol):
                     and int(facts.length) > settings.maxBodySize):
                 exchange.error = ContentTooLarge(
                     f"the request body is larger than {settings.maxBodySize} bytes")
-            self._armTimer(settings.bodyTimeout, ReaderState.BODY)
+            self._armTimer(settings.bodyTimeout, R_BODY)
         self._reading = exchange
         self._queue.append(exchange)
         if not keepAlive:
@@ -551,29 +554,29 @@ class ProxyProtocol(Protocol):
     def on_message_complete(self) -> None:
         self._completedInRead += 1
         exchange, self._reading = self._reading, None
-        if self._reader is ReaderState.CLOSED:
+        if self._reader is R_CLOSED:
             return
         if exchange is not None and exchange.head.method == b"CONNECT":
             # What follows is the tunnel, dealt with by _upgraded.
             exchange.requestBodyEnd()
             return
         if exchange is not None and exchange is self._upgrading:
-            if exchange.state is not ExchangeState.DONE:
+            if exchange.state is not X_DONE:
                 # What follows waits for the answer (see _upgraded).
-                self._moveReader(ReaderState.UPGRADE)
+                self._moveReader(R_UPGRADE)
                 exchange.requestBodyEnd()
                 return
             # Answered already (refused before forwarding): HTTP goes on.
             self._upgrading = None
-        self._moveReader(ReaderState.IDLE)
+        self._moveReader(R_IDLE)
         if exchange is not None:
             exchange.requestBodyEnd()
         if self.closing:
             # Connection: close: no further request is read (RFC 9112
             # section 9.6).
-            self._moveReader(ReaderState.CLOSED)
+            self._moveReader(R_CLOSED)
         elif not self._queue:
-            self._armTimer(self._idleTimeout(), ReaderState.IDLE)
+            self._armTimer(self._idleTimeout(), R_IDLE)
 
     def _upgraded(self, rest: bytes) -> None:
         """
@@ -583,23 +586,23 @@ class ProxyProtocol(Protocol):
         L{_startTunnel}), or one that it does not (forwarded as a plain
         request, so HTTP goes on with a fresh parser).
         """
-        if self._reader is ReaderState.CLOSED:
+        if self._reader is R_CLOSED:
             return
-        if self._reader is ReaderState.UPGRADE:
+        if self._reader is R_UPGRADE:
             if rest:
                 self._upgradeData(rest)
             return
         queue = self._queue
         last = queue[-1] if queue else None
         if last is not None and last.head.method == b"CONNECT":
-            self._moveReader(ReaderState.TUNNEL)
+            self._moveReader(R_TUNNEL)
             if rest:
                 last.tunnelData.append(rest)
                 last.bytesReceived += len(rest)
             return
         self._parser = httptools.HttpRequestParser(self)
-        if self._reader is ReaderState.BODY:
-            self._moveReader(ReaderState.IDLE)
+        if self._reader is R_BODY:
+            self._moveReader(R_IDLE)
         if rest:
             self._dataReceived(rest)
 
@@ -608,21 +611,21 @@ class ProxyProtocol(Protocol):
         The client broke the protocol or a limit: answer (after the
         requests before it) and close.
         """
-        if self._reader is ReaderState.CLOSED:
+        if self._reader is R_CLOSED:
             return
         method = self._method or self._parsedMethod()
-        self._moveReader(ReaderState.CLOSED)
+        self._moveReader(R_CLOSED)
         self.closing = True
         reading, self._reading = self._reading, None
-        if reading is not None and reading.state is ExchangeState.QUEUED:
+        if reading is not None and reading.state is X_QUEUED:
             # A pipelined request whose body broke: answered in its turn.
             reading.error = error
             return
-        if reading is not None and reading.state is ExchangeState.FORWARDING:
+        if reading is not None and reading.state is X_FORWARDING:
             # Its body broke while it was being forwarded.
             reading.respondError(error)
             return
-        if reading is not None and reading.state is not ExchangeState.DONE:
+        if reading is not None and reading.state is not X_DONE:
             # Its response is already streaming: nothing honest can be
             # said any more except closing.
             self._log.info(
@@ -655,22 +658,22 @@ class ProxyProtocol(Protocol):
             self._upgrading = None
         if exchange._closeAfter:
             self.closing = True
-            if self._reader is not ReaderState.CLOSED:
-                self._moveReader(ReaderState.CLOSED)
+            if self._reader is not R_CLOSED:
+                self._moveReader(R_CLOSED)
             for queued in self._queue:
                 queued.clientGone()
             self._queue.clear()
             self.transport.loseConnection()
             return
-        if refused and self._reader is ReaderState.UPGRADE:
+        if refused and self._reader is R_UPGRADE:
             self._upgradeRefused(exchange)
             return
         if self._pauses:
             self._resumeReading("pipeline")
         if self._queue:
             self._queue[0].start()
-        elif self._reader is ReaderState.IDLE:
-            self._armTimer(self._idleTimeout(), ReaderState.IDLE)
+        elif self._reader is R_IDLE:
+            self._armTimer(self._idleTimeout(), R_IDLE)
 
     def _idleTimeout(self) -> float:
         settings = self.factory.settings
@@ -684,8 +687,8 @@ class ProxyProtocol(Protocol):
         without ending the message.
         """
         self.factory.logAccess(exchange, self)
-        if self._reader is not ReaderState.CLOSED:
-            self._moveReader(ReaderState.CLOSED)
+        if self._reader is not R_CLOSED:
+            self._moveReader(R_CLOSED)
         self.transport.loseConnection()
 
     # -- upgrades ----------------------------------------------------------
@@ -709,9 +712,9 @@ class ProxyProtocol(Protocol):
         if held:
             self._unbuffered(held)
         self._parser = httptools.HttpRequestParser(self)
-        self._moveReader(ReaderState.IDLE)
+        self._moveReader(R_IDLE)
         self._resumeReading("pipeline")
-        self._armTimer(self._idleTimeout(), ReaderState.IDLE)
+        self._armTimer(self._idleTimeout(), R_IDLE)
         if pending:
             self._dataReceived(b"".join(pending))
 
@@ -720,11 +723,11 @@ class ProxyProtocol(Protocol):
         A byte went through an upgraded connection, one way or the other:
         its idle timeout starts again.
         """
-        self._armTimer(self.factory.settings.upgradeIdleTimeout, ReaderState.TUNNEL)
+        self._armTimer(self.factory.settings.upgradeIdleTimeout, R_TUNNEL)
 
     def _upgradeExpired(self) -> None:
         self._upgradeTimer = None
-        if self._reader is ReaderState.TUNNEL:
+        if self._reader is R_TUNNEL:
             self._log.info("closing upgraded connection from {client}: it lasted "
                            "{seconds}s", client=self.clientHost,
                            seconds=self.factory.settings.upgradeTimeout)
@@ -750,9 +753,9 @@ class ProxyProtocol(Protocol):
         self._bufferedBytes = 0
         if upgraded:
             self._upgrading = None
-            self._moveReader(ReaderState.TUNNEL)
-        elif self._reader is not ReaderState.TUNNEL:
-            self._moveReader(ReaderState.TUNNEL)
+            self._moveReader(R_TUNNEL)
+        elif self._reader is not R_TUNNEL:
+            self._moveReader(R_TUNNEL)
         self._timerPurpose = None
         settings = self.factory.settings
         if upgraded and settings.upgradeIdleTimeout > 0:
@@ -862,14 +865,14 @@ class ProxyProtocol(Protocol):
         """
         self.draining = True
         self.closing = True
-        if self._reader is ReaderState.CLOSED:
+        if self._reader is R_CLOSED:
             return
         queue = self._queue
-        if queue and queue[-1].state in (ExchangeState.QUEUED, ExchangeState.FORWARDING):
+        if queue and queue[-1].state in (X_QUEUED, X_FORWARDING):
             # Its head is not sent yet: it will say Connection: close.
             queue[-1]._closeAfter = True
-        elif not queue and self._reader is ReaderState.IDLE:
-            self._armTimer(self._idleTimeout(), ReaderState.IDLE)
+        elif not queue and self._reader is R_IDLE:
+            self._armTimer(self._idleTimeout(), R_IDLE)
 
     def tunnelClosed(self) -> None:
         """
@@ -880,8 +883,8 @@ class ProxyProtocol(Protocol):
             exchange = self._queue[0]
             if peer is not None:
                 exchange.bytesSent = peer.bytesFromDestination
-            if exchange.state is not ExchangeState.DONE:
-                exchange._move(ExchangeState.DONE)
+            if exchange.state is not X_DONE:
+                exchange._move(X_DONE)
             self.factory.logAccess(exchange, self)
             self._queue.clear()
         self.transport.loseConnection()

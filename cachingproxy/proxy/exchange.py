@@ -34,7 +34,10 @@ from .tunnel import TunnelPeer
 from .upstream import Origin, UpstreamRequest, _QuietFactory
 from ..compress import compressedFields, compressionPlan
 from .interfaces import ICacheExchange
-from .states import EXCHANGE, _EXCHANGE_MOVES, ExchangeState, IllegalTransition, ReaderState
+from .states import (
+    EXCHANGE, _EXCHANGE_MOVES, ExchangeState, IllegalTransition,
+    R_UPGRADE, X_DONE, X_FORWARDING, X_QUEUED, X_RESPONDING, X_TUNNEL,
+)
 
 if TYPE_CHECKING:
     from .connection import ProxyProtocol
@@ -153,7 +156,7 @@ class Exchange:
     def __init__(self, protocol: "ProxyProtocol", head: RequestHead, keepAlive: bool):
         self.protocol = protocol
         self.head = head
-        self._state = ExchangeState.QUEUED
+        self._state = X_QUEUED
         self.keepAlive = keepAlive
         self.started = protocol.factory.reactor.seconds()
         self.wallStarted = time.time()
@@ -195,7 +198,7 @@ class Exchange:
         @raise IllegalTransition: unless the exchange is L{DONE
             <ExchangeState.DONE>}.
         """
-        if self._state is not ExchangeState.DONE:
+        if self._state is not X_DONE:
             raise EXCHANGE.illegalEvent(self._state, event, self.protocol)
 
     # -- request body ----------------------------------------------------
@@ -254,7 +257,7 @@ class Exchange:
         """
         This exchange is now the one the connection answers.
         """
-        self._move(ExchangeState.FORWARDING)
+        self._move(X_FORWARDING)
         verdict = self.verdict
         if verdict is not None:
             self.verdict = None
@@ -263,7 +266,7 @@ class Exchange:
         self._proceed()
 
     def _decided(self, refused: Optional[ProxyError]) -> None:
-        if self.state is ExchangeState.DONE or self._abandoned:
+        if self.state is X_DONE or self._abandoned:
             return
         if refused is not None:
             self.respondError(refused)
@@ -398,7 +401,7 @@ class Exchange:
 
     def _upstreamReady(self, upstream: UpstreamRequest) -> None:
         self._upstreamDeferred = None
-        if self._state is ExchangeState.DONE or self._abandoned:
+        if self._state is X_DONE or self._abandoned:
             upstream.abort()
             return
         self.upstream = upstream
@@ -422,7 +425,7 @@ class Exchange:
 
     def _upstreamUnreachable(self, reason: Failure) -> None:
         self._upstreamDeferred = None
-        if self._state is ExchangeState.DONE or self._abandoned:
+        if self._state is X_DONE or self._abandoned:
             return
         if self.handler is not None:
             # A cache layer decides (it may serve stale content).
@@ -449,17 +452,17 @@ class Exchange:
 
         def connected(peer: TunnelPeer) -> None:
             self._upstreamDeferred = None
-            if self._state is ExchangeState.DONE or self._abandoned:
+            if self._state is X_DONE or self._abandoned:
                 peer.transport.loseConnection()
                 return
             self.status = 200
             self.protocol.transport.write(wire.CONNECTION_ESTABLISHED)
-            self._move(ExchangeState.TUNNEL)
+            self._move(X_TUNNEL)
             self.protocol._startTunnel(self, peer)
 
         def failed(reason: Failure) -> None:
             self._upstreamDeferred = None
-            if self._state is not ExchangeState.DONE and not self._abandoned:
+            if self._state is not X_DONE and not self._abandoned:
                 self.respondError(upstreamError(reason, origin))
 
         d.addCallbacks(connected, failed)
@@ -468,7 +471,7 @@ class Exchange:
     # -- IResponseHandler --------------------------------------------------
 
     def responseInterim(self, head: ResponseHead) -> None:
-        if self._state is not ExchangeState.FORWARDING:
+        if self._state is not X_FORWARDING:
             self._unexpected("an interim response head")
             return
         if head.status == 100:
@@ -486,7 +489,7 @@ class Exchange:
         )
 
     def responseHead(self, head: ResponseHead) -> None:
-        if self._state is not ExchangeState.FORWARDING:
+        if self._state is not X_FORWARDING:
             self._unexpected("a response head")
             return
         if self.forwardedAt is not None:
@@ -509,9 +512,9 @@ class Exchange:
         connections into a tunnel.
         """
         protocol = self.protocol
-        if self._state is not ExchangeState.FORWARDING or protocol.reader is not ReaderState.UPGRADE:
+        if self._state is not X_FORWARDING or protocol.reader is not R_UPGRADE:
             peer.transport.loseConnection()
-            if self._state is ExchangeState.FORWARDING:
+            if self._state is X_FORWARDING:
                 self.respondError(BadGateway("the origin switched protocols unasked"))
             else:
                 self._unexpected("a switch of protocols")
@@ -530,7 +533,7 @@ class Exchange:
         if self._registeredClientProducer:
             self._registeredClientProducer = False
             protocol.transport.unregisterProducer()
-        self._move(ExchangeState.TUNNEL)
+        self._move(X_TUNNEL)
         protocol.transport.write(wire.responseHead(101, head.reason, fields))
         # What the client sent after its request is the first tunnel data.
         self.bytesReceived += sum(len(data) for data in self.tunnelData)
@@ -545,7 +548,7 @@ class Exchange:
             self.head.version == (1, 1)
             and not self._closeAfter
             and not self.hasBody
-            and self._state is ExchangeState.FORWARDING
+            and self._state is X_FORWARDING
         )
 
     def serveBytes(self, status: int, data: bytes, bodyLength: int) -> None:
@@ -555,7 +558,7 @@ class Exchange:
         """
         self.status = status
         self.bytesSent = bodyLength
-        self._move(ExchangeState.RESPONDING)
+        self._move(X_RESPONDING)
         self._write(data)
         self._finish()
 
@@ -565,7 +568,7 @@ class Exchange:
         fields) and a body of C{length} bytes, given either as C{bytes} or as
         an L{cachingproxy.cache.store.IBodyReader} streamed with flow control.
         """
-        if self._state is not ExchangeState.FORWARDING:
+        if self._state is not X_FORWARDING:
             if not isinstance(body, bytes) and body is not None:
                 body.close()
             self._unexpected("a stored response")
@@ -633,7 +636,7 @@ class Exchange:
             fields.append((b"connection", b"Connection", b"close"))
         elif self.head.version < (1, 1):
             fields.append((b"connection", b"Connection", b"keep-alive"))
-        self._move(ExchangeState.RESPONDING)
+        self._move(X_RESPONDING)
         head = wire.responseHead(status, reason, fields, firstBody)
         if hold and self.upstream is not None and self.upstream.afterRead(self._flushHeld):
             self._held = head
@@ -641,7 +644,7 @@ class Exchange:
             self._write(head)
 
     def _flushHeld(self) -> None:
-        if self._held and self._state is ExchangeState.RESPONDING:
+        if self._held and self._state is X_RESPONDING:
             self._write(b"")
 
     def _write(self, data: bytes) -> None:
@@ -663,7 +666,7 @@ class Exchange:
             transport.write(rest)
 
     def responseBody(self, data: bytes) -> None:
-        if self._state is not ExchangeState.RESPONDING:
+        if self._state is not X_RESPONDING:
             self._unexpected("response body")
             return
         if self._noBody:
@@ -690,16 +693,16 @@ class Exchange:
             self._write(b"0\r\n\r\n")
 
     def responseEnd(self) -> None:
-        if self._state is not ExchangeState.RESPONDING:
+        if self._state is not X_RESPONDING:
             self._unexpected("the end of a response")
             return
         self._bodyEnd()
         self._finish()
 
     def responseFailed(self, reason: Failure, receivedAnything: bool) -> None:
-        if self._state is ExchangeState.DONE:
+        if self._state is X_DONE:
             return
-        if self._state is ExchangeState.RESPONDING:
+        if self._state is X_RESPONDING:
             # Part of the response is out: the only honest thing left is to
             # end the connection without a false end of message.
             self._log.info(
@@ -708,7 +711,7 @@ class Exchange:
                 reason=reason.getErrorMessage(),
             )
             self.upstream = None
-            self._move(ExchangeState.DONE)
+            self._move(X_DONE)
             self.protocol._exchangeAborted(self)
             return
         if not reason.check(ProxyError, UpstreamClosed):
@@ -722,11 +725,11 @@ class Exchange:
         Answer with C{error}'s status and a short text body, unless the
         response has already started, in which case the connection ends.
         """
-        if self._state is ExchangeState.RESPONDING:
+        if self._state is X_RESPONDING:
             self.responseFailed(Failure(error), True)
             return
-        if self._state is ExchangeState.QUEUED:
-            self._move(ExchangeState.FORWARDING)
+        if self._state is X_QUEUED:
+            self._move(X_FORWARDING)
         self._abandonUpstream()
         protocol = self.protocol
         self.status = error.status
@@ -759,7 +762,7 @@ class Exchange:
             fields.append((b"connection", b"Connection", b"close"))
         elif self.head.version < (1, 1):
             fields.append((b"connection", b"Connection", b"keep-alive"))
-        self._move(ExchangeState.RESPONDING)
+        self._move(X_RESPONDING)
         if self.head.method == b"HEAD":
             body = b""
         else:
@@ -785,7 +788,7 @@ class Exchange:
         if self._registeredClientProducer:
             self._registeredClientProducer = False
             self.protocol.transport.unregisterProducer()
-        self._move(ExchangeState.DONE)
+        self._move(X_DONE)
         self.protocol._exchangeDone(self)
         # (what _letGo does, on the path every response takes)
         self.upstream = self.producer = self.handler = None
@@ -805,9 +808,9 @@ class Exchange:
         pooled), unless the cache layer keeps the fetch going for other
         clients sharing it (its C{onClientGone} says so).
         """
-        if self._state is ExchangeState.DONE:
+        if self._state is X_DONE:
             return
-        self._move(ExchangeState.DONE)
+        self._move(X_DONE)
         if self._bodyBuffered:
             self.protocol._unbuffered(self._bodyBuffered)
             self._bodyBuffered = 0
@@ -928,7 +931,7 @@ class _StoredBodyStreamer:
                     self._log.warn("stored body unreadable: {error}", error=e)
                     self._stop()
                     exchange = self._exchange
-                    exchange._move(ExchangeState.DONE)
+                    exchange._move(X_DONE)
                     exchange.protocol._exchangeAborted(exchange)
                     return
                 if not data:

@@ -56,7 +56,7 @@ from ..errors import BadGateway, GatewayTimeout, UpstreamClosed, upstreamError
 from ..http.headers import Headers
 from ..http.message import RequestHead, ResponseHead
 from . import states
-from .states import UPSTREAM, _UPSTREAM_MOVES, IllegalTransition, UpstreamState
+from .states import UPSTREAM, _UPSTREAM_MOVES, IllegalTransition, UpstreamState, U_BUSY, U_CLOSED, U_IDLE
 from ..service.config import fromSetting
 from .tunnel import TunnelPeer
 
@@ -208,7 +208,7 @@ class UpstreamProtocol(Protocol):
     def __init__(self, pool: "UpstreamPool", origin: Origin) -> None:
         self._pool = pool
         self.origin = origin
-        self._state = UpstreamState.IDLE
+        self._state = U_IDLE
         self.reused = False
         self._handler: Optional[IResponseHandler] = None
         self._request: Optional[UpstreamRequest] = None
@@ -255,8 +255,8 @@ class UpstreamProtocol(Protocol):
         Close this connection (the pool asks, for one it will not reuse):
         it moves to L{UpstreamState.CLOSED}, if it is not there already.
         """
-        if self._state is not UpstreamState.CLOSED:
-            self._move(UpstreamState.CLOSED)
+        if self._state is not U_CLOSED:
+            self._move(U_CLOSED)
         if self.transport is not None:
             self.transport.loseConnection()
 
@@ -271,8 +271,8 @@ class UpstreamProtocol(Protocol):
         states.abortOther(error, self)
         self._handler = None
         self._request = None
-        if self._state is not UpstreamState.CLOSED:
-            self._move(UpstreamState.CLOSED)
+        if self._state is not U_CLOSED:
+            self._move(U_CLOSED)
         self._dropTimer()
         if self.transport is not None:
             self.transport.abortConnection()
@@ -295,7 +295,7 @@ class UpstreamProtocol(Protocol):
         """
         Send C{head} and start awaiting its response.
         """
-        self._move(UpstreamState.BUSY)
+        self._move(U_BUSY)
         self._handler = handler
         self._request = request
         self._method = head.method
@@ -316,12 +316,12 @@ class UpstreamProtocol(Protocol):
             self.transport.pauseProducing()
 
     def writeBody(self, data: bytes) -> None:
-        if self._state is UpstreamState.BUSY and not self._requestDone:
+        if self._state is U_BUSY and not self._requestDone:
             writeNow(self.transport, data)
             self._lastActivity = self._pool.reactor.seconds()
 
     def finishBody(self) -> None:
-        if self._state is not UpstreamState.BUSY or self._requestDone:
+        if self._state is not U_BUSY or self._requestDone:
             return
         self._requestDone = True
         self._lastActivity = self._pool.reactor.seconds()
@@ -330,9 +330,9 @@ class UpstreamProtocol(Protocol):
         """
         Abandon the current request: the connection is closed, never pooled.
         """
-        if self._state is UpstreamState.CLOSED:
+        if self._state is U_CLOSED:
             return
-        self._move(UpstreamState.CLOSED)
+        self._move(U_CLOSED)
         self._handler = None
         self._dropTimer()
         self.transport.abortConnection()
@@ -362,7 +362,7 @@ class UpstreamProtocol(Protocol):
 
     def _checkTimeout(self) -> None:
         self._timer = None
-        if self._state is not UpstreamState.BUSY or not self._timerWanted:
+        if self._state is not U_BUSY or not self._timerWanted:
             return
         timeout = self._pool.settings.responseTimeout
         quiet = self._pool.reactor.seconds() - self._lastActivity
@@ -388,7 +388,7 @@ class UpstreamProtocol(Protocol):
         if tunnel is not None:
             tunnel.dataReceived(data)
             return
-        if self._state is not UpstreamState.BUSY:
+        if self._state is not U_BUSY:
             # Bytes nobody asked for (or the rest of a response abandoned,
             # read before the close took effect): the connection cannot be
             # trusted.
@@ -449,7 +449,7 @@ class UpstreamProtocol(Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
-        if self._state is not UpstreamState.BUSY:
+        if self._state is not U_BUSY:
             # A response after the one asked for, in the same read.
             raise _Unasked()
         self._headerFields = []
@@ -536,8 +536,8 @@ class UpstreamProtocol(Protocol):
                 # A slow client paused this connection's reading; a
                 # pooled connection must read again for its next request.
                 self.transport.resumeProducing()
-        if self._reusable and requestDone and self._state is UpstreamState.BUSY:
-            self._move(UpstreamState.IDLE)
+        if self._reusable and requestDone and self._state is U_BUSY:
+            self._move(U_IDLE)
             self.reused = True
             self._finalHeadSeen = False
             self._responseHead = None
@@ -560,7 +560,7 @@ class UpstreamProtocol(Protocol):
         request = self._request
         self._handler = None
         self._request = None
-        self._move(UpstreamState.CLOSED)
+        self._move(U_CLOSED)
         self._dropTimer()
         self._pool._forget(self)
         if request is not None:
@@ -585,8 +585,8 @@ class UpstreamProtocol(Protocol):
         started = self._responseStarted
         self._handler = None
         self._request = None
-        if self._state is not UpstreamState.CLOSED:
-            self._move(UpstreamState.CLOSED)
+        if self._state is not U_CLOSED:
+            self._move(U_CLOSED)
         self._dropTimer()
         if closeTransport:
             self.transport.abortConnection()
@@ -626,10 +626,10 @@ class UpstreamProtocol(Protocol):
             return
         self._dropTimer()
         state = self._state
-        if state is not UpstreamState.CLOSED:
-            self._move(UpstreamState.CLOSED)
+        if state is not U_CLOSED:
+            self._move(U_CLOSED)
         self._pool._forget(self)
-        if state is not UpstreamState.BUSY or self._handler is None:
+        if state is not U_BUSY or self._handler is None:
             return
         if self._finalHeadSeen and self._responseHead is not None:
             # A response framed by the end of the connection ends here
@@ -917,7 +917,7 @@ class UpstreamPool:
         oldest = self.reactor.seconds() - self.settings.idleTimeout
         while idle:
             protocol = idle.pop()
-            if protocol._state is UpstreamState.IDLE and protocol.idleSince > oldest:
+            if protocol._state is U_IDLE and protocol.idleSince > oldest:
                 return protocol
             protocol.close()
         return None
@@ -953,7 +953,7 @@ class UpstreamPool:
         for origin, idle in list(self._idle.items()):
             keep = []
             for protocol in idle:
-                if protocol.state is UpstreamState.IDLE and protocol.idleSince > oldest:
+                if protocol.state is U_IDLE and protocol.idleSince > oldest:
                     keep.append(protocol)
                 else:
                     protocol.close()

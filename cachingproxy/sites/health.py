@@ -209,7 +209,7 @@ class _Server:
     def __init__(self, server: Server, group: Group) -> None:
         self.server = server
         self.group = group
-        self.state = ServerState.UP
+        self.state = _UP
         self.successes = 0
         self.failures = 0
         self.passiveFailures: Deque[float] = deque()
@@ -275,7 +275,7 @@ class Health(service.Service):
                 else:
                     changed = record.group.health != group.health
                     record.server, record.group = server, group
-                    if record.state is ServerState.COOLING and group.passive is None:
+                    if record.state is _COOLING and group.passive is None:
                         # Passive checks removed: the cooldown ends now.
                         if record.cooldown is not None and record.cooldown.active():
                             record.cooldown.cancel()
@@ -284,7 +284,7 @@ class Health(service.Service):
                     if changed:
                         record.stopChecks()
                         record.successes = record.failures = 0
-                        if record.state is ServerState.DOWN and group.health is None:
+                        if record.state is _DOWN and group.health is None:
                             # Nothing would bring it back.
                             self._fire(record, Event.ROSE, "active checks removed")
                 new[server.url] = record
@@ -298,7 +298,7 @@ class Health(service.Service):
         @return: the server's state (C{UP} for a server not known).
         """
         record = self._servers.get(server.url)
-        return record.state if record is not None else ServerState.UP
+        return record.state if record is not None else _UP
 
     def isUp(self, server: Server) -> bool:
         """
@@ -306,9 +306,9 @@ class Health(service.Service):
             C{PROBING} without active checks.
         """
         record = self._servers.get(server.url)
-        if record is None or record.state is ServerState.UP:
+        if record is None or record.state is _UP:
             return True
-        return record.state is ServerState.PROBING and record.check is None
+        return record.state is _PROBING and record.check is None
 
     def subscribe(self, listener: Listener) -> None:
         """
@@ -352,7 +352,7 @@ class Health(service.Service):
             return
         record.state = new
         record.successes = record.failures = 0
-        if new is ServerState.COOLING:
+        if new is _COOLING:
             record.passiveFailures.clear()
             cooldown = record.passive.cooldown if record.passive is not None else 0.0
             record.cooldown = self.reactor.callLater(cooldown, self._cooled, record)
@@ -379,13 +379,13 @@ class Health(service.Service):
         record = self._servers.get(server.url)
         if record is None:
             return
-        if record.state is ServerState.PROBING and record.check is None:
+        if record.state is _PROBING and record.check is None:
             if ok:
                 self._fire(record, Event.ROSE, "a request succeeded")
             else:
                 self._fire(record, Event.FELL, "a request failed")
             return
-        if ok or record.passive is None or record.state is ServerState.COOLING:
+        if ok or record.passive is None or record.state is _COOLING:
             return
         now = self.reactor.seconds()
         failures = record.passiveFailures
@@ -402,7 +402,7 @@ class Health(service.Service):
     # Active checks.
 
     def _startChecks(self, record: _Server) -> None:
-        if record.state is ServerState.COOLING and record.cooldown is None:
+        if record.state is _COOLING and record.cooldown is None:
             # Stopped or reconfigured while cooling: a whole cooldown again.
             cooldown = record.passive.cooldown if record.passive is not None else 0.0
             record.cooldown = self.reactor.callLater(cooldown, self._cooled, record)
@@ -440,7 +440,7 @@ class Health(service.Service):
         d.addBoth(done)
 
     def _checked(self, record: _Server, check: HealthCheck, ok: bool, detail: str) -> None:
-        if record.state is ServerState.COOLING:
+        if record.state is _COOLING:
             return
         if ok:
             record.successes += 1
@@ -450,6 +450,6 @@ class Health(service.Service):
         else:
             record.failures += 1
             record.successes = 0
-            fall = 1 if record.state is ServerState.PROBING else check.fall
+            fall = 1 if record.state is _PROBING else check.fall
             if record.failures >= fall:
                 self._fire(record, Event.FELL, f"{record.failures} checks failed, last: {detail}")
