@@ -1137,6 +1137,35 @@ class PipeliningTests(SynchronousTestCase):
             b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nVia: 1.1 cachingproxy\r\n\r\nfast",
         )
 
+    def test_pipelinedVersionsEach(self):
+        """
+        Each request of a read has its own version, whether its request line
+        starts the read or not: an HTTP/1.1 request, then an HTTP/1.0 one
+        without Host (valid in 1.0 only), then a 1.1 one again, all in one
+        read, then a 1.0 one split across two reads.
+        """
+        h = ProxyHarness()
+        h.send(
+            b"GET http://10.0.0.1:8080/a HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET http://10.0.0.1:8080/b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+            b"GET http://10.0.0.1:8080/c HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        origin = h.origin(0)
+        for _ in range(3):
+            origin.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        h.send(b"GET http://10.0.0.1:8080/d HT")
+        h.send(b"TP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        origin.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual(
+            h.received(),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nVia: 1.1 cachingproxy\r\n\r\nok"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nVia: 1.1 cachingproxy\r\n"
+            b"Connection: keep-alive\r\n\r\nok"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nVia: 1.1 cachingproxy\r\n\r\nok"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nVia: 1.1 cachingproxy\r\n"
+            b"Connection: keep-alive\r\n\r\nok",
+        )
+
     def test_pipelinedBodyBeyondBufferPausesReading(self):
         """
         A pipelined request body beyond the buffer bound (64 KiB) stops the

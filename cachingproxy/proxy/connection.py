@@ -77,6 +77,8 @@ _TCHAR = frozenset(
 _MAX_METHOD = 32
 #: The parser's version text -> (major, minor), for the usual ones.
 _VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}
+#: The end of a request line -> its version, for the usual ones.
+_LINE_VERSIONS = {b" HTTP/1.1": (1, 1), b" HTTP/1.0": (1, 0)}
 #: Bytes of pipelined request bodies held per connection before it stops
 #: reading.
 _PIPELINE_BUFFER = 64 * 1024
@@ -130,6 +132,8 @@ class ProxyProtocol(Protocol):
         self._deadline = 0.0
         self._completedInRead = 0
         self._local = _UNKNOWN
+        #: the read a request began at the start of, until it completes
+        self._started = b""
         self._secure: Optional[bool] = None
         self._clientVerdict = _UNKNOWN
         self._trusted: Optional[bool] = None
@@ -339,7 +343,12 @@ class ProxyProtocol(Protocol):
             data = self._substituteMethod(data)
             if data is None:
                 return
-        if reader is R_HEAD or reader is R_IDLE:
+        if reader is R_IDLE:
+            # A request begins at the start of this read: its request line
+            # is read for the version (see on_headers_complete).
+            self._started = data
+            self._headSize += len(data)
+        elif reader is R_HEAD:
             self._headSize += len(data)
         startedBetween = reader is R_IDLE
         self._completedInRead = 0
@@ -490,14 +499,17 @@ class ProxyProtocol(Protocol):
     def on_headers_complete(self) -> None:
         parser = self._parser
         method = self._method or parser.get_method()
-        version = parser.get_http_version()
+        # The version: from the request line when it is the start of the
+        # read that began this request (llhttp has checked it, and asking
+        # it costs four times more), else from the parser.
+        started = self._started
+        end = started.find(b"\r\n")
+        version = _LINE_VERSIONS.get(started[end - 9:end]) if end > 9 else None
+        if version is None:
+            text = parser.get_http_version()
+            version = _VERSIONS.get(text) or (int(text[0]), int(text[2]))
         fields = self._fields
-        head = RequestHead(
-            method,
-            self._url,
-            _VERSIONS.get(version) or (int(version[0]), int(version[2])),
-            Headers.fromLowered(fields),
-        )
+        head = RequestHead(method, self._url, version, Headers.fromLowered(fields))
         keepAlive = parser.should_keep_alive() and not self.closing
         self._resetHead()
         self._moveReader(R_BODY)
@@ -553,6 +565,8 @@ class ProxyProtocol(Protocol):
 
     def on_message_complete(self) -> None:
         self._completedInRead += 1
+        # (a request after this one in the same read starts mid-read)
+        self._started = b""
         exchange, self._reading = self._reading, None
         if self._reader is R_CLOSED:
             return
