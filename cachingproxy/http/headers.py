@@ -74,6 +74,9 @@ def connectionOptions(value: Optional[bytes]) -> frozenset:
     return frozenset(t.lower() for t in splitList(value)) - NEVER_NOMINATED
 
 
+_newObject = object.__new__
+
+
 class Headers:
     """
     An ordered multi-map of header fields.
@@ -118,7 +121,7 @@ class Headers:
         Adopt C{[(lowercase name, name, value), ...]} as it is (the parser
         lowers each name once as it reads it).
         """
-        new = cls.__new__(cls)
+        new = _newObject(cls)
         new._fields = fields
         new._index = None
         new._scans = 0
