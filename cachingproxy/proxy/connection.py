@@ -132,7 +132,7 @@ class ProxyProtocol(Protocol):
         self._deadline = 0.0
         self._completedInRead = 0
         self._local = _UNKNOWN
-        #: the read a request began at the start of, until it completes
+        #: the read a request began at the start of, until its head is read
         self._started = b""
         self._secure: Optional[bool] = None
         self._clientVerdict = _UNKNOWN
@@ -503,6 +503,9 @@ class ProxyProtocol(Protocol):
         # read that began this request (llhttp has checked it, and asking
         # it costs four times more), else from the parser.
         started = self._started
+        # (a request after this one in the same read starts mid-read; and a
+        # body being read holds no read of its head)
+        self._started = b""
         end = started.find(b"\r\n")
         version = _LINE_VERSIONS.get(started[end - 9:end]) if end > 9 else None
         if version is None:
@@ -565,8 +568,6 @@ class ProxyProtocol(Protocol):
 
     def on_message_complete(self) -> None:
         self._completedInRead += 1
-        # (a request after this one in the same read starts mid-read)
-        self._started = b""
         exchange, self._reading = self._reading, None
         if self._reader is R_CLOSED:
             return
