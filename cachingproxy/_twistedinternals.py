@@ -209,7 +209,7 @@ def streamline(reactor) -> bool:
 
     @return: whether the reactor was changed.
     """
-    if type(reactor) is not EPollReactor or "doPoll" in vars(reactor):
+    if type(reactor) is not EPollReactor or _streamlined(reactor):
         return False
     poller = reactor._poller
     selectables = reactor._selectables
@@ -239,8 +239,19 @@ def streamline(reactor) -> bool:
                     prefix = "(buggy logPrefix method)"
                 log.err(system=prefix)
 
+    doPoll.direct = True
     reactor.doIteration = reactor.doPoll = doPoll
     return True
+
+
+def _streamlined(reactor) -> bool:
+    """
+    Whether L{streamline} gave C{reactor} its poll step. (Told by a mark
+    on the step rather than by looking in the reactor's C{__dict__}:
+    asking for that would make every attribute of the reactor slower to
+    read from then on, twice as slow in CPython 3.11.)
+    """
+    return getattr(reactor.doPoll, "direct", False)
 
 
 def unstreamline(reactor) -> bool:
@@ -250,7 +261,7 @@ def unstreamline(reactor) -> bool:
 
     @return: whether the reactor was changed.
     """
-    if "doPoll" not in vars(reactor):
+    if not _streamlined(reactor):
         return False
     del reactor.doIteration
     del reactor.doPoll
