@@ -5,6 +5,9 @@ One in-memory loop of N requests, for counting instructions with valgrind
     hit          a cache hit from the disk store (micro_hit.py's loop)
     hit-log      the same, logging each one in the combined format to a file
     hit-browser  a hit for a browser-like head of ten fields
+    hit-cli      a hit with the factory the command line builds (access policy,
+                 the proxy's own pages, metrics), no access log
+    hit-cli-log  the same, logging in the combined format to a file
     floor        bench/bare_protocol.py's Parsed protocol (strict parse, fixed answer)
     pass         a pass-through of a no-store response, disk cache on
     pass-nocache the same without a cache
@@ -46,6 +49,10 @@ def main() -> None:
         elif case == "hit-browser":
             micro_hit.REQUEST = BROWSER
             micro_hit.run(store, n)
+        elif case == "hit-cli":
+            micro_hit.runAsBuilt(folder, n)
+        elif case == "hit-cli-log":
+            micro_hit.runAsBuilt(folder, n, "combined")
         elif case == "floor":
             micro_hit.runFloor(n)
         elif case == "pass":

@@ -84,6 +84,54 @@ def run(store, n: int, accessLog: str = "none", clock=time.perf_counter) -> floa
     return elapsed / n * 1e6
 
 
+def runAsBuilt(folder: str, n: int, accessLog: str = "none", clock=time.perf_counter) -> float:
+    """
+    The hit loop with the factory the command line builds
+    (L{cachingproxy.service.tap.buildFactory}: the access policy, the
+    proxy's own pages, the disk cache in C{folder}) and the metrics every
+    process keeps, as C{twistd cachingproxy --upstream ... --cache-dir ...}
+    runs; C{accessLog} as in L{run}.
+    """
+    from cachingproxy.http.headers import formatHTTPDate
+    from cachingproxy.ops.accesslog import AccessLog
+    from cachingproxy.ops.metrics import Metrics
+    from cachingproxy.service.config import fromOptions
+    from cachingproxy.service.tap import buildFactory
+
+    reactor = MemoryReactorClock()
+    reactor.advance(time.time())
+    config = fromOptions({"upstream": "http://127.0.0.1:9000", "cache-dir": folder + "/c"}, {})
+    log = None
+    if accessLog != "none":
+        log = AccessLog(folder + "/access.log", accessLog, reactor=reactor)
+    factory = buildFactory(reactor, config, log)
+    factory.metrics = Metrics.create(reactor, factory, directory=folder)
+    pool = factory.pool
+    origin = factory.settings.upstream
+    upstream = UpstreamProtocol(pool, origin)
+    upstreamTransport = StringTransport()
+    upstream.makeConnection(upstreamTransport)
+    pool._release(upstream)
+    client = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    clientTransport = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 8000))
+    client.makeConnection(clientTransport)
+    client.dataReceived(REQUEST)
+    upstream.dataReceived(RESPONSE % formatHTTPDate(reactor.seconds()))
+    assert b"200 OK" in clientTransport.value(), clientTransport.value()
+    clientTransport.clear()
+    client.dataReceived(REQUEST)
+    assert b"X-Cache: HIT" in clientTransport.value(), clientTransport.value()
+    clientTransport.clear()
+    start = clock()
+    for _ in range(n):
+        client.dataReceived(REQUEST)
+        clientTransport.clear()
+    elapsed = clock() - start
+    if log is not None:
+        log.close()
+    return elapsed / n * 1e6
+
+
 def runFloor(n: int, clock=time.perf_counter) -> float:
     """
     The same loop through bench/bare_protocol.py's Parsed protocol (strict

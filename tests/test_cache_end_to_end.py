@@ -55,6 +55,7 @@ class CountingOrigin(Resource):
       - C{/missing/...}: 404 with neither freshness nor a validator.
       - C{/mirror/...}: what a plain repository mirror sends: 200 with a
         Content-Type and no Cache-Control, Expires, Last-Modified or ETag.
+      - C{/_cachingproxy/...}: as the rest of the path.
     """
 
     isLeaf = True
@@ -85,6 +86,10 @@ class CountingOrigin(Resource):
             (k.lower(), v[0]) for k, v in request.requestHeaders.getAllRawHeaders())))
         n = self.counts[path]
         parts = path.split(b"/")
+        if parts[1] == b"_cachingproxy":
+            # (a path under the proxy's own prefix, sent on when the proxy
+            # has no own endpoints: as the rest of the path says)
+            del parts[1]
         kind = parts[1]
         request.setHeader(b"Date", formatHTTPDate(self.clock.seconds()))
         body = b"%s #%d" % (path, n)
@@ -1398,3 +1403,238 @@ class UnstoredMissTests(CacheTestCase):
         [hit] = await client.waitFor(1)
         self.assertEqual((hit.header(b"x-cache"), hit.body), (b"HIT", b"slow body"))
         self.assertEqual(slow.count, 2)
+
+
+class HotLaneTests(CacheTestCase):
+    """
+    In front of one origin, a plain GET for a remembered fresh response is
+    answered by its client connection as soon as the head is read (the hot
+    lane), with the same bytes, log line and counts as the long way;
+    every other request takes the long way.
+    """
+
+    reverse = True
+
+    def setUp(self):
+        super().setUp()
+        from cachingproxy.proxy.exchange import Exchange
+
+        #: the hits the lane answered
+        self.laneHits = []
+        made = Exchange.answeredHot.__func__
+
+        def answeredHot(cls, protocol, head, origin, bodyLength):
+            exchange = made(cls, protocol, head, origin, bodyLength)
+            self.laneHits.append(exchange)
+            return exchange
+
+        self.patch(Exchange, "answeredHot", classmethod(answeredHot))
+
+    async def send(self, path: bytes, fields: bytes = b"Host: x\r\n", method: bytes = b"GET",
+                   version: bytes = b"HTTP/1.1", body: bytes = b""):
+        _, [response] = await exchange(
+            self.port, self, b"%s %s %s\r\n%s\r\n%s" % (method, path, version, fields, body),
+            headResponses=[0] if method == b"HEAD" else (),
+        )
+        return response
+
+    async def warm(self, path: bytes):
+        """
+        A miss, then a hit the long way, which remembers the response.
+        """
+        await self.send(path)
+        await self.send(path)
+        self.assertIn(self.url(path), self.cache._hot)
+        self.assertEqual(self.laneHits, [])
+
+    async def test_sameAnswerAndLine(self):
+        """
+        A lane hit has the status, fields and body of a hit answered the
+        long way at the same moment, and the same access log line but for
+        its times.
+        """
+        path = b"/max-age/60/lane"
+        await self.warm(path)
+        lane = await self.send(path, b"Host: x\r\nUser-Agent: lane/1\r\nReferer: http://r/\r\n")
+        self.assertEqual(len(self.laneHits), 1)
+        self.factory.lane = None
+        slow = await self.send(path, b"Host: x\r\nUser-Agent: lane/1\r\nReferer: http://r/\r\n")
+        self.assertEqual(len(self.laneHits), 1)
+        self.assertEqual((lane.status, lane.version, lane.headers, lane.body),
+                         (slow.status, slow.version, slow.headers, slow.body))
+        self.assertEqual(lane.header(b"x-cache"), b"HIT")
+        self.assertEqual(self.origin.counts[path], 1)
+
+        def withoutTimes(line):
+            parts = line.split(" ")
+            # (the time, and the seconds taken: the last but one)
+            return parts[:3] + parts[5:-2] + parts[-1:]
+
+        slowLine, laneLine = self.lines[-1], self.lines[-2]
+        self.assertEqual(withoutTimes(laneLine), withoutTimes(slowLine))
+        self.assertIn('"GET /max-age/60/lane HTTP/1.1" 200 ', laneLine)
+        self.assertIn('"http://r/" "lane/1" HIT - ', laneLine)
+
+    async def test_counted(self):
+        """
+        The metrics see a lane hit as they see a hit answered the long
+        way.
+        """
+        seen = []
+
+        class Counting:
+            def requestDone(self, exchange):
+                seen.append((exchange.head.method, exchange.status, exchange.cacheResult,
+                             exchange.bytesSent, exchange.bytesReceived,
+                             exchange.upstreamOrigin, exchange.upstreamSeconds,
+                             exchange.ownEndpoint))
+
+        path = b"/max-age/60/count"
+        await self.warm(path)
+        self.factory.metrics = Counting()
+        await self.send(path)
+        self.assertEqual(len(self.laneHits), 1)
+        self.factory.lane = None
+        await self.send(path)
+        self.assertEqual(len(self.laneHits), 1)
+        self.assertEqual(seen[0], seen[1])
+        self.assertEqual(seen[0][:3], (b"GET", 200, "HIT"))
+        self.assertEqual(self.cache.stats.hits, 3)
+
+    async def test_pipelined(self):
+        """
+        Plain GETs pipelined in one write are each answered by the lane,
+        in order; one that is not, between them, the long way in its turn.
+        """
+        await self.warm(b"/max-age/60/p1")
+        await self.warm(b"/max-age/60/p2")
+        _, responses = await exchange(
+            self.port, self,
+            b"GET /max-age/60/p1 HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /max-age/60/p2 HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"nothing\"\r\n\r\n"
+            b"GET /max-age/60/p2 HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /max-age/60/p1 HTTP/1.1\r\nHost: x\r\n\r\n",
+            count=4,
+        )
+        self.assertEqual([r.body for r in responses],
+                         [b"/max-age/60/p1 #1", b"/max-age/60/p2 #1",
+                          b"/max-age/60/p2 #1", b"/max-age/60/p1 #1"])
+        self.assertEqual([r.header(b"x-cache") for r in responses], [b"HIT"] * 4)
+        self.assertEqual([e.head.target for e in self.laneHits],
+                         [b"/max-age/60/p1", b"/max-age/60/p2", b"/max-age/60/p1"])
+
+    async def test_otherRequestsTheLongWay(self):
+        """
+        Whatever a request has that the long way would look at sends it
+        the long way, which answers as it always did: conditional and
+        range fields, a request for a fresh answer, a second or no Host,
+        Via naming this proxy, a body, Expect, Upgrade, another method or
+        version, an absolute-form target.
+        """
+        path = b"/max-age/60/other"
+        await self.warm(path)
+        etag = (await self.send(path)).header(b"etag")
+        self.assertEqual(len(self.laneHits), 1)
+        cases = [
+            (dict(fields=b"Host: x\r\nIf-None-Match: %s\r\n" % etag), 304),
+            (dict(fields=b"Host: x\r\nRange: bytes=0-3\r\n"), 206),
+            (dict(fields=b"Host: x\r\nCache-Control: max-age=0\r\n"), 200),
+            (dict(fields=b"Host: x\r\nPragma: no-cache\r\n"), 200),
+            (dict(fields=b"Host: x\r\nHost: y\r\n"), 400),
+            (dict(fields=b""), 400),
+            (dict(fields=b"Host: x\r\nVia: 1.1 test-proxy\r\n"), 508),
+            (dict(fields=b"Host: x\r\nContent-Length: 0\r\n"), 200),
+            (dict(fields=b"Host: x\r\nContent-Length: 2\r\n", body=b"ab"), 200),
+            (dict(fields=b"Host: x\r\nExpect: 100-continue\r\n"), 200),
+            (dict(fields=b"Host: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"), None),
+            (dict(method=b"HEAD"), 200),
+            (dict(version=b"HTTP/1.0"), 200),
+            (dict(fields=b"Host: x\r\nConnection: close\r\n"), 200),
+        ]
+        for kwargs, status in cases + [(dict(absolute=True), 200)]:
+            # Each case is tried right after the lane answered a plain GET
+            # (a case that refreshed the stored response is followed by a
+            # miss and a hit the long way first).
+            for _ in range(3):
+                hits = len(self.laneHits)
+                await self.send(path)
+                if len(self.laneHits) == hits + 1:
+                    break
+            else:
+                self.fail(f"the lane does not answer before {kwargs}")
+            hits = len(self.laneHits)
+            if kwargs.pop("absolute", False):
+                response = await self.send(self.url(path))
+            else:
+                response = await self.send(path, **kwargs)
+            self.assertEqual(len(self.laneHits), hits, kwargs)
+            if status is not None:
+                self.assertEqual(response.status, status, kwargs)
+        # And the lane still answers a plain one.
+        await self.send(path)
+        self.assertEqual(len(self.laneHits), hits + 1)
+
+    async def test_ownEndpointsTheLongWay(self):
+        """
+        A target under the proxy's own prefix never takes the lane (here,
+        with no own endpoints, it is the origin's, and a hit the long
+        way).
+        """
+        path = b"/_cachingproxy/max-age/60/own"
+        await self.send(path)
+        await self.send(path)
+        third = await self.send(path)
+        self.assertEqual(third.header(b"x-cache"), b"HIT")
+        self.assertEqual(self.laneHits, [])
+
+    async def test_staleTheLongWay(self):
+        """
+        Once the remembered response is stale, the lane steps aside and
+        the long way fetches it again.
+        """
+        path = b"/max-age/10/stale"
+        await self.warm(path)
+        self.clock.advance(11)
+        again = await self.send(path)
+        self.assertEqual(again.body, path + b" #2")
+        self.assertEqual(self.laneHits, [])
+
+    async def test_refusedClient(self):
+        """
+        A client the access policy refuses is refused, hot response or
+        not, and one it allows takes the lane.
+        """
+        from cachingproxy.access import AccessPolicy
+
+        path = b"/max-age/60/acl"
+        await self.warm(path)
+        self.factory.access = AccessPolicy(allow=["192.0.2.0/24"], clock=self.clock)
+        self.assertIsNotNone(self.factory.lane)
+        refused = await self.send(path)
+        self.assertEqual(refused.status, 403)
+        self.factory.access = AccessPolicy(allow=["loopback"], clock=self.clock)
+        allowed = await self.send(path)
+        self.assertEqual(allowed.header(b"x-cache"), b"HIT")
+        self.assertEqual(len(self.laneHits), 1)
+
+    async def test_authenticatingNoLane(self):
+        """
+        With proxy authentication there is no lane: every request is
+        checked the long way.
+        """
+        from cachingproxy.access import AccessPolicy
+
+        from .helpers import temporaryPath
+
+        path = b"/max-age/60/auth"
+        await self.warm(path)
+        from cachingproxy.htpasswd import shaCrypt
+
+        users = temporaryPath(self, "users")
+        with open(users, "wb") as f:
+            f.write(b"alice:" + shaCrypt(b"secret", b"$5$salt") + b"\n")
+        self.factory.access = AccessPolicy(authFile=users, clock=self.clock)
+        self.assertIsNone(self.factory.lane)
+        response = await self.send(path)
+        self.assertEqual(response.status, 407)
+        self.assertEqual(self.laneHits, [])

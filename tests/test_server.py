@@ -2182,3 +2182,81 @@ class EndToEndTests(SynchronousTestCase):
         self.assertEqual(len(reactor.tcpClients), 1)
         self.assertEqual(seen[-1][0], b"/again")
         self.assertTrue(client.data.endswith(b"\r\n\r\nhello from origin"))
+
+
+class HotLaneDecisionTests(SynchronousTestCase):
+    """
+    L{ProxyFactory.lane}: a reverse proxy to one origin with a cache and
+    neither routes nor proxy authentication has one, decided again
+    whenever what it depends on is set (as a reload does).
+    """
+
+    def factory(self, **settings) -> ProxyFactory:
+        from cachingproxy.cache.layer import CacheLayer
+        from cachingproxy.cache.memory import MemoryStore
+
+        reactor = MemoryReactorClock()
+        pool = UpstreamPool(reactor, UpstreamSettings())
+        factory = ProxyFactory(reactor, ProxySettings(**settings), pool)
+        factory.cache = CacheLayer(MemoryStore(1 << 20, 1 << 16), reactor, pool)
+        return factory
+
+    def test_reverseWithCache(self) -> None:
+        """
+        In front of an origin with a cache: a lane for that origin and
+        path prefix, keyed as the cache keys it.
+        """
+        origin = Origin(b"http", "127.0.0.1", 9000)
+        factory = self.factory(upstream=origin, upstreamPath=b"/base")
+        lane = factory.lane
+        self.assertIs(lane.origin, origin)
+        self.assertIs(lane.cache, factory.cache)
+        self.assertEqual(lane.upstreamPath, b"/base")
+        self.assertEqual(lane.keyOf(b"/a"), b"http://127.0.0.1:9000/base/a")
+        self.assertEqual(lane.keys, {b"/a": b"http://127.0.0.1:9000/base/a"})
+
+    def test_keysBounded(self) -> None:
+        """
+        The lane remembers the keys of at most C{maxKeys} targets.
+        """
+        factory = self.factory(upstream=Origin(b"http", "127.0.0.1", 9000))
+        lane = factory.lane
+        lane.maxKeys = 3
+        for i in range(7):
+            lane.keyOf(b"/%d" % i)
+            self.assertLessEqual(len(lane.keys), 3)
+        self.assertEqual(lane.keys[b"/6"], b"http://127.0.0.1:9000/6")
+
+    def test_none(self) -> None:
+        """
+        No lane in forward mode, without a cache, with routes, or when the
+        key is built from what the origin is told.
+        """
+        origin = Origin(b"http", "127.0.0.1", 9000)
+        self.assertIsNone(self.factory().lane)
+        factory = self.factory(upstream=origin)
+        factory.cache = None
+        self.assertIsNone(factory.lane)
+        factory = self.factory(upstream=origin)
+        factory.sites = object()
+        self.assertIsNone(factory.lane)
+        self.assertIsNone(self.factory(upstream=origin, preserveHost=True).lane)
+
+    def test_decidedAgainOnReload(self) -> None:
+        """
+        New settings decide the lane again, and what else is worked out of
+        them: whether the key comes from the head, and the Via name
+        checked for loops.
+        """
+        origin = Origin(b"http", "127.0.0.1", 9000)
+        factory = self.factory(upstream=origin, viaName=b"one")
+        self.assertIsNotNone(factory.lane)
+        self.assertFalse(factory.keyFromHead)
+        factory.settings = ProxySettings(upstream=origin, viaName=b"Two", preserveHost=True)
+        self.assertIsNone(factory.lane)
+        self.assertTrue(factory.keyFromHead)
+        self.assertEqual(factory._viaName, b"two")
+        other = Origin(b"http", "127.0.0.1", 9001)
+        factory.settings = ProxySettings(upstream=other)
+        self.assertIs(factory.lane.origin, other)
+        self.assertFalse(factory.keyFromHead)

@@ -47,7 +47,7 @@ from ..compress import compressedFields, compressionPlan
 from ..proxy.upstream import Origin
 from ..service.config import fromSetting
 
-__all__ = ["CacheLayer", "CacheSettings"]
+__all__ = ["CacheLayer", "CacheSettings", "NOT_PLAIN"]
 
 #: Bodies up to this size are read whole and sent with their head (and are
 #: what the hot path remembers, each coding compressed once).
@@ -55,7 +55,7 @@ _SMALL_BODY = 256 * 1024
 
 #: Request fields that take a request off the hot path (their meaning is
 #: for the policy to work out).
-_NOT_PLAIN = frozenset(
+NOT_PLAIN = frozenset(
     [
         b"cache-control",
         b"pragma",
@@ -251,6 +251,18 @@ class CacheLayer:
         #: key -> L{_Passing} (least recent first)
         self._passing: "OrderedDict[bytes, _Passing]" = OrderedDict()
 
+    #: the primary key of a target at a scheme and authority, remembered
+    #: (C{primaryKey(scheme, authority, target)})
+    primaryKey = staticmethod(_primaryKey)
+
+    @property
+    def hotTable(self) -> "OrderedDict[bytes, _Hot]":
+        """
+        The fresh responses remembered for plain GETs, by key: to be looked
+        in only (L{hotAnswer} answers from it).
+        """
+        return self._hot
+
     # -- entry point ---------------------------------------------------------
 
     def handle(self, exchange: ICacheExchange, origin: Origin, path: bytes) -> None:
@@ -279,12 +291,11 @@ class CacheLayer:
                        b"request content")
             return
         if method == b"GET":
-            hot = self._hot.get(key)
-            if hot is not None and self._serveHot(exchange, exchange.head, key, hot):
+            if key in self._hot and self._serveHot(exchange, exchange.head, key):
                 return
             passing = self._passing.get(key)
             if passing is not None and exchange.plainKeepAlive() \
-                    and not exchange.head.headers.hasAny(_NOT_PLAIN) \
+                    and not exchange.head.headers.hasAny(NOT_PLAIN) \
                     and self.store.stamp(key) == passing.stamp:
                 self.stats.misses += 1
                 head = exchange.cacheHead = head or exchange.upstreamHead()
@@ -371,41 +382,62 @@ class CacheLayer:
         if (
             head.method != b"GET"
             or not exchange.plainKeepAlive()
-            or head.headers.hasAny(_NOT_PLAIN)
+            or head.headers.hasAny(NOT_PLAIN)
         ):
             return None
         return self.store.stamp(key)
 
-    def _serveHot(self, exchange: ICacheExchange, head: RequestHead, key: bytes,
-                  hot: "_Hot") -> bool:
+    def _serveHot(self, exchange: ICacheExchange, head: RequestHead, key: bytes) -> bool:
         """
         Answer a plain GET from a remembered fresh response without asking
-        the policy again: valid while the store's stamp for the key is the
-        one read before the lookup that found it, and while it is fresh
-        (for such a request, L{policy.decide} would say L{policy.Fresh}).
+        the policy again (see L{hotAnswer}).
 
         @return: whether it answered.
         """
-        if not exchange.plainKeepAlive() or head.headers.hasAny(_NOT_PLAIN):
+        if not exchange.plainKeepAlive() or head.headers.hasAny(NOT_PLAIN):
             return False
+        variant = self.hotAnswer(key, head.headers)
+        if variant is None:
+            return False
+        exchange.cacheResult = "HIT"
+        exchange.serveBytes(200, variant.wire, len(variant.body))
+        return True
+
+    def hotAnswer(self, key: bytes, headers) -> Optional[_HotVariant]:
+        """
+        The answer to a plain GET for C{key} (an HTTP/1.1 keep-alive
+        request without a body, without any of the fields L{NOT_PLAIN}
+        names) from a remembered fresh response, counted as a hit: valid
+        while the store's stamp for the key is the one read before the
+        lookup that found it, and while it is fresh (for such a request,
+        L{policy.decide} would say L{policy.Fresh}). The client connection
+        calls it directly for a request it can tell is plain as soon as
+        its head is read (L{cachingproxy.proxy.connection}'s hot lane).
+
+        @param headers: the request's L{Headers} (for Accept-Encoding).
+        @return: the variant whose C{wire} bytes (C{len(body)} bytes of
+            body) answer, or C{None} when nothing is remembered for
+            C{key} or it may no longer be used.
+        """
+        hot = self._hot.get(key)
+        if hot is None:
+            return None
         now = self.reactor.seconds()
         if now >= hot.freshUntil or hot.check() != hot.stamp:
             del self._hot[key]
-            return False
+            return None
         age = int(hot.ageBase + now)
-        coding = None
         if hot.codings:
-            coding = negotiate(head.headers.get(b"accept-encoding"), hot.codings)
-        variant = hot.variants[coding]
+            variant = hot.variants[negotiate(headers.get(b"accept-encoding"), hot.codings)]
+        else:
+            variant = hot.variants[None]
         if age != variant.age:
             variant.age = age
             tail = self._statusFields([(b"age", b"Age", b"%d" % age)], True, None, None,
                                       hot.lifetime - age, b"HIT")
             variant.wire = wire.finishHead(variant.prefix, tail, variant.body)
         self.stats.hits += 1
-        exchange.cacheResult = "HIT"
-        exchange.serveBytes(200, variant.wire, len(variant.body))
-        return True
+        return variant
 
     def _remember(self, exchange: ICacheExchange, entry: policy.StoredEntry, fields,
                   body: bytes) -> None:

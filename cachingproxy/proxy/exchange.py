@@ -169,6 +169,27 @@ class Exchange:
         #: freed by reference counting, not by the cycle collector)
         self.handler = None
 
+    @classmethod
+    def answeredHot(cls, protocol: "ProxyProtocol", head: RequestHead, origin: Origin,
+                    bodyLength: int) -> "Exchange":
+        """
+        An exchange its connection answered from the cache's hot table as
+        soon as its head was read (L{ProxyProtocol._hotLane}): never queued,
+        done from the start, kept for the access log and the metrics, which
+        see it as the exchange that served the same hit the long way would
+        look: a 200 from the cache for C{origin}, C{bodyLength} bytes of
+        body.
+        """
+        exchange = cls(protocol, head, True)
+        # (QUEUED to DONE, a move the table allows, made without the check)
+        exchange._state = X_DONE
+        exchange.status = 200
+        exchange.bytesSent = bodyLength
+        exchange.cacheResult = "HIT"
+        exchange.upstreamOrigin = origin
+        exchange.bodyDone = True
+        return exchange
+
     def _move(self, new: ExchangeState) -> None:
         """
         The exchange's only mover: L{EXCHANGE}'s table says where it may go.

@@ -7,8 +7,9 @@ request goes is L{cachingproxy.proxy.routing}'s.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IProtocolNegotiationFactory
@@ -31,6 +32,59 @@ from .routing import Routing
 from .settings import ProxySettings
 
 __all__ = ["ProxyFactory"]
+
+
+class HotLane:
+    """
+    What a client connection needs to answer a hot hit on its own, as soon
+    as the request head is read (L{ProxyProtocol._hotLane}), when the
+    factory's configuration allows it: a reverse proxy to one origin, with
+    a cache keyed by that origin, no routes and no proxy authentication.
+    Whatever else a request needs (another method, a body, conditional or
+    range fields, a second Host, Via, Upgrade, the proxy's own endpoints,
+    an absolute-form target) sends it the long way, through
+    L{Exchange.start}.
+
+    @ivar origin: the L{Origin} every request goes to.
+    @ivar upstreamPath: the path prefix of C{--upstream}.
+    @ivar cache: the L{cachingproxy.cache.layer.CacheLayer} (its
+        C{hotAnswer}), and C{hot} its table of remembered responses (only
+        looked in: a key that is not there is no hit).
+    @ivar access: the access policy whose verdicts on the client and on
+        C{origin} a connection asks once, or C{None}.
+    @ivar keys: request target -> cache key, for the targets asked for
+        lately (L{keyOf} fills it).
+    """
+
+    __slots__ = ("origin", "upstreamPath", "cache", "hot", "access", "keys", "maxKeys", "_key")
+
+    def __init__(self, origin, upstreamPath: bytes, cache, access) -> None:
+        self.origin = origin
+        self.upstreamPath = upstreamPath
+        self.cache = cache
+        self.hot = cache.hotTable
+        self.access = access
+        self.keys: Dict[bytes, bytes] = {}
+        #: how many targets L{keys} remembers
+        self.maxKeys = 4096
+        self._key = functools.partial(cache.primaryKey, origin.scheme, origin.authority())
+
+    def keyOf(self, target: bytes) -> bytes:
+        """
+        @return: the cache key of the origin-form C{target} (remembered in
+            L{keys}, which starts again when full).
+        """
+        key = self._key(self.upstreamPath + target if self.upstreamPath else target)
+        keys = self.keys
+        if len(keys) >= self.maxKeys:
+            keys.clear()
+        keys[target] = key
+        return key
+
+
+#: The factory's attributes the hot lane depends on: setting any of them
+#: (a reload sets settings and access) decides the lane again.
+_LANE_INPUTS = frozenset(["settings", "cache", "access", "sites"])
 
 
 @implementer(IProtocolNegotiationFactory)
@@ -121,14 +175,44 @@ class ProxyFactory(Routing, Factory):
         self.draining = False
         self._drained: List[defer.Deferred] = []
         self._acceptingPaused = False
-        viaName = settings.viaName.lower()
-        self._viaName = viaName
+
+    #: the L{HotLane} of the current configuration, or C{None} when it has
+    #: none (set by L{__setattr__})
+    lane: Optional[HotLane] = None
+
+    def __setattr__(self, name: str, value) -> None:
+        object.__setattr__(self, name, value)
+        if name in _LANE_INPUTS:
+            if name == "settings":
+                self._settingsChanged(value)
+            self.lane = self._decideLane()
+
+    def _settingsChanged(self, settings: ProxySettings) -> None:
+        """
+        What is worked out of the settings once, whenever they are set
+        (at start and by a reload).
+        """
+        self._viaName = settings.viaName.lower()
         #: whether what the origin is told of the request's scheme and host
         #: may differ from the origin's own: then the cache key is built
         #: from the request as it goes upstream (L{cacheTarget})
         self.keyFromHead = bool(
             settings.preserveHost or settings.xForwardedHost or settings.xForwardedProto
             or settings.trustedProxies is not None or settings.requestRules)
+
+    def _decideLane(self) -> Optional[HotLane]:
+        # (getattr, not the instance's __dict__: asking for that would turn
+        # its attributes, read many times a request, into a dict's)
+        settings = getattr(self, "settings", None)
+        cache = getattr(self, "cache", None)
+        access = getattr(self, "access", None)
+        if (settings is None or settings.upstream is None or self.keyFromHead
+                or cache is None or getattr(cache, "hotAnswer", None) is None
+                or getattr(cache, "hotTable", None) is None
+                or getattr(self, "sites", None) is not None
+                or (access is not None and access.authenticates)):
+            return None
+        return HotLane(settings.upstream, settings.upstreamPath, cache, access)
 
     def connectionOpened(self, protocol: ProxyProtocol) -> None:
         self.openConnections += 1
