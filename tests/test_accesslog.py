@@ -458,3 +458,61 @@ class JSONEscapingTests(SynchronousTestCase):
             "target": '/x"\\\xff\x00', "version": "HTTP/1.1", "status": 499, "bytes": 0,
             "bytes_in": 7, "referer": None, "user_agent": 'a"b\\c\t\x01\x7f\xe9', "cache": "-",
             "upstream_seconds": None, "seconds": 0.25, "pid": os.getpid()})
+
+
+class CombinedKeptTests(SynchronousTestCase):
+    """
+    L{accesslog.combinedLine} keeps the start of a connection's last line
+    for a request not sent upstream, and uses it only for a line that says
+    the same up to the seconds taken.
+    """
+
+    def test_eachLineItsOwn(self):
+        """
+        Every line is the one a connection without anything kept gets:
+        through repeats, and changes of each fact in turn.
+        """
+        from types import SimpleNamespace
+
+        from cachingproxy.http.headers import Headers
+
+        def made(target=b"/a", method=b"GET", version=(1, 1), status=200, sent=10,
+                 cache="HIT", agent=b"one", wall=1000.5, seconds=0.25, upstream=None,
+                 received=0):
+            headers = Headers()
+            headers.add(b"user-agent", agent)
+            return SimpleNamespace(
+                head=SimpleNamespace(method=method, target=bytes(target), version=version,
+                                     headers=headers),
+                started=100.0, finished=100.0 + seconds, upstreamSeconds=upstream,
+                wallStarted=wall, status=status, bytesSent=sent, bytesReceived=received,
+                cacheResult=cache)
+
+        def fresh():
+            return SimpleNamespace(clientHost="192.0.2.1", _combinedSaid=None,
+                                   _combinedKept=None)
+
+        kept = fresh()
+        changes = [
+            dict(seconds=0.5), dict(target=b"/b"), dict(method=b"HEAD"),
+            dict(version=(1, 0)), dict(status=304), dict(sent=0), dict(cache="STALE"),
+            dict(agent=b"two"), dict(wall=1001.2), dict(received=3),
+            dict(upstream=0.125), dict(target=b"/a?" + b"x" * 300),
+        ]
+        # Each change right after the same first request, and after a
+        # repeat of it.
+        cases = [{}]
+        for change in changes:
+            cases += [change, {}, {}]
+        lines = []
+        for case in cases:
+            exchange = made(**case)
+            line = accesslog.combinedLine(exchange, kept, exchange.finished)
+            self.assertEqual(line, accesslog.combinedLine(exchange, fresh(), exchange.finished),
+                             case)
+            self.assertIsNotNone(COMBINED.match(line), line)
+            lines.append(line)
+        self.assertEqual(set(lines[::3]), {lines[0]})
+        self.assertEqual(len(set(lines)), len(changes) + 1)
+        self.assertTrue(lines[1].endswith(" HIT - 0.5000 0"), lines[1])
+        self.assertTrue(lines[31].endswith(" HIT 0.1250 0.2500 0"), lines[31])

@@ -164,6 +164,7 @@ class ProxyProtocol(Protocol):
         #: second, text before the request line, text of the two fields)},
         #: or C{None} (L{cachingproxy.ops.accesslog.combinedLine}).
         self._combinedSaid: Optional[tuple] = None
+        self._combinedKept: Optional[tuple] = None
         #: The same for JSON lines (L{cachingproxy.ops.accesslog}).
         self._jsonSaid: Optional[tuple] = None
 
