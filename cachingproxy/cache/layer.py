@@ -154,6 +154,10 @@ def _primaryKey(scheme: bytes, authority: bytes, target: bytes) -> bytes:
     return policy.primaryKey(scheme, authority, target)
 
 
+#: L{negotiate}, remembered: clients send few Accept-Encoding values.
+_negotiated = functools.lru_cache(maxsize=1024)(negotiate)
+
+
 @functools.lru_cache(maxsize=1024)
 def _missStatus(*args) -> bytes:
     """
@@ -428,7 +432,7 @@ class CacheLayer:
             return None
         age = int(hot.ageBase + now)
         if hot.codings:
-            variant = hot.variants[negotiate(headers.get(b"accept-encoding"), hot.codings)]
+            variant = hot.variants[_negotiated(headers.get(b"accept-encoding"), hot.codings)]
         else:
             variant = hot.variants[None]
         if age != variant.age:
