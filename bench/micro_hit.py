@@ -43,8 +43,30 @@ RESPONSE = (
 )
 
 
-def run(store, n: int, accessLog: str = "none", clock=time.perf_counter) -> float:
+def _fillAndTime(reactor, client, clientTransport, upstream, n: int, clock) -> float:
+    """
+    Fill the cache with one miss, check that the next request is a hit,
+    then time C{n} of them.
+
+    @return: the seconds they took.
+    """
     from cachingproxy.http.headers import formatHTTPDate
+
+    client.dataReceived(REQUEST)
+    upstream.dataReceived(RESPONSE % formatHTTPDate(reactor.seconds()))
+    assert b"200 OK" in clientTransport.value(), clientTransport.value()
+    clientTransport.clear()
+    client.dataReceived(REQUEST)
+    assert b"X-Cache: HIT" in clientTransport.value(), clientTransport.value()
+    clientTransport.clear()
+    start = clock()
+    for _ in range(n):
+        client.dataReceived(REQUEST)
+        clientTransport.clear()
+    return clock() - start
+
+
+def run(store, n: int, accessLog: str = "none", clock=time.perf_counter) -> float:
     from cachingproxy.ops.accesslog import AccessLog
 
     reactor = MemoryReactorClock()
@@ -66,18 +88,7 @@ def run(store, n: int, accessLog: str = "none", clock=time.perf_counter) -> floa
     client = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
     clientTransport = StringTransport()
     client.makeConnection(clientTransport)
-    # Fill the cache with one miss.
-    client.dataReceived(REQUEST)
-    upstream.dataReceived(RESPONSE % formatHTTPDate(reactor.seconds()))
-    clientTransport.clear()
-    client.dataReceived(REQUEST)
-    assert b"X-Cache: HIT" in clientTransport.value(), clientTransport.value()
-    clientTransport.clear()
-    start = clock()
-    for _ in range(n):
-        client.dataReceived(REQUEST)
-        clientTransport.clear()
-    elapsed = clock() - start
+    elapsed = _fillAndTime(reactor, client, clientTransport, upstream, n, clock)
     if logFolder is not None:
         factory.accessLog.close()
         shutil.rmtree(logFolder, ignore_errors=True)
@@ -92,7 +103,6 @@ def runAsBuilt(folder: str, n: int, accessLog: str = "none", clock=time.perf_cou
     process keeps, as C{twistd cachingproxy --upstream ... --cache-dir ...}
     runs; C{accessLog} as in L{run}.
     """
-    from cachingproxy.http.headers import formatHTTPDate
     from cachingproxy.ops.accesslog import AccessLog
     from cachingproxy.ops.metrics import Metrics
     from cachingproxy.service.config import fromOptions
@@ -115,18 +125,7 @@ def runAsBuilt(folder: str, n: int, accessLog: str = "none", clock=time.perf_cou
     client = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
     clientTransport = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 8000))
     client.makeConnection(clientTransport)
-    client.dataReceived(REQUEST)
-    upstream.dataReceived(RESPONSE % formatHTTPDate(reactor.seconds()))
-    assert b"200 OK" in clientTransport.value(), clientTransport.value()
-    clientTransport.clear()
-    client.dataReceived(REQUEST)
-    assert b"X-Cache: HIT" in clientTransport.value(), clientTransport.value()
-    clientTransport.clear()
-    start = clock()
-    for _ in range(n):
-        client.dataReceived(REQUEST)
-        clientTransport.clear()
-    elapsed = clock() - start
+    elapsed = _fillAndTime(reactor, client, clientTransport, upstream, n, clock)
     if log is not None:
         log.close()
     return elapsed / n * 1e6
