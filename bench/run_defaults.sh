@@ -16,8 +16,13 @@
 # ratios to Squid and to Varnish (medians of the per-round ratios).
 #
 # Section 2 (WORKERS=1, unpinned, wrk -t2, origin with 2 workers): cachingproxy
-# --workers 2 against --workers 1, squid "workers 2", nginx
-# "worker_processes 2"; req/s medians and ratios.
+# --workers 2 and --workers 1, squid "workers 2" and "workers 1", nginx
+# "worker_processes 2" and 1; req/s, the server's CPU and wrk's own CPU per
+# request, medians and ratios, and each server's w2/w1 beside the ceiling
+# this machine sets: wrk runs on the same 2 CPUs, so two workers can have at
+# most 2 CPUs less wrk's share, 2 / (1 + wrk CPU / server CPU) times one
+# worker's single CPU.  PIPELINE=N makes wrk send N requests a write (a
+# Lua script), which costs wrk far less per request and lifts that ceiling.
 #
 # Usage: bench/run_defaults.sh
 # Environment:
@@ -27,12 +32,14 @@
 #   WARMUP=2           seconds of unmeasured warm-up load before each
 #   CONNECTIONS=50     wrk connections (keep-alive)
 #   ROWS="cp-defaults cp-log-file cp-log-json cp-no-log squid varnish nginx bare floor"
+#                      (ROWS="" with WORKERS=1: section 2 only)
 #                      section 1 rows, in first-round order (bare: the
 #                      ceiling, bench/bare_protocol.py, hits only; floor:
 #                      the same with strict parsing by httptools and the
 #                      proxy's way of sending, bench/bare_protocol.py --parse)
 #   WORKERS=1          run section 2 (0: skip it)
-#   WORKER_ROWS="cp-w2 cp-w1 squid-w2 nginx-w2"
+#   WORKER_ROWS="cp-w2 cp-w1 squid-w2 squid-w1 nginx-w2 nginx-w1"
+#   PIPELINE=1         section 2: requests wrk sends in one write (1: none)
 #   BENCH_NO_INSTALL=1 never call apt-get
 #   BENCH_KEEP_TMP=1   keep the temp dir (configs, logs, raw wrk output)
 #
@@ -49,11 +56,12 @@ ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-8}"
 WARMUP="${WARMUP:-2}"
 CONNECTIONS="${CONNECTIONS:-50}"
-ROWS="${ROWS:-cp-defaults cp-log-file cp-log-json cp-no-log squid varnish nginx bare floor}"
+ROWS="${ROWS-cp-defaults cp-log-file cp-log-json cp-no-log squid varnish nginx bare floor}"
 WORKERS="${WORKERS:-1}"
-WORKER_ROWS="${WORKER_ROWS:-cp-w2 cp-w1 squid-w2 nginx-w2}"
+WORKER_ROWS="${WORKER_ROWS:-cp-w2 cp-w1 squid-w2 squid-w1 nginx-w2 nginx-w1}"
+PIPELINE="${PIPELINE:-1}"
 
-bench_positive_ints ROUNDS DURATION WARMUP CONNECTIONS
+bench_positive_ints ROUNDS DURATION WARMUP CONNECTIONS PIPELINE
 case "$WORKERS" in 0|1) ;; *) bench_die "WORKERS must be 0 or 1 (got '$WORKERS')" ;; esac
 
 # row_label ROW: the name printed in the report.
@@ -71,20 +79,22 @@ row_label() {
         cp-w2) echo "cachingproxy --workers 2" ;;
         cp-w1) echo "cachingproxy --workers 1" ;;
         squid-w2) echo "squid workers 2" ;;
+        squid-w1) echo "squid workers 1" ;;
         nginx-w2) echo "nginx worker_processes 2" ;;
+        nginx-w1) echo "nginx worker_processes 1" ;;
         *) return 1 ;;
     esac
 }
 for r in $ROWS; do
-    case "$r" in cp-w1|cp-w2|squid-w2|nginx-w2) bench_die "$r is a WORKER_ROWS row, not a ROWS row" ;; esac
+    case "$r" in cp-w[12]|squid-w[12]|nginx-w[12]) bench_die "$r is a WORKER_ROWS row, not a ROWS row" ;; esac
     row_label "$r" >/dev/null || bench_die "unknown row in ROWS: $r"
 done
 if [ "$WORKERS" = 1 ]; then
     for r in $WORKER_ROWS; do
-        case "$r" in cp-w1|cp-w2|squid-w2|nginx-w2) ;; *) bench_die "unknown row in WORKER_ROWS: $r (use cp-w2 cp-w1 squid-w2 nginx-w2)" ;; esac
+        case "$r" in cp-w[12]|squid-w[12]|nginx-w[12]) ;; *) bench_die "unknown row in WORKER_ROWS: $r (use cp-w2 cp-w1 squid-w2 squid-w1 nginx-w2 nginx-w1)" ;; esac
     done
 fi
-[ -n "${ROWS// }" ] || bench_die "ROWS is empty"
+[ -n "${ROWS// }" ] || [ "$WORKERS" = 1 ] || bench_die "ROWS is empty and WORKERS=0: nothing to run"
 
 # --- processes -----------------------------------------------------------------
 # tree_pids ROOT: ROOT and all its descendants, one pid a line.
@@ -139,6 +149,12 @@ tree_cpu_ticks() {
     done | awk '{ sub(/^.*\) /, ""); n += $12 + $13 } END { print n + 0 }'
 }
 
+# steal_ticks: "STEAL ALL", the machine's CPU ticks taken by the hypervisor
+# for others, and all its ticks, so far (/proc/stat).
+steal_ticks() {
+    awk '$1 == "cpu" { for (i = 2; i <= NF; i++) n += $i; print ($9 + 0) " " n; exit }' /proc/stat
+}
+
 # check_pinned ROOT LABEL: every thread of every process of the server may
 # run on CPU 0 only.
 check_pinned() {
@@ -186,11 +202,22 @@ cd "$REPO_ROOT"
 bench_cachingproxy_available || bench_die "twistd cachingproxy --help fails with this checkout"
 
 bench_pin_setup
-[ "${#PIN_PROXY[@]}" -gt 0 ] || bench_die "section 1 needs 2 CPUs and taskset (and no BENCH_NO_PIN): $PIN_NOTE"
+[ -z "${ROWS// }" ] || [ "${#PIN_PROXY[@]}" -gt 0 ] || bench_die "section 1 needs 2 CPUs and taskset (and no BENCH_NO_PIN): $PIN_NOTE"
 bench_mktemp
 T="$BENCH_TMP"
 RESULTS="$T/results.txt"
 : >"$RESULTS"
+# Section 2 with PIPELINE=N: wrk writes N requests at once on a connection
+# and counts each of the N responses.
+cat >"$T/pipeline.lua" <<EOF
+local depth = $PIPELINE
+init = function(args)
+    local r = {}
+    for i = 1, depth do r[i] = wrk.format() end
+    batch = table.concat(r)
+end
+request = function() return batch end
+EOF
 : >"$T/access-samples.txt"
 TICK="$(getconf CLK_TCK)"
 RUN_USER=""
@@ -263,11 +290,15 @@ EOF
     curl -s -m 5 -D - -o /dev/null "http://127.0.0.1:$ORIGIN_PORT/pass/1k.bin" \
         | grep -qi '^cache-control: no-store' || bench_die "origin $name: /pass/ lacks no-store"
 }
-start_origin pinned 1 "${PIN_LOAD[@]}"
-PINNED_ORIGIN_PORT="$ORIGIN_PORT"
+if [ -n "${ROWS// }" ]; then
+    start_origin pinned 1 "${PIN_LOAD[@]}"
+    PINNED_ORIGIN_PORT="$ORIGIN_PORT"
+    PINNED_ORIGIN_PID="$BENCH_LAST_PID"
+fi
 if [ "$WORKERS" = 1 ]; then
     start_origin unpinned 2
     UNPINNED_ORIGIN_PORT="$ORIGIN_PORT"
+    UNPINNED_ORIGIN_PID="$BENCH_LAST_PID"
 fi
 
 # --- servers -------------------------------------------------------------------
@@ -316,7 +347,7 @@ start_server() {
             bench_start "$d/stdout.log" "$@" "$VENV/bin/python" "$BENCH_DIR/bare_protocol.py" \
                 "$SRV_PORT" "$T/www/hit/1k.bin" --parse
             ;;
-        squid|squid-w2)
+        squid|squid-w[12])
             local nworkers=1 user_line=""
             [ "$row" = squid-w2 ] && nworkers=2
             if [ -n "$RUN_USER" ]; then
@@ -362,7 +393,7 @@ EOF
             bench_start "$d/stdout.log" "$@" varnishd -F -n "$d/work" -T none \
                 -a "127.0.0.1:$SRV_PORT" -b "127.0.0.1:$oport"
             ;;
-        nginx|nginx-w2)
+        nginx|nginx-w[12])
             local nworkers=1
             [ "$row" = nginx-w2 ] && nworkers=2
             mkdir -p "$d/cache"
@@ -473,17 +504,25 @@ measure() {
     url="http://127.0.0.1:$SRV_PORT/$path/1k.bin"
     out="$T/wrk-$section-$row-$path-$round.txt"
     check_path "$label" "$SRV_KIND" "$url" "$path"
-    timeout $((WARMUP + 30)) "$@" wrk -t"$threads" -c"$CONNECTIONS" -d"${WARMUP}s" "$url" \
+    local script=()
+    [ "$section" = unpinned ] && [ "$PIPELINE" -gt 1 ] && script=(-s "$T/pipeline.lua")
+    timeout $((WARMUP + 30)) "$@" wrk -t"$threads" -c"$CONNECTIONS" -d"${WARMUP}s" ${script[@]+"${script[@]}"} "$url" \
         >"$out.warmup" 2>&1 || { cat "$out.warmup" >&2; bench_die "$label: wrk warm-up failed"; }
-    local before after obefore oafter
+    local before after obefore oafter ocpu0 ocpu1 steal0 steal1
     obefore="$(log_lines "$odir/hit.log")"
+    ocpu0="$(tree_cpu_ticks "$ORIGIN_PID")"
+    steal0="$(steal_ticks)"
     before="$(tree_cpu_ticks "$SRV_PID")"
-    timeout $((DURATION + 30)) "$@" wrk -t"$threads" -c"$CONNECTIONS" -d"${DURATION}s" "$url" \
-        >"$out" 2>&1 || { cat "$out" >&2; bench_die "$label: wrk failed"; }
+    # The subshell's "times": its children's CPU, which is wrk's own (timeout
+    # and taskset wait for it, so its time reaches them and then us).
+    ( timeout $((DURATION + 30)) "$@" wrk -t"$threads" -c"$CONNECTIONS" -d"${DURATION}s" ${script[@]+"${script[@]}"} "$url" \
+        >"$out" 2>&1 && times >"$out.times" ) || { cat "$out" >&2; bench_die "$label: wrk failed"; }
     after="$(tree_cpu_ticks "$SRV_PID")"
+    steal1="$(steal_ticks)"
+    ocpu1="$(tree_cpu_ticks "$ORIGIN_PID")"
     oafter="$(log_lines "$odir/hit.log")"
     kill -0 "$SRV_PID" 2>/dev/null || bench_die "$label: the server died during the run (log: $SRV_LOG)"
-    local rps total non2xx sockerr us
+    local rps total non2xx sockerr us wrkus ous stolen
     rps="$(awk '/^Requests\/sec:/ {print $2}' "$out")"
     total="$(awk '/requests in/ {print $1}' "$out")"
     non2xx="$(awk '/Non-2xx or 3xx responses:/ {n += $NF} END {print n + 0}' "$out")"
@@ -507,9 +546,19 @@ measure() {
     fi
     [ "$path" = hit ] && check_path "$label, after the run" "$SRV_KIND" "$url" hit
     us="$(awk -v t="$((after - before))" -v n="$total" -v hz="$TICK" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')"
-    printf '%s %s %s %s %s %s\n' "$section" "$row" "$path" "$round" "$rps" "$us" >>"$RESULTS"
+    # "times" prints the shell's line, then its children's: "0m1.250s 0m3.500s".
+    wrkus="$(awk -v n="$total" 'NR == 2 {
+            t = 0
+            for (i = 1; i <= 2; i++) { split($i, p, /[ms]/); t += p[1] * 60 + p[2] }
+            printf "%.1f", t * 1e6 / n
+        }' "$out.times")"
+    ous="$(awk -v t="$((ocpu1 - ocpu0))" -v n="$total" -v hz="$TICK" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')"
+    stolen="$(awk -v a="$steal0" -v b="$steal1" 'BEGIN {
+            split(a, x, " "); split(b, y, " ")
+            printf "%.1f", (y[2] > x[2] ? 100 * (y[1] - x[1]) / (y[2] - x[2]) : 0) }')"
+    printf '%s %s %s %s %s %s %s %s %s\n' "$section" "$row" "$path" "$round" "$rps" "$us" "${wrkus:-0}" "$ous" "$stolen" >>"$RESULTS"
     MEASURED=$((MEASURED + total + $(awk '/requests in/ {print $1}' "$out.warmup")))
-    bench_log "round $round $(row_label "$row") $path: $rps req/s, $us CPU us/request"
+    bench_log "round $round $(row_label "$row") $path: $rps req/s, $us CPU us/request (wrk $wrkus, origin $ous; $stolen% of the machine stolen)"
 }
 
 # run_row SECTION ROW ROUND: start ROW, measure both paths (hit first in odd
@@ -521,10 +570,10 @@ run_row() {
     # It caches nothing: it answers as a hit does.
     case "$row" in bare|floor) paths=(hit) ;; esac
     if [ "$section" = pinned ]; then
-        threads=1 oport="$PINNED_ORIGIN_PORT" odir="$T/origin-pinned"
+        threads=1 oport="$PINNED_ORIGIN_PORT" odir="$T/origin-pinned" ORIGIN_PID="$PINNED_ORIGIN_PID"
         pin=("${PIN_PROXY[@]}") load=("${PIN_LOAD[@]}")
     else
-        threads=2 oport="$UNPINNED_ORIGIN_PORT" odir="$T/origin-unpinned"
+        threads=2 oport="$UNPINNED_ORIGIN_PORT" odir="$T/origin-unpinned" ORIGIN_PID="$UNPINNED_ORIGIN_PID"
     fi
     start_server "$row" "$slug" "$oport" ${pin[@]+"${pin[@]}"}
     [ "$section" = pinned ] && check_pinned "$SRV_PID" "$(row_label "$row")"
@@ -567,6 +616,12 @@ for round in $(seq "$ROUNDS"); do
 done
 if [ "$WORKERS" = 1 ]; then
     for round in $(seq "$ROUNDS"); do
+        # What the machine gives one busy loop and two at once, this round.
+        for n in 1 2; do
+            spun="$("$PY" "$BENCH_DIR/spin.py" "$n" "$DURATION")" || bench_die "bench/spin.py $n failed"
+            printf 'spin %s cpu %s %s\n' "$n" "$round" "$spun" >>"$RESULTS"
+            bench_log "round $round: $n busy loop(s) got ${spun% *} CPUs, ${spun#* }% stolen"
+        done
         for row in $(rotate $((round - 1)) "${wrows[@]}"); do
             run_row unpinned "$row" "$round"
         done
@@ -634,10 +689,12 @@ echo "$ROUNDS interleaved rounds (row order rotated each round), wrk -c$CONNECTI
 echo "nginx ${nginx_version:-?}, squid ${squid_version:-n/a}, varnish ${varnish_version:-n/a}, Twisted $twisted_version, $("$PY" -V 2>&1), $NCPU CPUs, $(uname -r)"
 echo "cachingproxy $(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO_ROOT" diff --quiet HEAD 2>/dev/null || echo ' (modified)'): disk cache on; twistd --logfile FILE (as under systemd's journal)"
 echo
+if [ "${#rows[@]}" -gt 0 ]; then
 echo "== 1. pinned: server (all processes and threads) on CPU 0, wrk -t1 + origin on CPU 1"
 echo "   ratios: median of the per-round ratios; req/s ratio > 1 is faster, CPU ratio < 1 is cheaper"
 echo
 report pinned squid varnish "${rows[@]}"
+fi
 case " ${rows[*]} " in
     *" bare "*|*" floor "*)
         echo "Hits as a fraction of the ceiling (bare) and of the strict-parsing floor (floor):"
@@ -663,7 +720,73 @@ esac
 if [ "$WORKERS" = 1 ]; then
     echo "== 2. workers: nothing pinned, wrk -t2, origin with 2 workers"
     echo
+    [ "$PIPELINE" -gt 1 ] && echo "   wrk sends $PIPELINE requests in one write (PIPELINE=$PIPELINE)" && echo
     report unpinned squid-w2 cp-w1 "${wrows[@]}"
+    echo "Two workers against one, per server: w2/w1 is the median of the per-round req/s ratios."
+    echo "CPUs = req/s x (server + wrk + origin CPU us per request) / 1e6: what the run used of the machine."
+    echo "Ceiling = the w2/w1 the run would show if every cost per request stayed as with one worker"
+    echo "and the run used 2 CPUs (/2 CPU), or what two busy loops got that round (/spin):"
+    echo "that many CPUs / (CPUs of w1 / req/s of w1) / req/s of w1.  Stolen: the share of the"
+    echo "machine's CPU time its host gave to others during the run (steal in /proc/stat)."
+    awk '
+function median(a, n,    i, j, t) {
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+function cpus(row, path, r) {
+    return rps[row, path, r] * (us[row, path, r] + wus[row, path, r] + ous[row, path, r]) / 1e6
+}
+# stat(KIND, SERVER, PATH): median over the rounds where both w1 and w2 ran.
+function stat(kind, sv, path,    r, n, a, w1, w2, v) {
+    n = 0
+    w1 = sv "-w1"; w2 = sv "-w2"
+    for (r = 1; r <= rounds; r++) {
+        if (!((w1, path, r) in rps) || !((w2, path, r) in rps)) continue
+        if (kind == "ratio") v = rps[w2, path, r] / rps[w1, path, r]
+        else if (kind == "ceiling") v = 2 / cpus(w1, path, r)
+        else if (kind == "spun") { if (!(r in spin2)) continue; v = spin2[r] / cpus(w1, path, r) }
+        else if (kind == "cpus1") v = cpus(w1, path, r)
+        else if (kind == "cpus2") v = cpus(w2, path, r)
+        else if (kind == "us1") v = us[w1, path, r]
+        else if (kind == "us2") v = us[w2, path, r]
+        else if (kind == "wrk1") v = wus[w1, path, r]
+        else if (kind == "wrk2") v = wus[w2, path, r]
+        else if (kind == "st1") v = st[w1, path, r]
+        else if (kind == "st2") v = st[w2, path, r]
+        a[++n] = v
+    }
+    return n ? median(a, n) : ""
+}
+function fmt(x, f) { return x == "" ? "-" : sprintf(f, x) }
+$1 == "unpinned" {
+    rps[$2, $3, $4] = $5; us[$2, $3, $4] = $6; wus[$2, $3, $4] = $7; ous[$2, $3, $4] = $8; st[$2, $3, $4] = $9
+    if ($4 > rounds) rounds = $4
+}
+$1 == "spin" { if ($2 == 1) spin1[$4] = $5; else { spin2[$4] = $5; spinst[$4] = $6 } }
+END {
+    n = 0
+    for (r in spin2) if (r in spin1) { sr[++n] = spin2[r] / spin1[r]; s1[n] = spin1[r]; s2[n] = spin2[r]; ss[n] = spinst[r] }
+    if (n) printf "    Two busy loops (bench/spin.py) got %.2f CPUs against one loop%s %.2f: %.2fx, %.0f%% stolen (medians)\n",
+        median(s2, n), "\047s", median(s1, n), median(sr, n), median(ss, n)
+    f = "    %-5s %-13s %6s %7s %7s %6s %6s %7s %7s %6s %6s %6s %6s\n"
+    printf f, "", "", "", "ceiling", "ceiling", "", "", "us/req", "us/req", "wrk", "wrk", "stolen", "stolen"
+    printf f, "path", "server", "w2/w1", "/2 CPU", "/spin", "CPUs1", "CPUs2", "w1", "w2", "w1", "w2", "w1 %", "w2 %"
+    ns = split("cp squid nginx", servers, " ")
+    for (p = 1; p <= 2; p++) {
+        path = p == 1 ? "hit" : "pass"
+        for (i = 1; i <= ns; i++) {
+            sv = servers[i]
+            if (stat("ratio", sv, path) == "") continue
+            printf f, path, sv == "cp" ? "cachingproxy" : sv,
+                fmt(stat("ratio", sv, path), "%.2f"), fmt(stat("ceiling", sv, path), "%.2f"), fmt(stat("spun", sv, path), "%.2f"),
+                fmt(stat("cpus1", sv, path), "%.2f"), fmt(stat("cpus2", sv, path), "%.2f"),
+                fmt(stat("us1", sv, path), "%.1f"), fmt(stat("us2", sv, path), "%.1f"),
+                fmt(stat("wrk1", sv, path), "%.1f"), fmt(stat("wrk2", sv, path), "%.1f"),
+                fmt(stat("st1", sv, path), "%.0f"), fmt(stat("st2", sv, path), "%.0f")
+        }
+    }
+}' "$RESULTS"
+    echo
     if [ -s "$T/not-hits.txt" ]; then
         echo "Hit rows that were not all hits:"
         sed 's/^/    /' "$T/not-hits.txt"
