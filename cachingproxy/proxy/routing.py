@@ -26,7 +26,33 @@ from ..ops.admin import ADMIN_PREFIX, LANDING_PATHS
 from .upstream import Origin
 from .exchange import Exchange, _framedFields
 
-__all__ = ["Routing"]
+__all__ = ["Routing", "absoluteTarget"]
+
+
+def absoluteTarget(target: bytes) -> Tuple[bytes, bytes, bytes]:
+    """
+    Split an absolute-form request target (RFC 9112 section 3.2.2).
+
+    @return: C{(scheme, authority, path)}: the scheme lowered, the path
+        with the query, empty when the target has neither.
+    @raise BadRequest: if it is not C{scheme://authority...}.
+    @raise NotImplementedScheme: for a scheme other than http and https.
+    """
+    scheme, sep, rest = target.partition(b"://")
+    if not sep:
+        raise BadRequest("invalid request target")
+    scheme = scheme.lower()
+    if scheme not in (b"http", b"https"):
+        raise NotImplementedScheme(
+            f"the {scheme.decode('ascii', 'replace')!r} scheme is not supported"
+        )
+    slash = rest.find(b"/")
+    query = rest.find(b"?")
+    cut = min(i for i in (slash, query, len(rest)) if i != -1)
+    authority, path = rest[:cut], rest[cut:]
+    if path.startswith(b"?"):
+        path = b"/" + path
+    return scheme, authority, path
 
 
 class Routing:
@@ -74,20 +100,7 @@ class Routing:
             origin = settings.upstream
             path = b"*"
         else:
-            scheme, sep, rest = target.partition(b"://")
-            if not sep:
-                raise BadRequest("invalid request target")
-            scheme = scheme.lower()
-            if scheme not in (b"http", b"https"):
-                raise NotImplementedScheme(
-                    f"the {scheme.decode('ascii', 'replace')!r} scheme is not supported"
-                )
-            slash = rest.find(b"/")
-            query = rest.find(b"?")
-            cut = min(i for i in (slash, query, len(rest)) if i != -1)
-            authority, path = rest[:cut], rest[cut:]
-            if path.startswith(b"?"):
-                path = b"/" + path
+            scheme, authority, path = absoluteTarget(target)
             if settings.upstream is not None:
                 origin = settings.upstream
                 if settings.upstreamPath:
