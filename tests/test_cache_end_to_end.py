@@ -1472,7 +1472,8 @@ class HotLaneTests(CacheTestCase):
 
         slowLine, laneLine = self.lines[-1], self.lines[-2]
         self.assertEqual(withoutTimes(laneLine), withoutTimes(slowLine))
-        self.assertIn('"GET /max-age/60/lane HTTP/1.1" 200 ', laneLine)
+        target = path if self.reverse else self.url(path)
+        self.assertIn('"GET %s HTTP/1.1" 200 ' % target.decode(), laneLine)
         self.assertIn('"http://r/" "lane/1" HIT - ', laneLine)
 
     async def test_counted(self):
@@ -1529,7 +1530,7 @@ class HotLaneTests(CacheTestCase):
         the long way, which answers as it always did: conditional and
         range fields, a request for a fresh answer, a second or no Host,
         Via naming this proxy, a body, Expect, Upgrade, another method or
-        version, an absolute-form target.
+        version, an absolute-form target in reverse mode.
         """
         path = b"/max-age/60/other"
         await self.warm(path)
@@ -1551,7 +1552,10 @@ class HotLaneTests(CacheTestCase):
             (dict(version=b"HTTP/1.0"), 200),
             (dict(fields=b"Host: x\r\nConnection: close\r\n"), 200),
         ]
-        for kwargs, status in cases + [(dict(absolute=True), 200)]:
+        if self.reverse:
+            # (in forward mode, the lane's own kind of target)
+            cases.append((dict(absolute=True), 200))
+        for kwargs, status in cases:
             # Each case is tried right after the lane answered a plain GET
             # (a case that refreshed the stored response is followed by a
             # miss and a hit the long way first).
@@ -1638,3 +1642,95 @@ class HotLaneTests(CacheTestCase):
         response = await self.send(path)
         self.assertEqual(response.status, 407)
         self.assertEqual(self.laneHits, [])
+
+
+class ForwardHotLaneTests(HotLaneTests):
+    """
+    In forward mode the hot lane answers plain GETs with absolute-form
+    targets, each with its own origin and the access verdicts on it; an
+    origin-form target (the proxy's own pages there) takes the long way.
+    """
+
+    reverse = False
+
+    async def send(self, path: bytes, fields: bytes = b"Host: x\r\n", method: bytes = b"GET",
+                   version: bytes = b"HTTP/1.1", body: bytes = b"", authority: bytes = b""):
+        target = path if path.startswith(b"http") else (
+            b"http://%s%s" % (authority, path) if authority else self.url(path))
+        return await super().send(target, fields, method, version, body)
+
+    async def test_pipelined(self):
+        """
+        Plain GETs pipelined in one write are each answered by the lane,
+        in order, whatever their origin; one that is not, between them,
+        the long way in its turn.
+        """
+        other = b"localhost:%d" % self.originPort
+        await self.warm(b"/max-age/60/p1")
+        # The same path at another authority is another key: the origin
+        # answers it again.
+        await self.send(b"/max-age/60/p1", authority=other)
+        await self.send(b"/max-age/60/p1", authority=other)
+        self.assertEqual(self.laneHits, [])
+        first, second = self.url(b"/max-age/60/p1"), b"http://%s/max-age/60/p1" % other
+        _, responses = await exchange(
+            self.port, self,
+            b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET %s HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"nothing\"\r\n\r\n"
+            b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % (first, second, second, first),
+            count=4,
+        )
+        self.assertEqual([r.body for r in responses],
+                         [b"/max-age/60/p1 #1", b"/max-age/60/p1 #2",
+                          b"/max-age/60/p1 #2", b"/max-age/60/p1 #1"])
+        self.assertEqual([r.header(b"x-cache") for r in responses], [b"HIT"] * 4)
+        self.assertEqual([(e.head.target, e.upstreamOrigin.host) for e in self.laneHits],
+                         [(first, "127.0.0.1"), (second, "localhost"), (first, "127.0.0.1")])
+        self.assertEqual(self.origin.counts[b"/max-age/60/p1"], 2)
+
+    async def test_otherRequestsTheLongWay(self):
+        """
+        As in reverse mode, and an origin-form target: for the proxy
+        itself (without its own pages, as here, refused).
+        """
+        await HotLaneTests.test_otherRequestsTheLongWay(self)
+        hits = len(self.laneHits)
+        _, [own] = await exchange(self.port, self,
+                                  b"GET /max-age/60/other HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(own.status, 400)
+        self.assertEqual(len(self.laneHits), hits)
+
+    async def test_ownEndpointsTheLongWay(self):
+        """
+        A target that may name the proxy's own endpoints never takes the
+        lane, whatever its host (here they are the origin's, and hits the
+        long way; the landing paths are left too: see
+        L{tests.test_server.HotLaneDecisionTests.test_forward}).
+        """
+        await HotLaneTests.test_ownEndpointsTheLongWay(self)
+
+    async def test_refusedDestination(self):
+        """
+        A destination the access policy refuses is refused, hot response
+        or not, even on a connection whose other destination took the
+        lane.
+        """
+        from cachingproxy.access import AccessPolicy
+
+        other = b"localhost:%d" % self.originPort
+        path = b"/max-age/60/dest"
+        await self.warm(path)
+        await self.send(path, authority=other)
+        await self.send(path, authority=other)
+        self.factory.access = AccessPolicy(allow=["loopback"], denyDest=["localhost"],
+                                           clock=self.clock)
+        _, responses = await exchange(
+            self.port, self,
+            b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET http://%s%s HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % (self.url(path), other, path, self.url(path)),
+            count=3,
+        )
+        self.assertEqual([r.status for r in responses], [200, 403, 200])
+        self.assertEqual([e.head.target for e in self.laneHits], [self.url(path)] * 2)

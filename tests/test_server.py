@@ -2186,9 +2186,10 @@ class EndToEndTests(SynchronousTestCase):
 
 class HotLaneDecisionTests(SynchronousTestCase):
     """
-    L{ProxyFactory.lane}: a reverse proxy to one origin with a cache and
-    neither routes nor proxy authentication has one, decided again
-    whenever what it depends on is set (as a reload does).
+    L{ProxyFactory.lane}: a reverse proxy to one origin, or a forward
+    proxy, with a cache and neither routes nor proxy authentication has
+    one, decided again whenever what it depends on is set (as a reload
+    does).
     """
 
     def factory(self, **settings) -> ProxyFactory:
@@ -2227,13 +2228,62 @@ class HotLaneDecisionTests(SynchronousTestCase):
             self.assertLessEqual(len(lane.keys), 3)
         self.assertEqual(lane.keys[b"/6"], b"http://127.0.0.1:9000/6")
 
+    def test_forward(self) -> None:
+        """
+        In forward mode: a lane for absolute-form targets, each keyed as
+        the cache keys it and with the origin the request goes to; none
+        for origin-form targets (the proxy's own pages there), for targets
+        that are not http or https URIs, and for any that may name the
+        proxy's own endpoints or pages.
+        """
+        lane = self.factory().lane
+        self.assertIsNone(lane.origin)
+        self.assertIsNone(lane.keyOf(b"/a"))
+        self.assertEqual(lane.keys, {})
+        self.assertEqual(
+            lane.absoluteOf(b"http://Example.COM:8080/a?b"),
+            (Origin(b"http", "example.com", 8080), b"http://example.com:8080/a?b"))
+        self.assertEqual(
+            lane.absoluteOf(b"HTTPS://example.com/a"),
+            (Origin(b"https", "example.com", 443), b"https://example.com/a"))
+        self.assertEqual(lane.absoluteOf(b"http://example.com/x")[1], b"http://example.com/x")
+        for target in [b"ftp://example.com/", b"http:/x", b"http://u@example.com/",
+                       b"http://example.com:0/", b"http://example.com/_cachingproxy/status",
+                       b"http://example.com/_cachingproxy", b"http://example.com/",
+                       b"http://example.com", b"http://example.com/?x", b"https://example.com?q",
+                       b"http://example.com?/_cachingproxy/metrics"]:
+            self.assertIs(lane.absoluteOf(target), False, target)
+            self.assertIs(lane.targets[target], False)
+        self.assertEqual(lane.targets[b"http://example.com/x"][1], b"http://example.com/x")
+
+    def test_forwardTargetsBounded(self) -> None:
+        """
+        The forward lane remembers at most C{maxKeys} targets.
+        """
+        lane = self.factory().lane
+        lane.maxKeys = 3
+        for i in range(7):
+            lane.absoluteOf(b"http://example.com/%d" % i)
+            self.assertLessEqual(len(lane.targets), 3)
+        self.assertEqual(lane.targets[b"http://example.com/6"][1], b"http://example.com/6")
+
+    def test_reverseLeavesAbsoluteTargets(self) -> None:
+        """
+        In reverse mode an absolute-form target goes the long way.
+        """
+        lane = self.factory(upstream=Origin(b"http", "127.0.0.1", 9000)).lane
+        self.assertIs(lane.absoluteOf(b"http://127.0.0.1:9000/a"), False)
+
     def test_none(self) -> None:
         """
-        No lane in forward mode, without a cache, with routes, or when the
-        key is built from what the origin is told.
+        No lane without a cache, with routes, or when the key is built
+        from what the origin is told.
         """
         origin = Origin(b"http", "127.0.0.1", 9000)
-        self.assertIsNone(self.factory().lane)
+        factory = self.factory()
+        factory.cache = None
+        self.assertIsNone(factory.lane)
+        self.assertIsNone(self.factory(xForwardedProto=True).lane)
         factory = self.factory(upstream=origin)
         factory.cache = None
         self.assertIsNone(factory.lane)

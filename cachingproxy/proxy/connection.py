@@ -590,18 +590,31 @@ class ProxyProtocol(Protocol):
         Plain here is what that long way lets through to the same answer
         without looking further: one Host field and none of the fields
         that frame a body, ask to upgrade or expect, carry Via or make the
-        request conditional (L{_LANE_STOP}); a target in origin form, not
-        one of the proxy's own endpoints; a client and origin the access
-        policy allows (asked once per connection and lane).
+        request conditional (L{_LANE_STOP}); a target in origin form in
+        reverse mode, in absolute form in forward mode, not one of the
+        proxy's own endpoints or pages; a client and origin the access
+        policy allows (asked once per connection and lane in reverse mode,
+        per connection and origin in forward mode, where each verdict is
+        remembered by the connection).
 
         @return: whether it answered; if not, nothing was changed.
         """
         url = self._url
-        if url[:1] != b"/" or url.startswith(ADMIN_PREFIX):
-            return False
-        key = lane.keys.get(url)
-        if key is None:
-            key = lane.keyOf(url)
+        if url[:1] == b"/":
+            if url.startswith(ADMIN_PREFIX):
+                return False
+            key = lane.keys.get(url)
+            if key is None:
+                # (None in forward mode)
+                key = lane.keyOf(url)
+            origin = lane.origin
+        else:
+            found = lane.targets.get(url)
+            if found is None:
+                found = lane.absoluteOf(url)
+            if found is False:
+                return False
+            origin, key = found
         if key not in lane.hot:
             return False
         hosts = 0
@@ -615,15 +628,17 @@ class ProxyProtocol(Protocol):
             return False
         if lane.access is not None and self._laneCleared is not lane:
             if self.clientVerdict() is not None or \
-                    self.destinationVerdict(lane.origin) is not None:
+                    self.destinationVerdict(origin) is not None:
                 return False
-            self._laneCleared = lane
+            if lane.origin is not None:
+                # (in forward mode each origin has its verdict)
+                self._laneCleared = lane
         headers = Headers.fromLowered(fields)
         variant = lane.cache.hotAnswer(key, headers)
         if variant is None:
             return False
         exchange = Exchange.answeredHot(self, RequestHead(method, url, version, headers),
-                                        lane.origin, len(variant.body))
+                                        origin, len(variant.body))
         self._resetHead()
         # (on to IDLE at on_message_complete, as after any request)
         self._moveReader(R_BODY)

@@ -28,35 +28,47 @@ from ..ops.accesslog import combinedLine
 from .upstream import UpstreamPool
 from .connection import ProxyProtocol
 from .exchange import Exchange
-from .routing import Routing
+from ..ops.admin import ADMIN_PREFIX, LANDING_PATHS
+from .routing import Routing, _parseAuthority, absoluteTarget
 from .settings import ProxySettings
 
 __all__ = ["ProxyFactory"]
+
+#: What any target for the proxy's own endpoints holds (see
+#: L{HotLane.absoluteOf}).
+_OWN_MARK = ADMIN_PREFIX.rstrip(b"/")
 
 
 class HotLane:
     """
     What a client connection needs to answer a hot hit on its own, as soon
     as the request head is read (L{ProxyProtocol._hotLane}), when the
-    factory's configuration allows it: a reverse proxy to one origin, with
-    a cache keyed by that origin, no routes and no proxy authentication.
-    Whatever else a request needs (another method, a body, conditional or
-    range fields, a second Host, Via, Upgrade, the proxy's own endpoints,
-    an absolute-form target) sends it the long way, through
-    L{Exchange.start}.
+    factory's configuration allows it: a cache keyed by the origin's own
+    scheme and authority, no routes and no proxy authentication; as a
+    reverse proxy to one origin (origin-form targets) or as a forward proxy
+    (absolute-form targets). Whatever else a request needs (another
+    method, a body, conditional or range fields, a second Host, Via,
+    Upgrade, the proxy's own endpoints and pages) sends it the long way,
+    through L{Exchange.start}.
 
-    @ivar origin: the L{Origin} every request goes to.
+    @ivar origin: the L{Origin} every request goes to in reverse mode;
+        C{None} in forward mode.
     @ivar upstreamPath: the path prefix of C{--upstream}.
     @ivar cache: the L{cachingproxy.cache.layer.CacheLayer} (its
         C{hotAnswer}), and C{hot} its table of remembered responses (only
         looked in: a key that is not there is no hit).
     @ivar access: the access policy whose verdicts on the client and on
-        C{origin} a connection asks once, or C{None}.
-    @ivar keys: request target -> cache key, for the targets asked for
-        lately (L{keyOf} fills it).
+        the origin a connection asks (once per connection in reverse mode,
+        once per connection and origin in forward mode), or C{None}.
+    @ivar keys: origin-form request target -> cache key (reverse mode),
+        for the targets asked for lately (L{keyOf} fills it).
+    @ivar targets: absolute-form request target -> C{(origin, cache key)},
+        or C{False} for one the lane leaves to the long way (forward
+        mode; L{absoluteOf} fills it).
     """
 
-    __slots__ = ("origin", "upstreamPath", "cache", "hot", "access", "keys", "maxKeys", "_key")
+    __slots__ = ("origin", "upstreamPath", "cache", "hot", "access", "keys", "targets",
+                 "maxKeys", "_key")
 
     def __init__(self, origin, upstreamPath: bytes, cache, access) -> None:
         self.origin = origin
@@ -65,21 +77,54 @@ class HotLane:
         self.hot = cache.hotTable
         self.access = access
         self.keys: Dict[bytes, bytes] = {}
-        #: how many targets L{keys} remembers
+        self.targets: Dict[bytes, object] = {}
+        #: how many targets L{keys} and L{targets} remember
         self.maxKeys = 4096
-        self._key = functools.partial(cache.primaryKey, origin.scheme, origin.authority())
+        self._key = None if origin is None else functools.partial(
+            cache.primaryKey, origin.scheme, origin.authority())
 
-    def keyOf(self, target: bytes) -> bytes:
+    def keyOf(self, target: bytes) -> Optional[bytes]:
         """
         @return: the cache key of the origin-form C{target} (remembered in
-            L{keys}, which starts again when full).
+            L{keys}, which starts again when full); C{None} in forward
+            mode, where an origin-form target is for the proxy itself.
         """
+        if self._key is None:
+            return None
         key = self._key(self.upstreamPath + target if self.upstreamPath else target)
         keys = self.keys
         if len(keys) >= self.maxKeys:
             keys.clear()
         keys[target] = key
         return key
+
+    def absoluteOf(self, target: bytes):
+        """
+        @return: C{(origin, cache key)} of the absolute-form GET C{target}
+            in forward mode, as L{Routing.route} and the cache layer make
+            them; or C{False} when the lane leaves it to the long way: in
+            reverse mode, for a target that is not a valid http or https
+            URI, and for any that may name the proxy's own pages (a path
+            under C{/_cachingproxy} or a landing path, whatever the host).
+            Remembered in L{targets}, which starts again when full.
+        """
+        if self._key is not None:
+            return False
+        found: object = False
+        try:
+            scheme, authority, path = absoluteTarget(target)
+            origin = _parseAuthority(scheme, authority, requirePort=False)
+        except ProxyError:
+            pass
+        else:
+            path = path or b"/"
+            if _OWN_MARK not in target and path.split(b"?", 1)[0] not in LANDING_PATHS:
+                found = (origin, self.cache.primaryKey(origin.scheme, origin.authority(), path))
+        targets = self.targets
+        if len(targets) >= self.maxKeys:
+            targets.clear()
+        targets[target] = found
+        return found
 
 
 #: The factory's attributes the hot lane depends on: setting any of them
@@ -206,7 +251,7 @@ class ProxyFactory(Routing, Factory):
         settings = getattr(self, "settings", None)
         cache = getattr(self, "cache", None)
         access = getattr(self, "access", None)
-        if (settings is None or settings.upstream is None or self.keyFromHead
+        if (settings is None or self.keyFromHead
                 or cache is None or getattr(cache, "hotAnswer", None) is None
                 or getattr(cache, "hotTable", None) is None
                 or getattr(self, "sites", None) is not None
