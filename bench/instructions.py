@@ -8,6 +8,7 @@ One in-memory loop of N requests, for counting instructions with valgrind
     hit-cli      a hit with the factory the command line builds (access policy,
                  the proxy's own pages, metrics), no access log
     hit-cli-log  the same, logging in the combined format to a file
+    hit-forward  hit-cli as a forward proxy (an absolute-form target, as curl -x sends)
     floor        bench/bare_protocol.py's Parsed protocol (strict parse, fixed answer)
     pass         a pass-through of a no-store response, disk cache on
     pass-nocache the same without a cache
@@ -53,6 +54,8 @@ def main() -> None:
             micro_hit.runAsBuilt(folder, n)
         elif case == "hit-cli-log":
             micro_hit.runAsBuilt(folder, n, "combined")
+        elif case == "hit-forward":
+            micro_hit.runAsBuilt(folder, n, forward=True)
         elif case == "floor":
             micro_hit.runFloor(n)
         elif case == "pass":

@@ -43,25 +43,28 @@ RESPONSE = (
 )
 
 
-def _fillAndTime(reactor, client, clientTransport, upstream, n: int, clock) -> float:
+def _fillAndTime(reactor, client, clientTransport, upstream, n: int, clock,
+                 request: bytes = None) -> float:
     """
     Fill the cache with one miss, check that the next request is a hit,
-    then time C{n} of them.
+    then time C{n} of them (of C{request}, by default L{REQUEST}).
 
     @return: the seconds they took.
     """
     from cachingproxy.http.headers import formatHTTPDate
 
-    client.dataReceived(REQUEST)
+    if request is None:
+        request = REQUEST
+    client.dataReceived(request)
     upstream.dataReceived(RESPONSE % formatHTTPDate(reactor.seconds()))
     assert b"200 OK" in clientTransport.value(), clientTransport.value()
     clientTransport.clear()
-    client.dataReceived(REQUEST)
+    client.dataReceived(request)
     assert b"X-Cache: HIT" in clientTransport.value(), clientTransport.value()
     clientTransport.clear()
     start = clock()
     for _ in range(n):
-        client.dataReceived(REQUEST)
+        client.dataReceived(request)
         clientTransport.clear()
     return clock() - start
 
@@ -95,13 +98,22 @@ def run(store, n: int, accessLog: str = "none", clock=time.perf_counter) -> floa
     return elapsed / n * 1e6
 
 
-def runAsBuilt(folder: str, n: int, accessLog: str = "none", clock=time.perf_counter) -> float:
+#: L{REQUEST} as a client of a forward proxy sends it.
+FORWARD_REQUEST = (
+    b"GET http://127.0.0.1:9000/1k.bin HTTP/1.1\r\nHost: 127.0.0.1:9000\r\nUser-Agent: curl\r\n"
+    b"Accept: */*\r\nProxy-Connection: Keep-Alive\r\n\r\n"
+)
+
+
+def runAsBuilt(folder: str, n: int, accessLog: str = "none", clock=time.perf_counter,
+               forward: bool = False) -> float:
     """
     The hit loop with the factory the command line builds
     (L{cachingproxy.service.tap.buildFactory}: the access policy, the
     proxy's own pages, the disk cache in C{folder}) and the metrics every
     process keeps, as C{twistd cachingproxy --upstream ... --cache-dir ...}
-    runs; C{accessLog} as in L{run}.
+    runs; C{accessLog} as in L{run}.  With C{forward}, as a forward proxy
+    (no C{--upstream}) asked for L{FORWARD_REQUEST}.
     """
     from cachingproxy.ops.accesslog import AccessLog
     from cachingproxy.ops.metrics import Metrics
@@ -110,22 +122,27 @@ def runAsBuilt(folder: str, n: int, accessLog: str = "none", clock=time.perf_cou
 
     reactor = MemoryReactorClock()
     reactor.advance(time.time())
-    config = fromOptions({"upstream": "http://127.0.0.1:9000", "cache-dir": folder + "/c"}, {})
+    options = {"cache-dir": folder + "/c"}
+    if not forward:
+        options["upstream"] = "http://127.0.0.1:9000"
+    config = fromOptions(options, {})
     log = None
     if accessLog != "none":
         log = AccessLog(folder + "/access.log", accessLog, reactor=reactor)
     factory = buildFactory(reactor, config, log)
     factory.metrics = Metrics.create(reactor, factory, directory=folder)
     pool = factory.pool
-    origin = factory.settings.upstream
+    origin = Origin(b"http", "127.0.0.1", 9000)
     upstream = UpstreamProtocol(pool, origin)
     upstreamTransport = StringTransport()
     upstream.makeConnection(upstreamTransport)
     pool._release(upstream)
     client = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-    clientTransport = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 8000))
+    clientTransport = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 8000),
+                                      peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
     client.makeConnection(clientTransport)
-    elapsed = _fillAndTime(reactor, client, clientTransport, upstream, n, clock)
+    elapsed = _fillAndTime(reactor, client, clientTransport, upstream, n, clock,
+                           FORWARD_REQUEST if forward else REQUEST)
     if log is not None:
         log.close()
     return elapsed / n * 1e6
