@@ -629,6 +629,13 @@ if [ "$WORKERS" = 1 ]; then
 fi
 
 # --- report ------------------------------------------------------------------
+# The median of a[1..n] (sorts a), for the awk programs below.
+AWK_MEDIAN='
+function median(a, n,    i, j, t) {
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+'
 twisted_version="$("$PY" -c 'import twisted; print(twisted.__version__)' 2>/dev/null || echo '?')"
 squid_version="$( (squid -v 2>/dev/null || true) | awk 'NR == 1 {print $NF}')"
 nginx_version="$(nginx -v 2>&1 | awk -F/ '{print $2}')"
@@ -641,11 +648,7 @@ report() {
     local section="$1" b1="$2" b2="$3" row labels=""
     shift 3
     for row in "$@"; do labels="$labels$row=$(row_label "$row")|"; done
-    awk -v section="$section" -v b1="$b1" -v b2="$b2" -v order="$*" -v labels="$labels" '
-function median(a, n,    i, j, t) {
-    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
-    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-}
+    awk -v section="$section" -v b1="$b1" -v b2="$b2" -v order="$*" -v labels="$labels" "$AWK_MEDIAN"'
 # ratio_median(KIND, ROW, BASE, PATH): median over rounds of ROW/BASE.
 function ratio_median(kind, row, base, path,    r, n, a) {
     n = 0
@@ -700,11 +703,7 @@ case " ${rows[*]} " in
         echo "Hits as a fraction of the ceiling (bare) and of the strict-parsing floor (floor):"
         echo "req/s, medians of the per-round ratios"
         printf "    %-12s %8s %8s\n" row /bare /floor
-        awk '
-function median(a, n,    i, j, t) {
-    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
-    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-}
+        awk "$AWK_MEDIAN"'
 function ratio(row, base,    r, n, a) {
     n = 0
     for (r = 1; r <= rounds; r++) if ((row, r) in rps && (base, r) in rps) a[++n] = rps[row, r] / rps[base, r]
@@ -728,11 +727,7 @@ if [ "$WORKERS" = 1 ]; then
     echo "and the run used 2 CPUs (/2 CPU), or what two busy loops got that round (/spin):"
     echo "that many CPUs / (CPUs of w1 / req/s of w1) / req/s of w1.  Stolen: the share of the"
     echo "machine's CPU time its host gave to others during the run (steal in /proc/stat)."
-    awk '
-function median(a, n,    i, j, t) {
-    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
-    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-}
+    awk "$AWK_MEDIAN"'
 function cpus(row, path, r) {
     return rps[row, path, r] * (us[row, path, r] + wus[row, path, r] + ous[row, path, r]) / 1e6
 }
