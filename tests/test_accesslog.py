@@ -467,31 +467,42 @@ class CombinedKeptTests(SynchronousTestCase):
     the same up to the seconds taken.
     """
 
-    def test_eachLineItsOwn(self):
+    @staticmethod
+    def made(target=b"/a", method=b"GET", version=(1, 1), status=200, sent=10,
+             cache="HIT", agent=b"one", wall=1000.5, seconds=0.25, upstream=None,
+             received=0, started=100.0):
         """
-        Every line is the one a connection without anything kept gets:
-        through repeats, and changes of each fact in turn.
+        @return: a finished exchange as the access log reads it.
         """
         from types import SimpleNamespace
 
         from cachingproxy.http.headers import Headers
 
-        def made(target=b"/a", method=b"GET", version=(1, 1), status=200, sent=10,
-                 cache="HIT", agent=b"one", wall=1000.5, seconds=0.25, upstream=None,
-                 received=0):
-            headers = Headers()
-            headers.add(b"user-agent", agent)
-            return SimpleNamespace(
-                head=SimpleNamespace(method=method, target=bytes(target), version=version,
-                                     headers=headers),
-                started=100.0, finished=100.0 + seconds, upstreamSeconds=upstream,
-                wallStarted=wall, status=status, bytesSent=sent, bytesReceived=received,
-                cacheResult=cache)
+        headers = Headers()
+        headers.add(b"user-agent", agent)
+        return SimpleNamespace(
+            head=SimpleNamespace(method=method, target=bytes(target), version=version,
+                                 headers=headers),
+            started=started, finished=started + seconds, upstreamSeconds=upstream,
+            wallStarted=wall, status=status, bytesSent=sent, bytesReceived=received,
+            cacheResult=cache)
 
-        def fresh():
-            return SimpleNamespace(clientHost="192.0.2.1", _combinedSaid=None,
-                                   _combinedKept=None)
+    @staticmethod
+    def fresh():
+        """
+        @return: a connection as the access log reads it, nothing kept.
+        """
+        from types import SimpleNamespace
 
+        return SimpleNamespace(clientHost="192.0.2.1", _combinedSaid=None,
+                               _combinedKept=None)
+
+    def test_eachLineItsOwn(self):
+        """
+        Every line is the one a connection without anything kept gets:
+        through repeats, and changes of each fact in turn.
+        """
+        made, fresh = self.made, self.fresh
         kept = fresh()
         changes = [
             dict(seconds=0.5), dict(target=b"/b"), dict(method=b"HEAD"),
@@ -516,3 +527,29 @@ class CombinedKeptTests(SynchronousTestCase):
         self.assertEqual(len(set(lines)), len(changes) + 1)
         self.assertTrue(lines[1].endswith(" HIT - 0.5000 0"), lines[1])
         self.assertTrue(lines[31].endswith(" HIT 0.1250 0.2500 0"), lines[31])
+
+    def test_wholeLineKept(self):
+        """
+        A repeat that took under 50 microseconds and sent no body gets
+        the kept whole line, which is the line a fresh connection gets;
+        at 50 microseconds and above, with a body, or with a clock that
+        went back, the seconds are written out again.
+        """
+        made, fresh = self.made, self.fresh
+        kept = fresh()
+        first = made(seconds=0.25)
+        accesslog.combinedLine(first, kept, first.finished)
+        lines = []
+        # (started at 1.0, where these sums are exact to the digits shown)
+        for seconds, received in [(0.0, 0), (0.00001, 0), (0.000049999, 0), (0.00005, 0),
+                                  (0.00012, 0), (0.00001, 5), (-0.00001, 0), (0.0, 0)]:
+            exchange = made(seconds=seconds, received=received, started=1.0)
+            line = accesslog.combinedLine(exchange, kept, exchange.finished)
+            self.assertEqual(line, accesslog.combinedLine(exchange, fresh(), exchange.finished),
+                             (seconds, received))
+            lines.append(line)
+        self.assertEqual([line.rsplit(" ", 2)[1:] for line in lines],
+                         [["0.0000", "0"], ["0.0000", "0"], ["0.0000", "0"], ["0.0001", "0"],
+                          ["0.0001", "0"], ["0.0000", "5"], ["-0.0000", "0"],
+                          ["0.0000", "0"]])
+        self.assertIs(lines[1], kept._combinedKept[2])

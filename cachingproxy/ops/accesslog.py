@@ -199,11 +199,9 @@ class AccessLog:
             # A batch is being gathered (nearly always, under load): add
             # the line to it; what starts a batch is in __call__.
             if self._file is None:
-                line = "%s%s\n" % (self._logPrefix(time.time()), line)
-            else:
-                line += "\n"
+                line = self._logPrefix(time.time()) + line
             lines.append(line)
-            self._size += len(line)
+            self._size += len(line) + 1
             if self._size >= self.flushSize:
                 self.flush()
             return
@@ -271,11 +269,10 @@ class AccessLog:
                     self._logPrefix.second = None
             self._timer = self.reactor.callLater(FLUSH_SECONDS, self._timedFlush)
         if self._file is None:
-            line = "%s%s\n" % (self._logPrefix(time.time()), line)
-        else:
-            line += "\n"
+            line = self._logPrefix(time.time()) + line
+        # (each line's newline is added as the batch is joined)
         self._lines.append(line)
-        self._size += len(line)
+        self._size += len(line) + 1
         if self._size >= self.flushSize:
             self.flush()
 
@@ -297,9 +294,11 @@ class AccessLog:
             if self._timer.active():
                 self._timer.cancel()
             self._timer = None
-        if not self._lines:
+        lines = self._lines
+        if not lines:
             return
-        text = "".join(self._lines)
+        lines.append("")
+        text = "\n".join(lines)
         self._lines = []
         self._size = 0
         out = self._file
@@ -399,6 +398,12 @@ def _printable(value: bytes) -> str:
 _shortTargetText = functools.lru_cache(maxsize=2048)(_printable)
 
 
+#: Seconds below it are "0.0000" to four places (no double lies between
+#: the one nearest 0.00005 and 0.00005 itself, so any below it rounds
+#: down).
+_UNDER_TEN_THOUSANDTH = 0.00005
+
+
 def combinedLine(exchange, protocol, now: float) -> str:
     """
     One Combined Log Format line for a finished request, with the cache
@@ -433,17 +438,21 @@ def combinedLine(exchange, protocol, now: float) -> str:
                 f'{upstream:.4f} {seconds:.4f} {exchange.bytesReceived}')
     # Not sent upstream (a hit, mostly): everything up to the seconds taken
     # is kept from the connection's last such line when it says the same,
-    # as it does for a client asking for the same object again.
+    # as it does for a client asking for the same object again; and the
+    # whole line for the usual end of a hit's, no body and under 50
+    # microseconds ("0.0000 0"), which makes the float's text needless.
     status = exchange.status
     key = (said, method, target, head.version, status, exchange.bytesSent,
            exchange.cacheResult)
     kept = protocol._combinedKept
     if kept is not None and kept[0] == key:
+        if 0.0 <= seconds < _UNDER_TEN_THOUSANDTH and not exchange.bytesReceived:
+            return kept[2]
         start = kept[1]
     else:
         start = (f'{said[3]}{_METHOD_TEXT.get(method) or _printable(method)} '
                  f'{_shortTargetText(target) if len(target) <= 256 else _printable(target)} '
                  f'{_VERSION_TEXT.get(head.version) or "HTTP/%d.%d" % head.version}" '
                  f'{status} {exchange.bytesSent} {said[4]} {exchange.cacheResult} - ')
-        protocol._combinedKept = (key, start)
+        protocol._combinedKept = (key, start, start + "0.0000 0")
     return f'{start}{seconds:.4f} {exchange.bytesReceived}'

@@ -227,7 +227,10 @@ class ProxyFactory(Routing, Factory):
 
     def __setattr__(self, name: str, value) -> None:
         object.__setattr__(self, name, value)
-        if name in _LANE_INPUTS:
+        if name == "accessLog":
+            # (its record method, asked for once rather than per request)
+            object.__setattr__(self, "_accessRecord", getattr(value, "record", None))
+        elif name in _LANE_INPUTS:
             if name == "settings":
                 self._settingsChanged(value)
             self.lane = self._decideLane()
@@ -396,7 +399,7 @@ class ProxyFactory(Routing, Factory):
                 self._log.failure("counting a request failed")
         accessLog = self.accessLog
         if accessLog is not None:
-            record = getattr(accessLog, "record", None)
+            record = self._accessRecord
             if record is not None:
                 record(exchange, protocol)
             else:
