@@ -29,6 +29,19 @@ class HeadersTests(SynchronousTestCase):
         self.assertIn(b"CONTENT-TYPE", h)
         self.assertEqual(h.toWire(), b"Content-Type: text/plain\r\n")
 
+    def test_firstOfTwo(self):
+        """
+        L{Headers.firstOfTwo} gives the first value of each of two fields
+        (by lowercase name), or C{None} for one that is not there.
+        """
+        h = Headers([(b"Host", b"h"), (b"User-Agent", b"one"), (b"Referer", b"r1"),
+                     (b"user-agent", b"two"), (b"REFERER", b"r2")])
+        self.assertEqual(h.firstOfTwo(b"referer", b"user-agent"), (b"r1", b"one"))
+        self.assertEqual(h.firstOfTwo(b"user-agent", b"referer"), (b"one", b"r1"))
+        self.assertEqual(h.firstOfTwo(b"referer", b"accept"), (b"r1", None))
+        self.assertEqual(h.firstOfTwo(b"accept", b"host"), (None, b"h"))
+        self.assertEqual(Headers().firstOfTwo(b"referer", b"user-agent"), (None, None))
+
     def test_repeatsAndOrder(self):
         """
         Repeated fields stay separate and in order; set() replaces them all

@@ -414,17 +414,22 @@ def combinedLine(exchange, protocol, now: float) -> str:
     """
     head = exchange.head
     referer, agent = head.headers.firstOfTwo(b"referer", b"user-agent")
-    second = int(exchange.wallStarted)
+    wall = exchange.wallStarted
     # A connection's requests mostly come from one client program, many a
     # second: the text of the client, the time and the client's Referer
-    # and User-Agent is kept from the connection's last line.
+    # and User-Agent is kept from the connection's last line (with the
+    # second as the floats it starts and ends at: two comparisons cost
+    # less than int()).
     said = protocol._combinedSaid
-    if said is None or said[0] != referer or said[1] != agent or said[2] != second:
+    if said is None or said[0] != referer or said[1] != agent or \
+            not said[2] <= wall < said[5]:
+        second = int(wall)
         said = protocol._combinedSaid = (
-            referer, agent, second,
+            referer, agent, float(second),
             '%s - - [%s] "' % (protocol.clientHost, _clfTime(second)),
             '"%s" "%s"' % (_printable(b"-" if referer is None else referer),
-                           _printable(b"-" if agent is None else agent)))
+                           _printable(b"-" if agent is None else agent)),
+            second + 1.0)
     method = head.method
     target = head.target
     upstream = exchange.upstreamSeconds
