@@ -8,6 +8,9 @@ One in-memory loop of N requests, for counting instructions with valgrind
     hit-cli      a hit with the factory the command line builds (access policy,
                  the proxy's own pages, metrics), no access log
     hit-cli-log  the same, logging in the combined format to a file
+    hit-cli-json the same, logging JSON lines to a file
+    hit-cli-twistd the same, logging in the combined format to the twistd log
+                 (the default)
     hit-forward  hit-cli as a forward proxy (an absolute-form target, as curl -x sends)
     floor        bench/bare_protocol.py's Parsed protocol (strict parse, fixed answer)
     pass         a pass-through of a no-store response, disk cache on
@@ -54,6 +57,10 @@ def main() -> None:
             micro_hit.runAsBuilt(folder, n)
         elif case == "hit-cli-log":
             micro_hit.runAsBuilt(folder, n, "combined")
+        elif case == "hit-cli-json":
+            micro_hit.runAsBuilt(folder, n, "json")
+        elif case == "hit-cli-twistd":
+            micro_hit.runAsBuilt(folder, n, "twistd")
         elif case == "hit-forward":
             micro_hit.runAsBuilt(folder, n, forward=True)
         elif case == "floor":

@@ -127,7 +127,12 @@ def runAsBuilt(folder: str, n: int, accessLog: str = "none", clock=time.perf_cou
         options["upstream"] = "http://127.0.0.1:9000"
     config = fromOptions(options, {})
     log = None
-    if accessLog != "none":
+    if accessLog == "twistd":
+        # The default: the twistd log (here a file, as twistd without -n).
+        from cachingproxy.ops.accesslog import writeLogTo
+        writeLogTo(open(folder + "/twistd.log", "w", encoding="utf-8"), "cachingproxy.access#info")
+        log = AccessLog("-", "combined", reactor=reactor)
+    elif accessLog != "none":
         log = AccessLog(folder + "/access.log", accessLog, reactor=reactor)
     factory = buildFactory(reactor, config, log)
     factory.metrics = Metrics.create(reactor, factory, directory=folder)
