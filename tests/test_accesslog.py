@@ -450,8 +450,9 @@ class JSONEscapingTests(SynchronousTestCase):
             head=SimpleNamespace(method=b"GET", target=b'/x"\\\xff\x00', version=(1, 1),
                                  headers=headers),
             started=100.0, finished=100.25, upstreamSeconds=None, wallStarted=0.5,
-            status=499, bytesSent=0, bytesReceived=7, cacheResult="-")
-        line = AccessLog(os.devnull, "json").jsonLine(exchange, SimpleNamespace(clientHost="::1"))
+            status=499, bytesSent=0, bytesReceived=7, cacheResult="-", headRead=b"")
+        line = AccessLog(os.devnull, "json").jsonLine(
+            exchange, SimpleNamespace(clientHost="::1", _jsonSaid=None, _jsonKept=None))
         self.assertNotIn("\n", line)
         self.assertEqual(json.loads(line), {
             "time": "1970-01-01T00:00:00Z", "client": "::1", "method": "GET",
@@ -462,16 +463,20 @@ class JSONEscapingTests(SynchronousTestCase):
 
 class CombinedKeptTests(SynchronousTestCase):
     """
-    L{accesslog.combinedLine} keeps the start of a connection's last line
-    for a request not sent upstream, and uses it only for a line that says
-    the same up to the seconds taken.
+    L{accesslog.combinedLine} and L{AccessLog.jsonLine} keep the start of a
+    connection's last line for a request not sent upstream, and use it
+    only for a line that says the same up to the seconds taken: found by
+    what the line says, or by the read the request's head came in
+    (L{Exchange.headRead <cachingproxy.proxy.exchange.Exchange.headRead>}).
     """
 
     @staticmethod
     def made(target=b"/a", method=b"GET", version=(1, 1), status=200, sent=10,
              cache="HIT", agent=b"one", wall=1000.5, seconds=0.25, upstream=None,
-             received=0, started=100.0):
+             received=0, started=100.0, read=False):
         """
+        @param read: whether the head came whole in one read (its bytes
+            made from the head, as a client would send them).
         @return: a finished exchange as the access log reads it.
         """
         from types import SimpleNamespace
@@ -480,12 +485,16 @@ class CombinedKeptTests(SynchronousTestCase):
 
         headers = Headers()
         headers.add(b"user-agent", agent)
+        headRead = b""
+        if read:
+            headRead = b"%s %s HTTP/%d.%d\r\nUser-Agent: %s\r\n\r\n" % (
+                (method, bytes(target)) + version + (agent,))
         return SimpleNamespace(
             head=SimpleNamespace(method=method, target=bytes(target), version=version,
                                  headers=headers),
             started=started, finished=started + seconds, upstreamSeconds=upstream,
             wallStarted=wall, status=status, bytesSent=sent, bytesReceived=received,
-            cacheResult=cache)
+            cacheResult=cache, headRead=headRead)
 
     @staticmethod
     def fresh():
@@ -495,9 +504,19 @@ class CombinedKeptTests(SynchronousTestCase):
         from types import SimpleNamespace
 
         return SimpleNamespace(clientHost="192.0.2.1", _combinedSaid=None,
-                               _combinedKept=None)
+                               _combinedKept=None, _jsonSaid=None, _jsonKept=None)
 
-    def test_eachLineItsOwn(self):
+    def line(self, format, exchange, protocol, log=None):
+        """
+        @param log: the L{AccessLog} that makes a JSON line (a new one
+            if C{None}).
+        @return: the line in C{format} for C{exchange} on C{protocol}.
+        """
+        if format == "json":
+            return (log or AccessLog(os.devnull, "json")).jsonLine(exchange, protocol)
+        return accesslog.combinedLine(exchange, protocol, exchange.finished)
+
+    def eachLineItsOwn(self, format, read):
         """
         Every line is the one a connection without anything kept gets:
         through repeats, and changes of each fact in turn.
@@ -516,19 +535,76 @@ class CombinedKeptTests(SynchronousTestCase):
         for change in changes:
             cases += [change, {}, {}]
         lines = []
+        log = AccessLog(os.devnull, "json")
         for case in cases:
-            exchange = made(**case)
-            line = accesslog.combinedLine(exchange, kept, exchange.finished)
-            self.assertEqual(line, accesslog.combinedLine(exchange, fresh(), exchange.finished),
-                             case)
-            self.assertIsNotNone(COMBINED.match(line), line)
+            exchange = made(read=read, **case)
+            line = self.line(format, exchange, kept, log)
+            self.assertEqual(line, self.line(format, exchange, fresh()), case)
+            if format == "json":
+                json.loads(line)
+            else:
+                self.assertIsNotNone(COMBINED.match(line), line)
             lines.append(line)
         self.assertEqual(set(lines[::3]), {lines[0]})
         self.assertEqual(len(set(lines)), len(changes) + 1)
-        self.assertTrue(lines[1].endswith(" HIT - 0.5000 0"), lines[1])
-        self.assertTrue(lines[31].endswith(" HIT 0.1250 0.2500 0"), lines[31])
+        if format == "json":
+            self.assertEqual(json.loads(lines[1])["seconds"], 0.5)
+            self.assertEqual(json.loads(lines[31])["upstream_seconds"], 0.125)
+        else:
+            self.assertTrue(lines[1].endswith(" HIT - 0.5000 0"), lines[1])
+            self.assertTrue(lines[31].endswith(" HIT 0.1250 0.2500 0"), lines[31])
+        return kept
 
-    def test_wholeLineKept(self):
+    def test_eachLineItsOwn(self):
+        """
+        Combined lines, kept by what they say.
+        """
+        kept = self.eachLineItsOwn("combined", False)
+        self.assertEqual(kept._combinedKept[0][0], kept._combinedSaid)
+
+    def test_eachLineItsOwnByRead(self):
+        """
+        Combined lines, kept by the read.
+        """
+        kept = self.eachLineItsOwn("combined", True)
+        self.assertEqual(kept._combinedKept[0][0], self.made(read=True).headRead)
+
+    def test_eachJSONLineItsOwn(self):
+        """
+        JSON lines (kept only by the read).
+        """
+        kept = self.eachLineItsOwn("json", False)
+        self.assertIsNone(kept._jsonKept)
+
+    def test_eachJSONLineItsOwnByRead(self):
+        """
+        JSON lines, kept by the read.
+        """
+        kept = self.eachLineItsOwn("json", True)
+        self.assertEqual(kept._jsonKept[0][0], self.made(read=True).headRead)
+
+    def test_secondsTextKept(self):
+        """
+        A JSON line's seconds are the float's own to six places when its
+        text is kept for the next line that took as long: times under a
+        millisecond are kept, at most L{accesslog._SECONDS_KEPT} of them.
+        """
+        log = AccessLog(os.devnull, "json")
+        kept, fresh = self.fresh(), self.fresh
+        # Multiples of the clock's resolution, twice each, then others.
+        times = [n * 2.0 ** -22 for n in range(0, 5000, 3)] * 2 + [
+            0.000499999, 0.0009999995, 0.001, 0.25, -0.00001, 1e-7]
+        for seconds in times:
+            # (started at 0.0: the seconds taken are these exactly)
+            exchange = self.made(seconds=seconds, started=0.0, read=True)
+            line = log.jsonLine(exchange, kept)
+            self.assertEqual(line, self.line("json", exchange, fresh()))
+            self.assertEqual(line.rsplit(",", 2)[1], '"seconds":%.6f' % seconds)
+            self.assertLessEqual(len(log._secondsText), accesslog._SECONDS_KEPT)
+            self.assertEqual(seconds in log._secondsText, seconds < 0.001, seconds)
+        self.assertGreater(len(log._secondsText), accesslog._SECONDS_KEPT // 2)
+
+    def wholeLineKept(self, read):
         """
         A repeat that took under 50 microseconds and sent no body gets
         the kept whole line, which is the line a fresh connection gets;
@@ -537,13 +613,13 @@ class CombinedKeptTests(SynchronousTestCase):
         """
         made, fresh = self.made, self.fresh
         kept = fresh()
-        first = made(seconds=0.25)
+        first = made(seconds=0.25, read=read)
         accesslog.combinedLine(first, kept, first.finished)
         lines = []
         # (started at 1.0, where these sums are exact to the digits shown)
         for seconds, received in [(0.0, 0), (0.00001, 0), (0.000049999, 0), (0.00005, 0),
                                   (0.00012, 0), (0.00001, 5), (-0.00001, 0), (0.0, 0)]:
-            exchange = made(seconds=seconds, received=received, started=1.0)
+            exchange = made(seconds=seconds, received=received, started=1.0, read=read)
             line = accesslog.combinedLine(exchange, kept, exchange.finished)
             self.assertEqual(line, accesslog.combinedLine(exchange, fresh(), exchange.finished),
                              (seconds, received))
@@ -553,3 +629,15 @@ class CombinedKeptTests(SynchronousTestCase):
                           ["0.0001", "0"], ["0.0000", "5"], ["-0.0000", "0"],
                           ["0.0000", "0"]])
         self.assertIs(lines[1], kept._combinedKept[2])
+
+    def test_wholeLineKept(self):
+        """
+        The whole line, kept by what it says.
+        """
+        self.wholeLineKept(False)
+
+    def test_wholeLineKeptByRead(self):
+        """
+        The whole line, kept by the read.
+        """
+        self.wholeLineKept(True)

@@ -1423,8 +1423,8 @@ class HotLaneTests(CacheTestCase):
         self.laneHits = []
         made = Exchange.answeredHot.__func__
 
-        def answeredHot(cls, protocol, head, origin, bodyLength):
-            exchange = made(cls, protocol, head, origin, bodyLength)
+        def answeredHot(cls, protocol, head, origin, bodyLength, headRead=b""):
+            exchange = made(cls, protocol, head, origin, bodyLength, headRead)
             self.laneHits.append(exchange)
             return exchange
 

@@ -2310,3 +2310,54 @@ class HotLaneDecisionTests(SynchronousTestCase):
         factory.settings = ProxySettings(upstream=other)
         self.assertIs(factory.lane.origin, other)
         self.assertFalse(factory.keyFromHead)
+
+
+class HeadReadTests(SynchronousTestCase):
+    """
+    L{Exchange.headRead} is the read a request's head was all in, from its
+    first byte, and empty whenever the same read would not mean the same
+    head.
+    """
+
+    GET = b"GET http://10.0.0.1:8080/1 HTTP/1.1\r\nHost: x\r\nUser-Agent: a\r\n\r\n"
+
+    def reads(self, *reads: bytes) -> List[bytes]:
+        h = ProxyHarness()
+        for data in reads:
+            h.send(data)
+        return [exchange.headRead for exchange in h.proto._queue]
+
+    def test_wholeRead(self) -> None:
+        """
+        A head that came in one read, alone or with its body.
+        """
+        post = b"POST http://10.0.0.1:8080/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"
+        self.assertEqual(self.reads(self.GET), [self.GET])
+        self.assertEqual(self.reads(post), [post])
+
+    def test_pipelined(self) -> None:
+        """
+        Of requests in one read, only the first is known by it; each read
+        that starts one afresh knows that one.
+        """
+        self.assertEqual(self.reads(self.GET * 3, self.GET), [self.GET * 3, b"", b"", self.GET])
+
+    def test_inParts(self) -> None:
+        """
+        A head read in parts is not known by its first read, which another
+        head could start with too; the version is still read.
+        """
+        h = ProxyHarness()
+        h.send(self.GET[:40])
+        h.send(self.GET[40:])
+        [exchange] = h.proto._queue
+        self.assertEqual(exchange.headRead, b"")
+        self.assertEqual(exchange.head.version, (1, 1))
+        self.assertEqual(exchange.head.headers.get(b"user-agent"), b"a")
+
+    def test_unknownMethod(self) -> None:
+        """
+        A request with a method the parser does not know is read with a
+        stand-in method, which other methods share: not known by its read.
+        """
+        self.assertEqual(self.reads(b"FOO" + self.GET[3:]), [b""])

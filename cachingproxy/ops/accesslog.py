@@ -42,6 +42,12 @@ FLUSH_SECONDS = 1.0
 #: The characters waiting that make a batch be written at once.
 FLUSH_SIZE = 64 * 1024
 
+#: The wall clock (a module global: read for every line to the twistd log).
+_now = time.time
+
+#: The most JSON line ends kept for the seconds they say.
+_SECONDS_KEPT = 1024
+
 #: The log system text of an access line in the twistd log.
 _SYSTEM = "cachingproxy.access#info"
 
@@ -159,6 +165,8 @@ class AccessLog:
         self.flushSize = flushSize
         self._file = None
         self._pidText = ',"pid":%d}' % os.getpid()
+        # Float to the end of a JSON line from it (see _newSecondsText).
+        self._secondsText = {}
         self._lines: List[str] = []
         self._size = 0
         self._timer = None
@@ -170,9 +178,10 @@ class AccessLog:
         self._shutdownTrigger = None
         self._jsonTime = _Clock(
             lambda second: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second)))
-        # The twistd log's prefix of a line: its time and log system.
-        self._logPrefix = _Clock(
-            lambda second: "%s [%s] " % (formatTime(float(second)), self._system))
+        # The twistd log's prefix of a line (its time and log system), and
+        # the second it is for, as the floats it starts and ends at.
+        self._prefix = ""
+        self._prefixFrom = self._prefixTo = 0.0
         if path != "-":
             self._file = self._open(path)
         if reactor is not None:
@@ -199,7 +208,10 @@ class AccessLog:
             # A batch is being gathered (nearly always, under load): add
             # the line to it; what starts a batch is in __call__.
             if self._file is None:
-                line = self._logPrefix(time.time()) + line
+                now = _now()
+                if not self._prefixFrom <= now < self._prefixTo:
+                    self._newPrefix(now)
+                line = self._prefix + line
             lines.append(line)
             self._size += len(line) + 1
             if self._size >= self.flushSize:
@@ -214,30 +226,45 @@ class AccessLog:
             times with six decimals), put together here since nearly every
             value needs no escaping.
         """
+        seconds = (exchange.finished or exchange.started) - exchange.started
+        read = exchange.headRead
+        upstream = exchange.upstreamSeconds
+        if read and upstream is None:
+            # As for a combined line (see combinedLine): the text up to the
+            # seconds taken is the connection's last line's when the head
+            # came in the same read, in the same second, with the same
+            # answer.
+            kept = protocol._jsonKept
+            if kept is not None and kept[2] <= exchange.wallStarted < kept[3] and \
+                    kept[0] == (read, exchange.status, exchange.bytesSent,
+                                exchange.bytesReceived, exchange.cacheResult):
+                return kept[1] + (self._secondsText.get(seconds) or self._newSecondsText(seconds))
         head = exchange.head
         referer, agent = head.headers.firstOfTwo(b"referer", b"user-agent")
-        second = int(exchange.wallStarted)
+        wall = exchange.wallStarted
         # A connection's requests mostly come from one client program, many
         # a second: the JSON text of the time, the client and its fields
         # is kept from the connection's last line.
-        said = getattr(protocol, "_jsonSaid", None)
-        if said is None or said[0] != referer or said[1] != agent or said[2] != second:
+        said = protocol._jsonSaid
+        if said is None or said[0] != referer or said[1] != agent or \
+                not said[2] <= wall < said[5]:
+            second = int(wall)
             said = protocol._jsonSaid = (
-                referer, agent, second,
+                referer, agent, float(second),
                 '{"time":"%s","client":%s,"method":"' % (
                     self._jsonTime(second), _jsonString(protocol.clientHost)),
                 ',"referer":%s,"user_agent":%s,"cache":' % (
                     _jsonBytes(referer) if referer else "null",
-                    _jsonBytes(agent) if agent else "null"))
+                    _jsonBytes(agent) if agent else "null"),
+                second + 1.0)
         method = head.method
         target = head.target
         status = exchange.status
         sent = exchange.bytesSent
         received = exchange.bytesReceived
         cache = exchange.cacheResult
-        upstream = exchange.upstreamSeconds
-        return '%s%s","target":"%s","version":"%s","status":%s,"bytes":%s,"bytes_in":%s%s%s,' \
-            '"upstream_seconds":%s,"seconds":%.6f%s' % (
+        start = '%s%s","target":"%s","version":"%s","status":%s,"bytes":%s,"bytes_in":%s%s%s,' \
+            '"upstream_seconds":%s,"seconds":' % (
                 said[3],
                 _METHOD_TEXT.get(method) or _jsonBytes(method)[1:-1],
                 target.decode("ascii") if _JSON_ESCAPED_BYTES.search(target) is None
@@ -249,9 +276,29 @@ class AccessLog:
                 said[4],
                 _JSON_CACHE.get(cache) or _jsonString(cache),
                 "null" if upstream is None else "%.6f" % upstream,
-                (exchange.finished or exchange.started) - exchange.started,
-                self._pidText,
             )
+        if read and upstream is None:
+            protocol._jsonKept = ((read, status, sent, received, cache), start,
+                                  said[2], said[5])
+        return start + (self._secondsText.get(seconds) or self._newSecondsText(seconds))
+
+    def _newSecondsText(self, seconds: float) -> str:
+        """
+        @return: the end of a JSON line, from the seconds taken on; kept
+            for the next line that took as long if under a millisecond.
+            The clock's difference of two times is a multiple of its
+            resolution at today's date (2**-22 seconds), so a hit's time
+            is one of a few hundred, and found again far more cheaply
+            than formatted. (A difference of two positive times is never
+            -0.0, the only float that would find another's text.)
+        """
+        text = f'{seconds:.6f}{self._pidText}'
+        if seconds < 0.001:
+            kept = self._secondsText
+            if len(kept) >= _SECONDS_KEPT:
+                kept.clear()
+            kept[seconds] = text
+        return text
 
     def __call__(self, line: str) -> None:
         if self.reactor is None:
@@ -266,15 +313,28 @@ class AccessLog:
                 self._stream, system, self._encoding = found
                 if system != self._system:
                     self._system = system
-                    self._logPrefix.second = None
+                    self._prefixTo = 0.0
             self._timer = self.reactor.callLater(FLUSH_SECONDS, self._timedFlush)
         if self._file is None:
-            line = self._logPrefix(time.time()) + line
+            now = _now()
+            if not self._prefixFrom <= now < self._prefixTo:
+                self._newPrefix(now)
+            line = self._prefix + line
         # (each line's newline is added as the batch is joined)
         self._lines.append(line)
         self._size += len(line) + 1
         if self._size >= self.flushSize:
             self.flush()
+
+    def _newPrefix(self, now: float) -> None:
+        """
+        Make the twistd log's prefix of a line logged at C{now}: the text
+        twistd's observer gives an event logged in that second.
+        """
+        second = int(now)
+        self._prefix = "%s [%s] " % (formatTime(float(second)), self._system)
+        self._prefixFrom = float(second)
+        self._prefixTo = second + 1.0
 
     def _writeNow(self, line: str) -> None:
         if self._file is None:
@@ -412,6 +472,22 @@ def combinedLine(exchange, protocol, now: float) -> str:
     client (the request body, or what went up a CONNECT tunnel)
     appended.
     """
+    seconds = (exchange.finished or now) - exchange.started
+    read = exchange.headRead
+    upstream = exchange.upstreamSeconds
+    if read and upstream is None:
+        # A request not sent upstream (a hit, mostly) whose head came in a
+        # read the same as the connection's last such request's, in the
+        # same second, with the same answer (a client asking for the same
+        # object again): everything up to the seconds taken is that
+        # line's; and the whole line for the usual end of a hit's, no body
+        # and under 50 microseconds ("0.0000 0").
+        kept = protocol._combinedKept
+        if kept is not None and kept[3] <= exchange.wallStarted < kept[4] and \
+                kept[0] == (read, exchange.status, exchange.bytesSent, exchange.cacheResult):
+            if 0.0 <= seconds < _UNDER_TEN_THOUSANDTH and not exchange.bytesReceived:
+                return kept[2]
+            return f'{kept[1]}{seconds:.4f} {exchange.bytesReceived}'
     head = exchange.head
     referer, agent = head.headers.firstOfTwo(b"referer", b"user-agent")
     wall = exchange.wallStarted
@@ -432,8 +508,6 @@ def combinedLine(exchange, protocol, now: float) -> str:
             second + 1.0)
     method = head.method
     target = head.target
-    upstream = exchange.upstreamSeconds
-    seconds = (exchange.finished or now) - exchange.started
     if upstream is not None:
         # (an f-string: a tenth cheaper than the same line made with %)
         return (f'{said[3]}{_METHOD_TEXT.get(method) or _printable(method)} '
@@ -441,23 +515,24 @@ def combinedLine(exchange, protocol, now: float) -> str:
                 f'{_VERSION_TEXT.get(head.version) or "HTTP/%d.%d" % head.version}" '
                 f'{exchange.status} {exchange.bytesSent} {said[4]} {exchange.cacheResult} '
                 f'{upstream:.4f} {seconds:.4f} {exchange.bytesReceived}')
-    # Not sent upstream (a hit, mostly): everything up to the seconds taken
-    # is kept from the connection's last such line when it says the same,
-    # as it does for a client asking for the same object again; and the
-    # whole line for the usual end of a hit's, no body and under 50
-    # microseconds ("0.0000 0"), which makes the float's text needless.
+    # Not sent upstream, and not known by its read (a head in parts, the
+    # second of a pipelined read, HTTP/2): everything up to the seconds
+    # taken is kept from the connection's last such line when it says the
+    # same.
     status = exchange.status
-    key = (said, method, target, head.version, status, exchange.bytesSent,
-           exchange.cacheResult)
-    kept = protocol._combinedKept
-    if kept is not None and kept[0] == key:
-        if 0.0 <= seconds < _UNDER_TEN_THOUSANDTH and not exchange.bytesReceived:
-            return kept[2]
-        start = kept[1]
+    if read:
+        key = (read, status, exchange.bytesSent, exchange.cacheResult)
     else:
-        start = (f'{said[3]}{_METHOD_TEXT.get(method) or _printable(method)} '
-                 f'{_shortTargetText(target) if len(target) <= 256 else _printable(target)} '
-                 f'{_VERSION_TEXT.get(head.version) or "HTTP/%d.%d" % head.version}" '
-                 f'{status} {exchange.bytesSent} {said[4]} {exchange.cacheResult} - ')
-        protocol._combinedKept = (key, start, start + "0.0000 0")
+        key = (said, method, target, head.version, status, exchange.bytesSent,
+               exchange.cacheResult)
+        kept = protocol._combinedKept
+        if kept is not None and kept[0] == key:
+            if 0.0 <= seconds < _UNDER_TEN_THOUSANDTH and not exchange.bytesReceived:
+                return kept[2]
+            return f'{kept[1]}{seconds:.4f} {exchange.bytesReceived}'
+    start = (f'{said[3]}{_METHOD_TEXT.get(method) or _printable(method)} '
+             f'{_shortTargetText(target) if len(target) <= 256 else _printable(target)} '
+             f'{_VERSION_TEXT.get(head.version) or "HTTP/%d.%d" % head.version}" '
+             f'{status} {exchange.bytesSent} {said[4]} {exchange.cacheResult} - ')
+    protocol._combinedKept = (key, start, start + "0.0000 0", said[2], said[5])
     return f'{start}{seconds:.4f} {exchange.bytesReceived}'

@@ -160,13 +160,14 @@ class ProxyProtocol(Protocol):
         self._upgradeTimer = None
         self.clientHost = "-"
         #: What the last access line said of the client, the second and
-        #: the Referer and User-Agent, and its text: C{(referer, agent,
-        #: second, text before the request line, text of the two fields)},
-        #: or C{None} (L{cachingproxy.ops.accesslog.combinedLine}).
+        #: the Referer and User-Agent, with its text, and the text of the
+        #: last line of a request not sent upstream up to the seconds
+        #: taken, or C{None} (L{cachingproxy.ops.accesslog.combinedLine}).
         self._combinedSaid: Optional[tuple] = None
         self._combinedKept: Optional[tuple] = None
         #: The same for JSON lines (L{cachingproxy.ops.accesslog}).
         self._jsonSaid: Optional[tuple] = None
+        self._jsonKept: Optional[tuple] = None
 
     # -- connection --------------------------------------------------------
 
@@ -365,6 +366,9 @@ class ProxyProtocol(Protocol):
             self._headSize += len(data)
         elif reader is R_HEAD:
             self._headSize += len(data)
+            # A head read in parts is not known by its first read (see
+            # Exchange.headRead).
+            self._started = b""
         startedBetween = reader is R_IDLE
         self._completedInRead = 0
         try:
@@ -528,14 +532,19 @@ class ProxyProtocol(Protocol):
             version = _VERSIONS.get(text) or (int(text[0]), int(text[2]))
         fields = self._fields
         keepAlive = parser.should_keep_alive() and not self.closing
+        if self._method is not None:
+            # (the parser read a stand-in method: see _substituteMethod)
+            started = b""
         lane = self.factory.lane
         if (lane is not None and method == b"GET" and keepAlive and version == (1, 1)
-                and not self._queue and self._hotLane(lane, method, version, fields)):
+                and not self._queue and self._hotLane(lane, method, version, fields, started)):
             return
         head = RequestHead(method, self._url, version, Headers.fromLowered(fields))
         self._resetHead()
         self._moveReader(R_BODY)
         exchange = Exchange(self, head, keepAlive)
+        if started:
+            exchange.headRead = started
         facts = exchange.facts = _Facts(fields)
         if facts.chunked:
             exchange.hasBody = True
@@ -578,7 +587,7 @@ class ProxyProtocol(Protocol):
             self._pauseReading("pipeline")
 
     def _hotLane(self, lane: "HotLane", method: bytes, version: Tuple[int, int],
-                 fields: List[Tuple[bytes, bytes, bytes]]) -> bool:
+                 fields: List[Tuple[bytes, bytes, bytes]], started: bytes) -> bool:
         """
         A GET on a kept-alive HTTP/1.1 connection with nothing before it in
         the queue, just read: answer it at once from the cache's hot table
@@ -597,6 +606,8 @@ class ProxyProtocol(Protocol):
         per connection and origin in forward mode, where each verdict is
         remembered by the connection).
 
+        @param started: the read the head was all in, or C{b""}
+            (L{Exchange.headRead}).
         @return: whether it answered; if not, nothing was changed.
         """
         url = self._url
@@ -638,7 +649,7 @@ class ProxyProtocol(Protocol):
         if variant is None:
             return False
         exchange = Exchange.answeredHot(self, RequestHead(method, url, version, headers),
-                                        origin, len(variant.body))
+                                        origin, len(variant.body), started)
         self._resetHead()
         # (on to IDLE at on_message_complete, as after any request)
         self._moveReader(R_BODY)

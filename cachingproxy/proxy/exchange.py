@@ -133,6 +133,12 @@ class Exchange:
     cacheResult = "-"
     bytesReceived = 0
     upstreamSeconds: Optional[float] = None
+    #: the bytes of the read the request's head was all in, from its
+    #: first byte, when it was (as a keep-alive client's requests mostly
+    #: are), else C{b""}: the same bytes again are the same head, which
+    #: lets the access log keep a connection's line instead of making it
+    #: again (L{cachingproxy.ops.accesslog})
+    headRead = b""
     forwardedAt: Optional[float] = None
     finished: Optional[float] = None
     upstreamOrigin: Optional[Origin] = None
@@ -171,16 +177,18 @@ class Exchange:
 
     @classmethod
     def answeredHot(cls, protocol: "ProxyProtocol", head: RequestHead, origin: Origin,
-                    bodyLength: int) -> "Exchange":
+                    bodyLength: int, headRead: bytes = b"") -> "Exchange":
         """
         An exchange its connection answered from the cache's hot table as
         soon as its head was read (L{ProxyProtocol._hotLane}): never queued,
         done from the start, kept for the access log and the metrics, which
         see it as the exchange that served the same hit the long way would
         look: a 200 from the cache for C{origin}, C{bodyLength} bytes of
-        body.
+        body, with C{headRead} as L{headRead}.
         """
         exchange = cls(protocol, head, True)
+        if headRead:
+            exchange.headRead = headRead
         # (QUEUED to DONE, a move the table allows, made without the check)
         exchange._state = X_DONE
         exchange.status = 200
