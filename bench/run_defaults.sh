@@ -40,6 +40,7 @@
 #   WORKERS=1          run section 2 (0: skip it)
 #   WORKER_ROWS="cp-w2 cp-w1 squid-w2 squid-w1 nginx-w2 nginx-w1"
 #   PIPELINE=1         section 2: requests wrk sends in one write (1: none)
+#   PATHS="hit pass"   the paths measured (PATHS=hit: hits only)
 #   BENCH_NO_INSTALL=1 never call apt-get
 #   BENCH_KEEP_TMP=1   keep the temp dir (configs, logs, raw wrk output)
 #
@@ -60,9 +61,14 @@ ROWS="${ROWS-cp-defaults cp-log-file cp-log-json cp-no-log squid varnish nginx b
 WORKERS="${WORKERS:-1}"
 WORKER_ROWS="${WORKER_ROWS:-cp-w2 cp-w1 squid-w2 squid-w1 nginx-w2 nginx-w1}"
 PIPELINE="${PIPELINE:-1}"
+PATHS="${PATHS:-hit pass}"
 
 bench_positive_ints ROUNDS DURATION WARMUP CONNECTIONS PIPELINE
 case "$WORKERS" in 0|1) ;; *) bench_die "WORKERS must be 0 or 1 (got '$WORKERS')" ;; esac
+for p in $PATHS; do
+    case "$p" in hit|pass) ;; *) bench_die "PATHS takes hit and pass (got '$p')" ;; esac
+done
+[ -n "${PATHS// /}" ] || bench_die "PATHS is empty"
 
 # row_label ROW: the name printed in the report.
 row_label() {
@@ -564,11 +570,14 @@ measure() {
 # run_row SECTION ROW ROUND: start ROW, measure both paths (hit first in odd
 # rounds), stop it, check its access log saw the requests.
 run_row() {
-    local section="$1" row="$2" round="$3" slug="$1-$2-$3" paths=(hit pass)
-    local threads oport odir pin=() load=()
-    [ $((round % 2)) = 1 ] || paths=(pass hit)
+    local section="$1" row="$2" round="$3" slug="$1-$2-$3" paths=()
+    local threads oport odir pin=() load=() p
+    # (in the order given in odd rounds, the other way round in even ones)
+    for p in $PATHS; do
+        if [ $((round % 2)) = 1 ]; then paths+=("$p"); else paths=("$p" ${paths[@]+"${paths[@]}"}); fi
+    done
     # It caches nothing: it answers as a hit does.
-    case "$row" in bare|floor) paths=(hit) ;; esac
+    case "$row" in bare|floor) [[ " $PATHS " == *" hit "* ]] && paths=(hit) || return 0 ;; esac
     if [ "$section" = pinned ]; then
         threads=1 oport="$PINNED_ORIGIN_PORT" odir="$T/origin-pinned" ORIGIN_PID="$PINNED_ORIGIN_PID"
         pin=("${PIN_PROXY[@]}") load=("${PIN_LOAD[@]}")
@@ -648,7 +657,7 @@ report() {
     local section="$1" b1="$2" b2="$3" row labels=""
     shift 3
     for row in "$@"; do labels="$labels$row=$(row_label "$row")|"; done
-    awk -v section="$section" -v b1="$b1" -v b2="$b2" -v order="$*" -v labels="$labels" "$AWK_MEDIAN"'
+    awk -v section="$section" -v b1="$b1" -v b2="$b2" -v order="$*" -v labels="$labels" -v pathlist="$PATHS" "$AWK_MEDIAN"'
 # ratio_median(KIND, ROW, BASE, PATH): median over rounds of ROW/BASE.
 function ratio_median(kind, row, base, path,    r, n, a) {
     n = 0
@@ -667,7 +676,7 @@ END {
     m = split(labels, lp, "|")
     for (i = 1; i < m; i++) { split(lp[i], kv, "="); name[kv[1]] = kv[2] }
     n = split(order, rows, " ")
-    npath = split("hit pass", paths, " ")
+    npath = split(pathlist, paths, " ")
     f = "%-36s %9s %8s   %7s %7s   %7s %7s\n"
     for (p = 1; p <= npath; p++) {
         path = paths[p]

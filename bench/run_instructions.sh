@@ -14,7 +14,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 CASES=("$@")
-[ "${#CASES[@]}" -gt 0 ] || CASES=(hit hit-log hit-browser hit-cli hit-cli-log hit-forward floor pass pass-nocache)
+[ "${#CASES[@]}" -gt 0 ] || CASES=(hit hit-log hit-browser hit-cli hit-cli-log hit-cli-json hit-cli-twistd hit-forward floor pass pass-nocache)
 command -v valgrind >/dev/null 2>&1 || bench_ensure_packages valgrind:valgrind
 bench_ensure_venv
 
