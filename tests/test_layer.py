@@ -300,6 +300,69 @@ class LayerTests(SynchronousTestCase):
         found = self.request(plain=True)
         assert found.forwarded == [] and found.body == b"hello"
 
+    def test_knownPassDownstreamFields(self) -> None:
+        """
+        A remembered pass compares the response's Cache-Control lines
+        joined, as the first response's were, and hides the fields not
+        meant for clients (purge tags) as the usual miss path does; a
+        Cache-Control that differs in one of its lines is a changed
+        answer.
+        """
+        self.layer.tagField = b"surrogate-key"
+        self.layer.hiddenFields = self.layer.hiddenFields | {b"surrogate-key"}
+        fields = [(b"Cache-Control", b"no-store"), (b"Surrogate-Key", b"t1"),
+                  (b"Cache-Control", b"x=1"), (b"X-Other", b"kept")]
+        first = self.request(plain=True)
+        respond(first, fields=fields)
+        passing = self.layer._passing[KEY]
+        assert passing.cacheControl == b"no-store, x=1"
+        for _ in range(2):
+            again = self.request(plain=True)
+            [(_, _, handler)] = again.forwarded
+            assert handler.__class__.__name__ == "_KnownPass"
+            respond(again, fields=fields)
+            assert again.fields == first.fields
+            assert b"surrogate-key" not in again.fields
+            assert again.fields[b"x-other"] == b"kept"
+            assert self.layer._passing[KEY] is passing
+        # Nothing to hide.
+        plain = self.request(plain=True)
+        respond(plain, fields=[fields[0], fields[2]])
+        assert plain.fields[b"x-cache"] == b"MISS"
+        assert self.layer._passing[KEY] is passing
+        # The second line changed: the usual miss path, the key forgotten.
+        changed = self.request(plain=True)
+        respond(changed, fields=[(b"Cache-Control", b"no-store"), (b"Cache-Control", b"x=2")])
+        assert self.layer._passing.get(KEY) is not passing
+
+    def test_knownPassTargetedField(self) -> None:
+        """
+        A targeted field meant for this cache (RFC 9213) decides instead
+        of Cache-Control: a response carrying one is not remembered as a
+        pass, and one that comes with a remembered pass's answer makes it
+        a changed answer, stored as the field allows and without the
+        field downstream.
+        """
+        targeted = (b"CachingProxy-Cache-Control", b"max-age=60")
+        first = self.request(plain=True)
+        respond(first, fields=[(b"Cache-Control", b"no-store"),
+                               (b"CachingProxy-Cache-Control", b"no-store")])
+        assert KEY not in self.layer._passing
+        assert self.store.entries(KEY) == []
+        second = self.request(plain=True)
+        respond(second, fields=[(b"Cache-Control", b"no-store")])
+        assert KEY in self.layer._passing
+        third = self.request(plain=True)
+        [(_, _, handler)] = third.forwarded
+        assert handler.__class__.__name__ == "_KnownPass"
+        respond(third, fields=[(b"Cache-Control", b"no-store"), targeted], body=b"new")
+        assert b"stored" in third.fields[b"cache-status"]
+        assert b"cachingproxy-cache-control" not in third.fields
+        assert KEY not in self.layer._passing
+        [entry] = self.store.entries(KEY)
+        hit = self.request(plain=True)
+        assert hit.forwarded == [] and hit.body == b"new"
+
     def test_knownPassChangedStoredAsSent(self) -> None:
         """
         When the answer to a remembered pass turns cacheable, what is stored

@@ -79,6 +79,8 @@ _HOT_BYTES = 32 * 1024 * 1024
 #: How many keys are remembered as answered with responses not stored.
 _UNSTORED_KEYS = 10000
 
+_CACHE_CONTROL = frozenset([b"cache-control"])
+
 #: L{policy.decide} for a plain GET with nothing stored.
 _ABSENT_MISS = policy.Miss("nothing stored for the URI", "uri-miss")
 
@@ -108,6 +110,9 @@ class _Passing:
     #: the Cache-Status and X-Cache fields of such a response (lowered
     #: triples)
     fields: tuple
+    #: the names a response's fields are looked through for: Cache-Control
+    #: and those taken out before it goes downstream
+    watched: frozenset
 
 
 class _Hot:
@@ -241,6 +246,8 @@ class CacheLayer:
         self.reactor = reactor
         self.pool = pool
         self.settings = settings
+        # (see _downstreamWatched)
+        self._watched: Optional[tuple] = None
         self.stats = _Stats()
         self._flights: Dict[bytes, Flight] = {}
         self._refreshing: set = set()
@@ -976,7 +983,10 @@ class CacheLayer:
         and Cache-Control alone decide that.
         """
         cacheControl = head.headers.getCombined(b"cache-control")
-        if cacheControl is None:
+        if cacheControl is None or head.headers.hasAny(
+                self.settings.options.consumedTargetedFields):
+            # (a targeted field meant for this cache decides, not
+            # Cache-Control: RFC 9213 section 2.2)
             return
         lowered = cacheControl.lower()
         if b"must-understand" in lowered or (
@@ -985,7 +995,8 @@ class CacheLayer:
         fields = tuple(self._statusFields([], False, fwd, head.status, None, b"MISS",
                                           detail=detail))
         passing = self._passing
-        passing[key] = _Passing(stamp, head.status, cacheControl, detail, fwd, fields)
+        passing[key] = _Passing(stamp, head.status, cacheControl, detail, fwd, fields,
+                                self._downstreamWatched())
         passing.move_to_end(key)
         if len(passing) > _UNSTORED_KEYS:
             passing.popitem(last=False)
@@ -1022,6 +1033,20 @@ class CacheLayer:
 
         self.fleet.consult(key, head, self.settings.options).addCallback(consulted).addErrback(
             failed)
+
+    def _downstreamWatched(self) -> frozenset:
+        """
+        @return: the names a remembered pass looks for in its response
+            (L{_KnownPass.responseHead}): Cache-Control, the targeted
+            fields meant for this cache and the fields hidden from
+            clients; made again only when those change.
+        """
+        strip = self.settings.options.consumedTargetedFields
+        hidden = self.hiddenFields
+        made = self._watched
+        if made is None or made[0] is not strip or made[1] is not hidden:
+            made = self._watched = (strip, hidden, strip | hidden | _CACHE_CONTROL)
+        return made[2]
 
     def hideFields(self, head: ResponseHead) -> None:
         """
@@ -1591,8 +1616,25 @@ class _KnownPass(_Invalidator):
     def responseHead(self, head: ResponseHead) -> None:
         layer = self.layer
         passing = self.passing
-        if head.status != passing.status \
-                or head.headers.getCombined(b"cache-control") != passing.cacheControl:
+        # One pass over the fields: Cache-Control (joined as getCombined
+        # joins it), whether any is to be hidden from the client
+        # (hideFields), and whether a targeted field meant for this cache
+        # decides instead of Cache-Control (then the answer changed).
+        fields = head.headers.lowered()
+        watched = passing.watched
+        hidden = layer.hiddenFields
+        cacheControl = None
+        hide = targeted = False
+        for name, _, value in fields:
+            if name in watched:
+                if name == b"cache-control":
+                    cacheControl = value if cacheControl is None \
+                        else cacheControl + b", " + value
+                elif name in hidden:
+                    hide = True
+                else:
+                    targeted = True
+        if head.status != passing.status or cacheControl != passing.cacheControl or targeted:
             if layer._passing.get(self.key) is passing:
                 del layer._passing[self.key]
             fill = _Fill(layer, self.exchange, self.request, self.key, passing.fwd, store=True)
@@ -1603,9 +1645,9 @@ class _KnownPass(_Invalidator):
             # (the head as the origin sent it: what is stored)
             fill.responseHead(head)
             return
-        _stripTargeted(head, layer.settings.options)
-        layer.hideFields(head)
-        fields = head.headers.lowered()
+        if hide:
+            head.headers.removeMany(hidden)
+            fields = head.headers.lowered()
         self.exchange.cacheResult = "MISS"
         fields.extend(passing.fields)
         self.exchange.responseHead(head)
