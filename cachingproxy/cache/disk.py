@@ -653,14 +653,18 @@ class DiskStore:
 
         @return: the stamp, L{ABSENT} if nothing is stored, or C{None}.
         """
-        self._checkTokens()
+        # (_checkTokens, with the clock read once for both checks)
+        now = self._monotonic()
+        interval = self.recheckInterval
+        if now - self._tokensChecked >= interval:
+            self._checkTokens()
         tokens = self._tokens
         absent = self._absent
         if tokens is not None:
             known = absent.get(key)
             if known is not None:
                 read, token, checked = known
-                if read() == token and self._monotonic() - checked < self.recheckInterval:
+                if read() == token and now - checked < interval:
                     return ABSENT
                 del absent[key]
         folder = self._keyDir(key)
