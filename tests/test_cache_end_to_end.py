@@ -297,6 +297,10 @@ class ValidationTests(CacheTestCase):
         self.assertEqual(second.status, 200)
         self.assertEqual(second.header(b"x-cache"), b"REVALIDATED")
         self.assertEqual(second.header(b"x-revalidated"), b"2")
+        # The access line says how long the origin took to answer the
+        # revalidation.
+        self.assertRegex(self.lines[-1], r'"GET \S+ HTTP/1.1" 200 \d+ .* REVALIDATED '
+                                         r'\d+\.\d{4} \d+\.\d{4} 0$')
         method, path, headers = self.origin.requests[1]
         self.assertEqual(headers.get(b"if-none-match"), b'"fixed"')
 

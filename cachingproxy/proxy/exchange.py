@@ -602,6 +602,10 @@ class Exchange:
                 body.close()
             self._unexpected("a stored response")
             return
+        if self.forwardedAt is not None and self.upstreamSeconds is None:
+            # The origin was asked first (a revalidation, say): how long it
+            # took, for the access log.
+            self.upstreamSeconds = self.protocol.factory.reactor.seconds() - self.forwardedAt
         noBody = self.head.method == b"HEAD" or status in (204, 304)
         if status not in (204, 304) and not (100 <= status < 200):
             fields.append((b"content-length", b"Content-Length", b"%d" % length))
