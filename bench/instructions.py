@@ -42,7 +42,13 @@ BROWSER = (
 
 
 def main() -> None:
-    case, n = sys.argv[1], int(sys.argv[2])
+    runCase(sys.argv[1], int(sys.argv[2]))
+
+
+def runCase(case: str, n: int) -> None:
+    """
+    Run C{case}'s loop of C{n} requests in a fresh temporary folder.
+    """
     folder = tempfile.mkdtemp(prefix="cachingproxy-instructions-")
     try:
         store = DiskStore(folder + "/d", maxSize=1 << 30, maxObjectSize=1 << 26)
