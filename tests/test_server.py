@@ -2355,6 +2355,21 @@ class HeadReadTests(SynchronousTestCase):
         self.assertEqual(exchange.head.version, (1, 1))
         self.assertEqual(exchange.head.headers.get(b"user-agent"), b"a")
 
+    def test_longRead(self) -> None:
+        """
+        A read longer than L{HEAD_READ_KEPT} (a body came with the head,
+        say) is not kept: the connection would keep it with its last
+        access line.
+        """
+        from cachingproxy.proxy.connection import HEAD_READ_KEPT
+
+        def post(size: int) -> bytes:
+            head = b"POST http://10.0.0.1:8080/1 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+            return head % (size - len(head % size)) + b"x" * (size - len(head % size))
+
+        self.assertEqual(self.reads(post(HEAD_READ_KEPT)), [post(HEAD_READ_KEPT)])
+        self.assertEqual(self.reads(post(HEAD_READ_KEPT + 1)), [b""])
+
     def test_unknownMethod(self) -> None:
         """
         A request with a method the parser does not know is read with a

@@ -93,6 +93,10 @@ _LANE_STOP = NOT_PLAIN | frozenset(
 #: Bytes of pipelined request bodies held per connection before it stops
 #: reading.
 _PIPELINE_BUFFER = 64 * 1024
+#: The longest read an exchange keeps as its L{Exchange.headRead}: the
+#: connection keeps it too, with its last access line, so a read carrying a
+#: large body is not kept (a head this long is logged the usual way).
+HEAD_READ_KEPT = 4096
 
 
 class _CompletionCounter:
@@ -532,8 +536,9 @@ class ProxyProtocol(Protocol):
             version = _VERSIONS.get(text) or (int(text[0]), int(text[2]))
         fields = self._fields
         keepAlive = parser.should_keep_alive() and not self.closing
-        if self._method is not None:
-            # (the parser read a stand-in method: see _substituteMethod)
+        if self._method is not None or len(started) > HEAD_READ_KEPT:
+            # (the parser read a stand-in method: see _substituteMethod; or
+            # a read longer than a connection keeps for its access lines)
             started = b""
         lane = self.factory.lane
         if (lane is not None and method == b"GET" and keepAlive and version == (1, 1)
