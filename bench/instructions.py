@@ -57,8 +57,11 @@ def runCase(case: str, n: int) -> None:
         elif case == "hit-log":
             micro_hit.run(store, n, "combined")
         elif case == "hit-browser":
-            micro_hit.REQUEST = BROWSER
-            micro_hit.run(store, n)
+            usual, micro_hit.REQUEST = micro_hit.REQUEST, BROWSER
+            try:
+                micro_hit.run(store, n)
+            finally:
+                micro_hit.REQUEST = usual
         elif case == "hit-cli":
             micro_hit.runAsBuilt(folder, n)
         elif case == "hit-cli-log":
