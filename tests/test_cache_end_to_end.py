@@ -46,6 +46,8 @@ class CountingOrigin(Resource):
         C{absolute} the same as an absolute URI, C{other} another path,
         C{none} none, C{no-fresh} the path and no Cache-Control.
       - C{/private/...}, C{/no-store/...}: those directives, max-age=60.
+      - C{/nominates/...}: no-store, and an X-Cache and a Cache-Status of
+        the origin's own, which its Connection field nominates.
       - C{/auth/...}: max-age=60 and nothing that allows sharing under
         Authorization; C{/auth-public/...} adds C{public}.
       - C{/swr/...}: max-age=1, stale-while-revalidate=60.
@@ -147,6 +149,11 @@ class CountingOrigin(Resource):
             request.setHeader(b"Cache-Control", b"private, max-age=60")
         elif kind == b"no-store":
             request.setHeader(b"Cache-Control", b"no-store, max-age=60")
+        elif kind == b"nominates":
+            request.setHeader(b"Cache-Control", b"no-store")
+            request.setHeader(b"Connection", b"X-Cache, Cache-Status")
+            request.setHeader(b"X-Cache", b"origin")
+            request.setHeader(b"Cache-Status", b"origin; hit")
         elif kind == b"auth":
             request.setHeader(b"Cache-Control", b"max-age=60")
         elif kind == b"auth-public":
@@ -1345,6 +1352,25 @@ class UnstoredMissTests(CacheTestCase):
             if name != b"date":
                 self.assertEqual(first.header(name), second.header(name), name)
         self.assertIn(b"detail=", second.header(b"cache-status"))
+
+    async def test_ownFieldsNotNominated(self):
+        """
+        The origin's Connection field nominates X-Cache and Cache-Status:
+        its own fields of those names go, the cache's stay, on the first
+        miss, on the misses of the key remembered as a pass, and on a
+        POST passed through.
+        """
+        responses = [await self.get(b"/nominates/a") for _ in range(3)]
+        self.assertIsNotNone(self.cache._passing.get(self.url(b"/nominates/a")))
+        responses.append(await self.get(b"/nominates/a", method=b"POST"))
+        for response, result in zip(responses, [b"MISS", b"MISS", b"MISS", b"PASS"]):
+            self.assertEqual([(name.lower(), value) for name, value in response.headers
+                              if name.lower() in (b"x-cache", b"cache-status", b"connection")],
+                             [(b"cache-status", response.header(b"cache-status")),
+                              (b"x-cache", result)])
+            self.assertTrue(response.header(b"cache-status").startswith(b"cachingproxy; fwd="),
+                            response.header(b"cache-status"))
+        self.assertEqual(self.origin.counts[b"/nominates/a"], 4)
 
     async def _concurrent(self, origin, originPort, n):
         """

@@ -115,8 +115,8 @@ class FakeExchange:
     def responseInterim(self, head) -> None:
         pass
 
-    def responseHead(self, head) -> None:
-        self._answered(head.status, head.headers.lowered())
+    def responseHead(self, head, cacheFields=()) -> None:
+        self._answered(head.status, [*head.headers.lowered(), *cacheFields])
 
     def responseBody(self, data) -> None:
         self.body += data

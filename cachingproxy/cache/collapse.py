@@ -270,13 +270,11 @@ class Flight:
             copy = ResponseHead(head.status, head.reason, head.version, head.headers.copy())
             copy.headers.removeMany(unshared)
             self.layer.hideFields(copy)
-            fields = copy.headers.lowered()
-            self.layer._statusFields(fields, False, "miss", head.status, None, b"MISS",
-                                        collapsed=True)
             exchange.cacheResult = "MISS"
             self.streaming.append(exchange)
             exchange.producer = WaiterPauser(self, exchange)
-            exchange.responseHead(copy)
+            exchange.responseHead(copy, self.layer._statusFields(
+                [], False, "miss", head.status, None, b"MISS", collapsed=True))
 
     def _goAlone(self, exchange: ICacheExchange) -> None:
         if exchange.state is not ExchangeState.FORWARDING:

@@ -1228,11 +1228,10 @@ class _Fill:
             self.flight.headArrived(self, stored, self.writer is not None)
         _stripTargeted(head, layer.settings.options)
         layer.hideFields(head)
-        fields = head.headers.lowered()
-        layer._statusFields(fields, False, self.fwd, head.status, None, b"MISS",
-                               stored=self.writer is not None, detail=detail)
         self.exchange.cacheResult = "MISS"
-        self.exchange.responseHead(head)
+        self.exchange.responseHead(head, layer._statusFields(
+            [], False, self.fwd, head.status, None, b"MISS",
+            stored=self.writer is not None, detail=detail))
 
     def responseBody(self, data: bytes) -> None:
         if self._discard:
@@ -1512,12 +1511,10 @@ class _Invalidator:
                 self._storeAsGet(uri, head)
         _stripTargeted(head, self.layer.settings.options)
         self.layer.hideFields(head)
-        fields = head.headers.lowered()
         self.exchange.cacheResult = "PASS"
-        self.layer._statusFields(fields, False, "method" if method not in (
-            b"GET", b"HEAD") else "request", head.status, None, b"PASS",
-            stored=self.writer is not None, detail=self.detail)
-        self.exchange.responseHead(head)
+        self.exchange.responseHead(head, self.layer._statusFields(
+            [], False, "method" if method not in (b"GET", b"HEAD") else "request",
+            head.status, None, b"PASS", stored=self.writer is not None, detail=self.detail))
 
     def _storeAsGet(self, uri: bytes, head: ResponseHead) -> None:
         """
@@ -1647,10 +1644,8 @@ class _KnownPass(_Invalidator):
             return
         if hide:
             head.headers.removeMany(hidden)
-            fields = head.headers.lowered()
         self.exchange.cacheResult = "MISS"
-        fields.extend(passing.fields)
-        self.exchange.responseHead(head)
+        self.exchange.responseHead(head, passing.fields)
 
 
 class _Revalidator:

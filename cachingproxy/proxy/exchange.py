@@ -28,6 +28,7 @@ from ..errors import (
 from ..http.headers import HOP_BY_HOP, Headers, connectionOptions, formatHTTPDate, splitList
 from ..http import wire
 from ..http.message import RequestHead, ResponseHead, logText
+from ..http.wire import Field
 from .._twistedinternals import sendNow
 from ..compress import compressWhole, compressor
 from .tunnel import TunnelPeer
@@ -517,7 +518,14 @@ class Exchange:
             ResponseHead(head.status, head.reason, headers=headers).toWire()
         )
 
-    def responseHead(self, head: ResponseHead) -> None:
+    def responseHead(self, head: ResponseHead, cacheFields: Sequence[Field] = ()) -> None:
+        """
+        Pass on a response head from upstream.
+
+        @param cacheFields: the cache's own fields (Cache-Status, X-Cache),
+            added after the origin's fields have been framed: no origin
+            field frames or nominates them.
+        """
         if self._state is not X_FORWARDING:
             self._unexpected("a response head")
             return
@@ -531,6 +539,8 @@ class Exchange:
         knownLength = facts.length is not None and not facts.chunked
         fields = _framedFields(fields, facts.hopByHop,
                                facts.length if knownLength else None)
+        if cacheFields:
+            fields.extend(cacheFields)
         head.headers = Headers.fromLowered(fields)
         self._sendHead(head.status, head.reason, fields, knownLength, hold=True)
 

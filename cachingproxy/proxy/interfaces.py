@@ -62,8 +62,9 @@ class ICacheExchange(Interface):
     def responseInterim(head):
         """Pass on a 1xx response."""
 
-    def responseHead(head):
-        """Pass on a response head."""
+    def responseHead(head, cacheFields=()):
+        """Pass on a response head, with the cache's own C{cacheFields}
+        (lowered triples) after its framed fields."""
 
     def responseBody(data):
         """Pass on response body bytes."""
