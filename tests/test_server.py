@@ -1583,6 +1583,108 @@ class ErrorResponseTests(SynchronousTestCase):
             b"the request header section is too large",
         )
 
+    def _fieldsOf(self, size: int) -> bytes:
+        """
+        @return: a Host field and one more, together C{size} bytes as the
+            header size limit counts them (a field's name and value, and 4).
+        """
+        pad = size - (len(b"Host") + len(b"x") + 4) - (len(b"X-Pad") + 4)
+        return b"Host: x\r\nX-Pad: " + b"a" * pad + b"\r\n"
+
+    def _sendSized(self, size: int, form: str) -> Tuple[ProxyHarness, Optional[FakeOrigin]]:
+        """
+        Send a request whose fields count C{size} against a limit of 300,
+        whole in one read, in parts, or pipelined behind another request
+        in one read (whose response the fake origin then gives).
+
+        @return: the harness, and the origin the pipelined requests went to.
+        """
+        h = ProxyHarness(ProxySettings(maxHeaderSize=300))
+        head = b"GET http://10.0.0.1:8080/ HTTP/1.1\r\n" + self._fieldsOf(size) + b"\r\n"
+        origin = None
+        if form == "whole":
+            h.send(head)
+        elif form == "parts":
+            h.send(head[:60])
+            h.send(head[60:])
+        else:
+            h.send(GET_1 + head)
+            origin = h.origin()
+            origin.send(OK_HELLO)
+        return h, origin
+
+    def test_headerFieldsAtLimit(self):
+        """
+        Fields of exactly C{maxHeaderSize} bytes are accepted (the request
+        goes upstream) however the head was read: whole (a read longer
+        than the limit has its fields counted), in parts, or behind
+        another request in the same read.
+        """
+        for form in ("whole", "parts"):
+            h, _ = self._sendSized(300, form)
+            self.assertFalse(h.transport.disconnecting, form)
+            self.assertEqual(len(h.reactor.tcpClients), 1, form)
+        h, origin = self._sendSized(300, "pipelined")
+        self.assertFalse(h.transport.disconnecting)
+        self.assertEqual(origin.received().count(b"X-Pad: "), 1)
+
+    def test_headerFieldsOverLimit(self):
+        """
+        One byte more is a 431, however the head was read.
+        """
+        for form in ("whole", "parts"):
+            self.assertError(self._sendSized(301, form)[0], 431,
+                             b"Request Header Fields Too Large",
+                             b"the request header section is too large")
+        h, origin = self._sendSized(301, "pipelined")
+        self.assertNotIn(b"X-Pad: ", origin.received())
+        data = h.received()
+        self.assertTrue(data.startswith(OK_HELLO_RELAYED), data)
+        self.assertEqual(
+            data[len(OK_HELLO_RELAYED):],
+            errorResponse(431, b"Request Header Fields Too Large",
+                          b"the request header section is too large"))
+        self.assertTrue(h.transport.disconnecting)
+
+    def test_headerFieldsWithinShortRead(self):
+        """
+        A head read whole in a read no longer than C{maxHeaderSize} is not
+        counted field by field: its fields cannot be longer.
+        """
+        h = ProxyHarness(ProxySettings(maxHeaderSize=300))
+        h.send(b"GET http://10.0.0.1:8080/ HTTP/1.1\r\n" + self._fieldsOf(200) + b"\r\n")
+        self.assertEqual(len(h.reactor.tcpClients), 1)
+
+    def test_tooManyFieldsInParts(self):
+        """
+        A head that keeps sending fields in small reads is cut off with a
+        431 once it has more than C{maxHeaderFields}, before it ends (the
+        parser hands a field on when the next line starts: the read with
+        the twelfth field's line completes the eleventh).
+        """
+        h = ProxyHarness(ProxySettings(maxHeaderFields=10))
+        h.send(b"GET http://10.0.0.1:8080/ HTTP/1.1\r\nHost: x\r\n")
+        for i in range(10):
+            h.send(b"X-F%d: v\r\n" % i)
+        self.assertEqual(h.received(), b"")
+        h.send(b"X-F10: v\r\n")
+        self.assertError(h, 431, b"Request Header Fields Too Large",
+                         b"the request has too many header fields")
+
+    def test_tooManyFieldsWhole(self):
+        """
+        One field more than C{maxHeaderFields} in one short read: 431.
+        """
+        h = ProxyHarness(ProxySettings(maxHeaderFields=10))
+        h.send(b"GET http://10.0.0.1:8080/ HTTP/1.1\r\nHost: x\r\n"
+               + b"".join(b"X-F%d: v\r\n" % i for i in range(9)) + b"\r\n")
+        self.assertEqual(len(h.reactor.tcpClients), 1)
+        h = ProxyHarness(ProxySettings(maxHeaderFields=10))
+        h.send(b"GET http://10.0.0.1:8080/ HTTP/1.1\r\nHost: x\r\n"
+               + b"".join(b"X-F%d: v\r\n" % i for i in range(10)) + b"\r\n")
+        self.assertError(h, 431, b"Request Header Fields Too Large",
+                         b"the request has too many header fields")
+
     def test_unsupportedScheme(self):
         """
         An ftp:// target is a 501.

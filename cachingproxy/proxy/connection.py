@@ -99,6 +99,20 @@ _PIPELINE_BUFFER = 64 * 1024
 HEAD_READ_KEPT = 4096
 
 
+def _checkFields(fields: List[Tuple[bytes, bytes, bytes]], settings) -> None:
+    """
+    Refuse a request head with more fields than C{maxHeaderFields}, or
+    whose fields take more than C{maxHeaderSize} bytes (each field's name
+    and value, with 4 for the separator and the line end).
+
+    @raise HeaderFieldsTooLarge: either way.
+    """
+    if len(fields) > settings.maxHeaderFields:
+        raise HeaderFieldsTooLarge("the request has too many header fields")
+    if sum([len(name) + len(value) + 4 for _, name, value in fields]) > settings.maxHeaderSize:
+        raise HeaderFieldsTooLarge("the request header section is too large")
+
+
 class _CompletionCounter:
     """
     Counts the requests a probe parser completes.
@@ -332,7 +346,6 @@ class ProxyProtocol(Protocol):
         self._url = b""
         self._fields: List[Tuple[bytes, bytes]] = []
         self._headSize = 0
-        self._fieldBytes = 0
         self._method: Optional[bytes] = None
         self._methodPrefix = b""
 
@@ -401,11 +414,16 @@ class ProxyProtocol(Protocol):
             self._protocolError(BadRequest(f"malformed request: {e}"))
         else:
             if self._reader is R_HEAD:
+                # The head is incomplete: what of it was read so far stays
+                # within the limits (a field line that never ends, say).
                 settings = self.factory.settings
                 if self._headSize > settings.maxHeaderSize + settings.maxRequestLine:
                     self._protocolError(
                         HeaderFieldsTooLarge("the request header section is too large")
                     )
+                elif len(self._fields) > settings.maxHeaderFields:
+                    self._protocolError(
+                        HeaderFieldsTooLarge("the request has too many header fields"))
                 elif self._timerPurpose is not R_HEAD:
                     # A head began in this read and is incomplete: from
                     # now (the time of its first byte), it has
@@ -507,17 +525,13 @@ class ProxyProtocol(Protocol):
             raise URITooLong("the request target is too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._reader is not R_HEAD:
-            # Trailer fields of a chunked request body are not forwarded.
-            return
-        self._headSize = 0
-        self._fieldBytes += len(name) + len(value) + 4
-        settings = self.factory.settings
-        if self._fieldBytes > settings.maxHeaderSize:
-            raise HeaderFieldsTooLarge("the request header section is too large")
-        if len(self._fields) >= settings.maxHeaderFields:
-            raise HeaderFieldsTooLarge("the request has too many header fields")
-        self._fields.append((name.lower(), name, value.strip(b" \t")))
+        # (trailer fields of a chunked request body are not forwarded)
+        if self._reader is R_HEAD:
+            # The limits apply to the fields as a whole: after each read
+            # while the head is incomplete (_dataReceived), and once it is
+            # complete (_checkFields); here they would cost more than the
+            # rest of the parse of a field.
+            self._fields.append((name.lower(), name, value.strip(b" \t")))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -535,6 +549,12 @@ class ProxyProtocol(Protocol):
             text = parser.get_http_version()
             version = _VERSIONS.get(text) or (int(text[0]), int(text[2]))
         fields = self._fields
+        settings = self.factory.settings
+        if len(fields) > settings.maxHeaderFields or not (
+                started and len(started) <= settings.maxHeaderSize):
+            # (a read no longer than the limit holds a header section no
+            # longer than it)
+            _checkFields(fields, settings)
         keepAlive = parser.should_keep_alive() and not self.closing
         if self._method is not None or len(started) > HEAD_READ_KEPT:
             # (the parser read a stand-in method: see _substituteMethod; or
@@ -576,7 +596,6 @@ class ProxyProtocol(Protocol):
             if exchange.upgrade is not None:
                 self._upgrading = exchange
         if exchange.hasBody:
-            settings = self.factory.settings
             if (not facts.chunked and exchange.error is None
                     and int(facts.length) > settings.maxBodySize):
                 exchange.error = ContentTooLarge(
