@@ -336,8 +336,8 @@ class RuleBreakingTests(TestCase):
     """
 
     async def setUp(self):
-        self.origin, originPort = listenOrigin(self)
-        self.proxy = _Proxy(self, originPort, http2="all", tls=False)
+        self.origin, self.originPort = listenOrigin(self)
+        self.proxy = _Proxy(self, self.originPort, http2="all", tls=False)
         self.client = await _connect(self, self.proxy.number)
         await self.client.when(lambda c: any(isinstance(f, SettingsFrame) for f in c.frames))
 
@@ -404,6 +404,30 @@ class RuleBreakingTests(TestCase):
         if goAway is None:
             await client.when(lambda c: {1, 3, 5} <= c.ended)
             self.assertEqual(client.body(1), b"delayed 300")
+
+    async def test_fieldLimitsPerStream(self):
+        """
+        --max-header-size and --max-header-fields hold for each stream's
+        request as for HTTP/1.1: 431 for the stream over either limit,
+        and nothing of it reaches the origin; a stream within both is
+        served.
+        """
+        self.proxy = _Proxy(self, self.originPort, http2="all", tls=False,
+                            **{"max-header-size": 1024, "max-header-fields": 10})
+        self.client = client = await _connect(self, self.proxy.number)
+        base = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"localhost")]
+        requests = {
+            1: [(b":path", b"/size/11"), (b"x-big", b"v" * 1100)],
+            3: [(b":path", b"/size/12"), *[(b"x-f%d" % i, b"v") for i in range(11)]],
+            5: [(b":path", b"/size/13"), *[(b"x-f%d" % i, b"v") for i in range(8)]],
+        }
+        for streamId, fields in requests.items():
+            client.send(HeadersFrame(streamId, client._encoder.encode(base + fields),
+                                     flags=["END_STREAM", "END_HEADERS"]))
+        await client.when(lambda c: {1, 3, 5} <= set(c.headers))
+        self.assertEqual([client.headers[n][0][b":status"] for n in (1, 3, 5)],
+                         [b"431", b"431", b"200"])
+        self.assertEqual([r["path"] for r in self.origin.requests], [b"/size/13"])
 
     async def test_headerListTooLarge(self):
         """
