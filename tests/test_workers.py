@@ -541,6 +541,37 @@ class WorkerSideTests(SynchronousTestCase):
         self.assertTrue(factory.draining)
         self.assertEqual(worker.ports, [])
 
+    def test_saysNoLongerAcceptingOnceClosed(self):
+        """
+        The worker says it no longer accepts once its listening port is
+        closed, not when it tells it to close (a port closes in a later
+        reactor turn, and until then a connection may still be queued on
+        the shared socket through it): a client that reads the line and
+        connects is refused, not reset.
+        """
+        memory = MemoryReactorClock()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(5)
+        self.addCleanup(sock.close)
+        config = tap.Options()
+        config.parseOptions(["--cache-dir", "none", "--no-access-log"])
+        worker = Worker(memory, config.config, "2", [os.dup(sock.fileno())])
+        worker.start()
+        closing = defer.Deferred()
+        worker.ports[0].stopListening = lambda: closing
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+        def said():
+            return [formatEvent(e) for e in events
+                    if "no longer accepting" in (e.get("log_format") or "")]
+
+        stopped = worker.stop()
+        self.assertEqual(said(), [])
+        closing.callback(None)
+        self.assertEqual(said(), ["worker 2 (pid %d) stopping: no longer accepting" % os.getpid()])
+        self.successResultOf(stopped)
+
     def test_sameServiceAsAlone(self):
         """
         A worker serves with the service the proxy on its own builds (the

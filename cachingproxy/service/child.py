@@ -221,9 +221,13 @@ class Worker:
         if self.service is None or not self.service.running:
             self._stopping = defer.succeed(None)
             return self._stopping
-        self._log.info("worker {worker} (pid {pid}) stopping: no longer accepting",
-                       worker=self.workerId, pid=os.getpid())
         self._stopping = self.service.stopService()
+        # Said once it is true: the ports close in a later reactor turn,
+        # and until then the kernel may still queue a connection on this
+        # process's descriptor of the shared socket.
+        self.service.notAccepting.addCallback(
+            lambda _: self._log.info("worker {worker} (pid {pid}) stopping: no longer accepting",
+                                     worker=self.workerId, pid=os.getpid()))
         return self._stopping
 
 

@@ -586,9 +586,13 @@ class TopService(service.MultiService):
     @ivar settle: seconds between no longer accepting and draining, when
         connections are open, so that one accepted just before the stop
         gets its request read (rather than closed as idle) and answered.
+    @ivar notAccepting: once stopping, a L{Deferred} firing when every
+        listening port of this process is closed (a port closes in the
+        reactor turn after it is told to), while the drain goes on.
     """
 
     reloader = None
+    notAccepting: Optional[defer.Deferred] = None
     notifies = True
     settle = 0.0
     _reactor = None
@@ -637,6 +641,8 @@ class TopService(service.MultiService):
         service.Service.stopService(self)
         others = [child for child in reversed(list(self)) if child not in proxies]
         waits = [defer.maybeDeferred(child.stopService) for child in reversed(proxies)]
+        # (results and failures pass on to the gathering below)
+        self.notAccepting = defer.DeferredList(waits)
         for factory in {id(p.factory): p.factory for p in proxies}.values():
             waits.append(self._drain(factory, max(p.grace for p in proxies)))
         d = defer.gatherResults(waits, consumeErrors=True)
