@@ -511,6 +511,17 @@ class WorkerSideTests(SynchronousTestCase):
     L{cachingproxy.service.child.Worker} with a memory reactor.
     """
 
+    def inherited(self) -> int:
+        """
+        @return: a descriptor of a listening loopback socket, as a worker
+            inherits it from its parent.
+        """
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(5)
+        self.addCleanup(sock.close)
+        return os.dup(sock.fileno())
+
     def test_adoptAndStop(self):
         """
         The worker adopts the inherited descriptor with its family, closes
@@ -518,11 +529,7 @@ class WorkerSideTests(SynchronousTestCase):
         readiness line, and on stop stops listening and drains.
         """
         memory = MemoryReactorClock()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(5)
-        self.addCleanup(sock.close)
-        fd = os.dup(sock.fileno())
+        fd = self.inherited()
         readRead, readyWrite = os.pipe()
         self.addCleanup(os.close, readRead)
         config = tap.Options()
@@ -550,13 +557,9 @@ class WorkerSideTests(SynchronousTestCase):
         connects is refused, not reset.
         """
         memory = MemoryReactorClock()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(5)
-        self.addCleanup(sock.close)
         config = tap.Options()
         config.parseOptions(["--cache-dir", "none", "--no-access-log"])
-        worker = Worker(memory, config.config, "2", [os.dup(sock.fileno())])
+        worker = Worker(memory, config.config, "2", [self.inherited()])
         worker.start()
         closing = defer.Deferred()
         worker.ports[0].stopListening = lambda: closing
@@ -579,13 +582,9 @@ class WorkerSideTests(SynchronousTestCase):
         listening sockets differ.
         """
         memory = MemoryReactorClock()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(5)
-        self.addCleanup(sock.close)
         options = tap.Options()
         options.parseOptions(["--port", "tcp:0", "--cache-dir", "none", "--no-access-log"])
-        worker = Worker(memory, options.config, "1", [os.dup(sock.fileno())])
+        worker = Worker(memory, options.config, "1", [self.inherited()])
         worker.start()
         alone = tap.makeService(options, memory)
         self.assertIsInstance(worker.service, tap.TopService)
