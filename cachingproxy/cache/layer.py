@@ -1617,12 +1617,11 @@ class _KnownPass(_Invalidator):
         # joins it), whether any is to be hidden from the client
         # (hideFields), and whether a targeted field meant for this cache
         # decides instead of Cache-Control (then the answer changed).
-        fields = head.headers.lowered()
         watched = passing.watched
         hidden = layer.hiddenFields
         cacheControl = None
         hide = targeted = False
-        for name, _, value in fields:
+        for name, _, value in head.headers.lowered():
             if name in watched:
                 if name == b"cache-control":
                     cacheControl = value if cacheControl is None \
