@@ -48,6 +48,8 @@ class CountingOrigin(Resource):
       - C{/private/...}, C{/no-store/...}: those directives, max-age=60.
       - C{/nominates/...}: no-store, and an X-Cache and a Cache-Status of
         the origin's own, which its Connection field nominates.
+      - C{/switch/...}: the Cache-Control L{cacheControl} holds (no-store
+        until a test changes it).
       - C{/auth/...}: max-age=60 and nothing that allows sharing under
         Authorization; C{/auth-public/...} adds C{public}.
       - C{/swr/...}: max-age=1, stale-while-revalidate=60.
@@ -68,6 +70,8 @@ class CountingOrigin(Resource):
         self.counts = {}
         self.requests = []
         self.fail = False
+        #: what C{/switch/...} answers say
+        self.cacheControl = b"no-store"
         #: while True, answers are held until L{release}
         self.holding = False
         self.held = []
@@ -149,6 +153,8 @@ class CountingOrigin(Resource):
             request.setHeader(b"Cache-Control", b"private, max-age=60")
         elif kind == b"no-store":
             request.setHeader(b"Cache-Control", b"no-store, max-age=60")
+        elif kind == b"switch":
+            request.setHeader(b"Cache-Control", self.cacheControl)
         elif kind == b"nominates":
             request.setHeader(b"Cache-Control", b"no-store")
             request.setHeader(b"Connection", b"X-Cache, Cache-Status")
@@ -1261,6 +1267,26 @@ class _SlowUnstored(_SlowCacheable):
         return NOT_DONE_YET
 
 
+def _storeFresh(testCase: CacheTestCase, store, path: bytes, body: bytes) -> None:
+    """
+    Store a fresh response with C{body} for C{path} of C{testCase}'s
+    origin through C{store}, as the cache would.
+    """
+    from cachingproxy.http.headers import Headers
+    from cachingproxy.cache.policy import StoredEntry
+
+    now = testCase.clock.seconds()
+    entry = StoredEntry(
+        key=testCase.url(path), requestMethod=b"GET", requestHeaders=Headers(), status=200,
+        responseHeaders=Headers([(b"Cache-Control", b"max-age=600"),
+                                 (b"Date", formatHTTPDate(now))]),
+        requestTime=now, responseTime=now, bodyLength=len(body),
+    )
+    writer = store.writer(testCase.url(path), b"")
+    writer.write(body)
+    testCase.assertTrue(writer.commit(entry))
+
+
 class UnstoredMissTests(CacheTestCase):
     """
     Misses for keys whose responses are not stored, with the disk store:
@@ -1290,24 +1316,6 @@ class UnstoredMissTests(CacheTestCase):
 
         return DiskStore(self.folder, maxSize=1 << 30, maxObjectSize=1 << 26)
 
-    def storeThrough(self, store, path: bytes, body: bytes) -> None:
-        """
-        Store a fresh response for C{path} through C{store}.
-        """
-        from cachingproxy.http.headers import Headers
-        from cachingproxy.cache.policy import StoredEntry
-
-        now = self.clock.seconds()
-        entry = StoredEntry(
-            key=self.url(path), requestMethod=b"GET", requestHeaders=Headers(), status=200,
-            responseHeaders=Headers([(b"Cache-Control", b"max-age=600"),
-                                     (b"Date", formatHTTPDate(now))]),
-            requestTime=now, responseTime=now, bodyLength=len(body),
-        )
-        writer = store.writer(self.url(path), b"")
-        writer.write(body)
-        self.assertTrue(writer.commit(entry))
-
     async def test_storedByAnotherProcessFoundAtOnce(self):
         """
         A key remembered as having nothing stored, then stored by another
@@ -1318,7 +1326,7 @@ class UnstoredMissTests(CacheTestCase):
         self.assertEqual((first.header(b"x-cache"), second.header(b"x-cache")),
                          (b"MISS", b"MISS"))
         self.assertIn(self.url(b"/no-store/a"), self.store._absent)
-        self.storeThrough(self.other(), b"/no-store/a", b"stored elsewhere")
+        _storeFresh(self, self.other(), b"/no-store/a", b"stored elsewhere")
         hit = await self.get(b"/no-store/a")
         self.assertEqual((hit.header(b"x-cache"), hit.body), (b"HIT", b"stored elsewhere"))
         self.assertEqual(self.origin.counts[b"/no-store/a"], 2)
@@ -1331,7 +1339,7 @@ class UnstoredMissTests(CacheTestCase):
         """
         await self.get(b"/no-store/p")
         await self.get(b"/no-store/p")
-        self.storeThrough(self.other(), b"/no-store/p", b"to be purged")
+        _storeFresh(self, self.other(), b"/no-store/p", b"to be purged")
         hit = await self.get(b"/no-store/p")
         self.assertEqual(hit.body, b"to be purged")
         purged = await self.get(b"/no-store/p", method=b"PURGE")
@@ -1435,6 +1443,17 @@ class UnstoredMissTests(CacheTestCase):
         self.assertEqual(slow.count, 2)
 
 
+def _withoutTimes(line: str) -> list:
+    """
+    @return: the parts of access log line C{line} but its times: the time
+        of the request, the seconds the origin took (only whether it was
+        asked is kept) and the seconds taken in all (the last parts but
+        one).
+    """
+    parts = line.split(" ")
+    return parts[:3] + parts[5:-3] + [parts[-3] == "-", parts[-1]]
+
+
 class HotLaneTests(CacheTestCase):
     """
     In front of one origin, a plain GET for a remembered fresh response is
@@ -1494,14 +1513,8 @@ class HotLaneTests(CacheTestCase):
                          (slow.status, slow.version, slow.headers, slow.body))
         self.assertEqual(lane.header(b"x-cache"), b"HIT")
         self.assertEqual(self.origin.counts[path], 1)
-
-        def withoutTimes(line):
-            parts = line.split(" ")
-            # (the time, and the seconds taken: the last but one)
-            return parts[:3] + parts[5:-2] + parts[-1:]
-
         slowLine, laneLine = self.lines[-1], self.lines[-2]
-        self.assertEqual(withoutTimes(laneLine), withoutTimes(slowLine))
+        self.assertEqual(_withoutTimes(laneLine), _withoutTimes(slowLine))
         target = path if self.reverse else self.url(path)
         self.assertIn('"GET %s HTTP/1.1" 200 ' % target.decode(), laneLine)
         self.assertIn('"http://r/" "lane/1" HIT - ', laneLine)
@@ -1764,3 +1777,248 @@ class ForwardHotLaneTests(HotLaneTests):
         )
         self.assertEqual([r.status for r in responses], [200, 403, 200])
         self.assertEqual([e.head.target for e in self.laneHits], [self.url(path)] * 2)
+
+
+class PassLaneTests(CacheTestCase):
+    """
+    In front of one origin, a plain GET for a key remembered as passing
+    (its last response was not stored, for a reason its status and
+    Cache-Control alone decide) is forwarded by its client connection as
+    soon as the head is read, through the cache layer's remembered pass:
+    the origin gets the request the long way sends, the client the answer
+    and the log line the long way gives; every other request takes the
+    long way.
+    """
+
+    reverse = True
+
+    def setUp(self):
+        super().setUp()
+        from cachingproxy.proxy.exchange import Exchange
+
+        #: the requests the lane forwarded
+        self.lanePasses = []
+        startKnown = Exchange.startKnown
+
+        def recorded(exchange, origin, path):
+            self.lanePasses.append(exchange)
+            startKnown(exchange, origin, path)
+
+        self.patch(Exchange, "startKnown", recorded)
+
+    async def send(self, path: bytes, fields: bytes = b"Host: x\r\n", method: bytes = b"GET",
+                   version: bytes = b"HTTP/1.1", body: bytes = b""):
+        target = path if self.reverse or path.startswith(b"http") else self.url(path)
+        _, [response] = await exchange(
+            self.port, self, b"%s %s %s\r\n%s\r\n%s" % (method, target, version, fields, body),
+            headResponses=[0] if method == b"HEAD" else (),
+        )
+        return response
+
+    async def remember(self, path: bytes):
+        """
+        A miss whose response is not stored: its key is then remembered as
+        passing.
+        """
+        first = await self.send(path)
+        self.assertEqual(first.header(b"x-cache"), b"MISS")
+        self.assertIn(self.url(path), self.cache._passing)
+        self.assertEqual(self.lanePasses, [])
+
+    async def test_sameRequestAndAnswer(self):
+        """
+        The lane sends the origin what the long way sends (Host, Via, and
+        without the fields the client's Connection names), and the client
+        gets the same status, fields and log line but for its times.
+        """
+        path = b"/no-store/lane"
+        fields = (b"Host: x\r\nUser-Agent: lane/1\r\nReferer: http://r/\r\n"
+                  b"Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\nAccept: */*\r\n")
+        await self.remember(path)
+        lane = await self.send(path, fields)
+        self.assertEqual(len(self.lanePasses), 1)
+        self.factory.lane = None
+        slow = await self.send(path, fields)
+        self.assertEqual(len(self.lanePasses), 1)
+        laneSent, slowSent = self.origin.requests[-2:]
+        self.assertEqual(laneSent, slowSent)
+        self.assertNotIn(b"x-hop", laneSent[2])
+        self.assertEqual((laneSent[2][b"via"], laneSent[2][b"user-agent"]),
+                         (b"1.1 test-proxy", b"lane/1"))
+        self.assertEqual((lane.status, lane.version, lane.headers),
+                         (slow.status, slow.version, slow.headers))
+        self.assertEqual((lane.body, slow.body), (path + b" #2", path + b" #3"))
+        self.assertEqual(lane.header(b"x-cache"), b"MISS")
+        self.assertIn(b"detail=", lane.header(b"cache-status"))
+        slowLine, laneLine = self.lines[-1], self.lines[-2]
+        self.assertEqual(_withoutTimes(laneLine), _withoutTimes(slowLine))
+        target = path if self.reverse else self.url(path)
+        self.assertIn('"GET %s HTTP/1.1" 200 ' % target.decode(), laneLine)
+        self.assertIn('"http://r/" "lane/1" MISS ', laneLine)
+        self.assertEqual(self.cache.stats.misses, 3)
+
+    async def test_counted(self):
+        """
+        The metrics see a request the lane forwarded as they see one the
+        long way.
+        """
+        seen = []
+
+        class Counting:
+            def requestDone(self, exchange):
+                seen.append((exchange.head.method, exchange.status, exchange.cacheResult,
+                             exchange.bytesSent, exchange.bytesReceived,
+                             exchange.upstreamOrigin, exchange.ownEndpoint,
+                             exchange.upstreamSeconds is not None))
+
+        path = b"/no-store/count"
+        await self.remember(path)
+        self.factory.metrics = Counting()
+        await self.send(path)
+        self.assertEqual(len(self.lanePasses), 1)
+        self.factory.lane = None
+        await self.send(path)
+        self.assertEqual(len(self.lanePasses), 1)
+        self.assertEqual(seen[0], seen[1])
+        self.assertEqual(seen[0][:3], (b"GET", 200, "MISS"))
+
+    async def test_otherRequestsTheLongWay(self):
+        """
+        Whatever the lane does not look into takes the long way, which
+        answers as it always did: conditional and range fields, a request
+        for a fresh answer, credentials, a second or no Host, Via naming
+        this proxy, a body, Expect, Upgrade, another method or version, a
+        connection to close, an absolute-form target in reverse mode.
+        """
+        path = b"/no-store/other"
+        await self.remember(path)
+        cases = [
+            (dict(fields=b"Host: x\r\nIf-None-Match: \"v1\"\r\n"), 200),
+            (dict(fields=b"Host: x\r\nRange: bytes=0-3\r\n"), 200),
+            (dict(fields=b"Host: x\r\nCache-Control: max-age=0\r\n"), 200),
+            (dict(fields=b"Host: x\r\nPragma: no-cache\r\n"), 200),
+            (dict(fields=b"Host: x\r\nAuthorization: Basic YTpi\r\n"), 200),
+            (dict(fields=b"Host: x\r\nHost: y\r\n"), 400),
+            (dict(fields=b""), 400),
+            (dict(fields=b"Host: x\r\nVia: 1.1 test-proxy\r\n"), 508),
+            (dict(fields=b"Host: x\r\nContent-Length: 0\r\n"), 200),
+            (dict(fields=b"Host: x\r\nContent-Length: 2\r\n", body=b"ab"), 200),
+            (dict(fields=b"Host: x\r\nExpect: 100-continue\r\n"), 200),
+            (dict(fields=b"Host: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"), None),
+            (dict(method=b"HEAD"), 200),
+            (dict(version=b"HTTP/1.0"), 200),
+            (dict(fields=b"Host: x\r\nConnection: close\r\n"), 200),
+        ]
+        if self.reverse:
+            # (in forward mode, the lane's own kind of target)
+            cases.append((dict(path=self.url(path)), 200))
+        for kwargs, status in cases:
+            passes = len(self.lanePasses)
+            await self.send(path)
+            self.assertEqual(len(self.lanePasses), passes + 1, kwargs)
+            response = await self.send(kwargs.pop("path", path), **kwargs)
+            self.assertEqual(len(self.lanePasses), passes + 1, kwargs)
+            if status is not None:
+                self.assertEqual(response.status, status, kwargs)
+            self.assertIn(self.url(path), self.cache._passing, kwargs)
+        await self.send(path)
+        self.assertEqual(len(self.lanePasses), passes + 2)
+
+    async def test_pipelined(self):
+        """
+        Plain GETs pipelined in one write: the first, read with nothing
+        before it, takes the lane; those behind it the long way, each
+        answered in its turn.
+        """
+        path = b"/no-store/pipelined"
+        await self.remember(path)
+        request = b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % (
+            path if self.reverse else self.url(path))
+        _, responses = await exchange(self.port, self, request * 3, count=3)
+        self.assertEqual([r.body for r in responses],
+                         [path + b" #2", path + b" #3", path + b" #4"])
+        self.assertEqual([r.header(b"x-cache") for r in responses], [b"MISS"] * 3)
+        self.assertEqual(len(self.lanePasses), 1)
+
+    async def test_storedMeanwhile(self):
+        """
+        Once something is stored for the key (the store's stamp changed),
+        the lane steps aside and the long way answers from the store.
+        """
+        path = b"/no-store/meanwhile"
+        await self.remember(path)
+        await self.send(path)
+        self.assertEqual(len(self.lanePasses), 1)
+        _storeFresh(self, self.store, path, b"stored meanwhile")
+        hit = await self.send(path)
+        self.assertEqual((hit.header(b"x-cache"), hit.body), (b"HIT", b"stored meanwhile"))
+        self.assertEqual(len(self.lanePasses), 1)
+        self.assertEqual(self.origin.counts[path], 2)
+
+    async def test_answerChanged(self):
+        """
+        When the origin's answer to a request the lane forwarded says
+        something else (here, that it may be stored), the key is no longer
+        a pass: the response is stored, and the next request is a hit.
+        """
+        path = b"/switch/changed"
+        await self.remember(path)
+        await self.send(path)
+        self.origin.cacheControl = b"max-age=60"
+        changed = await self.send(path)
+        self.assertEqual(len(self.lanePasses), 2)
+        self.assertEqual(changed.header(b"x-cache"), b"MISS")
+        self.assertIn(b"stored", changed.header(b"cache-status"))
+        self.assertNotIn(self.url(path), self.cache._passing)
+        hit = await self.send(path)
+        self.assertEqual((hit.header(b"x-cache"), hit.body), (b"HIT", path + b" #3"))
+        self.assertEqual(len(self.lanePasses), 2)
+
+    async def test_refusedClient(self):
+        """
+        A client the access policy refuses is refused, remembered pass or
+        not, and one it allows takes the lane.
+        """
+        from cachingproxy.access import AccessPolicy
+
+        path = b"/no-store/acl"
+        await self.remember(path)
+        self.factory.access = AccessPolicy(allow=["192.0.2.0/24"], clock=self.clock)
+        self.assertIsNotNone(self.factory.lane)
+        refused = await self.send(path)
+        self.assertEqual(refused.status, 403)
+        self.assertEqual(self.lanePasses, [])
+        self.factory.access = AccessPolicy(allow=["loopback"], clock=self.clock)
+        allowed = await self.send(path)
+        self.assertEqual((allowed.status, allowed.header(b"x-cache")), (200, b"MISS"))
+        self.assertEqual(len(self.lanePasses), 1)
+        self.assertEqual(self.origin.counts[path], 2)
+
+
+class ForwardPassLaneTests(PassLaneTests):
+    """
+    In forward mode the lane forwards plain GETs with absolute-form
+    targets of keys remembered as passing, each to its own origin.
+    """
+
+    reverse = False
+
+    async def test_otherOrigin(self):
+        """
+        The same path at another authority is another key, which is not
+        a pass until its own response says so; the lane then sends each
+        to its own origin.
+        """
+        path = b"/no-store/origins"
+        other = b"http://localhost:%d%s" % (self.originPort, path)
+        await self.remember(path)
+        first = await self.send(other)
+        self.assertEqual(first.body, path + b" #2")
+        self.assertEqual(self.lanePasses, [])
+        await self.send(path)
+        await self.send(other)
+        self.assertEqual([(e.head.target, e.upstreamOrigin.host, e.upstreamPath)
+                          for e in self.lanePasses],
+                         [(self.url(path), "127.0.0.1", path), (other, "localhost", path)])
+        self.assertEqual(self.origin.requests[-1][2][b"host"], b"localhost:%d" % self.originPort)
+

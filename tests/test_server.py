@@ -2333,7 +2333,8 @@ class HotLaneDecisionTests(SynchronousTestCase):
     def test_forward(self) -> None:
         """
         In forward mode: a lane for absolute-form targets, each keyed as
-        the cache keys it and with the origin the request goes to; none
+        the cache keys it and with the origin and path the request goes
+        to; none
         for origin-form targets (the proxy's own pages there), for targets
         that are not http or https URIs, and for any that may name the
         proxy's own endpoints or pages.
@@ -2344,10 +2345,10 @@ class HotLaneDecisionTests(SynchronousTestCase):
         self.assertEqual(lane.keys, {})
         self.assertEqual(
             lane.absoluteOf(b"http://Example.COM:8080/a?b"),
-            (Origin(b"http", "example.com", 8080), b"http://example.com:8080/a?b"))
+            (Origin(b"http", "example.com", 8080), b"http://example.com:8080/a?b", b"/a?b"))
         self.assertEqual(
             lane.absoluteOf(b"HTTPS://example.com/a"),
-            (Origin(b"https", "example.com", 443), b"https://example.com/a"))
+            (Origin(b"https", "example.com", 443), b"https://example.com/a", b"/a"))
         self.assertEqual(lane.absoluteOf(b"http://example.com/x")[1], b"http://example.com/x")
         for target in [b"ftp://example.com/", b"http:/x", b"http://u@example.com/",
                        b"http://example.com:0/", b"http://example.com/_cachingproxy/status",

@@ -274,6 +274,15 @@ class CacheLayer:
         """
         return self._hot
 
+    @property
+    def passTable(self) -> "OrderedDict[bytes, _Passing]":
+        """
+        The keys whose plain GETs go upstream without a lookup, with what
+        was remembered of each: to be looked in only (L{passing} and
+        L{forwardPassing} act on what is found in it).
+        """
+        return self._passing
+
     # -- entry point ---------------------------------------------------------
 
     def handle(self, exchange: ICacheExchange, origin: Origin, path: bytes) -> None:
@@ -308,10 +317,7 @@ class CacheLayer:
             if passing is not None and exchange.plainKeepAlive() \
                     and not exchange.head.headers.hasAny(NOT_PLAIN) \
                     and self.store.stamp(key) == passing.stamp:
-                self.stats.misses += 1
-                head = exchange.cacheHead = head or exchange.upstreamHead()
-                exchange.cacheOrigin = origin
-                exchange.forward(origin, head, _KnownPass(self, exchange, head, key, passing))
+                self.forwardPassing(exchange, origin, key, passing)
                 return
         if head is None:
             head = exchange.upstreamHead()
@@ -370,6 +376,30 @@ class CacheLayer:
         else:
             self.stats.passed += 1
             exchange.forward(origin, head, _Invalidator(self, exchange, head, key))
+
+    def passing(self, key: bytes, passing: _Passing) -> bool:
+        """
+        Whether C{passing}, found in L{passTable} for C{key}, still holds:
+        the store's stamp for the key is the one read when nothing was
+        found stored for it (nothing was stored or removed since, by any
+        process).
+        """
+        return self.store.stamp(key) == passing.stamp
+
+    def forwardPassing(self, exchange: ICacheExchange, origin: Origin, key: bytes,
+                       passing: _Passing) -> None:
+        """
+        Forward a plain GET (see L{_stampFor}) for C{key}, remembered as
+        C{passing} and found to hold still (L{passing}), without a lookup:
+        its response goes through a L{_KnownPass}. The client connection
+        calls it directly for a request it can tell is plain as soon as its
+        head is read (L{cachingproxy.proxy.connection}'s lane), and
+        L{handle} for one that came the long way.
+        """
+        self.stats.misses += 1
+        head = exchange.cacheHead = exchange.upstreamHead()
+        exchange.cacheOrigin = origin
+        exchange.forward(origin, head, _KnownPass(self, exchange, head, key, passing))
 
     def _pass(self, exchange: ICacheExchange, origin: Origin, head: RequestHead, key: bytes,
               detail: bytes) -> None:

@@ -614,11 +614,14 @@ class ProxyProtocol(Protocol):
                  fields: List[Tuple[bytes, bytes, bytes]], started: bytes) -> bool:
         """
         A GET on a kept-alive HTTP/1.1 connection with nothing before it in
-        the queue, just read: answer it at once from the cache's hot table
-        when it is a plain request for a remembered fresh response, with
+        the queue, just read: when it is a plain request for a remembered
+        fresh response, answer it at once from the cache's hot table, with
         the bytes, the count and the log line the long way gives it
         (through L{Exchange.start}, the routing, the access checks and
-        the cache layer), in a fraction of the work.
+        the cache layer), in a fraction of the work; when it is one for a
+        key remembered as passing (its responses are not stored), forward
+        it as the long way would, without asking again where it goes (see
+        L{_passLane}).
 
         Plain here is what that long way lets through to the same answer
         without looking further: one Host field and none of the fields
@@ -632,7 +635,8 @@ class ProxyProtocol(Protocol):
 
         @param started: the read the head was all in, or C{b""}
             (L{Exchange.headRead}).
-        @return: whether it answered; if not, nothing was changed.
+        @return: whether it answered or forwarded; if not, nothing was
+            changed.
         """
         url = self._url
         if url[:1] == b"/":
@@ -643,15 +647,20 @@ class ProxyProtocol(Protocol):
                 # (None in forward mode)
                 key = lane.keyOf(url)
             origin = lane.origin
+            path = None
         else:
             found = lane.targets.get(url)
             if found is None:
                 found = lane.absoluteOf(url)
             if found is False:
                 return False
-            origin, key = found
-        if key not in lane.hot:
-            return False
+            origin, key, path = found
+        if key in lane.hot:
+            passing = None
+        else:
+            passing = lane.passing.get(key)
+            if passing is None:
+                return False
         hosts = 0
         for field in fields:
             name = field[0]
@@ -669,6 +678,11 @@ class ProxyProtocol(Protocol):
                 # (in forward mode each origin has its verdict)
                 self._laneCleared = lane
         headers = Headers.fromLowered(fields)
+        if passing is not None:
+            if path is None:
+                path = lane.upstreamPath + url if lane.upstreamPath else url
+            return self._passLane(lane, passing, origin, key, path,
+                                  RequestHead(method, url, version, headers), fields, started)
         variant = lane.cache.hotAnswer(key, headers)
         if variant is None:
             return False
@@ -682,6 +696,37 @@ class ProxyProtocol(Protocol):
         if rest:
             transport.write(rest)
         self.factory.logAccess(exchange, self)
+        return True
+
+    def _passLane(self, lane: "HotLane", passing, origin: Origin, key: bytes, path: bytes,
+                  head: RequestHead, fields: List[Tuple[bytes, bytes, bytes]],
+                  started: bytes) -> bool:
+        """
+        The lane's request (see L{_hotLane}) is for a key remembered as
+        passing: if that still holds (the cache layer's C{passing}), queue
+        its exchange and forward it through the cache layer's
+        C{forwardPassing}, which is where the long way takes it: the
+        request has no body, and what L{Exchange.start} and the routing
+        would find out is known from the lane's checks (HTTP/1.1, one
+        Host, no Via, allowed by the access policy; the origin and the
+        path the lane made as the routing does).
+
+        @return: whether it forwarded; if not, nothing was changed.
+        """
+        cache = lane.cache
+        if not cache.passing(key, passing):
+            return False
+        self._resetHead()
+        self._moveReader(R_BODY)
+        exchange = Exchange(self, head, True)
+        if started:
+            exchange.headRead = started
+        # (what upstreamHead reads: the fields Connection nominates)
+        exchange.facts = _Facts(fields)
+        self._reading = exchange
+        self._queue.append(exchange)
+        exchange.startKnown(origin, path)
+        cache.forwardPassing(exchange, origin, key, passing)
         return True
 
     def on_body(self, data: bytes) -> None:

@@ -295,6 +295,18 @@ class Exchange:
             return
         self._proceed()
 
+    def startKnown(self, origin: Origin, path: bytes) -> None:
+        """
+        This exchange is now the one the connection answers, and its
+        connection has found, as L{start} would, that it goes to
+        C{origin} for C{path} with nothing else to check first (see
+        L{cachingproxy.proxy.connection.ProxyProtocol._hotLane}): the
+        caller forwards it.
+        """
+        self._move(X_FORWARDING)
+        self.upstreamOrigin = origin
+        self.upstreamPath = path
+
     def _decided(self, refused: Optional[ProxyError]) -> None:
         if self.state is X_DONE or self._abandoned:
             return

@@ -55,26 +55,29 @@ class HotLane:
         C{None} in forward mode.
     @ivar upstreamPath: the path prefix of C{--upstream}.
     @ivar cache: the L{cachingproxy.cache.layer.CacheLayer} (its
-        C{hotAnswer}), and C{hot} its table of remembered responses (only
-        looked in: a key that is not there is no hit).
+        C{hotAnswer}, C{passing} and C{forwardPassing}); C{hot} its table
+        of remembered responses and C{passing} its table of remembered
+        passes (only looked in: a key that is in neither goes the long
+        way).
     @ivar access: the access policy whose verdicts on the client and on
         the origin a connection asks (once per connection in reverse mode,
         once per connection and origin in forward mode), or C{None}.
     @ivar keys: origin-form request target -> cache key (reverse mode),
         for the targets asked for lately (L{keyOf} fills it).
-    @ivar targets: absolute-form request target -> C{(origin, cache key)},
-        or C{False} for one the lane leaves to the long way (forward
-        mode; L{absoluteOf} fills it).
+    @ivar targets: absolute-form request target -> C{(origin, cache key,
+        path)}, or C{False} for one the lane leaves to the long way
+        (forward mode; L{absoluteOf} fills it).
     """
 
-    __slots__ = ("origin", "upstreamPath", "cache", "hot", "access", "keys", "targets",
-                 "maxKeys", "_key")
+    __slots__ = ("origin", "upstreamPath", "cache", "hot", "passing", "access", "keys",
+                 "targets", "maxKeys", "_key")
 
     def __init__(self, origin, upstreamPath: bytes, cache, access) -> None:
         self.origin = origin
         self.upstreamPath = upstreamPath
         self.cache = cache
         self.hot = cache.hotTable
+        self.passing = cache.passTable
         self.access = access
         self.keys: Dict[bytes, bytes] = {}
         self.targets: Dict[bytes, object] = {}
@@ -100,9 +103,9 @@ class HotLane:
 
     def absoluteOf(self, target: bytes):
         """
-        @return: C{(origin, cache key)} of the absolute-form GET C{target}
-            in forward mode, as L{Routing.route} and the cache layer make
-            them; or C{False} when the lane leaves it to the long way: in
+        @return: C{(origin, cache key, path)} of the absolute-form GET
+            C{target} in forward mode, as L{Routing.route} and the cache
+            layer make them; or C{False} when the lane leaves it to the long way: in
             reverse mode, for a target that is not a valid http or https
             URI, and for any that may name the proxy's own pages (a path
             under C{/_cachingproxy} or a landing path, whatever the host).
@@ -119,7 +122,8 @@ class HotLane:
         else:
             path = path or b"/"
             if _OWN_MARK not in target and path.split(b"?", 1)[0] not in LANDING_PATHS:
-                found = (origin, self.cache.primaryKey(origin.scheme, origin.authority(), path))
+                found = (origin, self.cache.primaryKey(origin.scheme, origin.authority(), path),
+                         path)
         targets = self.targets
         if len(targets) >= self.maxKeys:
             targets.clear()
