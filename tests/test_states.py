@@ -208,6 +208,22 @@ class ExchangeMoverTests(SynchronousTestCase):
         self.assertIs(exchange.state, ExchangeState.QUEUED)
 
 
+class ExchangeLayoutTests(SynchronousTestCase):
+    """
+    An exchange keeps its attributes in the slots its class names, set
+    when it is made: it has no dict of its own, and a name its class does
+    not list cannot be set on it.
+    """
+
+    def test_slotsOnly(self) -> None:
+        exchange = Exchange(ProxyHarness().proto, RequestHead(b"GET", b"/", (1, 1)), True)
+        self.assertFalse(hasattr(exchange, "__dict__"))
+        for name in Exchange.__slots__:
+            getattr(exchange, name)
+        with self.assertRaises(AttributeError):
+            exchange.unlisted = True
+
+
 class UpstreamMoverTests(SynchronousTestCase):
     """
     L{UpstreamProtocol._move} against L{UPSTREAM}'s table.

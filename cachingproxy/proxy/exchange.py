@@ -85,80 +85,27 @@ class Exchange:
 
     state = property(attrgetter("_state"))
 
-    # Defaults shared by every exchange until one sets its own (most
-    # requests change few of them; this keeps creating one cheap).
-    status = 0
-    bytesSent = 0
-    error: Optional[ProxyError] = None
-    #: the access decision still under way (a password being checked): a
-    #: Deferred firing with the refusal or C{None}, waited for before
-    #: anything else
-    verdict: Optional[defer.Deferred] = None
-    _bodyBuffered = 0
-    bodyDone = False
-    bodyChunked = False
-    hasBody = False
-    expectContinue = False
-    upstream: Optional[UpstreamRequest] = None
-    _upstreamDeferred: Optional[defer.Deferred] = None
-    _chunked = False
-    _noBody = False
-    _bodyUnwanted = False
-    _registeredUpstreamProducer = False
-    _registeredClientProducer = False
-    #: compresses the response body on its way out, or C{None}
-    _compressor = None
-    #: a response head not written yet: it goes out with the first body
-    #: bytes of the same read from the origin, or after that read
-    _held = b""
-    #: what produces the response body: the upstream request, or a stored
-    #: body being read
-    producer = None
-    #: called with no argument if the client leaves before the end
-    onClientGone: Optional[Callable[[], None]] = None
-    #: where and as what the cache layer forwards this request
-    cacheOrigin: Optional[Origin] = None
-    cacheHead: Optional[RequestHead] = None
-    #: the stored responses found for this request (for stale-if-error)
-    cacheEntries: Sequence = ()
-    #: the store's stamp for the request's key read before the lookup (see
-    #: L{cachingproxy.cache.store.IStore.stamp}), or C{None}
-    cacheStamp: object = None
-    facts: Optional["_Facts"] = None
-    _abandoned = False
-    _upstreamHead: Optional[RequestHead] = None
-    #: for the access log and metrics: what the cache did (C{HIT}, C{MISS},
-    #: C{STALE}, C{REVALIDATED}, C{PASS}, C{-} without a cache), request
-    #: body bytes received, seconds until the origin's response head
-    #: (C{None} if the origin was not asked), when it finished
-    cacheResult = "-"
-    bytesReceived = 0
-    upstreamSeconds: Optional[float] = None
-    #: the bytes of the read the request's head was all in, from its
-    #: first byte, when it was (as a keep-alive client's requests mostly
-    #: are), else C{b""}: the same bytes again are the same head, which
-    #: lets the access log keep a connection's line instead of making it
-    #: again (L{cachingproxy.ops.accesslog})
-    headRead = b""
-    forwardedAt: Optional[float] = None
-    finished: Optional[float] = None
-    upstreamOrigin: Optional[Origin] = None
-    #: answered by the proxy itself (its own endpoints and pages), not
-    #: sent anywhere
-    ownEndpoint = False
-    upstreamPath = b""
-    #: the Upgrade field value sent upstream with C{Connection: Upgrade}
-    #: (the protocols asked for that the proxy carries), or C{None} for a
-    #: request that does not ask to upgrade
-    upgrade: Optional[bytes] = None
-    #: with routes and origin groups: the L{cachingproxy.sites.model.Route}
-    #: of this request, its L{ProxySettings
-    #: <cachingproxy.proxy.settings.ProxySettings>} (the proxy's own with the
-    #: route's put over them) and its trip to a server under way
-    #: (L{cachingproxy.sites.wiring}); C{None} without
-    route = None
-    routeSettings = None
-    _attempt = None
+    # Every attribute is a slot, set in __init__. Without slots, CPython
+    # 3.11 lays out the attributes of a class's instances by one set of
+    # names they all share, which takes at most 30 names, in the order
+    # they are first set in the process; an exchange that sets a name
+    # past those gets a dict of its own, and every attribute it reads or
+    # sets after that costs more. An exchange has more than 30 attributes
+    # across the paths a request can take (what the first requests set
+    # decides which of them fit), so that cost fell on some paths and not
+    # others: measured on a remembered pass, 13k of its 258k instructions
+    # (bench/run_instructions.sh pass).
+    __slots__ = (
+        "protocol", "head", "_state", "keepAlive", "started", "wallStarted", "_closeAfter",
+        "_bodyBuffer", "tunnelData", "handler", "status", "bytesSent", "error", "verdict",
+        "_bodyBuffered", "bodyDone", "bodyChunked", "hasBody", "expectContinue", "upstream",
+        "_upstreamDeferred", "_chunked", "_noBody", "_bodyUnwanted",
+        "_registeredUpstreamProducer", "_registeredClientProducer", "_compressor", "_held",
+        "producer", "onClientGone", "cacheOrigin", "cacheHead", "cacheEntries", "cacheStamp",
+        "facts", "_abandoned", "_upstreamHead", "cacheResult", "bytesReceived",
+        "upstreamSeconds", "headRead", "forwardedAt", "finished", "upstreamOrigin",
+        "ownEndpoint", "upstreamPath", "upgrade", "route", "routeSettings", "_attempt",
+    )
 
     def __init__(self, protocol: "ProxyProtocol", head: RequestHead, keepAlive: bool):
         self.protocol = protocol
@@ -175,6 +122,78 @@ class Exchange:
         #: rather than a reference to itself so that a finished exchange is
         #: freed by reference counting, not by the cycle collector)
         self.handler = None
+        self.status = 0
+        self.bytesSent = 0
+        self.error: Optional[ProxyError] = None
+        #: the access decision still under way (a password being checked): a
+        #: Deferred firing with the refusal or C{None}, waited for before
+        #: anything else
+        self.verdict: Optional[defer.Deferred] = None
+        self._bodyBuffered = 0
+        self.bodyDone = False
+        self.bodyChunked = False
+        self.hasBody = False
+        self.expectContinue = False
+        self.upstream: Optional[UpstreamRequest] = None
+        self._upstreamDeferred: Optional[defer.Deferred] = None
+        self._chunked = False
+        self._noBody = False
+        self._bodyUnwanted = False
+        self._registeredUpstreamProducer = False
+        self._registeredClientProducer = False
+        #: compresses the response body on its way out, or C{None}
+        self._compressor = None
+        #: a response head not written yet: it goes out with the first body
+        #: bytes of the same read from the origin, or after that read
+        self._held = b""
+        #: what produces the response body: the upstream request, or a stored
+        #: body being read
+        self.producer = None
+        #: called with no argument if the client leaves before the end
+        self.onClientGone: Optional[Callable[[], None]] = None
+        #: where and as what the cache layer forwards this request
+        self.cacheOrigin: Optional[Origin] = None
+        self.cacheHead: Optional[RequestHead] = None
+        #: the stored responses found for this request (for stale-if-error)
+        self.cacheEntries: Sequence = ()
+        #: the store's stamp for the request's key read before the lookup (see
+        #: L{cachingproxy.cache.store.IStore.stamp}), or C{None}
+        self.cacheStamp: object = None
+        self.facts: Optional["_Facts"] = None
+        self._abandoned = False
+        self._upstreamHead: Optional[RequestHead] = None
+        #: for the access log and metrics: what the cache did (C{HIT}, C{MISS},
+        #: C{STALE}, C{REVALIDATED}, C{PASS}, C{-} without a cache), request
+        #: body bytes received, seconds until the origin's response head
+        #: (C{None} if the origin was not asked), when it finished
+        self.cacheResult = "-"
+        self.bytesReceived = 0
+        self.upstreamSeconds: Optional[float] = None
+        #: the bytes of the read the request's head was all in, from its
+        #: first byte, when it was (as a keep-alive client's requests mostly
+        #: are), else C{b""}: the same bytes again are the same head, which
+        #: lets the access log keep a connection's line instead of making it
+        #: again (L{cachingproxy.ops.accesslog})
+        self.headRead = b""
+        self.forwardedAt: Optional[float] = None
+        self.finished: Optional[float] = None
+        self.upstreamOrigin: Optional[Origin] = None
+        #: answered by the proxy itself (its own endpoints and pages), not
+        #: sent anywhere
+        self.ownEndpoint = False
+        self.upstreamPath = b""
+        #: the Upgrade field value sent upstream with C{Connection: Upgrade}
+        #: (the protocols asked for that the proxy carries), or C{None} for a
+        #: request that does not ask to upgrade
+        self.upgrade: Optional[bytes] = None
+        #: with routes and origin groups: the L{cachingproxy.sites.model.Route}
+        #: of this request, its L{ProxySettings
+        #: <cachingproxy.proxy.settings.ProxySettings>} (the proxy's own with the
+        #: route's put over them) and its trip to a server under way
+        #: (L{cachingproxy.sites.wiring}); C{None} without
+        self.route = None
+        self.routeSettings = None
+        self._attempt = None
 
     @classmethod
     def answeredHot(cls, protocol: "ProxyProtocol", head: RequestHead, origin: Origin,

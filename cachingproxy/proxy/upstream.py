@@ -666,6 +666,9 @@ class UpstreamRequest:
     It survives a transparent retry: the protocol underneath may change.
     """
 
+    __slots__ = ("_pool", "origin", "head", "handler", "hasBody", "_protocol", "_paused",
+                 "_finished", "_failed", "_retried", "_aborted")
+
     def __init__(
         self,
         pool: "UpstreamPool",
