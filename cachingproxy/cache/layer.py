@@ -1625,6 +1625,11 @@ class _KnownPass(_Invalidator):
     key whose last response was not stored: stored if it may be.
     """
 
+    # (what L{_Invalidator}'s failure path reads: nothing is being stored,
+    # and the exchange is not watched for the client leaving)
+    writer = None
+    watching = False
+
     def __init__(self, layer: CacheLayer, exchange: ICacheExchange, request: RequestHead,
                  key: bytes, passing: _Passing) -> None:
         self.layer = layer
@@ -1632,10 +1637,7 @@ class _KnownPass(_Invalidator):
         self.request = request
         self.key = key
         self.passing = passing
-        self.detail = passing.detail
         self.requestTime = layer.reactor.seconds()
-        self.writer = None
-        self.watching = False
         # Nothing is stored: the body and its end go straight on.
         self.responseBody = exchange.responseBody
         self.responseEnd = exchange.responseEnd
@@ -1651,11 +1653,12 @@ class _KnownPass(_Invalidator):
         hidden = layer.hiddenFields
         cacheControl = None
         hide = targeted = False
-        for name, _, value in head.headers.lowered():
-            if name in watched:
+        for field in head.headers.lowered():
+            if field[0] in watched:
+                name = field[0]
                 if name == b"cache-control":
-                    cacheControl = value if cacheControl is None \
-                        else cacheControl + b", " + value
+                    cacheControl = field[2] if cacheControl is None \
+                        else cacheControl + b", " + field[2]
                 elif name in hidden:
                     hide = True
                 else:
