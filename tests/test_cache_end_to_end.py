@@ -1454,6 +1454,37 @@ def _withoutTimes(line: str) -> list:
     return parts[:3] + parts[5:-3] + [parts[-3] == "-", parts[-1]]
 
 
+def _notForTheLane(etag: bytes, stored: bool) -> list:
+    """
+    @param etag: the validator a conditional request names.
+    @param stored: whether a fresh response with C{etag} is stored (the
+        conditional request is then answered 304, the range request 206).
+    @return: C{(keyword arguments of a test's send, the status the long way
+        answers with or C{None})} for each kind of request the connection's
+        lane leaves to the long way: conditional and range fields, a
+        request for a fresh answer, credentials, a second or no Host, Via
+        naming this proxy, a body, Expect, Upgrade, another method or
+        version, a connection to close.
+    """
+    return [
+        (dict(fields=b"Host: x\r\nIf-None-Match: %s\r\n" % etag), 304 if stored else 200),
+        (dict(fields=b"Host: x\r\nRange: bytes=0-3\r\n"), 206 if stored else 200),
+        (dict(fields=b"Host: x\r\nCache-Control: max-age=0\r\n"), 200),
+        (dict(fields=b"Host: x\r\nPragma: no-cache\r\n"), 200),
+        (dict(fields=b"Host: x\r\nAuthorization: Basic YTpi\r\n"), 200),
+        (dict(fields=b"Host: x\r\nHost: y\r\n"), 400),
+        (dict(fields=b""), 400),
+        (dict(fields=b"Host: x\r\nVia: 1.1 test-proxy\r\n"), 508),
+        (dict(fields=b"Host: x\r\nContent-Length: 0\r\n"), 200),
+        (dict(fields=b"Host: x\r\nContent-Length: 2\r\n", body=b"ab"), 200),
+        (dict(fields=b"Host: x\r\nExpect: 100-continue\r\n"), 200),
+        (dict(fields=b"Host: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"), None),
+        (dict(method=b"HEAD"), 200),
+        (dict(version=b"HTTP/1.0"), 200),
+        (dict(fields=b"Host: x\r\nConnection: close\r\n"), 200),
+    ]
+
+
 class HotLaneTests(CacheTestCase):
     """
     In front of one origin, a plain GET for a remembered fresh response is
@@ -1570,31 +1601,15 @@ class HotLaneTests(CacheTestCase):
     async def test_otherRequestsTheLongWay(self):
         """
         Whatever a request has that the long way would look at sends it
-        the long way, which answers as it always did: conditional and
-        range fields, a request for a fresh answer, a second or no Host,
-        Via naming this proxy, a body, Expect, Upgrade, another method or
-        version, an absolute-form target in reverse mode.
+        the long way, which answers as it always did (see
+        L{_notForTheLane}), and so does an absolute-form target in reverse
+        mode.
         """
         path = b"/max-age/60/other"
         await self.warm(path)
         etag = (await self.send(path)).header(b"etag")
         self.assertEqual(len(self.laneHits), 1)
-        cases = [
-            (dict(fields=b"Host: x\r\nIf-None-Match: %s\r\n" % etag), 304),
-            (dict(fields=b"Host: x\r\nRange: bytes=0-3\r\n"), 206),
-            (dict(fields=b"Host: x\r\nCache-Control: max-age=0\r\n"), 200),
-            (dict(fields=b"Host: x\r\nPragma: no-cache\r\n"), 200),
-            (dict(fields=b"Host: x\r\nHost: y\r\n"), 400),
-            (dict(fields=b""), 400),
-            (dict(fields=b"Host: x\r\nVia: 1.1 test-proxy\r\n"), 508),
-            (dict(fields=b"Host: x\r\nContent-Length: 0\r\n"), 200),
-            (dict(fields=b"Host: x\r\nContent-Length: 2\r\n", body=b"ab"), 200),
-            (dict(fields=b"Host: x\r\nExpect: 100-continue\r\n"), 200),
-            (dict(fields=b"Host: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"), None),
-            (dict(method=b"HEAD"), 200),
-            (dict(version=b"HTTP/1.0"), 200),
-            (dict(fields=b"Host: x\r\nConnection: close\r\n"), 200),
-        ]
+        cases = _notForTheLane(etag, stored=True)
         if self.reverse:
             # (in forward mode, the lane's own kind of target)
             cases.append((dict(absolute=True), 200))
@@ -1885,30 +1900,12 @@ class PassLaneTests(CacheTestCase):
     async def test_otherRequestsTheLongWay(self):
         """
         Whatever the lane does not look into takes the long way, which
-        answers as it always did: conditional and range fields, a request
-        for a fresh answer, credentials, a second or no Host, Via naming
-        this proxy, a body, Expect, Upgrade, another method or version, a
-        connection to close, an absolute-form target in reverse mode.
+        answers as it always did (see L{_notForTheLane}), and so does an
+        absolute-form target in reverse mode.
         """
         path = b"/no-store/other"
         await self.remember(path)
-        cases = [
-            (dict(fields=b"Host: x\r\nIf-None-Match: \"v1\"\r\n"), 200),
-            (dict(fields=b"Host: x\r\nRange: bytes=0-3\r\n"), 200),
-            (dict(fields=b"Host: x\r\nCache-Control: max-age=0\r\n"), 200),
-            (dict(fields=b"Host: x\r\nPragma: no-cache\r\n"), 200),
-            (dict(fields=b"Host: x\r\nAuthorization: Basic YTpi\r\n"), 200),
-            (dict(fields=b"Host: x\r\nHost: y\r\n"), 400),
-            (dict(fields=b""), 400),
-            (dict(fields=b"Host: x\r\nVia: 1.1 test-proxy\r\n"), 508),
-            (dict(fields=b"Host: x\r\nContent-Length: 0\r\n"), 200),
-            (dict(fields=b"Host: x\r\nContent-Length: 2\r\n", body=b"ab"), 200),
-            (dict(fields=b"Host: x\r\nExpect: 100-continue\r\n"), 200),
-            (dict(fields=b"Host: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"), None),
-            (dict(method=b"HEAD"), 200),
-            (dict(version=b"HTTP/1.0"), 200),
-            (dict(fields=b"Host: x\r\nConnection: close\r\n"), 200),
-        ]
+        cases = _notForTheLane(b'"v1"', stored=False)
         if self.reverse:
             # (in forward mode, the lane's own kind of target)
             cases.append((dict(path=self.url(path)), 200))
