@@ -316,7 +316,7 @@ class CacheLayer:
             passing = self._passing.get(key)
             if passing is not None and exchange.plainKeepAlive() \
                     and not exchange.head.headers.hasAny(NOT_PLAIN) \
-                    and self.store.stamp(key) == passing.stamp:
+                    and self.passing(key, passing):
                 self.forwardPassing(exchange, origin, key, passing)
                 return
         if head is None:
